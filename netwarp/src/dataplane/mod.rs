@@ -1,0 +1,2 @@
+//! Dataplanes: how desired policy reaches the kernel.
+pub mod ebpf;

@@ -1,0 +1,2 @@
+//! netwarp: steers Docker containers' traffic through warp containers.
+pub mod dataplane;

@@ -1,0 +1,149 @@
+//! Docker fixtures: internal networks and containers from the local test
+//! image, each removed on drop.
+
+use anyhow::{Context as _, bail};
+
+use crate::command::{output, run, run_quietly};
+
+/// The image `cargo xtask setup` builds from busybox-static.
+pub const TEST_IMAGE: &str = "netwarp-test:latest";
+
+/// `docker run` arguments that bind-mount the host's `/usr` and libraries
+/// read-only, so tools such as `/usr/bin/iperf3` run inside the busybox
+/// image without a registry.
+pub const HOST_TOOLS: &[&str] = &[
+    "--volume",
+    "/usr:/usr:ro",
+    "--volume",
+    "/lib:/lib:ro",
+    "--volume",
+    "/lib64:/lib64:ro",
+];
+
+/// A Docker network created with `--internal`, so nothing it carries can
+/// leave the host.
+pub struct DockerNetwork {
+    name: String,
+}
+
+impl DockerNetwork {
+    pub fn create_internal(prefix: &str) -> anyhow::Result<Self> {
+        let name = crate::unique_name(prefix);
+        run("docker", &["network", "create", "--internal", &name])?;
+        Ok(Self { name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        run_quietly("docker", &["network", "rm", &self.name]);
+    }
+}
+
+/// A running container, force-removed on drop.
+pub struct Container {
+    name: String,
+}
+
+impl Container {
+    /// Starts `command` from the test image on `network`.
+    pub fn run(
+        prefix: &str,
+        network: &DockerNetwork,
+        extra_args: &[&str],
+        command: &[&str],
+    ) -> anyhow::Result<Self> {
+        // Guard first, so a half-failed start is still cleaned up.
+        let container = Self {
+            name: crate::unique_name(prefix),
+        };
+        let mut args = vec![
+            "run",
+            "--detach",
+            "--name",
+            container.name.as_str(),
+            "--network",
+            network.name(),
+        ];
+        args.extend_from_slice(extra_args);
+        args.push(TEST_IMAGE);
+        args.extend_from_slice(command);
+        run("docker", &args)?;
+        Ok(container)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The container's IPv4 address on `network`.
+    pub fn ipv4(&self, network: &DockerNetwork) -> anyhow::Result<String> {
+        let template = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            network.name()
+        );
+        let ip = run("docker", &["inspect", "--format", &template, &self.name])?;
+        let ip = ip.trim().to_owned();
+        if ip.is_empty() {
+            bail!("{} has no address on {}", self.name, network.name());
+        }
+        Ok(ip)
+    }
+
+    /// Runs a command in the container and returns its stdout.
+    pub fn exec(&self, command: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["exec", self.name.as_str()];
+        args.extend_from_slice(command);
+        run("docker", &args)
+    }
+
+    /// Starts a command in the container without waiting for it.
+    pub fn exec_detached(&self, command: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["exec", "--detach", self.name.as_str()];
+        args.extend_from_slice(command);
+        run("docker", &args).map(drop)
+    }
+
+    /// The host-side veth of the container's `eth0`: its ifindex and name.
+    /// `iflink` inside the container is the peer's ifindex on the host.
+    pub fn host_veth(&self) -> anyhow::Result<(u32, String)> {
+        let iflink = self.exec(&["cat", "/sys/class/net/eth0/iflink"])?;
+        let ifindex: u32 = iflink
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing iflink `{}`", iflink.trim()))?;
+        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+        let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+        if name.is_null() {
+            bail!(
+                "no host interface with ifindex {ifindex} for {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) };
+        Ok((ifindex, name.to_string_lossy().into_owned()))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Ok(out) = output("docker", &["logs", "--tail", "20", &self.name])
+            && std::thread::panicking()
+        {
+            eprintln!(
+                "--- last logs of {} ---\n{}{}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        run_quietly("docker", &["rm", "--force", &self.name]);
+    }
+}
