@@ -1,1 +1,45 @@
-fn main() {}
+//! netwarp's development harness. It only orchestrates: installs tools,
+//! starts the Docker engine, builds, and runs the daemon, tests and lints.
+mod command;
+mod lint;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netwarp's development harness")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Installs and starts everything the build and the tests need (idempotent).
+    Setup,
+    /// Sets up, builds, and runs the daemon against the local Docker engine.
+    Run(run::Args),
+    /// Sets up, then runs every test: unit, privileged netns, and Docker end-to-end.
+    Test(test::Args),
+    /// Checks formatting and runs clippy with warnings denied.
+    Lint,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Run(args) => run::run(args),
+        Task::Test(args) => test::run(args),
+        Task::Lint => lint::run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

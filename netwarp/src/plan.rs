@@ -1,0 +1,772 @@
+//! The pure planner: a snapshot of the containers plus the settings give
+//! each target's desired policy. No Docker, no kernel; this is where most
+//! of the unit tests live.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use crate::{
+    glob,
+    model::{Container, Health, Rule, RuleError, World, parse_rules},
+};
+
+/// What to do with a target's matching traffic while its warp is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnWarpDown {
+    /// Drop it (fail closed).
+    #[default]
+    Block,
+    /// Let it take the container's normal path.
+    Bypass,
+}
+
+/// The parts of the configuration the planner reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanSettings {
+    pub warp_name_pattern: String,
+    pub target_label: String,
+    pub network_label: String,
+    pub rules_label: String,
+    pub global_rules: Vec<Rule>,
+    pub on_warp_down: OnWarpDown,
+}
+
+/// Why a target is not steered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    EmptyWarpName {
+        label: String,
+    },
+    WarpMissing {
+        warp: String,
+    },
+    WarpNameMismatch {
+        warp: String,
+        pattern: String,
+    },
+    WarpNotRunning {
+        warp: String,
+    },
+    WarpUnhealthy {
+        warp: String,
+    },
+    AmbiguousNetwork {
+        warp: String,
+        networks: Vec<String>,
+        label: String,
+    },
+    UnknownNetwork {
+        warp: String,
+        network: String,
+        label: String,
+    },
+    NotOnNetwork {
+        warp: String,
+        network: String,
+    },
+    InvalidRules {
+        label: String,
+        value: String,
+        error: RuleError,
+    },
+}
+
+impl fmt::Display for BlockReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyWarpName { label } => {
+                write!(
+                    f,
+                    "label {label} is empty; set it to the warp container's name"
+                )
+            }
+            Self::WarpMissing { warp } => write!(f, "warp container {warp} does not exist"),
+            Self::WarpNameMismatch { warp, pattern } => write!(
+                f,
+                "{warp} does not match the warp name pattern `{pattern}`, so it is not a warp container"
+            ),
+            Self::WarpNotRunning { warp } => write!(f, "warp container {warp} is not running"),
+            Self::WarpUnhealthy { warp } => write!(f, "warp container {warp} is unhealthy"),
+            Self::AmbiguousNetwork {
+                warp,
+                networks,
+                label,
+            } => write!(
+                f,
+                "warp container {warp} is on several networks ({}); set the label {label} on it to choose one",
+                networks.join(", ")
+            ),
+            Self::UnknownNetwork {
+                warp,
+                network,
+                label,
+            } => write!(
+                f,
+                "label {label}={network} on {warp} names a network it is not attached to"
+            ),
+            Self::NotOnNetwork { warp, network } => write!(
+                f,
+                "the target is not attached to network {network}, which warp container {warp} uses"
+            ),
+            Self::InvalidRules {
+                label,
+                value,
+                error,
+            } => write!(f, "label {label}=`{value}` is invalid: {error}"),
+        }
+    }
+}
+
+/// The action for one rule's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Route via the warp container's address (same family as the rule).
+    Via(IpAddr),
+    /// Drop, because the warp is unusable or has no address of this family.
+    Block,
+}
+
+/// One desired entry: a rule and what happens to its traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Entry {
+    pub rule: Rule,
+    pub action: Action,
+}
+
+/// The overall state of a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// Steered through the warp on `network`.
+    Steered {
+        network: String,
+        via_v4: Option<Ipv4Addr>,
+        via_v6: Option<Ipv6Addr>,
+    },
+    /// Matching traffic is dropped.
+    Blocked(BlockReason),
+    /// `on_warp_down = bypass`: netwarp leaves the traffic alone.
+    Bypassed(BlockReason),
+}
+
+/// The desired policy for one target container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPlan {
+    pub id: String,
+    pub name: String,
+    pub pid: Option<u32>,
+    /// The warp container named by the target label.
+    pub warp: String,
+    pub state: TargetState,
+    /// Sorted, without duplicates.
+    pub entries: Vec<Entry>,
+    /// The interface-facing MAC of the target on the warp's network, which
+    /// the dataplane uses to find the right interface.
+    pub mac_on_network: Option<String>,
+}
+
+/// The plan for every running target, sorted by container id.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub targets: Vec<TargetPlan>,
+}
+
+/// Computes every running target's desired policy.
+pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
+    let mut targets: Vec<TargetPlan> = world
+        .containers
+        .iter()
+        .filter(|c| c.running)
+        .filter_map(|c| {
+            let warp = c.labels.get(&settings.target_label)?;
+            Some(plan_target(world, settings, c, warp.trim()))
+        })
+        .collect();
+    targets.sort_by(|a, b| a.id.cmp(&b.id));
+    Plan { targets }
+}
+
+fn plan_target(
+    world: &World,
+    settings: &PlanSettings,
+    target: &Container,
+    warp: &str,
+) -> TargetPlan {
+    let mut plan = TargetPlan {
+        id: target.id.clone(),
+        name: target.name.clone(),
+        pid: target.pid,
+        warp: warp.to_owned(),
+        state: TargetState::Blocked(BlockReason::WarpMissing {
+            warp: warp.to_owned(),
+        }),
+        entries: Vec::new(),
+        mac_on_network: None,
+    };
+    // A malformed rules label fails closed on the global rules: the target
+    // asked to be protected, so its traffic must not leak meanwhile.
+    let rules = match target.labels.get(&settings.rules_label) {
+        Some(value) => match parse_rules(value) {
+            Ok(rules) => rules,
+            Err(error) => {
+                return blocked(
+                    plan,
+                    settings,
+                    &settings.global_rules,
+                    BlockReason::InvalidRules {
+                        label: settings.rules_label.clone(),
+                        value: value.clone(),
+                        error,
+                    },
+                );
+            }
+        },
+        None => settings.global_rules.clone(),
+    };
+    match resolve_warp(world, settings, target, warp) {
+        Ok(resolved) => {
+            plan.mac_on_network = resolved.target_mac;
+            plan.entries = rules
+                .iter()
+                .map(|rule| Entry {
+                    rule: *rule,
+                    action: match (rule.destination.is_ipv6(), resolved.via_v4, resolved.via_v6) {
+                        (false, Some(v4), _) => Action::Via(IpAddr::V4(v4)),
+                        (true, _, Some(v6)) => Action::Via(IpAddr::V6(v6)),
+                        // No address of this family on the warp: fail closed.
+                        _ => Action::Block,
+                    },
+                })
+                .collect();
+            plan.entries.sort();
+            plan.entries.dedup();
+            plan.state = TargetState::Steered {
+                network: resolved.network,
+                via_v4: resolved.via_v4,
+                via_v6: resolved.via_v6,
+            };
+            plan
+        }
+        Err((reason, target_mac)) => {
+            plan.mac_on_network = target_mac;
+            blocked(plan, settings, &rules, reason)
+        }
+    }
+}
+
+fn blocked(
+    mut plan: TargetPlan,
+    settings: &PlanSettings,
+    rules: &[Rule],
+    reason: BlockReason,
+) -> TargetPlan {
+    match settings.on_warp_down {
+        OnWarpDown::Block => {
+            plan.entries = rules
+                .iter()
+                .map(|rule| Entry {
+                    rule: *rule,
+                    action: Action::Block,
+                })
+                .collect();
+            plan.entries.sort();
+            plan.entries.dedup();
+            plan.state = TargetState::Blocked(reason);
+        }
+        OnWarpDown::Bypass => {
+            plan.entries.clear();
+            plan.state = TargetState::Bypassed(reason);
+        }
+    }
+    plan
+}
+
+struct ResolvedWarp {
+    network: String,
+    via_v4: Option<Ipv4Addr>,
+    via_v6: Option<Ipv6Addr>,
+    target_mac: Option<String>,
+}
+
+fn resolve_warp(
+    world: &World,
+    settings: &PlanSettings,
+    target: &Container,
+    warp_name: &str,
+) -> Result<ResolvedWarp, (BlockReason, Option<String>)> {
+    let fail = |reason| Err((reason, None));
+    if warp_name.is_empty() {
+        return fail(BlockReason::EmptyWarpName {
+            label: settings.target_label.clone(),
+        });
+    }
+    let Some(warp) = world.containers.iter().find(|c| c.name == warp_name) else {
+        return fail(BlockReason::WarpMissing {
+            warp: warp_name.to_owned(),
+        });
+    };
+    if !glob::matches(&settings.warp_name_pattern, &warp.name) {
+        return fail(BlockReason::WarpNameMismatch {
+            warp: warp.name.clone(),
+            pattern: settings.warp_name_pattern.clone(),
+        });
+    }
+    let network = match warp.labels.get(&settings.network_label) {
+        Some(network) if warp.networks.contains_key(network.trim()) => network.trim().to_owned(),
+        Some(network) => {
+            return fail(BlockReason::UnknownNetwork {
+                warp: warp.name.clone(),
+                network: network.clone(),
+                label: settings.network_label.clone(),
+            });
+        }
+        None => {
+            let mut names = warp.networks.keys();
+            match (names.next(), names.next()) {
+                (Some(only), None) => only.clone(),
+                _ => {
+                    return fail(BlockReason::AmbiguousNetwork {
+                        warp: warp.name.clone(),
+                        networks: warp.networks.keys().cloned().collect(),
+                        label: settings.network_label.clone(),
+                    });
+                }
+            }
+        }
+    };
+    let Some(target_endpoint) = target.networks.get(&network) else {
+        return fail(BlockReason::NotOnNetwork {
+            warp: warp.name.clone(),
+            network,
+        });
+    };
+    let target_mac = target_endpoint.mac.clone();
+    if !warp.running {
+        return Err((
+            BlockReason::WarpNotRunning {
+                warp: warp.name.clone(),
+            },
+            target_mac,
+        ));
+    }
+    if warp.health == Health::Unhealthy {
+        return Err((
+            BlockReason::WarpUnhealthy {
+                warp: warp.name.clone(),
+            },
+            target_mac,
+        ));
+    }
+    let endpoint = &warp.networks[&network];
+    Ok(ResolvedWarp {
+        network,
+        via_v4: endpoint.ipv4,
+        via_v6: endpoint.ipv6,
+        target_mac,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::Endpoint;
+
+    fn settings(rules: &str) -> PlanSettings {
+        PlanSettings {
+            warp_name_pattern: "warp-*".into(),
+            target_label: "netwarp.target".into(),
+            network_label: "netwarp.network".into(),
+            rules_label: "netwarp.rules".into(),
+            global_rules: parse_rules(rules).unwrap(),
+            on_warp_down: OnWarpDown::Block,
+        }
+    }
+
+    fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
+        Endpoint {
+            ipv4: Some(v4.parse().unwrap()),
+            ipv6: v6.map(|v| v.parse().unwrap()),
+            mac: Some(format!("02:42:{v4}")),
+        }
+    }
+
+    fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, Endpoint)]) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running: true,
+            health: Health::None,
+            pid: Some(100),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks: networks
+                .iter()
+                .map(|(n, e)| (n.to_string(), e.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn warp() -> Container {
+        container("warp-vpn", &[], &[("net", endpoint("172.20.0.2", None))])
+    }
+
+    fn target(labels: &[(&str, &str)]) -> Container {
+        let mut all = vec![("netwarp.target", "warp-vpn")];
+        all.extend_from_slice(labels);
+        container("app", &all, &[("net", endpoint("172.20.0.3", None))])
+    }
+
+    fn only_target(world: &World, settings: &PlanSettings) -> TargetPlan {
+        let plan = plan(world, settings);
+        assert_eq!(plan.targets.len(), 1, "{plan:?}");
+        plan.targets.into_iter().next().unwrap()
+    }
+
+    fn via(ip: &str) -> Action {
+        Action::Via(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn steers_global_rules_through_the_warp() {
+        let world = World {
+            containers: vec![warp(), target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert_eq!(
+            t.state,
+            TargetState::Steered {
+                network: "net".into(),
+                via_v4: Some("172.20.0.2".parse().unwrap()),
+                via_v6: None
+            }
+        );
+        assert_eq!(t.entries.len(), 1);
+        assert_eq!(t.entries[0].action, via("172.20.0.2"));
+        assert_eq!(t.mac_on_network.as_deref(), Some("02:42:172.20.0.3"));
+    }
+
+    #[test]
+    fn unlabelled_and_stopped_containers_are_not_targets() {
+        let plain = container("plain", &[], &[("net", endpoint("172.20.0.9", None))]);
+        let mut stopped = target(&[]);
+        stopped.running = false;
+        let world = World {
+            containers: vec![warp(), plain, stopped],
+        };
+        assert!(plan(&world, &settings("203.0.113.0/24")).targets.is_empty());
+    }
+
+    #[test]
+    fn rules_label_overrides_the_global_rules() {
+        let world = World {
+            containers: vec![
+                warp(),
+                target(&[("netwarp.rules", "198.51.100.0/24,tcp:443,udp:5000-5100")]),
+            ],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        let rules: Vec<String> = t.entries.iter().map(|e| e.rule.to_string()).collect();
+        assert_eq!(
+            rules,
+            ["198.51.100.0/24 tcp:443", "198.51.100.0/24 udp:5000-5100"]
+        );
+    }
+
+    #[test]
+    fn a_missing_warp_blocks() {
+        let world = World {
+            containers: vec![target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert_eq!(
+            t.state,
+            TargetState::Blocked(BlockReason::WarpMissing {
+                warp: "warp-vpn".into()
+            })
+        );
+        assert_eq!(t.entries.len(), 1);
+        assert_eq!(t.entries[0].action, Action::Block);
+    }
+
+    #[test]
+    fn a_stopped_warp_blocks_and_keeps_the_target_mac() {
+        let mut w = warp();
+        w.running = false;
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(
+            t.state,
+            TargetState::Blocked(BlockReason::WarpNotRunning { .. })
+        ));
+        assert!(t.entries.iter().all(|e| e.action == Action::Block));
+        assert!(t.mac_on_network.is_some());
+    }
+
+    #[test]
+    fn an_unhealthy_warp_counts_as_down() {
+        let mut w = warp();
+        w.health = Health::Unhealthy;
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(
+            t.state,
+            TargetState::Blocked(BlockReason::WarpUnhealthy { .. })
+        ));
+    }
+
+    #[test]
+    fn a_starting_or_healthy_warp_is_up() {
+        for health in [Health::Starting, Health::Healthy] {
+            let mut w = warp();
+            w.health = health;
+            let world = World {
+                containers: vec![w, target(&[])],
+            };
+            let t = only_target(&world, &settings("203.0.113.0/24"));
+            assert!(matches!(t.state, TargetState::Steered { .. }), "{health:?}");
+        }
+    }
+
+    #[test]
+    fn bypass_leaves_traffic_alone_while_the_warp_is_down() {
+        let mut s = settings("203.0.113.0/24");
+        s.on_warp_down = OnWarpDown::Bypass;
+        let world = World {
+            containers: vec![target(&[])],
+        };
+        let t = only_target(&world, &s);
+        assert!(matches!(
+            t.state,
+            TargetState::Bypassed(BlockReason::WarpMissing { .. })
+        ));
+        assert!(t.entries.is_empty());
+    }
+
+    #[test]
+    fn ambiguous_networks_block_and_name_every_network() {
+        let w = container(
+            "warp-vpn",
+            &[],
+            &[
+                ("front", endpoint("172.21.0.2", None)),
+                ("net", endpoint("172.20.0.2", None)),
+            ],
+        );
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        let TargetState::Blocked(reason) = &t.state else {
+            panic!("{t:?}")
+        };
+        assert_eq!(
+            reason.to_string(),
+            "warp container warp-vpn is on several networks (front, net); set the label \
+             netwarp.network on it to choose one"
+        );
+    }
+
+    #[test]
+    fn the_network_label_resolves_the_ambiguity() {
+        let w = container(
+            "warp-vpn",
+            &[("netwarp.network", "net")],
+            &[
+                ("front", endpoint("172.21.0.2", None)),
+                ("net", endpoint("172.20.0.2", None)),
+            ],
+        );
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert_eq!(t.entries[0].action, via("172.20.0.2"));
+    }
+
+    #[test]
+    fn a_network_label_naming_a_foreign_network_blocks() {
+        let w = container(
+            "warp-vpn",
+            &[("netwarp.network", "elsewhere")],
+            &[("net", endpoint("172.20.0.2", None))],
+        );
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(
+            t.state,
+            TargetState::Blocked(BlockReason::UnknownNetwork { .. })
+        ));
+    }
+
+    #[test]
+    fn a_target_off_the_warps_network_blocks() {
+        let app = container(
+            "app",
+            &[("netwarp.target", "warp-vpn")],
+            &[("other", endpoint("172.30.0.3", None))],
+        );
+        let world = World {
+            containers: vec![warp(), app],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(
+            t.state,
+            TargetState::Blocked(BlockReason::NotOnNetwork { .. })
+        ));
+    }
+
+    #[test]
+    fn ipv6_rules_block_when_the_warp_has_no_ipv6_address() {
+        let world = World {
+            containers: vec![warp(), target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24,2001:db8::/32"));
+        let actions: Vec<(String, Action)> = t
+            .entries
+            .iter()
+            .map(|e| (e.rule.destination.to_string(), e.action))
+            .collect();
+        assert!(actions.contains(&("203.0.113.0/24".into(), via("172.20.0.2"))));
+        assert!(actions.contains(&("2001:db8::/32".into(), Action::Block)));
+    }
+
+    #[test]
+    fn ipv6_rules_steer_when_the_warp_has_ipv6() {
+        let w = container(
+            "warp-vpn",
+            &[],
+            &[("net", endpoint("172.20.0.2", Some("fd00:20::2")))],
+        );
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("2001:db8::/32"));
+        assert_eq!(t.entries[0].action, via("fd00:20::2"));
+    }
+
+    #[test]
+    fn a_warp_outside_the_name_pattern_is_refused() {
+        let w = container("vpn", &[], &[("net", endpoint("172.20.0.2", None))]);
+        let app = container(
+            "app",
+            &[("netwarp.target", "vpn")],
+            &[("net", endpoint("172.20.0.3", None))],
+        );
+        let world = World {
+            containers: vec![w, app],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(
+            t.state,
+            TargetState::Blocked(BlockReason::WarpNameMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_labels_block_on_the_global_rules_and_name_the_label() {
+        let cases = [
+            (
+                "netwarp.rules",
+                "203.0.113.0/33",
+                "label netwarp.rules=`203.0.113.0/33` is invalid: `203.0.113.0/33`: prefix length 33 is longer than 32",
+            ),
+            (
+                "netwarp.rules",
+                "203.0.113.0/24,tcp:9000-80",
+                "label netwarp.rules=`203.0.113.0/24,tcp:9000-80` is invalid: port range `9000-80` is empty: its start is above its end",
+            ),
+            (
+                "netwarp.rules",
+                "203.0.113.0/24,gre",
+                "label netwarp.rules=`203.0.113.0/24,gre` is invalid: unknown protocol `gre` (expected tcp, udp or icmp)",
+            ),
+            (
+                "netwarp.target",
+                " ",
+                "label netwarp.target is empty; set it to the warp container's name",
+            ),
+        ];
+        for (label, value, message) in cases {
+            let app = container(
+                "app",
+                &[("netwarp.target", "warp-vpn"), (label, value)],
+                &[("net", endpoint("172.20.0.3", None))],
+            );
+            let world = World {
+                containers: vec![warp(), app],
+            };
+            let t = only_target(&world, &settings("192.0.2.0/24"));
+            let TargetState::Blocked(reason) = &t.state else {
+                panic!("{label}={value}: {t:?}")
+            };
+            assert_eq!(reason.to_string(), message);
+            assert_eq!(t.entries.len(), 1, "{label}={value}");
+            assert_eq!(t.entries[0].action, Action::Block);
+        }
+    }
+
+    #[test]
+    fn one_bad_target_does_not_affect_another() {
+        let bad = container(
+            "bad",
+            &[
+                ("netwarp.target", "warp-vpn"),
+                ("netwarp.rules", "nonsense"),
+            ],
+            &[("net", endpoint("172.20.0.4", None))],
+        );
+        let world = World {
+            containers: vec![warp(), bad, target(&[])],
+        };
+        let plan = plan(&world, &settings("203.0.113.0/24"));
+        assert_eq!(plan.targets.len(), 2);
+        let good = plan.targets.iter().find(|t| t.name == "app").unwrap();
+        assert!(matches!(good.state, TargetState::Steered { .. }));
+    }
+
+    #[test]
+    fn a_recreated_warp_with_a_new_ip_is_followed() {
+        let mut w = warp();
+        let world = World {
+            containers: vec![w.clone(), target(&[])],
+        };
+        let before = only_target(&world, &settings("203.0.113.0/24"));
+        w.networks
+            .insert("net".into(), endpoint("172.20.0.7", None));
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let after = only_target(&world, &settings("203.0.113.0/24"));
+        assert_eq!(before.entries[0].action, via("172.20.0.2"));
+        assert_eq!(after.entries[0].action, via("172.20.0.7"));
+    }
+
+    #[test]
+    fn planning_is_deterministic_whatever_the_listing_order() {
+        let a = World {
+            containers: vec![warp(), target(&[]), {
+                let mut c = target(&[]);
+                c.id = "id-b".into();
+                c.name = "b".into();
+                c
+            }],
+        };
+        let mut b = a.clone();
+        b.containers.reverse();
+        assert_eq!(
+            plan(&a, &settings("203.0.113.0/24")),
+            plan(&b, &settings("203.0.113.0/24"))
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! `cargo xtask test`: setup, then every test in the workspace, with a
+//! summary that reports loud skips separately from passes.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+    thread,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::command::{cargo, workspace_root};
+
+/// Marker printed by `netwarp_tests::skip::record`.
+const SKIP_MARKER: &str = "NETWARP-SKIP";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Skip `cargo xtask setup` (for quick local loops on a set-up machine).
+    #[arg(long)]
+    no_setup: bool,
+    /// Only test this package (for example netwarp or netwarp-tests).
+    #[arg(long, short)]
+    package: Option<String>,
+    /// Only run tests whose names contain these filters.
+    filters: Vec<String>,
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    suites: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !args.no_setup {
+        crate::setup::run()?;
+    }
+    let root = workspace_root();
+    let skip_log = root.join("target/xtask/skipped-tests.log");
+    fs::create_dir_all(skip_log.parent().expect("has a parent"))?;
+    let _ = fs::remove_file(&skip_log);
+
+    let mut cmd = cargo();
+    cmd.current_dir(&root).args(["test", "--no-fail-fast"]);
+    match &args.package {
+        Some(package) => cmd.args(["--package", package]),
+        None => cmd.arg("--workspace"),
+    };
+    cmd.arg("--").args(&args.filters);
+    cmd.env("NETWARP_SKIP_LOG", &skip_log)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("spawning cargo test")?;
+
+    // Echo stderr (build output, skip markers) as it comes.
+    let stderr = child.stderr.take().expect("piped");
+    let echo_stderr = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            totals.add(result);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    let _ = echo_stderr.join();
+
+    let skipped: Vec<String> = fs::read_to_string(&skip_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(SKIP_MARKER))
+        .map(|l| l.trim().to_owned())
+        .collect();
+    let skipped_count = skipped.len() as u64;
+    println!();
+    println!("==================== netwarp test summary ====================");
+    println!(
+        "{} suites: {} passed, {} failed, {} skipped, {} ignored",
+        totals.suites,
+        totals.passed.saturating_sub(skipped_count),
+        totals.failed,
+        skipped_count,
+        totals.ignored
+    );
+    for skip in &skipped {
+        println!("SKIPPED {skip}");
+    }
+    if !status.success() || totals.failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+impl Totals {
+    /// Adds one `test result:` line, e.g.
+    /// `ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...`.
+    fn add(&mut self, result: &str) {
+        self.suites += 1;
+        for part in result.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
