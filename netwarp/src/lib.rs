@@ -1,5 +1,11 @@
 //! netwarp: steers Docker containers' traffic through warp containers.
+pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod docker;
 pub mod glob;
 pub mod model;
 pub mod plan;
+pub mod privileges;
+pub mod probe;
+pub mod reconcile;

@@ -157,7 +157,16 @@ fn counts_traffic_between_real_containers() {
         ok
     });
     assert!(sent, "the iperf3 transfer to {server_ip} never succeeded");
-    let after_tcp = dataplane.traffic(ifindex).expect("reading counters");
+    // iperf3 exits once its data is written; the kernel may still be sending
+    // the tail of it. Let the counters settle, for at most 5 s.
+    let mut after_tcp = dataplane.traffic(ifindex).expect("reading counters");
+    for _ in 0..50 {
+        if after_tcp.from_container.bytes - after_ping.from_container.bytes >= TRANSFER {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        after_tcp = dataplane.traffic(ifindex).expect("reading counters");
+    }
     let sent_bytes = after_tcp.from_container.bytes - after_ping.from_container.bytes;
     println!("TCP transfer of {TRANSFER} bytes: {sent_bytes} bytes counted");
     assert!(

@@ -1,0 +1,336 @@
+//! Layered configuration: CLI flags over `NETWARP_*` environment variables
+//! over the TOML file over documented defaults. Every value remembers where
+//! it came from, and every error names that place, the key and the reason.
+mod keys;
+mod layer;
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use keys::{KEYS, KeySpec};
+pub use layer::{Layer, Origin};
+
+use crate::{
+    model::Rule,
+    plan::{OnWarpDown, PlanSettings},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; pass an existing file with --config")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{origin}: unknown key `{key}`{hint}")]
+    UnknownKey {
+        origin: Origin,
+        key: String,
+        hint: String,
+    },
+    #[error("{origin}: key `{key}`: {reason}")]
+    Invalid {
+        origin: Origin,
+        key: String,
+        reason: String,
+    },
+}
+
+/// How netwarp reaches the Docker engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DockerConnection {
+    /// A unix socket path.
+    Unix(String),
+    /// Plain HTTP over TCP, e.g. `tcp://127.0.0.1:2375`.
+    Tcp(String),
+    /// HTTPS over TCP with client certificates.
+    Tls {
+        address: String,
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataplaneMode {
+    Auto,
+    Ebpf,
+    Routes,
+}
+
+impl fmt::Display for DataplaneMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Ebpf => "ebpf",
+            Self::Routes => "routes",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub docker: DockerConnection,
+    /// `major.minor`; `None` negotiates with the engine.
+    pub docker_api_version: Option<(usize, usize)>,
+    pub warp_name_pattern: String,
+    pub target_label: String,
+    pub network_label: String,
+    pub rules_label: String,
+    pub routing_rules: Vec<Rule>,
+    pub on_warp_down: OnWarpDown,
+    pub dataplane: DataplaneMode,
+    pub resync_interval: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub metrics_listen: SocketAddr,
+    /// The effective value of every key as text, with its origin.
+    pub effective: BTreeMap<&'static str, (String, Origin)>,
+}
+
+impl Config {
+    /// Merges the layers (highest precedence first) and validates every key.
+    pub fn resolve(layers: &[Layer]) -> Result<Self, ConfigError> {
+        for layer in layers {
+            layer.check_known_keys()?;
+        }
+        let mut effective = BTreeMap::new();
+        let mut value = |spec: &'static KeySpec| -> Result<(layer::Value, Origin), ConfigError> {
+            let (value, origin) = layers
+                .iter()
+                .find_map(|l| l.get(spec.name).cloned())
+                .unwrap_or_else(|| (spec.default_value(), Origin::Default));
+            effective.insert(spec.name, (value.to_string(), origin.clone()));
+            Ok((value, origin))
+        };
+        let text = |spec: &'static KeySpec, v: (layer::Value, Origin)| v.0.as_text(spec.name, &v.1);
+
+        let method_value = value(&keys::CONNECTION_METHOD)?;
+        let method_origin = method_value.1.clone();
+        let method = text(&keys::CONNECTION_METHOD, method_value)?;
+        let socket = value(&keys::DOCKER_SOCKET)?;
+        let socket_text = text(&keys::DOCKER_SOCKET, socket.clone())?;
+        let tls_paths = [
+            &keys::DOCKER_TLS_CA,
+            &keys::DOCKER_TLS_CERT,
+            &keys::DOCKER_TLS_KEY,
+        ]
+        .map(|spec| value(spec).and_then(|v| text(spec, v)));
+        let [ca, cert, key] = tls_paths;
+        let (ca, cert, key) = (ca?, cert?, key?);
+        let docker = parse_connection(
+            (&method, &method_origin),
+            (socket_text, &socket.1),
+            [ca, cert, key],
+        )?;
+
+        let api = value(&keys::DOCKER_API_VERSION)?;
+        let api_text = text(&keys::DOCKER_API_VERSION, api.clone())?;
+        let docker_api_version = parse_api_version(&api_text)
+            .map_err(|reason| invalid(&api.1, keys::DOCKER_API_VERSION.name, reason))?;
+
+        let rules = value(&keys::ROUTING_RULES)?;
+        let routing_rules = rules.0.as_rules(keys::ROUTING_RULES.name, &rules.1)?;
+
+        let on_down = value(&keys::ON_WARP_DOWN)?;
+        let on_warp_down = match text(&keys::ON_WARP_DOWN, on_down.clone())?.as_str() {
+            "block" => OnWarpDown::Block,
+            "bypass" => OnWarpDown::Bypass,
+            other => {
+                return Err(invalid(
+                    &on_down.1,
+                    keys::ON_WARP_DOWN.name,
+                    format!("`{other}` is neither `block` nor `bypass`"),
+                ));
+            }
+        };
+        let mode = value(&keys::DATAPLANE_MODE)?;
+        let dataplane = match text(&keys::DATAPLANE_MODE, mode.clone())?.as_str() {
+            "auto" => DataplaneMode::Auto,
+            "ebpf" => DataplaneMode::Ebpf,
+            "routes" => DataplaneMode::Routes,
+            other => {
+                return Err(invalid(
+                    &mode.1,
+                    keys::DATAPLANE_MODE.name,
+                    format!("`{other}` is not one of auto, ebpf, routes"),
+                ));
+            }
+        };
+        let resync = value(&keys::RESYNC_INTERVAL)?;
+        let resync_secs = resync.0.as_integer(keys::RESYNC_INTERVAL.name, &resync.1)?;
+        if !(1..=3600).contains(&resync_secs) {
+            return Err(invalid(
+                &resync.1,
+                keys::RESYNC_INTERVAL.name,
+                format!("{resync_secs} is outside 1..=3600 seconds"),
+            ));
+        }
+        let level = value(&keys::LOG_LEVEL)?;
+        let log_level = text(&keys::LOG_LEVEL, level.clone())?;
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(invalid(
+                &level.1,
+                keys::LOG_LEVEL.name,
+                format!("`{log_level}` is not one of error, warn, info, debug, trace"),
+            ));
+        }
+        let format = value(&keys::LOG_FORMAT)?;
+        let log_format = match text(&keys::LOG_FORMAT, format.clone())?.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    &format.1,
+                    keys::LOG_FORMAT.name,
+                    format!("`{other}` is neither `text` nor `json`"),
+                ));
+            }
+        };
+        let listen = value(&keys::METRICS_LISTEN)?;
+        let listen_text = text(&keys::METRICS_LISTEN, listen.clone())?;
+        let metrics_listen = listen_text.parse().map_err(|_| {
+            invalid(
+                &listen.1,
+                keys::METRICS_LISTEN.name,
+                format!("`{listen_text}` is not an address:port such as 127.0.0.1:9477"),
+            )
+        })?;
+        let mut label = |spec: &'static KeySpec| -> Result<String, ConfigError> {
+            let v = value(spec)?;
+            let s = text(spec, v.clone())?;
+            if s.trim().is_empty() {
+                return Err(invalid(&v.1, spec.name, "must not be empty".into()));
+            }
+            Ok(s)
+        };
+        let warp_name_pattern = label(&keys::WARP_PATTERN)?;
+        let target_label = label(&keys::TARGET_LABEL)?;
+        let network_label = label(&keys::NETWORK_LABEL)?;
+        let rules_label = label(&keys::RULES_LABEL)?;
+
+        Ok(Self {
+            docker,
+            docker_api_version,
+            warp_name_pattern,
+            target_label,
+            network_label,
+            rules_label,
+            routing_rules,
+            on_warp_down,
+            dataplane,
+            resync_interval: Duration::from_secs(resync_secs),
+            log_level,
+            log_format,
+            metrics_listen,
+            effective,
+        })
+    }
+
+    /// The settings the planner needs.
+    pub fn plan_settings(&self) -> PlanSettings {
+        PlanSettings {
+            warp_name_pattern: self.warp_name_pattern.clone(),
+            target_label: self.target_label.clone(),
+            network_label: self.network_label.clone(),
+            rules_label: self.rules_label.clone(),
+            global_rules: self.routing_rules.clone(),
+            on_warp_down: self.on_warp_down,
+        }
+    }
+}
+
+fn invalid(origin: &Origin, key: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.clone(),
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+fn parse_connection(
+    (method, method_origin): (&str, &Origin),
+    (socket, origin): (String, &Origin),
+    [ca, cert, key]: [String; 3],
+) -> Result<DockerConnection, ConfigError> {
+    let key_name = keys::DOCKER_SOCKET.name;
+    match method {
+        "unix" | "socket" => {
+            let path = socket.strip_prefix("unix://").unwrap_or(&socket).to_owned();
+            if !path.starts_with('/') {
+                return Err(invalid(
+                    origin,
+                    key_name,
+                    format!("`{socket}` is not an absolute unix socket path"),
+                ));
+            }
+            Ok(DockerConnection::Unix(path))
+        }
+        "tcp" | "tls" => {
+            let address = socket.strip_prefix("tcp://").ok_or_else(|| {
+                invalid(
+                    origin,
+                    key_name,
+                    format!("`{socket}` must look like tcp://HOST:PORT for method {method}"),
+                )
+            })?;
+            if address.is_empty() || !address.contains(':') {
+                return Err(invalid(
+                    origin,
+                    key_name,
+                    format!("`{socket}` has no HOST:PORT"),
+                ));
+            }
+            if method == "tcp" {
+                return Ok(DockerConnection::Tcp(socket));
+            }
+            if ca.is_empty() || cert.is_empty() || key.is_empty() {
+                return Err(invalid(
+                    origin,
+                    keys::CONNECTION_METHOD.name,
+                    "tls needs docker.tls_ca, docker.tls_cert and docker.tls_key".into(),
+                ));
+            }
+            Ok(DockerConnection::Tls {
+                address: socket,
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+            })
+        }
+        other => Err(ConfigError::Invalid {
+            origin: method_origin.clone(),
+            key: keys::CONNECTION_METHOD.name.into(),
+            reason: format!("`{other}` is not one of unix, tcp, tls"),
+        }),
+    }
+}
+
+fn parse_api_version(text: &str) -> Result<Option<(usize, usize)>, String> {
+    if text.is_empty() || text == "auto" {
+        return Ok(None);
+    }
+    let parsed = text
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    match parsed {
+        Some((1, minor)) if minor >= 41 => Ok(Some((1, minor))),
+        Some(_) => Err(format!(
+            "API {text} is older than 1.41 (Docker 20.10), the oldest netwarp supports"
+        )),
+        None => Err(format!("`{text}` is not a version such as 1.41, or `auto`")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

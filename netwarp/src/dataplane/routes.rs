@@ -1,0 +1,547 @@
+//! The `routes` dataplane: policy rules and a netwarp-owned routing table
+//! inside each target's network namespace, through rtnetlink.
+//!
+//! Ownership is explicit: every route sits in [`NETWARP_TABLE`] with route
+//! protocol [`NETWARP_PROTOCOL`]; every rule has priority
+//! [`NETWARP_RULE_PRIORITY`] and the same protocol. netwarp lists and removes
+//! exactly those, and nothing else.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    Handle, IpVersion, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        link::LinkAttribute,
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
+        rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
+    },
+};
+
+use crate::{
+    model::{Cidr, PortRange},
+    plan::{Action, Entry},
+};
+
+/// netwarp's routing table in each target's namespace.
+pub const NETWARP_TABLE: u32 = 0x4e57;
+/// The route (and rule) protocol id that tags netwarp's entries.
+pub const NETWARP_PROTOCOL: u8 = 0x57;
+/// The priority of netwarp's policy rules: before `main` (32766).
+pub const NETWARP_RULE_PRIORITY: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error(
+        "cannot enter the network namespace of pid {pid}: {reason}; netwarp needs \
+         CAP_SYS_ADMIN and CAP_NET_ADMIN (see `netwarp probe`)"
+    )]
+    Netns { pid: u32, reason: String },
+    #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
+    Netlink {
+        pid: u32,
+        operation: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// What a route in netwarp's table does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteAction {
+    Via(IpAddr),
+    /// A prohibit route: senders get EACCES at once, nothing leaves.
+    Prohibit,
+}
+
+/// A policy rule netwarp owns: `to DEST [ipproto P [dport RANGE]] lookup NETWARP_TABLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedRule {
+    pub destination: Cidr,
+    pub ip_proto: Option<u8>,
+    pub ports: Option<PortRange>,
+}
+
+/// Everything netwarp owns in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedState {
+    pub routes: BTreeMap<Cidr, RouteAction>,
+    pub rules: BTreeSet<OwnedRule>,
+}
+
+/// The kernel state that enforces a target's plan entries.
+pub fn desired_state(entries: &[Entry]) -> OwnedState {
+    let mut state = OwnedState::default();
+    for entry in entries {
+        let rule = entry.rule;
+        let action = match entry.action {
+            Action::Via(ip) => RouteAction::Via(ip),
+            Action::Block => RouteAction::Prohibit,
+        };
+        // Blocking wins if two rules to one destination ever disagree.
+        state
+            .routes
+            .entry(rule.destination)
+            .and_modify(|a| *a = (*a).max(action))
+            .or_insert(action);
+        state.rules.insert(OwnedRule {
+            destination: rule.destination,
+            ip_proto: rule
+                .protocol
+                .map(|p| p.ip_proto(rule.destination.is_ipv6())),
+            ports: rule.ports,
+        });
+    }
+    state
+}
+
+/// The changes that turn `installed` into `desired`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Routes to add or replace in place (never delete-then-add, which
+    /// would open a window for a leak).
+    pub put_routes: Vec<(Cidr, RouteAction)>,
+    pub add_rules: Vec<OwnedRule>,
+    pub delete_rules: Vec<OwnedRule>,
+    pub delete_routes: Vec<Cidr>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.put_routes.is_empty()
+            && self.add_rules.is_empty()
+            && self.delete_rules.is_empty()
+            && self.delete_routes.is_empty()
+    }
+}
+
+pub fn diff(installed: &OwnedState, desired: &OwnedState) -> Changes {
+    Changes {
+        put_routes: desired
+            .routes
+            .iter()
+            .filter(|(dst, action)| installed.routes.get(dst) != Some(action))
+            .map(|(d, a)| (*d, *a))
+            .collect(),
+        add_rules: desired
+            .rules
+            .difference(&installed.rules)
+            .copied()
+            .collect(),
+        delete_rules: installed
+            .rules
+            .difference(&desired.rules)
+            .copied()
+            .collect(),
+        delete_routes: installed
+            .routes
+            .keys()
+            .filter(|d| !desired.routes.contains_key(d))
+            .copied()
+            .collect(),
+    }
+}
+
+/// An rtnetlink connection bound to one container's network namespace.
+pub struct NamespaceHandle {
+    pid: u32,
+    handle: Handle,
+}
+
+impl NamespaceHandle {
+    /// Opens a netlink socket inside the namespace of `pid`.
+    ///
+    /// Only socket creation happens inside the namespace, on a short-lived
+    /// dedicated OS thread: setns changes the calling thread, and a tokio
+    /// worker must never be moved. The socket then stays bound to the
+    /// namespace wherever it is polled.
+    pub async fn open(pid: u32) -> Result<Self, RoutesError> {
+        let runtime = tokio::runtime::Handle::current();
+        let path = format!("/proc/{pid}/ns/net");
+        let opened = std::thread::Builder::new()
+            .name(format!("netns-{pid}"))
+            .spawn(move || -> Result<_, String> {
+                let _runtime = runtime.enter();
+                let netns = netns_rs::get_from_path(&path).map_err(|e| e.to_string())?;
+                netns
+                    .run(|_| rtnetlink::new_connection())
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| RoutesError::Netns {
+                pid,
+                reason: e.to_string(),
+            })?
+            .join()
+            .map_err(|_| RoutesError::Netns {
+                pid,
+                reason: "the namespace thread panicked".into(),
+            })?;
+        let (connection, handle, _) =
+            opened.map_err(|reason| RoutesError::Netns { pid, reason })?;
+        tokio::spawn(connection);
+        Ok(Self { pid, handle })
+    }
+
+    fn netlink(
+        &self,
+        operation: impl Into<String>,
+    ) -> impl FnOnce(rtnetlink::Error) -> RoutesError {
+        let pid = self.pid;
+        let operation = operation.into();
+        move |source| RoutesError::Netlink {
+            pid,
+            operation,
+            source,
+        }
+    }
+
+    /// Reads netwarp's own routes and rules, and nothing else.
+    pub async fn installed(&self) -> Result<OwnedState, RoutesError> {
+        let mut state = OwnedState::default();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut query = RouteMessage::default();
+            query.header.address_family = family;
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(self.netlink("route dump"))?;
+            for route in routes {
+                if let Some((dst, action)) = parse_owned_route(&route) {
+                    state.routes.insert(dst, action);
+                }
+            }
+        }
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(self.netlink("rule dump"))?;
+            state
+                .rules
+                .extend(rules.iter().filter_map(parse_owned_rule));
+        }
+        Ok(state)
+    }
+
+    /// Applies `changes`: routes before the rules that use them, and rules
+    /// removed before their routes, so no packet sees a rule without a route.
+    pub async fn apply(&self, changes: &Changes, oif_mac: Option<&str>) -> Result<(), RoutesError> {
+        let oif = match oif_mac {
+            Some(mac) => self.ifindex_by_mac(mac).await?,
+            None => None,
+        };
+        for (dst, action) in &changes.put_routes {
+            let message = route_message(*dst, *action, oif);
+            self.handle
+                .route()
+                .add(message)
+                .replace()
+                .execute()
+                .await
+                .map_err(self.netlink(format!("route replace {dst} {action:?}")))?;
+        }
+        for rule in &changes.add_rules {
+            let mut request = self.handle.rule().add();
+            *request.message_mut() = rule_message(rule);
+            request
+                .execute()
+                .await
+                .map_err(self.netlink(format!("rule add {rule:?}")))?;
+        }
+        for rule in &changes.delete_rules {
+            self.handle
+                .rule()
+                .del(rule_message(rule))
+                .execute()
+                .await
+                .map_err(self.netlink(format!("rule del {rule:?}")))?;
+        }
+        for dst in &changes.delete_routes {
+            let message = route_message(*dst, RouteAction::Prohibit, None);
+            let mut message = message;
+            // Delete by table, destination and protocol, whatever the type.
+            message.header.kind = RouteType::Unspec;
+            self.handle
+                .route()
+                .del(message)
+                .execute()
+                .await
+                .map_err(self.netlink(format!("route del {dst}")))?;
+        }
+        Ok(())
+    }
+
+    async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
+        let wanted: Vec<u8> = mac
+            .split(':')
+            .filter_map(|b| u8::from_str_radix(b, 16).ok())
+            .collect();
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.netlink("link dump"))?;
+        Ok(links
+            .iter()
+            .find(|link| {
+                link.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
+            })
+            .map(|link| link.header.index))
+    }
+}
+
+fn route_message(dst: Cidr, action: RouteAction, oif: Option<u32>) -> RouteMessage {
+    let builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .expect("a Cidr is always a valid prefix")
+        .table_id(NETWARP_TABLE)
+        .protocol(RouteProtocol::Other(NETWARP_PROTOCOL));
+    let builder = match action {
+        RouteAction::Via(gateway) => {
+            let builder = builder
+                .gateway(gateway)
+                .expect("planner keeps gateway and destination in one family")
+                .kind(RouteType::Unicast);
+            match oif {
+                Some(index) => builder.output_interface(index),
+                None => builder,
+            }
+        }
+        RouteAction::Prohibit => builder.kind(RouteType::Prohibit),
+    };
+    builder.build()
+}
+
+fn parse_owned_route(route: &RouteMessage) -> Option<(Cidr, RouteAction)> {
+    if route.header.protocol != RouteProtocol::Other(NETWARP_PROTOCOL) {
+        return None;
+    }
+    let table = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table));
+    if table != NETWARP_TABLE {
+        return None;
+    }
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    let dst_addr = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(d) => addr(d),
+        _ => None,
+    });
+    let dst_addr = dst_addr.unwrap_or(match route.header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    });
+    let dst = Cidr::new(dst_addr, route.header.destination_prefix_length).ok()?;
+    let action = match route.header.kind {
+        RouteType::Prohibit => RouteAction::Prohibit,
+        _ => RouteAction::Via(route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(g) => addr(g),
+            _ => None,
+        })?),
+    };
+    Some((dst, action))
+}
+
+fn rule_message(rule: &OwnedRule) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = if rule.destination.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    message.header.dst_len = rule.destination.prefix_len();
+    message.header.action = RuleAction::ToTable;
+    let attributes = &mut message.attributes;
+    if rule.destination.prefix_len() > 0 {
+        attributes.push(RuleAttribute::Destination(rule.destination.addr()));
+    }
+    attributes.push(RuleAttribute::Table(NETWARP_TABLE));
+    attributes.push(RuleAttribute::Priority(NETWARP_RULE_PRIORITY));
+    attributes.push(RuleAttribute::Protocol(RouteProtocol::Other(
+        NETWARP_PROTOCOL,
+    )));
+    if let Some(proto) = rule.ip_proto {
+        attributes.push(RuleAttribute::IpProtocol(proto.into()));
+    }
+    if let Some(ports) = rule.ports {
+        attributes.push(RuleAttribute::DestinationPortRange(RulePortRange {
+            start: ports.start,
+            end: ports.end,
+        }));
+    }
+    message
+}
+
+fn parse_owned_rule(rule: &RuleMessage) -> Option<OwnedRule> {
+    let mut priority = None;
+    let mut protocol = None;
+    let mut table = None;
+    let mut destination = None;
+    let mut ip_proto = None;
+    let mut ports = None;
+    for attribute in &rule.attributes {
+        match attribute {
+            RuleAttribute::Priority(p) => priority = Some(*p),
+            RuleAttribute::Protocol(p) => protocol = Some(*p),
+            RuleAttribute::Table(t) => table = Some(*t),
+            RuleAttribute::Destination(d) => destination = Some(*d),
+            RuleAttribute::IpProtocol(p) => ip_proto = Some(u8::from(*p)),
+            RuleAttribute::DestinationPortRange(r) => {
+                ports = Some(PortRange {
+                    start: r.start,
+                    end: r.end,
+                })
+            }
+            _ => {}
+        }
+    }
+    let owned = priority == Some(NETWARP_RULE_PRIORITY)
+        && protocol == Some(RouteProtocol::Other(NETWARP_PROTOCOL))
+        && table == Some(NETWARP_TABLE);
+    if !owned {
+        return None;
+    }
+    let destination = destination.unwrap_or(match rule.header.family {
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    });
+    Some(OwnedRule {
+        destination: Cidr::new(destination, rule.header.dst_len).ok()?,
+        ip_proto,
+        ports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_rules;
+
+    fn entries(rules: &str, action: Action) -> Vec<Entry> {
+        parse_rules(rules)
+            .unwrap()
+            .into_iter()
+            .map(|rule| Entry { rule, action })
+            .collect()
+    }
+
+    fn via(ip: &str) -> Action {
+        Action::Via(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn one_route_per_destination_and_one_rule_per_selector() {
+        let state = desired_state(&entries(
+            "203.0.113.0/24,tcp:443,udp:5000-5100",
+            via("172.20.0.2"),
+        ));
+        assert_eq!(state.routes.len(), 1);
+        assert_eq!(state.rules.len(), 2);
+        let protos: Vec<Option<u8>> = state.rules.iter().map(|r| r.ip_proto).collect();
+        assert_eq!(protos, [Some(6), Some(17)]);
+    }
+
+    #[test]
+    fn rules_and_routes_survive_a_netlink_round_trip() {
+        let state = desired_state(&entries(
+            "203.0.113.0/24,2001:db8::/32,tcp:8000-8100",
+            Action::Block,
+        ));
+        for rule in &state.rules {
+            assert_eq!(parse_owned_rule(&rule_message(rule)), Some(*rule));
+        }
+        for (dst, action) in &state.routes {
+            let mut message = route_message(*dst, *action, Some(3));
+            message
+                .attributes
+                .push(RouteAttribute::Table(NETWARP_TABLE));
+            assert_eq!(parse_owned_route(&message), Some((*dst, *action)));
+        }
+        let default = desired_state(&entries("0.0.0.0/0", via("172.20.0.2")));
+        let rule = default.rules.first().unwrap();
+        assert_eq!(parse_owned_rule(&rule_message(rule)), Some(*rule));
+    }
+
+    #[test]
+    fn foreign_entries_are_never_ours() {
+        let mut rule = rule_message(&OwnedRule {
+            destination: "192.0.2.0/24".parse().unwrap(),
+            ip_proto: None,
+            ports: None,
+        });
+        rule.attributes
+            .retain(|a| !matches!(a, RuleAttribute::Protocol(_)));
+        rule.attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::Boot));
+        assert_eq!(parse_owned_rule(&rule), None);
+        let mut route = route_message("192.0.2.0/24".parse().unwrap(), RouteAction::Prohibit, None);
+        route.header.protocol = RouteProtocol::Static;
+        assert_eq!(parse_owned_route(&route), None);
+    }
+
+    #[test]
+    fn diff_is_empty_when_converged() {
+        let state = desired_state(&entries("203.0.113.0/24,tcp:443", via("172.20.0.2")));
+        assert!(diff(&state, &state).is_empty());
+    }
+
+    #[test]
+    fn a_warp_going_down_replaces_routes_in_place() {
+        let up = desired_state(&entries("203.0.113.0/24,tcp:443", via("172.20.0.2")));
+        let down = desired_state(&entries("203.0.113.0/24,tcp:443", Action::Block));
+        let changes = diff(&up, &down);
+        assert_eq!(
+            changes.put_routes,
+            vec![("203.0.113.0/24".parse().unwrap(), RouteAction::Prohibit)]
+        );
+        assert!(
+            changes.add_rules.is_empty()
+                && changes.delete_rules.is_empty()
+                && changes.delete_routes.is_empty()
+        );
+    }
+
+    #[test]
+    fn stale_entries_are_removed() {
+        let old = desired_state(&entries("203.0.113.0/24,tcp:443", via("172.20.0.2")));
+        let new = desired_state(&entries("198.51.100.0/24", via("172.20.0.2")));
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes.delete_routes,
+            vec!["203.0.113.0/24".parse().unwrap()]
+        );
+        assert_eq!(changes.delete_rules.len(), 1);
+        assert_eq!(changes.add_rules.len(), 1);
+        assert_eq!(changes.put_routes.len(), 1);
+        let cleared = diff(&new, &OwnedState::default());
+        assert_eq!(cleared.delete_rules.len(), 1);
+        assert_eq!(cleared.delete_routes.len(), 1);
+    }
+}

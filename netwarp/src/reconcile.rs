@@ -1,0 +1,324 @@
+//! The level-triggered controller. Docker events only mark the world dirty;
+//! each reconcile reads every container, plans from scratch, diffs against
+//! what is installed, and applies the difference. A periodic resync is the
+//! safety net, so lost events, reconnects and restarts cannot corrupt state.
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use bollard::Docker;
+use futures_util::StreamExt as _;
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::{
+    cli::EXIT_MISSING_PRIVILEGE,
+    config::{Config, DataplaneMode},
+    dataplane::routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff},
+    docker::{self, Backoff},
+    plan::{PlanSettings, TargetPlan, TargetState, plan},
+    privileges::{CapabilitySet, MissingCapabilities, ROUTES_CAPABILITIES},
+};
+
+/// Coalescing window: events arriving within it cause one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Why the event loop stopped.
+enum LoopExit {
+    Shutdown,
+    ConnectionLost(String),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. The programmed state stays in
+/// place on exit, so targets stay steered (or blocked) while it is down.
+pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(code) = check_privileges() {
+        return Ok(code);
+    }
+    let mode = match config.dataplane {
+        DataplaneMode::Routes => DataplaneMode::Routes,
+        DataplaneMode::Auto => {
+            info!(
+                reason = "eBPF steering is not implemented yet",
+                "dataplane auto: using routes"
+            );
+            DataplaneMode::Routes
+        }
+        DataplaneMode::Ebpf => anyhow::bail!(
+            "dataplane `ebpf` cannot steer yet (only its traffic counters exist); \
+             use --dataplane routes or auto"
+        ),
+    };
+    info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");
+    let mut reconciler = Reconciler::new(config.plan_settings());
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let connected = tokio::select! {
+            result = docker::connect(&config.docker, config.docker_api_version) => result,
+            _ = sigterm.recv() => return Ok(shutdown("SIGTERM")),
+            _ = sigint.recv() => return Ok(shutdown("SIGINT")),
+        };
+        let exit = match connected {
+            Ok(client) => {
+                backoff.reset();
+                info!("connected to Docker; resyncing");
+                run_connected(&client, &config, &mut reconciler, &mut sigterm, &mut sigint).await
+            }
+            Err(e) => LoopExit::ConnectionLost(e.to_string()),
+        };
+        match exit {
+            LoopExit::Shutdown => return Ok(ExitCode::SUCCESS),
+            LoopExit::ConnectionLost(reason) => {
+                let delay = backoff.next_delay();
+                warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Docker connection lost; keeping the dataplane as it is and reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = sigterm.recv() => return Ok(shutdown("SIGTERM")),
+                    _ = sigint.recv() => return Ok(shutdown("SIGINT")),
+                }
+            }
+        }
+    }
+}
+
+fn shutdown(signal: &str) -> ExitCode {
+    info!(signal, "shutting down; programmed state stays in place");
+    ExitCode::SUCCESS
+}
+
+fn check_privileges() -> Option<ExitCode> {
+    let missing = match CapabilitySet::current() {
+        Ok(caps) => caps.missing(ROUTES_CAPABILITIES),
+        Err(e) => {
+            warn!(error = %e, "cannot read capabilities; continuing");
+            return None;
+        }
+    };
+    if missing.is_empty() {
+        return None;
+    }
+    error!("{}", MissingCapabilities(missing));
+    Some(ExitCode::from(EXIT_MISSING_PRIVILEGE))
+}
+
+async fn run_connected(
+    client: &Docker,
+    config: &Config,
+    reconciler: &mut Reconciler,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> LoopExit {
+    // The event reader only forwards "something changed", with the event's
+    // own time for latency measurements; it never carries state.
+    let (dirty_tx, mut dirty_rx) = mpsc::channel::<(String, Instant)>(1024);
+    let mut events = docker::events(client);
+    let reader = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    let id = event.actor.and_then(|a| a.id).unwrap_or_default();
+                    debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
+                    // A full channel already guarantees a reconcile.
+                    let _ = dirty_tx.try_send((id, Instant::now()));
+                }
+                Err(e) => return e.to_string(),
+            }
+        }
+        "the event stream ended".to_owned()
+    });
+    let mut resync = tokio::time::interval(config.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: HashMap<String, Instant> = HashMap::new();
+    let exit = loop {
+        tokio::select! {
+            _ = resync.tick() => {}
+            event = dirty_rx.recv() => {
+                let Some((id, at)) = event else {
+                    break LoopExit::ConnectionLost("the event reader stopped".into());
+                };
+                pending.entry(id).or_insert(at);
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok((id, at)) = dirty_rx.try_recv() {
+                    pending.entry(id).or_insert(at);
+                }
+            }
+            _ = sigterm.recv() => break shutdown_exit("SIGTERM"),
+            _ = sigint.recv() => break shutdown_exit("SIGINT"),
+        }
+        if reader.is_finished() {
+            break LoopExit::ConnectionLost("the event stream ended".into());
+        }
+        if let Err(e) = reconciler.reconcile(client, &mut pending).await {
+            // Losing Docker mid-reconcile: reconnect and resync.
+            break LoopExit::ConnectionLost(e.to_string());
+        }
+    };
+    reader.abort();
+    exit
+}
+
+fn shutdown_exit(signal: &str) -> LoopExit {
+    shutdown(signal);
+    LoopExit::Shutdown
+}
+
+/// Remembers the last logged state per target, so that a classification
+/// is logged when it changes, not on every resync.
+pub struct Reconciler {
+    settings: PlanSettings,
+    last_state: HashMap<String, TargetState>,
+}
+
+impl Reconciler {
+    pub fn new(settings: PlanSettings) -> Self {
+        Self {
+            settings,
+            last_state: HashMap::new(),
+        }
+    }
+
+    /// One full pass. Per-target failures are logged and retried on the
+    /// next pass; only a Docker failure aborts the pass.
+    pub async fn reconcile(
+        &mut self,
+        client: &Docker,
+        pending: &mut HashMap<String, Instant>,
+    ) -> Result<(), docker::DockerError> {
+        let started = Instant::now();
+        let world = docker::snapshot(client).await?;
+        let plan = plan(&world, &self.settings);
+        let mut seen = HashSet::new();
+        for target in &plan.targets {
+            seen.insert(target.id.clone());
+            let span = info_span!("target", container = %target.name, id = %short(&target.id));
+            self.log_classification(target);
+            match program_target(target).instrument(span.clone()).await {
+                Ok(changed) => {
+                    let _enter = span.enter();
+                    if let Some(event_at) = pending.remove(&target.id) {
+                        info!(
+                            changed,
+                            latency_ms = event_at.elapsed().as_secs_f64() * 1e3,
+                            "target programmed after event"
+                        );
+                    } else if changed {
+                        info!("target programmed on resync");
+                    }
+                }
+                Err(e) => {
+                    let _enter = span.enter();
+                    warn!(error = %e, "programming the target failed; will retry on the next reconcile");
+                }
+            }
+        }
+        self.last_state.retain(|id, _| seen.contains(id));
+        pending.clear();
+        debug!(
+            targets = plan.targets.len(),
+            containers = world.containers.len(),
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            "reconciled"
+        );
+        Ok(())
+    }
+
+    fn log_classification(&mut self, target: &TargetPlan) {
+        if self.last_state.get(&target.id) == Some(&target.state) {
+            return;
+        }
+        let id = short(&target.id);
+        match &target.state {
+            TargetState::Steered {
+                network,
+                via_v4,
+                via_v6,
+            } => info!(
+                container = %target.name, %id, warp = %target.warp, %network,
+                via_v4 = ?via_v4, via_v6 = ?via_v6, rules = target.entries.len(),
+                "target steered through its warp container"
+            ),
+            TargetState::Blocked(reason) => warn!(
+                container = %target.name, %id, warp = %target.warp, %reason,
+                "target blocked (fail closed)"
+            ),
+            TargetState::Bypassed(reason) => warn!(
+                container = %target.name, %id, warp = %target.warp, %reason,
+                "target bypassed (on_warp_down = bypass)"
+            ),
+        }
+        self.last_state
+            .insert(target.id.clone(), target.state.clone());
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Brings one target's namespace to its plan. Returns whether anything changed.
+async fn program_target(target: &TargetPlan) -> Result<bool, RoutesError> {
+    let Some(pid) = target.pid else {
+        return Ok(false);
+    };
+    let namespace = NamespaceHandle::open(pid).await?;
+    let installed = namespace.installed().await?;
+    let changes = diff(&installed, &desired_state(&target.entries));
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    info!(
+        put_routes = changes.put_routes.len(),
+        add_rules = changes.add_rules.len(),
+        delete_rules = changes.delete_rules.len(),
+        delete_routes = changes.delete_routes.len(),
+        "applying changes"
+    );
+    namespace
+        .apply(&changes, target.mac_on_network.as_deref())
+        .await?;
+    Ok(true)
+}
+
+/// `netwarp cleanup`: removes netwarp's entries from every running
+/// container. Other entries are only read, never touched.
+pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
+    if let Some(code) = check_privileges() {
+        return Ok(code);
+    }
+    let client = docker::connect(&config.docker, config.docker_api_version).await?;
+    let world = docker::snapshot(&client).await?;
+    let mut failures = 0;
+    for container in world.containers.iter().filter(|c| c.running) {
+        let Some(pid) = container.pid else { continue };
+        let result = async {
+            let namespace = NamespaceHandle::open(pid).await?;
+            let installed = namespace.installed().await?;
+            let changes = diff(&installed, &OwnedState::default());
+            if !changes.is_empty() {
+                namespace.apply(&changes, None).await?;
+            }
+            Ok::<_, RoutesError>(changes.delete_rules.len() + changes.delete_routes.len())
+        }
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(removed) => {
+                info!(container = %container.name, id = %container.short_id(), removed, "removed netwarp entries")
+            }
+            Err(e) => {
+                failures += 1;
+                error!(container = %container.name, id = %container.short_id(), error = %e, "cleanup failed");
+            }
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("cleanup failed in {failures} containers; see the log above");
+    }
+    info!("cleanup complete");
+    Ok(ExitCode::SUCCESS)
+}
