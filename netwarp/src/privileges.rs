@@ -125,7 +125,7 @@ mod tests {
         let net_only = CapabilitySet(1 << 12);
         assert_eq!(
             net_only.missing(EBPF_CAPABILITIES),
-            vec![CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF]
+            vec![CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON]
         );
     }
 
