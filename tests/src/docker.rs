@@ -24,22 +24,61 @@ pub const HOST_TOOLS: &[&str] = &[
 /// leave the host.
 pub struct DockerNetwork {
     name: String,
+    /// The DOCKER-USER rule that lets same-bridge traffic through, if added.
+    forward_rule: Option<Vec<String>>,
 }
 
 impl DockerNetwork {
     pub fn create_internal(prefix: &str) -> anyhow::Result<Self> {
         let name = crate::unique_name(prefix);
         run("docker", &["network", "create", "--internal", &name])?;
-        Ok(Self { name })
+        Ok(Self {
+            name,
+            forward_rule: None,
+        })
+    }
+
+    /// An internal network whose containers may exchange packets addressed
+    /// outside its subnet. With br_netfilter, Docker's isolation rules drop
+    /// such bridged packets on `--internal` networks, which is exactly what
+    /// routes-mode steering sends to the warp. An ACCEPT in DOCKER-USER for
+    /// traffic that stays on this bridge lets it through; anything leaving
+    /// the bridge is still dropped.
+    pub fn create_internal_steerable(prefix: &str) -> anyhow::Result<Self> {
+        let mut network = Self::create_internal(prefix)?;
+        let bridge = network.bridge()?;
+        let rule: Vec<String> = ["DOCKER-USER", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]
+            .map(str::to_owned)
+            .to_vec();
+        let mut insert = vec!["-I".to_owned()];
+        insert.extend(rule.iter().cloned());
+        let args: Vec<&str> = insert.iter().map(String::as_str).collect();
+        run("iptables", &args)?;
+        network.forward_rule = Some(rule);
+        Ok(network)
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The host bridge interface, `br-<first 12 of the id>`.
+    pub fn bridge(&self) -> anyhow::Result<String> {
+        let id = run(
+            "docker",
+            &["network", "inspect", "--format", "{{.Id}}", &self.name],
+        )?;
+        Ok(format!("br-{}", &id.trim()[..12]))
+    }
 }
 
 impl Drop for DockerNetwork {
     fn drop(&mut self) {
+        if let Some(rule) = &self.forward_rule {
+            let mut delete = vec!["-D"];
+            delete.extend(rule.iter().map(String::as_str));
+            run_quietly("iptables", &delete);
+        }
         run_quietly("docker", &["network", "rm", &self.name]);
     }
 }
@@ -78,6 +117,32 @@ impl Container {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Wraps a container that `docker run` already created under `name`.
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    /// The container's init pid on the host, whose netns is the container's.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        let pid = run(
+            "docker",
+            &["inspect", "--format", "{{.State.Pid}}", &self.name],
+        )?;
+        pid.trim()
+            .parse()
+            .with_context(|| format!("pid of {}: `{pid}`", self.name))
+    }
+
+    /// Runs `ip ARGS` in the container's network namespace, from the host.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let pid = self.pid()?.to_string();
+        let mut command = vec!["-t", pid.as_str(), "-n", "ip"];
+        command.extend_from_slice(args);
+        run("nsenter", &command)
     }
 
     /// The container's IPv4 address on `network`.

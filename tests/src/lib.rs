@@ -4,6 +4,7 @@
 //! veths, Docker networks, containers) is removed when the guard drops,
 //! including when the test panics.
 pub mod command;
+pub mod daemon;
 pub mod docker;
 pub mod netns;
 pub mod skip;

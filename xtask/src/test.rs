@@ -44,6 +44,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     fs::create_dir_all(skip_log.parent().expect("has a parent"))?;
     let _ = fs::remove_file(&skip_log);
 
+    // The end-to-end tests run the daemon binary itself.
+    crate::command::run_inherit(cargo().current_dir(&root).args([
+        "build",
+        "--package",
+        "netwarp",
+    ]))?;
     let mut cmd = cargo();
     cmd.current_dir(&root).args(["test", "--no-fail-fast"]);
     match &args.package {
@@ -52,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     cmd.arg("--").args(&args.filters);
     cmd.env("NETWARP_SKIP_LOG", &skip_log)
+        .env("NETWARP_BIN", root.join("target/debug/netwarp"))
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

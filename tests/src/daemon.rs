@@ -1,0 +1,178 @@
+//! A netwarp daemon under test: its own config (labels and warp pattern
+//! unique to the test, so parallel tests never manage each other's
+//! containers), its log in a file, killed on drop.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Labels and names one test uses.
+#[derive(Clone, Debug)]
+pub struct TestLabels {
+    /// Prefix of warp container names, matched by `{prefix}*`.
+    pub warp_prefix: String,
+    pub target: String,
+    pub network: String,
+    pub rules: String,
+}
+
+impl TestLabels {
+    pub fn unique() -> Self {
+        let id = crate::unique_name("t");
+        Self {
+            warp_prefix: format!("warp-{id}-"),
+            target: format!("nwtest.{id}.target"),
+            network: format!("nwtest.{id}.network"),
+            rules: format!("nwtest.{id}.rules"),
+        }
+    }
+
+    pub fn warp_name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.warp_prefix)
+    }
+
+    pub fn target_label(&self, warp: &str) -> String {
+        format!("{}={warp}", self.target)
+    }
+
+    pub fn rules_label(&self, rules: &str) -> String {
+        format!("{}={rules}", self.rules)
+    }
+
+    pub fn network_label(&self, network: &str) -> String {
+        format!("{}={network}", self.network)
+    }
+}
+
+/// The netwarp binary `cargo xtask test` built, or the debug build.
+pub fn netwarp_binary() -> PathBuf {
+    std::env::var_os("NETWARP_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netwarp"),
+        PathBuf::from,
+    )
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    /// Writes a config for `labels` with `rules_toml` appended, and starts
+    /// `netwarp run` in `mode`.
+    pub fn start(labels: &TestLabels, mode: &str, rules_toml: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(crate::unique_name("nwd"));
+        fs::create_dir_all(&dir)?;
+        let config = dir.join("netwarp.toml");
+        fs::write(
+            &config,
+            format!(
+                "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
+                 network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
+                 [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
+                 [logging]\nlevel = \"debug\"\n{rules_toml}",
+                labels.warp_prefix, labels.target, labels.network, labels.rules
+            ),
+        )?;
+        let mut daemon = Self {
+            child: None,
+            config,
+            log: dir.join("netwarp.log"),
+            extra_args: Vec::new(),
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(netwarp_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .args(&self.extra_args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", netwarp_binary().display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`, for at most `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "the daemon never logged `{needle}`; its log:\n{}",
+            self.log()
+        )
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop(&mut self, signal: i32) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill() on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self, signal: i32) -> anyhow::Result<()> {
+        self.stop(signal)?;
+        self.spawn()
+    }
+
+    /// The config file the daemon reads, for running other subcommands.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- netwarp log ---\n{}", self.log());
+        }
+        let _ = self.stop(libc::SIGKILL);
+        if let Some(dir) = self.config.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true, for at most `timeout`.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

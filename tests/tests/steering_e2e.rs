@@ -1,0 +1,454 @@
+//! End-to-end steering on real containers with a real daemon.
+//!
+//! The "remote" destination is 203.0.113.1 (TEST-NET-3), owned by the warp
+//! container's loopback, so steered traffic ends inside the test. Networks
+//! are `--internal`; anything leaking towards the host is dropped and
+//! counted by a DOCKER-USER rule (the leak sink).
+//!
+//! The dataplane comes from NETWARP_TEST_DATAPLANE (default `routes`), so
+//! the same suite can run against every dataplane.
+
+use std::time::Duration;
+
+use netwarp_tests::{
+    command::{output, run, run_quietly},
+    daemon::{Daemon, TestLabels, eventually},
+    docker::{Container, DockerNetwork, TEST_IMAGE},
+    skip, skip_if,
+};
+
+const REMOTE: &str = "203.0.113.1";
+const CONVERGE: Duration = Duration::from_secs(15);
+const TABLE: &str = "20055";
+
+fn mode() -> String {
+    std::env::var("NETWARP_TEST_DATAPLANE").unwrap_or_else(|_| "routes".into())
+}
+
+/// Serves "hello" on tcp 8080 and 9090 of 203.0.113.1 (its loopback).
+fn start_warp(labels: &TestLabels, network: &DockerNetwork, extra: &[&str]) -> Container {
+    let name = labels.warp_name("gw");
+    start_warp_named(&name, network, extra)
+}
+
+fn start_warp_named(name: &str, network: &DockerNetwork, extra: &[&str]) -> Container {
+    let script = format!(
+        "ip addr add {REMOTE}/32 dev lo; \
+         (while true; do echo hello | nc -l -p 9090; done) & \
+         while true; do echo hello | nc -l -p 8080; done"
+    );
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        network.name(),
+        "--cap-add",
+        "NET_ADMIN",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([TEST_IMAGE, "sh", "-c", script.as_str()]);
+    let container = Container::adopt(name);
+    run("docker", &args).expect("starting the warp container");
+    container
+}
+
+fn start_target(name_prefix: &str, network: &DockerNetwork, labels: &[String]) -> Container {
+    let mut extra = Vec::new();
+    for label in labels {
+        extra.push("--label");
+        extra.push(label.as_str());
+    }
+    Container::run(name_prefix, network, &extra, &["sleep", "600"]).expect("starting a target")
+}
+
+/// Connects to REMOTE:port from `container`; true when the warp answered.
+fn reaches(container: &Container, port: u16) -> bool {
+    // stdin stays open for 1 s so busybox nc waits for the reply.
+    let cmd = format!("sleep 1 | nc -w 2 {REMOTE} {port}");
+    container
+        .exec(&["sh", "-c", &cmd])
+        .is_ok_and(|out| out.contains("hello"))
+}
+
+/// The connection error, when the connection fails.
+fn connect_error(container: &Container, port: u16) -> String {
+    let cmd = format!("sleep 1 | nc -w 2 {REMOTE} {port}");
+    match output("docker", &["exec", container.name(), "sh", "-c", &cmd]) {
+        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// netwarp's entries in a container: its rules and its table.
+fn owned_state(container: &Container) -> String {
+    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
+    let rules: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains("lookup 20055"))
+        .collect();
+    let routes = container
+        .ip(&["route", "show", "table", TABLE])
+        .unwrap_or_default();
+    format!("{}\n--\n{}", rules.join("\n"), routes.trim())
+}
+
+/// Everything routing-related in a container, for "untouched" checks.
+fn full_routing(container: &Container) -> String {
+    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
+    let routes = container
+        .ip(&["route", "show", "table", "all"])
+        .unwrap_or_default();
+    let v6 = container.ip(&["-6", "rule", "show"]).unwrap_or_default();
+    format!("{rules}\n{routes}\n{v6}")
+}
+
+/// Counts packets that try to leave the bridge towards 203.0.113.0/24, and
+/// drops them: the host's default path.
+struct LeakSink {
+    rule: Vec<String>,
+    comment: String,
+}
+
+impl LeakSink {
+    fn install(network: &DockerNetwork) -> Self {
+        let bridge = network.bridge().expect("bridge name");
+        let comment = netwarp_tests::unique_name("leak");
+        let rule: Vec<String> = [
+            "DOCKER-USER",
+            "-i",
+            &bridge,
+            "!",
+            "-o",
+            &bridge,
+            "-d",
+            "203.0.113.0/24",
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "DROP",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut args = vec!["-I"];
+        args.extend(rule.iter().map(String::as_str));
+        run("iptables", &args).expect("installing the leak sink");
+        Self { rule, comment }
+    }
+
+    fn packets(&self) -> u64 {
+        let listing =
+            run("iptables", &["-L", "DOCKER-USER", "-v", "-x", "-n"]).expect("iptables -L");
+        listing
+            .lines()
+            .find(|l| l.contains(&self.comment))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .expect("the leak sink rule is listed")
+    }
+}
+
+impl Drop for LeakSink {
+    fn drop(&mut self) {
+        let mut args = vec!["-D"];
+        args.extend(self.rule.iter().map(String::as_str));
+        run_quietly("iptables", &args);
+    }
+}
+
+const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n";
+
+#[test]
+fn steers_a_target_and_leaves_others_alone() {
+    let test = "steers_a_target_and_leaves_others_alone";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels, &network, &[]);
+    let target = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
+    let plain = start_target("nwu", &network, &[]);
+    let plain_before = full_routing(&plain);
+
+    // netwarp has never run: nothing is steered.
+    assert!(
+        !reaches(&target, 8080),
+        "reached the warp before netwarp ran"
+    );
+
+    let _daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "the target never reached {REMOTE} through the warp; state:\n{}",
+        owned_state(&target)
+    );
+    assert!(
+        !reaches(&plain, 8080),
+        "an unlabelled container was steered"
+    );
+    assert_eq!(
+        full_routing(&plain),
+        plain_before,
+        "an unlabelled container was modified"
+    );
+    drop(warp);
+}
+
+fn warp_name(labels: &TestLabels) -> String {
+    labels.warp_name("gw")
+}
+
+#[test]
+fn both_start_orders_converge() {
+    let test = "both_start_orders_converge";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let _daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+
+    // Target first, then its warp.
+    let early = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!reaches(&early, 8080));
+    let warp = start_warp(&labels, &network, &[]);
+    assert!(
+        eventually(CONVERGE, || reaches(&early, 8080)),
+        "target-first never converged"
+    );
+
+    // Warp already up, then a new target.
+    let late = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
+    assert!(
+        eventually(CONVERGE, || reaches(&late, 8080)),
+        "warp-first never converged"
+    );
+    drop(warp);
+}
+
+#[test]
+fn a_down_warp_fails_closed_and_a_recreated_one_is_followed() {
+    let test = "a_down_warp_fails_closed_and_a_recreated_one_is_followed";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let sink = LeakSink::install(&network);
+    let warp = start_warp(&labels, &network, &[]);
+    let old_ip = warp.ipv4(&network).expect("warp ip");
+    let target = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
+    let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "never steered"
+    );
+
+    run("docker", &["stop", "--time", "0", warp.name()]).expect("stopping the warp");
+    assert!(
+        eventually(CONVERGE, || connect_error(&target, 8080)
+            .contains("Permission denied")),
+        "matching traffic did not fail fast while the warp was down: {}\nstate:\n{}",
+        connect_error(&target, 8080),
+        owned_state(&target)
+    );
+    // A bounded burst while down: none of it may reach the host's path.
+    for _ in 0..5 {
+        let _ = target.exec(&["sh", "-c", &format!("nc -w 1 {REMOTE} 8080 </dev/null")]);
+    }
+    assert_eq!(sink.packets(), 0, "packets leaked towards the default path");
+
+    // Recreate the warp under the same name with a different address: a
+    // filler takes the old one first.
+    drop(warp);
+    let filler = start_target("nwf", &network, &[]);
+    let warp = start_warp(&labels, &network, &[]);
+    let new_ip = warp.ipv4(&network).expect("warp ip");
+    assert_ne!(old_ip, new_ip, "the recreated warp kept its address");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "traffic did not follow the recreated warp; state:\n{}",
+        owned_state(&target)
+    );
+    assert!(
+        owned_state(&target).contains(&new_ip),
+        "{}",
+        owned_state(&target)
+    );
+    assert_eq!(sink.packets(), 0, "packets leaked towards the default path");
+    daemon
+        .wait_for_log("is not running", Duration::from_secs(1))
+        .expect("the block was logged with its reason");
+    drop(filler);
+}
+
+#[test]
+fn ambiguous_networks_block_until_the_network_label_chooses() {
+    let test = "ambiguous_networks_block_until_the_network_label_chooses";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let front = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let back = DockerNetwork::create_internal("nwb").expect("second network");
+    let warp = start_warp(&labels, &front, &[]);
+    run("docker", &["network", "connect", back.name(), warp.name()]).expect("second network");
+    let target = start_target("nwt", &front, &[labels.target_label(&warp_name(&labels))]);
+    let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+
+    daemon
+        .wait_for_log("is on several networks", CONVERGE)
+        .expect("the ambiguity was reported");
+    let log = daemon.log();
+    assert!(
+        log.contains(front.name()) && log.contains(back.name()),
+        "both networks are named"
+    );
+    assert!(
+        eventually(CONVERGE, || connect_error(&target, 8080)
+            .contains("Permission denied")),
+        "the pair is not blocked"
+    );
+
+    drop(warp);
+    let network_label = labels.network_label(front.name());
+    let warp = start_warp(&labels, &front, &["--label", &network_label]);
+    run("docker", &["network", "connect", back.name(), warp.name()]).expect("second network");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "the label did not resolve it"
+    );
+    drop(warp);
+}
+
+#[test]
+fn protocol_and_port_rules_steer_only_what_they_select() {
+    let test = "protocol_and_port_rules_steer_only_what_they_select";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels, &network, &[]);
+    let target = start_target(
+        "nwt",
+        &network,
+        &[
+            labels.target_label(&warp_name(&labels)),
+            labels.rules_label("203.0.113.0/24,tcp:8080"),
+        ],
+    );
+    let _daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "tcp:8080 was not steered"
+    );
+    // The warp serves 9090 too, so reaching it would prove it was steered.
+    assert!(
+        !reaches(&target, 9090),
+        "tcp:9090 was steered although no rule selects it"
+    );
+    drop(warp);
+}
+
+#[test]
+fn restarts_adopt_the_state_without_duplicates() {
+    let test = "restarts_adopt_the_state_without_duplicates";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels, &network, &[]);
+    let target = start_target(
+        "nwt",
+        &network,
+        &[
+            labels.target_label(&warp_name(&labels)),
+            labels.rules_label("203.0.113.0/24,tcp:8080,udp:53"),
+        ],
+    );
+    let mut daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    assert!(eventually(CONVERGE, || reaches(&target, 8080)));
+    let before = owned_state(&target);
+    assert_eq!(
+        before
+            .lines()
+            .filter(|l| l.contains("lookup 20055"))
+            .count(),
+        2,
+        "{before}"
+    );
+
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        daemon.stop(signal).expect("stopping the daemon");
+        // Stopped: the state stays and still steers.
+        assert_eq!(
+            owned_state(&target),
+            before,
+            "state changed while the daemon was stopped"
+        );
+        assert!(reaches(&target, 8080), "steering stopped with the daemon");
+        daemon.restart(libc::SIGKILL).expect("restarting");
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(reaches(&target, 8080));
+        assert_eq!(
+            owned_state(&target),
+            before,
+            "state differs after restart (signal {signal})"
+        );
+    }
+    drop(warp);
+}
+
+#[test]
+fn malformed_labels_warn_and_others_are_still_served() {
+    let test = "malformed_labels_warn_and_others_are_still_served";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels, &network, &[]);
+    let warp_label = labels.target_label(&warp_name(&labels));
+    let bad_values = [
+        ("bad-cidr", labels.rules_label("203.0.113.0/33")),
+        (
+            "bad-range",
+            labels.rules_label("203.0.113.0/24,tcp:9000-80"),
+        ),
+        ("bad-proto", labels.rules_label("203.0.113.0/24,sctp:80")),
+    ];
+    let mut bad = Vec::new();
+    for (kind, rules) in &bad_values {
+        bad.push((
+            kind,
+            start_target("nwx", &network, &[warp_label.clone(), rules.clone()]),
+        ));
+    }
+    let empty = start_target("nwx", &network, &[format!("{}=", labels.target)]);
+    let good = start_target("nwt", &network, std::slice::from_ref(&warp_label));
+    let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+
+    assert!(
+        eventually(CONVERGE, || reaches(&good, 8080)),
+        "a good target was not served"
+    );
+    for (kind, container) in &bad {
+        daemon
+            .wait_for_log(&format!("container={}", container.name()), CONVERGE)
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert!(
+            !reaches(container, 8080),
+            "{kind}: a malformed target was steered"
+        );
+    }
+    let log = daemon.log();
+    for needle in [
+        "prefix length 33 is longer than 32",
+        "port range `9000-80` is empty",
+        "unknown protocol `sctp`",
+        &labels.rules,
+        &format!("label {} is empty", labels.target),
+    ] {
+        assert!(
+            log.contains(needle),
+            "the log does not mention `{needle}`:\n{log}"
+        );
+    }
+    assert!(
+        log.contains(empty.name()),
+        "the empty-label container is not named"
+    );
+    drop(warp);
+}
