@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     process::ExitCode,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bollard::Docker;
@@ -115,7 +115,7 @@ async fn run_connected(
 ) -> LoopExit {
     // The event reader only forwards "something changed", with the event's
     // own time for latency measurements; it never carries state.
-    let (dirty_tx, mut dirty_rx) = mpsc::channel::<(String, Instant)>(1024);
+    let (dirty_tx, mut dirty_rx) = mpsc::channel::<(String, SystemTime)>(1024);
     let mut events = docker::events(client);
     let reader = tokio::spawn(async move {
         while let Some(event) = events.next().await {
@@ -123,8 +123,13 @@ async fn run_connected(
                 Ok(event) => {
                     let id = event.actor.and_then(|a| a.id).unwrap_or_default();
                     debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
+                    // Docker's own timestamp, so latency covers the whole path.
+                    let at = event
+                        .time_nano
+                        .and_then(|n| u64::try_from(n).ok())
+                        .map_or_else(SystemTime::now, |n| UNIX_EPOCH + Duration::from_nanos(n));
                     // A full channel already guarantees a reconcile.
-                    let _ = dirty_tx.try_send((id, Instant::now()));
+                    let _ = dirty_tx.try_send((id, at));
                 }
                 Err(e) => return e.to_string(),
             }
@@ -133,7 +138,7 @@ async fn run_connected(
     });
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: HashMap<String, Instant> = HashMap::new();
+    let mut pending: HashMap<String, SystemTime> = HashMap::new();
     let exit = loop {
         tokio::select! {
             _ = resync.tick() => {}
@@ -187,7 +192,7 @@ impl Reconciler {
     pub async fn reconcile(
         &mut self,
         client: &Docker,
-        pending: &mut HashMap<String, Instant>,
+        pending: &mut HashMap<String, SystemTime>,
     ) -> Result<(), docker::DockerError> {
         let started = Instant::now();
         let world = docker::snapshot(client).await?;
@@ -201,9 +206,12 @@ impl Reconciler {
                 Ok(changed) => {
                     let _enter = span.enter();
                     if let Some(event_at) = pending.remove(&target.id) {
+                        let latency = SystemTime::now()
+                            .duration_since(event_at)
+                            .unwrap_or_default();
                         info!(
                             changed,
-                            latency_ms = event_at.elapsed().as_secs_f64() * 1e3,
+                            latency_ms = latency.as_secs_f64() * 1e3,
                             "target programmed after event"
                         );
                     } else if changed {

@@ -129,14 +129,15 @@ fn counts_traffic_between_real_containers() {
     let after_ping = dataplane.traffic(ifindex).expect("reading counters");
     assert_echo_counts(&after_ping);
 
-    // A bounded TCP transfer: the bytes the client sends are counted,
-    // allowing for headers and iperf3's control connection (GSO makes
-    // packet counts meaningless here).
-    const TRANSFER: u64 = 4 << 20;
+    // A bounded TCP transfer. iperf3 counts what it wrote ("sent") and
+    // what the server read ("received"); the server may stop reading before
+    // the tail arrives, so every received byte crossed the veth, while the
+    // unsent tail may never have. Counted bytes must lie between the two,
+    // allowing for headers and the control connection.
+    const TRANSFER: u64 = 16 << 20;
     server
         .exec_detached(&["timeout", "30", "/usr/bin/iperf3", "--server", "--one-off"])
         .expect("starting the iperf3 server");
-    // The server may need a moment to listen; retry a bounded number of times.
     let transfer = TRANSFER.to_string();
     let client_args = [
         "timeout",
@@ -148,30 +149,46 @@ fn counts_traffic_between_real_containers() {
         &transfer,
         "--connect-timeout",
         "2000",
+        "--json",
     ];
-    let sent = (0..20).any(|_| {
-        let ok = client.exec(&client_args).is_ok();
-        if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        ok
-    });
-    assert!(sent, "the iperf3 transfer to {server_ip} never succeeded");
-    // iperf3 exits once its data is written; the kernel may still be sending
-    // the tail of it. Let the counters settle, for at most 5 s.
+    // The server may need a moment to listen; retry a bounded number of times.
+    let report = (0..20)
+        .find_map(|_| {
+            let result = client.exec(&client_args).ok();
+            if result.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result
+        })
+        .expect("the iperf3 transfer never succeeded");
+    let report: serde_json::Value = serde_json::from_str(&report).expect("iperf3 --json output");
+    let bytes = |side: &str| {
+        report["end"][side]["bytes"]
+            .as_u64()
+            .expect("iperf3 byte count")
+    };
+    let (sent, received) = (bytes("sum_sent"), bytes("sum_received"));
+    println!("iperf3: sent {sent} bytes, received {received} bytes");
+    assert!(
+        received >= 1 << 20,
+        "too little arrived to measure: {received} bytes"
+    );
+    // Let the counters settle for at most 5 s: the kernel may still be
+    // sending after iperf3 exits.
     let mut after_tcp = dataplane.traffic(ifindex).expect("reading counters");
     for _ in 0..50 {
-        if after_tcp.from_container.bytes - after_ping.from_container.bytes >= TRANSFER {
+        if after_tcp.from_container.bytes - after_ping.from_container.bytes >= received {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         after_tcp = dataplane.traffic(ifindex).expect("reading counters");
     }
-    let sent_bytes = after_tcp.from_container.bytes - after_ping.from_container.bytes;
-    println!("TCP transfer of {TRANSFER} bytes: {sent_bytes} bytes counted");
+    let counted = after_tcp.from_container.bytes - after_ping.from_container.bytes;
+    println!("counted {counted} bytes from the client");
     assert!(
-        (TRANSFER..=TRANSFER + TRANSFER / 10).contains(&sent_bytes),
-        "counted {sent_bytes} bytes for a {TRANSFER}-byte transfer"
+        counted >= received && counted <= sent + sent / 10,
+        "counted {counted} bytes; expected between {received} (received) and {} (sent + 10%)",
+        sent + sent / 10
     );
     assert!(
         after_tcp.to_container.packets > after_ping.to_container.packets,

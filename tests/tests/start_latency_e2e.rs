@@ -1,0 +1,94 @@
+//! Measures, from the daemon's own log, the latency from a target's Docker
+//! start event to its routes being installed, over 20 starts. It prints the
+//! median and the maximum; like every timing here, it asserts no bound.
+
+use std::time::Duration;
+
+use netwarp_tests::{
+    command::run,
+    daemon::{Daemon, TestLabels, eventually},
+    docker::{Container, DockerNetwork, TEST_IMAGE},
+    skip, skip_if,
+};
+
+const STARTS: usize = 20;
+
+#[test]
+fn start_event_to_programmed_latency() {
+    let test = "start_event_to_programmed_latency";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp_name = labels.warp_name("gw");
+    let warp = Container::adopt(&warp_name);
+    run(
+        "docker",
+        &[
+            "run",
+            "--detach",
+            "--name",
+            &warp_name,
+            "--network",
+            network.name(),
+            TEST_IMAGE,
+            "sleep",
+            "600",
+        ],
+    )
+    .expect("warp");
+    let daemon = Daemon::start(
+        &labels,
+        "routes",
+        "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n",
+    )
+    .expect("daemon");
+    daemon
+        .wait_for_log("connected to Docker", Duration::from_secs(10))
+        .expect("daemon up");
+    let target_label = labels.target_label(&warp_name);
+    let mut targets = Vec::new();
+    for i in 0..STARTS {
+        let target = Container::run(
+            "nwl",
+            &network,
+            &["--label", &target_label],
+            &["sleep", "600"],
+        )
+        .expect("target");
+        let needle = format!("container={}", target.name());
+        let programmed = eventually(Duration::from_secs(10), || {
+            daemon
+                .log()
+                .lines()
+                .any(|l| l.contains(&needle) && l.contains("target programmed after event"))
+        });
+        assert!(
+            programmed,
+            "start {i}: {} was never programmed after its event",
+            target.name()
+        );
+        targets.push(target);
+    }
+    let mut latencies: Vec<f64> = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("target programmed after event"))
+        .filter_map(|l| {
+            l.split("latency_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(latencies.len(), STARTS, "one latency per start");
+    latencies.sort_by(f64::total_cmp);
+    let median = (latencies[STARTS / 2 - 1] + latencies[STARTS / 2]) / 2.0;
+    println!(
+        "start event -> routes installed over {STARTS} starts: median {median:.1} ms, max {:.1} ms",
+        latencies[STARTS - 1]
+    );
+    drop(targets);
+    drop(warp);
+}
