@@ -31,6 +31,10 @@ fn docker_answers() -> bool {
 
 /// Stops dockerd (SIGTERM, bounded wait) and starts a fresh one detached,
 /// as `cargo xtask setup` does.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the new dockerd outlives the test by design"
+)]
 fn restart_dockerd() {
     let pid = std::fs::read_to_string("/var/run/docker.pid").expect("dockerd pid file");
     let pid: i32 = pid.trim().parse().expect("pid");
