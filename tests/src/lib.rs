@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod docker;
 pub mod netns;
 pub mod skip;
+pub mod steering;
 
 /// A name unique to this process and call, short enough for an interface
 /// name (15 bytes max): `<prefix><pid-hex><counter-hex>`.

@@ -5,28 +5,12 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    command::{output, run},
+    command::output,
     daemon::{Daemon, TestLabels, eventually, netwarp_binary},
-    docker::{Container, DockerNetwork, TEST_IMAGE},
+    docker::DockerNetwork,
     skip, skip_if,
+    steering::{GLOBAL_RULES, full_routing, reaches, start_target, start_warp},
 };
-
-const REMOTE: &str = "203.0.113.1";
-
-fn reaches(container: &Container) -> bool {
-    let cmd = format!("sleep 1 | nc -w 2 {REMOTE} 8080");
-    container
-        .exec(&["sh", "-c", &cmd])
-        .is_ok_and(|out| out.contains("hello"))
-}
-
-fn routing(container: &Container) -> String {
-    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
-    let routes = container
-        .ip(&["route", "show", "table", "all"])
-        .unwrap_or_default();
-    format!("{rules}\n{routes}")
-}
 
 #[test]
 fn cleanup_removes_every_entry_and_nothing_else() {
@@ -34,51 +18,26 @@ fn cleanup_removes_every_entry_and_nothing_else() {
     skip_if!(test, skip::missing_docker());
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
-    let warp_name = labels.warp_name("gw");
-    let script =
-        format!("ip addr add {REMOTE}/32 dev lo; while true; do echo hello | nc -l -p 8080; done");
-    let warp = Container::adopt(&warp_name);
-    run(
-        "docker",
-        &[
-            "run",
-            "--detach",
-            "--name",
-            &warp_name,
-            "--network",
-            network.name(),
-            "--cap-add",
-            "NET_ADMIN",
-            TEST_IMAGE,
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .expect("warp");
-    let target_label = labels.target_label(&warp_name);
-    let target = Container::run(
+    let warp = start_warp(&labels.warp_name("gw"), &network, &[]);
+    let target = start_target(
         "nwt",
         &network,
-        &["--label", &target_label],
-        &["sleep", "600"],
-    )
-    .expect("target");
-    let plain = Container::run("nwu", &network, &[], &["sleep", "600"]).expect("plain");
-    let plain_before = routing(&plain);
-    let target_before = routing(&target);
+        &[labels.target_label(&labels.warp_name("gw"))],
+    );
+    let plain = start_target("nwu", &network, &[]);
+    let plain_before = full_routing(&plain);
+    let target_before = full_routing(&target);
 
-    let mut daemon = Daemon::start(
-        &labels,
-        "routes",
-        "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n",
-    )
-    .expect("daemon");
+    let mut daemon = Daemon::start(&labels, "routes", GLOBAL_RULES).expect("daemon");
     assert!(
-        eventually(Duration::from_secs(15), || reaches(&target)),
+        eventually(Duration::from_secs(15), || reaches(&target, 8080)),
         "never steered"
     );
-    assert_ne!(routing(&target), target_before, "nothing was programmed");
+    assert_ne!(
+        full_routing(&target),
+        target_before,
+        "nothing was programmed"
+    );
     daemon.stop(libc::SIGTERM).expect("stopping");
 
     let binary = netwarp_binary();
@@ -94,13 +53,13 @@ fn cleanup_removes_every_entry_and_nothing_else() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        routing(&target),
+        full_routing(&target),
         target_before,
         "netwarp entries remain in the target"
     );
-    assert!(!reaches(&target), "still steered after cleanup");
+    assert!(!reaches(&target, 8080), "still steered after cleanup");
     assert_eq!(
-        routing(&plain),
+        full_routing(&plain),
         plain_before,
         "cleanup modified an unlabelled container"
     );

@@ -9,20 +9,12 @@ use std::{
 };
 
 use netwarp_tests::{
-    command::{output, run},
+    command::output,
     daemon::{Daemon, TestLabels, eventually},
-    docker::{Container, DockerNetwork, TEST_IMAGE},
+    docker::{Container, DockerNetwork},
     skip, skip_if,
+    steering::{GLOBAL_RULES, reaches, start_warp},
 };
-
-const REMOTE: &str = "203.0.113.1";
-
-fn reaches(container: &Container) -> bool {
-    let cmd = format!("sleep 1 | nc -w 2 {REMOTE} 8080");
-    container
-        .exec(&["sh", "-c", &cmd])
-        .is_ok_and(|out| out.contains("hello"))
-}
 
 fn docker_answers() -> bool {
     output("docker", &["version", "--format", "{{.Server.Version}}"])
@@ -73,29 +65,8 @@ fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let warp_name = labels.warp_name("gw");
-    let script =
-        format!("ip addr add {REMOTE}/32 dev lo; while true; do echo hello | nc -l -p 8080; done");
-    let warp = Container::adopt(&warp_name);
-    run(
-        "docker",
-        &[
-            "run",
-            "--detach",
-            "--restart",
-            "always",
-            "--name",
-            &warp_name,
-            "--network",
-            network.name(),
-            "--cap-add",
-            "NET_ADMIN",
-            TEST_IMAGE,
-            "sh",
-            "-c",
-            &script,
-        ],
-    )
-    .expect("warp");
+    // Restart policies bring both back when the engine returns.
+    let warp = start_warp(&warp_name, &network, &["--restart", "always"]);
     let target_label = labels.target_label(&warp_name);
     let target = Container::run(
         "nwt",
@@ -104,14 +75,9 @@ fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
         &["sleep", "600"],
     )
     .expect("target");
-    let daemon = Daemon::start(
-        &labels,
-        "routes",
-        "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n",
-    )
-    .expect("daemon");
+    let daemon = Daemon::start(&labels, "routes", GLOBAL_RULES).expect("daemon");
     assert!(
-        eventually(Duration::from_secs(15), || reaches(&target)),
+        eventually(Duration::from_secs(15), || reaches(&target, 8080)),
         "never steered"
     );
 
@@ -124,7 +90,7 @@ fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
         .wait_for_log("Docker connection lost", Duration::from_secs(10))
         .expect("the disconnect was logged");
     assert!(
-        eventually(Duration::from_secs(30), || reaches(&target)),
+        eventually(Duration::from_secs(30), || reaches(&target, 8080)),
         "the restarted target was not steered again"
     );
     // And a target started after the outage is steered too.
@@ -136,7 +102,7 @@ fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
     )
     .expect("late target");
     assert!(
-        eventually(Duration::from_secs(15), || reaches(&late)),
+        eventually(Duration::from_secs(15), || reaches(&late, 8080)),
         "a new target was not steered"
     );
     let log = daemon.log();

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    command::run,
     daemon::{Daemon, TestLabels, eventually},
-    docker::{Container, DockerNetwork, TEST_IMAGE},
+    docker::{Container, DockerNetwork},
     skip, skip_if,
+    steering::{GLOBAL_RULES, start_warp},
 };
 
 const STARTS: usize = 20;
@@ -20,28 +20,8 @@ fn start_event_to_programmed_latency() {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let warp_name = labels.warp_name("gw");
-    let warp = Container::adopt(&warp_name);
-    run(
-        "docker",
-        &[
-            "run",
-            "--detach",
-            "--name",
-            &warp_name,
-            "--network",
-            network.name(),
-            TEST_IMAGE,
-            "sleep",
-            "600",
-        ],
-    )
-    .expect("warp");
-    let daemon = Daemon::start(
-        &labels,
-        "routes",
-        "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n",
-    )
-    .expect("daemon");
+    let warp = start_warp(&warp_name, &network, &[]);
+    let daemon = Daemon::start(&labels, "routes", GLOBAL_RULES).expect("daemon");
     daemon
         .wait_for_log("connected to Docker", Duration::from_secs(10))
         .expect("daemon up");

@@ -11,97 +11,24 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    command::{output, run, run_quietly},
+    command::{run, run_quietly},
     daemon::{Daemon, TestLabels, eventually},
-    docker::{Container, DockerNetwork, TEST_IMAGE},
+    docker::{Container, DockerNetwork},
     skip, skip_if,
+    steering::{
+        GLOBAL_RULES, REMOTE, connect_error, full_routing, owned_state, reaches, start_target,
+        start_warp,
+    },
 };
 
-const REMOTE: &str = "203.0.113.1";
 const CONVERGE: Duration = Duration::from_secs(15);
-const TABLE: &str = "20055";
 
 fn mode() -> String {
     std::env::var("NETWARP_TEST_DATAPLANE").unwrap_or_else(|_| "routes".into())
 }
 
-/// Serves "hello" on tcp 8080 and 9090 of 203.0.113.1 (its loopback).
-fn start_warp(labels: &TestLabels, network: &DockerNetwork, extra: &[&str]) -> Container {
-    let name = labels.warp_name("gw");
-    start_warp_named(&name, network, extra)
-}
-
-fn start_warp_named(name: &str, network: &DockerNetwork, extra: &[&str]) -> Container {
-    let script = format!(
-        "ip addr add {REMOTE}/32 dev lo; \
-         (while true; do echo hello | nc -l -p 9090; done) & \
-         while true; do echo hello | nc -l -p 8080; done"
-    );
-    let mut args = vec![
-        "run",
-        "--detach",
-        "--name",
-        name,
-        "--network",
-        network.name(),
-        "--cap-add",
-        "NET_ADMIN",
-    ];
-    args.extend_from_slice(extra);
-    args.extend([TEST_IMAGE, "sh", "-c", script.as_str()]);
-    let container = Container::adopt(name);
-    run("docker", &args).expect("starting the warp container");
-    container
-}
-
-fn start_target(name_prefix: &str, network: &DockerNetwork, labels: &[String]) -> Container {
-    let mut extra = Vec::new();
-    for label in labels {
-        extra.push("--label");
-        extra.push(label.as_str());
-    }
-    Container::run(name_prefix, network, &extra, &["sleep", "600"]).expect("starting a target")
-}
-
-/// Connects to REMOTE:port from `container`; true when the warp answered.
-fn reaches(container: &Container, port: u16) -> bool {
-    // stdin stays open for 1 s so busybox nc waits for the reply.
-    let cmd = format!("sleep 1 | nc -w 2 {REMOTE} {port}");
-    container
-        .exec(&["sh", "-c", &cmd])
-        .is_ok_and(|out| out.contains("hello"))
-}
-
-/// The connection error, when the connection fails.
-fn connect_error(container: &Container, port: u16) -> String {
-    let cmd = format!("sleep 1 | nc -w 2 {REMOTE} {port}");
-    match output("docker", &["exec", container.name(), "sh", "-c", &cmd]) {
-        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-        Err(e) => e.to_string(),
-    }
-}
-
-/// netwarp's entries in a container: its rules and its table.
-fn owned_state(container: &Container) -> String {
-    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
-    let rules: Vec<&str> = rules
-        .lines()
-        .filter(|l| l.contains("lookup 20055"))
-        .collect();
-    let routes = container
-        .ip(&["route", "show", "table", TABLE])
-        .unwrap_or_default();
-    format!("{}\n--\n{}", rules.join("\n"), routes.trim())
-}
-
-/// Everything routing-related in a container, for "untouched" checks.
-fn full_routing(container: &Container) -> String {
-    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
-    let routes = container
-        .ip(&["route", "show", "table", "all"])
-        .unwrap_or_default();
-    let v6 = container.ip(&["-6", "rule", "show"]).unwrap_or_default();
-    format!("{rules}\n{routes}\n{v6}")
+fn start_gateway(labels: &TestLabels, network: &DockerNetwork, extra: &[&str]) -> Container {
+    start_warp(&warp_name(labels), network, extra)
 }
 
 /// Counts packets that try to leave the bridge towards 203.0.113.0/24, and
@@ -158,15 +85,13 @@ impl Drop for LeakSink {
     }
 }
 
-const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n";
-
 #[test]
 fn steers_a_target_and_leaves_others_alone() {
     let test = "steers_a_target_and_leaves_others_alone";
     skip_if!(test, skip::missing_docker());
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     let target = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
     let plain = start_target("nwu", &network, &[]);
     let plain_before = full_routing(&plain);
@@ -211,7 +136,7 @@ fn both_start_orders_converge() {
     let early = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(!reaches(&early, 8080));
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     assert!(
         eventually(CONVERGE, || reaches(&early, 8080)),
         "target-first never converged"
@@ -233,7 +158,7 @@ fn a_down_warp_fails_closed_and_a_recreated_one_is_followed() {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let sink = LeakSink::install(&network);
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     let old_ip = warp.ipv4(&network).expect("warp ip");
     let target = start_target("nwt", &network, &[labels.target_label(&warp_name(&labels))]);
     let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
@@ -260,7 +185,7 @@ fn a_down_warp_fails_closed_and_a_recreated_one_is_followed() {
     // filler takes the old one first.
     drop(warp);
     let filler = start_target("nwf", &network, &[]);
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     let new_ip = warp.ipv4(&network).expect("warp ip");
     assert_ne!(old_ip, new_ip, "the recreated warp kept its address");
     assert!(
@@ -287,7 +212,7 @@ fn ambiguous_networks_block_until_the_network_label_chooses() {
     let labels = TestLabels::unique();
     let front = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let back = DockerNetwork::create_internal("nwb").expect("second network");
-    let warp = start_warp(&labels, &front, &[]);
+    let warp = start_gateway(&labels, &front, &[]);
     run("docker", &["network", "connect", back.name(), warp.name()]).expect("second network");
     let target = start_target("nwt", &front, &[labels.target_label(&warp_name(&labels))]);
     let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
@@ -308,7 +233,7 @@ fn ambiguous_networks_block_until_the_network_label_chooses() {
 
     drop(warp);
     let network_label = labels.network_label(front.name());
-    let warp = start_warp(&labels, &front, &["--label", &network_label]);
+    let warp = start_gateway(&labels, &front, &["--label", &network_label]);
     run("docker", &["network", "connect", back.name(), warp.name()]).expect("second network");
     assert!(
         eventually(CONVERGE, || reaches(&target, 8080)),
@@ -323,7 +248,7 @@ fn protocol_and_port_rules_steer_only_what_they_select() {
     skip_if!(test, skip::missing_docker());
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     let target = start_target(
         "nwt",
         &network,
@@ -351,7 +276,7 @@ fn restarts_adopt_the_state_without_duplicates() {
     skip_if!(test, skip::missing_docker());
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     let target = start_target(
         "nwt",
         &network,
@@ -399,7 +324,7 @@ fn malformed_labels_warn_and_others_are_still_served() {
     skip_if!(test, skip::missing_docker());
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
-    let warp = start_warp(&labels, &network, &[]);
+    let warp = start_gateway(&labels, &network, &[]);
     let warp_label = labels.target_label(&warp_name(&labels));
     let bad_values = [
         ("bad-cidr", labels.rules_label("203.0.113.0/33")),

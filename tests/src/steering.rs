@@ -1,0 +1,98 @@
+//! Shared pieces of the end-to-end steering tests: a warp container that
+//! owns the "remote" address, targets, and probes of what a container can
+//! reach and what is programmed in it.
+
+use crate::{
+    command::{output, run},
+    docker::{Container, DockerNetwork, TEST_IMAGE},
+};
+
+/// The "remote" destination (TEST-NET-3), owned by the warp's loopback so
+/// that steered traffic ends inside the test.
+pub const REMOTE: &str = "203.0.113.1";
+/// Global rules that steer REMOTE's prefix.
+pub const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n";
+/// netwarp's routing table, as `ip` prints it.
+pub const TABLE: &str = "20055";
+
+/// Starts a warp container `name` that serves "hello" on tcp 8080 and 9090
+/// of REMOTE. `extra` goes to `docker run` (labels, restart policy).
+pub fn start_warp(name: &str, network: &DockerNetwork, extra: &[&str]) -> Container {
+    let script = format!(
+        "ip addr add {REMOTE}/32 dev lo; \
+         (while true; do echo hello | nc -l -p 9090; done) & \
+         while true; do echo hello | nc -l -p 8080; done"
+    );
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        network.name(),
+        "--cap-add",
+        "NET_ADMIN",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([TEST_IMAGE, "sh", "-c", script.as_str()]);
+    // Guard first, so a half-failed start is still removed.
+    let container = Container::adopt(name);
+    run("docker", &args).expect("starting the warp container");
+    container
+}
+
+/// Starts an idle container with `labels` (each `key=value`).
+pub fn start_target(prefix: &str, network: &DockerNetwork, labels: &[String]) -> Container {
+    let mut extra = Vec::new();
+    for label in labels {
+        extra.push("--label");
+        extra.push(label.as_str());
+    }
+    Container::run(prefix, network, &extra, &["sleep", "600"]).expect("starting a target")
+}
+
+fn connect_command(port: u16) -> String {
+    // stdin stays open for 1 s so busybox nc waits for the reply.
+    format!("sleep 1 | nc -w 2 {REMOTE} {port}")
+}
+
+/// Connects to REMOTE:port from `container`; true when the warp answered.
+pub fn reaches(container: &Container, port: u16) -> bool {
+    container
+        .exec(&["sh", "-c", &connect_command(port)])
+        .is_ok_and(|out| out.contains("hello"))
+}
+
+/// The error a connection to REMOTE:port gives, if any.
+pub fn connect_error(container: &Container, port: u16) -> String {
+    match output(
+        "docker",
+        &["exec", container.name(), "sh", "-c", &connect_command(port)],
+    ) {
+        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// netwarp's entries in a container: its rules and its table.
+pub fn owned_state(container: &Container) -> String {
+    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
+    let rules: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains(&format!("lookup {TABLE}")))
+        .collect();
+    let routes = container
+        .ip(&["route", "show", "table", TABLE])
+        .unwrap_or_default();
+    format!("{}\n--\n{}", rules.join("\n"), routes.trim())
+}
+
+/// Every rule and route of a container, for "untouched" checks.
+pub fn full_routing(container: &Container) -> String {
+    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
+    let routes = container
+        .ip(&["route", "show", "table", "all"])
+        .unwrap_or_default();
+    let v6_rules = container.ip(&["-6", "rule", "show"]).unwrap_or_default();
+    format!("{rules}\n{routes}\n{v6_rules}")
+}
