@@ -245,8 +245,8 @@ impl Backoff {
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
         let half = ceiling / 2;
-        let jitter_nanos = (self.seed % (half.as_nanos().max(1) as u64)) as u32;
-        half + Duration::new(0, 0).saturating_add(Duration::from_nanos(u64::from(jitter_nanos)))
+        let half_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+        half + Duration::from_nanos(self.seed % half_nanos)
     }
 
     pub fn reset(&mut self) {

@@ -23,6 +23,10 @@ pub struct Args {
     /// Only test this package (for example netwarp or netwarp-tests).
     #[arg(long, short)]
     package: Option<String>,
+    /// Accept skipped tests. Without it, a skip after a successful setup
+    /// fails the run: setup promised everything the tests need.
+    #[arg(long)]
+    allow_skips: bool,
     /// Only run tests whose names contain these filters.
     filters: Vec<String>,
 }
@@ -104,6 +108,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if !status.success() || totals.failed > 0 {
         bail!("tests failed ({status})");
+    }
+    if skipped_count > 0 && !args.allow_skips {
+        bail!(
+            "{skipped_count} tests were skipped although setup succeeded; fix what they \
+             need, or pass --allow-skips to accept that"
+        );
     }
     Ok(())
 }
