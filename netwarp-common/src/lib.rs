@@ -65,11 +65,107 @@ impl TrafficCounters {
     }
 }
 
+/// Name of the hash map holding each target's [`TargetPolicy`] by the
+/// ifindex of its host-side veth.
+pub const POLICY_MAP: &str = "NETWARP_POLICY";
+/// Names of the LPM tries holding [`RuleValue`]s by [`RuleKeyV4`] / [`RuleKeyV6`].
+pub const RULES_V4_MAP: &str = "NETWARP_RULES_V4";
+pub const RULES_V6_MAP: &str = "NETWARP_RULES_V6";
+/// Name of the per-CPU hash map of [`VerdictCounters`] by ifindex.
+pub const VERDICTS_MAP: &str = "NETWARP_VERDICTS";
+
+/// Maximum number of targets, and of rule prefixes per address family.
+pub const POLICY_MAP_CAPACITY: u32 = 16_384;
+pub const RULES_MAP_CAPACITY: u32 = 65_536;
+/// Protocol selectors one destination prefix can carry.
+pub const MAX_SELECTORS: usize = 8;
+
+/// A target's policy: which rule set is live and where steered packets go.
+///
+/// `rule_set` prefixes every key of the target's rules in the LPM tries.
+/// The controller writes a complete new rule set under a fresh id, then
+/// swaps this one value, so the data path never sees a half-written set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetPolicy {
+    pub rule_set: u32,
+    /// The warp container's host-side veth.
+    pub warp_ifindex: u32,
+    /// The warp container's MAC on the shared network.
+    pub warp_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// LPM key data for IPv4: the rule set id, then the address (network
+/// order). The prefix length counts the 32 id bits plus the CIDR's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleKeyV4 {
+    pub rule_set: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleKeyV6 {
+    pub rule_set: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Bits of the prefix length taken by the rule set id.
+pub const RULE_SET_BITS: u32 = 32;
+
+/// Steer matching packets to the warp.
+pub const ACTION_STEER: u8 = 1;
+/// Drop matching packets (fail closed).
+pub const ACTION_BLOCK: u8 = 2;
+
+/// One protocol selector; `port_lo == 0` means every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub ip_proto: u8,
+    pub _pad: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+/// What to do with packets to one destination prefix. The controller
+/// folds every rule whose prefix contains this one into it, so the
+/// longest match alone decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    pub action: u8,
+    /// 1 when every protocol matches (a rule without protocol).
+    pub any_protocol: u8,
+    /// Used entries of `selectors`.
+    pub selector_count: u8,
+    pub _pad: u8,
+    pub selectors: [Selector; MAX_SELECTORS],
+}
+
+/// Per-target verdict counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCounters {
+    pub steered_packets: u64,
+    pub steered_bytes: u64,
+    pub blocked_packets: u64,
+    pub blocked_bytes: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both types are repr(C), made only of integers, and have no padding.
     unsafe impl aya::Pod for super::TrafficKey {}
     unsafe impl aya::Pod for super::TrafficCounters {}
+    // SAFETY: as above; explicit `_pad` fields leave no implicit padding.
+    unsafe impl aya::Pod for super::TargetPolicy {}
+    unsafe impl aya::Pod for super::RuleKeyV4 {}
+    unsafe impl aya::Pod for super::RuleKeyV6 {}
+    unsafe impl aya::Pod for super::RuleValue {}
+    unsafe impl aya::Pod for super::VerdictCounters {}
 }
 
 #[cfg(test)]
@@ -81,6 +177,12 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<TrafficKey>(), 8);
         assert_eq!(size_of::<TrafficCounters>(), 16);
+        assert_eq!(size_of::<TargetPolicy>(), 16);
+        assert_eq!(size_of::<RuleKeyV4>(), 8);
+        assert_eq!(size_of::<RuleKeyV6>(), 20);
+        assert_eq!(size_of::<Selector>(), 6);
+        assert_eq!(size_of::<RuleValue>(), 4 + 6 * MAX_SELECTORS);
+        assert_eq!(size_of::<VerdictCounters>(), 32);
     }
 
     #[test]

@@ -8,23 +8,62 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, TC_ACT_OK},
+        bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+        helpers::bpf_redirect,
         macros::{classifier, map},
-        maps::PerCpuHashMap,
+        maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
     };
-    use netwarp_common::{Direction, TRAFFIC_MAP_CAPACITY, TrafficCounters, TrafficKey};
+    use netwarp_common::{
+        ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, POLICY_MAP_CAPACITY, RULE_SET_BITS,
+        RULES_MAP_CAPACITY, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY, TargetPolicy,
+        TrafficCounters, TrafficKey, VerdictCounters,
+    };
 
     /// Packets and bytes per host-side interface and direction.
     #[map(name = "NETWARP_TRAFFIC")]
     static NETWARP_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
         PerCpuHashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
 
+    /// Each target's policy, by the ifindex of its host-side veth. Keyed by
+    /// interface, so a container cannot pick a policy by spoofing addresses.
+    #[map(name = "NETWARP_POLICY")]
+    static NETWARP_POLICY: HashMap<u32, TargetPolicy> =
+        HashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
+
+    /// Flag the kernel requires on LPM tries.
+    const BPF_F_NO_PREALLOC: u32 = 1;
+
+    #[map(name = "NETWARP_RULES_V4")]
+    static NETWARP_RULES_V4: LpmTrie<RuleKeyV4, RuleValue> =
+        LpmTrie::with_max_entries(RULES_MAP_CAPACITY, BPF_F_NO_PREALLOC);
+
+    #[map(name = "NETWARP_RULES_V6")]
+    static NETWARP_RULES_V6: LpmTrie<RuleKeyV6, RuleValue> =
+        LpmTrie::with_max_entries(RULES_MAP_CAPACITY, BPF_F_NO_PREALLOC);
+
+    #[map(name = "NETWARP_VERDICTS")]
+    static NETWARP_VERDICTS: PerCpuHashMap<u32, VerdictCounters> =
+        PerCpuHashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
+
+    const ETH_HLEN: usize = 14;
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86dd;
+    const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_UDP: u8 = 17;
+    /// IPv6 extension headers the parser walks to find the L4 header.
+    const NEXTHDR_HOP: u8 = 0;
+    const NEXTHDR_ROUTING: u8 = 43;
+    const NEXTHDR_FRAGMENT: u8 = 44;
+    const NEXTHDR_AUTH: u8 = 51;
+    const NEXTHDR_DEST: u8 = 60;
+    const MAX_EXT_HEADERS: usize = 6;
+
     /// tc ingress on a container's host-side veth: what the container sends.
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::FromContainer);
-        TC_ACT_OK
+        try_steer(&ctx).unwrap_or(TC_ACT_OK)
     }
 
     /// tc egress on a container's host-side veth: what the container receives.
@@ -32,6 +71,191 @@ mod programs {
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::ToContainer);
         TC_ACT_OK
+    }
+
+    /// What the parser found: the L4 protocol, and the destination port
+    /// when the packet carries one (not for non-first fragments).
+    struct Flow {
+        ip_proto: u8,
+        dport: Option<u16>,
+    }
+
+    /// Returns the verdict for a packet from a target, or None to pass it.
+    /// Unparseable or truncated packets pass: they are not steerable traffic
+    /// and the kernel drops malformed IP itself.
+    #[inline(always)]
+    fn try_steer(ctx: &TcContext) -> Option<i32> {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        // SAFETY: read-only use of a value the controller replaces whole.
+        let policy = unsafe { NETWARP_POLICY.get(&ifindex) }?;
+        let rule_set = policy.rule_set.to_be_bytes();
+        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let (rule, flow) = match ethertype {
+            ETH_P_IP => {
+                let (dst, flow) = parse_ipv4(ctx)?;
+                let key = Key::new(
+                    RULE_SET_BITS + 32,
+                    RuleKeyV4 {
+                        rule_set,
+                        addr: dst,
+                    },
+                );
+                (NETWARP_RULES_V4.get(&key)?, flow)
+            }
+            ETH_P_IPV6 => {
+                let (dst, flow) = parse_ipv6(ctx)?;
+                let key = Key::new(
+                    RULE_SET_BITS + 128,
+                    RuleKeyV6 {
+                        rule_set,
+                        addr: dst,
+                    },
+                );
+                (NETWARP_RULES_V6.get(&key)?, flow)
+            }
+            _ => return None,
+        };
+        if !selects(rule, &flow) {
+            return None;
+        }
+        let bytes = u64::from(ctx.len());
+        match rule.action {
+            ACTION_STEER => {
+                ctx.store(0, &policy.warp_mac, 0).ok()?;
+                count_verdict(ifindex, bytes, true);
+                // SAFETY: a plain helper call; it only records the target.
+                Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
+            }
+            ACTION_BLOCK => {
+                count_verdict(ifindex, bytes, false);
+                Some(TC_ACT_SHOT)
+            }
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn parse_ipv4(ctx: &TcContext) -> Option<([u8; 4], Flow)> {
+        let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let header_len = usize::from(version_ihl & 0x0f) * 4;
+        if header_len < 20 {
+            return None;
+        }
+        let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
+        let ip_proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+        let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
+        // Only the first fragment (offset 0) carries the L4 header.
+        let first_fragment = frag & 0x1fff == 0;
+        let dport = if first_fragment {
+            l4_dport(ctx, ETH_HLEN + header_len, ip_proto)
+        } else {
+            None
+        };
+        Some((dst, Flow { ip_proto, dport }))
+    }
+
+    #[inline(always)]
+    fn parse_ipv6(ctx: &TcContext) -> Option<([u8; 16], Flow)> {
+        let mut next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+        let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).ok()?;
+        let mut offset = ETH_HLEN + 40;
+        let mut first_fragment = true;
+        for _ in 0..MAX_EXT_HEADERS {
+            match next {
+                NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                    let hdr: [u8; 2] = ctx.load(offset).ok()?;
+                    next = hdr[0];
+                    offset += (usize::from(hdr[1]) + 1) * 8;
+                }
+                NEXTHDR_AUTH => {
+                    let hdr: [u8; 2] = ctx.load(offset).ok()?;
+                    next = hdr[0];
+                    offset += (usize::from(hdr[1]) + 2) * 4;
+                }
+                NEXTHDR_FRAGMENT => {
+                    let hdr: [u8; 4] = ctx.load(offset).ok()?;
+                    next = hdr[0];
+                    let frag_offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                    first_fragment = frag_offset == 0;
+                    offset += 8;
+                }
+                _ => break,
+            }
+        }
+        let dport = if first_fragment {
+            l4_dport(ctx, offset, next)
+        } else {
+            None
+        };
+        Some((
+            dst,
+            Flow {
+                ip_proto: next,
+                dport,
+            },
+        ))
+    }
+
+    #[inline(always)]
+    fn l4_dport(ctx: &TcContext, offset: usize, ip_proto: u8) -> Option<u16> {
+        match ip_proto {
+            IPPROTO_TCP | IPPROTO_UDP => ctx.load::<u16>(offset + 2).ok().map(u16::from_be),
+            _ => None,
+        }
+    }
+
+    /// Whether the rule's selectors take this flow. A non-first fragment has
+    /// no ports; it follows any selector of its protocol, so a flow's
+    /// fragments take the same path as its first one.
+    #[inline(always)]
+    fn selects(rule: &RuleValue, flow: &Flow) -> bool {
+        if rule.any_protocol != 0 {
+            return true;
+        }
+        for i in 0..MAX_SELECTORS {
+            if i >= usize::from(rule.selector_count) {
+                break;
+            }
+            let selector = &rule.selectors[i];
+            if selector.ip_proto != flow.ip_proto {
+                continue;
+            }
+            match flow.dport {
+                _ if selector.port_lo == 0 => return true,
+                Some(port) if selector.port_lo <= port && port <= selector.port_hi => return true,
+                None if flow.ip_proto == IPPROTO_TCP || flow.ip_proto == IPPROTO_UDP => {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    #[inline(always)]
+    fn count_verdict(ifindex: u32, bytes: u64, steered: bool) {
+        let add = |counters: *mut VerdictCounters| {
+            // SAFETY: a per-CPU value; only this CPU writes it while we run.
+            unsafe {
+                if steered {
+                    (*counters).steered_packets += 1;
+                    (*counters).steered_bytes += bytes;
+                } else {
+                    (*counters).blocked_packets += 1;
+                    (*counters).blocked_bytes += bytes;
+                }
+            }
+        };
+        if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
+            add(counters);
+            return;
+        }
+        let zero = VerdictCounters::default();
+        let _ = NETWARP_VERDICTS.insert(&ifindex, &zero, u64::from(BPF_NOEXIST));
+        if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
+            add(counters);
+        }
     }
 
     #[inline(always)]

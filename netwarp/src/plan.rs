@@ -164,6 +164,10 @@ pub struct TargetPlan {
     /// The interface-facing MAC of the target on the warp's network, which
     /// the dataplane uses to find the right interface.
     pub mac_on_network: Option<String>,
+    /// While steered: the warp's init pid and its MAC on the network, which
+    /// the eBPF dataplane uses to find the warp's veth and address frames.
+    pub warp_pid: Option<u32>,
+    pub warp_mac: Option<String>,
 }
 
 /// The plan for every running target, sorted by container id.
@@ -203,6 +207,8 @@ fn plan_target(
         }),
         entries: Vec::new(),
         mac_on_network: None,
+        warp_pid: None,
+        warp_mac: None,
     };
     // A malformed rules label fails closed on the global rules: the target
     // asked to be protected, so its traffic must not leak meanwhile.
@@ -227,6 +233,8 @@ fn plan_target(
     match resolve_warp(world, settings, target, warp) {
         Ok(resolved) => {
             plan.mac_on_network = resolved.target_mac;
+            plan.warp_pid = resolved.warp_pid;
+            plan.warp_mac = resolved.warp_mac;
             plan.entries = rules
                 .iter()
                 .map(|rule| Entry {
@@ -284,6 +292,8 @@ fn blocked(
 
 struct ResolvedWarp {
     network: String,
+    warp_pid: Option<u32>,
+    warp_mac: Option<String>,
     via_v4: Option<Ipv4Addr>,
     via_v6: Option<Ipv6Addr>,
     target_mac: Option<String>,
@@ -360,6 +370,8 @@ fn resolve_warp(
     }
     let endpoint = &warp.networks[&network];
     Ok(ResolvedWarp {
+        warp_pid: warp.pid,
+        warp_mac: endpoint.mac.clone(),
         network,
         via_v4: endpoint.ipv4,
         via_v6: endpoint.ipv6,

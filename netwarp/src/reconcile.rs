@@ -17,11 +17,36 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use crate::{
     cli::EXIT_MISSING_PRIVILEGE,
     config::{Config, DataplaneMode},
-    dataplane::routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff},
+    dataplane::{
+        ebpf::{
+            EbpfDataplane, EbpfError,
+            compile::{CompileError, CompiledPrefix, compile},
+        },
+        routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
+    },
     docker::{self, Backoff},
     plan::{PlanSettings, TargetPlan, TargetState, plan},
-    privileges::{CapabilitySet, MissingCapabilities, ROUTES_CAPABILITIES},
+    privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
 };
+
+/// Why one target could not be programmed.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("{0}")]
+    Endpoint(String),
+}
+
+/// The dataplane the reconciler programs.
+pub enum Dataplane {
+    Routes,
+    Ebpf(Box<EbpfDataplane>),
+}
 
 /// Coalescing window: events arriving within it cause one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -35,25 +60,33 @@ enum LoopExit {
 /// Runs the daemon until SIGTERM or SIGINT. The programmed state stays in
 /// place on exit, so targets stay steered (or blocked) while it is down.
 pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
-    if let Some(code) = check_privileges() {
+    if let Some(code) = check_privileges(ROUTES_CAPABILITIES) {
         return Ok(code);
     }
-    let mode = match config.dataplane {
-        DataplaneMode::Routes => DataplaneMode::Routes,
+    let (mode, dataplane) = match config.dataplane {
+        DataplaneMode::Routes => (DataplaneMode::Routes, Dataplane::Routes),
         DataplaneMode::Auto => {
             info!(
-                reason = "eBPF steering is not implemented yet",
+                reason = "the eBPF dataplane does not pin its state yet, so it would not survive a daemon restart",
                 "dataplane auto: using routes"
             );
-            DataplaneMode::Routes
+            (DataplaneMode::Routes, Dataplane::Routes)
         }
-        DataplaneMode::Ebpf => anyhow::bail!(
-            "dataplane `ebpf` cannot steer yet (only its traffic counters exist); \
-             use --dataplane routes or auto"
-        ),
+        DataplaneMode::Ebpf => {
+            if let Some(code) = check_privileges(EBPF_CAPABILITIES) {
+                return Ok(code);
+            }
+            warn!(
+                "the eBPF dataplane does not pin its state yet: while netwarp is stopped, targets are neither steered nor blocked"
+            );
+            (
+                DataplaneMode::Ebpf,
+                Dataplane::Ebpf(Box::new(EbpfDataplane::load()?)),
+            )
+        }
     };
     info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");
-    let mut reconciler = Reconciler::new(config.plan_settings());
+    let mut reconciler = Reconciler::new(config.plan_settings(), dataplane);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -91,9 +124,9 @@ fn shutdown(signal: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn check_privileges() -> Option<ExitCode> {
+fn check_privileges(needed: &[crate::privileges::Capability]) -> Option<ExitCode> {
     let missing = match CapabilitySet::current() {
-        Ok(caps) => caps.missing(ROUTES_CAPABILITIES),
+        Ok(caps) => caps.missing(needed),
         Err(e) => {
             warn!(error = %e, "cannot read capabilities; continuing");
             return None;
@@ -176,14 +209,28 @@ fn shutdown_exit(signal: &str) -> LoopExit {
 /// is logged when it changes, not on every resync.
 pub struct Reconciler {
     settings: PlanSettings,
+    dataplane: Dataplane,
     last_state: HashMap<String, TargetState>,
+    /// eBPF: what was last written per target, to skip unchanged rewrites.
+    last_ebpf: HashMap<String, EbpfTarget>,
+}
+
+/// What the eBPF dataplane holds for one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EbpfTarget {
+    host_ifindex: u32,
+    warp_ifindex: u32,
+    warp_mac: [u8; 6],
+    rows: Vec<CompiledPrefix>,
 }
 
 impl Reconciler {
-    pub fn new(settings: PlanSettings) -> Self {
+    pub fn new(settings: PlanSettings, dataplane: Dataplane) -> Self {
         Self {
             settings,
+            dataplane,
             last_state: HashMap::new(),
+            last_ebpf: HashMap::new(),
         }
     }
 
@@ -202,7 +249,18 @@ impl Reconciler {
             seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short(&target.id));
             self.log_classification(target);
-            match program_target(target).instrument(span.clone()).await {
+            let programmed = match &mut self.dataplane {
+                Dataplane::Routes => program_target(target)
+                    .instrument(span.clone())
+                    .await
+                    .map_err(TargetError::from),
+                Dataplane::Ebpf(ebpf) => {
+                    program_target_ebpf(ebpf, &mut self.last_ebpf, target)
+                        .instrument(span.clone())
+                        .await
+                }
+            };
+            match programmed {
                 Ok(changed) => {
                     let _enter = span.enter();
                     if let Some(event_at) = pending.remove(&target.id) {
@@ -225,6 +283,11 @@ impl Reconciler {
             }
         }
         self.last_state.retain(|id, _| seen.contains(id));
+        if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
+            self.last_ebpf.retain(|id, _| seen.contains(id));
+            let live: HashSet<u32> = self.last_ebpf.values().map(|t| t.host_ifindex).collect();
+            remove_stale_policies(ebpf, &live);
+        }
         pending.clear();
         debug!(
             targets = plan.targets.len(),
@@ -292,10 +355,87 @@ async fn program_target(target: &TargetPlan) -> Result<bool, RoutesError> {
     Ok(true)
 }
 
+/// Brings one target's eBPF policy to its plan. Returns whether anything changed.
+async fn program_target_ebpf(
+    ebpf: &mut EbpfDataplane,
+    last: &mut HashMap<String, EbpfTarget>,
+    target: &TargetPlan,
+) -> Result<bool, TargetError> {
+    let Some(pid) = target.pid else {
+        return Ok(false);
+    };
+    let Some(mac) = target.mac_on_network.as_deref() else {
+        return Err(TargetError::Endpoint(
+            "the target has no MAC on the warp's network, so its veth cannot be found; \
+             the eBPF dataplane cannot enforce this target"
+                .into(),
+        ));
+    };
+    let namespace = NamespaceHandle::open(pid).await?;
+    let host_ifindex = namespace.peer_ifindex_by_mac(mac).await?.ok_or_else(|| {
+        TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
+    })?;
+    let (warp_ifindex, warp_mac) = match (target.warp_pid, target.warp_mac.as_deref()) {
+        (Some(warp_pid), Some(warp_mac)) => {
+            let warp_ns = NamespaceHandle::open(warp_pid).await?;
+            let ifindex = warp_ns
+                .peer_ifindex_by_mac(warp_mac)
+                .await?
+                .ok_or_else(|| {
+                    TargetError::Endpoint(format!(
+                        "no veth with MAC {warp_mac} in the warp's namespace"
+                    ))
+                })?;
+            let bytes: [u8; 6] = parse_mac(warp_mac)
+                .try_into()
+                .map_err(|_| TargetError::Endpoint(format!("malformed warp MAC {warp_mac}")))?;
+            (ifindex, bytes)
+        }
+        // Blocked: nothing is redirected, so no warp interface is needed.
+        _ => (0, [0; 6]),
+    };
+    let desired = EbpfTarget {
+        host_ifindex,
+        warp_ifindex,
+        warp_mac,
+        rows: compile(&target.entries)?,
+    };
+    if last.get(&target.id) == Some(&desired) {
+        return Ok(false);
+    }
+    ebpf.attach_ifindex(host_ifindex)?;
+    ebpf.set_policy(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?;
+    info!(
+        host_ifindex,
+        warp_ifindex,
+        prefixes = desired.rows.len(),
+        "eBPF policy written"
+    );
+    last.insert(target.id.clone(), desired);
+    Ok(true)
+}
+
+/// Removes policies of interfaces that no longer belong to a target.
+fn remove_stale_policies(ebpf: &mut EbpfDataplane, live: &HashSet<u32>) {
+    let installed = match ebpf.policy_ifindexes() {
+        Ok(installed) => installed,
+        Err(e) => {
+            warn!(error = %e, "cannot list eBPF policies");
+            return;
+        }
+    };
+    for ifindex in installed.into_iter().filter(|i| !live.contains(i)) {
+        match ebpf.remove_policy(ifindex) {
+            Ok(()) => info!(ifindex, "removed the eBPF policy of a departed target"),
+            Err(e) => warn!(ifindex, error = %e, "removing a stale eBPF policy failed"),
+        }
+    }
+}
+
 /// `netwarp cleanup`: removes netwarp's entries from every running
 /// container. Other entries are only read, never touched.
 pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
-    if let Some(code) = check_privileges() {
+    if let Some(code) = check_privileges(ROUTES_CAPABILITIES) {
         return Ok(code);
     }
     let client = docker::connect(&config.docker, config.docker_api_version).await?;

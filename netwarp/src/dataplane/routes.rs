@@ -284,11 +284,35 @@ impl NamespaceHandle {
         Ok(())
     }
 
+    /// For the interface with `mac` in this namespace, the ifindex of its
+    /// veth peer in the host namespace (IFLA_LINK).
+    pub async fn peer_ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
+        let wanted = parse_mac(mac);
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.netlink("link dump"))?;
+        Ok(links
+            .iter()
+            .filter(|link| {
+                link.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
+            })
+            .find_map(|link| {
+                link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Link(peer) => Some(*peer),
+                    _ => None,
+                })
+            }))
+    }
+
     async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
-        let wanted: Vec<u8> = mac
-            .split(':')
-            .filter_map(|b| u8::from_str_radix(b, 16).ok())
-            .collect();
+        let wanted = parse_mac(mac);
         let links: Vec<_> = self
             .handle
             .link()
@@ -306,6 +330,13 @@ impl NamespaceHandle {
             })
             .map(|link| link.header.index))
     }
+}
+
+/// `02:42:ac:11:00:02` as bytes; malformed octets are skipped.
+pub fn parse_mac(mac: &str) -> Vec<u8> {
+    mac.split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect()
 }
 
 fn route_message(dst: Cidr, action: RouteAction, oif: Option<u32>) -> RouteMessage {

@@ -1,0 +1,190 @@
+//! Compiling a target's plan entries into LPM trie rows (pure).
+//!
+//! The data path does one longest-prefix lookup per packet, so each row
+//! must carry everything that applies to its prefix: the selectors of
+//! every rule whose destination contains it are folded in.
+
+use std::collections::BTreeMap;
+
+use netwarp_common::{ACTION_BLOCK, ACTION_STEER, MAX_SELECTORS, RuleValue, Selector};
+
+use crate::{
+    model::Cidr,
+    plan::{Action, Entry},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "destination {destination} needs {count} protocol selectors, more than the {MAX_SELECTORS} \
+         the eBPF dataplane supports per prefix; merge port ranges or use --dataplane routes"
+    )]
+    TooManySelectors { destination: Cidr, count: usize },
+}
+
+/// One LPM row: a prefix and what to do with its traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPrefix {
+    pub destination: Cidr,
+    pub value: RuleValue,
+}
+
+/// Compiles entries into rows, one per distinct destination prefix.
+pub fn compile(entries: &[Entry]) -> Result<Vec<CompiledPrefix>, CompileError> {
+    let mut by_destination: BTreeMap<Cidr, Action> = BTreeMap::new();
+    for entry in entries {
+        by_destination
+            .entry(entry.rule.destination)
+            .and_modify(|a| *a = (*a).max(entry.action))
+            .or_insert(entry.action);
+    }
+    let mut rows = Vec::with_capacity(by_destination.len());
+    for (destination, action) in by_destination {
+        let covering = entries.iter().filter(|e| {
+            let d = e.rule.destination;
+            d.is_ipv6() == destination.is_ipv6()
+                && d.prefix_len() <= destination.prefix_len()
+                && d.contains(destination.addr())
+        });
+        let mut value = RuleValue {
+            action: match action {
+                Action::Via(_) => ACTION_STEER,
+                Action::Block => ACTION_BLOCK,
+            },
+            ..RuleValue::default()
+        };
+        let mut selectors: Vec<Selector> = Vec::new();
+        for entry in covering {
+            match entry.rule.protocol {
+                None => value.any_protocol = 1,
+                Some(protocol) => {
+                    let (port_lo, port_hi) = entry.rule.ports.map_or((0, 0), |p| (p.start, p.end));
+                    let selector = Selector {
+                        ip_proto: protocol.ip_proto(destination.is_ipv6()),
+                        _pad: 0,
+                        port_lo,
+                        port_hi,
+                    };
+                    if !selectors.contains(&selector) {
+                        selectors.push(selector);
+                    }
+                }
+            }
+        }
+        if value.any_protocol == 0 {
+            if selectors.len() > MAX_SELECTORS {
+                return Err(CompileError::TooManySelectors {
+                    destination,
+                    count: selectors.len(),
+                });
+            }
+            value.selector_count = selectors.len() as u8;
+            value.selectors[..selectors.len()].copy_from_slice(&selectors);
+        }
+        rows.push(CompiledPrefix { destination, value });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_rules;
+
+    fn entries(rules: &str, action: Action) -> Vec<Entry> {
+        parse_rules(rules)
+            .unwrap()
+            .into_iter()
+            .map(|rule| Entry { rule, action })
+            .collect()
+    }
+
+    fn via() -> Action {
+        Action::Via("172.20.0.2".parse().unwrap())
+    }
+
+    #[test]
+    fn one_row_per_prefix_with_its_selectors() {
+        let rows = compile(&entries("203.0.113.0/24,tcp:443,udp:5000-5100", via())).unwrap();
+        assert_eq!(rows.len(), 1);
+        let v = rows[0].value;
+        assert_eq!(v.action, ACTION_STEER);
+        assert_eq!(v.any_protocol, 0);
+        assert_eq!(v.selector_count, 2);
+        assert_eq!(
+            (
+                v.selectors[0].ip_proto,
+                v.selectors[0].port_lo,
+                v.selectors[0].port_hi
+            ),
+            (6, 443, 443)
+        );
+        assert_eq!(
+            (
+                v.selectors[1].ip_proto,
+                v.selectors[1].port_lo,
+                v.selectors[1].port_hi
+            ),
+            (17, 5000, 5100)
+        );
+    }
+
+    #[test]
+    fn a_longer_prefix_inherits_the_selectors_that_contain_it() {
+        let mut all = entries("10.0.0.0/8", via());
+        all.extend(entries("10.1.0.0/16,tcp:22", via()));
+        let rows = compile(&all).unwrap();
+        let inner = rows
+            .iter()
+            .find(|r| r.destination.to_string() == "10.1.0.0/16")
+            .unwrap();
+        // 10.0.0.0/8 takes every protocol, so its /16 inside must too.
+        assert_eq!(inner.value.any_protocol, 1);
+        let outer = rows
+            .iter()
+            .find(|r| r.destination.to_string() == "10.0.0.0/8")
+            .unwrap();
+        assert_eq!(outer.value.any_protocol, 1);
+    }
+
+    #[test]
+    fn an_outer_prefix_does_not_inherit_inner_selectors() {
+        let mut all = entries("10.0.0.0/8,udp:53", via());
+        all.extend(entries("10.1.0.0/16,tcp:22", via()));
+        let rows = compile(&all).unwrap();
+        let outer = rows
+            .iter()
+            .find(|r| r.destination.to_string() == "10.0.0.0/8")
+            .unwrap();
+        assert_eq!(outer.value.selector_count, 1);
+        let inner = rows
+            .iter()
+            .find(|r| r.destination.to_string() == "10.1.0.0/16")
+            .unwrap();
+        assert_eq!(inner.value.selector_count, 2);
+    }
+
+    #[test]
+    fn icmp_uses_the_family_protocol_number() {
+        let rows = compile(&entries("2001:db8::/32,192.0.2.0/24,icmp", Action::Block)).unwrap();
+        let v6 = rows.iter().find(|r| r.destination.is_ipv6()).unwrap();
+        let v4 = rows.iter().find(|r| !r.destination.is_ipv6()).unwrap();
+        assert_eq!(v6.value.selectors[0].ip_proto, 58);
+        assert_eq!(v4.value.selectors[0].ip_proto, 1);
+        assert_eq!(v4.value.action, ACTION_BLOCK);
+    }
+
+    #[test]
+    fn too_many_selectors_are_refused_not_truncated() {
+        let ports: Vec<String> = (1..=9).map(|p| format!("tcp:{p}")).collect();
+        let rules = format!("192.0.2.0/24,{}", ports.join(","));
+        let err = compile(&entries(&rules, via())).unwrap_err();
+        assert_eq!(
+            err,
+            CompileError::TooManySelectors {
+                destination: "192.0.2.0/24".parse().unwrap(),
+                count: 9
+            }
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The eBPF dataplane: loads netwarp's tc programs, attaches them to
+//! host-side veths, writes each target's policy and reads the counters.
+//!
+//! The program on a target's veth counts, then steers matching packets to
+//! the warp's veth (rewriting the destination MAC) or drops them while the
+//! warp is unusable. Interfaces without a policy are only counted.
+pub mod compile;
+
+use std::{collections::HashMap, net::IpAddr};
+
+use aya::{
+    Ebpf,
+    maps::{
+        HashMap as BpfHashMap, MapError, PerCpuHashMap,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use netwarp_common::{
+    Direction, POLICY_MAP, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RULE_SET_BITS,
+    RULES_V4_MAP, RULES_V6_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP, TargetPolicy,
+    TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
+};
+
+use compile::CompiledPrefix;
+
+/// The object built from `netwarp-ebpf` by build.rs.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwarp"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "loading netwarp's eBPF object failed: {0}; netwarp needs root or CAP_BPF with \
+         CAP_NET_ADMIN and CAP_PERFMON (see `netwarp probe`)"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no program `{0}`; the build is inconsistent, rebuild netwarp")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}`; the build is inconsistent, rebuild netwarp")]
+    MissingMap(&'static str),
+    #[error("program `{program}`: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching `{program}` to interface `{interface}` failed: {source}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("no host interface has ifindex {0}; the container's veth is gone")]
+    NoInterface(u32),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Packets and bytes seen on one host-side interface, per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceTraffic {
+    pub from_container: TrafficCounters,
+    pub to_container: TrafficCounters,
+}
+
+/// netwarp's loaded programs and the attachments it made.
+pub struct EbpfDataplane {
+    ebpf: Ebpf,
+    /// Links by (interface name, direction); dropping a link detaches it.
+    links: HashMap<(String, u32), SchedClassifierLinkId>,
+}
+
+impl EbpfDataplane {
+    /// Loads every program into the kernel; nothing is attached yet.
+    pub fn load() -> Result<Self, EbpfError> {
+        let mut ebpf = Ebpf::load(PROGRAMS_OBJECT)?;
+        for name in [PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Program {
+                    program: name,
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+        })
+    }
+
+    /// Attaches the counters to both directions of a container's host-side
+    /// interface. Attaching twice is a no-op.
+    pub fn attach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
+        for (program, attach_type, direction) in [
+            (
+                PROG_TC_FROM_CONTAINER,
+                TcAttachType::Ingress,
+                Direction::FromContainer,
+            ),
+            (
+                PROG_TC_TO_CONTAINER,
+                TcAttachType::Egress,
+                Direction::ToContainer,
+            ),
+        ] {
+            let key = (interface.to_owned(), direction as u32);
+            if self.links.contains_key(&key) {
+                continue;
+            }
+            // On kernels >= 6.6 aya attaches through TCX, which needs no qdisc.
+            let link = classifier(&mut self.ebpf, program)?
+                .attach(interface, attach_type)
+                .map_err(|source| EbpfError::Attach {
+                    program,
+                    interface: interface.to_owned(),
+                    source,
+                })?;
+            self.links.insert(key, link);
+        }
+        Ok(())
+    }
+
+    /// Detaches the counters from an interface, if they are attached.
+    pub fn detach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
+        for (program, direction) in [
+            (PROG_TC_FROM_CONTAINER, Direction::FromContainer),
+            (PROG_TC_TO_CONTAINER, Direction::ToContainer),
+        ] {
+            if let Some(link) = self.links.remove(&(interface.to_owned(), direction as u32)) {
+                classifier(&mut self.ebpf, program)?
+                    .detach(link)
+                    .map_err(|source| EbpfError::Program { program, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the counters of one interface, summed over all CPUs.
+    pub fn traffic(&self, ifindex: u32) -> Result<InterfaceTraffic, EbpfError> {
+        let map = self
+            .ebpf
+            .map(TRAFFIC_MAP)
+            .ok_or(EbpfError::MissingMap(TRAFFIC_MAP))?;
+        let map: PerCpuHashMap<_, TrafficKey, TrafficCounters> = PerCpuHashMap::try_from(map)
+            .map_err(|source| EbpfError::Map {
+                map: TRAFFIC_MAP,
+                source,
+            })?;
+        let read = |direction| -> Result<TrafficCounters, EbpfError> {
+            match map.get(&TrafficKey::new(ifindex, direction), 0) {
+                Ok(per_cpu) => Ok(per_cpu
+                    .iter()
+                    .fold(TrafficCounters::default(), |sum, c| sum.saturating_add(*c))),
+                Err(MapError::KeyNotFound) => Ok(TrafficCounters::default()),
+                Err(source) => Err(EbpfError::Map {
+                    map: TRAFFIC_MAP,
+                    source,
+                }),
+            }
+        };
+        Ok(InterfaceTraffic {
+            from_container: read(Direction::FromContainer)?,
+            to_container: read(Direction::ToContainer)?,
+        })
+    }
+}
+
+impl EbpfDataplane {
+    /// Attaches the programs to the host interface with `ifindex`.
+    pub fn attach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let name = interface_name(ifindex).ok_or(EbpfError::NoInterface(ifindex))?;
+        self.attach_counters(&name)
+    }
+
+    /// Installs a target's policy atomically: the new rows go in under a
+    /// fresh rule set id, then one write to the policy map switches to it,
+    /// then the old rows are removed.
+    pub fn set_policy(
+        &mut self,
+        ifindex: u32,
+        warp_ifindex: u32,
+        warp_mac: [u8; 6],
+        rows: &[CompiledPrefix],
+    ) -> Result<(), EbpfError> {
+        let old = self.policy(ifindex)?;
+        // Two ids per target, alternating; the low bit is the generation.
+        let generation = old.map_or(0, |p| (p.rule_set & 1) ^ 1);
+        let rule_set = (ifindex << 1) | generation;
+        self.write_rows(rule_set, rows)?;
+        let policy = TargetPolicy {
+            rule_set,
+            warp_ifindex,
+            warp_mac,
+            _pad: [0; 2],
+        };
+        let mut policies = self.policies()?;
+        policies
+            .insert(ifindex, policy, 0)
+            .map_err(map_error(POLICY_MAP))?;
+        if let Some(old) = old
+            && old.rule_set != rule_set
+        {
+            self.remove_rows(old.rule_set)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a target's policy and its rows; its traffic is then only counted.
+    pub fn remove_policy(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let Some(old) = self.policy(ifindex)? else {
+            return Ok(());
+        };
+        let mut policies = self.policies()?;
+        match policies.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(POLICY_MAP)(e)),
+        }
+        self.remove_rows(old.rule_set)
+    }
+
+    /// The interfaces that have a policy.
+    pub fn policy_ifindexes(&mut self) -> Result<Vec<u32>, EbpfError> {
+        let policies = self.policies()?;
+        policies
+            .keys()
+            .collect::<Result<Vec<u32>, MapError>>()
+            .map_err(map_error(POLICY_MAP))
+    }
+
+    pub fn policy(&mut self, ifindex: u32) -> Result<Option<TargetPolicy>, EbpfError> {
+        let policies = self.policies()?;
+        match policies.get(&ifindex, 0) {
+            Ok(p) => Ok(Some(p)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(POLICY_MAP)(e)),
+        }
+    }
+
+    /// Steered and blocked packets and bytes of one target, over all CPUs.
+    pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
+        let map = self
+            .ebpf
+            .map(VERDICTS_MAP)
+            .ok_or(EbpfError::MissingMap(VERDICTS_MAP))?;
+        let map: PerCpuHashMap<_, u32, VerdictCounters> =
+            PerCpuHashMap::try_from(map).map_err(map_error(VERDICTS_MAP))?;
+        match map.get(&ifindex, 0) {
+            Ok(per_cpu) => {
+                Ok(per_cpu
+                    .iter()
+                    .fold(VerdictCounters::default(), |a, c| VerdictCounters {
+                        steered_packets: a.steered_packets + c.steered_packets,
+                        steered_bytes: a.steered_bytes + c.steered_bytes,
+                        blocked_packets: a.blocked_packets + c.blocked_packets,
+                        blocked_bytes: a.blocked_bytes + c.blocked_bytes,
+                    }))
+            }
+            Err(MapError::KeyNotFound) => Ok(VerdictCounters::default()),
+            Err(e) => Err(map_error(VERDICTS_MAP)(e)),
+        }
+    }
+
+    fn policies(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, TargetPolicy>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(POLICY_MAP)
+            .ok_or(EbpfError::MissingMap(POLICY_MAP))?;
+        BpfHashMap::try_from(map).map_err(map_error(POLICY_MAP))
+    }
+
+    fn write_rows(&mut self, rule_set: u32, rows: &[CompiledPrefix]) -> Result<(), EbpfError> {
+        let id = rule_set.to_be_bytes();
+        for row in rows {
+            let prefix_len = RULE_SET_BITS + u32::from(row.destination.prefix_len());
+            match row.destination.addr() {
+                IpAddr::V4(addr) => {
+                    let mut trie = self.trie_v4()?;
+                    let key = Key::new(
+                        prefix_len,
+                        RuleKeyV4 {
+                            rule_set: id,
+                            addr: addr.octets(),
+                        },
+                    );
+                    trie.insert(&key, row.value, 0)
+                        .map_err(map_error(RULES_V4_MAP))?;
+                }
+                IpAddr::V6(addr) => {
+                    let mut trie = self.trie_v6()?;
+                    let key = Key::new(
+                        prefix_len,
+                        RuleKeyV6 {
+                            rule_set: id,
+                            addr: addr.octets(),
+                        },
+                    );
+                    trie.insert(&key, row.value, 0)
+                        .map_err(map_error(RULES_V6_MAP))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_rows(&mut self, rule_set: u32) -> Result<(), EbpfError> {
+        let id = rule_set.to_be_bytes();
+        let mut trie = self.trie_v4()?;
+        let keys: Vec<Key<RuleKeyV4>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().rule_set == id)
+            .collect();
+        for key in keys {
+            let _ = trie.remove(&key);
+        }
+        let mut trie = self.trie_v6()?;
+        let keys: Vec<Key<RuleKeyV6>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().rule_set == id)
+            .collect();
+        for key in keys {
+            let _ = trie.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn trie_v4(
+        &mut self,
+    ) -> Result<LpmTrie<&mut aya::maps::MapData, RuleKeyV4, RuleValue>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(RULES_V4_MAP)
+            .ok_or(EbpfError::MissingMap(RULES_V4_MAP))?;
+        LpmTrie::try_from(map).map_err(map_error(RULES_V4_MAP))
+    }
+
+    fn trie_v6(
+        &mut self,
+    ) -> Result<LpmTrie<&mut aya::maps::MapData, RuleKeyV6, RuleValue>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(RULES_V6_MAP)
+            .ok_or(EbpfError::MissingMap(RULES_V6_MAP))?;
+        LpmTrie::try_from(map).map_err(map_error(RULES_V6_MAP))
+    }
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> EbpfError {
+    move |source| EbpfError::Map { map, source }
+}
+
+/// The name of a host interface, or None if there is none with `ifindex`.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            source,
+        })
+}
