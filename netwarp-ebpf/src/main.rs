@@ -73,11 +73,12 @@ mod programs {
         TC_ACT_OK
     }
 
-    /// What the parser found: the L4 protocol, and the destination port
-    /// when the packet carries one (not for non-first fragments).
+    /// What the parser found: the L4 protocol, the destination port when it
+    /// could be read, and whether this is a non-first fragment (no L4 header).
     struct Flow {
         ip_proto: u8,
         dport: Option<u16>,
+        later_fragment: bool,
     }
 
     /// Returns the verdict for a packet from a target, or None to pass it.
@@ -152,7 +153,14 @@ mod programs {
         } else {
             None
         };
-        Some((dst, Flow { ip_proto, dport }))
+        Some((
+            dst,
+            Flow {
+                ip_proto,
+                dport,
+                later_fragment: !first_fragment,
+            },
+        ))
     }
 
     #[inline(always)]
@@ -193,6 +201,7 @@ mod programs {
             Flow {
                 ip_proto: next,
                 dport,
+                later_fragment: !first_fragment,
             },
         ))
     }
@@ -221,13 +230,16 @@ mod programs {
             if selector.ip_proto != flow.ip_proto {
                 continue;
             }
-            match flow.dport {
-                _ if selector.port_lo == 0 => return true,
-                Some(port) if selector.port_lo <= port && port <= selector.port_hi => return true,
-                None if flow.ip_proto == IPPROTO_TCP || flow.ip_proto == IPPROTO_UDP => {
-                    return true;
-                }
-                _ => {}
+            if selector.port_lo == 0 || flow.later_fragment {
+                return true;
+            }
+            // A first fragment or whole packet whose port cannot be read
+            // (truncated) matches no port selector.
+            if let Some(port) = flow.dport
+                && selector.port_lo <= port
+                && port <= selector.port_hi
+            {
+                return true;
             }
         }
         false

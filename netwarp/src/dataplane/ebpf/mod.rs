@@ -14,7 +14,10 @@ use aya::{
         HashMap as BpfHashMap, MapError, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
+        tc::SchedClassifierLinkId,
+    },
 };
 use netwarp_common::{
     Direction, POLICY_MAP, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RULE_SET_BITS,
@@ -263,6 +266,36 @@ impl EbpfDataplane {
             Err(MapError::KeyNotFound) => Ok(VerdictCounters::default()),
             Err(e) => Err(map_error(VERDICTS_MAP)(e)),
         }
+    }
+
+    /// Runs the from-container program once on `packet`, as if it arrived
+    /// on the host interface `ifindex` (BPF_PROG_TEST_RUN). Returns the tc
+    /// verdict and the packet as the program left it. Redirects are only
+    /// reported, not performed.
+    pub fn test_run_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+    ) -> Result<(i32, Vec<u8>), EbpfError> {
+        // A __sk_buff prefix up to and including `ifindex` (offset 40); the
+        // kernel requires every other field in it to be zero.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let program = classifier(&mut self.ebpf, PROG_TC_FROM_CONTAINER)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| EbpfError::Program {
+                program: PROG_TC_FROM_CONTAINER,
+                source,
+            })?;
+        data_out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, data_out))
     }
 
     fn policies(

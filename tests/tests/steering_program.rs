@@ -1,0 +1,388 @@
+//! The steering program on crafted packets, through BPF_PROG_TEST_RUN: the
+//! real program in the real kernel, with policies written by the real
+//! dataplane code, but no interfaces or containers.
+
+use netwarp::{
+    dataplane::ebpf::{EbpfDataplane, compile::compile},
+    model::parse_rules,
+    plan::{Action, Entry},
+};
+use netwarp_tests::{skip, skip_if};
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+
+/// Loopback always exists; the program only uses the ifindex as a key.
+const TARGET_IFINDEX: u32 = 1;
+const WARP_IFINDEX: u32 = 1;
+const WARP_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x14, 0x00, 0x02];
+const SRC_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x14, 0x00, 0x03];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0x42, 0x00, 0x00, 0x00, 0x01];
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+fn ethernet(ethertype: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&GATEWAY_MAC);
+    frame.extend_from_slice(&SRC_MAC);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame
+}
+
+/// An L4 header: ports for tcp and udp, an echo request otherwise.
+fn l4(proto: u8, dport: u16) -> Vec<u8> {
+    match proto {
+        TCP => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[12] = 5 << 4;
+            h
+        }
+        UDP => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            h
+        }
+        _ => vec![8, 0, 0, 0, 0, 1, 0, 1],
+    }
+}
+
+/// An IPv4 packet; `options` adds 4-byte option words, `frag_offset` is in
+/// 8-byte units (non-zero: a non-first fragment, without L4 header).
+fn ipv4(dst: [u8; 4], proto: u8, dport: u16, options: usize, frag_offset: u16) -> Vec<u8> {
+    let payload = if frag_offset == 0 {
+        l4(proto, dport)
+    } else {
+        vec![0u8; 16]
+    };
+    let header_len = 20 + options * 4;
+    let mut ip = vec![0u8; header_len];
+    ip[0] = 0x40 | (header_len / 4) as u8;
+    ip[2..4].copy_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&frag_offset.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&[172, 20, 0, 3]);
+    ip[16..20].copy_from_slice(&dst);
+    for word in 0..options {
+        ip[20 + word * 4] = 1; // NOP options
+        ip[21 + word * 4] = 1;
+        ip[22 + word * 4] = 1;
+        ip[23 + word * 4] = 1;
+    }
+    let mut frame = ethernet(0x0800);
+    frame.extend(ip);
+    frame.extend(payload);
+    frame
+}
+
+/// An IPv6 packet, optionally behind a hop-by-hop header and a fragment
+/// header (`fragment: Some(offset)` in 8-byte units).
+fn ipv6(dst: [u8; 16], proto: u8, dport: u16, hop_by_hop: bool, fragment: Option<u16>) -> Vec<u8> {
+    let first = fragment.is_none_or(|offset| offset == 0);
+    let payload = if first {
+        l4(proto, dport)
+    } else {
+        vec![0u8; 16]
+    };
+    let mut ext = Vec::new();
+    let mut next = proto;
+    if let Some(offset) = fragment {
+        let mut frag = vec![next, 0, 0, 0, 0, 0, 0, 1];
+        frag[2..4].copy_from_slice(&(offset << 3).to_be_bytes());
+        ext.splice(0..0, frag);
+        next = 44;
+    }
+    if hop_by_hop {
+        // Next header, length 0 (8 bytes), then PadN.
+        let hop = vec![next, 0, 1, 4, 0, 0, 0, 0];
+        ext.splice(0..0, hop);
+        next = 0;
+    }
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&((ext.len() + payload.len()) as u16).to_be_bytes());
+    ip[6] = next;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&[0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+    ip[24..40].copy_from_slice(&dst);
+    let mut frame = ethernet(0x86dd);
+    frame.extend(ip);
+    frame.extend(ext);
+    frame.extend(payload);
+    frame
+}
+
+const REMOTE_V4: [u8; 4] = [203, 0, 113, 5];
+const OTHER_V4: [u8; 4] = [198, 51, 100, 5];
+const REMOTE_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// A dataplane with one target policy built from `rules` and `action`.
+fn dataplane(rules: &str, action: Action) -> EbpfDataplane {
+    let entries: Vec<Entry> = parse_rules(rules)
+        .expect("rules")
+        .into_iter()
+        .map(|rule| Entry { rule, action })
+        .collect();
+    let mut dataplane = EbpfDataplane::load().expect("loading the programs");
+    dataplane
+        .set_policy(
+            TARGET_IFINDEX,
+            WARP_IFINDEX,
+            WARP_MAC,
+            &compile(&entries).expect("compile"),
+        )
+        .expect("writing the policy");
+    dataplane
+}
+
+fn steer() -> Action {
+    Action::Via("172.20.0.2".parse().unwrap())
+}
+
+fn verdict(dataplane: &mut EbpfDataplane, packet: &[u8]) -> i32 {
+    dataplane
+        .test_run_from_container(TARGET_IFINDEX, packet)
+        .expect("BPF_PROG_TEST_RUN")
+        .0
+}
+
+macro_rules! privileged_test {
+    ($name:ident, $body:block) => {
+        #[test]
+        fn $name() {
+            skip_if!(stringify!($name), skip::missing_root());
+            $body
+        }
+    };
+}
+
+privileged_test!(steered_packets_get_the_warp_mac_and_a_redirect, {
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+    let (verdict, out) = dp
+        .test_run_from_container(TARGET_IFINDEX, &packet)
+        .expect("run");
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
+    assert_eq!(
+        out[6..],
+        packet[6..],
+        "nothing but the destination MAC may change"
+    );
+    let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
+    assert_eq!(
+        (counted.steered_packets, counted.steered_bytes),
+        (1, packet.len() as u64)
+    );
+});
+
+privileged_test!(unselected_traffic_passes_untouched, {
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    for packet in [
+        ipv4(REMOTE_V4, TCP, 444, 0, 0),
+        ipv4(REMOTE_V4, UDP, 443, 0, 0),
+        ipv4(REMOTE_V4, ICMP, 0, 0, 0),
+        ipv4(OTHER_V4, TCP, 443, 0, 0),
+        ipv6(REMOTE_V6, TCP, 443, false, None),
+    ] {
+        let (verdict, out) = dp
+            .test_run_from_container(TARGET_IFINDEX, &packet)
+            .expect("run");
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, packet);
+    }
+});
+
+privileged_test!(port_range_edges, {
+    let mut dp = dataplane("203.0.113.0/24,udp:5000-5100", steer());
+    for (port, expected) in [
+        (4999, TC_ACT_OK),
+        (5000, TC_ACT_REDIRECT),
+        (5100, TC_ACT_REDIRECT),
+        (5101, TC_ACT_OK),
+        (1, TC_ACT_OK),
+        (65535, TC_ACT_OK),
+    ] {
+        assert_eq!(
+            verdict(&mut dp, &ipv4(REMOTE_V4, UDP, port, 0, 0)),
+            expected,
+            "udp port {port}"
+        );
+    }
+});
+
+privileged_test!(blocked_targets_drop_matching_packets_and_count_them, {
+    let mut dp = dataplane("203.0.113.0/24,2001:db8::/32", Action::Block);
+    assert_eq!(
+        verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, UDP, 53, false, None)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(verdict(&mut dp, &ipv4(OTHER_V4, TCP, 80, 0, 0)), TC_ACT_OK);
+    assert_eq!(
+        dp.verdicts(TARGET_IFINDEX)
+            .expect("verdicts")
+            .blocked_packets,
+        2
+    );
+});
+
+privileged_test!(icmp_rules_match_icmp_and_icmpv6, {
+    let mut dp = dataplane("203.0.113.0/24,2001:db8::/32,icmp", steer());
+    assert_eq!(
+        verdict(&mut dp, &ipv4(REMOTE_V4, ICMP, 0, 0, 0)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, ICMPV6, 0, false, None)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)), TC_ACT_OK);
+});
+
+privileged_test!(ipv4_options_shift_the_ports, {
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    for options in [1, 10] {
+        assert_eq!(
+            verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, options, 0)),
+            TC_ACT_REDIRECT,
+            "{options} option words"
+        );
+        assert_eq!(
+            verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, options, 0)),
+            TC_ACT_OK,
+            "{options} option words"
+        );
+    }
+});
+
+privileged_test!(ipv6_extension_headers_are_walked, {
+    let mut dp = dataplane("2001:db8::/32,tcp:443", steer());
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, true, None)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 80, true, None)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, true, Some(0))),
+        TC_ACT_REDIRECT
+    );
+});
+
+// The documented choice: a non-first fragment has no ports, so it follows
+// any rule of its protocol; a flow's fragments then take one path.
+privileged_test!(non_first_fragments_follow_their_protocol, {
+    let mut dp = dataplane("203.0.113.0/24,2001:db8::/32,udp:5000", steer());
+    assert_eq!(
+        verdict(&mut dp, &ipv4(REMOTE_V4, UDP, 0, 0, 185)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 0, 0, 185)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, UDP, 0, false, Some(185))),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 0, false, Some(185))),
+        TC_ACT_OK
+    );
+});
+
+privileged_test!(truncated_packets_pass, {
+    let mut dp = dataplane("203.0.113.0/24", Action::Block);
+    let full = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+    // Cut inside the IPv4 header: the kernel may refuse to run such a frame
+    // at all; if it runs, the program must let it pass untouched.
+    match dp.test_run_from_container(TARGET_IFINDEX, &full[..14 + 12]) {
+        Ok((verdict, _)) => assert_eq!(verdict, TC_ACT_OK),
+        Err(e) => assert!(format!("{e:?}").contains("InvalidInput"), "{e:?}"),
+    }
+    // A complete IPv4 header whose destination is blocked still drops.
+    let (verdict, _) = dp
+        .test_run_from_container(TARGET_IFINDEX, &full[..14 + 20])
+        .expect("run");
+    assert_eq!(verdict, TC_ACT_SHOT);
+    // A tcp selector with the L4 header cut off: no port, so no port match.
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    let (verdict, _) = dp
+        .test_run_from_container(TARGET_IFINDEX, &full[..14 + 20 + 2])
+        .expect("run");
+    assert_eq!(verdict, TC_ACT_OK);
+    // An IPv6 extension header that claims more bytes than there are.
+    let mut dp = dataplane("2001:db8::/32,tcp:443", steer());
+    let mut packet = ipv6(REMOTE_V6, TCP, 443, true, None);
+    packet[14 + 40 + 1] = 200; // hop-by-hop length: 1608 bytes
+    let (verdict, _) = dp
+        .test_run_from_container(TARGET_IFINDEX, &packet)
+        .expect("run");
+    assert_eq!(verdict, TC_ACT_OK);
+});
+
+privileged_test!(interfaces_without_a_policy_are_only_counted, {
+    let mut dp = dataplane("203.0.113.0/24", Action::Block);
+    dp.remove_policy(TARGET_IFINDEX)
+        .expect("removing the policy");
+    assert_eq!(
+        verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+        TC_ACT_OK
+    );
+    let traffic = dp.traffic(TARGET_IFINDEX).expect("traffic");
+    assert_eq!(traffic.from_container.packets, 1);
+});
+
+privileged_test!(a_new_policy_replaces_the_old_rule_set_whole, {
+    let mut dp = dataplane("203.0.113.0/24", steer());
+    let first = dp
+        .policy(TARGET_IFINDEX)
+        .expect("policy")
+        .expect("installed");
+    let entries: Vec<Entry> = parse_rules("198.51.100.0/24")
+        .unwrap()
+        .into_iter()
+        .map(|rule| Entry {
+            rule,
+            action: Action::Block,
+        })
+        .collect();
+    dp.set_policy(
+        TARGET_IFINDEX,
+        WARP_IFINDEX,
+        WARP_MAC,
+        &compile(&entries).unwrap(),
+    )
+    .expect("second policy");
+    let second = dp
+        .policy(TARGET_IFINDEX)
+        .expect("policy")
+        .expect("installed");
+    assert_ne!(
+        first.rule_set, second.rule_set,
+        "the rule set id must change on every write"
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+        TC_ACT_OK,
+        "old rows remain"
+    );
+    assert_eq!(
+        verdict(&mut dp, &ipv4(OTHER_V4, TCP, 443, 0, 0)),
+        TC_ACT_SHOT
+    );
+});
