@@ -88,13 +88,16 @@ pub fn probe() -> ProbeReport {
             Err(e) => e.to_string(),
         },
     });
-    drop(load);
-    // The eBPF dataplane counts traffic but does not steer yet, so it is
-    // never chosen automatically; see the eBPF dataplane issue.
-    let (auto_choice, reason) = if routes_missing.is_empty() {
+    // The same rule as `netwarp run --dataplane auto`.
+    let (auto_choice, reason) = if ebpf_missing.is_empty() && load.is_ok() {
+        (
+            DataplaneMode::Ebpf,
+            "the privileges are present and the programs load".to_owned(),
+        )
+    } else if routes_missing.is_empty() {
         (
             DataplaneMode::Routes,
-            "eBPF steering is not implemented yet; routes is the only steering dataplane"
+            "the eBPF checks above failed; routes needs only CAP_NET_ADMIN and CAP_SYS_ADMIN"
                 .to_owned(),
         )
     } else {

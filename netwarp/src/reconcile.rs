@@ -65,24 +65,13 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
     }
     let (mode, dataplane) = match config.dataplane {
         DataplaneMode::Routes => (DataplaneMode::Routes, Dataplane::Routes),
-        DataplaneMode::Auto => {
-            info!(
-                reason = "the eBPF dataplane does not pin its state yet, so it would not survive a daemon restart",
-                "dataplane auto: using routes"
-            );
-            (DataplaneMode::Routes, Dataplane::Routes)
-        }
+        DataplaneMode::Auto => choose_automatically(&config),
         DataplaneMode::Ebpf => {
             if let Some(code) = check_privileges(EBPF_CAPABILITIES) {
                 return Ok(code);
             }
-            warn!(
-                "the eBPF dataplane does not pin its state yet: while netwarp is stopped, targets are neither steered nor blocked"
-            );
-            (
-                DataplaneMode::Ebpf,
-                Dataplane::Ebpf(Box::new(EbpfDataplane::load()?)),
-            )
+            let ebpf = EbpfDataplane::load_pinned(&config.bpf_pin_dir)?;
+            (DataplaneMode::Ebpf, Dataplane::Ebpf(Box::new(ebpf)))
         }
     };
     info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");
@@ -115,6 +104,29 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
                     _ = sigint.recv() => return Ok(shutdown("SIGINT")),
                 }
             }
+        }
+    }
+}
+
+/// `auto`: the eBPF dataplane when the privileges and a real load allow
+/// it, else routes, saying why.
+fn choose_automatically(config: &Config) -> (DataplaneMode, Dataplane) {
+    let missing = CapabilitySet::current()
+        .map(|caps| caps.missing(EBPF_CAPABILITIES))
+        .unwrap_or_else(|_| EBPF_CAPABILITIES.to_vec());
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
+        info!(missing = %names.join(", "), "dataplane auto: using routes, eBPF lacks capabilities");
+        return (DataplaneMode::Routes, Dataplane::Routes);
+    }
+    match EbpfDataplane::load_pinned(&config.bpf_pin_dir) {
+        Ok(ebpf) => {
+            info!(pins = %config.bpf_pin_dir.display(), "dataplane auto: using ebpf");
+            (DataplaneMode::Ebpf, Dataplane::Ebpf(Box::new(ebpf)))
+        }
+        Err(e) => {
+            info!(error = %e, "dataplane auto: using routes, the eBPF programs did not load");
+            (DataplaneMode::Routes, Dataplane::Routes)
         }
     }
 }
@@ -284,9 +296,17 @@ impl Reconciler {
         }
         self.last_state.retain(|id, _| seen.contains(id));
         if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
+            // Only interfaces known to have left are released: a target
+            // that merely failed this pass keeps its policy (fail closed).
+            let departed: Vec<u32> = self
+                .last_ebpf
+                .iter()
+                .filter(|(id, _)| !seen.contains(*id))
+                .map(|(_, t)| t.host_ifindex)
+                .collect();
             self.last_ebpf.retain(|id, _| seen.contains(id));
             let live: HashSet<u32> = self.last_ebpf.values().map(|t| t.host_ifindex).collect();
-            remove_stale_policies(ebpf, &live);
+            release_interfaces(ebpf, &departed, &live);
         }
         pending.clear();
         debug!(
@@ -415,19 +435,24 @@ async fn program_target_ebpf(
     Ok(true)
 }
 
-/// Removes policies of interfaces that no longer belong to a target.
-fn remove_stale_policies(ebpf: &mut EbpfDataplane, live: &HashSet<u32>) {
-    let installed = match ebpf.policy_ifindexes() {
-        Ok(installed) => installed,
-        Err(e) => {
-            warn!(error = %e, "cannot list eBPF policies");
-            return;
-        }
-    };
-    for ifindex in installed.into_iter().filter(|i| !live.contains(i)) {
-        match ebpf.remove_policy(ifindex) {
-            Ok(()) => info!(ifindex, "removed the eBPF policy of a departed target"),
-            Err(e) => warn!(ifindex, error = %e, "removing a stale eBPF policy failed"),
+/// Removes the policy and attachments of interfaces that left (their
+/// target is gone) or no longer exist, unless a live target uses them.
+fn release_interfaces(ebpf: &mut EbpfDataplane, departed: &[u32], live: &HashSet<u32>) {
+    let mut candidates: HashSet<u32> = departed.iter().copied().collect();
+    let vanished = ebpf
+        .policy_ifindexes()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(ebpf.attached_ifindexes())
+        .filter(|i| crate::dataplane::ebpf::interface_name(*i).is_none());
+    candidates.extend(vanished);
+    for ifindex in candidates.into_iter().filter(|i| !live.contains(i)) {
+        let released = ebpf
+            .remove_policy(ifindex)
+            .and_then(|()| ebpf.detach_ifindex(ifindex));
+        match released {
+            Ok(()) => info!(ifindex, "released the eBPF policy of a departed target"),
+            Err(e) => warn!(ifindex, error = %e, "releasing a departed target's eBPF state failed"),
         }
     }
 }
@@ -464,8 +489,19 @@ pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The eBPF dataplane's pins: removing a link's pin detaches it.
+    match std::fs::remove_dir_all(&config.bpf_pin_dir) {
+        Ok(()) => {
+            info!(dir = %config.bpf_pin_dir.display(), "removed the pinned eBPF maps and links")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            failures += 1;
+            error!(dir = %config.bpf_pin_dir.display(), error = %e, "removing the eBPF pins failed");
+        }
+    }
     if failures > 0 {
-        anyhow::bail!("cleanup failed in {failures} containers; see the log above");
+        anyhow::bail!("cleanup failed in {failures} places; see the log above");
     }
     info!("cleanup complete");
     Ok(ExitCode::SUCCESS)

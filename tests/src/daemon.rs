@@ -59,6 +59,8 @@ pub fn netwarp_binary() -> PathBuf {
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The eBPF pin directory, private to this daemon.
+    pin_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
     extra_args: Vec<String>,
@@ -71,18 +73,25 @@ impl Daemon {
         let dir = std::env::temp_dir().join(crate::unique_name("nwd"));
         fs::create_dir_all(&dir)?;
         let config = dir.join("netwarp.toml");
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(dir.file_name().expect("named"));
         fs::write(
             &config,
             format!(
                 "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
                  network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
                  [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
+                 bpf_pin_dir = \"{}\"\n\
                  [logging]\nlevel = \"debug\"\n{rules_toml}",
-                labels.warp_prefix, labels.target, labels.network, labels.rules
+                labels.warp_prefix,
+                labels.target,
+                labels.network,
+                labels.rules,
+                pin_dir.display()
             ),
         )?;
         let mut daemon = Self {
             child: None,
+            pin_dir,
             config,
             log: dir.join("netwarp.log"),
             extra_args: Vec::new(),
@@ -145,6 +154,11 @@ impl Daemon {
         self.spawn()
     }
 
+    /// The daemon's private eBPF pin directory.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
     /// The config file the daemon reads, for running other subcommands.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config
@@ -157,6 +171,8 @@ impl Drop for Daemon {
             eprintln!("--- netwarp log ---\n{}", self.log());
         }
         let _ = self.stop(libc::SIGKILL);
+        // Removing the pins detaches the daemon's eBPF links.
+        let _ = fs::remove_dir_all(&self.pin_dir);
         if let Some(dir) = self.config.parent() {
             let _ = fs::remove_dir_all(dir);
         }

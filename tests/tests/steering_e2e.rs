@@ -27,6 +27,40 @@ fn mode() -> String {
     std::env::var("NETWARP_TEST_DATAPLANE").unwrap_or_else(|_| "routes".into())
 }
 
+/// What the eBPF dataplane has programmed for a target: the programs
+/// attached through TCX to its host veth (exactly one per direction, or
+/// something was attached twice) and the daemon's pinned links.
+fn ebpf_state(target: &Container, daemon: &Daemon) -> String {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let (_, veth) = target.host_veth().expect("host veth");
+    let mut lines = Vec::new();
+    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, programs) = SchedClassifier::query_tcx(&veth, attach_type).expect("query_tcx");
+        let names: Vec<String> = programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect();
+        lines.push(format!("{attach_type:?}: {}", names.join(",")));
+    }
+    let mut pins: Vec<String> = std::fs::read_dir(daemon.pin_dir().join("links"))
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    pins.sort();
+    lines.push(format!("pins: {}", pins.join(",")));
+    lines.join("\n")
+}
+
+/// What the active dataplane has programmed for `target`.
+fn programmed_state(target: &Container, daemon: &Daemon) -> String {
+    match mode().as_str() {
+        "routes" => owned_state(target),
+        _ => ebpf_state(target, daemon),
+    }
+}
+
 /// True when `target`'s matching traffic is refused. The routes dataplane
 /// refuses it at once (a prohibit route: EACCES); the eBPF dataplane drops
 /// it at the veth, so the connection times out.
@@ -309,21 +343,31 @@ fn restarts_adopt_the_state_without_duplicates() {
     );
     let mut daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
     assert!(eventually(CONVERGE, || reaches(&target, 8080)));
-    let before = owned_state(&target);
-    assert_eq!(
-        before
+    let before = programmed_state(&target, &daemon);
+    if mode() == "routes" {
+        let rules = before
             .lines()
             .filter(|l| l.contains("lookup 20055"))
-            .count(),
-        2,
-        "{before}"
-    );
-
+            .count();
+        assert_eq!(rules, 2, "{before}");
+    } else {
+        // TCX program names are truncated to 15 characters by the kernel.
+        assert!(
+            before.contains("Ingress: netwarp_tc_from")
+                && !before.contains("Ingress: netwarp_tc_from_c,"),
+            "{before}"
+        );
+        assert_eq!(
+            before.matches("netwarp_tc").count(),
+            2,
+            "one program per direction: {before}"
+        );
+    }
     for signal in [libc::SIGTERM, libc::SIGKILL] {
         daemon.stop(signal).expect("stopping the daemon");
         // Stopped: the state stays and still steers.
         assert_eq!(
-            owned_state(&target),
+            programmed_state(&target, &daemon),
             before,
             "state changed while the daemon was stopped"
         );
@@ -332,7 +376,7 @@ fn restarts_adopt_the_state_without_duplicates() {
         std::thread::sleep(Duration::from_secs(2));
         assert!(reaches(&target, 8080));
         assert_eq!(
-            owned_state(&target),
+            programmed_state(&target, &daemon),
             before,
             "state differs after restart (signal {signal})"
         );

@@ -66,8 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cmd.arg("--").args(&args.filters);
     all_succeeded &= run_tests(cmd, &root, &skip_log, &mut totals)?;
 
-    // The steering suite again, against the eBPF dataplane. The restart test
-    // is left out until the eBPF state is pinned (it cannot pass before).
+    // The steering suite again, against the eBPF dataplane.
     if args.package.as_deref().is_none_or(|p| p == "netwarp-tests") {
         println!("\n=== steering end-to-end suite, eBPF dataplane ===");
         let mut cmd = cargo();
@@ -80,7 +79,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "steering_e2e",
                 "--",
             ])
-            .args(["--skip", "restarts_adopt_the_state_without_duplicates"])
             .args(&args.filters)
             .env("NETWARP_TEST_DATAPLANE", "ebpf");
         all_succeeded &= run_tests(cmd, &root, &skip_log, &mut totals)?;

@@ -50,6 +50,8 @@ keys! {
         "block (fail closed) or bypass while a warp container is down";
     DATAPLANE_MODE = "dataplane.mode", "NETWARP_DATAPLANE_MODE", "auto",
         "auto, ebpf or routes";
+    BPF_PIN_DIR = "dataplane.bpf_pin_dir", "NETWARP_DATAPLANE_BPF_PIN_DIR", "/sys/fs/bpf/netwarp",
+        "Where the eBPF dataplane pins its maps and links (on bpffs), so they outlive the daemon";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         "Seconds between full resyncs, the safety net behind events";
     LOG_LEVEL = "logging.level", "NETWARP_LOGGING_LEVEL", "info",

@@ -91,6 +91,7 @@ pub struct Config {
     pub on_warp_down: OnWarpDown,
     pub dataplane: DataplaneMode,
     pub resync_interval: Duration,
+    pub bpf_pin_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
     pub metrics_listen: SocketAddr,
@@ -176,6 +177,15 @@ impl Config {
                 format!("{resync_secs} is outside 1..=3600 seconds"),
             ));
         }
+        let pin = value(&keys::BPF_PIN_DIR)?;
+        let bpf_pin_dir = text(&keys::BPF_PIN_DIR, pin.clone())?;
+        if !bpf_pin_dir.starts_with("/sys/fs/bpf/") {
+            return Err(invalid(
+                &pin.1,
+                keys::BPF_PIN_DIR.name,
+                format!("`{bpf_pin_dir}` is not a directory under /sys/fs/bpf/"),
+            ));
+        }
         let level = value(&keys::LOG_LEVEL)?;
         let log_level = text(&keys::LOG_LEVEL, level.clone())?;
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -230,6 +240,7 @@ impl Config {
             on_warp_down,
             dataplane,
             resync_interval: Duration::from_secs(resync_secs),
+            bpf_pin_dir: bpf_pin_dir.into(),
             log_level,
             log_format,
             metrics_listen,

@@ -6,17 +6,23 @@
 //! warp is unusable. Interfaces without a policy are only counted.
 pub mod compile;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         HashMap as BpfHashMap, MapError, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
-        tc::SchedClassifierLinkId,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
 use netwarp_common::{
@@ -56,6 +62,19 @@ pub enum EbpfError {
     },
     #[error("no host interface has ifindex {0}; the container's veth is gone")]
     NoInterface(u32),
+    #[error("no host interface is named {0}")]
+    NoInterfaceNamed(String),
+    #[error(
+        "cannot use the pin directory {path}: {source}; is bpffs mounted at /sys/fs/bpf \
+         (`mount -t bpf bpf /sys/fs/bpf`)?"
+    )]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning a link at {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
     #[error("map `{map}`: {source}")]
     Map {
         map: &'static str,
@@ -71,17 +90,73 @@ pub struct InterfaceTraffic {
     pub to_container: TrafficCounters,
 }
 
+/// The two attachments on a container's host-side veth.
+const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
+    (
+        PROG_TC_FROM_CONTAINER,
+        TcAttachType::Ingress,
+        Direction::FromContainer,
+        "ingress",
+    ),
+    (
+        PROG_TC_TO_CONTAINER,
+        TcAttachType::Egress,
+        Direction::ToContainer,
+        "egress",
+    ),
+];
+
+/// Every map, pinned by name under the pin directory.
+const MAPS: [&str; 5] = [
+    TRAFFIC_MAP,
+    POLICY_MAP,
+    RULES_V4_MAP,
+    RULES_V6_MAP,
+    VERDICTS_MAP,
+];
+
 /// netwarp's loaded programs and the attachments it made.
 pub struct EbpfDataplane {
     ebpf: Ebpf,
-    /// Links by (interface name, direction); dropping a link detaches it.
-    links: HashMap<(String, u32), SchedClassifierLinkId>,
+    /// Attachments by (ifindex, direction). With a pin directory, each link
+    /// is also pinned there, so it outlives the daemon; the id, when
+    /// present, is this process's handle on it.
+    links: HashMap<(u32, u32), Option<SchedClassifierLinkId>>,
+    pin_dir: Option<PathBuf>,
 }
 
 impl EbpfDataplane {
-    /// Loads every program into the kernel; nothing is attached yet.
+    /// Loads every program with private maps; nothing is attached yet.
+    /// Everything goes away with this value (tests, probes).
     pub fn load() -> Result<Self, EbpfError> {
-        let mut ebpf = Ebpf::load(PROGRAMS_OBJECT)?;
+        let ebpf = Ebpf::load(PROGRAMS_OBJECT)?;
+        Self::with_programs(ebpf, None)
+    }
+
+    /// Loads the programs with their maps pinned under `pin_dir` (reusing
+    /// maps pinned by an earlier run), and adopts the links pinned there:
+    /// each is switched atomically to the new program, so steering and
+    /// blocking never stop across a restart. Pins of vanished interfaces
+    /// are removed.
+    pub fn load_pinned(pin_dir: &Path) -> Result<Self, EbpfError> {
+        let pin_error = |source: std::io::Error| EbpfError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(pin_error)?;
+        std::fs::set_permissions(pin_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(pin_error)?;
+        let mut loader = EbpfLoader::new();
+        for name in MAPS {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let ebpf = loader.load(PROGRAMS_OBJECT)?;
+        let mut dataplane = Self::with_programs(ebpf, Some(pin_dir.to_owned()))?;
+        dataplane.adopt_pinned_links()?;
+        Ok(dataplane)
+    }
+
+    fn with_programs(mut ebpf: Ebpf, pin_dir: Option<PathBuf>) -> Result<Self, EbpfError> {
         for name in [PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -93,54 +168,131 @@ impl EbpfDataplane {
         Ok(Self {
             ebpf,
             links: HashMap::new(),
+            pin_dir,
         })
     }
 
-    /// Attaches the counters to both directions of a container's host-side
-    /// interface. Attaching twice is a no-op.
-    pub fn attach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
-        for (program, attach_type, direction) in [
-            (
-                PROG_TC_FROM_CONTAINER,
-                TcAttachType::Ingress,
-                Direction::FromContainer,
-            ),
-            (
-                PROG_TC_TO_CONTAINER,
-                TcAttachType::Egress,
-                Direction::ToContainer,
-            ),
-        ] {
-            let key = (interface.to_owned(), direction as u32);
-            if self.links.contains_key(&key) {
+    fn link_pin(&self, ifindex: u32, suffix: &str) -> Option<PathBuf> {
+        self.pin_dir
+            .as_ref()
+            .map(|dir| dir.join("links").join(format!("{ifindex}-{suffix}")))
+    }
+
+    fn adopt_pinned_links(&mut self) -> Result<(), EbpfError> {
+        let Some(dir) = self.pin_dir.as_ref().map(|d| d.join("links")) else {
+            return Ok(());
+        };
+        let entries = std::fs::read_dir(&dir).map_err(|source| EbpfError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = name.split_once('-').and_then(|(index, suffix)| {
+                let attachment = ATTACHMENTS.iter().find(|a| a.3 == suffix)?;
+                Some((index.parse::<u32>().ok()?, attachment))
+            });
+            let Some((ifindex, &(program, _, direction, _))) = parsed else {
+                continue;
+            };
+            if interface_name(ifindex).is_none() {
+                // The veth is gone, and its link with it.
+                let _ = std::fs::remove_file(&path);
                 continue;
             }
-            // On kernels >= 6.6 aya attaches through TCX, which needs no qdisc.
-            let link = classifier(&mut self.ebpf, program)?
-                .attach(interface, attach_type)
-                .map_err(|source| EbpfError::Attach {
-                    program,
-                    interface: interface.to_owned(),
-                    source,
-                })?;
-            self.links.insert(key, link);
+            let adopted = PinnedLink::from_pin(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pinned| {
+                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+                });
+            let link = match adopted {
+                Ok(link) => link,
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let id = classifier(&mut self.ebpf, program)?
+                .attach_to_link(link)
+                .map_err(|source| EbpfError::Program { program, source })?;
+            self.links.insert((ifindex, direction as u32), Some(id));
         }
         Ok(())
     }
 
-    /// Detaches the counters from an interface, if they are attached.
-    pub fn detach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
-        for (program, direction) in [
-            (PROG_TC_FROM_CONTAINER, Direction::FromContainer),
-            (PROG_TC_TO_CONTAINER, Direction::ToContainer),
-        ] {
-            if let Some(link) = self.links.remove(&(interface.to_owned(), direction as u32)) {
+    /// The interfaces this dataplane has attached to (or adopted).
+    pub fn attached_ifindexes(&self) -> std::collections::BTreeSet<u32> {
+        self.links.keys().map(|(ifindex, _)| *ifindex).collect()
+    }
+
+    /// Attaches the programs to both directions of a container's host-side
+    /// interface. Attaching twice is a no-op.
+    pub fn attach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
+        let ifindex = interface_index(interface)
+            .ok_or_else(|| EbpfError::NoInterfaceNamed(interface.to_owned()))?;
+        for (program, attach_type, direction, suffix) in ATTACHMENTS {
+            let key = (ifindex, direction as u32);
+            if self.links.contains_key(&key) {
+                continue;
+            }
+            let pin = self.link_pin(ifindex, suffix);
+            // On kernels >= 6.6 aya attaches through TCX, which needs no qdisc.
+            let prog = classifier(&mut self.ebpf, program)?;
+            let attach_error = |source| EbpfError::Attach {
+                program,
+                interface: interface.to_owned(),
+                source,
+            };
+            let id = prog.attach(interface, attach_type).map_err(attach_error)?;
+            let id = match pin {
+                None => Some(id),
+                Some(path) => {
+                    let link = prog.take_link(id).map_err(attach_error)?;
+                    let fd_link = FdLink::try_from(link).map_err(|e| EbpfError::Pin {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    // The pin keeps the link; dropping our handle keeps it attached.
+                    fd_link.pin(&path).map_err(|e| EbpfError::Pin {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    None
+                }
+            };
+            self.links.insert(key, id);
+        }
+        Ok(())
+    }
+
+    /// Detaches the programs from an interface, if they are attached, and
+    /// removes their pins.
+    pub fn detach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        for (program, _, direction, suffix) in ATTACHMENTS {
+            if let Some(Some(link)) = self.links.remove(&(ifindex, direction as u32)) {
                 classifier(&mut self.ebpf, program)?
                     .detach(link)
                     .map_err(|source| EbpfError::Program { program, source })?;
             }
+            if let Some(path) = self.link_pin(ifindex, suffix) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(EbpfError::PinDir { path, source }),
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Detaches by interface name (see [`Self::detach_ifindex`]).
+    pub fn detach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
+        match interface_index(interface) {
+            Some(ifindex) => self.detach_ifindex(ifindex),
+            None => Ok(()),
+        }
     }
 
     /// Reads the counters of one interface, summed over all CPUs.
@@ -388,6 +540,14 @@ impl EbpfDataplane {
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> EbpfError {
     move |source| EbpfError::Map { map, source }
+}
+
+/// The ifindex of a host interface, or None if there is none named so.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// The name of a host interface, or None if there is none with `ifindex`.
