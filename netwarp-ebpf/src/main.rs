@@ -8,7 +8,7 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+        bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::bpf_redirect,
         macros::{classifier, map},
         maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
@@ -59,18 +59,22 @@ mod programs {
     const NEXTHDR_DEST: u8 = 60;
     const MAX_EXT_HEADERS: usize = 6;
 
+    /// What netwarp returns for packets it leaves alone: TC_ACT_UNSPEC
+    /// (TCX_NEXT), so tc programs attached after netwarp's still run.
+    const PASS: i32 = TC_ACT_UNSPEC;
+
     /// tc ingress on a container's host-side veth: what the container sends.
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::FromContainer);
-        try_steer(&ctx).unwrap_or(TC_ACT_OK)
+        try_steer(&ctx).unwrap_or(PASS)
     }
 
     /// tc egress on a container's host-side veth: what the container receives.
     #[classifier]
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::ToContainer);
-        TC_ACT_OK
+        PASS
     }
 
     /// What the parser found: the L4 protocol, the destination port when it

@@ -64,12 +64,24 @@ pub struct Daemon {
     config: PathBuf,
     log: PathBuf,
     extra_args: Vec<String>,
+    /// Run under a seccomp filter that denies bpf(2).
+    deny_bpf: bool,
 }
 
 impl Daemon {
     /// Writes a config for `labels` with `rules_toml` appended, and starts
     /// `netwarp run` in `mode`.
     pub fn start(labels: &TestLabels, mode: &str, rules_toml: &str) -> anyhow::Result<Self> {
+        Self::start_with(labels, mode, rules_toml, false)
+    }
+
+    /// Like [`Self::start`], optionally with bpf(2) denied by seccomp.
+    pub fn start_with(
+        labels: &TestLabels,
+        mode: &str,
+        rules_toml: &str,
+        deny_bpf: bool,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique_name("nwd"));
         fs::create_dir_all(&dir)?;
         let config = dir.join("netwarp.toml");
@@ -95,6 +107,7 @@ impl Daemon {
             config,
             log: dir.join("netwarp.log"),
             extra_args: Vec::new(),
+            deny_bpf,
         };
         daemon.spawn()?;
         Ok(daemon)
@@ -105,7 +118,15 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(netwarp_binary())
+        let mut command = Command::new(netwarp_binary());
+        if self.deny_bpf {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: the filter setup only makes prctl calls.
+            unsafe {
+                command.pre_exec(crate::seccomp::deny_bpf_syscall);
+            }
+        }
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)

@@ -1,21 +1,34 @@
-//! `netwarp cleanup` removes every netwarp entry in every container, so it
-//! lives in its own test binary: cargo runs binaries one after another, and
-//! it must not clean up under another test's daemon.
+//! `netwarp cleanup` removes every netwarp entry in every container, and
+//! the eBPF pins, so it lives in its own test binary: cargo runs binaries
+//! one after another, and it must not clean up under another test's daemon.
 
 use std::time::Duration;
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use netwarp_tests::{
     command::output,
     daemon::{Daemon, TestLabels, eventually, netwarp_binary},
-    docker::DockerNetwork,
+    docker::{Container, DockerNetwork},
     skip, skip_if,
     steering::{GLOBAL_RULES, full_routing, reaches, start_target, start_warp},
 };
 
-#[test]
-fn cleanup_removes_every_entry_and_nothing_else() {
-    let test = "cleanup_removes_every_entry_and_nothing_else";
-    skip_if!(test, skip::missing_docker());
+/// Names of the TCX programs on a container's host veth.
+fn tcx_programs(container: &Container) -> Vec<String> {
+    let (_, veth) = container.host_veth().expect("veth");
+    let mut names = Vec::new();
+    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, programs) = SchedClassifier::query_tcx(&veth, attach_type).expect("query_tcx");
+        names.extend(
+            programs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned()),
+        );
+    }
+    names
+}
+
+fn cleanup_removes_everything(mode: &str) {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let warp = start_warp(&labels.warp_name("gw"), &network, &[]);
@@ -25,18 +38,18 @@ fn cleanup_removes_every_entry_and_nothing_else() {
         &[labels.target_label(&labels.warp_name("gw"))],
     );
     let plain = start_target("nwu", &network, &[]);
-    let plain_before = full_routing(&plain);
-    let target_before = full_routing(&target);
+    let plain_before = (full_routing(&plain), tcx_programs(&plain));
+    let target_before = (full_routing(&target), tcx_programs(&target));
 
-    let mut daemon = Daemon::start(&labels, "routes", GLOBAL_RULES).expect("daemon");
+    let mut daemon = Daemon::start(&labels, mode, GLOBAL_RULES).expect("daemon");
     assert!(
         eventually(Duration::from_secs(15), || reaches(&target, 8080)),
-        "never steered"
+        "{mode}: never steered"
     );
     assert_ne!(
-        full_routing(&target),
+        (full_routing(&target), tcx_programs(&target)),
         target_before,
-        "nothing was programmed"
+        "{mode}: nothing was programmed"
     );
     daemon.stop(libc::SIGTERM).expect("stopping");
 
@@ -49,19 +62,35 @@ fn cleanup_removes_every_entry_and_nothing_else() {
     .expect("netwarp cleanup");
     assert!(
         out.status.success(),
-        "cleanup failed: {}",
+        "{mode}: cleanup failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        full_routing(&target),
+        (full_routing(&target), tcx_programs(&target)),
         target_before,
-        "netwarp entries remain in the target"
+        "{mode}: netwarp entries remain"
     );
-    assert!(!reaches(&target, 8080), "still steered after cleanup");
+    assert!(
+        !daemon.pin_dir().exists(),
+        "{mode}: the pin directory remains"
+    );
+    assert!(
+        !reaches(&target, 8080),
+        "{mode}: still steered after cleanup"
+    );
     assert_eq!(
-        full_routing(&plain),
+        (full_routing(&plain), tcx_programs(&plain)),
         plain_before,
-        "cleanup modified an unlabelled container"
+        "{mode}: an unlabelled container changed"
     );
     drop(warp);
+}
+
+#[test]
+fn cleanup_removes_every_entry_and_nothing_else() {
+    let test = "cleanup_removes_every_entry_and_nothing_else";
+    skip_if!(test, skip::missing_docker());
+    for mode in ["routes", "ebpf"] {
+        cleanup_removes_everything(mode);
+    }
 }

@@ -80,10 +80,7 @@ fn restart_dockerd() {
     assert!(start_dockerd(), "dockerd did not stop and come back");
 }
 
-#[test]
-fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
-    let test = "netwarp_reconnects_and_resyncs_after_dockerd_restarts";
-    skip_if!(test, skip::missing_docker());
+fn reconnects_and_resyncs(mode: &str) {
     // Declared first, so it drops last, after the containers and network.
     let _engine = EngineGuard;
     let labels = TestLabels::unique();
@@ -112,7 +109,7 @@ fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
         &["sleep", "600"],
     )
     .expect("target");
-    let daemon = Daemon::start(&labels, "routes", GLOBAL_RULES).expect("daemon");
+    let daemon = Daemon::start(&labels, mode, GLOBAL_RULES).expect("daemon");
     assert!(
         eventually(Duration::from_secs(15), || reaches(&target, 8080)),
         "never steered"
@@ -148,4 +145,14 @@ fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
         "no reconnect in the log:\n{log}"
     );
     drop(warp);
+}
+
+#[test]
+fn netwarp_reconnects_and_resyncs_after_dockerd_restarts() {
+    let test = "netwarp_reconnects_and_resyncs_after_dockerd_restarts";
+    skip_if!(test, skip::missing_docker());
+    for mode in ["routes", "ebpf"] {
+        println!("--- {mode} ---");
+        reconnects_and_resyncs(mode);
+    }
 }

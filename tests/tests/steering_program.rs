@@ -9,7 +9,8 @@ use netwarp::{
 };
 use netwarp_tests::{skip, skip_if};
 
-const TC_ACT_OK: i32 = 0;
+/// netwarp passes what it leaves alone with TC_ACT_UNSPEC (TCX_NEXT).
+const PASS: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 
@@ -196,7 +197,7 @@ privileged_test!(unselected_traffic_passes_untouched, {
         let (verdict, out) = dp
             .test_run_from_container(TARGET_IFINDEX, &packet)
             .expect("run");
-        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(verdict, PASS);
         assert_eq!(out, packet);
     }
 });
@@ -204,12 +205,12 @@ privileged_test!(unselected_traffic_passes_untouched, {
 privileged_test!(port_range_edges, {
     let mut dp = dataplane("203.0.113.0/24,udp:5000-5100", steer());
     for (port, expected) in [
-        (4999, TC_ACT_OK),
+        (4999, PASS),
         (5000, TC_ACT_REDIRECT),
         (5100, TC_ACT_REDIRECT),
-        (5101, TC_ACT_OK),
-        (1, TC_ACT_OK),
-        (65535, TC_ACT_OK),
+        (5101, PASS),
+        (1, PASS),
+        (65535, PASS),
     ] {
         assert_eq!(
             verdict(&mut dp, &ipv4(REMOTE_V4, UDP, port, 0, 0)),
@@ -229,7 +230,7 @@ privileged_test!(blocked_targets_drop_matching_packets_and_count_them, {
         verdict(&mut dp, &ipv6(REMOTE_V6, UDP, 53, false, None)),
         TC_ACT_SHOT
     );
-    assert_eq!(verdict(&mut dp, &ipv4(OTHER_V4, TCP, 80, 0, 0)), TC_ACT_OK);
+    assert_eq!(verdict(&mut dp, &ipv4(OTHER_V4, TCP, 80, 0, 0)), PASS);
     assert_eq!(
         dp.verdicts(TARGET_IFINDEX)
             .expect("verdicts")
@@ -248,7 +249,7 @@ privileged_test!(icmp_rules_match_icmp_and_icmpv6, {
         verdict(&mut dp, &ipv6(REMOTE_V6, ICMPV6, 0, false, None)),
         TC_ACT_REDIRECT
     );
-    assert_eq!(verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)), TC_ACT_OK);
+    assert_eq!(verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)), PASS);
 });
 
 privileged_test!(ipv4_options_shift_the_ports, {
@@ -261,7 +262,7 @@ privileged_test!(ipv4_options_shift_the_ports, {
         );
         assert_eq!(
             verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, options, 0)),
-            TC_ACT_OK,
+            PASS,
             "{options} option words"
         );
     }
@@ -275,7 +276,7 @@ privileged_test!(ipv6_extension_headers_are_walked, {
     );
     assert_eq!(
         verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 80, true, None)),
-        TC_ACT_OK
+        PASS
     );
     assert_eq!(
         verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, true, Some(0))),
@@ -291,17 +292,14 @@ privileged_test!(non_first_fragments_follow_their_protocol, {
         verdict(&mut dp, &ipv4(REMOTE_V4, UDP, 0, 0, 185)),
         TC_ACT_REDIRECT
     );
-    assert_eq!(
-        verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 0, 0, 185)),
-        TC_ACT_OK
-    );
+    assert_eq!(verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 0, 0, 185)), PASS);
     assert_eq!(
         verdict(&mut dp, &ipv6(REMOTE_V6, UDP, 0, false, Some(185))),
         TC_ACT_REDIRECT
     );
     assert_eq!(
         verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 0, false, Some(185))),
-        TC_ACT_OK
+        PASS
     );
 });
 
@@ -311,7 +309,7 @@ privileged_test!(truncated_packets_pass, {
     // Cut inside the IPv4 header: the kernel may refuse to run such a frame
     // at all; if it runs, the program must let it pass untouched.
     match dp.test_run_from_container(TARGET_IFINDEX, &full[..14 + 12]) {
-        Ok((verdict, _)) => assert_eq!(verdict, TC_ACT_OK),
+        Ok((verdict, _)) => assert_eq!(verdict, PASS),
         Err(e) => assert!(format!("{e:?}").contains("InvalidInput"), "{e:?}"),
     }
     // A complete IPv4 header whose destination is blocked still drops.
@@ -324,7 +322,7 @@ privileged_test!(truncated_packets_pass, {
     let (verdict, _) = dp
         .test_run_from_container(TARGET_IFINDEX, &full[..14 + 20 + 2])
         .expect("run");
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, PASS);
     // An IPv6 extension header that claims more bytes than there are.
     let mut dp = dataplane("2001:db8::/32,tcp:443", steer());
     let mut packet = ipv6(REMOTE_V6, TCP, 443, true, None);
@@ -332,17 +330,14 @@ privileged_test!(truncated_packets_pass, {
     let (verdict, _) = dp
         .test_run_from_container(TARGET_IFINDEX, &packet)
         .expect("run");
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, PASS);
 });
 
 privileged_test!(interfaces_without_a_policy_are_only_counted, {
     let mut dp = dataplane("203.0.113.0/24", Action::Block);
     dp.remove_policy(TARGET_IFINDEX)
         .expect("removing the policy");
-    assert_eq!(
-        verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
-        TC_ACT_OK
-    );
+    assert_eq!(verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)), PASS);
     let traffic = dp.traffic(TARGET_IFINDEX).expect("traffic");
     assert_eq!(traffic.from_container.packets, 1);
 });
@@ -378,7 +373,7 @@ privileged_test!(a_new_policy_replaces_the_old_rule_set_whole, {
     );
     assert_eq!(
         verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
-        TC_ACT_OK,
+        PASS,
         "old rows remain"
     );
     assert_eq!(

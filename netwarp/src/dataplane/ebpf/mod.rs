@@ -20,9 +20,9 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
         links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, SchedClassifierLinkId},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
     },
 };
 use netwarp_common::{
@@ -245,7 +245,21 @@ impl EbpfDataplane {
                 interface: interface.to_owned(),
                 source,
             };
-            let id = prog.attach(interface, attach_type).map_err(attach_error)?;
+            // First in the TCX chain, so policy applies whatever other tc
+            // programs return; netwarp passes what it leaves alone on to
+            // them. Kernels without TCX get a clsact filter instead.
+            let id = match prog.attach_with_options(
+                interface,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            ) {
+                Ok(id) => id,
+                Err(tcx_error) => {
+                    tracing::debug!(interface, error = %tcx_error, "TCX attach failed; trying clsact");
+                    let _ = qdisc_add_clsact(interface);
+                    prog.attach(interface, attach_type).map_err(attach_error)?
+                }
+            };
             let id = match pin {
                 None => Some(id),
                 Some(path) => {

@@ -1,0 +1,253 @@
+//! End-to-end tests specific to the eBPF dataplane: restarts under live
+//! traffic, coexistence with foreign tc programs, and the fallback to
+//! routes when bpf() is really unavailable.
+
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use netwarp::dataplane::ebpf::EbpfDataplane;
+use netwarp_tests::{
+    command::output,
+    daemon::{Daemon, TestLabels, eventually, netwarp_binary},
+    docker::DockerNetwork,
+    skip, skip_if,
+    steering::{GLOBAL_RULES, REMOTE, reaches, start_target, start_warp},
+};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// Program ids attached through TCX to `veth`, per direction.
+fn tcx_programs(veth: &str) -> Vec<(String, u32)> {
+    let mut all = Vec::new();
+    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, programs) = SchedClassifier::query_tcx(veth, attach_type).expect("query_tcx");
+        for program in programs {
+            all.push((format!("{attach_type:?}"), program.id()));
+        }
+    }
+    all
+}
+
+/// Pings REMOTE `count` times from the named container, 50 ms apart;
+/// returns (sent, received).
+fn ping(container: &str, count: u32) -> (u32, u32) {
+    let count = count.to_string();
+    let out = output(
+        "docker",
+        &[
+            "exec", container, "ping", "-c", &count, "-i", "0.05", "-W", "1", REMOTE,
+        ],
+    )
+    .expect("docker exec ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stats = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_default()
+        .to_owned();
+    let number = |word: &str| -> u32 {
+        stats
+            .split(',')
+            .find(|part| part.contains(word))
+            .and_then(|part| part.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (number("transmitted"), number("received"))
+}
+
+#[test]
+fn sigkill_under_live_traffic_keeps_steering_and_blocking() {
+    let test = "sigkill_under_live_traffic_keeps_steering_and_blocking";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels.warp_name("gw"), &network, &[]);
+    let steered = start_target(
+        "nwt",
+        &network,
+        &[labels.target_label(&labels.warp_name("gw"))],
+    );
+    // Its warp never exists, so it is blocked.
+    let blocked = start_target(
+        "nwb",
+        &network,
+        &[labels.target_label(&labels.warp_name("none"))],
+    );
+    let mut daemon = Daemon::start(&labels, "ebpf", GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&steered, 8080)),
+        "never steered"
+    );
+    daemon
+        .wait_for_log("does not exist", CONVERGE)
+        .expect("the blocked target was classified");
+    let (_, steered_veth) = steered.host_veth().expect("veth");
+    let programs_before = tcx_programs(&steered_veth);
+    assert_eq!(
+        programs_before.len(),
+        2,
+        "one program per direction: {programs_before:?}"
+    );
+
+    // 200 echoes over ~10 s from each target while the daemon is killed
+    // and restarted twice.
+    let steered_ping = {
+        let steered_name = steered.name().to_owned();
+        std::thread::spawn(move || ping(&steered_name, 200))
+    };
+    let blocked_ping = {
+        let blocked_name = blocked.name().to_owned();
+        std::thread::spawn(move || ping(&blocked_name, 200))
+    };
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(2));
+        daemon.stop(libc::SIGKILL).expect("SIGKILL");
+        std::thread::sleep(Duration::from_secs(1));
+        daemon.restart(libc::SIGKILL).expect("restart");
+    }
+    let (sent, received) = steered_ping.join().expect("steered ping");
+    println!("steered target: {received}/{sent} echoes answered across two SIGKILLs");
+    assert_eq!(sent, 200);
+    assert_eq!(received, sent, "steered traffic was interrupted");
+    let (sent, received) = blocked_ping.join().expect("blocked ping");
+    println!("blocked target: {received}/{sent} echoes answered");
+    assert_eq!(sent, 200);
+    assert_eq!(received, 0, "a blocked target got through");
+
+    daemon
+        .wait_for_log("connected to Docker", CONVERGE)
+        .expect("restarted");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        tcx_programs(&steered_veth).len(),
+        programs_before.len(),
+        "the restarted daemon attached again instead of adopting"
+    );
+    drop(warp);
+}
+
+#[test]
+fn foreign_tc_programs_keep_running() {
+    let test = "foreign_tc_programs_keep_running";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels.warp_name("gw"), &network, &[]);
+    let target = start_target(
+        "nwt",
+        &network,
+        &[labels.target_label(&labels.warp_name("gw"))],
+    );
+    let (ifindex, veth) = target.host_veth().expect("veth");
+
+    // A program netwarp did not create, attached first: a separate load of
+    // the counters, with its own private maps.
+    let mut foreign = EbpfDataplane::load().expect("loading the foreign program");
+    foreign
+        .attach_counters(&veth)
+        .expect("attaching the foreign program");
+    let foreign_ids: Vec<u32> = tcx_programs(&veth).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(foreign_ids.len(), 2);
+
+    let daemon = Daemon::start(&labels, "ebpf", GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "never steered"
+    );
+    let after: Vec<u32> = tcx_programs(&veth).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        after.len(),
+        4,
+        "netwarp's two programs beside the foreign two"
+    );
+    assert!(
+        foreign_ids.iter().all(|id| after.contains(id)),
+        "a foreign program was detached"
+    );
+
+    // Traffic netwarp leaves alone still reaches the foreign program.
+    let warp_ip = warp.ipv4(&network).expect("warp ip");
+    let still_runs = |foreign: &EbpfDataplane| {
+        let before = foreign
+            .traffic(ifindex)
+            .expect("foreign counters")
+            .from_container
+            .packets;
+        let _ = target.exec(&["ping", "-c", "3", "-i", "0.1", "-W", "1", &warp_ip]);
+        foreign
+            .traffic(ifindex)
+            .expect("foreign counters")
+            .from_container
+            .packets
+            >= before + 3
+    };
+    assert!(
+        still_runs(&foreign),
+        "the foreign program stopped running after netwarp attached"
+    );
+
+    let out = output(
+        netwarp_binary().to_str().expect("utf-8"),
+        &[
+            "cleanup",
+            "--config",
+            daemon.config_path().to_str().expect("utf-8"),
+        ],
+    )
+    .expect("netwarp cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon is still running; stop it so it does not attach again.
+    drop(daemon);
+    let left: Vec<u32> = tcx_programs(&veth).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        left, foreign_ids,
+        "cleanup must leave exactly the foreign programs"
+    );
+    assert!(
+        still_runs(&foreign),
+        "the foreign program stopped running after cleanup"
+    );
+    drop(foreign);
+    drop(warp);
+}
+
+#[test]
+fn auto_falls_back_to_routes_when_bpf_is_denied() {
+    let test = "auto_falls_back_to_routes_when_bpf_is_denied";
+    skip_if!(test, skip::missing_docker());
+    if !cfg!(target_arch = "x86_64") {
+        skip::record(test, "the bpf() seccomp filter is written for x86_64 only");
+        return;
+    }
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels.warp_name("gw"), &network, &[]);
+    let target = start_target(
+        "nwt",
+        &network,
+        &[labels.target_label(&labels.warp_name("gw"))],
+    );
+    let daemon = Daemon::start_with(&labels, "auto", GLOBAL_RULES, true).expect("daemon");
+    daemon
+        .wait_for_log("dataplane auto: using routes", CONVERGE)
+        .expect("auto chose routes");
+    assert!(
+        daemon.log().contains("did not load"),
+        "the reason is logged:\n{}",
+        daemon.log()
+    );
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "routes did not steer"
+    );
+    let (_, veth) = target.host_veth().expect("veth");
+    assert!(
+        tcx_programs(&veth).is_empty(),
+        "a program was attached without bpf()"
+    );
+    drop(warp);
+}

@@ -1,0 +1,148 @@
+//! One-run measurements for the closing notes: single-stream TCP
+//! throughput from a target to its warp (unsteered, routes, ebpf) and the
+//! per-packet cost of each eBPF program from the kernel's bpf stats. It
+//! prints the figures and asserts only that they were measured: these
+//! machines are noisy, so no test asserts a speed.
+
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use netwarp_tests::{
+    command::output,
+    daemon::{Daemon, TestLabels, eventually, netwarp_binary},
+    docker::{Container, DockerNetwork, HOST_TOOLS},
+    skip, skip_if,
+    steering::{GLOBAL_RULES, REMOTE, reaches, start_warp},
+};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+const SECONDS: &str = "3";
+
+/// Turns the kernel's bpf run-time stats on, and back off on drop.
+struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Option<Self> {
+        let previous = std::fs::read_to_string(Self::PATH).ok()?;
+        std::fs::write(Self::PATH, "1").ok()?;
+        Some(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.previous.trim());
+    }
+}
+
+/// A bounded single-stream iperf3 run from `client` to `server`; Gbit/s received.
+fn throughput(client: &Container, server: &str) -> f64 {
+    let out = output(
+        "docker",
+        &[
+            "exec",
+            client.name(),
+            "timeout",
+            "30",
+            "/usr/bin/iperf3",
+            "--client",
+            server,
+            "--time",
+            SECONDS,
+            "--connect-timeout",
+            "2000",
+            "--json",
+        ],
+    )
+    .expect("iperf3");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("iperf3: {}", String::from_utf8_lossy(&out.stderr)));
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no throughput in {report}"))
+        / 1e9
+}
+
+#[test]
+fn throughput_and_program_cost() {
+    let test = "throughput_and_program_cost";
+    skip_if!(test, skip::missing_docker());
+    let Some(_stats) = BpfStats::enable() else {
+        skip::record(
+            test,
+            "needs /proc/sys/kernel/bpf_stats_enabled (root, BPF stats)",
+        );
+        return;
+    };
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let warp = start_warp(&labels.warp_name("gw"), &network, HOST_TOOLS);
+    warp.exec_detached(&["timeout", "300", "/usr/bin/iperf3", "--server"])
+        .expect("iperf3 server");
+    let warp_ip = warp.ipv4(&network).expect("warp ip");
+    let mut target_args: Vec<String> = HOST_TOOLS.iter().map(|s| s.to_string()).collect();
+    target_args.push("--label".into());
+    target_args.push(labels.target_label(&labels.warp_name("gw")));
+    let args: Vec<&str> = target_args.iter().map(String::as_str).collect();
+    let target = Container::run("nwt", &network, &args, &["sleep", "600"]).expect("target");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let unsteered = throughput(&target, &warp_ip);
+
+    let mut results = vec![("unsteered (to the warp's bridge IP)", unsteered)];
+    let mut program_costs = Vec::new();
+    for mode in ["routes", "ebpf"] {
+        let mut daemon = Daemon::start(&labels, mode, GLOBAL_RULES).expect("daemon");
+        assert!(
+            eventually(CONVERGE, || reaches(&target, 8080)),
+            "{mode}: never steered"
+        );
+        results.push((mode, throughput(&target, REMOTE)));
+        if mode == "ebpf" {
+            let (_, veth) = target.host_veth().expect("veth");
+            for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let (_, programs) =
+                    SchedClassifier::query_tcx(&veth, attach_type).expect("query_tcx");
+                for program in programs {
+                    let runs = program.run_count();
+                    assert!(runs > 0, "{attach_type:?}: the program never ran");
+                    let ns = program.run_time().as_nanos() as f64 / runs as f64;
+                    program_costs.push((program.name_as_str().unwrap_or("?").to_owned(), runs, ns));
+                }
+            }
+        }
+        daemon.stop(libc::SIGTERM).expect("stop");
+        let out = output(
+            netwarp_binary().to_str().expect("utf-8"),
+            &[
+                "cleanup",
+                "--config",
+                daemon.config_path().to_str().expect("utf-8"),
+            ],
+        )
+        .expect("cleanup");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    println!("single-stream TCP, target -> warp, {SECONDS} s each:");
+    for (path, gbps) in &results {
+        assert!(*gbps > 0.0, "{path}: no throughput");
+        println!(
+            "  {path:<38} {gbps:>7.2} Gbit/s  ratio to unsteered {:.3}",
+            gbps / unsteered
+        );
+    }
+    assert!(!program_costs.is_empty(), "no eBPF program stats");
+    for (name, runs, ns) in &program_costs {
+        println!("  program {name:<16} {runs:>9} runs  {ns:>7.1} ns/packet");
+    }
+    drop(warp);
+}
