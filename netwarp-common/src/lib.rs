@@ -120,6 +120,12 @@ pub const ACTION_STEER: u8 = 1;
 /// Drop matching packets (fail closed).
 pub const ACTION_BLOCK: u8 = 2;
 
+/// Why a prefix is blocked ([`RuleValue::block_reason`]).
+/// The warp is down, missing, unhealthy or ambiguous.
+pub const REASON_WARP_DOWN: u8 = 1;
+/// Policy: e.g. IPv6 rules while the warp has no IPv6 address.
+pub const REASON_POLICY: u8 = 2;
+
 /// One protocol selector; `port_lo == 0` means every port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,7 +147,8 @@ pub struct RuleValue {
     pub any_protocol: u8,
     /// Used entries of `selectors`.
     pub selector_count: u8,
-    pub _pad: u8,
+    /// With [`ACTION_BLOCK`]: a `REASON_*` value, for the drop counters.
+    pub block_reason: u8,
     pub selectors: [Selector; MAX_SELECTORS],
 }
 
@@ -151,8 +158,26 @@ pub struct RuleValue {
 pub struct VerdictCounters {
     pub steered_packets: u64,
     pub steered_bytes: u64,
-    pub blocked_packets: u64,
-    pub blocked_bytes: u64,
+    /// Drops while the warp was unusable.
+    pub warp_down_packets: u64,
+    pub warp_down_bytes: u64,
+    /// Drops by policy (no address of the packet's family on the warp).
+    pub policy_packets: u64,
+    pub policy_bytes: u64,
+}
+
+impl VerdictCounters {
+    /// Sums two readings; used to fold the per-CPU values.
+    pub const fn saturating_add(self, o: Self) -> Self {
+        Self {
+            steered_packets: self.steered_packets.saturating_add(o.steered_packets),
+            steered_bytes: self.steered_bytes.saturating_add(o.steered_bytes),
+            warp_down_packets: self.warp_down_packets.saturating_add(o.warp_down_packets),
+            warp_down_bytes: self.warp_down_bytes.saturating_add(o.warp_down_bytes),
+            policy_packets: self.policy_packets.saturating_add(o.policy_packets),
+            policy_bytes: self.policy_bytes.saturating_add(o.policy_bytes),
+        }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -182,7 +207,7 @@ mod tests {
         assert_eq!(size_of::<RuleKeyV6>(), 20);
         assert_eq!(size_of::<Selector>(), 6);
         assert_eq!(size_of::<RuleValue>(), 4 + 6 * MAX_SELECTORS);
-        assert_eq!(size_of::<VerdictCounters>(), 32);
+        assert_eq!(size_of::<VerdictCounters>(), 48);
     }
 
     #[test]

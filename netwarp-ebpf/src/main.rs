@@ -15,9 +15,9 @@ mod programs {
         programs::TcContext,
     };
     use netwarp_common::{
-        ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, POLICY_MAP_CAPACITY, RULE_SET_BITS,
-        RULES_MAP_CAPACITY, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY, TargetPolicy,
-        TrafficCounters, TrafficKey, VerdictCounters,
+        ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, POLICY_MAP_CAPACITY,
+        REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RuleKeyV4, RuleKeyV6, RuleValue,
+        TRAFFIC_MAP_CAPACITY, TargetPolicy, TrafficCounters, TrafficKey, VerdictCounters,
     };
 
     /// Packets and bytes per host-side interface and direction.
@@ -128,12 +128,17 @@ mod programs {
         match rule.action {
             ACTION_STEER => {
                 ctx.store(0, &policy.warp_mac, 0).ok()?;
-                count_verdict(ifindex, bytes, true);
+                count_verdict(ifindex, bytes, Verdict::Steered);
                 // SAFETY: a plain helper call; it only records the target.
                 Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
             }
             ACTION_BLOCK => {
-                count_verdict(ifindex, bytes, false);
+                let verdict = if rule.block_reason == REASON_WARP_DOWN {
+                    Verdict::WarpDown
+                } else {
+                    Verdict::Policy
+                };
+                count_verdict(ifindex, bytes, verdict);
                 Some(TC_ACT_SHOT)
             }
             _ => None,
@@ -249,17 +254,30 @@ mod programs {
         false
     }
 
+    enum Verdict {
+        Steered,
+        WarpDown,
+        Policy,
+    }
+
     #[inline(always)]
-    fn count_verdict(ifindex: u32, bytes: u64, steered: bool) {
+    fn count_verdict(ifindex: u32, bytes: u64, verdict: Verdict) {
         let add = |counters: *mut VerdictCounters| {
             // SAFETY: a per-CPU value; only this CPU writes it while we run.
             unsafe {
-                if steered {
-                    (*counters).steered_packets += 1;
-                    (*counters).steered_bytes += bytes;
-                } else {
-                    (*counters).blocked_packets += 1;
-                    (*counters).blocked_bytes += bytes;
+                match verdict {
+                    Verdict::Steered => {
+                        (*counters).steered_packets += 1;
+                        (*counters).steered_bytes += bytes;
+                    }
+                    Verdict::WarpDown => {
+                        (*counters).warp_down_packets += 1;
+                        (*counters).warp_down_bytes += bytes;
+                    }
+                    Verdict::Policy => {
+                        (*counters).policy_packets += 1;
+                        (*counters).policy_bytes += bytes;
+                    }
                 }
             }
         };

@@ -418,7 +418,10 @@ async fn program_target_ebpf(
         host_ifindex,
         warp_ifindex,
         warp_mac,
-        rows: compile(&target.entries)?,
+        rows: compile(
+            &target.entries,
+            matches!(target.state, TargetState::Steered { .. }),
+        )?,
     };
     if last.get(&target.id) == Some(&desired) {
         return Ok(false);

@@ -138,7 +138,7 @@ fn dataplane(rules: &str, action: Action) -> EbpfDataplane {
             TARGET_IFINDEX,
             WARP_IFINDEX,
             WARP_MAC,
-            &compile(&entries).expect("compile"),
+            &compile(&entries, false).expect("compile"),
         )
         .expect("writing the policy");
     dataplane
@@ -234,7 +234,7 @@ privileged_test!(blocked_targets_drop_matching_packets_and_count_them, {
     assert_eq!(
         dp.verdicts(TARGET_IFINDEX)
             .expect("verdicts")
-            .blocked_packets,
+            .warp_down_packets,
         2
     );
 });
@@ -360,7 +360,7 @@ privileged_test!(a_new_policy_replaces_the_old_rule_set_whole, {
         TARGET_IFINDEX,
         WARP_IFINDEX,
         WARP_MAC,
-        &compile(&entries).unwrap(),
+        &compile(&entries, false).unwrap(),
     )
     .expect("second policy");
     let second = dp
@@ -380,4 +380,30 @@ privileged_test!(a_new_policy_replaces_the_old_rule_set_whole, {
         verdict(&mut dp, &ipv4(OTHER_V4, TCP, 443, 0, 0)),
         TC_ACT_SHOT
     );
+});
+
+privileged_test!(drops_are_counted_by_reason, {
+    // Blocked while the warp is up: the policy refuses this family.
+    let entries: Vec<Entry> = parse_rules("2001:db8::/32")
+        .unwrap()
+        .into_iter()
+        .map(|rule| Entry {
+            rule,
+            action: Action::Block,
+        })
+        .collect();
+    let mut dp = EbpfDataplane::load().expect("load");
+    dp.set_policy(
+        TARGET_IFINDEX,
+        WARP_IFINDEX,
+        WARP_MAC,
+        &compile(&entries, true).unwrap(),
+    )
+    .expect("policy");
+    assert_eq!(
+        verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, false, None)),
+        TC_ACT_SHOT
+    );
+    let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
+    assert_eq!((counted.policy_packets, counted.warp_down_packets), (1, 0));
 });

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use netwarp_common::{ACTION_BLOCK, ACTION_STEER, MAX_SELECTORS, RuleValue, Selector};
+use netwarp_common::{
+    ACTION_BLOCK, ACTION_STEER, MAX_SELECTORS, REASON_POLICY, REASON_WARP_DOWN, RuleValue, Selector,
+};
 
 use crate::{
     model::Cidr,
@@ -30,7 +32,9 @@ pub struct CompiledPrefix {
 }
 
 /// Compiles entries into rows, one per distinct destination prefix.
-pub fn compile(entries: &[Entry]) -> Result<Vec<CompiledPrefix>, CompileError> {
+/// `warp_usable` says whether blocks are policy (the warp is up but cannot
+/// carry this family) or the warp being down, for the drop counters.
+pub fn compile(entries: &[Entry], warp_usable: bool) -> Result<Vec<CompiledPrefix>, CompileError> {
     let mut by_destination: BTreeMap<Cidr, Action> = BTreeMap::new();
     for entry in entries {
         by_destination
@@ -50,6 +54,11 @@ pub fn compile(entries: &[Entry]) -> Result<Vec<CompiledPrefix>, CompileError> {
             action: match action {
                 Action::Via(_) => ACTION_STEER,
                 Action::Block => ACTION_BLOCK,
+            },
+            block_reason: match (action, warp_usable) {
+                (Action::Via(_), _) => 0,
+                (Action::Block, true) => REASON_POLICY,
+                (Action::Block, false) => REASON_WARP_DOWN,
             },
             ..RuleValue::default()
         };
@@ -105,7 +114,11 @@ mod tests {
 
     #[test]
     fn one_row_per_prefix_with_its_selectors() {
-        let rows = compile(&entries("203.0.113.0/24,tcp:443,udp:5000-5100", via())).unwrap();
+        let rows = compile(
+            &entries("203.0.113.0/24,tcp:443,udp:5000-5100", via()),
+            true,
+        )
+        .unwrap();
         assert_eq!(rows.len(), 1);
         let v = rows[0].value;
         assert_eq!(v.action, ACTION_STEER);
@@ -133,7 +146,7 @@ mod tests {
     fn a_longer_prefix_inherits_the_selectors_that_contain_it() {
         let mut all = entries("10.0.0.0/8", via());
         all.extend(entries("10.1.0.0/16,tcp:22", via()));
-        let rows = compile(&all).unwrap();
+        let rows = compile(&all, true).unwrap();
         let inner = rows
             .iter()
             .find(|r| r.destination.to_string() == "10.1.0.0/16")
@@ -151,7 +164,7 @@ mod tests {
     fn an_outer_prefix_does_not_inherit_inner_selectors() {
         let mut all = entries("10.0.0.0/8,udp:53", via());
         all.extend(entries("10.1.0.0/16,tcp:22", via()));
-        let rows = compile(&all).unwrap();
+        let rows = compile(&all, true).unwrap();
         let outer = rows
             .iter()
             .find(|r| r.destination.to_string() == "10.0.0.0/8")
@@ -166,19 +179,26 @@ mod tests {
 
     #[test]
     fn icmp_uses_the_family_protocol_number() {
-        let rows = compile(&entries("2001:db8::/32,192.0.2.0/24,icmp", Action::Block)).unwrap();
+        let rows = compile(
+            &entries("2001:db8::/32,192.0.2.0/24,icmp", Action::Block),
+            true,
+        )
+        .unwrap();
         let v6 = rows.iter().find(|r| r.destination.is_ipv6()).unwrap();
         let v4 = rows.iter().find(|r| !r.destination.is_ipv6()).unwrap();
         assert_eq!(v6.value.selectors[0].ip_proto, 58);
         assert_eq!(v4.value.selectors[0].ip_proto, 1);
         assert_eq!(v4.value.action, ACTION_BLOCK);
+        assert_eq!(v4.value.block_reason, REASON_POLICY);
+        let down = compile(&entries("192.0.2.0/24", Action::Block), false).unwrap();
+        assert_eq!(down[0].value.block_reason, REASON_WARP_DOWN);
     }
 
     #[test]
     fn too_many_selectors_are_refused_not_truncated() {
         let ports: Vec<String> = (1..=9).map(|p| format!("tcp:{p}")).collect();
         let rules = format!("192.0.2.0/24,{}", ports.join(","));
-        let err = compile(&entries(&rules, via())).unwrap_err();
+        let err = compile(&entries(&rules, via()), true).unwrap_err();
         assert_eq!(
             err,
             CompileError::TooManySelectors {

@@ -419,16 +419,9 @@ impl EbpfDataplane {
         let map: PerCpuHashMap<_, u32, VerdictCounters> =
             PerCpuHashMap::try_from(map).map_err(map_error(VERDICTS_MAP))?;
         match map.get(&ifindex, 0) {
-            Ok(per_cpu) => {
-                Ok(per_cpu
-                    .iter()
-                    .fold(VerdictCounters::default(), |a, c| VerdictCounters {
-                        steered_packets: a.steered_packets + c.steered_packets,
-                        steered_bytes: a.steered_bytes + c.steered_bytes,
-                        blocked_packets: a.blocked_packets + c.blocked_packets,
-                        blocked_bytes: a.blocked_bytes + c.blocked_bytes,
-                    }))
-            }
+            Ok(per_cpu) => Ok(per_cpu
+                .iter()
+                .fold(VerdictCounters::default(), |a, c| a.saturating_add(*c))),
             Err(MapError::KeyNotFound) => Ok(VerdictCounters::default()),
             Err(e) => Err(map_error(VERDICTS_MAP)(e)),
         }
