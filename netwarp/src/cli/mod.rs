@@ -147,8 +147,11 @@ pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETWARP_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("netwarp={}", config.log_level))
     });
+    // Colours only on a terminal: logs in files and journals stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
