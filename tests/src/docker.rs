@@ -38,6 +38,31 @@ impl DockerNetwork {
         })
     }
 
+    /// An internal dual-stack network with a unique ULA /64.
+    pub fn create_internal_ipv6(prefix: &str) -> anyhow::Result<Self> {
+        let name = crate::unique_name(prefix);
+        // Unique per process and call, so parallel tests never collide.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let subnet = format!("fd00:4e57:{:x}:{n:x}::/64", std::process::id() & 0xffff);
+        run(
+            "docker",
+            &[
+                "network",
+                "create",
+                "--internal",
+                "--ipv6",
+                "--subnet",
+                &subnet,
+                &name,
+            ],
+        )?;
+        Ok(Self {
+            name,
+            forward_rule: None,
+        })
+    }
+
     /// An internal network whose containers may exchange packets addressed
     /// outside its subnet. With br_netfilter, Docker's isolation rules drop
     /// such bridged packets on `--internal` networks, which is exactly what

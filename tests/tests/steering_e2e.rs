@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    command::{run, run_quietly},
+    command::{output, run, run_quietly},
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     skip, skip_if,
@@ -440,6 +440,67 @@ fn malformed_labels_warn_and_others_are_still_served() {
     assert!(
         log.contains(empty.name()),
         "the empty-label container is not named"
+    );
+    drop(warp);
+}
+
+#[test]
+fn ipv6_rules_steer_and_fail_closed() {
+    let test = "ipv6_rules_steer_and_fail_closed";
+    skip_if!(test, skip::missing_docker());
+    const REMOTE_V6: &str = "2001:db8::1";
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_ipv6("nw6").expect("an IPv6 network");
+    let ipv6 = ["--sysctl", "net.ipv6.conf.all.disable_ipv6=0"];
+    let warp = start_gateway(&labels, &network, &ipv6);
+    warp.exec(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{REMOTE_V6}/128"),
+        "dev",
+        "lo",
+    ])
+    .expect("the warp's IPv6 address");
+    let mut target_args: Vec<String> = ipv6.iter().map(|s| s.to_string()).collect();
+    for label in [
+        labels.target_label(&warp_name(&labels)),
+        labels.rules_label("2001:db8::/32"),
+    ] {
+        target_args.push("--label".into());
+        target_args.push(label);
+    }
+    let args: Vec<&str> = target_args.iter().map(String::as_str).collect();
+    let target = Container::run("nwt", &network, &args, &["sleep", "600"]).expect("target");
+    let connect = format!("sleep 1 | nc -w 2 {REMOTE_V6} 8080");
+    let reaches_v6 = || {
+        target
+            .exec(&["sh", "-c", &connect])
+            .is_ok_and(|o| o.contains("hello"))
+    };
+    assert!(!reaches_v6(), "reached {REMOTE_V6} before netwarp ran");
+
+    let _daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, reaches_v6),
+        "IPv6 was not steered; state:\n{}",
+        target
+            .ip(&["-6", "route", "show", "table", "20055"])
+            .unwrap_or_default()
+    );
+    run("docker", &["stop", "--time", "0", warp.name()]).expect("stopping the warp");
+    let refused = || {
+        let out = output("docker", &["exec", target.name(), "sh", "-c", &connect]).expect("exec");
+        let error = String::from_utf8_lossy(&out.stderr).into_owned();
+        match mode().as_str() {
+            "routes" => error.contains("Permission denied"),
+            _ => error.contains("timed out"),
+        }
+    };
+    assert!(
+        eventually(CONVERGE, refused),
+        "IPv6 was not blocked while the warp was down"
     );
     drop(warp);
 }
