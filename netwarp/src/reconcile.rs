@@ -384,14 +384,25 @@ async fn program_target_ebpf(
     let Some(pid) = target.pid else {
         return Ok(false);
     };
-    let Some(mac) = target.mac_on_network.as_deref() else {
-        return Err(TargetError::Endpoint(
-            "the target has no MAC on the warp's network, so its veth cannot be found; \
-             the eBPF dataplane cannot enforce this target"
-                .into(),
-        ));
-    };
     let namespace = NamespaceHandle::open(pid).await?;
+    // The tc drop is silent, so blocked prefixes also get prohibit routes
+    // in the target's namespace: senders fail at once with EACCES, and the
+    // block holds on every interface, even one netwarp cannot identify.
+    let blocked: Vec<_> = target
+        .entries
+        .iter()
+        .filter(|e| e.action == crate::plan::Action::Block)
+        .copied()
+        .collect();
+    let route_changes = diff(&namespace.installed().await?, &desired_state(&blocked));
+    if !route_changes.is_empty() {
+        namespace.apply(&route_changes, None).await?;
+    }
+    let Some(mac) = target.mac_on_network.as_deref() else {
+        // Not on the warp's network (or it is ambiguous): nothing can be
+        // steered, and the prohibit routes above hold the block.
+        return Ok(!route_changes.is_empty());
+    };
     let host_ifindex = namespace.peer_ifindex_by_mac(mac).await?.ok_or_else(|| {
         TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
     })?;
@@ -424,7 +435,7 @@ async fn program_target_ebpf(
         )?,
     };
     if last.get(&target.id) == Some(&desired) {
-        return Ok(false);
+        return Ok(!route_changes.is_empty());
     }
     ebpf.attach_ifindex(host_ifindex)?;
     ebpf.set_policy(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?;
