@@ -62,13 +62,30 @@ fn start_dockerd() -> bool {
 
 /// Leaves an answering engine behind even when the test fails midway, so
 /// the test binaries after this one still have Docker.
-struct EngineGuard;
+/// It also sweeps the test's containers once the engine is back: if the
+/// test failed while dockerd was down, the container guards' removals
+/// failed, and restart policies would bring the containers back. (The
+/// network's own guard drops after this one, with the engine up.)
+struct EngineGuard {
+    /// Containers carrying this label (the test's targets).
+    target_label: String,
+    warp_name: String,
+}
 
 impl Drop for EngineGuard {
     fn drop(&mut self) {
         if !docker_answers() && !start_dockerd() {
             eprintln!("could not bring dockerd back; later Docker tests will fail");
+            return;
         }
+        let filter = format!("label={}", self.target_label);
+        let targets = output("docker", &["ps", "-aq", "--filter", &filter])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in targets.split_whitespace() {
+            let _ = output("docker", &["rm", "--force", id]);
+        }
+        let _ = output("docker", &["rm", "--force", &self.warp_name]);
     }
 }
 
@@ -81,11 +98,14 @@ fn restart_dockerd() {
 }
 
 fn reconnects_and_resyncs(mode: &str) {
-    // Declared first, so it drops last, after the containers and network.
-    let _engine = EngineGuard;
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let warp_name = labels.warp_name("gw");
+    // Declared before the containers, so it drops after them.
+    let _engine = EngineGuard {
+        target_label: labels.target.clone(),
+        warp_name: warp_name.clone(),
+    };
     // Restart policies bring both back when the engine returns.
     // A 1 s stop timeout: their init processes ignore SIGTERM, and dockerd
     // would otherwise wait 10 s for each before shutting down.
