@@ -4,28 +4,22 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use netwarp_tests::{
     command::output,
     daemon::{Daemon, TestLabels, eventually, netwarp_binary},
     docker::{Container, DockerNetwork},
     skip, skip_if,
     steering::{GLOBAL_RULES, full_routing, reaches, start_target, start_warp},
+    tcx,
 };
 
 /// Names of the TCX programs on a container's host veth.
 fn tcx_programs(container: &Container) -> Vec<String> {
     let (_, veth) = container.host_veth().expect("veth");
-    let mut names = Vec::new();
-    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let (_, programs) = SchedClassifier::query_tcx(&veth, attach_type).expect("query_tcx");
-        names.extend(
-            programs
-                .iter()
-                .map(|p| p.name_as_str().unwrap_or("?").to_owned()),
-        );
-    }
-    names
+    tcx::tcx_programs(&veth)
+        .iter()
+        .map(|(_, program)| tcx::program_name(program))
+        .collect()
 }
 
 fn cleanup_removes_everything(mode: &str) {

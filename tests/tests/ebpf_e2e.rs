@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use netwarp::dataplane::ebpf::EbpfDataplane;
 use netwarp_tests::{
     command::output,
@@ -12,20 +11,17 @@ use netwarp_tests::{
     docker::DockerNetwork,
     skip, skip_if,
     steering::{GLOBAL_RULES, REMOTE, reaches, start_target, start_warp},
+    tcx,
 };
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
-/// Program ids attached through TCX to `veth`, per direction.
-fn tcx_programs(veth: &str) -> Vec<(String, u32)> {
-    let mut all = Vec::new();
-    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let (_, programs) = SchedClassifier::query_tcx(veth, attach_type).expect("query_tcx");
-        for program in programs {
-            all.push((format!("{attach_type:?}"), program.id()));
-        }
-    }
-    all
+/// (direction, program id) of everything attached through TCX to `veth`.
+fn tcx_programs(veth: &str) -> Vec<(&'static str, u32)> {
+    tcx::tcx_programs(veth)
+        .iter()
+        .map(|(direction, program)| (*direction, program.id()))
+        .collect()
 }
 
 /// Pings REMOTE `count` times from the named container, 50 ms apart;

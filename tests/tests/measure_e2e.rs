@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use netwarp_tests::{
     command::output,
     daemon::{Daemon, TestLabels, eventually, netwarp_binary},
     docker::{Container, DockerNetwork, HOST_TOOLS},
     skip, skip_if,
     steering::{GLOBAL_RULES, REMOTE, reaches, start_warp},
+    tcx,
 };
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -104,15 +104,11 @@ fn throughput_and_program_cost() {
         results.push((mode, throughput(&target, REMOTE)));
         if mode == "ebpf" {
             let (_, veth) = target.host_veth().expect("veth");
-            for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-                let (_, programs) =
-                    SchedClassifier::query_tcx(&veth, attach_type).expect("query_tcx");
-                for program in programs {
-                    let runs = program.run_count();
-                    assert!(runs > 0, "{attach_type:?}: the program never ran");
-                    let ns = program.run_time().as_nanos() as f64 / runs as f64;
-                    program_costs.push((program.name_as_str().unwrap_or("?").to_owned(), runs, ns));
-                }
+            for (direction, program) in tcx::tcx_programs(&veth) {
+                let runs = program.run_count();
+                assert!(runs > 0, "{direction}: the program never ran");
+                let ns = program.run_time().as_nanos() as f64 / runs as f64;
+                program_costs.push((tcx::program_name(&program), runs, ns));
             }
         }
         daemon.stop(libc::SIGTERM).expect("stop");

@@ -31,16 +31,16 @@ fn mode() -> String {
 /// attached through TCX to its host veth (exactly one per direction, or
 /// something was attached twice) and the daemon's pinned links.
 fn ebpf_state(target: &Container, daemon: &Daemon) -> String {
-    use aya::programs::{SchedClassifier, TcAttachType};
     let (_, veth) = target.host_veth().expect("host veth");
+    let programs = netwarp_tests::tcx::tcx_programs(&veth);
     let mut lines = Vec::new();
-    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let (_, programs) = SchedClassifier::query_tcx(&veth, attach_type).expect("query_tcx");
+    for direction in ["Ingress", "Egress"] {
         let names: Vec<String> = programs
             .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .filter(|(d, _)| *d == direction)
+            .map(|(_, program)| netwarp_tests::tcx::program_name(program))
             .collect();
-        lines.push(format!("{attach_type:?}: {}", names.join(",")));
+        lines.push(format!("{direction}: {}", names.join(",")));
     }
     let mut pins: Vec<String> = std::fs::read_dir(daemon.pin_dir().join("links"))
         .map(|d| {
