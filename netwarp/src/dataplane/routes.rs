@@ -16,7 +16,7 @@ use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        link::LinkAttribute,
+        link::{LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
     },
@@ -287,33 +287,22 @@ impl NamespaceHandle {
     /// For the interface with `mac` in this namespace, the ifindex of its
     /// veth peer in the host namespace (IFLA_LINK).
     pub async fn peer_ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
-        let wanted = parse_mac(mac);
-        let links: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(self.netlink("link dump"))?;
-        Ok(links
-            .iter()
-            .filter(|link| {
-                link.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
+        Ok(self.link_by_mac(mac).await?.and_then(|link| {
+            link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(peer) => Some(*peer),
+                _ => None,
             })
-            .find_map(|link| {
-                link.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Link(peer) => Some(*peer),
-                    _ => None,
-                })
-            }))
+        }))
     }
 
     async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
+        Ok(self.link_by_mac(mac).await?.map(|link| link.header.index))
+    }
+
+    /// The interface in this namespace whose hardware address is `mac`.
+    async fn link_by_mac(&self, mac: &str) -> Result<Option<LinkMessage>, RoutesError> {
         let wanted = parse_mac(mac);
-        let links: Vec<_> = self
+        let links: Vec<LinkMessage> = self
             .handle
             .link()
             .get()
@@ -321,14 +310,11 @@ impl NamespaceHandle {
             .try_collect()
             .await
             .map_err(self.netlink("link dump"))?;
-        Ok(links
-            .iter()
-            .find(|link| {
-                link.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
-            })
-            .map(|link| link.header.index))
+        Ok(links.into_iter().find(|link| {
+            link.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
+        }))
     }
 }
 
@@ -476,11 +462,7 @@ mod tests {
     use crate::model::parse_rules;
 
     fn entries(rules: &str, action: Action) -> Vec<Entry> {
-        parse_rules(rules)
-            .unwrap()
-            .into_iter()
-            .map(|rule| Entry { rule, action })
-            .collect()
+        Entry::all(&parse_rules(rules).unwrap(), action)
     }
 
     fn via(ip: &str) -> Action {

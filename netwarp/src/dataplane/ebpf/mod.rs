@@ -473,7 +473,7 @@ impl EbpfDataplane {
             let prefix_len = RULE_SET_BITS + u32::from(row.destination.prefix_len());
             match row.destination.addr() {
                 IpAddr::V4(addr) => {
-                    let mut trie = self.trie_v4()?;
+                    let mut trie = self.trie::<RuleKeyV4>(RULES_V4_MAP)?;
                     let key = Key::new(
                         prefix_len,
                         RuleKeyV4 {
@@ -485,7 +485,7 @@ impl EbpfDataplane {
                         .map_err(map_error(RULES_V4_MAP))?;
                 }
                 IpAddr::V6(addr) => {
-                    let mut trie = self.trie_v6()?;
+                    let mut trie = self.trie::<RuleKeyV6>(RULES_V6_MAP)?;
                     let key = Key::new(
                         prefix_len,
                         RuleKeyV6 {
@@ -503,45 +503,38 @@ impl EbpfDataplane {
 
     fn remove_rows(&mut self, rule_set: u32) -> Result<(), EbpfError> {
         let id = rule_set.to_be_bytes();
-        let mut trie = self.trie_v4()?;
-        let keys: Vec<Key<RuleKeyV4>> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().rule_set == id)
-            .collect();
-        for key in keys {
-            let _ = trie.remove(&key);
-        }
-        let mut trie = self.trie_v6()?;
-        let keys: Vec<Key<RuleKeyV6>> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().rule_set == id)
-            .collect();
-        for key in keys {
-            let _ = trie.remove(&key);
-        }
+        remove_keys(&mut self.trie::<RuleKeyV4>(RULES_V4_MAP)?, |k| {
+            k.rule_set == id
+        });
+        remove_keys(&mut self.trie::<RuleKeyV6>(RULES_V6_MAP)?, |k| {
+            k.rule_set == id
+        });
         Ok(())
     }
 
-    fn trie_v4(
+    /// One of the rule LPM tries (`RULES_V4_MAP` or `RULES_V6_MAP`).
+    fn trie<K: aya::Pod>(
         &mut self,
-    ) -> Result<LpmTrie<&mut aya::maps::MapData, RuleKeyV4, RuleValue>, EbpfError> {
-        let map = self
-            .ebpf
-            .map_mut(RULES_V4_MAP)
-            .ok_or(EbpfError::MissingMap(RULES_V4_MAP))?;
-        LpmTrie::try_from(map).map_err(map_error(RULES_V4_MAP))
+        name: &'static str,
+    ) -> Result<LpmTrie<&mut aya::maps::MapData, K, RuleValue>, EbpfError> {
+        let map = self.ebpf.map_mut(name).ok_or(EbpfError::MissingMap(name))?;
+        LpmTrie::try_from(map).map_err(map_error(name))
     }
+}
 
-    fn trie_v6(
-        &mut self,
-    ) -> Result<LpmTrie<&mut aya::maps::MapData, RuleKeyV6, RuleValue>, EbpfError> {
-        let map = self
-            .ebpf
-            .map_mut(RULES_V6_MAP)
-            .ok_or(EbpfError::MissingMap(RULES_V6_MAP))?;
-        LpmTrie::try_from(map).map_err(map_error(RULES_V6_MAP))
+/// Removes every key of `trie` whose data satisfies `doomed`; keys that
+/// vanish meanwhile are not an error.
+fn remove_keys<K: aya::Pod>(
+    trie: &mut LpmTrie<&mut aya::maps::MapData, K, RuleValue>,
+    doomed: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| doomed(&k.data()))
+        .collect();
+    for key in keys {
+        let _ = trie.remove(&key);
     }
 }
 
