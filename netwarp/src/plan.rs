@@ -135,6 +135,16 @@ pub struct Entry {
     pub action: Action,
 }
 
+impl Entry {
+    /// The same action for every rule, sorted and without duplicates.
+    pub fn all(rules: &[Rule], action: Action) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = rules.iter().map(|&rule| Entry { rule, action }).collect();
+        entries.sort();
+        entries.dedup();
+        entries
+    }
+}
+
 /// The overall state of a target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetState {
@@ -271,15 +281,7 @@ fn blocked(
 ) -> TargetPlan {
     match settings.on_warp_down {
         OnWarpDown::Block => {
-            plan.entries = rules
-                .iter()
-                .map(|rule| Entry {
-                    rule: *rule,
-                    action: Action::Block,
-                })
-                .collect();
-            plan.entries.sort();
-            plan.entries.dedup();
+            plan.entries = Entry::all(rules, Action::Block);
             plan.state = TargetState::Blocked(reason);
         }
         OnWarpDown::Bypass => {

@@ -127,11 +127,7 @@ const REMOTE_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 
 /// A dataplane with one target policy built from `rules` and `action`.
 fn dataplane(rules: &str, action: Action) -> EbpfDataplane {
-    let entries: Vec<Entry> = parse_rules(rules)
-        .expect("rules")
-        .into_iter()
-        .map(|rule| Entry { rule, action })
-        .collect();
+    let entries = Entry::all(&parse_rules(rules).expect("rules"), action);
     let mut dataplane = EbpfDataplane::load().expect("loading the programs");
     dataplane
         .set_policy(
@@ -348,14 +344,7 @@ privileged_test!(a_new_policy_replaces_the_old_rule_set_whole, {
         .policy(TARGET_IFINDEX)
         .expect("policy")
         .expect("installed");
-    let entries: Vec<Entry> = parse_rules("198.51.100.0/24")
-        .unwrap()
-        .into_iter()
-        .map(|rule| Entry {
-            rule,
-            action: Action::Block,
-        })
-        .collect();
+    let entries = Entry::all(&parse_rules("198.51.100.0/24").unwrap(), Action::Block);
     dp.set_policy(
         TARGET_IFINDEX,
         WARP_IFINDEX,
@@ -384,14 +373,7 @@ privileged_test!(a_new_policy_replaces_the_old_rule_set_whole, {
 
 privileged_test!(drops_are_counted_by_reason, {
     // Blocked while the warp is up: the policy refuses this family.
-    let entries: Vec<Entry> = parse_rules("2001:db8::/32")
-        .unwrap()
-        .into_iter()
-        .map(|rule| Entry {
-            rule,
-            action: Action::Block,
-        })
-        .collect();
+    let entries = Entry::all(&parse_rules("2001:db8::/32").unwrap(), Action::Block);
     let mut dp = EbpfDataplane::load().expect("load");
     dp.set_policy(
         TARGET_IFINDEX,

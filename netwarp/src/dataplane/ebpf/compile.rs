@@ -101,11 +101,7 @@ mod tests {
     use crate::model::parse_rules;
 
     fn entries(rules: &str, action: Action) -> Vec<Entry> {
-        parse_rules(rules)
-            .unwrap()
-            .into_iter()
-            .map(|rule| Entry { rule, action })
-            .collect()
+        Entry::all(&parse_rules(rules).unwrap(), action)
     }
 
     fn via() -> Action {
