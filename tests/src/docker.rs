@@ -206,19 +206,10 @@ impl Container {
             .trim()
             .parse()
             .with_context(|| format!("parsing iflink `{}`", iflink.trim()))?;
-        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-        // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
-        let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-        if name.is_null() {
-            bail!(
-                "no host interface with ifindex {ifindex} for {}: {}",
-                self.name,
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-        let name = unsafe { std::ffi::CStr::from_ptr(name) };
-        Ok((ifindex, name.to_string_lossy().into_owned()))
+        let name = netwarp::dataplane::ebpf::interface_name(ifindex).with_context(|| {
+            format!("no host interface with ifindex {ifindex} for {}", self.name)
+        })?;
+        Ok((ifindex, name))
     }
 }
 
