@@ -164,6 +164,9 @@ pub struct VerdictCounters {
     /// Drops by policy (no address of the packet's family on the warp).
     pub policy_packets: u64,
     pub policy_bytes: u64,
+    /// Drops by a bandwidth cap, in either direction.
+    pub rate_packets: u64,
+    pub rate_bytes: u64,
 }
 
 impl VerdictCounters {
@@ -176,6 +179,8 @@ impl VerdictCounters {
             warp_down_bytes: self.warp_down_bytes.saturating_add(o.warp_down_bytes),
             policy_packets: self.policy_packets.saturating_add(o.policy_packets),
             policy_bytes: self.policy_bytes.saturating_add(o.policy_bytes),
+            rate_packets: self.rate_packets.saturating_add(o.rate_packets),
+            rate_bytes: self.rate_bytes.saturating_add(o.rate_bytes),
         }
     }
 }
@@ -207,7 +212,7 @@ mod tests {
         assert_eq!(size_of::<RuleKeyV6>(), 20);
         assert_eq!(size_of::<Selector>(), 6);
         assert_eq!(size_of::<RuleValue>(), 4 + 6 * MAX_SELECTORS);
-        assert_eq!(size_of::<VerdictCounters>(), 48);
+        assert_eq!(size_of::<VerdictCounters>(), 64);
     }
 
     #[test]
