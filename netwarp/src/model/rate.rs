@@ -59,7 +59,7 @@ impl fmt::Display for Rate {
             ("mbit", 1_000_000),
             ("kbit", 1_000),
         ] {
-            if bits >= scale && bits % scale == 0 {
+            if bits >= scale && bits.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", bits / scale);
             }
         }
