@@ -185,6 +185,57 @@ impl VerdictCounters {
     }
 }
 
+/// Name of the hash map giving each capped host-side interface (by
+/// ifindex) its container's cap slot, and of the hash map holding the
+/// [`RateBuckets`] by slot. A container on several networks has one veth
+/// per network; all of them share its slot, so the cap is per container.
+pub const RATE_SLOTS_MAP: &str = "NETWARP_RATE_SLOTS";
+pub const RATE_BUCKETS_MAP: &str = "NETWARP_RATE_BUCKETS";
+
+/// Fixed-point shift of [`TokenBucket::ns_per_byte`].
+pub const NS_PER_BYTE_SHIFT: u32 = 16;
+
+/// One direction's cap, as a virtual clock: `next_ns` is when the bucket
+/// is empty again (CLOCK_MONOTONIC). A packet passes while
+/// `next_ns <= now` and then moves it on by the packet's cost; after an
+/// idle period `next_ns` is pulled up to `now - burst_ns`, which bounds the
+/// credit to the burst.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Nanoseconds per byte, shifted left by [`NS_PER_BYTE_SHIFT`]; 0 when
+    /// this direction has no cap.
+    pub ns_per_byte: u64,
+    pub burst_ns: u64,
+    pub next_ns: u64,
+}
+
+impl TokenBucket {
+    /// A bucket for `bytes_per_second` with `burst_bytes` of credit, full.
+    pub const fn new(bytes_per_second: u64, burst_bytes: u64) -> Self {
+        let ns_per_byte = if bytes_per_second == 0 {
+            0
+        } else {
+            // Rounded up, so the cap is never exceeded by rounding.
+            ((1_000_000_000u128 << NS_PER_BYTE_SHIFT).div_ceil(bytes_per_second as u128)) as u64
+        };
+        Self {
+            ns_per_byte,
+            burst_ns: ((burst_bytes as u128 * ns_per_byte as u128) >> NS_PER_BYTE_SHIFT) as u64,
+            next_ns: 0,
+        }
+    }
+}
+
+/// A container's caps: egress (what it sends, tc ingress on its veth) and
+/// ingress (what it receives, tc egress).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBuckets {
+    pub egress: TokenBucket,
+    pub ingress: TokenBucket,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both types are repr(C), made only of integers, and have no padding.
@@ -196,6 +247,8 @@ mod user {
     unsafe impl aya::Pod for super::RuleKeyV6 {}
     unsafe impl aya::Pod for super::RuleValue {}
     unsafe impl aya::Pod for super::VerdictCounters {}
+    unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::RateBuckets {}
 }
 
 #[cfg(test)]
@@ -213,6 +266,8 @@ mod tests {
         assert_eq!(size_of::<Selector>(), 6);
         assert_eq!(size_of::<RuleValue>(), 4 + 6 * MAX_SELECTORS);
         assert_eq!(size_of::<VerdictCounters>(), 64);
+        assert_eq!(size_of::<TokenBucket>(), 24);
+        assert_eq!(size_of::<RateBuckets>(), 48);
     }
 
     #[test]
@@ -232,5 +287,19 @@ mod tests {
                 bytes: 3
             }
         );
+    }
+
+    #[test]
+    fn token_buckets_convert_rates_to_time_per_byte() {
+        // 1 gbit/s is 8 ns per byte; a 125 kB burst is 1 ms of credit.
+        let bucket = TokenBucket::new(125_000_000, 125_000);
+        assert_eq!(bucket.ns_per_byte, 8 << NS_PER_BYTE_SHIFT);
+        assert_eq!(bucket.burst_ns, 1_000_000);
+        // 20 mbit/s is 400 ns per byte.
+        assert_eq!(
+            TokenBucket::new(2_500_000, 0).ns_per_byte,
+            400 << NS_PER_BYTE_SHIFT
+        );
+        assert_eq!(TokenBucket::new(0, 1000), TokenBucket::default());
     }
 }

@@ -4,20 +4,25 @@
 //! programs stay small: parse, look up, act, count.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no atomic read-modify-write types; the intrinsic
+// lowers to BPF's atomic add, which the kernel supports everywhere.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
         bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-        helpers::bpf_redirect,
+        helpers::{bpf_ktime_get_ns, bpf_redirect},
         macros::{classifier, map},
         maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
     };
     use netwarp_common::{
-        ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, POLICY_MAP_CAPACITY,
-        REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RuleKeyV4, RuleKeyV6, RuleValue,
-        TRAFFIC_MAP_CAPACITY, TargetPolicy, TrafficCounters, TrafficKey, VerdictCounters,
+        ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
+        POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets,
+        RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY, TargetPolicy, TokenBucket,
+        TrafficCounters, TrafficKey, VerdictCounters,
     };
 
     /// Packets and bytes per host-side interface and direction.
@@ -46,6 +51,17 @@ mod programs {
     static NETWARP_VERDICTS: PerCpuHashMap<u32, VerdictCounters> =
         PerCpuHashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
 
+    /// Each capped interface's cap slot (its container's), by ifindex.
+    #[map(name = "NETWARP_RATE_SLOTS")]
+    static NETWARP_RATE_SLOTS: HashMap<u32, u32> =
+        HashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
+
+    /// Each container's token buckets, by cap slot. Shared by every CPU:
+    /// a cap is one budget, however the packets are spread.
+    #[map(name = "NETWARP_RATE_BUCKETS")]
+    static NETWARP_RATE_BUCKETS: HashMap<u32, RateBuckets> =
+        HashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
+
     const ETH_HLEN: usize = 14;
     const ETH_P_IP: u16 = 0x0800;
     const ETH_P_IPV6: u16 = 0x86dd;
@@ -67,6 +83,9 @@ mod programs {
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::FromContainer);
+        if !within_cap(&ctx, Direction::FromContainer) {
+            return TC_ACT_SHOT;
+        }
         try_steer(&ctx).unwrap_or(PASS)
     }
 
@@ -74,7 +93,120 @@ mod programs {
     #[classifier]
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::ToContainer);
+        if !within_cap(&ctx, Direction::ToContainer) {
+            return TC_ACT_SHOT;
+        }
         PASS
+    }
+
+    /// The token bucket of the container's cap in `direction`: true when
+    /// the packet may pass (and is charged), false to drop it (counted).
+    ///
+    /// No bucket lock: the charge is an atomic add, so concurrent packets
+    /// are all paid for; only the rare pull-up after an idle period can
+    /// race, which at worst forgets one packet's cost. A packet passes
+    /// while the bucket is not in debt, so one larger than the burst (a
+    /// 64 KiB offload packet) is never starved; the debt it leaves is paid
+    /// before the next one passes, so the long-run rate holds.
+    #[inline(always)]
+    fn within_cap(ctx: &TcContext, direction: Direction) -> bool {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        // SAFETY: read-only use of a value the controller writes whole.
+        let Some(slot) = (unsafe { NETWARP_RATE_SLOTS.get(&ifindex) }) else {
+            return true;
+        };
+        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(slot) else {
+            return true;
+        };
+        // SAFETY: the pointer is into a live map value; fields are plain u64.
+        let bucket: *mut TokenBucket = unsafe {
+            match direction {
+                Direction::FromContainer => &raw mut (*buckets).egress,
+                Direction::ToContainer => &raw mut (*buckets).ingress,
+            }
+        };
+        // SAFETY: as above; read once, the controller may rewrite it.
+        let (ns_per_byte, burst_ns) = unsafe { ((*bucket).ns_per_byte, (*bucket).burst_ns) };
+        if ns_per_byte == 0 {
+            return true;
+        }
+        // SAFETY: a plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a u64 field of the map value; other CPUs update it atomically.
+        let next_ns = unsafe { &raw mut (*bucket).next_ns };
+        // SAFETY: as above.
+        let next = unsafe { core::ptr::read_volatile(next_ns) };
+        if next > now {
+            count_verdict(ifindex, u64::from(ctx.len()), Verdict::Rate);
+            return false;
+        }
+        let floor = now.saturating_sub(burst_ns);
+        if next < floor {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(next_ns, floor) };
+        }
+        let cost = (wire_bytes(ctx) * ns_per_byte) >> NS_PER_BYTE_SHIFT;
+        // SAFETY: as above; the result is unused, so this is BPF's plain
+        // atomic add, which needs no newer instruction set.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                next_ns, cost,
+            )
+        };
+        true
+    }
+
+    /// The packet's Ethernet frame bytes as they cross the wire (as tc
+    /// counts them, without preamble and FCS): an offload (GSO) packet
+    /// becomes `gso_segs` frames, each with its own headers.
+    #[inline(always)]
+    fn wire_bytes(ctx: &TcContext) -> u64 {
+        let bytes = u64::from(ctx.len());
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let segments = u64::from(unsafe { (*ctx.skb.skb).gso_segs });
+        if segments <= 1 {
+            return bytes;
+        }
+        bytes + (segments - 1) * (ETH_HLEN as u64 + segment_header_len(ctx))
+    }
+
+    /// IP plus TCP/UDP header length of the packet (IPv6 extension headers
+    /// are not counted; offload packets rarely carry them).
+    #[inline(always)]
+    fn segment_header_len(ctx: &TcContext) -> u64 {
+        // IPv4 with a TCP header carrying timestamps: the common case.
+        const FALLBACK: u64 = 52;
+        let Ok(ethertype) = ctx.load::<u16>(12) else {
+            return FALLBACK;
+        };
+        let (ip_len, ip_proto) = match u16::from_be(ethertype) {
+            ETH_P_IP => {
+                let Ok(version_ihl) = ctx.load::<u8>(ETH_HLEN) else {
+                    return FALLBACK;
+                };
+                let Ok(proto) = ctx.load::<u8>(ETH_HLEN + 9) else {
+                    return FALLBACK;
+                };
+                (usize::from(version_ihl & 0x0f) * 4, proto)
+            }
+            ETH_P_IPV6 => {
+                let Ok(proto) = ctx.load::<u8>(ETH_HLEN + 6) else {
+                    return FALLBACK;
+                };
+                (40, proto)
+            }
+            _ => return FALLBACK,
+        };
+        let l4_len = match ip_proto {
+            IPPROTO_TCP => match ctx.load::<u8>(ETH_HLEN + ip_len + 12) {
+                Ok(offset) => u64::from(offset >> 4) * 4,
+                Err(_) => return FALLBACK,
+            },
+            IPPROTO_UDP => 8,
+            _ => 0,
+        };
+        ip_len as u64 + l4_len
     }
 
     /// What the parser found: the L4 protocol, the destination port when it
@@ -258,6 +390,7 @@ mod programs {
         Steered,
         WarpDown,
         Policy,
+        Rate,
     }
 
     #[inline(always)]
@@ -277,6 +410,10 @@ mod programs {
                     Verdict::Policy => {
                         (*counters).policy_packets += 1;
                         (*counters).policy_bytes += bytes;
+                    }
+                    Verdict::Rate => {
+                        (*counters).rate_packets += 1;
+                        (*counters).rate_bytes += bytes;
                     }
                 }
             }

@@ -18,6 +18,7 @@ use crate::{
     cli::EXIT_MISSING_PRIVILEGE,
     config::{Config, DataplaneMode},
     dataplane::{
+        caps::{CapsError, ProgrammedCaps, interfaces, program_ebpf, program_qdiscs},
         ebpf::{
             EbpfDataplane, EbpfError,
             compile::{CompileError, CompiledPrefix, compile},
@@ -25,7 +26,8 @@ use crate::{
         routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
     },
     docker::{self, Backoff},
-    plan::{PlanSettings, TargetPlan, TargetState, plan},
+    model::{Caps, World},
+    plan::{CapEnforcement, CapPlan, PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
 };
 
@@ -225,6 +227,13 @@ pub struct Reconciler {
     last_state: HashMap<String, TargetState>,
     /// eBPF: what was last written per target, to skip unchanged rewrites.
     last_ebpf: HashMap<String, EbpfTarget>,
+    /// Caps last programmed, by container id.
+    last_caps: HashMap<String, ProgrammedCaps>,
+    /// Cap label problems last logged, by container id.
+    last_cap_problems: HashMap<String, Vec<String>>,
+    /// routes: a netlink socket in the host's namespace, for the qdiscs
+    /// on host-side veths; opened on first use.
+    host_netlink: Option<rtnetlink::Handle>,
 }
 
 /// What the eBPF dataplane holds for one target.
@@ -243,6 +252,9 @@ impl Reconciler {
             dataplane,
             last_state: HashMap::new(),
             last_ebpf: HashMap::new(),
+            last_caps: HashMap::new(),
+            last_cap_problems: HashMap::new(),
+            host_netlink: None,
         }
     }
 
@@ -295,17 +307,24 @@ impl Reconciler {
             }
         }
         self.last_state.retain(|id, _| seen.contains(id));
+        let departed_caps = self.reconcile_caps(&plan.caps, &world).await;
         if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
             // Only interfaces known to have left are released: a target
             // that merely failed this pass keeps its policy (fail closed).
-            let departed: Vec<u32> = self
+            let mut departed: Vec<u32> = self
                 .last_ebpf
                 .iter()
                 .filter(|(id, _)| !seen.contains(*id))
                 .map(|(_, t)| t.host_ifindex)
                 .collect();
+            departed.extend(departed_caps.iter().flat_map(|c| c.host_ifindexes()));
             self.last_ebpf.retain(|id, _| seen.contains(id));
-            let live: HashSet<u32> = self.last_ebpf.values().map(|t| t.host_ifindex).collect();
+            let live: HashSet<u32> = self
+                .last_ebpf
+                .values()
+                .map(|t| t.host_ifindex)
+                .chain(self.last_caps.values().flat_map(|c| c.host_ifindexes()))
+                .collect();
             release_interfaces(ebpf, &departed, &live);
         }
         pending.clear();
@@ -316,6 +335,92 @@ impl Reconciler {
             "reconciled"
         );
         Ok(())
+    }
+
+    /// Programs every container's caps, and uncaps containers that lost
+    /// theirs but still run. Returns the caps of containers that left.
+    async fn reconcile_caps(&mut self, plans: &[CapPlan], world: &World) -> Vec<ProgrammedCaps> {
+        for cap_plan in plans {
+            let span = info_span!("caps", container = %cap_plan.name, id = %short(&cap_plan.id));
+            if self.last_cap_problems.get(&cap_plan.id) != Some(&cap_plan.problems) {
+                for problem in &cap_plan.problems {
+                    warn!(parent: &span, %problem, "ignoring a malformed cap label");
+                }
+                self.last_cap_problems
+                    .insert(cap_plan.id.clone(), cap_plan.problems.clone());
+            }
+            let programmed = program_caps(
+                &mut self.dataplane,
+                self.settings.caps.enforcement,
+                &mut self.host_netlink,
+                &mut self.last_caps,
+                &cap_plan.id,
+                cap_plan.pid,
+                &cap_plan.macs,
+                cap_plan.caps,
+            )
+            .instrument(span.clone())
+            .await;
+            match programmed {
+                Ok(true) => info!(
+                    parent: &span,
+                    egress = ?cap_plan.caps.egress.map(|c| c.rate.to_string()),
+                    ingress = ?cap_plan.caps.ingress.map(|c| c.rate.to_string()),
+                    "caps programmed"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(parent: &span, error = %e, "programming the caps failed; will retry on the next reconcile")
+                }
+            }
+        }
+        let wanted: HashSet<&str> = plans.iter().map(|p| p.id.as_str()).collect();
+        self.last_cap_problems
+            .retain(|id, _| wanted.contains(id.as_str()));
+        let gone: Vec<String> = self
+            .last_caps
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned()
+            .collect();
+        let mut departed = Vec::new();
+        for id in gone {
+            let container = world.containers.iter().find(|c| c.id == id && c.running);
+            let shaped = self.settings.caps.enforcement == CapEnforcement::Shaper;
+            if let (Some(container), true) = (container, shaped) {
+                // Still running without caps (a default was dropped): remove
+                // the qdiscs. A stopped container's veths took them along.
+                let macs: Vec<String> = container
+                    .networks
+                    .values()
+                    .filter_map(|e| e.mac.clone())
+                    .collect();
+                let removed = program_caps(
+                    &mut self.dataplane,
+                    CapEnforcement::Shaper,
+                    &mut self.host_netlink,
+                    &mut self.last_caps,
+                    &id,
+                    container.pid,
+                    &macs,
+                    Caps::default(),
+                )
+                .await;
+                if let Err(e) = removed {
+                    warn!(container = %container.name, error = %e, "removing the caps failed; will retry");
+                    continue;
+                }
+            }
+            if let Some(programmed) = self.last_caps.remove(&id) {
+                if let Dataplane::Ebpf(ebpf) = &mut self.dataplane
+                    && let Err(e) = ebpf.remove_caps(&programmed.host_ifindexes())
+                {
+                    warn!(id = %short(&id), error = %e, "removing the caps failed");
+                }
+                departed.push(programmed);
+            }
+        }
+        departed
     }
 
     fn log_classification(&mut self, target: &TargetPlan) {
@@ -449,6 +554,55 @@ async fn program_target_ebpf(
     Ok(true)
 }
 
+/// Brings one container's caps to `caps`. Returns whether anything changed.
+#[allow(clippy::too_many_arguments)]
+async fn program_caps(
+    dataplane: &mut Dataplane,
+    enforcement: CapEnforcement,
+    host_netlink: &mut Option<rtnetlink::Handle>,
+    last: &mut HashMap<String, ProgrammedCaps>,
+    id: &str,
+    pid: Option<u32>,
+    macs: &[String],
+    caps: Caps,
+) -> Result<bool, CapsError> {
+    let Some(pid) = pid else {
+        return Ok(false);
+    };
+    let namespace = NamespaceHandle::open(pid).await?;
+    let desired = ProgrammedCaps {
+        caps,
+        interfaces: interfaces(&namespace, macs).await?,
+    };
+    let previous = last.get(id);
+    let changed_caps = previous != Some(&desired);
+    let changed = match (dataplane, enforcement) {
+        (Dataplane::Ebpf(ebpf), CapEnforcement::Policer) => {
+            if changed_caps {
+                if let Some(previous) = previous {
+                    ebpf.remove_caps(&previous.host_ifindexes())?;
+                }
+                program_ebpf(ebpf, &desired)?;
+            }
+            changed_caps
+        }
+        (_, _) => {
+            let host = match host_netlink {
+                Some(handle) => handle,
+                None => {
+                    let (connection, handle, _) = rtnetlink::new_connection()
+                        .map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+                    tokio::spawn(connection);
+                    host_netlink.insert(handle)
+                }
+            };
+            program_qdiscs(&namespace, host, &desired, changed_caps).await?
+        }
+    };
+    last.insert(id.to_owned(), desired);
+    Ok(changed)
+}
+
 /// Removes the policy and attachments of interfaces that left (their
 /// target is gone) or no longer exist, unless a live target uses them.
 fn release_interfaces(ebpf: &mut EbpfDataplane, departed: &[u32], live: &HashSet<u32>) {
@@ -458,11 +612,13 @@ fn release_interfaces(ebpf: &mut EbpfDataplane, departed: &[u32], live: &HashSet
         .unwrap_or_default()
         .into_iter()
         .chain(ebpf.attached_ifindexes())
+        .chain(ebpf.cap_slots().unwrap_or_default().into_keys())
         .filter(|i| crate::dataplane::ebpf::interface_name(*i).is_none());
     candidates.extend(vanished);
     for ifindex in candidates.into_iter().filter(|i| !live.contains(i)) {
         let released = ebpf
             .remove_policy(ifindex)
+            .and_then(|()| ebpf.remove_caps(&[ifindex]))
             .and_then(|()| ebpf.detach_ifindex(ifindex));
         match released {
             Ok(()) => info!(ifindex, "released the eBPF policy of a departed target"),

@@ -19,6 +19,10 @@ pub struct TestLabels {
     pub target: String,
     pub network: String,
     pub rules: String,
+    /// Cap labels, so that parallel tests never cap each other's containers.
+    pub egress_rate: String,
+    pub ingress_rate: String,
+    pub burst: String,
 }
 
 impl TestLabels {
@@ -29,6 +33,9 @@ impl TestLabels {
             target: format!("nwtest.{id}.target"),
             network: format!("nwtest.{id}.network"),
             rules: format!("nwtest.{id}.rules"),
+            egress_rate: format!("nwtest.{id}.egress-rate"),
+            ingress_rate: format!("nwtest.{id}.ingress-rate"),
+            burst: format!("nwtest.{id}.burst"),
         }
     }
 
@@ -66,6 +73,8 @@ pub struct Daemon {
     extra_args: Vec<String>,
     /// Run under a seccomp filter that denies bpf(2).
     deny_bpf: bool,
+    /// `NETWARP_*` variables for the daemon.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -82,6 +91,16 @@ impl Daemon {
         rules_toml: &str,
         deny_bpf: bool,
     ) -> anyhow::Result<Self> {
+        Self::create(labels, mode, rules_toml, deny_bpf, &[])
+    }
+
+    fn create(
+        labels: &TestLabels,
+        mode: &str,
+        rules_toml: &str,
+        deny_bpf: bool,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique_name("nwd"));
         fs::create_dir_all(&dir)?;
         let config = dir.join("netwarp.toml");
@@ -93,12 +112,17 @@ impl Daemon {
                  network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
                  [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
                  bpf_pin_dir = \"{}\"\n\
+                 [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
+                 burst_label = \"{}\"\n\
                  [logging]\nlevel = \"debug\"\n{rules_toml}",
                 labels.warp_prefix,
                 labels.target,
                 labels.network,
                 labels.rules,
-                pin_dir.display()
+                pin_dir.display(),
+                labels.egress_rate,
+                labels.ingress_rate,
+                labels.burst
             ),
         )?;
         let mut daemon = Self {
@@ -108,9 +132,24 @@ impl Daemon {
             log: dir.join("netwarp.log"),
             extra_args: Vec::new(),
             deny_bpf,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.spawn()?;
         Ok(daemon)
+    }
+
+    /// Like [`Self::start`], with extra environment variables (which beat
+    /// the config file).
+    pub fn start_with_env(
+        labels: &TestLabels,
+        mode: &str,
+        rules_toml: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::create(labels, mode, rules_toml, false, env)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -132,6 +171,7 @@ impl Daemon {
             .arg(&self.config)
             .args(&self.extra_args)
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

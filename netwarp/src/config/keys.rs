@@ -54,6 +54,8 @@ keys! {
         "Where the eBPF dataplane pins its maps and links (on bpffs), so they outlive the daemon";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         "Seconds between full resyncs, the safety net behind events";
+    RATE_ENFORCEMENT = "rate_limits.enforcement", "NETWARP_RATE_LIMITS_ENFORCEMENT", "shaper",
+        "shaper (a tbf qdisc per interface, TCP-friendly) or policer (the BPF token bucket; ebpf dataplane only)";
     RATE_EGRESS_LABEL = "rate_limits.egress_label", "NETWARP_RATE_LIMITS_EGRESS_LABEL", "netwarp.egress-rate",
         "Label capping what a container sends, e.g. 20mbit, 500kbit, 1gbit or 10mbps (bytes)";
     RATE_INGRESS_LABEL = "rate_limits.ingress_label", "NETWARP_RATE_LIMITS_INGRESS_LABEL", "netwarp.ingress-rate",

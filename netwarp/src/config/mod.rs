@@ -11,7 +11,7 @@ pub use layer::{Layer, Origin};
 
 use crate::{
     model::{Rate, RateError, Rule, parse_rate, parse_size},
-    plan::{CapSettings, OnWarpDown, PlanSettings},
+    plan::{CapEnforcement, CapSettings, OnWarpDown, PlanSettings},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +246,28 @@ impl Config {
         let default_egress = optional(&keys::RATE_DEFAULT_EGRESS, rate_bits)?;
         let default_ingress = optional(&keys::RATE_DEFAULT_INGRESS, rate_bits)?;
         let default_burst = optional(&keys::RATE_DEFAULT_BURST, parse_size)?;
+        let enforcement_value = value(&keys::RATE_ENFORCEMENT)?;
+        let enforcement = match text(&keys::RATE_ENFORCEMENT, enforcement_value.clone())?.as_str() {
+            "shaper" => CapEnforcement::Shaper,
+            "policer" if dataplane == DataplaneMode::Routes => {
+                return Err(invalid(
+                    &enforcement_value.1,
+                    keys::RATE_ENFORCEMENT.name,
+                    "policer needs the eBPF dataplane, but dataplane.mode is routes; use shaper"
+                        .into(),
+                ));
+            }
+            "policer" => CapEnforcement::Policer,
+            other => {
+                return Err(invalid(
+                    &enforcement_value.1,
+                    keys::RATE_ENFORCEMENT.name,
+                    format!("`{other}` is neither `shaper` nor `policer`"),
+                ));
+            }
+        };
         let caps = CapSettings {
+            enforcement,
             egress_label,
             ingress_label,
             burst_label,

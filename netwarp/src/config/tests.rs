@@ -215,6 +215,14 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
             "config file /etc/netwarp.toml: key `routing_rules`: expected [[routing_rules]] tables, found string",
         ),
         (
+            "[rate_limits]\nenforcement = \"edt\"",
+            "config file /etc/netwarp.toml: key `rate_limits.enforcement`: `edt` is neither `shaper` nor `policer`",
+        ),
+        (
+            "[rate_limits]\nenforcement = \"policer\"\n[dataplane]\nmode = \"routes\"",
+            "config file /etc/netwarp.toml: key `rate_limits.enforcement`: policer needs the eBPF dataplane, but dataplane.mode is routes; use shaper",
+        ),
+        (
             "[rate_limits]\ndefault_egress = \"fast\"",
             "config file /etc/netwarp.toml: key `rate_limits.default_egress`: `fast` is not a rate (expected e.g. 500kbit, 20mbit, 1gbit or 10mbps)",
         ),

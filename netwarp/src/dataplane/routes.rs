@@ -295,7 +295,12 @@ impl NamespaceHandle {
         }))
     }
 
-    async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
+    /// The netlink handle bound to this namespace.
+    pub fn netlink_handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
         Ok(self.link_by_mac(mac).await?.map(|link| link.header.index))
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Units follow tc(8): `bit`, `kbit`, `mbit`, `gbit` are bits per second
 //! and `bps`, `kbps`, `mbps`, `gbps` are *bytes* per second, all with
-//! decimal prefixes; sizes take `b`, `kb`/`k`, `mb`/`m`, `gb`/`g` with
+//! decimal prefixes, and count Ethernet frames as tc does; sizes take `b`, `kb`/`k`, `mb`/`m`, `gb`/`g` with
 //! binary prefixes (1k = 1024 bytes), as tc's sizes do.
 
 use std::fmt;

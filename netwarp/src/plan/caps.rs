@@ -6,9 +6,24 @@
 
 use crate::model::{Cap, Caps, Container, Rate, RateError, World, parse_rate, parse_size};
 
+/// How caps are enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CapEnforcement {
+    /// A tbf qdisc per interface, configured by netlink: a real queue, so
+    /// TCP is shaped instead of losing packets. Both dataplanes.
+    #[default]
+    Shaper,
+    /// The BPF token bucket in the tc programs (`ebpf` dataplane only): no
+    /// queue, so it drops. Measured: local TCP collapses to 10-60% of the
+    /// cap, because a sub-millisecond RTT leaves TCP no window small
+    /// enough to stay under a policer; fine for UDP and long-RTT paths.
+    Policer,
+}
+
 /// Label names and defaults for caps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapSettings {
+    pub enforcement: CapEnforcement,
     pub egress_label: String,
     pub ingress_label: String,
     pub burst_label: String,
@@ -20,6 +35,7 @@ pub struct CapSettings {
 impl Default for CapSettings {
     fn default() -> Self {
         Self {
+            enforcement: CapEnforcement::Shaper,
             egress_label: "netwarp.egress-rate".into(),
             ingress_label: "netwarp.ingress-rate".into(),
             burst_label: "netwarp.burst".into(),

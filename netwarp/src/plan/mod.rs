@@ -9,7 +9,7 @@ use std::{
 
 mod caps;
 
-pub use caps::{CapPlan, CapSettings};
+pub use caps::{CapEnforcement, CapPlan, CapSettings};
 
 use crate::{
     glob,

@@ -26,9 +26,10 @@ use aya::{
     },
 };
 use netwarp_common::{
-    Direction, POLICY_MAP, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RULE_SET_BITS,
-    RULES_V4_MAP, RULES_V6_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP, TargetPolicy,
-    TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
+    Direction, POLICY_MAP, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RATE_BUCKETS_MAP,
+    RATE_SLOTS_MAP, RULE_SET_BITS, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6,
+    RuleValue, TRAFFIC_MAP, TargetPolicy, TrafficCounters, TrafficKey, VERDICTS_MAP,
+    VerdictCounters,
 };
 
 use compile::CompiledPrefix;
@@ -107,12 +108,14 @@ const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
 ];
 
 /// Every map, pinned by name under the pin directory.
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 7] = [
     TRAFFIC_MAP,
     POLICY_MAP,
     RULES_V4_MAP,
     RULES_V6_MAP,
     VERDICTS_MAP,
+    RATE_SLOTS_MAP,
+    RATE_BUCKETS_MAP,
 ];
 
 /// netwarp's loaded programs and the attachments it made.
@@ -408,6 +411,87 @@ impl EbpfDataplane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_error(POLICY_MAP)(e)),
         }
+    }
+
+    /// Caps the container whose host-side veths are `ifindexes`: one set
+    /// of buckets under `slot`, shared by all of them. Writing the buckets
+    /// refills them, so the caller only writes when the caps change.
+    pub fn set_caps(
+        &mut self,
+        slot: u32,
+        ifindexes: &[u32],
+        buckets: RateBuckets,
+    ) -> Result<(), EbpfError> {
+        let mut all = self.rate_buckets()?;
+        all.insert(slot, buckets, 0)
+            .map_err(map_error(RATE_BUCKETS_MAP))?;
+        let mut slots = self.rate_slots()?;
+        for ifindex in ifindexes {
+            slots
+                .insert(*ifindex, slot, 0)
+                .map_err(map_error(RATE_SLOTS_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Uncaps interfaces and removes the buckets of slots no interface uses.
+    pub fn remove_caps(&mut self, ifindexes: &[u32]) -> Result<(), EbpfError> {
+        let mut slots = self.rate_slots()?;
+        for ifindex in ifindexes {
+            match slots.remove(ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(map_error(RATE_SLOTS_MAP)(e)),
+            }
+        }
+        let used: std::collections::HashSet<u32> = self.cap_slots()?.into_values().collect();
+        let mut all = self.rate_buckets()?;
+        let unused: Vec<u32> = all
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|slot| !used.contains(slot))
+            .collect();
+        for slot in unused {
+            let _ = all.remove(&slot);
+        }
+        Ok(())
+    }
+
+    /// Every capped interface and its slot.
+    pub fn cap_slots(&mut self) -> Result<HashMap<u32, u32>, EbpfError> {
+        let slots = self.rate_slots()?;
+        slots
+            .iter()
+            .collect::<Result<HashMap<u32, u32>, MapError>>()
+            .map_err(map_error(RATE_SLOTS_MAP))
+    }
+
+    /// The buckets of one cap slot, as the programs left them.
+    pub fn rate_buckets_of(&mut self, slot: u32) -> Result<Option<RateBuckets>, EbpfError> {
+        match self.rate_buckets()?.get(&slot, 0) {
+            Ok(b) => Ok(Some(b)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(RATE_BUCKETS_MAP)(e)),
+        }
+    }
+
+    fn rate_slots(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, u32>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(RATE_SLOTS_MAP)
+            .ok_or(EbpfError::MissingMap(RATE_SLOTS_MAP))?;
+        BpfHashMap::try_from(map).map_err(map_error(RATE_SLOTS_MAP))
+    }
+
+    fn rate_buckets(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, RateBuckets>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(RATE_BUCKETS_MAP)
+            .ok_or(EbpfError::MissingMap(RATE_BUCKETS_MAP))?;
+        BpfHashMap::try_from(map).map_err(map_error(RATE_BUCKETS_MAP))
     }
 
     /// Steered and blocked packets and bytes of one target, over all CPUs.
