@@ -139,7 +139,7 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         ),
         (
             "[dataplane]\nmode = \"xdp\"",
-            "config file /etc/netwarp.toml: key `dataplane.mode`: `xdp` is not one of auto, ebpf, routes",
+            "config file /etc/netwarp.toml: key `dataplane.mode`: `xdp` is not one of auto, ebpf, routes, dry-run",
         ),
         (
             "[dataplane]\nresync_interval_secs = 0",
@@ -254,4 +254,25 @@ fn a_missing_file_says_how_to_fix_it() {
             .contains("pass an existing file with --config"),
         "{err}"
     );
+}
+
+#[test]
+fn dry_run_mode_and_its_record_file() {
+    let config = resolve(&[file(
+        "[dataplane]\nmode = \"dry-run\"\ndry_run_record = \"/tmp/record.json\"\n",
+    )])
+    .unwrap();
+    assert_eq!(config.dataplane, DataplaneMode::DryRun);
+    assert_eq!(config.dataplane.to_string(), "dry-run");
+    assert_eq!(
+        config.dry_run_record.as_deref(),
+        Some(Path::new("/tmp/record.json"))
+    );
+    let err = resolve(&[file(
+        "[dataplane]\nmode = \"routes\"\ndry_run_record = \"/tmp/record.json\"\n",
+    )])
+    .unwrap_err();
+    assert!(err.contains("dataplane.dry_run_record"), "{err}");
+    assert!(err.contains("only meaningful"), "{err}");
+    assert_eq!(resolve(&[]).unwrap().dry_run_record, None);
 }
