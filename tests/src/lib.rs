@@ -6,6 +6,7 @@
 pub mod command;
 pub mod daemon;
 pub mod docker;
+pub mod fake_docker;
 pub mod netns;
 pub mod seccomp;
 pub mod skip;
