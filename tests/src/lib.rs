@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod docker;
 pub mod fake_docker;
 pub mod netns;
+pub mod scale;
 pub mod seccomp;
 pub mod skip;
 pub mod steering;
