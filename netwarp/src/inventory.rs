@@ -169,22 +169,23 @@ impl Inventory {
             }
             decisions.push(decision);
         }
+        // Each response becomes the small domain type at once: holding
+        // thousands of full inspect responses would cost tens of MiB.
         let mut inspected: HashMap<String, Option<Container>> = stream::iter(to_inspect)
             .map(|id| async move {
-                let result = client.inspect_container(&id, None).await;
-                (id, result)
+                match client.inspect_container(&id, None).await {
+                    Ok(inspect) => Ok((id, to_container(inspect))),
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => Ok((id, None)),
+                    Err(e) => Err(DockerError::List(e)),
+                }
             })
             .buffer_unordered(INSPECT_CONCURRENCY)
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .map(|(id, result)| match result {
-                Ok(inspect) => Ok((id, to_container(inspect))),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => Ok((id, None)),
-                Err(e) => Err(DockerError::List(e)),
-            })
             .collect::<Result<_, _>>()?;
         let mut stats = SnapshotStats {
             listed: listed.len(),
