@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use bollard::{
     API_DEFAULT_VERSION, ClientVersion, Docker,
-    models::{ContainerInspectResponse, EventMessage, HealthStatusEnum},
+    models::{ContainerInspectResponse, EndpointSettings, EventMessage, HealthStatusEnum},
     query_parameters::{EventsOptions, ListContainersOptions},
 };
 use futures_util::Stream;
@@ -162,17 +162,7 @@ pub fn to_container(inspect: ContainerInspectResponse) -> Option<Container> {
         .and_then(|n| n.networks)
         .unwrap_or_default()
         .into_iter()
-        .map(|(network, endpoint)| {
-            let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-            (
-                network,
-                Endpoint {
-                    ipv4: nonempty(endpoint.ip_address).and_then(|s| s.parse().ok()),
-                    ipv6: nonempty(endpoint.global_ipv6_address).and_then(|s| s.parse().ok()),
-                    mac: nonempty(endpoint.mac_address),
-                },
-            )
-        })
+        .map(|(network, endpoint)| (network, to_endpoint(endpoint)))
         .collect();
     Some(Container {
         id,
@@ -186,6 +176,16 @@ pub fn to_container(inspect: ContainerInspectResponse) -> Option<Container> {
         labels,
         networks,
     })
+}
+
+/// Turns one of Docker's endpoint settings (inspect or list) into the domain type.
+pub fn to_endpoint(endpoint: EndpointSettings) -> Endpoint {
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    Endpoint {
+        ipv4: nonempty(endpoint.ip_address).and_then(|s| s.parse().ok()),
+        ipv6: nonempty(endpoint.global_ipv6_address).and_then(|s| s.parse().ok()),
+        mac: nonempty(endpoint.mac_address),
+    }
 }
 
 /// Container and network events that may change the plan. The stream ends

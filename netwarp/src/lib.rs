@@ -4,6 +4,7 @@ pub mod config;
 pub mod dataplane;
 pub mod docker;
 pub mod glob;
+pub mod inventory;
 pub mod model;
 pub mod plan;
 pub mod privileges;

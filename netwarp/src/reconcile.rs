@@ -1,11 +1,17 @@
 //! The level-triggered controller. Docker events only mark the world dirty;
-//! each reconcile reads every container, plans from scratch, diffs against
-//! what is installed, and applies the difference. A periodic resync is the
-//! safety net, so lost events, reconnects and restarts cannot corrupt state.
+//! each reconcile lists every container (inspecting only the targets and
+//! warps whose cached inspect may be stale, see [`crate::inventory`]),
+//! plans from scratch, diffs against what is installed, and applies the
+//! difference. A periodic resync re-inspects everything and is the safety
+//! net, so lost events, reconnects and restarts cannot corrupt state.
 
 use std::{
     collections::{HashMap, HashSet},
     process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -19,6 +25,7 @@ use crate::{
     config::{Config, DataplaneMode},
     dataplane::{
         caps::{CapsError, ProgrammedCaps, interfaces, program_ebpf, program_qdiscs},
+        dry_run::DryRunDataplane,
         ebpf::{
             EbpfDataplane, EbpfError,
             compile::{CompileError, CompiledPrefix, compile},
@@ -26,6 +33,7 @@ use crate::{
         routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
     },
     docker::{self, Backoff},
+    inventory::Inventory,
     model::{Caps, World},
     plan::{CapEnforcement, CapPlan, PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
@@ -48,6 +56,8 @@ pub enum TargetError {
 pub enum Dataplane {
     Routes,
     Ebpf(Box<EbpfDataplane>),
+    /// A simulation that programs nothing; see [`crate::dataplane::dry_run`].
+    DryRun(DryRunDataplane),
 }
 
 /// Coalescing window: events arriving within it cause one reconcile.
@@ -62,10 +72,23 @@ enum LoopExit {
 /// Runs the daemon until SIGTERM or SIGINT. The programmed state stays in
 /// place on exit, so targets stay steered (or blocked) while it is down.
 pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
-    if let Some(code) = check_privileges(ROUTES_CAPABILITIES) {
+    // dry-run touches no kernel state, so it needs no capabilities.
+    if config.dataplane != DataplaneMode::DryRun
+        && let Some(code) = check_privileges(ROUTES_CAPABILITIES)
+    {
         return Ok(code);
     }
     let (mode, dataplane) = match config.dataplane {
+        DataplaneMode::DryRun => {
+            warn!(
+                record = ?config.dry_run_record,
+                "dataplane dry-run: SIMULATION ONLY; nothing will be programmed, no target is steered or blocked"
+            );
+            (
+                DataplaneMode::DryRun,
+                Dataplane::DryRun(DryRunDataplane::new(config.dry_run_record.clone())),
+            )
+        }
         DataplaneMode::Routes => (DataplaneMode::Routes, Dataplane::Routes),
         DataplaneMode::Auto => choose_automatically(&config),
         DataplaneMode::Ebpf => {
@@ -163,12 +186,26 @@ async fn run_connected(
     // The event reader only forwards "something changed", with the event's
     // own time for latency measurements; it never carries state.
     let (dirty_tx, mut dirty_rx) = mpsc::channel::<(String, SystemTime)>(1024);
+    // Set when an event found the channel full: its id is lost, so the next
+    // reconcile must re-inspect everything instead of only what is pending.
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let overflowed_reader = Arc::clone(&overflowed);
+    reconciler.reconnected();
     let mut events = docker::events(client);
     let reader = tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
-                    let id = event.actor.and_then(|a| a.id).unwrap_or_default();
+                    // A network event's actor is the network; the container
+                    // it concerns is an attribute.
+                    let id = event
+                        .actor
+                        .and_then(|a| {
+                            a.attributes
+                                .and_then(|mut attrs| attrs.remove("container"))
+                                .or(a.id)
+                        })
+                        .unwrap_or_default();
                     debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
                     // Docker's own timestamp, so latency covers the whole path.
                     let at = event
@@ -176,7 +213,9 @@ async fn run_connected(
                         .and_then(|n| u64::try_from(n).ok())
                         .map_or_else(SystemTime::now, |n| UNIX_EPOCH + Duration::from_nanos(n));
                     // A full channel already guarantees a reconcile.
-                    let _ = dirty_tx.try_send((id, at));
+                    if dirty_tx.try_send((id, at)).is_err() {
+                        overflowed_reader.store(true, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => return e.to_string(),
             }
@@ -188,7 +227,7 @@ async fn run_connected(
     let mut pending: HashMap<String, SystemTime> = HashMap::new();
     let exit = loop {
         tokio::select! {
-            _ = resync.tick() => {}
+            _ = resync.tick() => reconciler.resync_all(),
             event = dirty_rx.recv() => {
                 let Some((id, at)) = event else {
                     break LoopExit::ConnectionLost("the event reader stopped".into());
@@ -204,6 +243,9 @@ async fn run_connected(
         }
         if reader.is_finished() {
             break LoopExit::ConnectionLost("the event stream ended".into());
+        }
+        if overflowed.swap(false, Ordering::Relaxed) {
+            reconciler.resync_all();
         }
         if let Err(e) = reconciler.reconcile(client, &mut pending).await {
             // Losing Docker mid-reconcile: reconnect and resync.
@@ -234,6 +276,10 @@ pub struct Reconciler {
     /// routes: a netlink socket in the host's namespace, for the qdiscs
     /// on host-side veths; opened on first use.
     host_netlink: Option<rtnetlink::Handle>,
+    /// The container snapshot, with its cache of inspects.
+    inventory: Inventory,
+    /// No pass has completed since the last (re)connect.
+    initial_pass: bool,
 }
 
 /// What the eBPF dataplane holds for one target.
@@ -248,6 +294,7 @@ struct EbpfTarget {
 impl Reconciler {
     pub fn new(settings: PlanSettings, dataplane: Dataplane) -> Self {
         Self {
+            inventory: Inventory::new(&settings),
             settings,
             dataplane,
             last_state: HashMap::new(),
@@ -255,7 +302,20 @@ impl Reconciler {
             last_caps: HashMap::new(),
             last_cap_problems: HashMap::new(),
             host_netlink: None,
+            initial_pass: true,
         }
+    }
+
+    /// The next pass re-inspects every target and warp (the periodic
+    /// resync, or events were lost).
+    pub fn resync_all(&mut self) {
+        self.inventory.refresh_all();
+    }
+
+    /// A new Docker connection: forget every cached inspect.
+    pub fn reconnected(&mut self) {
+        self.inventory.forget();
+        self.initial_pass = true;
     }
 
     /// One full pass. Per-target failures are logged and retried on the
@@ -266,7 +326,8 @@ impl Reconciler {
         pending: &mut HashMap<String, SystemTime>,
     ) -> Result<(), docker::DockerError> {
         let started = Instant::now();
-        let world = docker::snapshot(client).await?;
+        let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
+        let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let plan = plan(&world, &self.settings);
         let mut seen = HashSet::new();
         for target in &plan.targets {
@@ -283,6 +344,7 @@ impl Reconciler {
                         .instrument(span.clone())
                         .await
                 }
+                Dataplane::DryRun(dry) => Ok(dry.program(target)),
             };
             match programmed {
                 Ok(changed) => {
@@ -327,13 +389,32 @@ impl Reconciler {
                 .collect();
             release_interfaces(ebpf, &departed, &live);
         }
+        if let Dataplane::DryRun(dry) = &mut self.dataplane {
+            dry.finish_pass(&seen);
+        }
         pending.clear();
-        debug!(
-            targets = plan.targets.len(),
-            containers = world.containers.len(),
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
-            "reconciled"
-        );
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        if std::mem::take(&mut self.initial_pass) {
+            info!(
+                targets = plan.targets.len(),
+                containers = world.containers.len(),
+                inspected = snapshot.inspected,
+                snapshot_ms,
+                duration_ms,
+                "initial reconcile complete"
+            );
+        } else {
+            debug!(
+                targets = plan.targets.len(),
+                containers = world.containers.len(),
+                relevant = snapshot.relevant,
+                inspected = snapshot.inspected,
+                full = snapshot.full,
+                snapshot_ms,
+                duration_ms,
+                "reconciled"
+            );
+        }
         Ok(())
     }
 
@@ -566,7 +647,8 @@ async fn program_caps(
     macs: &[String],
     caps: Caps,
 ) -> Result<bool, CapsError> {
-    let Some(pid) = pid else {
+    let (Some(pid), false) = (pid, matches!(dataplane, Dataplane::DryRun(_))) else {
+        // The dry-run simulation models steering only.
         return Ok(false);
     };
     let namespace = NamespaceHandle::open(pid).await?;

@@ -6,8 +6,10 @@
 pub mod command;
 pub mod daemon;
 pub mod docker;
+pub mod fake_docker;
 pub mod iperf;
 pub mod netns;
+pub mod scale;
 pub mod seccomp;
 pub mod skip;
 pub mod steering;

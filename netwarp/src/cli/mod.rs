@@ -48,7 +48,7 @@ pub struct ConfigArgs {
     /// TOML config file (default: /etc/netwarp/netwarp.toml if it exists).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Dataplane: auto, ebpf or routes (dataplane.mode).
+    /// Dataplane: auto, ebpf, routes or dry-run (dataplane.mode).
     #[arg(long)]
     dataplane: Option<String>,
     /// Docker socket path or tcp://HOST:PORT (docker.socket).

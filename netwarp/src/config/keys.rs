@@ -49,7 +49,9 @@ keys! {
     ON_WARP_DOWN = "on_warp_down", "NETWARP_ON_WARP_DOWN", "block",
         "block (fail closed) or bypass while a warp container is down";
     DATAPLANE_MODE = "dataplane.mode", "NETWARP_DATAPLANE_MODE", "auto",
-        "auto, ebpf or routes";
+        "auto, ebpf, routes, or dry-run (a simulation: plans and records, programs nothing, needs no privileges)";
+    DRY_RUN_RECORD = "dataplane.dry_run_record", "NETWARP_DATAPLANE_DRY_RUN_RECORD", "",
+        "dry-run only: JSON file the simulated dataplane rewrites with what it would program";
     BPF_PIN_DIR = "dataplane.bpf_pin_dir", "NETWARP_DATAPLANE_BPF_PIN_DIR", "/sys/fs/bpf/netwarp",
         "Where the eBPF dataplane pins its maps and links (on bpffs), so they outlive the daemon";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",

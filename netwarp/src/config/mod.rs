@@ -59,6 +59,9 @@ pub enum DataplaneMode {
     Auto,
     Ebpf,
     Routes,
+    /// A simulation: plans and records what it would program, touches no
+    /// kernel state and needs no privileges.
+    DryRun,
 }
 
 impl fmt::Display for DataplaneMode {
@@ -67,6 +70,7 @@ impl fmt::Display for DataplaneMode {
             Self::Auto => "auto",
             Self::Ebpf => "ebpf",
             Self::Routes => "routes",
+            Self::DryRun => "dry-run",
         })
     }
 }
@@ -91,6 +95,8 @@ pub struct Config {
     pub on_warp_down: OnWarpDown,
     pub caps: CapSettings,
     pub dataplane: DataplaneMode,
+    /// `dry-run`: where the simulated dataplane records what it would program.
+    pub dry_run_record: Option<PathBuf>,
     pub resync_interval: Duration,
     pub bpf_pin_dir: PathBuf,
     pub log_level: String,
@@ -161,11 +167,28 @@ impl Config {
             "auto" => DataplaneMode::Auto,
             "ebpf" => DataplaneMode::Ebpf,
             "routes" => DataplaneMode::Routes,
+            "dry-run" => DataplaneMode::DryRun,
             other => {
                 return Err(invalid(
                     &mode.1,
                     keys::DATAPLANE_MODE.name,
-                    format!("`{other}` is not one of auto, ebpf, routes"),
+                    format!("`{other}` is not one of auto, ebpf, routes, dry-run"),
+                ));
+            }
+        };
+        let record = value(&keys::DRY_RUN_RECORD)?;
+        let record_text = text(&keys::DRY_RUN_RECORD, record.clone())?;
+        let dry_run_record = match (record_text.is_empty(), dataplane) {
+            (true, _) => None,
+            (false, DataplaneMode::DryRun) => Some(PathBuf::from(record_text)),
+            (false, _) => {
+                return Err(invalid(
+                    &record.1,
+                    keys::DRY_RUN_RECORD.name,
+                    format!(
+                        "is only meaningful with {} = dry-run",
+                        keys::DATAPLANE_MODE.name
+                    ),
                 ));
             }
         };
@@ -287,6 +310,7 @@ impl Config {
             on_warp_down,
             caps,
             dataplane,
+            dry_run_record,
             resync_interval: Duration::from_secs(resync_secs),
             bpf_pin_dir: bpf_pin_dir.into(),
             log_level,

@@ -140,7 +140,7 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         ),
         (
             "[dataplane]\nmode = \"xdp\"",
-            "config file /etc/netwarp.toml: key `dataplane.mode`: `xdp` is not one of auto, ebpf, routes",
+            "config file /etc/netwarp.toml: key `dataplane.mode`: `xdp` is not one of auto, ebpf, routes, dry-run",
         ),
         (
             "[dataplane]\nresync_interval_secs = 0",
@@ -297,4 +297,25 @@ fn rate_limit_defaults_parse_from_the_file() {
     );
     assert_eq!(config.caps.default_burst, Some(256 << 10));
     assert_eq!(config.caps.burst_label, "x.burst");
+}
+
+#[test]
+fn dry_run_mode_and_its_record_file() {
+    let config = resolve(&[file(
+        "[dataplane]\nmode = \"dry-run\"\ndry_run_record = \"/tmp/record.json\"\n",
+    )])
+    .unwrap();
+    assert_eq!(config.dataplane, DataplaneMode::DryRun);
+    assert_eq!(config.dataplane.to_string(), "dry-run");
+    assert_eq!(
+        config.dry_run_record.as_deref(),
+        Some(Path::new("/tmp/record.json"))
+    );
+    let err = resolve(&[file(
+        "[dataplane]\nmode = \"routes\"\ndry_run_record = \"/tmp/record.json\"\n",
+    )])
+    .unwrap_err();
+    assert!(err.contains("dataplane.dry_run_record"), "{err}");
+    assert!(err.contains("only meaningful"), "{err}");
+    assert_eq!(resolve(&[]).unwrap().dry_run_record, None);
 }

@@ -1,5 +1,7 @@
-//! Dataplanes: how desired policy reaches the kernel.
+//! Dataplanes: how desired policy reaches the kernel (or, for dry-run, a
+//! simulation's record).
 pub mod caps;
+pub mod dry_run;
 pub mod ebpf;
 pub mod qdisc;
 pub mod routes;

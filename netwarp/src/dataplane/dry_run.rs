@@ -1,0 +1,270 @@
+//! The dry-run dataplane: a **simulation**. It takes each target's plan,
+//! remembers what it would program and reports whether that changed, but
+//! touches no kernel state and needs no privileges. It exists for scale
+//! tests of the controller (a simulated Docker API with thousands of
+//! containers), where neither network namespaces nor veths exist.
+//!
+//! With `dataplane.dry_run_record` set, the programmed set is written as
+//! JSON after every pass that changed it, so a harness can compare it with
+//! what its simulated world should yield.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::plan::{Action, Plan, TargetPlan, TargetState};
+
+/// The label every record carries, so nobody mistakes it for a real dataplane.
+pub const SIMULATION_NOTE: &str =
+    "dry-run dataplane: a simulation; nothing was programmed in any kernel";
+
+/// What the dry-run dataplane holds for one target: the parts of its plan
+/// that a real dataplane would program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunTarget {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub warp: String,
+    /// `steered`, `blocked` or `bypassed`.
+    pub state: String,
+    pub via_v4: Option<String>,
+    pub via_v6: Option<String>,
+    pub mac_on_network: Option<String>,
+    pub warp_pid: Option<u32>,
+    pub warp_mac: Option<String>,
+    /// Each entry as `RULE via ADDRESS` or `RULE block`, sorted.
+    pub entries: Vec<String>,
+}
+
+impl DryRunTarget {
+    pub fn from_plan(target: &TargetPlan) -> Self {
+        let (state, via_v4, via_v6) = match &target.state {
+            TargetState::Steered { via_v4, via_v6, .. } => (
+                "steered",
+                via_v4.map(|a| a.to_string()),
+                via_v6.map(|a| a.to_string()),
+            ),
+            TargetState::Blocked(_) => ("blocked", None, None),
+            TargetState::Bypassed(_) => ("bypassed", None, None),
+        };
+        Self {
+            name: target.name.clone(),
+            pid: target.pid,
+            warp: target.warp.clone(),
+            state: state.to_owned(),
+            via_v4,
+            via_v6,
+            mac_on_network: target.mac_on_network.clone(),
+            warp_pid: target.warp_pid,
+            warp_mac: target.warp_mac.clone(),
+            entries: target
+                .entries
+                .iter()
+                .map(|e| match e.action {
+                    Action::Via(address) => format!("{} via {address}", e.rule),
+                    Action::Block => format!("{} block", e.rule),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The file written to `dataplane.dry_run_record`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunRecord {
+    pub simulation: String,
+    /// Reconcile passes so far.
+    pub passes: u64,
+    /// By container id.
+    pub targets: BTreeMap<String, DryRunTarget>,
+}
+
+/// What a correct dry-run dataplane holds after reconciling `plan`.
+pub fn expected_targets(plan: &Plan) -> BTreeMap<String, DryRunTarget> {
+    plan.targets
+        .iter()
+        .map(|t| (t.id.clone(), DryRunTarget::from_plan(t)))
+        .collect()
+}
+
+/// Reads a record written by a dry-run daemon.
+pub fn read_record(path: &Path) -> io::Result<DryRunRecord> {
+    let text = std::fs::read(path)?;
+    serde_json::from_slice(&text).map_err(io::Error::other)
+}
+
+#[derive(Debug, Default)]
+pub struct DryRunDataplane {
+    record_path: Option<PathBuf>,
+    programmed: BTreeMap<String, DryRunTarget>,
+    passes: u64,
+    changed_this_pass: usize,
+    /// Something changed since the record was last written.
+    unwritten: bool,
+}
+
+impl DryRunDataplane {
+    pub fn new(record_path: Option<PathBuf>) -> Self {
+        Self {
+            record_path,
+            // The first pass always writes, even an empty set.
+            unwritten: true,
+            ..Self::default()
+        }
+    }
+
+    /// "Programs" one target. Returns whether anything changed.
+    pub fn program(&mut self, target: &TargetPlan) -> bool {
+        let desired = DryRunTarget::from_plan(target);
+        if self.programmed.get(&target.id) == Some(&desired) {
+            return false;
+        }
+        self.programmed.insert(target.id.clone(), desired);
+        self.changed_this_pass += 1;
+        self.unwritten = true;
+        true
+    }
+
+    /// Ends a pass: forgets targets not `seen` in it (they left) and writes
+    /// the record if anything changed.
+    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+        let before = self.programmed.len();
+        self.programmed.retain(|id, _| seen.contains(id));
+        let released = before - self.programmed.len();
+        if released > 0 {
+            self.unwritten = true;
+        }
+        self.passes += 1;
+        debug!(
+            target: "netwarp::dry_run",
+            pass = self.passes,
+            targets = self.programmed.len(),
+            changed = self.changed_this_pass,
+            released,
+            "dry-run pass (simulation; nothing programmed)"
+        );
+        self.changed_this_pass = 0;
+        if self.unwritten
+            && let Some(path) = &self.record_path
+        {
+            match self.write_record(path) {
+                Ok(()) => self.unwritten = false,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "dry-run: writing the record failed")
+                }
+            }
+        }
+    }
+
+    /// What is "programmed" now, by container id.
+    pub fn programmed(&self) -> &BTreeMap<String, DryRunTarget> {
+        &self.programmed
+    }
+
+    fn write_record(&self, path: &Path) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            simulation: &'a str,
+            passes: u64,
+            targets: &'a BTreeMap<String, DryRunTarget>,
+        }
+        let json = serde_json::to_vec(&Borrowed {
+            simulation: SIMULATION_NOTE,
+            passes: self.passes,
+            targets: &self.programmed,
+        })
+        .map_err(io::Error::other)?;
+        // Write then rename, so a reader never sees half a record.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::parse_rules,
+        plan::{BlockReason, Entry},
+    };
+
+    fn target(id: &str, state: TargetState, pid: u32) -> TargetPlan {
+        let action = match &state {
+            TargetState::Steered { via_v4, .. } => Action::Via(via_v4.unwrap().into()),
+            _ => Action::Block,
+        };
+        TargetPlan {
+            id: id.into(),
+            name: format!("name-{id}"),
+            pid: Some(pid),
+            warp: "warp-a".into(),
+            state,
+            entries: Entry::all(&parse_rules("203.0.113.0/24,tcp:443").unwrap(), action),
+            mac_on_network: Some("02:42:ac:11:00:02".into()),
+            warp_pid: None,
+            warp_mac: None,
+        }
+    }
+
+    fn steered() -> TargetState {
+        TargetState::Steered {
+            network: "n".into(),
+            via_v4: Some("172.17.0.9".parse().unwrap()),
+            via_v6: None,
+        }
+    }
+
+    #[test]
+    fn records_changes_and_forgets_departed_targets() {
+        let dir = std::env::temp_dir().join(format!("nw-dry-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("record.json");
+        let mut dry = DryRunDataplane::new(Some(path.clone()));
+        let a = target("a", steered(), 10);
+        let b = target(
+            "b",
+            TargetState::Blocked(BlockReason::WarpMissing { warp: "w".into() }),
+            11,
+        );
+        assert!(dry.program(&a));
+        assert!(dry.program(&b));
+        assert!(!dry.program(&a), "an unchanged plan is not reprogrammed");
+        dry.finish_pass(&["a".to_string(), "b".to_string()].into());
+        let record = read_record(&path).unwrap();
+        assert_eq!(record.simulation, SIMULATION_NOTE);
+        assert_eq!(record.passes, 1);
+        assert_eq!(record.targets["a"].state, "steered");
+        assert_eq!(record.targets["a"].via_v4.as_deref(), Some("172.17.0.9"));
+        assert_eq!(
+            record.targets["a"].entries,
+            ["203.0.113.0/24 tcp:443 via 172.17.0.9"]
+        );
+        assert_eq!(record.targets["b"].state, "blocked");
+        assert_eq!(
+            record.targets["b"].entries,
+            ["203.0.113.0/24 tcp:443 block"]
+        );
+
+        // A restart (new pid) is a change; b left.
+        assert!(dry.program(&target("a", steered(), 12)));
+        dry.finish_pass(&["a".to_string()].into());
+        let record = read_record(&path).unwrap();
+        assert_eq!(record.passes, 2);
+        assert_eq!(record.targets.len(), 1);
+        assert_eq!(record.targets["a"].pid, Some(12));
+        assert_eq!(
+            record.targets,
+            expected_targets(&Plan {
+                targets: vec![target("a", steered(), 12)],
+                caps: Vec::new(),
+            })
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
