@@ -27,6 +27,7 @@ use crate::{
     docker::{self, Backoff},
     plan::{PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
+    telemetry::Telemetry,
 };
 
 /// Why one target could not be programmed.
@@ -75,7 +76,9 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
         }
     };
     info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");
-    let mut reconciler = Reconciler::new(config.plan_settings(), dataplane);
+    let telemetry = Telemetry::start(&config, mode).await?;
+    let mut reconciler =
+        Reconciler::new(config.plan_settings(), dataplane).with_telemetry(telemetry);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -88,6 +91,7 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
         let exit = match connected {
             Ok(client) => {
                 backoff.reset();
+                reconciler.telemetry.docker_connected();
                 info!("connected to Docker; resyncing");
                 run_connected(&client, &config, &mut reconciler, &mut sigterm, &mut sigint).await
             }
@@ -96,6 +100,7 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
         match exit {
             LoopExit::Shutdown => return Ok(ExitCode::SUCCESS),
             LoopExit::ConnectionLost(reason) => {
+                reconciler.telemetry.docker_disconnected();
                 let delay = backoff.next_delay();
                 warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Docker connection lost; keeping the dataplane as it is and reconnecting");
                 tokio::select! {
@@ -162,10 +167,13 @@ async fn run_connected(
     // own time for latency measurements; it never carries state.
     let (dirty_tx, mut dirty_rx) = mpsc::channel::<(String, SystemTime)>(1024);
     let mut events = docker::events(client);
+    let metrics = reconciler.telemetry.metrics().clone();
     let reader = tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
+                    let kind = event.typ.map(|t| t.to_string()).unwrap_or_default();
+                    metrics.docker_event(&kind, event.action.as_deref().unwrap_or_default());
                     let id = event.actor.and_then(|a| a.id).unwrap_or_default();
                     debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
                     // Docker's own timestamp, so latency covers the whole path.
@@ -203,7 +211,12 @@ async fn run_connected(
         if reader.is_finished() {
             break LoopExit::ConnectionLost("the event stream ended".into());
         }
-        if let Err(e) = reconciler.reconcile(client, &mut pending).await {
+        let span = reconciler.telemetry.next_pass();
+        if let Err(e) = reconciler
+            .reconcile(client, &mut pending)
+            .instrument(span)
+            .await
+        {
             // Losing Docker mid-reconcile: reconnect and resync.
             break LoopExit::ConnectionLost(e.to_string());
         }
@@ -225,6 +238,8 @@ pub struct Reconciler {
     last_state: HashMap<String, TargetState>,
     /// eBPF: what was last written per target, to skip unchanged rewrites.
     last_ebpf: HashMap<String, EbpfTarget>,
+    /// Metrics, and the snapshot `netwarp status` and scrapes read.
+    telemetry: Telemetry,
 }
 
 /// What the eBPF dataplane holds for one target.
@@ -243,7 +258,12 @@ impl Reconciler {
             dataplane,
             last_state: HashMap::new(),
             last_ebpf: HashMap::new(),
+            telemetry: Telemetry::disabled(),
         }
+    }
+
+    pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
+        Self { telemetry, ..self }
     }
 
     /// One full pass. Per-target failures are logged and retried on the
@@ -257,6 +277,7 @@ impl Reconciler {
         let world = docker::snapshot(client).await?;
         let plan = plan(&world, &self.settings);
         let mut seen = HashSet::new();
+        let mut failures = HashMap::new();
         for target in &plan.targets {
             seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short(&target.id));
@@ -279,6 +300,8 @@ impl Reconciler {
                         let latency = SystemTime::now()
                             .duration_since(event_at)
                             .unwrap_or_default();
+                        let metrics = self.telemetry.metrics();
+                        metrics.event_latency.observe(latency.as_secs_f64());
                         info!(
                             changed,
                             latency_ms = latency.as_secs_f64() * 1e3,
@@ -290,6 +313,8 @@ impl Reconciler {
                 }
                 Err(e) => {
                     let _enter = span.enter();
+                    self.telemetry.metrics().target_failures.inc();
+                    failures.insert(target.id.clone(), e.to_string());
                     warn!(error = %e, "programming the target failed; will retry on the next reconcile");
                 }
             }
@@ -309,6 +334,14 @@ impl Reconciler {
             release_interfaces(ebpf, &departed, &live);
         }
         pending.clear();
+        let interfaces = self
+            .last_ebpf
+            .iter()
+            .map(|(id, t)| (id.clone(), (t.host_ifindex, t.warp_ifindex)))
+            .collect();
+        let settings = &self.settings;
+        let elapsed = started.elapsed();
+        (self.telemetry).publish(&world, settings, &plan, &interfaces, &failures, elapsed);
         debug!(
             targets = plan.targets.len(),
             containers = world.containers.len(),

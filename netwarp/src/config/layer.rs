@@ -157,7 +157,7 @@ pub struct Layer {
 }
 
 /// Sections of the TOML file; their keys become `section.key`.
-const SECTIONS: &[&str] = &["docker", "logging", "dataplane", "metrics"];
+const SECTIONS: &[&str] = &["docker", "logging", "dataplane", "metrics", "control"];
 
 impl Layer {
     pub fn get(&self, key: &str) -> Option<&(Value, Origin)> {
