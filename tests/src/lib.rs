@@ -7,6 +7,7 @@ pub mod command;
 pub mod daemon;
 pub mod docker;
 pub mod netns;
+pub mod observe;
 pub mod seccomp;
 pub mod skip;
 pub mod steering;
