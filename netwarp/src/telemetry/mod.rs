@@ -52,6 +52,8 @@ pub enum WarpState {
     Up,
     /// Docker reports it unhealthy.
     Unhealthy,
+    /// Exists but does not run (seen while it stops).
+    NotRunning,
     /// Named by a target, but no running container has that name.
     Missing,
     /// Named by a target, but its name does not match the warp pattern.
@@ -63,6 +65,7 @@ impl WarpState {
         match self {
             Self::Up => "up",
             Self::Unhealthy => "unhealthy",
+            Self::NotRunning => "not-running",
             Self::Missing => "missing",
             Self::NotAWarp => "not-a-warp",
         }
@@ -265,7 +268,7 @@ pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<Wa
         }
         let state = match (matches, container.running, container.health) {
             (false, _, _) => WarpState::NotAWarp,
-            (true, false, _) => WarpState::Missing,
+            (true, false, _) => WarpState::NotRunning,
             (true, true, Health::Unhealthy) => WarpState::Unhealthy,
             (true, true, _) => WarpState::Up,
         };

@@ -50,7 +50,7 @@ pub struct WarpStatus {
     pub name: String,
     pub id: Option<String>,
     pub up: bool,
-    /// up, unhealthy, missing or not-a-warp.
+    /// up, unhealthy, not-running, missing or not-a-warp.
     pub state: String,
     pub targets: usize,
 }
