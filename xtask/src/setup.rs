@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-prometheus-client",
     // `systemd-analyze verify` for the unit file test (nothing is started).
     "systemd",
+    // Validates examples/compose.yaml.
+    "docker-compose",
 ];
 /// The local test image; bump the version when its contents change.
 pub const TEST_IMAGE: &str = "netwarp-test:latest";
