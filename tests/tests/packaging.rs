@@ -146,3 +146,41 @@ fn missing_compose() -> Option<String> {
         _ => Some("needs docker-compose (Debian package; run `cargo xtask setup`)".into()),
     }
 }
+
+/// The Grafana dashboard and the alert rules use only metrics the README
+/// documents (and the metrics tests check the endpoint exports).
+#[test]
+fn dashboards_and_alerts_use_documented_metrics() {
+    let readme = std::fs::read_to_string(repository().join("README.md")).expect("README.md");
+    let documented = |name: &str| {
+        // The README table writes `_packets_total` siblings as suffixes.
+        readme.contains(&format!("`{name}`"))
+            || ["_bytes_total", "_packets_total"].iter().any(|s| {
+                name.strip_suffix(s).is_some_and(|stem| {
+                    readme.contains(&format!("`{stem}_bytes_total`, `_packets_total`"))
+                })
+            })
+            || ["_bucket", "_count", "_sum"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .is_some_and(|b| readme.contains(&format!("`{b}`")))
+            })
+    };
+    let dashboard =
+        std::fs::read_to_string(repository().join("examples/grafana/netwarp-dashboard.json"))
+            .expect("dashboard");
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let alerts =
+        std::fs::read_to_string(repository().join("examples/netwarp-alerts.yml")).expect("alerts");
+    let mut checked = 0;
+    for text in [&dashboard, &alerts] {
+        for (start, _) in text.match_indices("netwarp_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(documented(&name), "{name} is not a documented metric");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} metric references found");
+}

@@ -336,6 +336,56 @@ mod tests {
     }
 
     #[test]
+    fn only_connections_after_the_first_are_reconnects() {
+        let mut telemetry = Telemetry::disabled();
+        telemetry.docker_connected();
+        assert_eq!(telemetry.metrics().docker_reconnects.get(), 0);
+        assert_eq!(telemetry.metrics().docker_connected.get(), 1);
+        telemetry.docker_disconnected();
+        assert_eq!(telemetry.metrics().docker_connected.get(), 0);
+        telemetry.docker_connected();
+        telemetry.docker_disconnected();
+        telemetry.docker_connected();
+        assert_eq!(telemetry.metrics().docker_reconnects.get(), 2);
+    }
+
+    #[test]
+    fn a_pass_publishes_what_readers_see() {
+        let mut telemetry = Telemetry::disabled();
+        let reader = telemetry.published.subscribe();
+        let world = World {
+            containers: vec![
+                container("warp-a", Health::None, &[]),
+                container("app1", Health::None, &[("t", "warp-a")]),
+            ],
+        };
+        let plan = crate::plan::plan(&world, &settings());
+        let _span = telemetry.next_pass();
+        let app = plan.targets[0].id.clone();
+        telemetry.publish(
+            &world,
+            &settings(),
+            &plan,
+            &HashMap::from([(app.clone(), (7, 0))]),
+            &HashMap::from([(app, "boom".to_owned())]),
+            Duration::from_millis(3),
+        );
+        let seen = reader.borrow().clone();
+        assert_eq!(seen.pass, 1);
+        assert_eq!(seen.duration, Some(Duration::from_millis(3)));
+        assert_eq!(seen.targets.len(), 1);
+        assert_eq!(seen.targets[0].host_ifindex, Some(7));
+        assert_eq!(seen.targets[0].warp_ifindex, None, "0 means no warp veth");
+        assert_eq!(seen.targets[0].error.as_deref(), Some("boom"));
+        assert_eq!(seen.warps.len(), 1);
+        let text = metrics::render(telemetry.metrics(), seen, HashMap::new()).unwrap();
+        assert!(
+            text.contains("netwarp_reconcile_duration_seconds_count 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn warps_are_pattern_matches_and_named_ones() {
         let world = World {
             containers: vec![
