@@ -150,15 +150,26 @@ fn status_matches_the_programmed_state(mode: &str) {
     let warp_name = labels.warp_name("gw");
     let warp = start_warp(&warp_name, &network, &[]);
     let wide = start_target("nwt", &network, &[labels.target_label(&warp_name)]);
+    // Cap labels private to this test, so no other daemon plans them.
+    let cap_label = |kind: &str| format!("{}.{kind}", labels.target);
     let narrow = start_target(
         "nwn",
         &network,
         &[
             labels.target_label(&warp_name),
             labels.rules_label("203.0.113.0/24,tcp:8080"),
+            format!("{}=10mbit", cap_label("egress")),
+            format!("{}=64kb", cap_label("burst")),
         ],
     );
-    let mut daemon = Daemon::start(&labels, mode, GLOBAL_RULES).expect("daemon");
+    let config = format!(
+        "{GLOBAL_RULES}[rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
+         burst_label = \"{}\"\n",
+        cap_label("egress"),
+        cap_label("ingress"),
+        cap_label("burst")
+    );
+    let mut daemon = Daemon::start(&labels, mode, &config).expect("daemon");
     for target in [&wide, &narrow] {
         assert!(
             eventually(CONVERGE, || reaches(target, 8080)),
@@ -201,14 +212,20 @@ fn status_matches_the_programmed_state(mode: &str) {
             "targets": 2,
         }])
     );
-    for (target, rules) in [
+    let no_caps = json!({"egress_bits_per_second": null, "ingress_bits_per_second": null,
+        "burst_bytes": null, "egress_burst_bytes": null, "ingress_burst_bytes": null});
+    let narrow_caps = json!({"egress_bits_per_second": 10_000_000, "ingress_bits_per_second": null,
+        "burst_bytes": 65536, "egress_burst_bytes": 65536, "ingress_burst_bytes": null});
+    for (target, rules, caps) in [
         (
             &wide,
             json!([{"rule": "203.0.113.0/24", "action": format!("via {warp_ip}")}]),
+            &no_caps,
         ),
         (
             &narrow,
             json!([{"rule": "203.0.113.0/24 tcp:8080", "action": format!("via {warp_ip}")}]),
+            &narrow_caps,
         ),
     ] {
         let reported = status_target(&status, target.name())
@@ -221,10 +238,9 @@ fn status_matches_the_programmed_state(mode: &str) {
         assert_eq!(reported["next_hop_v4"], json!(warp_ip));
         assert_eq!(reported["next_hop_v6"], Value::Null);
         assert_eq!(reported["rules"], rules, "{mode}: {}", target.name());
-        assert_eq!(
-            reported["caps"],
-            json!({"egress_bits_per_second": null, "ingress_bits_per_second": null, "burst_bytes": null})
-        );
+        // The caps as planned from the labels (enforcement is the
+        // dataplane's and is tested with it).
+        assert_eq!(&reported["caps"], caps, "{mode}: {}", target.name());
         assert_eq!(reported["error"], Value::Null);
         let counters = &reported["counters"];
         assert!(counters["rx"]["bytes"].as_u64() > Some(0), "{counters}");
@@ -256,6 +272,7 @@ fn status_matches_the_programmed_state(mode: &str) {
         "steered".to_owned(),
         warp_ip.clone(),
         "rule 203.0.113.0/24 tcp:8080 -> via".to_owned(),
+        "caps: egress 10.0 Mbit/s, burst 64.0 KiB".to_owned(),
     ] {
         assert!(
             table.contains(&needle),

@@ -356,6 +356,8 @@ mod tests {
                         egress_bits_per_second: Some(10_000_000),
                         ingress_bits_per_second: None,
                         burst_bytes: Some(65536),
+                        egress_burst_bytes: Some(65536),
+                        ingress_burst_bytes: None,
                     },
                     error: None,
                     host_ifindex: Some(17),

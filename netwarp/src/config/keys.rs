@@ -54,6 +54,18 @@ keys! {
         "Where the eBPF dataplane pins its maps and links (on bpffs), so they outlive the daemon";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         "Seconds between full resyncs, the safety net behind events";
+    RATE_EGRESS_LABEL = "rate_limits.egress_label", "NETWARP_RATE_LIMITS_EGRESS_LABEL", "netwarp.egress-rate",
+        "Label capping what a container sends, e.g. 20mbit, 500kbit, 1gbit or 10mbps (bytes)";
+    RATE_INGRESS_LABEL = "rate_limits.ingress_label", "NETWARP_RATE_LIMITS_INGRESS_LABEL", "netwarp.ingress-rate",
+        "Label capping what a container receives";
+    RATE_BURST_LABEL = "rate_limits.burst_label", "NETWARP_RATE_LIMITS_BURST_LABEL", "netwarp.burst",
+        "Label setting the burst of a container's caps, e.g. 64kb or 1mb";
+    RATE_DEFAULT_EGRESS = "rate_limits.default_egress", "NETWARP_RATE_LIMITS_DEFAULT_EGRESS", "",
+        "Egress cap for targets without the egress label; empty for none";
+    RATE_DEFAULT_INGRESS = "rate_limits.default_ingress", "NETWARP_RATE_LIMITS_DEFAULT_INGRESS", "",
+        "Ingress cap for targets without the ingress label; empty for none";
+    RATE_DEFAULT_BURST = "rate_limits.default_burst", "NETWARP_RATE_LIMITS_DEFAULT_BURST", "",
+        "Burst for targets without the burst label; empty for 20 ms at the rate, at least 128kb";
     LOG_LEVEL = "logging.level", "NETWARP_LOGGING_LEVEL", "info",
         "error, warn, info, debug or trace";
     LOG_FORMAT = "logging.format", "NETWARP_LOGGING_FORMAT", "text",

@@ -10,8 +10,8 @@ pub use keys::{KEYS, KeySpec};
 pub use layer::{Layer, Origin};
 
 use crate::{
-    model::Rule,
-    plan::{OnWarpDown, PlanSettings},
+    model::{Rate, RateError, Rule, parse_rate, parse_size},
+    plan::{CapSettings, OnWarpDown, PlanSettings},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,7 @@ pub struct Config {
     pub rules_label: String,
     pub routing_rules: Vec<Rule>,
     pub on_warp_down: OnWarpDown,
+    pub caps: CapSettings,
     pub dataplane: DataplaneMode,
     pub resync_interval: Duration,
     pub bpf_pin_dir: PathBuf,
@@ -243,6 +244,31 @@ impl Config {
         let target_label = label(&keys::TARGET_LABEL)?;
         let network_label = label(&keys::NETWORK_LABEL)?;
         let rules_label = label(&keys::RULES_LABEL)?;
+        let egress_label = label(&keys::RATE_EGRESS_LABEL)?;
+        let ingress_label = label(&keys::RATE_INGRESS_LABEL)?;
+        let burst_label = label(&keys::RATE_BURST_LABEL)?;
+        let mut optional = |spec: &'static KeySpec, parse: fn(&str) -> Result<u64, RateError>| {
+            let v = value(spec)?;
+            let s = text(spec, v.clone())?;
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            parse(&s)
+                .map(Some)
+                .map_err(|e| invalid(&v.1, spec.name, e.to_string()))
+        };
+        let rate_bits = |s: &str| parse_rate(s).map(Rate::bits_per_second);
+        let default_egress = optional(&keys::RATE_DEFAULT_EGRESS, rate_bits)?;
+        let default_ingress = optional(&keys::RATE_DEFAULT_INGRESS, rate_bits)?;
+        let default_burst = optional(&keys::RATE_DEFAULT_BURST, parse_size)?;
+        let caps = CapSettings {
+            egress_label,
+            ingress_label,
+            burst_label,
+            default_egress: default_egress.map(Rate::from_bits_per_second),
+            default_ingress: default_ingress.map(Rate::from_bits_per_second),
+            default_burst,
+        };
 
         Ok(Self {
             docker,
@@ -253,6 +279,7 @@ impl Config {
             rules_label,
             routing_rules,
             on_warp_down,
+            caps,
             dataplane,
             resync_interval: Duration::from_secs(resync_secs),
             bpf_pin_dir: bpf_pin_dir.into(),
@@ -273,6 +300,7 @@ impl Config {
             rules_label: self.rules_label.clone(),
             global_rules: self.routing_rules.clone(),
             on_warp_down: self.on_warp_down,
+            caps: self.caps.clone(),
         }
     }
 }

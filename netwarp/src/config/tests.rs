@@ -30,6 +30,7 @@ fn defaults_are_documented_values() {
         std::path::Path::new("/run/netwarp/netwarp.sock")
     );
     assert!(config.routing_rules.is_empty());
+    assert_eq!(config.caps, CapSettings::default());
     assert!(
         config
             .effective
@@ -222,6 +223,22 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
             "config file /etc/netwarp.toml: key `routing_rules`: expected [[routing_rules]] tables, found string",
         ),
         (
+            "[rate_limits]\ndefault_egress = \"fast\"",
+            "config file /etc/netwarp.toml: key `rate_limits.default_egress`: `fast` is not a rate (expected e.g. 500kbit, 20mbit, 1gbit or 10mbps)",
+        ),
+        (
+            "[rate_limits]\ndefault_ingress = \"100\"",
+            "config file /etc/netwarp.toml: key `rate_limits.default_ingress`: `100` has no unit; write e.g. 100mbit (bits) or 100mbps (bytes)",
+        ),
+        (
+            "[rate_limits]\ndefault_burst = \"1kbit\"",
+            "config file /etc/netwarp.toml: key `rate_limits.default_burst`: `1kbit` is not a size (expected e.g. 32kb, 1mb or 20000 bytes)",
+        ),
+        (
+            "[rate_limits]\negress_label = \" \"",
+            "config file /etc/netwarp.toml: key `rate_limits.egress_label`: must not be empty",
+        ),
+        (
             "warp_pattern = \"x\"",
             "config file /etc/netwarp.toml: unknown key `warp_pattern`; run `netwarp check-config --keys` to list the keys",
         ),
@@ -262,4 +279,22 @@ fn a_missing_file_says_how_to_fix_it() {
             .contains("pass an existing file with --config"),
         "{err}"
     );
+}
+
+#[test]
+fn rate_limit_defaults_parse_from_the_file() {
+    let config = resolve(&[file(
+        "[rate_limits]\ndefault_egress = \"20mbit\"\ndefault_ingress = \"1gbit\"\ndefault_burst = \"256kb\"\nburst_label = \"x.burst\"",
+    )])
+    .unwrap();
+    assert_eq!(
+        config.caps.default_egress.map(|r| r.bits_per_second()),
+        Some(20_000_000)
+    );
+    assert_eq!(
+        config.caps.default_ingress.map(|r| r.bits_per_second()),
+        Some(1_000_000_000)
+    );
+    assert_eq!(config.caps.default_burst, Some(256 << 10));
+    assert_eq!(config.caps.burst_label, "x.burst");
 }

@@ -1,4 +1,5 @@
 //! Domain types: what netwarp knows about containers, independent of Docker's API.
+mod rate;
 mod rule;
 
 use std::{
@@ -6,6 +7,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
+pub use rate::{Cap, Caps, Rate, RateError, default_burst, parse_rate, parse_size};
 pub use rule::{Cidr, PortRange, Protocol, Rule, RuleError, parse_rules};
 
 /// Docker's health status for a container with a healthcheck.

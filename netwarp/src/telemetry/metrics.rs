@@ -372,6 +372,7 @@ mod tests {
             host_ifindex: Some(7),
             warp_ifindex: None,
             error: None,
+            caps: Default::default(),
         }
     }
 

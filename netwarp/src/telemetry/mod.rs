@@ -82,6 +82,8 @@ pub struct TargetView {
     pub warp_ifindex: Option<u32>,
     /// The error of this pass, if programming failed.
     pub error: Option<String>,
+    /// The bandwidth caps planned for it.
+    pub caps: crate::model::Caps,
 }
 
 /// The state the controller publishes after each pass.
@@ -215,6 +217,8 @@ impl Telemetry {
         self.metrics
             .reconcile_duration
             .observe(duration.as_secs_f64());
+        let caps: HashMap<&str, crate::model::Caps> =
+            plan.caps.iter().map(|c| (c.id.as_str(), c.caps)).collect();
         let published = Published {
             pass: self.pass,
             finished_at: Some(SystemTime::now()),
@@ -230,6 +234,7 @@ impl Telemetry {
                         host_ifindex: interface.map(|i| i.0),
                         warp_ifindex: interface.map(|i| i.1).filter(|i| *i != 0),
                         error: failures.get(&plan.id).cloned(),
+                        caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -307,7 +312,10 @@ pub fn short_id(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::Container, plan::OnWarpDown};
+    use crate::{
+        model::Container,
+        plan::{CapSettings, OnWarpDown},
+    };
 
     fn settings() -> PlanSettings {
         PlanSettings {
@@ -317,6 +325,7 @@ mod tests {
             rules_label: "r".into(),
             global_rules: Vec::new(),
             on_warp_down: OnWarpDown::Block,
+            caps: CapSettings::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{DaemonInfo, Published, TargetView, counters::Counters, short_id};
-use crate::plan::{Action, TargetPlan, TargetState};
+use crate::plan::{Action, TargetState};
 
 /// Bumped when a field changes meaning or disappears; new fields may
 /// appear without a bump.
@@ -87,19 +87,30 @@ pub struct RuleStatus {
     pub action: String,
 }
 
-/// Bandwidth caps; null fields are "no cap".
+/// Bandwidth caps as planned; null fields are "no cap". Egress is what the
+/// container sends, ingress what it receives.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caps {
     pub egress_bits_per_second: Option<u64>,
     pub ingress_bits_per_second: Option<u64>,
+    /// The egress cap's burst, else the ingress cap's (`netwarp.burst`
+    /// sets both; without it each defaults from its own rate).
     pub burst_bytes: Option<u64>,
+    pub egress_burst_bytes: Option<u64>,
+    pub ingress_burst_bytes: Option<u64>,
 }
 
-/// A target's bandwidth caps as the status shows them. Rate limits are not
-/// part of the plan yet, so every field is null; this is the one place to
-/// fill in from `TargetPlan` when they are.
-pub fn caps(_target: &TargetPlan) -> Caps {
-    Caps::default()
+/// A target's planned bandwidth caps as the status shows them.
+pub fn caps(planned: &crate::model::Caps) -> Caps {
+    let egress = planned.egress;
+    let ingress = planned.ingress;
+    Caps {
+        egress_bits_per_second: egress.map(|c| c.rate.bits_per_second()),
+        ingress_bits_per_second: ingress.map(|c| c.rate.bits_per_second()),
+        burst_bytes: egress.or(ingress).map(|c| c.burst_bytes),
+        egress_burst_bytes: egress.map(|c| c.burst_bytes),
+        ingress_burst_bytes: ingress.map(|c| c.burst_bytes),
+    }
 }
 
 /// The status document for `published`, with this request's counters.
@@ -186,7 +197,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
                 },
             })
             .collect(),
-        caps: caps(plan),
+        caps: caps(&view.caps),
         error: view.error.clone(),
         host_ifindex: view.host_ifindex,
         host_interface: view
@@ -201,8 +212,8 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
 mod tests {
     use super::*;
     use crate::{
-        model::parse_rules,
-        plan::{BlockReason, Entry},
+        model::{Cap, parse_rate, parse_rules},
+        plan::{BlockReason, Entry, TargetPlan},
     };
 
     #[test]
@@ -228,6 +239,7 @@ mod tests {
             host_ifindex: None,
             warp_ifindex: None,
             error: Some("boom".into()),
+            caps: crate::model::Caps::default(),
         };
         let status = target_status(&view, None);
         assert_eq!(status.id, "0123456789ab");
@@ -244,7 +256,25 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(
             json["caps"],
-            serde_json::json!({"egress_bits_per_second": null, "ingress_bits_per_second": null, "burst_bytes": null})
+            serde_json::json!({"egress_bits_per_second": null, "ingress_bits_per_second": null,
+                "burst_bytes": null, "egress_burst_bytes": null, "ingress_burst_bytes": null})
+        );
+        let capped = TargetView {
+            caps: crate::model::Caps {
+                egress: Some(Cap::new(parse_rate("10mbit").unwrap(), Some(32_000))),
+                ingress: None,
+            },
+            ..view.clone()
+        };
+        assert_eq!(
+            target_status(&capped, None).caps,
+            Caps {
+                egress_bits_per_second: Some(10_000_000),
+                ingress_bits_per_second: None,
+                burst_bytes: Some(32_000),
+                egress_burst_bytes: Some(32_000),
+                ingress_burst_bytes: None,
+            }
         );
 
         let blocked = TargetView {

@@ -7,6 +7,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+mod caps;
+
+pub use caps::{CapPlan, CapSettings};
+
 use crate::{
     glob,
     model::{Container, Health, Rule, RuleError, World, parse_rules},
@@ -31,6 +35,7 @@ pub struct PlanSettings {
     pub rules_label: String,
     pub global_rules: Vec<Rule>,
     pub on_warp_down: OnWarpDown,
+    pub caps: CapSettings,
 }
 
 /// Why a target is not steered.
@@ -184,6 +189,8 @@ pub struct TargetPlan {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Plan {
     pub targets: Vec<TargetPlan>,
+    /// Every running container with a cap, sorted by container id.
+    pub caps: Vec<CapPlan>,
 }
 
 /// Computes every running target's desired policy.
@@ -198,7 +205,10 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
         })
         .collect();
     targets.sort_by(|a, b| a.id.cmp(&b.id));
-    Plan { targets }
+    Plan {
+        targets,
+        caps: caps::plan_caps(world, settings),
+    }
 }
 
 fn plan_target(
@@ -396,6 +406,7 @@ mod tests {
             rules_label: "netwarp.rules".into(),
             global_rules: parse_rules(rules).unwrap(),
             on_warp_down: OnWarpDown::Block,
+            caps: CapSettings::default(),
         }
     }
 
