@@ -10,3 +10,4 @@ pub mod plan;
 pub mod privileges;
 pub mod probe;
 pub mod reconcile;
+pub mod telemetry;

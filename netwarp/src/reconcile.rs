@@ -37,6 +37,7 @@ use crate::{
     model::{Caps, World},
     plan::{CapEnforcement, CapPlan, PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
+    telemetry::Telemetry,
 };
 
 /// Why one target could not be programmed.
@@ -100,7 +101,9 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
         }
     };
     info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");
-    let mut reconciler = Reconciler::new(config.plan_settings(), dataplane);
+    let telemetry = Telemetry::start(&config, mode).await?;
+    let mut reconciler =
+        Reconciler::new(config.plan_settings(), dataplane).with_telemetry(telemetry);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -113,6 +116,7 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
         let exit = match connected {
             Ok(client) => {
                 backoff.reset();
+                reconciler.telemetry.docker_connected();
                 info!("connected to Docker; resyncing");
                 run_connected(&client, &config, &mut reconciler, &mut sigterm, &mut sigint).await
             }
@@ -121,6 +125,7 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
         match exit {
             LoopExit::Shutdown => return Ok(ExitCode::SUCCESS),
             LoopExit::ConnectionLost(reason) => {
+                reconciler.telemetry.docker_disconnected();
                 let delay = backoff.next_delay();
                 warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Docker connection lost; keeping the dataplane as it is and reconnecting");
                 tokio::select! {
@@ -192,10 +197,13 @@ async fn run_connected(
     let overflowed_reader = Arc::clone(&overflowed);
     reconciler.reconnected();
     let mut events = docker::events(client);
+    let metrics = reconciler.telemetry.metrics().clone();
     let reader = tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
+                    let kind = event.typ.map(|t| t.to_string()).unwrap_or_default();
+                    metrics.docker_event(&kind, event.action.as_deref().unwrap_or_default());
                     // A network event's actor is the network; the container
                     // it concerns is an attribute.
                     let id = event
@@ -247,7 +255,12 @@ async fn run_connected(
         if overflowed.swap(false, Ordering::Relaxed) {
             reconciler.resync_all();
         }
-        if let Err(e) = reconciler.reconcile(client, &mut pending).await {
+        let span = reconciler.telemetry.next_pass();
+        if let Err(e) = reconciler
+            .reconcile(client, &mut pending)
+            .instrument(span)
+            .await
+        {
             // Losing Docker mid-reconcile: reconnect and resync.
             break LoopExit::ConnectionLost(e.to_string());
         }
@@ -280,6 +293,8 @@ pub struct Reconciler {
     inventory: Inventory,
     /// No pass has completed since the last (re)connect.
     initial_pass: bool,
+    /// Metrics, and the snapshot `netwarp status` and scrapes read.
+    telemetry: Telemetry,
 }
 
 /// What the eBPF dataplane holds for one target.
@@ -303,7 +318,12 @@ impl Reconciler {
             last_cap_problems: HashMap::new(),
             host_netlink: None,
             initial_pass: true,
+            telemetry: Telemetry::disabled(),
         }
+    }
+
+    pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
+        Self { telemetry, ..self }
     }
 
     /// The next pass re-inspects every target and warp (the periodic
@@ -330,6 +350,7 @@ impl Reconciler {
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let plan = plan(&world, &self.settings);
         let mut seen = HashSet::new();
+        let mut failures = HashMap::new();
         for target in &plan.targets {
             seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short(&target.id));
@@ -353,6 +374,8 @@ impl Reconciler {
                         let latency = SystemTime::now()
                             .duration_since(event_at)
                             .unwrap_or_default();
+                        let metrics = self.telemetry.metrics();
+                        metrics.event_latency.observe(latency.as_secs_f64());
                         info!(
                             changed,
                             latency_ms = latency.as_secs_f64() * 1e3,
@@ -364,6 +387,8 @@ impl Reconciler {
                 }
                 Err(e) => {
                     let _enter = span.enter();
+                    self.telemetry.metrics().target_failures.inc();
+                    failures.insert(target.id.clone(), e.to_string());
                     warn!(error = %e, "programming the target failed; will retry on the next reconcile");
                 }
             }
@@ -393,6 +418,14 @@ impl Reconciler {
             dry.finish_pass(&seen);
         }
         pending.clear();
+        let interfaces = self
+            .last_ebpf
+            .iter()
+            .map(|(id, t)| (id.clone(), (t.host_ifindex, t.warp_ifindex)))
+            .collect();
+        let settings = &self.settings;
+        let elapsed = started.elapsed();
+        (self.telemetry).publish(&world, settings, &plan, &interfaces, &failures, elapsed);
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         if std::mem::take(&mut self.initial_pass) {
             info!(

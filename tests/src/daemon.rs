@@ -69,6 +69,8 @@ pub struct Daemon {
     /// The eBPF pin directory, private to this daemon.
     pin_dir: PathBuf,
     config: PathBuf,
+    /// The daemon's private control socket (`netwarp status`).
+    socket: PathBuf,
     log: PathBuf,
     extra_args: Vec<String>,
     /// Run under a seccomp filter that denies bpf(2).
@@ -105,6 +107,7 @@ impl Daemon {
         fs::create_dir_all(&dir)?;
         let config = dir.join("netwarp.toml");
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(dir.file_name().expect("named"));
+        let socket = dir.join("netwarp.sock");
         fs::write(
             &config,
             format!(
@@ -114,6 +117,8 @@ impl Daemon {
                  bpf_pin_dir = \"{}\"\n\
                  [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
                  burst_label = \"{}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:0\"\n\
+                 [control]\nsocket = \"{}\"\n\
                  [logging]\nlevel = \"debug\"\n{rules_toml}",
                 labels.warp_prefix,
                 labels.target,
@@ -122,13 +127,15 @@ impl Daemon {
                 pin_dir.display(),
                 labels.egress_rate,
                 labels.ingress_rate,
-                labels.burst
+                labels.burst,
+                socket.display()
             ),
         )?;
         let mut daemon = Self {
             child: None,
             pin_dir,
             config,
+            socket,
             log: dir.join("netwarp.log"),
             extra_args: Vec::new(),
             deny_bpf,
@@ -218,6 +225,34 @@ impl Daemon {
     /// The daemon's private eBPF pin directory.
     pub fn pin_dir(&self) -> &std::path::Path {
         &self.pin_dir
+    }
+
+    /// The daemon's control socket.
+    pub fn control_socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// The metrics address the daemon bound (it listens on port 0 and logs
+    /// the port it got), waiting for it for at most `timeout`. After a
+    /// restart, the latest one.
+    pub fn metrics_address(&self, timeout: Duration) -> anyhow::Result<std::net::SocketAddr> {
+        const KEY: &str = "listen=";
+        let mut found = None;
+        eventually(timeout, || {
+            found = self
+                .log()
+                .lines()
+                .filter(|l| l.contains("metrics endpoint listening"))
+                .filter_map(|l| l.split(KEY).nth(1)?.split_whitespace().next()?.parse().ok())
+                .next_back();
+            found.is_some()
+        });
+        found.with_context(|| {
+            format!(
+                "the daemon never logged its metrics address; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// The config file the daemon reads, for running other subcommands.

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod fake_docker;
 pub mod iperf;
 pub mod netns;
+pub mod observe;
 pub mod scale;
 pub mod seccomp;
 pub mod skip;

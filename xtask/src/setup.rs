@@ -16,7 +16,18 @@ use anyhow::{Context as _, bail};
 use crate::command::{capture, run_inherit, succeeds, workspace_root};
 
 /// Debian packages the tests use as tools.
-const APT_PACKAGES: &[&str] = &["docker.io", "busybox-static", "iproute2", "iperf3"];
+const APT_PACKAGES: &[&str] = &[
+    "docker.io",
+    "busybox-static",
+    "iproute2",
+    "iperf3",
+    // The reference OpenMetrics parser the metrics tests check the endpoint with.
+    "python3-prometheus-client",
+    // `systemd-analyze verify` for the unit file test (nothing is started).
+    "systemd",
+    // Validates examples/compose.yaml.
+    "docker-compose",
+];
 /// The local test image; bump the version when its contents change.
 pub const TEST_IMAGE: &str = "netwarp-test:latest";
 const TEST_IMAGE_VERSION: &str = "1";

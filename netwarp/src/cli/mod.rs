@@ -72,6 +72,9 @@ pub struct ConfigArgs {
     /// Prometheus endpoint address (metrics.listen).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Unix socket the daemon answers `netwarp status` on (control.socket).
+    #[arg(long)]
+    control_socket: Option<String>,
     /// Seconds between full resyncs (dataplane.resync_interval_secs).
     #[arg(long)]
     resync_interval_secs: Option<u64>,
@@ -107,6 +110,11 @@ impl ConfigArgs {
                 "metrics.listen",
                 "--metrics-listen",
                 self.metrics_listen.clone(),
+            ),
+            (
+                "control.socket",
+                "--control-socket",
+                self.control_socket.clone(),
             ),
             (
                 "dataplane.resync_interval_secs",

@@ -75,5 +75,7 @@ keys! {
     LOG_FORMAT = "logging.format", "NETWARP_LOGGING_FORMAT", "text",
         "text or json";
     METRICS_LISTEN = "metrics.listen", "NETWARP_METRICS_LISTEN", "127.0.0.1:9477",
-        "Address of the Prometheus endpoint";
+        "Address (host:port) of the Prometheus endpoint, or off to disable it; port 0 picks a free port and logs it";
+    CONTROL_SOCKET = "control.socket", "NETWARP_CONTROL_SOCKET", "/run/netwarp/netwarp.sock",
+        "Unix socket (mode 0600) on which the daemon answers `netwarp status`";
 }

@@ -157,7 +157,14 @@ pub struct Layer {
 }
 
 /// Sections of the TOML file; their keys become `section.key`.
-const SECTIONS: &[&str] = &["docker", "logging", "dataplane", "metrics", "rate_limits"];
+const SECTIONS: &[&str] = &[
+    "docker",
+    "logging",
+    "dataplane",
+    "metrics",
+    "rate_limits",
+    "control",
+];
 
 impl Layer {
     pub fn get(&self, key: &str) -> Option<&(Value, Origin)> {

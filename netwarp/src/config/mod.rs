@@ -101,7 +101,10 @@ pub struct Config {
     pub bpf_pin_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
-    pub metrics_listen: SocketAddr,
+    /// The Prometheus endpoint; `None` when `metrics.listen = "off"`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The unix socket `netwarp status` reads from.
+    pub control_socket: PathBuf,
     /// The effective value of every key as text, with its origin.
     pub effective: BTreeMap<&'static str, (String, Origin)>,
 }
@@ -233,13 +236,25 @@ impl Config {
         };
         let listen = value(&keys::METRICS_LISTEN)?;
         let listen_text = text(&keys::METRICS_LISTEN, listen.clone())?;
-        let metrics_listen = listen_text.parse().map_err(|_| {
-            invalid(
-                &listen.1,
-                keys::METRICS_LISTEN.name,
-                format!("`{listen_text}` is not an address:port such as 127.0.0.1:9477"),
-            )
-        })?;
+        let metrics_listen = match listen_text.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| {
+                invalid(
+                    &listen.1,
+                    keys::METRICS_LISTEN.name,
+                    format!("`{text}` is not an address:port such as 127.0.0.1:9477, nor `off`"),
+                )
+            })?),
+        };
+        let socket = value(&keys::CONTROL_SOCKET)?;
+        let control_socket = text(&keys::CONTROL_SOCKET, socket.clone())?;
+        if !control_socket.starts_with('/') {
+            return Err(invalid(
+                &socket.1,
+                keys::CONTROL_SOCKET.name,
+                format!("`{control_socket}` is not an absolute path"),
+            ));
+        }
         let mut label = |spec: &'static KeySpec| -> Result<String, ConfigError> {
             let v = value(spec)?;
             let s = text(spec, v.clone())?;
@@ -316,6 +331,7 @@ impl Config {
             log_level,
             log_format,
             metrics_listen,
+            control_socket: control_socket.into(),
             effective,
         })
     }

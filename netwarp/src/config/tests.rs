@@ -24,7 +24,11 @@ fn defaults_are_documented_values() {
     assert_eq!(config.on_warp_down, OnWarpDown::Block);
     assert_eq!(config.dataplane, DataplaneMode::Auto);
     assert_eq!(config.docker_api_version, None);
-    assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9477");
+    assert_eq!(config.metrics_listen.unwrap().to_string(), "127.0.0.1:9477");
+    assert_eq!(
+        config.control_socket,
+        std::path::Path::new("/run/netwarp/netwarp.sock")
+    );
     assert!(config.routing_rules.is_empty());
     assert_eq!(config.caps, CapSettings::default());
     assert!(
@@ -160,7 +164,11 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         ),
         (
             "[metrics]\nlisten = \"localhost\"",
-            "config file /etc/netwarp.toml: key `metrics.listen`: `localhost` is not an address:port such as 127.0.0.1:9477",
+            "config file /etc/netwarp.toml: key `metrics.listen`: `localhost` is not an address:port such as 127.0.0.1:9477, nor `off`",
+        ),
+        (
+            "[control]\nsocket = \"netwarp.sock\"",
+            "config file /etc/netwarp.toml: key `control.socket`: `netwarp.sock` is not an absolute path",
         ),
         (
             "[docker]\napi_version = \"1.40\"",

@@ -1,0 +1,285 @@
+//! Per-container counters, read by the metrics and status readers at
+//! request time, never by the controller.
+//!
+//! - `ebpf` mode: the readers open netwarp's *pinned* maps by path
+//!   (`MapData::from_pin`) and get their own file descriptors on the same
+//!   kernel maps. The controller owns its `EbpfDataplane` mutably; sharing
+//!   that would need a lock the controller could wait on. Per-CPU map
+//!   lookups take no lock the data path or the controller holds, so a
+//!   scrape and a reconcile never wait for each other, and the numbers are
+//!   as fresh as the scrape.
+//! - `routes` mode: nothing of netwarp's sits on the data path, so the
+//!   counters are the kernel's own statistics of the target's host-side
+//!   veth (IFLA_STATS64 through rtnetlink in the host namespace). The veth
+//!   is found once per (pid, MAC) from inside the target's namespace and
+//!   cached. There are no steered or drop counters in this mode: prohibit
+//!   routes refuse packets inside the container's own stack.
+//!
+//! Both count frames including the Ethernet header: BPF sees `skb->len` at
+//! tc on the host veth, and veth statistics count the same length.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
+use futures_util::TryStreamExt as _;
+use netwarp_common::{
+    Direction, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
+};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use super::TargetView;
+use crate::{
+    config::DataplaneMode,
+    dataplane::{ebpf::interface_name, routes::NamespaceHandle},
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketsBytes {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Drops by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    pub warp_down: PacketsBytes,
+    pub policy: PacketsBytes,
+    pub rate: PacketsBytes,
+}
+
+/// One target's counters. `tx` is what the container sent, `rx` what it
+/// received. `steered` and `dropped` exist only in the eBPF dataplane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub tx: PacketsBytes,
+    pub rx: PacketsBytes,
+    pub steered: Option<PacketsBytes>,
+    pub dropped: Option<Drops>,
+}
+
+impl From<VerdictCounters> for Drops {
+    fn from(v: VerdictCounters) -> Self {
+        Self {
+            warp_down: PacketsBytes {
+                packets: v.warp_down_packets,
+                bytes: v.warp_down_bytes,
+            },
+            policy: PacketsBytes {
+                packets: v.policy_packets,
+                bytes: v.policy_bytes,
+            },
+            rate: PacketsBytes {
+                packets: v.rate_packets,
+                bytes: v.rate_bytes,
+            },
+        }
+    }
+}
+
+pub enum CounterReader {
+    Ebpf {
+        pin_dir: PathBuf,
+    },
+    Routes {
+        /// Host veth ifindex by (target pid, MAC on the warp's network).
+        veths: Mutex<HashMap<(u32, String), u32>>,
+    },
+}
+
+impl CounterReader {
+    pub fn new(mode: DataplaneMode, pin_dir: &Path) -> Self {
+        match mode {
+            DataplaneMode::Ebpf => Self::Ebpf {
+                pin_dir: pin_dir.to_owned(),
+            },
+            _ => Self::Routes {
+                veths: Mutex::default(),
+            },
+        }
+    }
+
+    /// Counters by target id. Targets whose interface is unknown are left
+    /// out; failures are logged at debug level and leave targets out.
+    pub async fn read(&self, targets: &[TargetView]) -> HashMap<String, Counters> {
+        match self {
+            Self::Ebpf { pin_dir } => match read_ebpf(pin_dir, targets) {
+                Ok(counters) => counters,
+                Err(e) => {
+                    debug!(error = %e, "reading the pinned eBPF counters failed");
+                    HashMap::new()
+                }
+            },
+            Self::Routes { veths } => read_links(veths, targets).await,
+        }
+    }
+}
+
+fn open_map(pin_dir: &Path, name: &str) -> Result<Map, MapError> {
+    Map::from_map_data(MapData::from_pin(pin_dir.join(name))?)
+}
+
+fn read_ebpf(
+    pin_dir: &Path,
+    targets: &[TargetView],
+) -> Result<HashMap<String, Counters>, MapError> {
+    let traffic: PerCpuHashMap<_, TrafficKey, TrafficCounters> =
+        PerCpuHashMap::try_from(open_map(pin_dir, TRAFFIC_MAP)?)?;
+    let verdicts: PerCpuHashMap<_, u32, VerdictCounters> =
+        PerCpuHashMap::try_from(open_map(pin_dir, VERDICTS_MAP)?)?;
+    let mut out = HashMap::new();
+    for target in targets {
+        let Some(ifindex) = target.host_ifindex else {
+            continue;
+        };
+        let read = |direction| match traffic.get(&TrafficKey::new(ifindex, direction), 0) {
+            Ok(per_cpu) => Ok(per_cpu
+                .iter()
+                .fold(TrafficCounters::default(), |a, c| a.saturating_add(*c))),
+            Err(MapError::KeyNotFound) => Ok(TrafficCounters::default()),
+            Err(e) => Err(e),
+        };
+        let tx = read(Direction::FromContainer)?;
+        let rx = read(Direction::ToContainer)?;
+        let verdict = match verdicts.get(&ifindex, 0) {
+            Ok(per_cpu) => per_cpu
+                .iter()
+                .fold(VerdictCounters::default(), |a, c| a.saturating_add(*c)),
+            Err(MapError::KeyNotFound) => VerdictCounters::default(),
+            Err(e) => return Err(e),
+        };
+        out.insert(
+            target.plan.id.clone(),
+            Counters {
+                tx: PacketsBytes {
+                    packets: tx.packets,
+                    bytes: tx.bytes,
+                },
+                rx: PacketsBytes {
+                    packets: rx.packets,
+                    bytes: rx.bytes,
+                },
+                steered: Some(PacketsBytes {
+                    packets: verdict.steered_packets,
+                    bytes: verdict.steered_bytes,
+                }),
+                dropped: Some(verdict.into()),
+            },
+        );
+    }
+    Ok(out)
+}
+
+async fn read_links(
+    veths: &Mutex<HashMap<(u32, String), u32>>,
+    targets: &[TargetView],
+) -> HashMap<String, Counters> {
+    let mut wanted = Vec::new();
+    for target in targets {
+        let (Some(pid), Some(mac)) = (target.plan.pid, target.plan.mac_on_network.as_ref()) else {
+            continue;
+        };
+        let key = (pid, mac.clone());
+        let cached = lock(veths).get(&key).copied();
+        let ifindex = match cached.filter(|i| interface_name(*i).is_some()) {
+            Some(ifindex) => ifindex,
+            None => {
+                let found = async {
+                    NamespaceHandle::open(pid)
+                        .await?
+                        .peer_ifindex_by_mac(mac)
+                        .await
+                }
+                .await;
+                match found {
+                    Ok(Some(ifindex)) => {
+                        lock(veths).insert(key, ifindex);
+                        ifindex
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        debug!(container = %target.plan.name, error = %e, "finding the host veth failed");
+                        continue;
+                    }
+                }
+            }
+        };
+        wanted.push((target.plan.id.clone(), ifindex));
+    }
+    // Forget containers that are gone.
+    lock(veths).retain(|(pid, _), _| targets.iter().any(|t| t.plan.pid == Some(*pid)));
+    if wanted.is_empty() {
+        return HashMap::new();
+    }
+    let stats = match host_link_stats().await {
+        Ok(stats) => stats,
+        Err(e) => {
+            debug!(error = %e, "dumping the host's links failed");
+            return HashMap::new();
+        }
+    };
+    wanted
+        .into_iter()
+        .filter_map(|(id, ifindex)| {
+            let s = stats.get(&ifindex)?;
+            // The host end receives what the container sends.
+            Some((
+                id,
+                Counters {
+                    tx: PacketsBytes {
+                        packets: s.0.packets,
+                        bytes: s.0.bytes,
+                    },
+                    rx: PacketsBytes {
+                        packets: s.1.packets,
+                        bytes: s.1.bytes,
+                    },
+                    steered: None,
+                    dropped: None,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// (received, transmitted) of every link in the daemon's (host) namespace.
+async fn host_link_stats()
+-> Result<HashMap<u32, (PacketsBytes, PacketsBytes)>, Box<dyn std::error::Error + Send + Sync>> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(connection);
+    let links: Result<Vec<LinkMessage>, _> = handle.link().get().execute().try_collect().await;
+    task.abort();
+    let mut out = HashMap::new();
+    for link in links? {
+        if let Some(stats) = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(s),
+            _ => None,
+        }) {
+            out.insert(
+                link.header.index,
+                (
+                    PacketsBytes {
+                        packets: stats.rx_packets,
+                        bytes: stats.rx_bytes,
+                    },
+                    PacketsBytes {
+                        packets: stats.tx_packets,
+                        bytes: stats.tx_bytes,
+                    },
+                ),
+            );
+        }
+    }
+    Ok(out)
+}

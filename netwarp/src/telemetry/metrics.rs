@@ -1,0 +1,493 @@
+//! The Prometheus metrics, in the OpenMetrics text format.
+//!
+//! Two kinds:
+//! - process metrics the daemon updates as things happen (Docker events,
+//!   reconnects, reconcile duration, event-to-programmed latency), kept in
+//!   one `prometheus-client` registry;
+//! - per-container and per-warp series, encoded at scrape time by a
+//!   [`ScrapeCollector`] from the latest published snapshot and the
+//!   counters read for this scrape. A container that left the snapshot
+//!   has no series any more; nothing has to be removed by hand.
+//!
+//! Labels are bounded: container name and short id, warp name, reason,
+//! Docker event type and action; never anything per connection.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, text},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry,
+};
+
+use super::{Published, TargetView, counters::Counters, short_id};
+use crate::{config::DataplaneMode, plan::TargetState};
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The process metrics, cheap to clone (every metric is an `Arc`).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Docker events received, by type and action.
+    pub docker_events: Family<Labels, Counter>,
+    pub docker_reconnects: Counter,
+    pub docker_connected: Gauge,
+    pub reconcile_duration: Histogram,
+    pub event_latency: Histogram,
+    pub target_failures: Counter,
+}
+
+impl Metrics {
+    pub fn new(mode: DataplaneMode) -> Self {
+        let mut registry = Registry::default();
+        let docker_events = Family::<Labels, Counter>::default();
+        let docker_reconnects = Counter::default();
+        let docker_connected = Gauge::default();
+        // 1 ms .. 16 s.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        // 5 ms .. 80 s: Docker's event timestamp to the target's policy in place.
+        let event_latency = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        let target_failures = Counter::default();
+        registry.register(
+            "netwarp_build",
+            "netwarp's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_owned())]),
+        );
+        registry.register(
+            "netwarp_dataplane",
+            "The active dataplane (ebpf or routes)",
+            Info::new(vec![("mode", mode.to_string())]),
+        );
+        registry.register(
+            "netwarp_docker_events",
+            "Docker events received, by type and action",
+            docker_events.clone(),
+        );
+        registry.register(
+            "netwarp_docker_reconnects",
+            "Connections to Docker made after the first one (each follows a lost connection)",
+            docker_reconnects.clone(),
+        );
+        registry.register(
+            "netwarp_docker_connected",
+            "1 while connected to Docker, else 0",
+            docker_connected.clone(),
+        );
+        registry.register(
+            "netwarp_reconcile_duration_seconds",
+            "Duration of one reconcile pass (read Docker, plan, program every target)",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "netwarp_event_to_programmed_seconds",
+            "Latency from a Docker event's timestamp until its target is programmed",
+            event_latency.clone(),
+        );
+        registry.register(
+            "netwarp_target_program_failures",
+            "Times programming a target failed (retried on the next pass)",
+            target_failures.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            docker_events,
+            docker_reconnects,
+            docker_connected,
+            reconcile_duration,
+            event_latency,
+            target_failures,
+        }
+    }
+
+    /// Counts one Docker event. Actions such as `health_status: healthy`
+    /// are cut at the colon, so label values stay a small fixed set.
+    pub fn docker_event(&self, kind: &str, action: &str) {
+        let action = action.split(':').next().unwrap_or_default().trim();
+        self.docker_events
+            .get_or_create(&vec![
+                ("type", kind.to_owned()),
+                ("action", action.to_owned()),
+            ])
+            .inc();
+    }
+}
+
+/// The whole exposition: process metrics, then the per-container series
+/// of `published` with `counters`, then `# EOF`.
+pub fn render(
+    metrics: &Metrics,
+    published: Arc<Published>,
+    counters: HashMap<String, Counters>,
+) -> Result<String, fmt::Error> {
+    let mut out = String::with_capacity(8 * 1024);
+    text::encode_registry(&mut out, &metrics.registry)?;
+    let mut scrape = Registry::default();
+    scrape.register_collector(Box::new(ScrapeCollector {
+        published,
+        counters,
+    }));
+    text::encode_registry(&mut out, &scrape)?;
+    text::encode_eof(&mut out)?;
+    Ok(out)
+}
+
+/// Encodes the series of one scrape from the snapshot it was given.
+#[derive(Debug)]
+struct ScrapeCollector {
+    published: Arc<Published>,
+    counters: HashMap<String, Counters>,
+}
+
+fn target_labels(target: &TargetView) -> Labels {
+    vec![
+        ("container", target.plan.name.clone()),
+        ("id", short_id(&target.plan.id).to_owned()),
+    ]
+}
+
+fn state_name(state: &TargetState) -> &'static str {
+    match state {
+        TargetState::Steered { .. } => "steered",
+        TargetState::Blocked(_) => "blocked",
+        TargetState::Bypassed(_) => "bypassed",
+    }
+}
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let published = &self.published;
+        // Per-target counters, in the snapshot's (id) order.
+        let with_counters: Vec<(Labels, &Counters)> = published
+            .targets
+            .iter()
+            .filter_map(|t| Some((target_labels(t), self.counters.get(&t.plan.id)?)))
+            .collect();
+        let per_target = |pick: &dyn Fn(&Counters) -> Option<u64>| -> Vec<(Labels, u64)> {
+            with_counters
+                .iter()
+                .filter_map(|(labels, c)| Some((labels.clone(), pick(c)?)))
+                .collect()
+        };
+        let counter_rows = [
+            (
+                "netwarp_container_transmit_bytes",
+                "Bytes the container sent (frames incl. Ethernet header, at its host-side veth)",
+                per_target(&|c| Some(c.tx.bytes)),
+            ),
+            (
+                "netwarp_container_transmit_packets",
+                "Packets the container sent",
+                per_target(&|c| Some(c.tx.packets)),
+            ),
+            (
+                "netwarp_container_receive_bytes",
+                "Bytes the container received (frames incl. Ethernet header, at its host-side veth)",
+                per_target(&|c| Some(c.rx.bytes)),
+            ),
+            (
+                "netwarp_container_receive_packets",
+                "Packets the container received",
+                per_target(&|c| Some(c.rx.packets)),
+            ),
+            (
+                "netwarp_container_steered_bytes",
+                "Bytes the container sent that were steered to its warp (ebpf dataplane)",
+                per_target(&|c| c.steered.map(|s| s.bytes)),
+            ),
+            (
+                "netwarp_container_steered_packets",
+                "Packets the container sent that were steered to its warp (ebpf dataplane)",
+                per_target(&|c| c.steered.map(|s| s.packets)),
+            ),
+        ];
+        for (name, help, rows) in &counter_rows {
+            counter_family(&mut encoder, name, help, rows)?;
+        }
+        for (name, help, bytes) in [
+            (
+                "netwarp_container_dropped_bytes",
+                "Bytes dropped at the container's veth, by reason: warp_down (fail closed), \
+                 policy (no warp address of the family), rate (bandwidth cap); ebpf dataplane",
+                true,
+            ),
+            (
+                "netwarp_container_dropped_packets",
+                "Packets dropped at the container's veth, by reason (see netwarp_container_dropped_bytes)",
+                false,
+            ),
+        ] {
+            let mut rows = Vec::new();
+            for (labels, counters) in &with_counters {
+                let Some(drops) = counters.dropped else {
+                    continue;
+                };
+                for (reason, pb) in [
+                    ("warp_down", drops.warp_down),
+                    ("policy", drops.policy),
+                    ("rate", drops.rate),
+                ] {
+                    let mut labels = labels.clone();
+                    labels.push(("reason", reason.to_owned()));
+                    rows.push((labels, if bytes { pb.bytes } else { pb.packets }));
+                }
+            }
+            counter_family(&mut encoder, name, help, &rows)?;
+        }
+
+        let states: Vec<(Labels, i64)> = published
+            .targets
+            .iter()
+            .map(|t| {
+                let mut labels = target_labels(t);
+                labels.push(("warp", t.plan.warp.clone()));
+                labels.push(("state", state_name(&t.plan.state).to_owned()));
+                (labels, 1)
+            })
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "netwarp_target_state",
+            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed)",
+            &states,
+        )?;
+        let by_state: Vec<(Labels, i64)> = ["steered", "blocked", "bypassed"]
+            .into_iter()
+            .map(|state| {
+                let count = published
+                    .targets
+                    .iter()
+                    .filter(|t| state_name(&t.plan.state) == state)
+                    .count();
+                (vec![("state", state.to_owned())], count as i64)
+            })
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "netwarp_targets",
+            "Targets by state",
+            &by_state,
+        )?;
+        let warps: Vec<(Labels, i64)> = published
+            .warps
+            .iter()
+            .map(|w| {
+                (
+                    vec![("warp", w.name.clone())],
+                    i64::from(w.state == super::WarpState::Up),
+                )
+            })
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "netwarp_warp_up",
+            "1 while the warp container runs and is not unhealthy, else 0",
+            &warps,
+        )?;
+        if let Some(at) = published.finished_at {
+            let seconds = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let gauge = ConstGauge::new(seconds);
+            let metric = encoder.encode_descriptor(
+                "netwarp_last_reconcile_timestamp_seconds",
+                "When the last reconcile pass finished (Unix time)",
+                None,
+                MetricType::Gauge,
+            )?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), fmt::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> Result<(), fmt::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        plan::{BlockReason, TargetPlan},
+        telemetry::{
+            WarpState, WarpView,
+            counters::{Drops, PacketsBytes},
+        },
+    };
+
+    fn target(id: &str, name: &str, state: TargetState) -> TargetView {
+        TargetView {
+            plan: TargetPlan {
+                id: id.into(),
+                name: name.into(),
+                pid: Some(1),
+                warp: "warp-a".into(),
+                state,
+                entries: Vec::new(),
+                mac_on_network: None,
+                warp_pid: None,
+                warp_mac: None,
+            },
+            host_ifindex: Some(7),
+            warp_ifindex: None,
+            error: None,
+            caps: Default::default(),
+        }
+    }
+
+    fn sample() -> (Arc<Published>, HashMap<String, Counters>) {
+        let steered = TargetState::Steered {
+            network: "n".into(),
+            via_v4: None,
+            via_v6: None,
+        };
+        let blocked = TargetState::Blocked(BlockReason::WarpMissing {
+            warp: "warp-a".into(),
+        });
+        let published = Published {
+            pass: 3,
+            finished_at: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000)),
+            duration: None,
+            warps: vec![WarpView {
+                name: "warp-a".into(),
+                id: None,
+                state: WarpState::Missing,
+                targets: 2,
+            }],
+            targets: vec![
+                target("aaaaaaaaaaaaaaaaaaaa", "app-a", steered),
+                target("bbbbbbbbbbbbbbbbbbbb", "app-b", blocked),
+            ],
+        };
+        let pb = |packets, bytes| PacketsBytes { packets, bytes };
+        let counters = HashMap::from([(
+            "aaaaaaaaaaaaaaaaaaaa".to_owned(),
+            Counters {
+                tx: pb(10, 1000),
+                rx: pb(20, 2000),
+                steered: Some(pb(5, 500)),
+                dropped: Some(Drops {
+                    warp_down: pb(1, 100),
+                    policy: pb(2, 200),
+                    rate: pb(3, 300),
+                }),
+            },
+        )]);
+        (Arc::new(published), counters)
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new(DataplaneMode::Ebpf);
+        metrics.docker_event("container", "health_status: healthy");
+        metrics.event_latency.observe(0.2);
+        let (published, counters) = sample();
+        let text = render(&metrics, published, counters).unwrap();
+        let mut types = HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(name.starts_with("netwarp_"), "{line}");
+                types.insert(name.to_owned(), kind.to_owned());
+            }
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let sample = line.split(['{', ' ']).next().unwrap();
+            let family = types
+                .keys()
+                .filter(|f| sample.starts_with(f.as_str()))
+                .max_by_key(|f| f.len())
+                .unwrap_or_else(|| panic!("no family for {line}"));
+            match types[family].as_str() {
+                "counter" => assert_eq!(sample, format!("{family}_total"), "{line}"),
+                "info" => assert_eq!(sample, format!("{family}_info"), "{line}"),
+                "gauge" => assert_eq!(sample, family, "{line}"),
+                "histogram" => {
+                    assert!(family.ends_with("_seconds"), "{line}");
+                    assert!(
+                        ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| sample == format!("{family}{s}")),
+                        "{line}"
+                    );
+                }
+                other => panic!("unexpected type {other}: {line}"),
+            }
+            if types[family] != "histogram" && family.contains("seconds") {
+                assert!(family.ends_with("_seconds"), "{line}");
+            }
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn per_container_series_come_from_the_snapshot() {
+        let metrics = Metrics::new(DataplaneMode::Ebpf);
+        let (published, counters) = sample();
+        let text = render(&metrics, published, counters).unwrap();
+        for expected in [
+            "netwarp_build_info{version=\"",
+            "netwarp_dataplane_info{mode=\"ebpf\"} 1",
+            "netwarp_container_transmit_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 1000",
+            "netwarp_container_receive_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 20",
+            "netwarp_container_steered_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 5",
+            "netwarp_container_dropped_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rate\"} 300",
+            "netwarp_container_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"warp_down\"} 1",
+            "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\"} 1",
+            "netwarp_targets{state=\"steered\"} 1",
+            "netwarp_warp_up{warp=\"warp-a\"} 0",
+            "netwarp_last_reconcile_timestamp_seconds 1000",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+        // app-b has no counters: no per-container counter series at all.
+        assert!(!text.contains("bytes_total{container=\"app-b\""), "{text}");
+
+        // A snapshot without app-a: its series are gone.
+        let (mut published, counters) = sample();
+        Arc::make_mut(&mut published).targets.remove(0);
+        let text = render(&metrics, published, counters).unwrap();
+        assert!(!text.contains("app-a"), "{text}");
+    }
+}

@@ -1,0 +1,426 @@
+//! Observability: what the controller publishes after each reconcile, and
+//! the two readers of it, the Prometheus endpoint ([`http`]) and the
+//! control socket behind `netwarp status` ([`control`]).
+//!
+//! The controller never waits for a reader. At the end of every pass it
+//! replaces one `Arc<Published>` in a `tokio::sync::watch` channel (a
+//! pointer swap under a lock held for nanoseconds); readers clone the
+//! `Arc` and work on their copy. Per-container counters are read by the
+//! readers themselves at request time ([`counters`]), so a slow or stuck
+//! scrape costs the controller nothing and a removed container's series
+//! vanish with the next published snapshot.
+pub mod control;
+pub mod counters;
+pub mod http;
+pub mod metrics;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::watch;
+use tracing::{Span, info, info_span};
+
+use crate::{
+    config::{Config, DataplaneMode},
+    glob,
+    model::{Health, World},
+    plan::{Plan, PlanSettings, TargetPlan},
+};
+
+pub use metrics::Metrics;
+
+/// What the controller knows about one warp container after a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarpView {
+    pub name: String,
+    /// Short (12 character) id; `None` when no such container runs.
+    pub id: Option<String>,
+    pub state: WarpState,
+    /// Targets naming this warp.
+    pub targets: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarpState {
+    /// Running and not unhealthy: usable.
+    Up,
+    /// Docker reports it unhealthy.
+    Unhealthy,
+    /// Exists but does not run (seen while it stops).
+    NotRunning,
+    /// Named by a target, but no running container has that name.
+    Missing,
+    /// Named by a target, but its name does not match the warp pattern.
+    NotAWarp,
+}
+
+impl WarpState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Unhealthy => "unhealthy",
+            Self::NotRunning => "not-running",
+            Self::Missing => "missing",
+            Self::NotAWarp => "not-a-warp",
+        }
+    }
+}
+
+/// One target after a pass: its plan, what the dataplane tied it to, and
+/// whether programming it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetView {
+    pub plan: TargetPlan,
+    /// eBPF: the host-side veth carrying its policy, and the warp's veth.
+    pub host_ifindex: Option<u32>,
+    pub warp_ifindex: Option<u32>,
+    /// The error of this pass, if programming failed.
+    pub error: Option<String>,
+    /// The bandwidth caps planned for it.
+    pub caps: crate::model::Caps,
+}
+
+/// The state the controller publishes after each pass.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    pub pass: u64,
+    pub finished_at: Option<SystemTime>,
+    pub duration: Option<Duration>,
+    pub warps: Vec<WarpView>,
+    pub targets: Vec<TargetView>,
+}
+
+/// Facts about the running daemon that do not change per pass.
+#[derive(Clone, Debug)]
+pub struct DaemonInfo {
+    pub mode: DataplaneMode,
+    pub docker_endpoint: String,
+    pub metrics_listen: Option<SocketAddr>,
+    pub control_socket: PathBuf,
+    pub started: Instant,
+}
+
+/// The controller's side: metrics it updates and the snapshot it publishes.
+pub struct Telemetry {
+    metrics: Metrics,
+    published: watch::Sender<Arc<Published>>,
+    pass: u64,
+    ever_connected: bool,
+    /// Removes the control socket when the daemon exits.
+    _socket: Option<control::SocketGuard>,
+}
+
+impl Telemetry {
+    /// Metrics and a snapshot nobody reads (tests, and before `start`).
+    pub fn disabled() -> Self {
+        Self {
+            metrics: Metrics::new(DataplaneMode::Routes),
+            published: watch::Sender::new(Arc::default()),
+            pass: 0,
+            ever_connected: false,
+            _socket: None,
+        }
+    }
+
+    /// Binds the metrics endpoint and the control socket and serves them
+    /// from their own tasks. Fails when either cannot be bound.
+    pub async fn start(config: &Config, mode: DataplaneMode) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(mode);
+        let published = watch::Sender::new(Arc::<Published>::default());
+        let counters = Arc::new(counters::CounterReader::new(mode, &config.bpf_pin_dir));
+        let mut info = DaemonInfo {
+            mode,
+            docker_endpoint: crate::docker::describe(&config.docker),
+            metrics_listen: None,
+            control_socket: config.control_socket.clone(),
+            started: Instant::now(),
+        };
+        let listener = match config.metrics_listen {
+            Some(address) => {
+                let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {address} for metrics (metrics.listen): {e}; \
+                         choose another address, or `off`"
+                    )
+                })?;
+                let bound = listener.local_addr()?;
+                info!(listen = %bound, "metrics endpoint listening on http://{bound}/metrics");
+                info.metrics_listen = Some(bound);
+                Some(listener)
+            }
+            None => {
+                info!("metrics endpoint disabled (metrics.listen = off)");
+                None
+            }
+        };
+        let (socket, guard) = control::bind(&config.control_socket)?;
+        info!(socket = %config.control_socket.display(), "control socket listening");
+        let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
+            published: published.subscribe(),
+            counters,
+            info,
+        });
+        if let Some(listener) = listener {
+            tokio::spawn(http::serve(listener, shared.clone()));
+        }
+        tokio::spawn(control::serve(socket, shared));
+        Ok(Self {
+            metrics,
+            published,
+            pass: 0,
+            ever_connected: false,
+            _socket: Some(guard),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Starts the next pass: its number, and the span its logs go under.
+    pub fn next_pass(&mut self) -> Span {
+        self.pass += 1;
+        info_span!("reconcile", pass = self.pass)
+    }
+
+    /// Connected to Docker; every connection after the first is a reconnect.
+    pub fn docker_connected(&mut self) {
+        if self.ever_connected {
+            self.metrics.docker_reconnects.inc();
+        }
+        self.ever_connected = true;
+        self.metrics.docker_connected.set(1);
+    }
+
+    pub fn docker_disconnected(&self) {
+        self.metrics.docker_connected.set(0);
+    }
+
+    /// Publishes the outcome of a pass: the plan, the eBPF interfaces
+    /// (by target id: host veth, warp veth) and the failures (by target id).
+    pub fn publish(
+        &mut self,
+        world: &World,
+        settings: &PlanSettings,
+        plan: &Plan,
+        interfaces: &HashMap<String, (u32, u32)>,
+        failures: &HashMap<String, String>,
+        duration: Duration,
+    ) {
+        self.metrics
+            .reconcile_duration
+            .observe(duration.as_secs_f64());
+        let caps: HashMap<&str, crate::model::Caps> =
+            plan.caps.iter().map(|c| (c.id.as_str(), c.caps)).collect();
+        let published = Published {
+            pass: self.pass,
+            finished_at: Some(SystemTime::now()),
+            duration: Some(duration),
+            warps: warp_views(world, settings, plan),
+            targets: plan
+                .targets
+                .iter()
+                .map(|plan| {
+                    let interface = interfaces.get(&plan.id);
+                    TargetView {
+                        plan: plan.clone(),
+                        host_ifindex: interface.map(|i| i.0),
+                        warp_ifindex: interface.map(|i| i.1).filter(|i| *i != 0),
+                        error: failures.get(&plan.id).cloned(),
+                        caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        };
+        self.published.send_replace(Arc::new(published));
+    }
+}
+
+/// Everything the readers (metrics and control socket) share.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub published: watch::Receiver<Arc<Published>>,
+    pub counters: Arc<counters::CounterReader>,
+    pub info: DaemonInfo,
+}
+
+impl Shared {
+    /// The latest snapshot; the channel's lock is held only to clone the Arc.
+    pub fn snapshot(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+}
+
+/// Every running container whose name matches the warp pattern, plus every
+/// warp a target names, with its state.
+pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<WarpView> {
+    let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+    for target in &plan.targets {
+        *named.entry(target.warp.as_str()).or_default() += 1;
+    }
+    let mut warps: BTreeMap<String, WarpView> = BTreeMap::new();
+    for container in &world.containers {
+        let matches = glob::matches(&settings.warp_name_pattern, &container.name);
+        if !matches && !named.contains_key(container.name.as_str()) {
+            continue;
+        }
+        let state = match (matches, container.running, container.health) {
+            (false, _, _) => WarpState::NotAWarp,
+            (true, false, _) => WarpState::NotRunning,
+            (true, true, Health::Unhealthy) => WarpState::Unhealthy,
+            (true, true, _) => WarpState::Up,
+        };
+        warps.insert(
+            container.name.clone(),
+            WarpView {
+                name: container.name.clone(),
+                id: Some(container.short_id().to_owned()),
+                state,
+                targets: named.get(container.name.as_str()).copied().unwrap_or(0),
+            },
+        );
+    }
+    for (name, targets) in named {
+        if name.is_empty() || warps.contains_key(name) {
+            continue;
+        }
+        warps.insert(
+            name.to_owned(),
+            WarpView {
+                name: name.to_owned(),
+                id: None,
+                state: WarpState::Missing,
+                targets,
+            },
+        );
+    }
+    warps.into_values().collect()
+}
+
+/// The first 12 characters of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::Container,
+        plan::{CapSettings, OnWarpDown},
+    };
+
+    fn settings() -> PlanSettings {
+        PlanSettings {
+            warp_name_pattern: "warp-*".into(),
+            target_label: "t".into(),
+            network_label: "n".into(),
+            rules_label: "r".into(),
+            global_rules: Vec::new(),
+            on_warp_down: OnWarpDown::Block,
+            caps: CapSettings::default(),
+        }
+    }
+
+    fn container(name: &str, health: Health, labels: &[(&str, &str)]) -> Container {
+        Container {
+            id: format!("{name:0>20}"),
+            name: name.into(),
+            running: true,
+            health,
+            pid: Some(1),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_connections_after_the_first_are_reconnects() {
+        let mut telemetry = Telemetry::disabled();
+        telemetry.docker_connected();
+        assert_eq!(telemetry.metrics().docker_reconnects.get(), 0);
+        assert_eq!(telemetry.metrics().docker_connected.get(), 1);
+        telemetry.docker_disconnected();
+        assert_eq!(telemetry.metrics().docker_connected.get(), 0);
+        telemetry.docker_connected();
+        telemetry.docker_disconnected();
+        telemetry.docker_connected();
+        assert_eq!(telemetry.metrics().docker_reconnects.get(), 2);
+    }
+
+    #[test]
+    fn a_pass_publishes_what_readers_see() {
+        let mut telemetry = Telemetry::disabled();
+        let reader = telemetry.published.subscribe();
+        let world = World {
+            containers: vec![
+                container("warp-a", Health::None, &[]),
+                container("app1", Health::None, &[("t", "warp-a")]),
+            ],
+        };
+        let plan = crate::plan::plan(&world, &settings());
+        let _span = telemetry.next_pass();
+        let app = plan.targets[0].id.clone();
+        telemetry.publish(
+            &world,
+            &settings(),
+            &plan,
+            &HashMap::from([(app.clone(), (7, 0))]),
+            &HashMap::from([(app, "boom".to_owned())]),
+            Duration::from_millis(3),
+        );
+        let seen = reader.borrow().clone();
+        assert_eq!(seen.pass, 1);
+        assert_eq!(seen.duration, Some(Duration::from_millis(3)));
+        assert_eq!(seen.targets.len(), 1);
+        assert_eq!(seen.targets[0].host_ifindex, Some(7));
+        assert_eq!(seen.targets[0].warp_ifindex, None, "0 means no warp veth");
+        assert_eq!(seen.targets[0].error.as_deref(), Some("boom"));
+        assert_eq!(seen.warps.len(), 1);
+        let text = metrics::render(telemetry.metrics(), seen, HashMap::new()).unwrap();
+        assert!(
+            text.contains("netwarp_reconcile_duration_seconds_count 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn warps_are_pattern_matches_and_named_ones() {
+        let world = World {
+            containers: vec![
+                container("warp-a", Health::None, &[]),
+                container("warp-sick", Health::Unhealthy, &[]),
+                container("vpn", Health::None, &[]),
+                container("app1", Health::None, &[("t", "warp-a")]),
+                container("app2", Health::None, &[("t", "warp-gone")]),
+                container("app3", Health::None, &[("t", "vpn")]),
+                container("plain", Health::None, &[]),
+            ],
+        };
+        let plan = crate::plan::plan(&world, &settings());
+        let views = warp_views(&world, &settings(), &plan);
+        let summary: Vec<(&str, &str, usize, bool)> = views
+            .iter()
+            .map(|w| (w.name.as_str(), w.state.as_str(), w.targets, w.id.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("vpn", "not-a-warp", 1, true),
+                ("warp-a", "up", 1, true),
+                ("warp-gone", "missing", 1, false),
+                ("warp-sick", "unhealthy", 0, true),
+            ]
+        );
+    }
+}

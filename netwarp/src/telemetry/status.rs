@@ -1,0 +1,299 @@
+//! The document the daemon answers on its control socket and
+//! `netwarp status` prints: what is programmed now. The same types
+//! serialize in the daemon and deserialize in the CLI.
+
+use std::{collections::HashMap, time::UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DaemonInfo, Published, TargetView, counters::Counters, short_id};
+use crate::plan::{Action, TargetState};
+
+/// Bumped when a field changes meaning or disappears; new fields may
+/// appear without a bump.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub format_version: u32,
+    pub netwarp_version: String,
+    /// The active dataplane: `ebpf` or `routes`.
+    pub mode: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub docker: DockerStatus,
+    /// The bound metrics address, or null when disabled.
+    pub metrics_listen: Option<String>,
+    pub control_socket: String,
+    pub reconcile: ReconcileStatus,
+    pub warps: Vec<WarpStatus>,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DockerStatus {
+    pub endpoint: String,
+    pub connected: bool,
+    pub reconnects: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileStatus {
+    /// Passes completed; 0 before the first one.
+    pub passes: u64,
+    pub last_finished_unix_seconds: Option<f64>,
+    pub last_duration_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarpStatus {
+    pub name: String,
+    pub id: Option<String>,
+    pub up: bool,
+    /// up, unhealthy, not-running, missing or not-a-warp.
+    pub state: String,
+    pub targets: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    /// Short (12 character) id.
+    pub id: String,
+    pub warp: String,
+    /// steered, blocked or bypassed.
+    pub state: String,
+    /// Why it is blocked or bypassed; null while steered.
+    pub reason: Option<String>,
+    pub network: Option<String>,
+    pub next_hop_v4: Option<String>,
+    pub next_hop_v6: Option<String>,
+    pub rules: Vec<RuleStatus>,
+    pub caps: Caps,
+    /// The error of the last pass if programming this target failed.
+    pub error: Option<String>,
+    /// eBPF: the host-side veth holding the policy and the warp's veth.
+    pub host_ifindex: Option<u32>,
+    pub host_interface: Option<String>,
+    pub warp_ifindex: Option<u32>,
+    pub counters: Option<Counters>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStatus {
+    /// `203.0.113.0/24`, `198.51.100.0/24 tcp:443`.
+    pub rule: String,
+    /// `via 172.18.0.2` or `block`.
+    pub action: String,
+}
+
+/// Bandwidth caps as planned; null fields are "no cap". Egress is what the
+/// container sends, ingress what it receives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    pub egress_bits_per_second: Option<u64>,
+    pub ingress_bits_per_second: Option<u64>,
+    /// The egress cap's burst, else the ingress cap's (`netwarp.burst`
+    /// sets both; without it each defaults from its own rate).
+    pub burst_bytes: Option<u64>,
+    pub egress_burst_bytes: Option<u64>,
+    pub ingress_burst_bytes: Option<u64>,
+}
+
+/// A target's planned bandwidth caps as the status shows them.
+pub fn caps(planned: &crate::model::Caps) -> Caps {
+    let egress = planned.egress;
+    let ingress = planned.ingress;
+    Caps {
+        egress_bits_per_second: egress.map(|c| c.rate.bits_per_second()),
+        ingress_bits_per_second: ingress.map(|c| c.rate.bits_per_second()),
+        burst_bytes: egress.or(ingress).map(|c| c.burst_bytes),
+        egress_burst_bytes: egress.map(|c| c.burst_bytes),
+        ingress_burst_bytes: ingress.map(|c| c.burst_bytes),
+    }
+}
+
+/// The status document for `published`, with this request's counters.
+pub fn build(
+    info: &DaemonInfo,
+    metrics: &super::Metrics,
+    published: &Published,
+    counters: &HashMap<String, Counters>,
+) -> StatusDoc {
+    StatusDoc {
+        format_version: FORMAT_VERSION,
+        netwarp_version: env!("CARGO_PKG_VERSION").to_owned(),
+        mode: info.mode.to_string(),
+        pid: std::process::id(),
+        uptime_seconds: info.started.elapsed().as_secs_f64(),
+        docker: DockerStatus {
+            endpoint: info.docker_endpoint.clone(),
+            connected: metrics.docker_connected.get() == 1,
+            reconnects: metrics.docker_reconnects.get(),
+        },
+        metrics_listen: info.metrics_listen.map(|a| a.to_string()),
+        control_socket: info.control_socket.display().to_string(),
+        reconcile: ReconcileStatus {
+            passes: published.pass,
+            last_finished_unix_seconds: published
+                .finished_at
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+            last_duration_seconds: published.duration.map(|d| d.as_secs_f64()),
+        },
+        warps: published
+            .warps
+            .iter()
+            .map(|w| WarpStatus {
+                name: w.name.clone(),
+                id: w.id.clone(),
+                up: w.state == super::WarpState::Up,
+                state: w.state.as_str().to_owned(),
+                targets: w.targets,
+            })
+            .collect(),
+        targets: published
+            .targets
+            .iter()
+            .map(|t| target_status(t, counters.get(&t.plan.id).copied()))
+            .collect(),
+    }
+}
+
+fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus {
+    let plan = &view.plan;
+    let (state, reason, network, v4, v6) = match &plan.state {
+        TargetState::Steered {
+            network,
+            via_v4,
+            via_v6,
+        } => (
+            "steered",
+            None,
+            Some(network.clone()),
+            via_v4.map(|a| a.to_string()),
+            via_v6.map(|a| a.to_string()),
+        ),
+        TargetState::Blocked(reason) => ("blocked", Some(reason.to_string()), None, None, None),
+        TargetState::Bypassed(reason) => ("bypassed", Some(reason.to_string()), None, None, None),
+    };
+    TargetStatus {
+        name: plan.name.clone(),
+        id: short_id(&plan.id).to_owned(),
+        warp: plan.warp.clone(),
+        state: state.to_owned(),
+        reason,
+        network,
+        next_hop_v4: v4,
+        next_hop_v6: v6,
+        rules: plan
+            .entries
+            .iter()
+            .map(|e| RuleStatus {
+                rule: e.rule.to_string(),
+                action: match e.action {
+                    Action::Via(ip) => format!("via {ip}"),
+                    Action::Block => "block".to_owned(),
+                },
+            })
+            .collect(),
+        caps: caps(&view.caps),
+        error: view.error.clone(),
+        host_ifindex: view.host_ifindex,
+        host_interface: view
+            .host_ifindex
+            .and_then(crate::dataplane::ebpf::interface_name),
+        warp_ifindex: view.warp_ifindex,
+        counters,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Cap, parse_rate, parse_rules},
+        plan::{BlockReason, Entry, TargetPlan},
+    };
+
+    #[test]
+    fn a_target_becomes_its_status() {
+        let rules = parse_rules("203.0.113.0/24,tcp:443").unwrap();
+        let plan = TargetPlan {
+            id: "0123456789abcdef".into(),
+            name: "app".into(),
+            pid: Some(1),
+            warp: "warp-a".into(),
+            state: TargetState::Steered {
+                network: "front".into(),
+                via_v4: Some("172.18.0.2".parse().unwrap()),
+                via_v6: None,
+            },
+            entries: Entry::all(&rules, Action::Via("172.18.0.2".parse().unwrap())),
+            mac_on_network: None,
+            warp_pid: None,
+            warp_mac: None,
+        };
+        let view = TargetView {
+            plan: plan.clone(),
+            host_ifindex: None,
+            warp_ifindex: None,
+            error: Some("boom".into()),
+            caps: crate::model::Caps::default(),
+        };
+        let status = target_status(&view, None);
+        assert_eq!(status.id, "0123456789ab");
+        assert_eq!(status.state, "steered");
+        assert_eq!(status.next_hop_v4.as_deref(), Some("172.18.0.2"));
+        assert_eq!(
+            status.rules,
+            vec![RuleStatus {
+                rule: "203.0.113.0/24 tcp:443".into(),
+                action: "via 172.18.0.2".into()
+            }]
+        );
+        assert_eq!(status.caps, Caps::default());
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["caps"],
+            serde_json::json!({"egress_bits_per_second": null, "ingress_bits_per_second": null,
+                "burst_bytes": null, "egress_burst_bytes": null, "ingress_burst_bytes": null})
+        );
+        let capped = TargetView {
+            caps: crate::model::Caps {
+                egress: Some(Cap::new(parse_rate("10mbit").unwrap(), Some(32_000))),
+                ingress: None,
+            },
+            ..view.clone()
+        };
+        assert_eq!(
+            target_status(&capped, None).caps,
+            Caps {
+                egress_bits_per_second: Some(10_000_000),
+                ingress_bits_per_second: None,
+                burst_bytes: Some(32_000),
+                egress_burst_bytes: Some(32_000),
+                ingress_burst_bytes: None,
+            }
+        );
+
+        let blocked = TargetView {
+            plan: TargetPlan {
+                state: TargetState::Blocked(BlockReason::WarpMissing {
+                    warp: "warp-a".into(),
+                }),
+                entries: Entry::all(&rules, Action::Block),
+                ..plan
+            },
+            ..view
+        };
+        let status = target_status(&blocked, None);
+        assert_eq!(status.state, "blocked");
+        assert_eq!(
+            status.reason.as_deref(),
+            Some("warp container warp-a does not exist")
+        );
+        assert_eq!(status.rules[0].action, "block");
+        assert_eq!(status.next_hop_v4, None);
+    }
+}
