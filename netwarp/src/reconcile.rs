@@ -72,7 +72,35 @@ enum LoopExit {
 
 /// Runs the daemon until SIGTERM or SIGINT. The programmed state stays in
 /// place on exit, so targets stay steered (or blocked) while it is down.
-pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
+/// Re-reads the configuration from the same sources (for SIGHUP).
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// Keys a reload cannot apply to a running daemon.
+const RESTART_KEYS: &[&str] = &[
+    "docker_connection_method",
+    "docker.socket",
+    "docker.api_version",
+    "docker.tls_ca",
+    "docker.tls_cert",
+    "docker.tls_key",
+    "dataplane.mode",
+    "dataplane.bpf_pin_dir",
+    "dataplane.resync_interval_secs",
+    "dataplane.dry_run_record",
+    "logging.level",
+    "logging.format",
+    "metrics.listen",
+    "control.socket",
+];
+
+/// The signals the daemon acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+pub async fn run_daemon(config: Config, reload: Reload) -> anyhow::Result<ExitCode> {
     // dry-run touches no kernel state, so it needs no capabilities.
     if config.dataplane != DataplaneMode::DryRun
         && let Some(code) = check_privileges(ROUTES_CAPABILITIES)
@@ -104,21 +132,24 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
     let telemetry = Telemetry::start(&config, mode).await?;
     let mut reconciler =
         Reconciler::new(config.plan_settings(), dataplane).with_telemetry(telemetry);
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut signals = Signals {
+        term: tokio::signal::unix::signal(SignalKind::terminate())?,
+        int: tokio::signal::unix::signal(SignalKind::interrupt())?,
+        hup: tokio::signal::unix::signal(SignalKind::hangup())?,
+    };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let connected = tokio::select! {
             result = docker::connect(&config.docker, config.docker_api_version) => result,
-            _ = sigterm.recv() => return Ok(shutdown("SIGTERM")),
-            _ = sigint.recv() => return Ok(shutdown("SIGINT")),
+            _ = signals.term.recv() => return Ok(shutdown("SIGTERM")),
+            _ = signals.int.recv() => return Ok(shutdown("SIGINT")),
         };
         let exit = match connected {
             Ok(client) => {
                 backoff.reset();
                 reconciler.telemetry.docker_connected();
                 info!("connected to Docker; resyncing");
-                run_connected(&client, &config, &mut reconciler, &mut sigterm, &mut sigint).await
+                run_connected(&client, &config, &mut reconciler, &mut signals, &reload).await
             }
             Err(e) => LoopExit::ConnectionLost(e.to_string()),
         };
@@ -130,8 +161,8 @@ pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
                 warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Docker connection lost; keeping the dataplane as it is and reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = sigterm.recv() => return Ok(shutdown("SIGTERM")),
-                    _ = sigint.recv() => return Ok(shutdown("SIGINT")),
+                    _ = signals.term.recv() => return Ok(shutdown("SIGTERM")),
+                    _ = signals.int.recv() => return Ok(shutdown("SIGINT")),
                 }
             }
         }
@@ -185,8 +216,8 @@ async fn run_connected(
     client: &Docker,
     config: &Config,
     reconciler: &mut Reconciler,
-    sigterm: &mut tokio::signal::unix::Signal,
-    sigint: &mut tokio::signal::unix::Signal,
+    signals: &mut Signals,
+    reload: &Reload,
 ) -> LoopExit {
     // The event reader only forwards "something changed", with the event's
     // own time for latency measurements; it never carries state.
@@ -246,8 +277,9 @@ async fn run_connected(
                     pending.entry(id).or_insert(at);
                 }
             }
-            _ = sigterm.recv() => break shutdown_exit("SIGTERM"),
-            _ = sigint.recv() => break shutdown_exit("SIGINT"),
+            _ = signals.term.recv() => break shutdown_exit("SIGTERM"),
+            _ = signals.int.recv() => break shutdown_exit("SIGINT"),
+            _ = signals.hup.recv() => reload_config(config, reconciler, reload),
         }
         if reader.is_finished() {
             break LoopExit::ConnectionLost("the event stream ended".into());
@@ -267,6 +299,31 @@ async fn run_connected(
     };
     reader.abort();
     exit
+}
+
+/// SIGHUP: re-reads the configuration and applies what a running daemon
+/// can (labels, rules, on_warp_down, caps) on the next pass, which follows
+/// at once. Caps change in place, so connections are not dropped. A bad
+/// file changes nothing.
+fn reload_config(running: &Config, reconciler: &mut Reconciler, reload: &Reload) {
+    let new = match reload() {
+        Ok(new) => new,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the running one");
+            return;
+        }
+    };
+    for key in RESTART_KEYS {
+        let value = |c: &Config| c.effective.get(key).map(|(v, _)| v.clone());
+        if value(running) != value(&new) {
+            warn!(
+                key,
+                "SIGHUP: this key changed, but only applies at start; restart netwarp to apply it"
+            );
+        }
+    }
+    reconciler.update_settings(new.plan_settings());
+    info!("SIGHUP: configuration reloaded");
 }
 
 fn shutdown_exit(signal: &str) -> LoopExit {
@@ -324,6 +381,12 @@ impl Reconciler {
 
     pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
         Self { telemetry, ..self }
+    }
+
+    /// New planner settings (a reload); the next pass re-inspects everything.
+    pub fn update_settings(&mut self, settings: PlanSettings) {
+        self.inventory = Inventory::new(&settings);
+        self.settings = settings;
     }
 
     /// The next pass re-inspects every target and warp (the periodic

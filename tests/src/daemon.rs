@@ -217,6 +217,14 @@ impl Daemon {
         Ok(())
     }
 
+    /// Sends `signal` to the running daemon without waiting.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill() on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     pub fn restart(&mut self, signal: i32) -> anyhow::Result<()> {
         self.stop(signal)?;
         self.spawn()

@@ -6,13 +6,15 @@ use anyhow::{Context as _, bail};
 use crate::{command::output, docker::Container};
 
 /// What one iperf3 run measured.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct IperfResult {
     /// Goodput at the receiver, bit/s.
     pub received_bps: f64,
     /// TCP retransmissions at the sender.
     pub retransmits: u64,
     pub seconds: f64,
+    /// Goodput of each one-second interval, bit/s.
+    pub intervals_bps: Vec<f64>,
 }
 
 /// Options of one run.
@@ -104,6 +106,14 @@ impl<'a> IperfRun<'a> {
                 .with_context(|| format!("no sum_received in {end}"))?,
             retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
             seconds: end["sum_received"]["seconds"].as_f64().unwrap_or(0.0),
+            intervals_bps: report["intervals"]
+                .as_array()
+                .map(|all| {
+                    all.iter()
+                        .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }

@@ -219,6 +219,86 @@ fn neighbour_keeps_its_throughput(
     row
 }
 
+/// A SIGHUP with a new default cap changes a running connection's rate
+/// in place: the same TCP connection runs at the old cap, then the new.
+#[test]
+fn a_reload_changes_caps_without_dropping_connections() {
+    let test = "a_reload_changes_caps_without_dropping_connections";
+    skip_if!(test, skip::missing_docker());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal("nwr").expect("network");
+    let server = start_tools_container("nwsrv", &network, &[]);
+    let server_ip = server.ipv4(&network).expect("server ip");
+    start_server(&server, 5201, 300).expect("iperf3 server");
+    let daemon = Daemon::start(&labels, "routes", "").expect("daemon");
+    let config = daemon.config_path().to_owned();
+    let set_default = |rate: &str| {
+        let text = std::fs::read_to_string(&config).expect("config");
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with("default_egress"))
+            .map(str::to_owned)
+            .collect();
+        let section = lines
+            .iter()
+            .position(|l| l == "[rate_limits]")
+            .expect("rate_limits section");
+        lines.insert(section + 1, format!("default_egress = \"{rate}\""));
+        std::fs::write(&config, lines.join("\n") + "\n").expect("config");
+    };
+    // Until its handler is installed, SIGHUP would end the daemon.
+    daemon
+        .wait_for_log("connected to Docker", Duration::from_secs(10))
+        .expect("daemon up");
+    set_default("20mbit");
+    daemon.signal(libc::SIGHUP);
+    daemon
+        .wait_for_log("SIGHUP: configuration reloaded", Duration::from_secs(10))
+        .expect("first reload");
+    // A target (of a warp that does not exist): defaults cap targets.
+    let target = start_tools_container("nwtgt", &network, &[labels.target_label("none")]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("caps programmed") && l.contains(target.name()))
+        }),
+        "the default cap was never programmed"
+    );
+    let seconds = 12;
+    let result = thread::scope(|scope| {
+        let run = scope.spawn(|| IperfRun::new(&server_ip, 5201, seconds).run(&target));
+        thread::sleep(Duration::from_secs(5));
+        set_default("100mbit");
+        daemon.signal(libc::SIGHUP);
+        run.join().expect("iperf thread")
+    });
+    let result = result.expect("the connection survived the reload");
+    let intervals = &result.intervals_bps;
+    assert!(intervals.len() >= 10, "{intervals:?}");
+    let early = intervals[1..4].iter().sum::<f64>() / 3.0;
+    let late = intervals[intervals.len() - 4..intervals.len() - 1]
+        .iter()
+        .sum::<f64>()
+        / 3.0;
+    println!(
+        "reload: {:.1} Mbit/s before, {:.1} Mbit/s after (one connection, {} retransmits)",
+        early / 1e6,
+        late / 1e6,
+        result.retransmits
+    );
+    assert!(
+        (0.9..1.05).contains(&(early / 20e6)),
+        "before the reload: {early}"
+    );
+    assert!(
+        (0.9..1.05).contains(&(late / 100e6)),
+        "after the reload: {late}"
+    );
+}
+
 #[test]
 fn caps_hold_in_ebpf_mode_with_the_shaper() {
     caps_hold("ebpf", Enforcement::Shaper);
