@@ -30,6 +30,7 @@ use crate::{
             EbpfDataplane, EbpfError,
             compile::{CompileError, CompiledPrefix, compile},
         },
+        qdisc::remove_every_tbf,
         routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
     },
     docker::{self, Backoff},
@@ -823,7 +824,8 @@ pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
             if !changes.is_empty() {
                 namespace.apply(&changes, None).await?;
             }
-            Ok::<_, RoutesError>(changes.delete_rules.len() + changes.delete_routes.len())
+            let qdiscs = remove_every_tbf(namespace.netlink_handle()).await?;
+            Ok::<_, CapsError>(changes.delete_rules.len() + changes.delete_routes.len() + qdiscs)
         }
         .await;
         match result {
@@ -835,6 +837,22 @@ pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
                 failures += 1;
                 error!(container = %container.name, id = %container.short_id(), error = %e, "cleanup failed");
             }
+        }
+    }
+    // Ingress caps' qdiscs sit on host-side veths.
+    let host_qdiscs = async {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+        tokio::spawn(connection);
+        Ok::<_, CapsError>(remove_every_tbf(&handle).await?)
+    }
+    .await;
+    match host_qdiscs {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, "removed netwarp's qdiscs from host interfaces"),
+        Err(e) => {
+            failures += 1;
+            error!(error = %e, "removing netwarp's qdiscs from host interfaces failed");
         }
     }
     // The eBPF dataplane's pins: removing a link's pin detaches it.

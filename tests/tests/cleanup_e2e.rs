@@ -13,6 +13,22 @@ use netwarp_tests::{
     tcx,
 };
 
+/// The root qdiscs of a container's eth0 and of its host veth.
+fn qdiscs(container: &Container) -> String {
+    let (_, veth) = container.host_veth().expect("veth");
+    let inside = container
+        .ip(&["-o", "link", "show", "eth0"])
+        .expect("eth0")
+        .split_whitespace()
+        .skip_while(|w| *w != "qdisc")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let host = netwarp_tests::command::run("tc", &["qdisc", "show", "dev", &veth, "root"])
+        .expect("tc qdisc show");
+    format!("inside: {inside}; host: {}", host.trim())
+}
+
 /// Names of the TCX programs on a container's host veth.
 fn tcx_programs(container: &Container) -> Vec<String> {
     let (_, veth) = container.host_veth().expect("veth");
@@ -29,19 +45,39 @@ fn cleanup_removes_everything(mode: &str) {
     let target = start_target(
         "nwt",
         &network,
-        &[labels.target_label(&labels.warp_name("gw"))],
+        &[
+            labels.target_label(&labels.warp_name("gw")),
+            format!("{}=50mbit", labels.egress_rate),
+            format!("{}=50mbit", labels.ingress_rate),
+        ],
     );
     let plain = start_target("nwu", &network, &[]);
     let plain_before = (full_routing(&plain), tcx_programs(&plain));
-    let target_before = (full_routing(&target), tcx_programs(&target));
+    let target_before = (
+        full_routing(&target),
+        tcx_programs(&target),
+        qdiscs(&target),
+    );
 
     let mut daemon = Daemon::start(&labels, mode, GLOBAL_RULES).expect("daemon");
     assert!(
         eventually(Duration::from_secs(15), || reaches(&target, 8080)),
         "{mode}: never steered"
     );
+    assert!(
+        eventually(Duration::from_secs(15), || qdiscs(&target)
+            .matches("tbf")
+            .count()
+            == 2),
+        "{mode}: the caps' qdiscs never appeared: {}",
+        qdiscs(&target)
+    );
     assert_ne!(
-        (full_routing(&target), tcx_programs(&target)),
+        (
+            full_routing(&target),
+            tcx_programs(&target),
+            qdiscs(&target)
+        ),
         target_before,
         "{mode}: nothing was programmed"
     );
@@ -60,7 +96,11 @@ fn cleanup_removes_everything(mode: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        (full_routing(&target), tcx_programs(&target)),
+        (
+            full_routing(&target),
+            tcx_programs(&target),
+            qdiscs(&target)
+        ),
         target_before,
         "{mode}: netwarp entries remain"
     );

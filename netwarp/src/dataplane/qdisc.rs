@@ -170,6 +170,32 @@ pub async fn remove_tbf(handle: &Handle, ifindex: u32) -> Result<bool, QdiscErro
     Ok(true)
 }
 
+/// Removes netwarp's tbf from every interface of the namespace `handle`
+/// is bound to; returns how many it removed.
+pub async fn remove_every_tbf(handle: &Handle) -> Result<usize, QdiscError> {
+    let qdiscs: Vec<TcMessage> =
+        handle
+            .qdisc()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| QdiscError::Netlink {
+                operation: "qdisc dump",
+                ifindex: 0,
+                source,
+            })?;
+    let mut removed = 0;
+    for qdisc in qdiscs {
+        let ours = qdisc.header.parent == TcHandle::ROOT
+            && qdisc.header.handle.major == NETWARP_QDISC_MAJOR;
+        if ours && remove_tbf(handle, qdisc.header.index as u32).await? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 async fn send(
     handle: &Handle,
     request: NetlinkMessage<RouteNetlinkMessage>,
