@@ -34,6 +34,17 @@ fn kernel_release() -> String {
 }
 
 /// True for kernels >= 6.6, which have TCX.
+/// Whether the fq qdisc is built in (loaded) or available as a module.
+fn has_sch_fq(release: &str) -> bool {
+    std::path::Path::new("/sys/module/sch_fq").exists()
+        || ["sch_fq.ko", "sch_fq.ko.xz", "sch_fq.ko.zst", "sch_fq.ko.gz"]
+            .iter()
+            .any(|f| {
+                std::path::Path::new(&format!("/lib/modules/{release}/kernel/net/sched/{f}"))
+                    .exists()
+            })
+}
+
 fn has_tcx(release: &str) -> bool {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
@@ -78,6 +89,20 @@ pub fn probe() -> ProbeReport {
         name: "tcx",
         ok: has_tcx(&release),
         detail: format!("kernel {release}; TCX needs 6.6 or later, older kernels use clsact"),
+    });
+    let fq = has_sch_fq(&release);
+    checks.push(Check {
+        name: "sch_fq (EDT pacing)",
+        ok: fq,
+        detail: if fq {
+            "present; netwarp does not use EDT pacing yet: caps use the tbf shaper (default) \
+             or the BPF policer"
+                .into()
+        } else {
+            "absent; caps use the tbf shaper (rate_limits.enforcement = shaper, the default) \
+             or the BPF policer, which drops and hurts TCP"
+                .into()
+        },
     });
     let load = EbpfDataplane::load();
     checks.push(Check {
