@@ -18,6 +18,7 @@ mod programs {
         maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
     };
+    use aya_log_ebpf::debug;
     use netwarp_common::{
         ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
         POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets,
@@ -139,6 +140,10 @@ mod programs {
         let next = unsafe { core::ptr::read_volatile(next_ns) };
         if next > now {
             count_verdict(ifindex, u64::from(ctx.len()), Verdict::Rate);
+            debug!(
+                ctx,
+                "cap drop: ifindex {} direction {}", ifindex, direction as u32
+            );
             return false;
         }
         let floor = now.saturating_sub(burst_ns);
@@ -271,6 +276,10 @@ mod programs {
                     Verdict::Policy
                 };
                 count_verdict(ifindex, bytes, verdict);
+                debug!(
+                    ctx,
+                    "blocked: ifindex {} reason {}", ifindex, rule.block_reason
+                );
                 Some(TC_ACT_SHOT)
             }
             _ => None,

@@ -108,7 +108,7 @@ pub async fn run_daemon(config: Config, reload: Reload) -> anyhow::Result<ExitCo
     {
         return Ok(code);
     }
-    let (mode, dataplane) = match config.dataplane {
+    let (mode, mut dataplane) = match config.dataplane {
         DataplaneMode::DryRun => {
             warn!(
                 record = ?config.dry_run_record,
@@ -125,11 +125,17 @@ pub async fn run_daemon(config: Config, reload: Reload) -> anyhow::Result<ExitCo
             if let Some(code) = check_privileges(EBPF_CAPABILITIES) {
                 return Ok(code);
             }
-            let ebpf = EbpfDataplane::load_pinned(&config.bpf_pin_dir)?;
+            let ebpf =
+                EbpfDataplane::load_pinned_logging(&config.bpf_pin_dir, debug_logs(&config))?;
             (DataplaneMode::Ebpf, Dataplane::Ebpf(Box::new(ebpf)))
         }
     };
     info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");
+    if let Dataplane::Ebpf(ebpf) = &mut dataplane
+        && let Some(logger) = ebpf.take_logger()
+    {
+        forward_program_logs(logger);
+    }
     let telemetry = Telemetry::start(&config, mode).await?;
     let mut reconciler =
         Reconciler::new(config.plan_settings(), dataplane).with_telemetry(telemetry);
@@ -181,7 +187,7 @@ fn choose_automatically(config: &Config) -> (DataplaneMode, Dataplane) {
         info!(missing = %names.join(", "), "dataplane auto: using routes, eBPF lacks capabilities");
         return (DataplaneMode::Routes, Dataplane::Routes);
     }
-    match EbpfDataplane::load_pinned(&config.bpf_pin_dir) {
+    match EbpfDataplane::load_pinned_logging(&config.bpf_pin_dir, debug_logs(config)) {
         Ok(ebpf) => {
             info!(pins = %config.bpf_pin_dir.display(), "dataplane auto: using ebpf");
             (DataplaneMode::Ebpf, Dataplane::Ebpf(Box::new(ebpf)))
@@ -191,6 +197,36 @@ fn choose_automatically(config: &Config) -> (DataplaneMode, Dataplane) {
             (DataplaneMode::Routes, Dataplane::Routes)
         }
     }
+}
+
+fn debug_logs(config: &Config) -> bool {
+    matches!(config.log_level.as_str(), "debug" | "trace")
+}
+
+/// Forwards the eBPF programs' aya-log records to the log, as they come.
+fn forward_program_logs(logger: crate::dataplane::ebpf::ProgramLogger) {
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and
+    // the same until the AsyncFd (which owns the logger) is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let logger = match registered {
+        Ok(logger) => logger,
+        Err(e) => {
+            warn!(error = %e, "cannot poll the eBPF programs' log");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let mut logger = logger;
+        loop {
+            let Ok(mut ready) = logger.readable_mut().await else {
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
 }
 
 fn shutdown(signal: &str) -> ExitCode {

@@ -148,6 +148,10 @@ fn caps_hold(mode: &str, enforcement: Enforcement) {
             if drops == 0 {
                 failures.push(format!("{rate}: the policer counted no drops"));
             }
+            // The programs report drops through aya-log at debug level.
+            if !daemon.log().contains("cap drop: ifindex") {
+                failures.push(format!("{rate}: no aya-log record of a cap drop"));
+            }
             table.push(format!(
                 "{mode:<6} {name:<7} {rate:>7} drops counted by the cap: {drops} packets"
             ));

@@ -150,26 +150,19 @@ fn status_matches_the_programmed_state(mode: &str) {
     let warp_name = labels.warp_name("gw");
     let warp = start_warp(&warp_name, &network, &[]);
     let wide = start_target("nwt", &network, &[labels.target_label(&warp_name)]);
-    // Cap labels private to this test, so no other daemon plans them.
-    let cap_label = |kind: &str| format!("{}.{kind}", labels.target);
+    // Cap labels are private to this test's daemon (see TestLabels).
     let narrow = start_target(
         "nwn",
         &network,
         &[
             labels.target_label(&warp_name),
             labels.rules_label("203.0.113.0/24,tcp:8080"),
-            format!("{}=10mbit", cap_label("egress")),
-            format!("{}=64kb", cap_label("burst")),
+            format!("{}=10mbit", labels.egress_rate),
+            format!("{}=64kb", labels.burst),
         ],
     );
-    let config = format!(
-        "{GLOBAL_RULES}[rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
-         burst_label = \"{}\"\n",
-        cap_label("egress"),
-        cap_label("ingress"),
-        cap_label("burst")
-    );
-    let mut daemon = Daemon::start(&labels, mode, &config).expect("daemon");
+    let config = GLOBAL_RULES;
+    let mut daemon = Daemon::start(&labels, mode, config).expect("daemon");
     for target in [&wide, &narrow] {
         assert!(
             eventually(CONVERGE, || reaches(target, 8080)),

@@ -126,13 +126,31 @@ pub struct EbpfDataplane {
     /// present, is this process's handle on it.
     links: HashMap<(u32, u32), Option<SchedClassifierLinkId>>,
     pin_dir: Option<PathBuf>,
+    /// Reads the programs' aya-log records; see [`Self::take_logger`].
+    logger: Option<ProgramLogger>,
+}
+
+/// The reader of the programs' aya-log ring buffer.
+pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// aya-log levels the programs keep: debug, or none (a load-time
+/// constant, so disabled log calls cost one compare).
+fn program_log_level(debug_logs: bool) -> u8 {
+    if debug_logs {
+        aya_log::Level::Debug as u8
+    } else {
+        0
+    }
 }
 
 impl EbpfDataplane {
-    /// Loads every program with private maps; nothing is attached yet.
-    /// Everything goes away with this value (tests, probes).
+    /// Loads every program with private maps and logs off; nothing is
+    /// attached yet. Everything goes away with this value (tests, probes).
     pub fn load() -> Result<Self, EbpfError> {
-        let ebpf = Ebpf::load(PROGRAMS_OBJECT)?;
+        let level = program_log_level(false);
+        let ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(PROGRAMS_OBJECT)?;
         Self::with_programs(ebpf, None)
     }
 
@@ -142,6 +160,12 @@ impl EbpfDataplane {
     /// blocking never stop across a restart. Pins of vanished interfaces
     /// are removed.
     pub fn load_pinned(pin_dir: &Path) -> Result<Self, EbpfError> {
+        Self::load_pinned_logging(pin_dir, false)
+    }
+
+    /// Like [`Self::load_pinned`]; with `debug_logs` the programs send
+    /// debug records (drops and why) through aya-log.
+    pub fn load_pinned_logging(pin_dir: &Path, debug_logs: bool) -> Result<Self, EbpfError> {
         let pin_error = |source: std::io::Error| EbpfError::PinDir {
             path: pin_dir.to_owned(),
             source,
@@ -153,6 +177,8 @@ impl EbpfDataplane {
         for name in MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
+        let level = program_log_level(debug_logs);
+        loader.override_global(aya_log::LEVEL, &level, true);
         let ebpf = loader.load(PROGRAMS_OBJECT)?;
         let mut dataplane = Self::with_programs(ebpf, Some(pin_dir.to_owned()))?;
         dataplane.adopt_pinned_links()?;
@@ -160,6 +186,14 @@ impl EbpfDataplane {
     }
 
     fn with_programs(mut ebpf: Ebpf, pin_dir: Option<PathBuf>) -> Result<Self, EbpfError> {
+        // Before the programs load: they need the log map open.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!(error = %e, "the eBPF programs' log is unavailable");
+                None
+            }
+        };
         for name in [PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -172,7 +206,14 @@ impl EbpfDataplane {
             ebpf,
             links: HashMap::new(),
             pin_dir,
+            logger,
         })
+    }
+
+    /// The reader of the programs' log records, for the daemon to poll;
+    /// left here, records are dropped once its ring buffer is full.
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        self.logger.take()
     }
 
     fn link_pin(&self, ifindex: u32, suffix: &str) -> Option<PathBuf> {
