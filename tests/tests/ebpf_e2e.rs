@@ -261,3 +261,70 @@ fn auto_falls_back_to_routes_when_bpf_is_denied() {
     );
     drop(warp);
 }
+
+/// Creates a hash map with the given sizes and pins it at `path`, as an
+/// older netwarp with another layout would have left it.
+fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
+    // union bpf_attr for BPF_MAP_CREATE (0): map_type, key_size,
+    // value_size, max_entries, then zeros.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[1 /* BPF_MAP_TYPE_HASH */, key_size, value_size, 16]);
+    // SAFETY: a valid bpf_attr buffer of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // BPF_OBJ_PIN (6): pathname (u64), bpf_fd (u32).
+    let mut pin = [0u64; 4];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: as above; `name` outlives the call.
+    let pinned =
+        unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    assert!(
+        pinned == 0,
+        "BPF_OBJ_PIN: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// Removes a pin directory on drop.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pinned_maps_of_an_older_layout_are_replaced() {
+    let test = "pinned_maps_of_an_older_layout_are_replaced";
+    skip_if!(test, skip::missing_root());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwl")));
+    std::fs::create_dir_all(&dir.0).expect("pin dir");
+    let verdicts = dir.0.join(netwarp_common::VERDICTS_MAP);
+    // The verdict counters before the rate fields: 48 bytes.
+    pin_hash_map(&verdicts, 4, 48);
+    let dataplane =
+        EbpfDataplane::load_pinned(&dir.0).expect("loading over a pinned map of an older layout");
+    let info = aya::maps::MapInfo::from_pin(&verdicts).expect("the map is pinned again");
+    assert_eq!(
+        info.value_size() as usize,
+        std::mem::size_of::<netwarp_common::VerdictCounters>()
+    );
+    drop(dataplane);
+}

@@ -107,16 +107,56 @@ const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
     ),
 ];
 
-/// Every map, pinned by name under the pin directory.
-const MAPS: [&str; 7] = [
-    TRAFFIC_MAP,
-    POLICY_MAP,
-    RULES_V4_MAP,
-    RULES_V6_MAP,
-    VERDICTS_MAP,
-    RATE_SLOTS_MAP,
-    RATE_BUCKETS_MAP,
-];
+/// Every map, pinned by name under the pin directory, with its key and
+/// value sizes as this build's programs use them; the LPM keys carry a 4-byte prefix length.
+fn map_layouts() -> [(&'static str, usize, usize); 7] {
+    use std::mem::size_of;
+    [
+        (
+            TRAFFIC_MAP,
+            size_of::<TrafficKey>(),
+            size_of::<TrafficCounters>(),
+        ),
+        (POLICY_MAP, size_of::<u32>(), size_of::<TargetPolicy>()),
+        (
+            RULES_V4_MAP,
+            4 + size_of::<RuleKeyV4>(),
+            size_of::<RuleValue>(),
+        ),
+        (
+            RULES_V6_MAP,
+            4 + size_of::<RuleKeyV6>(),
+            size_of::<RuleValue>(),
+        ),
+        (VERDICTS_MAP, size_of::<u32>(), size_of::<VerdictCounters>()),
+        (RATE_SLOTS_MAP, size_of::<u32>(), size_of::<u32>()),
+        (RATE_BUCKETS_MAP, size_of::<u32>(), size_of::<RateBuckets>()),
+    ]
+}
+
+/// Unpins maps an older netwarp pinned with another layout, so that this
+/// build creates them afresh; the controller then rewrites their contents
+/// (counters restart). Programs still attached keep their old maps until
+/// the adopted links switch to the new programs.
+fn retire_incompatible_pins(pin_dir: &Path) {
+    for (name, key_size, value_size) in map_layouts() {
+        let path = pin_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
+            tracing::warn!(
+                map = name,
+                pinned_key = info.key_size(),
+                pinned_value = info.value_size(),
+                key_size,
+                value_size,
+                "a pinned map has an older layout; replacing it (its contents are rebuilt)"
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
 
 /// netwarp's loaded programs and the attachments it made.
 pub struct EbpfDataplane {
@@ -173,8 +213,9 @@ impl EbpfDataplane {
         std::fs::create_dir_all(pin_dir.join("links")).map_err(pin_error)?;
         std::fs::set_permissions(pin_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(pin_error)?;
+        retire_incompatible_pins(pin_dir);
         let mut loader = EbpfLoader::new();
-        for name in MAPS {
+        for (name, _, _) in map_layouts() {
             loader.map_pin_path(name, pin_dir.join(name));
         }
         let level = program_log_level(debug_logs);
