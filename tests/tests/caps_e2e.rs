@@ -271,6 +271,18 @@ fn a_reload_changes_caps_without_dropping_connections() {
         }),
         "the default cap was never programmed"
     );
+    // A malformed cap label is named with its container, and changes
+    // nothing for the others.
+    let malformed =
+        start_tools_container("nwbad", &network, &[format!("{}=fast", labels.egress_rate)]);
+    assert!(
+        eventually(Duration::from_secs(20), || daemon.log().lines().any(|l| {
+            l.contains(malformed.name())
+                && l.contains(&format!("label {}=`fast` is invalid", labels.egress_rate))
+        })),
+        "no warning naming {} and its label",
+        malformed.name()
+    );
     let seconds = 12;
     let result = thread::scope(|scope| {
         let run = scope.spawn(|| IperfRun::new(&server_ip, 5201, seconds).run(&target));
