@@ -28,6 +28,7 @@ pub struct IperfRun<'a> {
     pub reverse: bool,
     /// Target rate per stream (iperf3 `--bitrate`), e.g. `2G`.
     pub bitrate: Option<&'a str>,
+    pub udp: bool,
 }
 
 impl<'a> IperfRun<'a> {
@@ -39,6 +40,7 @@ impl<'a> IperfRun<'a> {
             streams: 1,
             reverse: false,
             bitrate: None,
+            udp: false,
         }
     }
 
@@ -48,6 +50,10 @@ impl<'a> IperfRun<'a> {
 
     pub fn reverse(self, reverse: bool) -> Self {
         Self { reverse, ..self }
+    }
+
+    pub fn udp(self) -> Self {
+        Self { udp: true, ..self }
     }
 
     pub fn bitrate(self, bitrate: &'a str) -> Self {
@@ -88,6 +94,9 @@ impl<'a> IperfRun<'a> {
         }
         if let Some(bitrate) = self.bitrate {
             args.extend(["--bitrate", bitrate]);
+        }
+        if self.udp {
+            args.push("--udp");
         }
         let out = output("docker", &args)?;
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {

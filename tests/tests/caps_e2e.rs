@@ -315,6 +315,66 @@ fn a_reload_changes_caps_without_dropping_connections() {
     );
 }
 
+/// A UDP flood at twice a target's ingress cap: the shaper's qdisc on the
+/// host veth drops the excess, and the metrics export those drops per
+/// container. (Egress floods are not dropped: the qdisc in the container's
+/// own stack blocks the sending socket instead.)
+#[test]
+fn the_shapers_drops_are_exported() {
+    let test = "the_shapers_drops_are_exported";
+    skip_if!(test, skip::missing_docker());
+    skip_if!(test, netwarp_tests::observe::missing_parser());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal("nwd").expect("network");
+    let server = start_tools_container("nwsrv", &network, &[]);
+    let server_ip = server.ipv4(&network).expect("server ip");
+    start_server(&server, 5201, 120).expect("iperf3 server");
+    let warp = netwarp_tests::steering::start_warp(&labels.warp_name("gw"), &network, &[]);
+    let target = start_tools_container(
+        "nwtgt",
+        &network,
+        &[
+            labels.target_label(&labels.warp_name("gw")),
+            format!("{}=20mbit", labels.ingress_rate),
+        ],
+    );
+    let daemon = Daemon::start(&labels, "routes", "").expect("daemon");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("caps programmed") && l.contains(target.name()))
+        }),
+        "the cap was never programmed"
+    );
+    let flood = IperfRun::new(&server_ip, 5201, 3)
+        .udp()
+        .bitrate("40M")
+        .reverse(true)
+        .run(&target)
+        .expect("UDP flood");
+    let address = daemon
+        .metrics_address(Duration::from_secs(10))
+        .expect("metrics address");
+    let drops = netwarp_tests::observe::Exposition::scrape(address)
+        .expect("scrape")
+        .value(
+            "netwarp_container_shaper_dropped_packets_total",
+            &[("container", target.name()), ("direction", "ingress")],
+        )
+        .expect("the shaper's drops are exported");
+    println!(
+        "UDP at 40 Mbit/s through a 20 mbit cap: {:.1} Mbit/s received, {drops} packets \
+         dropped by the shaper",
+        flood.received_bps / 1e6
+    );
+    assert!(drops > 0.0, "no drops exported");
+    assert!(flood.received_bps < 20e6 * 1.05, "{}", flood.received_bps);
+    drop(warp);
+}
+
 #[test]
 fn caps_hold_in_ebpf_mode_with_the_shaper() {
     caps_hold("ebpf", Enforcement::Shaper);

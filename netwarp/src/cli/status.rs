@@ -368,6 +368,7 @@ mod tests {
                         rx: pb(3, 300),
                         steered: Some(pb(4, 400)),
                         dropped: Some(Drops::default()),
+                        shaper_drops: None,
                     }),
                 },
                 TargetStatus {

@@ -15,7 +15,7 @@ use rtnetlink::{
     },
     packet_route::{
         RouteNetlinkMessage,
-        tc::{TcAttribute, TcHandle, TcMessage, TcOption},
+        tc::{TcAttribute, TcHandle, TcMessage, TcOption, TcStats2},
     },
 };
 
@@ -168,6 +168,40 @@ pub async fn remove_tbf(handle: &Handle, ifindex: u32) -> Result<bool, QdiscErro
     request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     send(handle, request, "tbf delete", ifindex).await?;
     Ok(true)
+}
+
+/// Packets netwarp's tbf qdiscs dropped, by ifindex, in the namespace
+/// `handle` is bound to (the kernel counts no dropped bytes for them).
+pub async fn tbf_drops(handle: &Handle) -> Result<std::collections::HashMap<u32, u64>, QdiscError> {
+    let qdiscs: Vec<TcMessage> =
+        handle
+            .qdisc()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| QdiscError::Netlink {
+                operation: "qdisc dump",
+                ifindex: 0,
+                source,
+            })?;
+    Ok(qdiscs
+        .iter()
+        .filter(|q| {
+            q.header.parent == TcHandle::ROOT && q.header.handle.major == NETWARP_QDISC_MAJOR
+        })
+        .map(|q| {
+            let drops = q.attributes.iter().find_map(|a| match a {
+                TcAttribute::Stats2(stats) => stats.iter().find_map(|s| match s {
+                    TcStats2::Queue(queue) => Some(u64::from(queue.drops)),
+                    _ => None,
+                }),
+                TcAttribute::Stats(stats) => Some(u64::from(stats.drops)),
+                _ => None,
+            });
+            (q.header.index as u32, drops.unwrap_or(0))
+        })
+        .collect())
 }
 
 /// Removes netwarp's tbf from every interface of the namespace `handle`

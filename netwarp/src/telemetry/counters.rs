@@ -36,7 +36,7 @@ use tracing::debug;
 use super::TargetView;
 use crate::{
     config::DataplaneMode,
-    dataplane::{ebpf::interface_name, routes::NamespaceHandle},
+    dataplane::{ebpf::interface_name, qdisc::tbf_drops, routes::NamespaceHandle},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,17 @@ pub struct Counters {
     pub rx: PacketsBytes,
     pub steered: Option<PacketsBytes>,
     pub dropped: Option<Drops>,
+    /// Packets the caps' tbf qdiscs dropped (the shaper), when capped.
+    #[serde(default)]
+    pub shaper_drops: Option<ShaperDrops>,
+}
+
+/// Packets dropped by the shaper's qdiscs: egress on the container's own
+/// interface, ingress on its host-side veth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShaperDrops {
+    pub egress: u64,
+    pub ingress: u64,
 }
 
 impl From<VerdictCounters> for Drops {
@@ -107,6 +118,16 @@ impl CounterReader {
     /// Counters by target id. Targets whose interface is unknown are left
     /// out; failures are logged at debug level and leave targets out.
     pub async fn read(&self, targets: &[TargetView]) -> HashMap<String, Counters> {
+        let mut counters = self.read_traffic(targets).await;
+        for (id, drops) in read_shaper_drops(targets).await {
+            if let Some(c) = counters.get_mut(&id) {
+                c.shaper_drops = Some(drops);
+            }
+        }
+        counters
+    }
+
+    async fn read_traffic(&self, targets: &[TargetView]) -> HashMap<String, Counters> {
         match self {
             Self::Ebpf { pin_dir } => match read_ebpf(pin_dir, targets) {
                 Ok(counters) => counters,
@@ -118,6 +139,66 @@ impl CounterReader {
             Self::Routes { veths } => read_links(veths, targets).await,
         }
     }
+}
+
+/// The shaper's drops of every capped target: one qdisc dump in the
+/// host's namespace and one in each capped target's.
+async fn read_shaper_drops(targets: &[TargetView]) -> HashMap<String, ShaperDrops> {
+    let capped: Vec<&TargetView> = targets.iter().filter(|t| !t.caps.is_empty()).collect();
+    if capped.is_empty() {
+        return HashMap::new();
+    }
+    let host = async {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+        let task = tokio::spawn(connection);
+        let drops = tbf_drops(&handle).await.map_err(|e| e.to_string());
+        task.abort();
+        drops
+    }
+    .await;
+    let host = match host {
+        Ok(host) => host,
+        Err(e) => {
+            debug!(error = %e, "reading the host's qdisc statistics failed");
+            return HashMap::new();
+        }
+    };
+    let mut out = HashMap::new();
+    for target in capped {
+        let (Some(pid), Some(mac)) = (target.plan.pid, target.plan.mac_on_network.as_deref())
+        else {
+            continue;
+        };
+        let read = async {
+            let namespace = NamespaceHandle::open(pid)
+                .await
+                .map_err(|e| e.to_string())?;
+            let inside = namespace
+                .ifindex_by_mac(mac)
+                .await
+                .map_err(|e| e.to_string())?;
+            let peer = namespace
+                .peer_ifindex_by_mac(mac)
+                .await
+                .map_err(|e| e.to_string())?;
+            let drops = tbf_drops(namespace.netlink_handle())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(ShaperDrops {
+                egress: inside.and_then(|i| drops.get(&i).copied()).unwrap_or(0),
+                ingress: peer.and_then(|i| host.get(&i).copied()).unwrap_or(0),
+            })
+        };
+        match read.await {
+            Ok(drops) => {
+                out.insert(target.plan.id.clone(), drops);
+            }
+            Err(e) => {
+                debug!(container = %target.plan.name, error = %e, "reading the shaper's drops failed")
+            }
+        }
+    }
+    out
 }
 
 fn open_map(pin_dir: &Path, name: &str) -> Result<Map, MapError> {
@@ -169,6 +250,7 @@ fn read_ebpf(
                     bytes: verdict.steered_bytes,
                 }),
                 dropped: Some(verdict.into()),
+                shaper_drops: None,
             },
         );
     }
@@ -241,6 +323,7 @@ async fn read_links(
                     },
                     steered: None,
                     dropped: None,
+                    shaper_drops: None,
                 },
             ))
         })

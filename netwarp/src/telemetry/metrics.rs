@@ -246,6 +246,24 @@ impl Collector for ScrapeCollector {
             counter_family(&mut encoder, name, help, &rows)?;
         }
 
+        let mut shaper_rows = Vec::new();
+        for (labels, counters) in &with_counters {
+            let Some(drops) = counters.shaper_drops else {
+                continue;
+            };
+            for (direction, packets) in [("egress", drops.egress), ("ingress", drops.ingress)] {
+                let mut labels = labels.clone();
+                labels.push(("direction", direction.to_owned()));
+                shaper_rows.push((labels, packets));
+            }
+        }
+        counter_family(
+            &mut encoder,
+            "netwarp_container_shaper_dropped_packets",
+            "Packets the bandwidth caps' tbf qdiscs dropped, by direction (shaper enforcement)",
+            &shaper_rows,
+        )?;
+
         let states: Vec<(Labels, i64)> = published
             .targets
             .iter()
@@ -352,7 +370,7 @@ mod tests {
         plan::{BlockReason, TargetPlan},
         telemetry::{
             WarpState, WarpView,
-            counters::{Drops, PacketsBytes},
+            counters::{Drops, PacketsBytes, ShaperDrops},
         },
     };
 
@@ -411,6 +429,10 @@ mod tests {
                     warp_down: pb(1, 100),
                     policy: pb(2, 200),
                     rate: pb(3, 300),
+                }),
+                shaper_drops: Some(ShaperDrops {
+                    egress: 4,
+                    ingress: 5,
                 }),
             },
         )]);
@@ -474,6 +496,7 @@ mod tests {
             "netwarp_container_steered_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 5",
             "netwarp_container_dropped_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rate\"} 300",
             "netwarp_container_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"warp_down\"} 1",
+            "netwarp_container_shaper_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",direction=\"ingress\"} 5",
             "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\"} 1",
             "netwarp_targets{state=\"steered\"} 1",
             "netwarp_warp_up{warp=\"warp-a\"} 0",
