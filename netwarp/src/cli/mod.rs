@@ -153,7 +153,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Installs the tracing subscriber in the configured level and format.
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETWARP_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("netwarp={}", config.log_level))
+        // netwarp_programs: the eBPF programs' aya-log records.
+        let level = &config.log_level;
+        tracing_subscriber::EnvFilter::new(format!("netwarp={level},netwarp_programs={level}"))
     });
     // Colours only on a terminal: logs in files and journals stay plain.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
