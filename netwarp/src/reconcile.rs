@@ -787,10 +787,35 @@ async fn program_caps(
     let namespace = NamespaceHandle::open(pid).await?;
     let desired = ProgrammedCaps {
         caps,
+        enforcement,
         interfaces: interfaces(&namespace, macs).await?,
     };
     let previous = last.get(id);
     let changed_caps = previous != Some(&desired);
+    let host = match host_netlink {
+        Some(handle) => handle,
+        None => {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+            tokio::spawn(connection);
+            host_netlink.insert(handle)
+        }
+    };
+    // A reload switched the enforcement: undo the other mechanism first.
+    if let Some(previous) = previous.filter(|p| p.enforcement != enforcement) {
+        match (&mut *dataplane, previous.enforcement) {
+            (Dataplane::Ebpf(ebpf), CapEnforcement::Policer) => {
+                ebpf.remove_caps(&previous.host_ifindexes())?;
+            }
+            _ => {
+                let uncapped = ProgrammedCaps {
+                    caps: Caps::default(),
+                    ..previous.clone()
+                };
+                program_qdiscs(&namespace, host, &uncapped, true).await?;
+            }
+        }
+    }
     let changed = match (dataplane, enforcement) {
         (Dataplane::Ebpf(ebpf), CapEnforcement::Policer) => {
             if changed_caps {
@@ -801,18 +826,7 @@ async fn program_caps(
             }
             changed_caps
         }
-        (_, _) => {
-            let host = match host_netlink {
-                Some(handle) => handle,
-                None => {
-                    let (connection, handle, _) = rtnetlink::new_connection()
-                        .map_err(|e| CapsError::HostNetlink(e.to_string()))?;
-                    tokio::spawn(connection);
-                    host_netlink.insert(handle)
-                }
-            };
-            program_qdiscs(&namespace, host, &desired, changed_caps).await?
-        }
+        (_, _) => program_qdiscs(&namespace, host, &desired, changed_caps).await?,
     };
     last.insert(id.to_owned(), desired);
     Ok(changed)

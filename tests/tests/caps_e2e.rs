@@ -375,6 +375,72 @@ fn the_shapers_drops_are_exported() {
     drop(warp);
 }
 
+/// Whether the daemon's pinned slot map caps host interface `ifindex`.
+fn policer_caps(daemon: &Daemon, ifindex: u32) -> bool {
+    let path = daemon.pin_dir().join(netwarp_common::RATE_SLOTS_MAP);
+    let Ok(data) = aya::maps::MapData::from_pin(&path) else {
+        return false;
+    };
+    let map: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("slot map");
+    map.get(&ifindex, 0).is_ok()
+}
+
+/// A SIGHUP that switches `rate_limits.enforcement` moves a container's
+/// caps from the tbf shaper to the BPF policer and back.
+#[test]
+fn a_reload_switches_between_shaper_and_policer() {
+    let test = "a_reload_switches_between_shaper_and_policer";
+    skip_if!(test, skip::missing_docker());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal("nws").expect("network");
+    let capped = start_tools_container(
+        "nwcap",
+        &network,
+        &[format!("{}=50mbit", labels.ingress_rate)],
+    );
+    let daemon = Daemon::start(&labels, "ebpf", "").expect("daemon");
+    daemon
+        .wait_for_log("connected to Docker", Duration::from_secs(10))
+        .expect("daemon up");
+    let (ifindex, veth) = capped.host_veth().expect("veth");
+    let has_tbf = || {
+        netwarp_tests::command::run("tc", &["qdisc", "show", "dev", &veth, "root"])
+            .is_ok_and(|out| out.contains("tbf 4e57:"))
+    };
+    let converge = Duration::from_secs(20);
+    assert!(eventually(converge, has_tbf), "no shaper at first");
+    assert!(!policer_caps(&daemon, ifindex));
+    let config = daemon.config_path().to_owned();
+    let set_enforcement = |value: &str| {
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("enforcement"))
+            .map(|l| {
+                if l == "[rate_limits]" {
+                    format!("{l}\nenforcement = \"{value}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&config, text).expect("config");
+        daemon.signal(libc::SIGHUP);
+    };
+    set_enforcement("policer");
+    assert!(
+        eventually(converge, || !has_tbf() && policer_caps(&daemon, ifindex)),
+        "the caps did not move to the policer"
+    );
+    set_enforcement("shaper");
+    assert!(
+        eventually(converge, || has_tbf() && !policer_caps(&daemon, ifindex)),
+        "the caps did not move back to the shaper"
+    );
+}
+
 #[test]
 fn caps_hold_in_ebpf_mode_with_the_shaper() {
     caps_hold("ebpf", Enforcement::Shaper);

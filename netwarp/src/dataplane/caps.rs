@@ -13,7 +13,10 @@ use super::{
     qdisc::{QdiscError, RootQdisc, put_tbf, remove_tbf, root_qdisc},
     routes::{NamespaceHandle, RoutesError},
 };
-use crate::model::{Cap, Caps};
+use crate::{
+    model::{Cap, Caps},
+    plan::CapEnforcement,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
@@ -40,6 +43,7 @@ pub struct CapInterface {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgrammedCaps {
     pub caps: Caps,
+    pub enforcement: CapEnforcement,
     /// Sorted.
     pub interfaces: Vec<CapInterface>,
 }
@@ -159,6 +163,7 @@ mod tests {
     fn the_slot_is_the_lowest_host_ifindex() {
         let programmed = ProgrammedCaps {
             caps: Caps::default(),
+            enforcement: CapEnforcement::Shaper,
             interfaces: vec![
                 CapInterface {
                     container_ifindex: 2,

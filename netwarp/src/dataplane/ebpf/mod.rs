@@ -35,7 +35,8 @@ use netwarp_common::{
 use compile::CompiledPrefix;
 
 /// The object built from `netwarp-ebpf` by build.rs.
-static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwarp-programs"));
+static PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwarp-programs"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
