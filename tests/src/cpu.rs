@@ -13,6 +13,8 @@ pub struct CpuTimes {
     pub idle: u64,
     pub irq: u64,
     pub softirq: u64,
+    /// Time the hypervisor ran something else on our virtual CPUs.
+    pub steal: u64,
     pub total: u64,
 }
 
@@ -39,6 +41,7 @@ impl CpuTimes {
             idle: at(3) + at(4),
             irq: at(5),
             softirq: at(6),
+            steal: at(7),
             total: v.iter().take(8).sum(),
         })
     }
@@ -47,6 +50,14 @@ impl CpuTimes {
     pub fn sys_softirq_secs_since(&self, earlier: &Self) -> f64 {
         let ticks = (self.system + self.softirq).saturating_sub(earlier.system + earlier.softirq);
         ticks as f64 / clock_ticks_per_sec()
+    }
+}
+
+impl CpuTimes {
+    /// Steal seconds from `earlier` to `self`: a virtual machine's CPUs
+    /// taken away by the host, which inflates every timing in between.
+    pub fn steal_secs_since(&self, earlier: &Self) -> f64 {
+        self.steal.saturating_sub(earlier.steal) as f64 / clock_ticks_per_sec()
     }
 }
 

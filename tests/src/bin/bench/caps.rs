@@ -50,6 +50,7 @@ struct CapRun {
     goodput_over_cap: f64,
     retransmits: u64,
     cpu_sys_softirq_secs: f64,
+    cpu_steal_secs: f64,
     goodput_ratio_to_tbf: f64,
     cpu_ratio_to_tbf: f64,
     retransmits_ratio_to_tbf: f64,
@@ -171,7 +172,8 @@ fn measure(
             .reverse(true)
             .run(capped)
             .with_context(|| format!("{method} {rate} {streams} stream(s)"))?;
-        let cpu = CpuTimes::now()?.sys_softirq_secs_since(&before);
+        let after = CpuTimes::now()?;
+        let cpu = after.sys_softirq_secs_since(&before);
         if result.received_bps <= 0.0 {
             bail!("{method} {rate}: no traffic flowed");
         }
@@ -185,6 +187,7 @@ fn measure(
             goodput_over_cap: result.received_bps / cap_bps,
             retransmits: result.retransmits,
             cpu_sys_softirq_secs: cpu,
+            cpu_steal_secs: after.steal_secs_since(&before),
             goodput_ratio_to_tbf: f64::NAN,
             cpu_ratio_to_tbf: f64::NAN,
             retransmits_ratio_to_tbf: f64::NAN,

@@ -1,4 +1,4 @@
-//! Section 4: convergence in the ebpf dataplane, on real containers.
+//! Section 4: convergence on real containers, per dataplane.
 //!
 //! (a) target start: a new target container starts; the daemon's own
 //!     `latency_ms` of `target programmed after event` (from the Docker
@@ -45,16 +45,24 @@ struct Convergence {
     warp_recreate_first_ms: Vec<f64>,
 }
 
-pub fn run_section(iterations: usize) -> anyhow::Result<Section> {
+pub fn run_section(iterations: usize, modes: &[&'static str]) -> anyhow::Result<Section> {
+    let mut results = Vec::new();
+    for &mode in modes {
+        results.push(measure(mode, iterations)?);
+    }
+    tabulate(results)
+}
+
+fn measure(mode: &'static str, iterations: usize) -> anyhow::Result<Convergence> {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwbv")?;
     let warp_name = labels.warp_name("gw");
     let mut warp = start_warp(&warp_name, &network, &[]);
-    let daemon = Daemon::start_with_env(&labels, "ebpf", GLOBAL_RULES, crate::paths::DAEMON_ENV)?;
+    let daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, crate::paths::DAEMON_ENV)?;
     daemon.wait_for_log("connected to Docker", WAIT)?;
     let target_label = labels.target_label(&warp_name);
 
-    eprintln!("bench: convergence (a): {iterations} target starts");
+    eprintln!("bench: convergence, {mode}: (a) {iterations} target starts");
     let mut targets = Vec::new();
     let mut start_ms = Vec::new();
     for i in 0..iterations {
@@ -82,7 +90,7 @@ pub fn run_section(iterations: usize) -> anyhow::Result<Section> {
         bail!("a programmed target does not reach REMOTE through its warp");
     }
 
-    eprintln!("bench: convergence (b): {iterations} warp recreates");
+    eprintln!("bench: convergence, {mode}: (b) {iterations} warp recreates");
     let mut recreate_ms = Vec::new();
     let mut recreate_first_ms = Vec::new();
     for i in 0..iterations {
@@ -129,17 +137,20 @@ pub fn run_section(iterations: usize) -> anyhow::Result<Section> {
     drop(daemon);
     drop(warp);
 
-    let result = Convergence {
-        mode: "ebpf",
+    Ok(Convergence {
+        mode,
         target_start: Spread::of(&start_ms),
         target_start_ms: start_ms,
         targets_per_warp: RECREATE_TARGETS,
         warp_recreate: Spread::of(&recreate_ms),
         warp_recreate_ms: recreate_ms,
         warp_recreate_first_ms: recreate_first_ms,
-    };
+    })
+}
+
+fn tabulate(results: Vec<Convergence>) -> anyhow::Result<Section> {
     let mut table = Table::new(
-        "4. Convergence (ebpf dataplane, real containers)",
+        "4. Convergence (real containers)",
         &format!(
             "(a) Docker start event of a new target -> its policy programmed (the daemon's own \
              latency_ms, from the event's timestamp). (b) warp recreated compose-style (old \
@@ -147,42 +158,44 @@ pub fn run_section(iterations: usize) -> anyhow::Result<Section> {
              start event (docker events TimeNano) -> the last of its {RECREATE_TARGETS} targets \
              re-programmed via the new IP (daemon log timestamps)"
         ),
-        &["figure", "n", "p50 ms", "p99 ms", "max ms"],
+        &["dataplane", "figure", "n", "p50 ms", "p99 ms", "max ms"],
     );
-    for (name, s) in [
-        ("(a) target start -> programmed", &result.target_start),
-        (
-            "(b) warp recreate -> targets re-steered",
-            &result.warp_recreate,
-        ),
-    ] {
-        table.row(vec![
-            name.to_owned(),
-            s.count.to_string(),
-            fmt_num(s.p50),
-            fmt_num(s.p99),
-            fmt_num(s.max),
-        ]);
-    }
-    let goals = vec![
-        Goal::below(
+    let mut goals = Vec::new();
+    for result in &results {
+        for (name, s) in [
+            ("(a) target start -> programmed", &result.target_start),
+            (
+                "(b) warp recreate -> targets re-steered",
+                &result.warp_recreate,
+            ),
+        ] {
+            table.row(vec![
+                result.mode.to_owned(),
+                name.to_owned(),
+                s.count.to_string(),
+                fmt_num(s.p50),
+                fmt_num(s.p99),
+                fmt_num(s.max),
+            ]);
+        }
+        goals.push(Goal::below(
             "convergence",
-            "target start p99",
+            &format!("{} target start p99", result.mode),
             result.target_start.p99,
             "ms",
             100.0,
-        ),
-        Goal::below(
+        ));
+        goals.push(Goal::below(
             "convergence",
-            "warp recreate p99",
+            &format!("{} warp recreate p99", result.mode),
             result.warp_recreate.p99,
             "ms",
             200.0,
-        ),
-    ];
+        ));
+    }
     Ok(Section {
         name: "convergence",
-        data: serde_json::to_value(&result)?,
+        data: serde_json::to_value(&results)?,
         tables: vec![table],
         goals,
     })

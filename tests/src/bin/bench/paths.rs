@@ -29,6 +29,8 @@ use crate::{
 const IPERF_PORT: u16 = 5201;
 const PINGPONG_PORT: u16 = 7000;
 const PINGPONG_SIZE: usize = 64;
+/// Ping-pong rounds per path and mode.
+const LATENCY_ROUNDS: usize = 10;
 /// Where the bench binary appears inside the containers.
 pub const BENCH_IN_CONTAINER: &str = "/nwbench";
 
@@ -86,6 +88,8 @@ struct ProgramCost {
     run_cnt: u64,
     run_time_ns: u64,
     ns_per_packet: f64,
+    /// Host-wide steal time during the window (a VM's CPUs taken away).
+    window_steal_secs: f64,
 }
 
 /// One steered mode measured against the baseline, interleaved A B B A
@@ -173,18 +177,6 @@ fn iperf(
     Ok((r.received_bps / 1e9, r.retransmits))
 }
 
-fn mean_rtt(a: &RttSummary, b: &RttSummary) -> RttSummary {
-    let m = |x: f64, y: f64| (x + y) / 2.0;
-    RttSummary {
-        count: a.count + b.count,
-        p50_us: m(a.p50_us, b.p50_us),
-        p90_us: m(a.p90_us, b.p90_us),
-        p99_us: m(a.p99_us, b.p99_us),
-        max_us: a.max_us.max(b.max_us),
-        mean_us: m(a.mean_us, b.mean_us),
-    }
-}
-
 fn measure_mode(
     mode: &'static str,
     twin: &Container,
@@ -207,20 +199,30 @@ fn measure_mode(
             b1.1 + b2.1,
         ));
     }
-    let a1 = ping_pong(twin, warp_ip, params.round_trips)?;
-    let b1 = ping_pong(target, REMOTE, params.round_trips)?;
-    let b2 = ping_pong(target, REMOTE, params.round_trips)?;
-    let a2 = ping_pong(twin, warp_ip, params.round_trips)?;
+    // Latency is the most noise-sensitive figure: short rounds, alternating
+    // which path goes first, with every round trip pooled per path.
+    let per_round = params.round_trips.div_ceil(LATENCY_ROUNDS);
+    let (mut baseline, mut steered) = (Vec::new(), Vec::new());
+    for round in 0..LATENCY_ROUNDS {
+        if round % 2 == 0 {
+            baseline.extend(ping_pong(twin, warp_ip, per_round)?);
+            steered.extend(ping_pong(target, REMOTE, per_round)?);
+        } else {
+            steered.extend(ping_pong(target, REMOTE, per_round)?);
+            baseline.extend(ping_pong(twin, warp_ip, per_round)?);
+        }
+    }
     Ok(ModeRun {
         mode,
         iperf: iperf_rows,
-        baseline_rtt: mean_rtt(&a1, &a2),
-        steered_rtt: mean_rtt(&b1, &b2),
+        baseline_rtt: RttSummary::of(&baseline),
+        steered_rtt: RttSummary::of(&steered),
     })
 }
 
 /// Runs the bench's ping-pong client in `client` against `dest`.
-pub fn ping_pong(client: &Container, dest: &str, round_trips: usize) -> anyhow::Result<RttSummary> {
+/// Each round trip's time in nanoseconds.
+pub fn ping_pong(client: &Container, dest: &str, round_trips: usize) -> anyhow::Result<Vec<u64>> {
     let addr = format!("{dest}:{PINGPONG_PORT}");
     let count = round_trips.to_string();
     let mut last_error = String::new();
@@ -245,12 +247,12 @@ pub fn ping_pong(client: &Container, dest: &str, round_trips: usize) -> anyhow::
             ],
         )?;
         if out.status.success() {
-            let summary: RttSummary = serde_json::from_slice(&out.stdout)
-                .context("the ping-pong client printed no summary")?;
-            if summary.count != round_trips {
-                bail!("{} of {round_trips} round trips", summary.count);
+            let rtts: Vec<u64> = serde_json::from_slice(&out.stdout)
+                .context("the ping-pong client printed no round-trip times")?;
+            if rtts.len() != round_trips {
+                bail!("{} of {round_trips} round trips", rtts.len());
             }
-            return Ok(summary);
+            return Ok(rtts);
         }
         last_error = String::from_utf8_lossy(&out.stderr).into_owned();
         std::thread::sleep(Duration::from_millis(500));
@@ -265,9 +267,11 @@ fn program_costs(target: &Container, params: &Params) -> anyhow::Result<Vec<Prog
         .with_context(|| format!("cannot enable BPF stats at {}", BpfStats::PATH))?;
     let (_, veth) = target.host_veth()?;
     let before = program_stats(&veth);
+    let cpu_before = netwarp_tests::cpu::CpuTimes::now()?;
     IperfRun::new(REMOTE, IPERF_PORT, params.seconds).run(target)?;
     ping_pong(target, REMOTE, params.round_trips)?;
     let after = program_stats(&veth);
+    let steal = netwarp_tests::cpu::CpuTimes::now()?.steal_secs_since(&cpu_before);
     drop(stats);
     if after.is_empty() {
         bail!("no programs attached to {veth}");
@@ -293,6 +297,7 @@ fn program_costs(target: &Container, params: &Params) -> anyhow::Result<Vec<Prog
                 run_cnt: run_count,
                 run_time_ns,
                 ns_per_packet: ns,
+                window_steal_secs: steal,
             })
         })
         .collect()
@@ -357,8 +362,8 @@ fn tabulate(runs: &[ModeRun], costs: Vec<ProgramCost>, params: &Params) -> Secti
         "2. Request/response latency (TCP ping-pong, 64 B each way)",
         &format!(
             "{} timed round trips on one TCP connection (TCP_NODELAY) after 200 untimed, \
-             each timed on its own; interleaved like the throughput runs, percentiles \
-             averaged over the two runs of each path",
+             each timed on its own; in 10 rounds per path, alternating which path goes \
+             first, all round trips of a path pooled",
             params.round_trips
         ),
         &[
@@ -381,7 +386,13 @@ fn tabulate(runs: &[ModeRun], costs: Vec<ProgramCost>, params: &Params) -> Secti
         "kernel BPF stats (bpf_stats_enabled, restored afterwards) over one 1-stream iperf3 \
          run plus one ping-pong run in ebpf mode, daemon at info level: run_time_ns / run_cnt. A packet is one skb: \
          a GSO/GRO super-packet counts once. The stats' own clock reads are included.",
-        &["program", "run_cnt", "run_time_ns", "ns/packet"],
+        &[
+            "program",
+            "run_cnt",
+            "run_time_ns",
+            "ns/packet",
+            "host steal s",
+        ],
     );
     for c in &costs {
         t3.row(vec![
@@ -389,6 +400,7 @@ fn tabulate(runs: &[ModeRun], costs: Vec<ProgramCost>, params: &Params) -> Secti
             c.run_cnt.to_string(),
             c.run_time_ns.to_string(),
             fmt_num(c.ns_per_packet),
+            fmt_num(c.window_steal_secs),
         ]);
     }
 
