@@ -34,22 +34,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crate::setup::run()?;
     }
     let root = workspace_root();
-    // Two builds: `--bin` would apply to every package of one command.
+    // One build for both packages: building them apart would resolve
+    // features differently and rebuild the shared dependencies each time.
     run_inherit(cargo().current_dir(&root).args([
         "build",
         "--release",
         "--package",
         "netwarp",
-        "--bin",
-        "netwarp",
-    ]))?;
-    run_inherit(cargo().current_dir(&root).args([
-        "build",
-        "--release",
         "--package",
         "netwarp-tests",
-        "--bin",
-        "bench",
+        "--bins",
     ]))?;
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
