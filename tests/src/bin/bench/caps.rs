@@ -147,7 +147,10 @@ pub fn run_section(params: &Params) -> anyhow::Result<Section> {
             }
             measure(method, rate, burst, &capped, &server_ip, params, &mut runs)?;
         }
-        daemon.stop_and_clean_up()?;
+        // No `netwarp cleanup`: it sweeps every container on the host. The
+        // capped containers are gone, and dropping the daemon removes its pins.
+        daemon.stop(libc::SIGTERM)?;
+        drop(daemon);
     }
     drop(server);
     drop(network);

@@ -399,12 +399,13 @@ fn markdown(results: &Results<'_>) -> String {
     out.push_str("## Machine\n\n");
     out.push_str(&format!(
         "| | |\n|---|---|\n| CPU | {} |\n| cores | {} |\n| kernel | {} |\n| memory | {:.1} GiB |\n\
-         | Docker | {} |\n| date | {} |\n| load average (1/5/15 min) at start / end | {} / {} |\n\n",
+         | Docker | {} |\n| CPU mitigations | {} |\n| date | {} |\n| load average (1/5/15 min) at start / end | {} / {} |\n\n",
         m.cpu_model,
         m.cores,
         m.kernel,
         m.memory_gib,
         m.docker,
+        m.cpu_mitigations,
         results.started_at,
         m.load_average_at_start,
         results.load_average_at_end
@@ -412,7 +413,12 @@ fn markdown(results: &Results<'_>) -> String {
     out.push_str(
         "Every figure is a ratio against a baseline taken in the same run, or a latency \
          measured by the daemon or the kernel. The goals are targets, not assertions: the \
-         bench fails only when something could not be measured or was wrong.\n\n",
+         bench fails only when something could not be measured or was wrong.\n\n\
+         Caveats: on a small shared VM, p99 latencies follow the host's other work, and \
+         the caps' CPU column is host-wide sys+softirq time, so anything else running \
+         during a run lands in it; compare it only between rows run back to back. BPF \
+         per-packet costs include the kernel's own stats overhead and, where the CPU \
+         mitigations above are active, their tax on every helper call and return.\n\n",
     );
     if !results.errors.is_empty() {
         out.push_str("## Errors\n\n");

@@ -133,18 +133,21 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
     let target_label = labels.target_label(&warp_name);
     let mut target_args = tool_args.clone();
     target_args.extend(["--label", target_label.as_str()]);
-    let target = Container::run("nwbt", &network, &target_args, &["sleep", "1800"])?;
     // The baseline: the same container without netwarp's label, so netwarp
     // never touches it, going straight to the warp's bridge IP.
     let twin = Container::run("nwbu", &network, &tool_args, &["sleep", "1800"])?;
-    std::thread::sleep(Duration::from_millis(500));
-    if reaches(&target, 8080) {
-        bail!("REMOTE is reachable without netwarp: the steered figures would be wrong");
-    }
 
     let mut runs = Vec::new();
     let mut costs = Vec::new();
     for mode in ["routes", "ebpf"] {
+        // A fresh target per mode: what one dataplane left in a target's
+        // namespace never meets the other, and no `netwarp cleanup` (which
+        // sweeps every container on the host) is needed.
+        let target = Container::run("nwbt", &network, &target_args, &["sleep", "1800"])?;
+        std::thread::sleep(Duration::from_millis(300));
+        if reaches(&target, 8080) {
+            bail!("REMOTE is reachable without netwarp: the steered figures would be wrong");
+        }
         let mut daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, DAEMON_ENV)?;
         if !eventually(Duration::from_secs(20), || reaches(&target, 8080)) {
             bail!("{mode}: the target never reached REMOTE through its warp");
@@ -156,7 +159,10 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
         if mode == "ebpf" {
             costs = program_costs(&target, params)?;
         }
-        daemon.stop_and_clean_up()?;
+        // Dropping the daemon removes its pins, which detaches its programs.
+        daemon.stop(libc::SIGTERM)?;
+        drop(daemon);
+        drop(target);
     }
     Ok(tabulate(&runs, costs, params))
 }

@@ -228,6 +228,9 @@ pub struct Machine {
     pub kernel: String,
     pub memory_gib: f64,
     pub docker: String,
+    /// Speculation mitigations that tax every kernel call and return
+    /// (and so every BPF helper call).
+    pub cpu_mitigations: String,
     pub load_average_at_start: String,
 }
 
@@ -258,6 +261,15 @@ impl Machine {
                 .unwrap_or_default(),
             memory_gib: mem_kib / (1024.0 * 1024.0),
             docker,
+            cpu_mitigations: ["spectre_v2", "spec_rstack_overflow", "retbleed"]
+                .iter()
+                .filter_map(|v| {
+                    let path = format!("/sys/devices/system/cpu/vulnerabilities/{v}");
+                    let text = std::fs::read_to_string(path).ok()?;
+                    Some(format!("{v}: {}", text.trim()))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
             load_average_at_start: load_average(),
         }
     }
