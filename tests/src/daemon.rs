@@ -267,6 +267,55 @@ impl Daemon {
     pub fn config_path(&self) -> &std::path::Path {
         &self.config
     }
+
+    /// Stops the daemon (SIGTERM) and runs `netwarp cleanup` with its
+    /// config, so that the next daemon starts from a clean host.
+    pub fn stop_and_clean_up(&mut self) -> anyhow::Result<()> {
+        self.stop(libc::SIGTERM)?;
+        let out = Command::new(netwarp_binary())
+            .arg("cleanup")
+            .arg("--config")
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .output()
+            .context("running netwarp cleanup")?;
+        if !out.status.success() {
+            bail!(
+                "netwarp cleanup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The `latency_ms` of every `target programmed after event` line
+    /// (the daemon's own measure from a Docker event's timestamp until the
+    /// target is programmed), of `container` only when given.
+    pub fn event_latencies_ms(&self, container: Option<&str>) -> Vec<f64> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("target programmed after event"))
+            .filter(|l| container.is_none_or(|c| log_field(l, "container") == Some(c)))
+            .filter_map(|l| log_field(l, "latency_ms")?.parse().ok())
+            .collect()
+    }
+}
+
+/// The value of `key=value` in a text-format log line (a field or a span
+/// field), matched as a whole key and a whole value.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!("{key}=");
+    let mut rest = line;
+    while let Some(at) = rest.find(&needle) {
+        let before = rest[..at].chars().next_back();
+        let value = &rest[at + needle.len()..];
+        if before.is_none_or(|c| c == ' ' || c == '{') {
+            let end = value.find([' ', '}']).unwrap_or(value.len());
+            return Some(&value[..end]);
+        }
+        rest = value;
+    }
+    None
 }
 
 impl Drop for Daemon {

@@ -151,6 +151,13 @@ impl Container {
         }
     }
 
+    /// Renames the container (`docker rename`); the guard follows it.
+    pub fn rename(&mut self, new_name: &str) -> anyhow::Result<()> {
+        run("docker", &["rename", &self.name, new_name])?;
+        self.name = new_name.to_owned();
+        Ok(())
+    }
+
     /// The container's init pid on the host, whose netns is the container's.
     pub fn pid(&self) -> anyhow::Result<u32> {
         let pid = run(

@@ -4,12 +4,14 @@
 //! veths, Docker networks, containers) is removed when the guard drops,
 //! including when the test panics.
 pub mod command;
+pub mod cpu;
 pub mod daemon;
 pub mod docker;
 pub mod fake_docker;
 pub mod iperf;
 pub mod netns;
 pub mod observe;
+pub mod pingpong;
 pub mod scale;
 pub mod seccomp;
 pub mod skip;

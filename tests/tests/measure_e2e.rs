@@ -7,63 +7,23 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    command::output,
-    daemon::{Daemon, TestLabels, eventually, netwarp_binary},
+    daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork, HOST_TOOLS},
+    iperf::IperfRun,
     skip, skip_if,
     steering::{GLOBAL_RULES, REMOTE, reaches, start_warp},
     tcx,
 };
 
 const CONVERGE: Duration = Duration::from_secs(15);
-const SECONDS: &str = "3";
-
-/// Turns the kernel's bpf run-time stats on, and back off on drop.
-struct BpfStats {
-    previous: String,
-}
-
-impl BpfStats {
-    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn enable() -> Option<Self> {
-        let previous = std::fs::read_to_string(Self::PATH).ok()?;
-        std::fs::write(Self::PATH, "1").ok()?;
-        Some(Self { previous })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, self.previous.trim());
-    }
-}
+const SECONDS: u32 = 3;
 
 /// A bounded single-stream iperf3 run from `client` to `server`; Gbit/s received.
 fn throughput(client: &Container, server: &str) -> f64 {
-    let out = output(
-        "docker",
-        &[
-            "exec",
-            client.name(),
-            "timeout",
-            "30",
-            "/usr/bin/iperf3",
-            "--client",
-            server,
-            "--time",
-            SECONDS,
-            "--connect-timeout",
-            "2000",
-            "--json",
-        ],
-    )
-    .expect("iperf3");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("iperf3: {}", String::from_utf8_lossy(&out.stderr)));
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no throughput in {report}"))
+    IperfRun::new(server, 5201, SECONDS)
+        .run(client)
+        .expect("iperf3")
+        .received_bps
         / 1e9
 }
 
@@ -71,7 +31,7 @@ fn throughput(client: &Container, server: &str) -> f64 {
 fn throughput_and_program_cost() {
     let test = "throughput_and_program_cost";
     skip_if!(test, skip::missing_docker());
-    let Some(_stats) = BpfStats::enable() else {
+    let Some(_stats) = tcx::BpfStats::enable() else {
         skip::record(
             test,
             "needs /proc/sys/kernel/bpf_stats_enabled (root, BPF stats)",
@@ -111,21 +71,7 @@ fn throughput_and_program_cost() {
                 program_costs.push((tcx::program_name(&program), runs, ns));
             }
         }
-        daemon.stop(libc::SIGTERM).expect("stop");
-        let out = output(
-            netwarp_binary().to_str().expect("utf-8"),
-            &[
-                "cleanup",
-                "--config",
-                daemon.config_path().to_str().expect("utf-8"),
-            ],
-        )
-        .expect("cleanup");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        daemon.stop_and_clean_up().expect("stop and cleanup");
     }
 
     println!("single-stream TCP, target -> warp, {SECONDS} s each:");

@@ -49,19 +49,7 @@ fn start_event_to_programmed_latency() {
         );
         targets.push(target);
     }
-    let mut latencies: Vec<f64> = daemon
-        .log()
-        .lines()
-        .filter(|l| l.contains("target programmed after event"))
-        .filter_map(|l| {
-            l.split("latency_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let mut latencies = daemon.event_latencies_ms(None);
     assert_eq!(latencies.len(), STARTS, "one latency per start");
     latencies.sort_by(f64::total_cmp);
     let median = (latencies[STARTS / 2 - 1] + latencies[STARTS / 2]) / 2.0;

@@ -48,6 +48,24 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 }
 
 /// The `cargo` that runs us, so rustup's toolchain choice carries over.
+///
+/// `cargo run` gives xtask its own package's `CARGO_PKG_*` and
+/// `CARGO_MANIFEST_*` variables; build scripts (ring's, through cc) watch
+/// some of them, so passing them on would make every build from xtask
+/// rebuild what a plain `cargo build` built, and the other way round.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cargo.env_remove(key);
+        }
+    }
+    cargo
 }

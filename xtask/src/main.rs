@@ -1,5 +1,6 @@
 //! netwarp's development harness. It only orchestrates: installs tools,
 //! starts the Docker engine, builds, and runs the daemon, tests and lints.
+mod bench;
 mod command;
 mod lint;
 mod run;
@@ -25,6 +26,9 @@ enum Task {
     Test(test::Args),
     /// Checks formatting and runs clippy with warnings denied.
     Lint,
+    /// Benchmarks on real containers: throughput, latency, eBPF cost,
+    /// convergence, caps, controller scale. Writes target/bench/results.json.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
         Task::Lint => lint::run(),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
