@@ -451,7 +451,23 @@ impl Reconciler {
         let plan = plan(&world, &self.settings);
         let mut seen = HashSet::new();
         let mut failures = HashMap::new();
-        for target in &plan.targets {
+        // Targets an event named (or whose warp it named) go first, so the
+        // latency of an event does not grow with the number of targets;
+        // every other target is still checked in the same pass.
+        let ids_by_name: HashMap<&str, &str> = world
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.id.as_str()))
+            .collect();
+        let urgent = |t: &TargetPlan| {
+            pending.contains_key(&t.id)
+                || ids_by_name
+                    .get(t.warp.as_str())
+                    .is_some_and(|id| pending.contains_key(*id))
+        };
+        let mut order: Vec<&TargetPlan> = plan.targets.iter().collect();
+        order.sort_by_key(|t| !urgent(t));
+        for target in order {
             seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short(&target.id));
             self.log_classification(target);
