@@ -653,10 +653,12 @@ async fn program_target_ebpf(
             matches!(target.state, TargetState::Steered { .. }),
         )?,
     };
+    // Every pass, not only on changes: it also repairs an attachment whose
+    // pin was deleted by hand (a stat per direction when all is well).
+    ebpf.attach_ifindex(host_ifindex)?;
     if last.get(&target.id) == Some(&desired) {
         return Ok(!route_changes.is_empty());
     }
-    ebpf.attach_ifindex(host_ifindex)?;
     ebpf.set_policy(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?;
     info!(
         host_ifindex,
