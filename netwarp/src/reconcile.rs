@@ -73,9 +73,14 @@ enum LoopExit {
 /// Runs the daemon until SIGTERM or SIGINT. The programmed state stays in
 /// place on exit, so targets stay steered (or blocked) while it is down.
 pub async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
-    // dry-run touches no kernel state, so it needs no capabilities.
+    // dry-run touches no kernel state, so it needs no capabilities. An
+    // explicit ebpf mode names every capability it lacks at once.
+    let needed = match config.dataplane {
+        DataplaneMode::Ebpf => EBPF_CAPABILITIES,
+        _ => ROUTES_CAPABILITIES,
+    };
     if config.dataplane != DataplaneMode::DryRun
-        && let Some(code) = check_privileges(ROUTES_CAPABILITIES)
+        && let Some(code) = check_privileges(needed)
     {
         return Ok(code);
     }

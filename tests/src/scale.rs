@@ -234,10 +234,12 @@ fn write_config(dir: &Path, socket: &Path, record: &Path, resync: u64) -> anyhow
              [dataplane]\nmode = \"dry-run\"\ndry_run_record = \"{}\"\nresync_interval_secs = {resync}\n\
              [logging]\nlevel = \"info\"\nformat = \"json\"\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [control]\nsocket = \"{}\"\n\
              [[routing_rules]]\ndestination = \"203.0.113.0/24\"\n\
              [[routing_rules]]\ndestination = \"2001:db8::/32\"\nprotocol = \"tcp\"\nport_range = \"443\"\n",
             socket.display(),
             record.display(),
+            dir.join("netwarp.sock").display(),
         ),
     )?;
     Ok(path)

@@ -1,5 +1,6 @@
 //! netwarp's development harness. It only orchestrates: installs tools,
 //! starts the Docker engine, builds, and runs the daemon, tests and lints.
+mod chaos;
 mod command;
 mod lint;
 mod run;
@@ -25,6 +26,11 @@ enum Task {
     Test(test::Args),
     /// Checks formatting and runs clippy with warnings denied.
     Lint,
+    /// The full reliability suite (faults, dockerd restarts, an event
+    /// flood); writes RELIABILITY.md. Restarts dockerd: run it alone.
+    Chaos(chaos::ChaosArgs),
+    /// Runs every cargo-fuzz target for N minutes (needs nightly and cargo-fuzz).
+    Fuzz(chaos::FuzzArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +40,8 @@ fn main() -> std::process::ExitCode {
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
         Task::Lint => lint::run(),
+        Task::Chaos(args) => chaos::chaos(args),
+        Task::Fuzz(args) => chaos::fuzz(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -54,6 +54,16 @@ fuzz_target!(|data: &[u8]| {
     if frame.len() < 14 || frame.len() > 3000 {
         return;
     }
+    // BPF_PROG_TEST_RUN itself refuses (EINVAL) an IPv4 or IPv6 frame too
+    // short for its network header, before the program runs.
+    let network_header = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => 20,
+        0x86dd => 40,
+        _ => 0,
+    };
+    if frame.len() < 14 + network_header {
+        return;
+    }
     let ifindex = match selector % 3 {
         0 => STEERED_IFINDEX,
         1 => BLOCKED_IFINDEX,
