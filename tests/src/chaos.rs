@@ -76,12 +76,17 @@ impl Counts {
         pin_delete: 5,
     };
 
-    /// FULL when `NETWARP_CHAOS=full`, else SHORT.
+    /// FULL when `NETWARP_CHAOS=full`, else SHORT; without dockerd
+    /// restarts when `NETWARP_CHAOS_DOCKERD=0` (a machine others share).
     pub fn from_env() -> Self {
-        match std::env::var("NETWARP_CHAOS").as_deref() {
+        let mut counts = match std::env::var("NETWARP_CHAOS").as_deref() {
             Ok("full") => Self::FULL,
             _ => Self::SHORT,
+        };
+        if std::env::var("NETWARP_CHAOS_DOCKERD").as_deref() == Ok("0") {
+            counts.dockerd_restart = 0;
         }
+        counts
     }
 }
 
