@@ -326,6 +326,8 @@ pub struct Scenario {
     pub leak_baseline: u64,
     /// Of those, the target's own (not the self test's).
     pub leaked_before_first_reconcile: u64,
+    /// Containers get `--restart always` (dockerd restarts bring them back).
+    restart_policy: bool,
 }
 
 /// What the dataplane should hold.
@@ -380,6 +382,7 @@ impl Scenario {
             bystander_before,
             leak_baseline: 0,
             leaked_before_first_reconcile: 0,
+            restart_policy,
         };
         let after_self_test = scenario.sink.baseline();
         scenario
@@ -582,13 +585,26 @@ impl Scenario {
         Ok(bystander_state(&self.bystander)? == self.bystander_before)
     }
 
+    fn restart_args(&self) -> &'static [&'static str] {
+        if self.restart_policy {
+            &["--restart", "always", "--stop-timeout", "1"]
+        } else {
+            &[]
+        }
+    }
+
     /// Replaces the warp by a new one under the same name; a filler takes
     /// the old address first, so the new warp gets a new one.
     pub fn recreate_warp(&mut self) -> anyhow::Result<(String, String)> {
         let old_ip = self.warp_ip()?;
         self.warp = None; // removes it
         let filler = Container::run("nwcf", &self.network, &[], &["sleep", "3600"])?;
-        let warp = start_warp_at(&self.warp_name, &self.network, &self.remote, &[])?;
+        let warp = start_warp_at(
+            &self.warp_name,
+            &self.network,
+            &self.remote,
+            self.restart_args(),
+        )?;
         self.warp = Some(warp);
         let new_ip = self.warp_ip()?;
         drop(filler);
@@ -678,8 +694,10 @@ fn bystander_state(container: &Container) -> anyhow::Result<String> {
     for (direction, program) in crate::tcx::tcx_programs(&veth) {
         let _ = writeln!(state, "{direction}: {}", program.id());
     }
+    // The host veth's name changes when the bystander gets a new one
+    // (dockerd restarts); its qdiscs must not.
     let qdiscs = run("tc", &["qdisc", "show", "dev", &veth])?;
-    state.push_str(&qdiscs);
+    state.push_str(&qdiscs.replace(&veth, "VETH"));
     Ok(state)
 }
 
@@ -798,7 +816,7 @@ fn recover(scenario: &mut Scenario) -> anyhow::Result<()> {
             &scenario.warp_name,
             &scenario.network,
             &scenario.remote,
-            &[],
+            scenario.restart_args(),
         )?);
     }
     let _ = output("docker", &["start", &scenario.warp_name]);
