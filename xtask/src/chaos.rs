@@ -28,6 +28,11 @@ pub struct ChaosArgs {
     /// Full counts, but no dockerd restarts (safe while others use Docker).
     #[arg(long)]
     no_dockerd: bool,
+    /// Only render the report again from the JSON in target/chaos/ (for
+    /// example after `cargo xtask fuzz`), describing the run as given by
+    /// the other flags.
+    #[arg(long)]
+    render_only: bool,
     /// Where to write the report.
     #[arg(long, default_value = "RELIABILITY.md")]
     report: PathBuf,
@@ -160,6 +165,22 @@ fn kernel_warnings() -> u64 {
 /// the report.
 pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
     let root = workspace_root();
+    if args.render_only {
+        let passed = results_pass(&report_dir());
+        let report = render(&report_dir(), passed, args.short)?;
+        let report = if args.no_dockerd && !args.short {
+            report.replacen(
+                "Suite result",
+                "Run with `--no-dockerd`: no dockerd restarts. Suite result",
+                1,
+            )
+        } else {
+            report
+        };
+        fs::write(root.join(&args.report), &report)?;
+        println!("{report}\nxtask: wrote {}", args.report.display());
+        return Ok(());
+    }
     if args.fuzz_minutes > 0 {
         fuzz(FuzzArgs {
             minutes: args.fuzz_minutes,
@@ -211,6 +232,27 @@ pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         bail!("the chaos suite failed; see {}", args.report.display());
     }
     Ok(())
+}
+
+/// What chaos_e2e asserts, judged from the JSON it wrote: no lost state,
+/// no leak outside a fault's window, the bystander unchanged, the flood
+/// correct.
+fn results_pass(dir: &Path) -> bool {
+    let scenarios_ok = ["routes", "ebpf"].iter().all(|mode| {
+        read_json(&dir.join(format!("chaos-{mode}.json"))).is_some_and(|r| {
+            r["bystander_unchanged"].as_bool() == Some(true)
+                && r["faults"].as_array().is_some_and(|faults| {
+                    faults.iter().all(|f| {
+                        f["lost_state"].as_u64() == Some(0)
+                            && (f["leak_window"].as_bool() == Some(true)
+                                || f["leaked_packets"].as_u64() == Some(0))
+                    })
+                })
+        })
+    });
+    let flood_ok = read_json(&dir.join("flood.json"))
+        .is_some_and(|f| f["storm"]["final_correct"].as_bool() == Some(true));
+    scenarios_ok && flood_ok
 }
 
 fn read_json(path: &Path) -> Option<Value> {
