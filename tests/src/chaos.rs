@@ -346,6 +346,7 @@ impl Scenario {
         let network = DockerNetwork::create_internal_steerable("nwc")?;
         let sink = LeakSink::install(&prefix, &[network.bridge()?])?;
         sink.self_test(&format!("198.18.{octet}.9"))?;
+        let after_self_test = sink.baseline();
         let warp_name = labels.warp_name("gw");
         let policy: &[&str] = if restart_policy {
             &["--restart", "always", "--stop-timeout", "1"]
@@ -384,7 +385,6 @@ impl Scenario {
             leaked_before_first_reconcile: 0,
             restart_policy,
         };
-        let after_self_test = scenario.sink.baseline();
         scenario
             .converge(Expect::Steered, CONVERGE)
             .context("the first reconcile")?;
