@@ -71,8 +71,6 @@ enum LoopExit {
     ConnectionLost(String),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. The programmed state stays in
-/// place on exit, so targets stay steered (or blocked) while it is down.
 /// Re-reads the configuration from the same sources (for SIGHUP).
 pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
@@ -101,10 +99,18 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
 }
 
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads. The programmed
+/// state stays in place on exit, so targets stay steered (or blocked) while
+/// it is down.
 pub async fn run_daemon(config: Config, reload: Reload) -> anyhow::Result<ExitCode> {
-    // dry-run touches no kernel state, so it needs no capabilities.
+    // dry-run touches no kernel state, so it needs no capabilities. An
+    // explicit ebpf mode names every capability it lacks at once.
+    let needed = match config.dataplane {
+        DataplaneMode::Ebpf => EBPF_CAPABILITIES,
+        _ => ROUTES_CAPABILITIES,
+    };
     if config.dataplane != DataplaneMode::DryRun
-        && let Some(code) = check_privileges(ROUTES_CAPABILITIES)
+        && let Some(code) = check_privileges(needed)
     {
         return Ok(code);
     }
@@ -769,10 +775,12 @@ async fn program_target_ebpf(
             matches!(target.state, TargetState::Steered { .. }),
         )?,
     };
+    // Every pass, not only on changes: it also repairs an attachment whose
+    // pin was deleted by hand (a stat per direction when all is well).
+    ebpf.attach_ifindex(host_ifindex)?;
     if last.get(&target.id) == Some(&desired) {
         return Ok(!route_changes.is_empty());
     }
-    ebpf.attach_ifindex(host_ifindex)?;
     ebpf.set_policy(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?;
     info!(
         host_ifindex,

@@ -230,6 +230,11 @@ impl Daemon {
         self.spawn()
     }
 
+    /// The running daemon's pid, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's private eBPF pin directory.
     pub fn pin_dir(&self) -> &std::path::Path {
         &self.pin_dir

@@ -3,6 +3,7 @@
 //! Every fixture is a drop guard: whatever a test creates (namespaces,
 //! veths, Docker networks, containers) is removed when the guard drops,
 //! including when the test panics.
+pub mod chaos;
 pub mod command;
 pub mod cpu;
 pub mod daemon;

@@ -1,6 +1,7 @@
 //! netwarp's development harness. It only orchestrates: installs tools,
 //! starts the Docker engine, builds, and runs the daemon, tests and lints.
 mod bench;
+mod chaos;
 mod command;
 mod lint;
 mod run;
@@ -29,6 +30,11 @@ enum Task {
     /// Benchmarks on real containers: throughput, latency, eBPF cost,
     /// convergence, caps, controller scale. Writes target/bench/results.json.
     Bench(bench::Args),
+    /// The full reliability suite (faults, dockerd restarts, an event
+    /// flood); writes RELIABILITY.md. Restarts dockerd: run it alone.
+    Chaos(chaos::ChaosArgs),
+    /// Runs every cargo-fuzz target for N minutes (needs nightly and cargo-fuzz).
+    Fuzz(chaos::FuzzArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +45,8 @@ fn main() -> std::process::ExitCode {
         Task::Test(args) => test::run(args),
         Task::Lint => lint::run(),
         Task::Bench(args) => bench::run(args),
+        Task::Chaos(args) => chaos::chaos(args),
+        Task::Fuzz(args) => chaos::fuzz(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -320,10 +320,18 @@ impl EbpfDataplane {
             .ok_or_else(|| EbpfError::NoInterfaceNamed(interface.to_owned()))?;
         for (program, attach_type, direction, suffix) in ATTACHMENTS {
             let key = (ifindex, direction as u32);
-            if self.links.contains_key(&key) {
-                continue;
-            }
             let pin = self.link_pin(ifindex, suffix);
+            if self.links.contains_key(&key) {
+                if self.repin_if_removed(key, program, pin.as_deref())? {
+                    continue;
+                }
+                // The pin was the only reference: the link died with it.
+                tracing::warn!(
+                    interface,
+                    direction = suffix,
+                    "a pinned link was removed behind netwarp's back; attaching again"
+                );
+            }
             // On kernels >= 6.6 aya attaches through TCX, which needs no qdisc.
             let prog = classifier(&mut self.ebpf, program)?;
             let attach_error = |source| EbpfError::Attach {
@@ -365,6 +373,41 @@ impl EbpfDataplane {
             self.links.insert(key, id);
         }
         Ok(())
+    }
+
+    /// Whether the attachment `key` is still in place. Someone may delete a
+    /// link's pin by hand: if this process holds the link it is pinned
+    /// again; if the pin was its only reference, the link (and with it
+    /// steering and blocking) is gone, and the caller must attach anew.
+    fn repin_if_removed(
+        &mut self,
+        key: (u32, u32),
+        program: &'static str,
+        pin: Option<&Path>,
+    ) -> Result<bool, EbpfError> {
+        let Some(path) = pin else {
+            return Ok(true);
+        };
+        if path.exists() {
+            return Ok(true);
+        }
+        match self.links.remove(&key) {
+            Some(Some(id)) => {
+                let link = classifier(&mut self.ebpf, program)?
+                    .take_link(id)
+                    .map_err(|source| EbpfError::Program { program, source })?;
+                let pin_error = |reason: String| EbpfError::Pin {
+                    path: path.to_owned(),
+                    reason,
+                };
+                let fd_link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+                fd_link.pin(path).map_err(|e| pin_error(e.to_string()))?;
+                tracing::warn!(path = %path.display(), "a link's pin was removed by hand; pinned it again");
+                self.links.insert(key, None);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Detaches the programs from an interface, if they are attached, and

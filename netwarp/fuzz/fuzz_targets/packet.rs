@@ -1,0 +1,80 @@
+//! Random frames through netwarp's real from-container tc program in the
+//! running kernel (BPF_PROG_TEST_RUN), under a steering and a blocking
+//! policy. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
+//! drop (TC_ACT_SHOT 2) or redirect (TC_ACT_REDIRECT 7) is a crash.
+//! Needs root (bpf(2)); `cargo xtask fuzz` also compares the kernel log
+//! for new WARN/BUG lines before and after.
+#![no_main]
+
+use std::sync::{Mutex, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use netwarp::{
+    dataplane::ebpf::{EbpfDataplane, compile::compile},
+    model::parse_rules,
+    plan::{Action, Entry},
+};
+
+const STEERED_IFINDEX: u32 = 1;
+const BLOCKED_IFINDEX: u32 = 2;
+const ALLOWED: [i32; 4] = [-1, 0, 2, 7];
+
+fn dataplane() -> &'static Mutex<EbpfDataplane> {
+    static DATAPLANE: OnceLock<Mutex<EbpfDataplane>> = OnceLock::new();
+    DATAPLANE.get_or_init(|| {
+        let mut dataplane = EbpfDataplane::load().expect("loading the programs (needs root)");
+        let rules = parse_rules(
+            "203.0.113.0/24,tcp:443,udp:5000-5100,icmp,198.51.100.0/24,2001:db8::/32,tcp:80",
+        )
+        .expect("rules");
+        for (ifindex, action) in [
+            (
+                STEERED_IFINDEX,
+                Action::Via("172.20.0.2".parse().expect("an address")),
+            ),
+            (BLOCKED_IFINDEX, Action::Block),
+        ] {
+            let entries = Entry::all(&rules, action);
+            let rows = compile(&entries, matches!(action, Action::Via(_))).expect("compile");
+            dataplane
+                .set_policy(ifindex, 1, [2, 0x42, 0xac, 0x14, 0, 2], &rows)
+                .expect("writing the policy");
+        }
+        Mutex::new(dataplane)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks the policy (and an interface without one); the
+    // rest is the frame. The kernel refuses frames below an Ethernet
+    // header or above a page, which is not the program's business.
+    let Some((&selector, frame)) = data.split_first() else {
+        return;
+    };
+    if frame.len() < 14 || frame.len() > 3000 {
+        return;
+    }
+    // BPF_PROG_TEST_RUN itself refuses (EINVAL) an IPv4 or IPv6 frame too
+    // short for its network header, before the program runs.
+    let network_header = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => 20,
+        0x86dd => 40,
+        _ => 0,
+    };
+    if frame.len() < 14 + network_header {
+        return;
+    }
+    let ifindex = match selector % 3 {
+        0 => STEERED_IFINDEX,
+        1 => BLOCKED_IFINDEX,
+        _ => 3,
+    };
+    let mut dataplane = dataplane().lock().expect("not poisoned");
+    match dataplane.test_run_from_container(ifindex, frame) {
+        Ok((verdict, _)) => assert!(
+            ALLOWED.contains(&verdict),
+            "verdict {verdict} on ifindex {ifindex} for frame {frame:02x?}"
+        ),
+        Err(e) => panic!("BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}", frame.len()),
+    }
+});

@@ -1,0 +1,117 @@
+//! Reliability under faults, in both dataplanes (see
+//! `netwarp_tests::chaos`): daemon SIGKILL and restart, warp flapping and
+//! recreation with a new IP, target restarts, the warp disconnected from
+//! its network, a target's host veth deleted, a pinned link deleted by
+//! hand; all while the target pings the steered destination and a leak
+//! sink counts every packet that takes the host's path.
+//!
+//! `cargo xtask test` runs a few of each (`Counts::SHORT`); `cargo xtask
+//! chaos` sets NETWARP_CHAOS=full for the full counts, which add dockerd
+//! restarts. dockerd restarts are left out of the short run: they would
+//! stop every other test's containers, and docker_restart_e2e covers them.
+
+use netwarp_tests::{
+    chaos::{self, Counts},
+    skip, skip_if,
+};
+
+fn chaos_in(mode: &str) {
+    let counts = Counts::from_env();
+    let report = chaos::run_all(mode, counts).expect("the chaos scenario runs");
+    chaos::save_report(&format!("chaos-{mode}"), &report);
+    eprintln!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    let failures: Vec<String> = report
+        .faults
+        .iter()
+        .flat_map(|f| f.failures.iter().map(move |e| format!("{}: {e}", f.fault)))
+        .collect();
+    // Faults that open a window can leak within it: a (re)started target
+    // runs before netwarp programs its new namespace, and a deleted link
+    // pin is only repaired at the next resync. Such leaks are reported
+    // (RELIABILITY.md) and bounded here; every other fault leaks nothing.
+    for fault in &report.faults {
+        if fault.leak_window {
+            assert!(
+                fault.leaked_packets <= 10 * u64::from(fault.injected),
+                "{mode}: {}: more than the window leaked: {fault:#?}",
+                fault.fault
+            );
+        } else {
+            assert_eq!(
+                fault.leaked_packets, 0,
+                "{mode}: {} leaked: {fault:#?}",
+                fault.fault
+            );
+        }
+    }
+    assert_eq!(report.lost_state(), 0, "{mode}: {failures:#?}");
+    assert!(
+        report.bystander_unchanged,
+        "{mode}: the unlabelled container changed"
+    );
+    assert!(
+        report.probes_delivered > 0,
+        "{mode}: no probe was ever delivered through the warp"
+    );
+}
+
+#[test]
+fn chaos_routes() {
+    skip_if!("chaos_routes", skip::missing_docker());
+    chaos_in("routes");
+}
+
+#[test]
+fn chaos_ebpf() {
+    skip_if!("chaos_ebpf", skip::missing_docker());
+    chaos_in("ebpf");
+}
+
+/// An event flood from the simulated Docker API (the scale harness):
+/// 10,000 events/s for 1 s here, for 10 s under `cargo xtask chaos`.
+/// The daemon must coalesce it, stay bounded in memory and end in the
+/// planned state.
+#[test]
+fn event_flood_is_coalesced_and_ends_in_the_planned_state() {
+    use std::time::Duration;
+
+    use netwarp_tests::{
+        daemon::netwarp_binary,
+        fake_docker::{StormSpec, WorldSpec},
+        scale::{self, ScaleSpec},
+    };
+    let full = std::env::var("NETWARP_CHAOS").as_deref() == Ok("full");
+    let spec = ScaleSpec {
+        world: WorldSpec::mix(1000),
+        latency_events: 0,
+        storm: Some(StormSpec {
+            rate: 10_000,
+            duration: Duration::from_secs(if full { 10 } else { 1 }),
+            seed: 11,
+        }),
+        resync_interval_secs: 3600,
+        timeout: Duration::from_secs(120),
+    };
+    let report = scale::run(&spec, &netwarp_binary()).expect("the flood runs");
+    chaos::save_report("flood", &report);
+    eprint!("{}", scale::table(std::slice::from_ref(&report)));
+    let storm = report.storm.as_ref().expect("a storm ran");
+    assert!(
+        storm.final_correct,
+        "{} targets differ from the plan",
+        storm.mismatches
+    );
+    assert!(
+        storm.reconciles < storm.events_sent / 4,
+        "not coalesced: {} reconciles for {} events",
+        storm.reconciles,
+        storm.events_sent
+    );
+    // 1,000 containers fit in far less; a leak under the flood would not.
+    assert!(
+        report.peak_rss_kib < 256 * 1024,
+        "peak RSS {} KiB",
+        report.peak_rss_kib
+    );
+    assert_eq!(report.errors, 0);
+}
