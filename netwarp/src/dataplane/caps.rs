@@ -67,14 +67,12 @@ pub async fn interfaces(
 ) -> Result<Vec<CapInterface>, CapsError> {
     let mut found = Vec::with_capacity(macs.len());
     for mac in macs {
-        let container_ifindex = namespace.ifindex_by_mac(mac).await?;
-        let host_ifindex = namespace.peer_ifindex_by_mac(mac).await?;
-        match (container_ifindex, host_ifindex) {
-            (Some(container_ifindex), Some(host_ifindex)) => found.push(CapInterface {
+        match namespace.veth_ends_by_mac(mac).await? {
+            Some((container_ifindex, host_ifindex)) => found.push(CapInterface {
                 container_ifindex,
                 host_ifindex,
             }),
-            _ => return Err(CapsError::NoInterface(mac.clone())),
+            None => return Err(CapsError::NoInterface(mac.clone())),
         }
     }
     found.sort();

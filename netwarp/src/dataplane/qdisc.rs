@@ -86,48 +86,74 @@ pub fn tbf_options(cap: &Cap) -> Vec<TcOption> {
     ]
 }
 
-/// What is at the root of `ifindex`.
-pub async fn root_qdisc(handle: &Handle, ifindex: u32) -> Result<RootQdisc, QdiscError> {
-    let error = |source| QdiscError::Netlink {
-        operation: "qdisc dump",
-        ifindex,
-        source,
-    };
-    let qdiscs: Vec<TcMessage> = handle
-        .qdisc()
-        .get()
-        .index(ifindex as i32)
+/// Every qdisc in the namespace `handle` is bound to, or of one interface.
+async fn dump(handle: &Handle, ifindex: Option<u32>) -> Result<Vec<TcMessage>, QdiscError> {
+    let mut request = handle.qdisc().get();
+    if let Some(ifindex) = ifindex {
+        request = request.index(ifindex as i32);
+    }
+    request
         .execute()
         .try_collect()
         .await
-        .map_err(error)?;
-    let root = qdiscs
-        .into_iter()
-        .find(|q| q.header.index == ifindex as i32 && q.header.parent == TcHandle::ROOT);
-    let Some(root) = root else {
-        return Ok(RootQdisc::Default);
-    };
-    let kind = root
+        .map_err(|source| QdiscError::Netlink {
+            operation: "qdisc dump",
+            ifindex: ifindex.unwrap_or(0),
+            source,
+        })
+}
+
+/// The kind of a qdisc (`tbf`, `noqueue`, ...); empty when not given.
+fn kind(qdisc: &TcMessage) -> String {
+    qdisc
         .attributes
         .iter()
         .find_map(|a| match a {
             TcAttribute::Kind(kind) => Some(kind.clone()),
             _ => None,
         })
-        .unwrap_or_default();
-    Ok(
-        if kind == "tbf" && root.header.handle.major == NETWARP_QDISC_MAJOR {
-            RootQdisc::Ours
-        } else if matches!(
-            kind.as_str(),
-            "noqueue" | "pfifo_fast" | "fq_codel" | "mq" | ""
-        ) && root.header.handle.major == 0
-        {
-            RootQdisc::Default
-        } else {
-            RootQdisc::Foreign(kind)
-        },
-    )
+        .unwrap_or_default()
+}
+
+/// Whether `qdisc` is netwarp's: a root tbf under netwarp's handle.
+fn is_ours(qdisc: &TcMessage) -> bool {
+    qdisc.header.parent == TcHandle::ROOT
+        && qdisc.header.handle.major == NETWARP_QDISC_MAJOR
+        && kind(qdisc) == "tbf"
+}
+
+/// A message for the root qdisc netwarp owns on `ifindex`.
+fn our_root(ifindex: u32) -> TcMessage {
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.parent = TcHandle::ROOT;
+    message.header.handle = TcHandle {
+        major: NETWARP_QDISC_MAJOR,
+        minor: 0,
+    };
+    message
+}
+
+/// What is at the root of `ifindex`.
+pub async fn root_qdisc(handle: &Handle, ifindex: u32) -> Result<RootQdisc, QdiscError> {
+    let root = dump(handle, Some(ifindex))
+        .await?
+        .into_iter()
+        .find(|q| q.header.index == ifindex as i32 && q.header.parent == TcHandle::ROOT);
+    let Some(root) = root else {
+        return Ok(RootQdisc::Default);
+    };
+    let kind = kind(&root);
+    Ok(if is_ours(&root) {
+        RootQdisc::Ours
+    } else if matches!(
+        kind.as_str(),
+        "noqueue" | "pfifo_fast" | "fq_codel" | "mq" | ""
+    ) && root.header.handle.major == 0
+    {
+        RootQdisc::Default
+    } else {
+        RootQdisc::Foreign(kind)
+    })
 }
 
 /// Puts (or updates in place) netwarp's tbf for `cap` at the root of
@@ -136,12 +162,7 @@ pub async fn put_tbf(handle: &Handle, ifindex: u32, cap: &Cap) -> Result<(), Qdi
     if let RootQdisc::Foreign(kind) = root_qdisc(handle, ifindex).await? {
         return Err(QdiscError::Foreign { ifindex, kind });
     }
-    let mut message = TcMessage::with_index(ifindex as i32);
-    message.header.parent = TcHandle::ROOT;
-    message.header.handle = TcHandle {
-        major: NETWARP_QDISC_MAJOR,
-        minor: 0,
-    };
+    let mut message = our_root(ifindex);
     message
         .attributes
         .push(TcAttribute::Kind("tbf".to_string()));
@@ -158,38 +179,24 @@ pub async fn remove_tbf(handle: &Handle, ifindex: u32) -> Result<bool, QdiscErro
     if root_qdisc(handle, ifindex).await? != RootQdisc::Ours {
         return Ok(false);
     }
-    let mut message = TcMessage::with_index(ifindex as i32);
-    message.header.parent = TcHandle::ROOT;
-    message.header.handle = TcHandle {
-        major: NETWARP_QDISC_MAJOR,
-        minor: 0,
-    };
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(message));
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    send(handle, request, "tbf delete", ifindex).await?;
+    delete_ours(handle, ifindex).await?;
     Ok(true)
+}
+
+async fn delete_ours(handle: &Handle, ifindex: u32) -> Result<(), QdiscError> {
+    let mut request =
+        NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(our_root(ifindex)));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    send(handle, request, "tbf delete", ifindex).await
 }
 
 /// Packets netwarp's tbf qdiscs dropped, by ifindex, in the namespace
 /// `handle` is bound to (the kernel counts no dropped bytes for them).
 pub async fn tbf_drops(handle: &Handle) -> Result<std::collections::HashMap<u32, u64>, QdiscError> {
-    let qdiscs: Vec<TcMessage> =
-        handle
-            .qdisc()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| QdiscError::Netlink {
-                operation: "qdisc dump",
-                ifindex: 0,
-                source,
-            })?;
-    Ok(qdiscs
+    Ok(dump(handle, None)
+        .await?
         .iter()
-        .filter(|q| {
-            q.header.parent == TcHandle::ROOT && q.header.handle.major == NETWARP_QDISC_MAJOR
-        })
+        .filter(|q| is_ours(q))
         .map(|q| {
             let drops = q.attributes.iter().find_map(|a| match a {
                 TcAttribute::Stats2(stats) => stats.iter().find_map(|s| match s {
@@ -207,27 +214,16 @@ pub async fn tbf_drops(handle: &Handle) -> Result<std::collections::HashMap<u32,
 /// Removes netwarp's tbf from every interface of the namespace `handle`
 /// is bound to; returns how many it removed.
 pub async fn remove_every_tbf(handle: &Handle) -> Result<usize, QdiscError> {
-    let qdiscs: Vec<TcMessage> =
-        handle
-            .qdisc()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| QdiscError::Netlink {
-                operation: "qdisc dump",
-                ifindex: 0,
-                source,
-            })?;
-    let mut removed = 0;
-    for qdisc in qdiscs {
-        let ours = qdisc.header.parent == TcHandle::ROOT
-            && qdisc.header.handle.major == NETWARP_QDISC_MAJOR;
-        if ours && remove_tbf(handle, qdisc.header.index as u32).await? {
-            removed += 1;
-        }
+    let ours: Vec<u32> = dump(handle, None)
+        .await?
+        .iter()
+        .filter(|q| is_ours(q))
+        .map(|q| q.header.index as u32)
+        .collect();
+    for ifindex in &ours {
+        delete_ours(handle, *ifindex).await?;
     }
-    Ok(removed)
+    Ok(ours.len())
 }
 
 async fn send(

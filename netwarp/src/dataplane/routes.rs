@@ -287,12 +287,16 @@ impl NamespaceHandle {
     /// For the interface with `mac` in this namespace, the ifindex of its
     /// veth peer in the host namespace (IFLA_LINK).
     pub async fn peer_ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
-        Ok(self.link_by_mac(mac).await?.and_then(|link| {
-            link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Link(peer) => Some(*peer),
-                _ => None,
-            })
-        }))
+        Ok(self.link_by_mac(mac).await?.and_then(|link| peer_of(&link)))
+    }
+
+    /// Both ends of the veth with `mac` in this namespace, from one dump:
+    /// (its ifindex here, its peer's ifindex on the host).
+    pub async fn veth_ends_by_mac(&self, mac: &str) -> Result<Option<(u32, u32)>, RoutesError> {
+        Ok(self
+            .link_by_mac(mac)
+            .await?
+            .and_then(|link| Some((link.header.index, peer_of(&link)?))))
     }
 
     /// The netlink handle bound to this namespace.
@@ -300,7 +304,7 @@ impl NamespaceHandle {
         &self.handle
     }
 
-    pub async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
+    async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
         Ok(self.link_by_mac(mac).await?.map(|link| link.header.index))
     }
 
@@ -321,6 +325,14 @@ impl NamespaceHandle {
                 .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
         }))
     }
+}
+
+/// The peer ifindex a veth end names (IFLA_LINK).
+fn peer_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(peer) => Some(*peer),
+        _ => None,
+    })
 }
 
 /// `02:42:ac:11:00:02` as bytes; malformed octets are skipped.

@@ -173,20 +173,16 @@ async fn read_shaper_drops(targets: &[TargetView]) -> HashMap<String, ShaperDrop
             let namespace = NamespaceHandle::open(pid)
                 .await
                 .map_err(|e| e.to_string())?;
-            let inside = namespace
-                .ifindex_by_mac(mac)
-                .await
-                .map_err(|e| e.to_string())?;
-            let peer = namespace
-                .peer_ifindex_by_mac(mac)
+            let ends = namespace
+                .veth_ends_by_mac(mac)
                 .await
                 .map_err(|e| e.to_string())?;
             let drops = tbf_drops(namespace.netlink_handle())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(ShaperDrops {
-                egress: inside.and_then(|i| drops.get(&i).copied()).unwrap_or(0),
-                ingress: peer.and_then(|i| host.get(&i).copied()).unwrap_or(0),
+                egress: ends.and_then(|(i, _)| drops.get(&i).copied()).unwrap_or(0),
+                ingress: ends.and_then(|(_, p)| host.get(&p).copied()).unwrap_or(0),
             })
         };
         match read.await {
