@@ -45,6 +45,34 @@ fn start_tools_container(prefix: &str, network: &DockerNetwork, labels: &[String
     Container::run(prefix, network, &args, &["sleep", "900"]).expect("container")
 }
 
+/// Whether the daemon has logged programming `container`'s caps, within 20 s.
+fn caps_programmed(daemon: &Daemon, container: &Container) -> bool {
+    eventually(Duration::from_secs(20), || {
+        daemon
+            .log()
+            .lines()
+            .any(|l| l.contains("caps programmed") && l.contains(container.name()))
+    })
+}
+
+/// Sets `key = "value"` in the daemon's `[rate_limits]` section (replacing
+/// an earlier value of the key).
+fn set_rate_limit(daemon: &Daemon, key: &str, value: &str) {
+    let config = daemon.config_path();
+    let text = std::fs::read_to_string(config).expect("config");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{key} =")))
+        .map(str::to_owned)
+        .collect();
+    let section = lines
+        .iter()
+        .position(|l| l == "[rate_limits]")
+        .expect("rate_limits section");
+    lines.insert(section + 1, format!("{key} = \"{value}\""));
+    std::fs::write(config, lines.join("\n") + "\n").expect("config");
+}
+
 /// The rate-drop counters of a host interface, from the daemon's pins.
 fn rate_drops(daemon: &Daemon, ifindex: u32) -> u64 {
     let path = daemon.pin_dir().join(netwarp_common::VERDICTS_MAP);
@@ -105,14 +133,8 @@ fn caps_hold(mode: &str, enforcement: Enforcement) {
                 format!("{}={rate}", labels.ingress_rate),
             ],
         );
-        let programmed = eventually(Duration::from_secs(20), || {
-            daemon
-                .log()
-                .lines()
-                .any(|l| l.contains("caps programmed") && l.contains(capped.name()))
-        });
         assert!(
-            programmed,
+            caps_programmed(&daemon, &capped),
             "{mode}: caps of {} never programmed",
             capped.name()
         );
@@ -236,21 +258,7 @@ fn a_reload_changes_caps_without_dropping_connections() {
     let server_ip = server.ipv4(&network).expect("server ip");
     start_server(&server, 5201, 300).expect("iperf3 server");
     let daemon = Daemon::start(&labels, "routes", "").expect("daemon");
-    let config = daemon.config_path().to_owned();
-    let set_default = |rate: &str| {
-        let text = std::fs::read_to_string(&config).expect("config");
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.starts_with("default_egress"))
-            .map(str::to_owned)
-            .collect();
-        let section = lines
-            .iter()
-            .position(|l| l == "[rate_limits]")
-            .expect("rate_limits section");
-        lines.insert(section + 1, format!("default_egress = \"{rate}\""));
-        std::fs::write(&config, lines.join("\n") + "\n").expect("config");
-    };
+    let set_default = |rate: &str| set_rate_limit(&daemon, "default_egress", rate);
     // Until its handler is installed, SIGHUP would end the daemon.
     daemon
         .wait_for_log("connected to Docker", Duration::from_secs(10))
@@ -263,12 +271,7 @@ fn a_reload_changes_caps_without_dropping_connections() {
     // A target (of a warp that does not exist): defaults cap targets.
     let target = start_tools_container("nwtgt", &network, &[labels.target_label("none")]);
     assert!(
-        eventually(Duration::from_secs(20), || {
-            daemon
-                .log()
-                .lines()
-                .any(|l| l.contains("caps programmed") && l.contains(target.name()))
-        }),
+        caps_programmed(&daemon, &target),
         "the default cap was never programmed"
     );
     // A malformed cap label is named with its container, and changes
@@ -341,12 +344,7 @@ fn the_shapers_drops_are_exported() {
     );
     let daemon = Daemon::start(&labels, "routes", "").expect("daemon");
     assert!(
-        eventually(Duration::from_secs(20), || {
-            daemon
-                .log()
-                .lines()
-                .any(|l| l.contains("caps programmed") && l.contains(target.name()))
-        }),
+        caps_programmed(&daemon, &target),
         "the cap was never programmed"
     );
     let flood = IperfRun::new(&server_ip, 5201, 3)
@@ -412,21 +410,8 @@ fn a_reload_switches_between_shaper_and_policer() {
     let converge = Duration::from_secs(20);
     assert!(eventually(converge, has_tbf), "no shaper at first");
     assert!(!policer_caps(&daemon, ifindex));
-    let config = daemon.config_path().to_owned();
     let set_enforcement = |value: &str| {
-        let text = std::fs::read_to_string(&config).expect("config");
-        let text: String = text
-            .lines()
-            .filter(|l| !l.starts_with("enforcement"))
-            .map(|l| {
-                if l == "[rate_limits]" {
-                    format!("{l}\nenforcement = \"{value}\"\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        std::fs::write(&config, text).expect("config");
+        set_rate_limit(&daemon, "enforcement", value);
         daemon.signal(libc::SIGHUP);
     };
     set_enforcement("policer");
