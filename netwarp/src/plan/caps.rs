@@ -127,18 +127,14 @@ mod tests {
     use super::*;
     use crate::{
         model::{Endpoint, default_burst},
-        plan::{OnWarpDown, PlanSettings},
+        plan::PlanSettings,
     };
 
     fn settings(caps: CapSettings) -> PlanSettings {
         PlanSettings {
-            warp_name_pattern: "warp-*".into(),
-            target_label: "netwarp.target".into(),
-            network_label: "netwarp.network".into(),
-            rules_label: "netwarp.rules".into(),
             global_rules: Vec::new(),
-            on_warp_down: OnWarpDown::Block,
             caps,
+            ..crate::plan::tests::settings("203.0.113.0/24")
         }
     }
 

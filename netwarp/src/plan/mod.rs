@@ -398,7 +398,8 @@ mod tests {
     use super::*;
     use crate::model::Endpoint;
 
-    fn settings(rules: &str) -> PlanSettings {
+    /// Settings with the default labels and `rules` as the global rules.
+    pub(super) fn settings(rules: &str) -> PlanSettings {
         PlanSettings {
             warp_name_pattern: "warp-*".into(),
             target_label: "netwarp.target".into(),
