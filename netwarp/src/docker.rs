@@ -185,6 +185,7 @@ pub fn to_endpoint(endpoint: EndpointSettings) -> Endpoint {
         ipv4: nonempty(endpoint.ip_address).and_then(|s| s.parse().ok()),
         ipv6: nonempty(endpoint.global_ipv6_address).and_then(|s| s.parse().ok()),
         mac: nonempty(endpoint.mac_address),
+        network_id: nonempty(endpoint.network_id),
     }
 }
 

@@ -43,6 +43,7 @@ fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, &str)]) -> 
                         ipv4: Some(ip.parse().expect("an address")),
                         ipv6: None,
                         mac: Some(format!("02:42:{ip}")),
+                        network_id: None,
                     },
                 )
             })

@@ -263,6 +263,7 @@ mod tests {
             expected_targets(&Plan {
                 targets: vec![target("a", steered(), 12)],
                 caps: Vec::new(),
+                guards: Vec::new(),
             })
         );
         std::fs::remove_dir_all(&dir).unwrap();

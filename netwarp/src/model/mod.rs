@@ -27,6 +27,8 @@ pub struct Endpoint {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub mac: Option<String>,
+    /// Docker's id of the network (it names the network's bridge).
+    pub network_id: Option<String>,
 }
 
 /// What netwarp reads about one container on each reconcile.

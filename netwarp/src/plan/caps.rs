@@ -143,6 +143,7 @@ mod tests {
             ipv4: None,
             ipv6: None,
             mac: Some(mac.into()),
+            network_id: None,
         };
         Container {
             id: format!("id-{name}"),

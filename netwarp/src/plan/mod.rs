@@ -8,8 +8,10 @@ use std::{
 };
 
 mod caps;
+mod guard;
 
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
+pub use guard::{GuardPlan, plan_guards};
 
 use crate::{
     glob,
@@ -191,6 +193,8 @@ pub struct Plan {
     pub targets: Vec<TargetPlan>,
     /// Every running container with a cap, sorted by container id.
     pub caps: Vec<CapPlan>,
+    /// One bridge guard per network that carries a target, by network name.
+    pub guards: Vec<GuardPlan>,
 }
 
 /// Computes every running target's desired policy.
@@ -208,6 +212,7 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
     Plan {
         targets,
         caps: caps::plan_caps(world, settings),
+        guards: plan_guards(world, settings),
     }
 }
 
@@ -392,7 +397,7 @@ fn resolve_warp(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -416,6 +421,7 @@ mod tests {
             ipv4: Some(v4.parse().unwrap()),
             ipv6: v6.map(|v| v.parse().unwrap()),
             mac: Some(format!("02:42:{v4}")),
+            network_id: None,
         }
     }
 

@@ -336,6 +336,7 @@ impl State {
                                     ipv4: Some(e.ipv4),
                                     ipv6: e.ipv6,
                                     mac: Some(e.mac.clone()),
+                                    network_id: None,
                                 },
                             )
                         })

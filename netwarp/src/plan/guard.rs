@@ -1,0 +1,205 @@
+//! The bridge guard plan: a backstop for the moments when a target runs
+//! but netwarp has not programmed it yet.
+//!
+//! A (re)started container sends before any Docker event reaches netwarp,
+//! through a namespace and a veth netwarp has never seen. Its routed
+//! traffic enters the host through its network's bridge, so a guard there
+//! drops routed traffic to any prefix a target on that network steers or
+//! blocks, unless its source is a container netwarp knows is not a target.
+//! Programmed targets never reach the guard: their steered and blocked
+//! traffic is redirected or dropped on their own veth (eBPF) or leaves
+//! through the warp at layer 2 (routes).
+//!
+//! The guard covers targets that are not running too (created, exited,
+//! restarting), so it is already in place when they start.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use super::{Action, Entry, PlanSettings, plan_target};
+use crate::{glob, model::World};
+
+/// The guard of one Docker network.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct GuardPlan {
+    pub network: String,
+    /// Docker's network id, when the snapshot has it (it names the bridge).
+    pub network_id: Option<String>,
+    /// Every prefix (with its selectors) that some target on the network
+    /// steers or blocks, all as [`Action::Block`]; sorted, no duplicates.
+    pub entries: Vec<Entry>,
+    /// Addresses of the running containers on the network that are not
+    /// targets: their routed traffic passes.
+    pub allowed_sources: BTreeSet<IpAddr>,
+    /// MACs of the warps on the network: what they forward passes.
+    pub warp_macs: BTreeSet<String>,
+}
+
+/// One guard per network that carries a target (running or not) with
+/// something to steer or block, sorted by network name.
+pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
+    let mut guards: BTreeMap<&str, GuardPlan> = BTreeMap::new();
+    for container in &world.containers {
+        let Some(warp) = container.labels.get(&settings.target_label) else {
+            continue;
+        };
+        // The same entries the target gets (or would get when it starts):
+        // a bypassed target contributes nothing.
+        let target = plan_target(world, settings, container, warp.trim());
+        if target.entries.is_empty() {
+            continue;
+        }
+        for (network, endpoint) in &container.networks {
+            let guard = guards.entry(network).or_insert_with(|| GuardPlan {
+                network: network.clone(),
+                ..GuardPlan::default()
+            });
+            if guard.network_id.is_none() {
+                guard.network_id.clone_from(&endpoint.network_id);
+            }
+            guard
+                .entries
+                .extend(target.entries.iter().map(|entry| Entry {
+                    rule: entry.rule,
+                    action: Action::Block,
+                }));
+        }
+    }
+    for container in world.containers.iter().filter(|c| c.running) {
+        if container.labels.contains_key(&settings.target_label) {
+            continue;
+        }
+        let is_warp = glob::matches(&settings.warp_name_pattern, &container.name);
+        for (network, endpoint) in &container.networks {
+            let Some(guard) = guards.get_mut(network.as_str()) else {
+                continue;
+            };
+            let addresses = [endpoint.ipv4.map(IpAddr::V4), endpoint.ipv6.map(IpAddr::V6)];
+            guard.allowed_sources.extend(addresses.into_iter().flatten());
+            if is_warp && let Some(mac) = &endpoint.mac {
+                guard.warp_macs.insert(mac.clone());
+            }
+        }
+    }
+    guards
+        .into_values()
+        .map(|mut guard| {
+            guard.entries.sort();
+            guard.entries.dedup();
+            guard
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Container, Endpoint},
+        plan::{OnWarpDown, tests::settings},
+    };
+
+    fn endpoint(v4: &str, mac: &str) -> Endpoint {
+        Endpoint {
+            ipv4: Some(v4.parse().unwrap()),
+            mac: Some(mac.into()),
+            network_id: Some("net-id".into()),
+            ..Endpoint::default()
+        }
+    }
+
+    fn container(name: &str, labels: &[(&str, &str)], running: bool, ip: &str) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running,
+            pid: running.then_some(100),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks: [("net".to_string(), endpoint(ip, &format!("mac-{name}")))].into(),
+            ..Container::default()
+        }
+    }
+
+    fn world() -> World {
+        World {
+            containers: vec![
+                container("warp-a", &[], true, "172.20.0.2"),
+                container("app", &[("netwarp.target", "warp-a")], true, "172.20.0.3"),
+                container("web", &[], true, "172.20.0.4"),
+            ],
+        }
+    }
+
+    fn blocked(rules: &str) -> Vec<Entry> {
+        Entry::all(&crate::model::parse_rules(rules).unwrap(), Action::Block)
+    }
+
+    #[test]
+    fn a_network_with_a_target_is_guarded_for_its_prefixes() {
+        let guards = plan_guards(&world(), &settings("203.0.113.0/24,tcp:443"));
+        assert_eq!(
+            guards,
+            vec![GuardPlan {
+                network: "net".into(),
+                network_id: Some("net-id".into()),
+                entries: blocked("203.0.113.0/24,tcp:443"),
+                allowed_sources: ["172.20.0.2".parse().unwrap(), "172.20.0.4".parse().unwrap()]
+                    .into(),
+                warp_macs: ["mac-warp-a".to_string()].into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_stopped_target_keeps_its_network_guarded_and_its_address_is_not_allowed() {
+        let mut world = world();
+        world.containers[1].running = false;
+        world.containers[1].networks.get_mut("net").unwrap().ipv4 = None;
+        let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+        assert_eq!(guards.len(), 1);
+        assert_eq!(guards[0].entries, blocked("203.0.113.0/24"));
+        assert!(!guards[0].allowed_sources.contains(&"172.20.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn targets_own_rules_are_unioned_and_a_malformed_label_guards_the_global_rules() {
+        let mut world = world();
+        world.containers.push(container(
+            "db",
+            &[("netwarp.target", "warp-a"), ("netwarp.rules", "198.51.100.0/24")],
+            true,
+            "172.20.0.5",
+        ));
+        world.containers.push(container(
+            "bad",
+            &[("netwarp.target", "warp-a"), ("netwarp.rules", "nonsense")],
+            false,
+            "172.20.0.6",
+        ));
+        let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+        assert_eq!(guards[0].entries, blocked("198.51.100.0/24,203.0.113.0/24"));
+    }
+
+    #[test]
+    fn a_guard_blocks_even_while_the_warp_is_down_but_not_when_bypassing() {
+        let mut world = world();
+        world.containers[0].running = false;
+        let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+        assert_eq!(guards[0].entries, blocked("203.0.113.0/24"));
+        let mut bypass = settings("203.0.113.0/24");
+        bypass.on_warp_down = OnWarpDown::Bypass;
+        assert_eq!(plan_guards(&world, &bypass), vec![]);
+    }
+
+    #[test]
+    fn networks_without_targets_get_no_guard() {
+        let mut world = world();
+        world.containers.remove(1);
+        assert_eq!(plan_guards(&world, &settings("203.0.113.0/24")), vec![]);
+    }
+}
