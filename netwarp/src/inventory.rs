@@ -19,6 +19,10 @@
 //!   stays level-triggered and self-healing.
 //!
 //! The cache only ever holds containers that the latest list returned.
+//!
+//! A second list, filtered by Docker, adds the targets that are not
+//! running (created, exited, restarting): the bridge guard covers them
+//! before they start. They come from the list alone and are never inspected.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,7 +40,7 @@ use crate::{
     docker::{DockerError, to_container, to_endpoint},
     glob,
     model::{Container, Health, World},
-    plan::PlanSettings,
+    plan::{GuardPlan, PlanSettings},
 };
 
 /// Inspects in flight at once. Docker serves them in parallel; more would
@@ -105,6 +109,10 @@ pub struct Inventory {
     cap_labels: [String; 2],
     cache: HashMap<String, Cached>,
     refresh_all: bool,
+    /// Each guarded network's bridge interface (None: not a bridge
+    /// network), by network id; ids never change meaning, so no expiry
+    /// beyond dropping networks no guard uses.
+    bridges: HashMap<String, Option<String>>,
 }
 
 impl Inventory {
@@ -118,6 +126,7 @@ impl Inventory {
             ],
             cache: HashMap::new(),
             refresh_all: true,
+            bridges: HashMap::new(),
         }
     }
 
@@ -244,7 +253,85 @@ impl Inventory {
         }
         self.cache.retain(|id, _| present.contains(id));
         self.refresh_all = false;
+        containers.extend(self.dormant_targets(client, &present).await?);
         Ok((World { containers }, stats))
+    }
+
+    /// Targets that exist but do not run, from a list Docker filters. Any
+    /// entry the main list already had is skipped (a container may start
+    /// between the two calls).
+    async fn dormant_targets(
+        &self,
+        client: &Docker,
+        present: &HashSet<String>,
+    ) -> Result<Vec<Container>, DockerError> {
+        let filters = HashMap::from([
+            ("label".to_owned(), vec![self.target_label.clone()]),
+            (
+                "status".to_owned(),
+                ["created", "exited", "restarting", "dead"].map(str::to_owned).to_vec(),
+            ),
+        ]);
+        let summaries = client
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(DockerError::List)?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(from_summary)
+            .map(|(container, _)| container)
+            .filter(|c| {
+                !c.running
+                    && !present.contains(&c.id)
+                    && c.labels.contains_key(&self.target_label)
+            })
+            .collect())
+    }
+
+    /// The bridge interface of each guard's network, for the guards whose
+    /// network is a bridge network; one network inspect per new network.
+    /// A failed inspect skips that guard for this pass.
+    pub async fn guard_bridges<'a>(
+        &mut self,
+        client: &Docker,
+        guards: &'a [GuardPlan],
+    ) -> Vec<(String, &'a GuardPlan)> {
+        let mut resolved = Vec::with_capacity(guards.len());
+        for guard in guards {
+            let Some(id) = guard.network_id.as_deref() else {
+                continue;
+            };
+            if !self.bridges.contains_key(id) {
+                match client.inspect_network(id, None).await {
+                    Ok(network) => {
+                        let bridge = bridge_interface(id, &network);
+                        if bridge.is_none() {
+                            tracing::warn!(
+                                network = %guard.network,
+                                driver = network.driver.as_deref().unwrap_or("unknown"),
+                                "this network is not a bridge network; netwarp cannot guard \
+                                 the moment before a target on it is programmed"
+                            );
+                        }
+                        self.bridges.insert(id.to_owned(), bridge);
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %guard.network, error = %e, "inspecting a guarded network failed; will retry");
+                        continue;
+                    }
+                }
+            }
+            if let Some(Some(bridge)) = self.bridges.get(id) {
+                resolved.push((bridge.clone(), guard));
+            }
+        }
+        let used: HashSet<&str> = guards.iter().filter_map(|g| g.network_id.as_deref()).collect();
+        self.bridges.retain(|id, _| used.contains(id.as_str()));
+        resolved
     }
 }
 
@@ -296,6 +383,23 @@ pub fn from_summary(summary: ContainerSummary) -> Option<(Container, Marker)> {
         endpoints,
     };
     Some((container, marker))
+}
+
+/// The host interface of a bridge network: the name its options give, or
+/// Docker's default, `br-` and the first 12 characters of the id.
+pub fn bridge_interface(id: &str, network: &bollard::models::NetworkInspect) -> Option<String> {
+    if network.driver.as_deref() != Some("bridge") {
+        return None;
+    }
+    let named = network
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+        .filter(|name| !name.is_empty());
+    Some(match named {
+        Some(name) => name.clone(),
+        None => format!("br-{}", &id[..id.len().min(12)]),
+    })
 }
 
 /// The health in a list entry's human-readable status, such as
