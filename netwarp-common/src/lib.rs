@@ -11,6 +11,7 @@ pub const TRAFFIC_MAP: &str = "NETWARP_TRAFFIC";
 /// Program names, as the loader looks them up in the object.
 pub const PROG_TC_FROM_CONTAINER: &str = "netwarp_tc_from_container";
 pub const PROG_TC_TO_CONTAINER: &str = "netwarp_tc_to_container";
+pub const PROG_TC_BRIDGE_GUARD: &str = "netwarp_tc_bridge_guard";
 
 /// Maximum number of interfaces the traffic map can track at once.
 pub const TRAFFIC_MAP_CAPACITY: u32 = 16_384;
@@ -236,8 +237,37 @@ pub struct RateBuckets {
     pub ingress: TokenBucket,
 }
 
+/// Name of the hash map giving each guarded bridge (by ifindex) the rule
+/// set its guard blocks, of the hash map of the sources it lets pass
+/// ([`GuardAllowKey`]), and of the per-CPU map of what it dropped
+/// ([`TrafficCounters`] by bridge ifindex).
+pub const GUARDS_MAP: &str = "NETWARP_GUARDS";
+pub const GUARD_ALLOW_MAP: &str = "NETWARP_GUARD_ALLOW";
+pub const GUARD_DROPS_MAP: &str = "NETWARP_GUARD_DROPS";
+
+/// Bridges one host can guard, and the sources their guards let pass.
+pub const GUARDS_MAP_CAPACITY: u32 = 1_024;
+pub const GUARD_ALLOW_MAP_CAPACITY: u32 = 65_536;
+
+/// [`GuardAllowKey::kind`]: an IPv4 or IPv6 source address, or a source MAC.
+pub const GUARD_ALLOW_IPV4: u32 = 4;
+pub const GUARD_ALLOW_IPV6: u32 = 6;
+pub const GUARD_ALLOW_MAC: u32 = 0;
+
+/// A source a bridge's guard lets pass. `addr` holds the address (IPv4 and
+/// MACs left-aligned, the rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GuardAllowKey {
+    pub bridge_ifindex: u32,
+    pub kind: u32,
+    pub addr: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: repr(C), integers and a byte array, no padding (24 bytes).
+    unsafe impl aya::Pod for super::GuardAllowKey {}
     // SAFETY: both types are repr(C), made only of integers, and have no padding.
     unsafe impl aya::Pod for super::TrafficKey {}
     unsafe impl aya::Pod for super::TrafficCounters {}
@@ -268,6 +298,7 @@ mod tests {
         assert_eq!(size_of::<VerdictCounters>(), 64);
         assert_eq!(size_of::<TokenBucket>(), 24);
         assert_eq!(size_of::<RateBuckets>(), 48);
+        assert_eq!(size_of::<GuardAllowKey>(), 24);
     }
 
     #[test]

@@ -20,10 +20,11 @@ mod programs {
     };
     use aya_log_ebpf::debug;
     use netwarp_common::{
-        ACTION_BLOCK, ACTION_STEER, Direction, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
-        POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets,
-        RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY, TargetPolicy, TokenBucket,
-        TrafficCounters, TrafficKey, VerdictCounters,
+        ACTION_BLOCK, ACTION_STEER, Direction, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC,
+        GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, MAX_SELECTORS,
+        NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS,
+        RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY,
+        TargetPolicy, TokenBucket, TrafficCounters, TrafficKey, VerdictCounters,
     };
 
     /// Packets and bytes per host-side interface and direction.
@@ -63,6 +64,20 @@ mod programs {
     static NETWARP_RATE_BUCKETS: HashMap<u32, RateBuckets> =
         HashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
 
+    /// Each guarded bridge's rule set, by the bridge's ifindex.
+    #[map(name = "NETWARP_GUARDS")]
+    static NETWARP_GUARDS: HashMap<u32, u32> = HashMap::with_max_entries(GUARDS_MAP_CAPACITY, 0);
+
+    /// Sources a bridge's guard lets pass: known non-targets and warps.
+    #[map(name = "NETWARP_GUARD_ALLOW")]
+    static NETWARP_GUARD_ALLOW: HashMap<GuardAllowKey, u8> =
+        HashMap::with_max_entries(GUARD_ALLOW_MAP_CAPACITY, 0);
+
+    /// What each bridge's guard dropped.
+    #[map(name = "NETWARP_GUARD_DROPS")]
+    static NETWARP_GUARD_DROPS: PerCpuHashMap<u32, TrafficCounters> =
+        PerCpuHashMap::with_max_entries(GUARDS_MAP_CAPACITY, 0);
+
     const ETH_HLEN: usize = 14;
     const ETH_P_IP: u16 = 0x0800;
     const ETH_P_IPV6: u16 = 0x86dd;
@@ -98,6 +113,108 @@ mod programs {
             return TC_ACT_SHOT;
         }
         PASS
+    }
+
+    /// tc ingress on a Docker network's bridge: what its containers send to
+    /// the host, to be routed. Targets netwarp has programmed never get
+    /// here with steered traffic (their veth redirects or drops it), so a
+    /// packet to a guarded prefix comes from a container netwarp has not
+    /// programmed yet; unless its source is known to pass, it is dropped.
+    #[classifier]
+    pub fn netwarp_tc_bridge_guard(ctx: TcContext) -> i32 {
+        try_guard(&ctx).unwrap_or(PASS)
+    }
+
+    #[inline(always)]
+    fn try_guard(ctx: &TcContext) -> Option<i32> {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        // SAFETY: read-only use of a value the controller writes whole.
+        let rule_set = unsafe { NETWARP_GUARDS.get(&ifindex) }?.to_be_bytes();
+        let mut allow = GuardAllowKey {
+            bridge_ifindex: ifindex,
+            kind: GUARD_ALLOW_MAC,
+            addr: [0; 16],
+        };
+        let mac: [u8; 6] = ctx.load(6).ok()?;
+        allow.addr[..6].copy_from_slice(&mac);
+        if allowed(&allow) {
+            return None;
+        }
+        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let (rule, flow) = match ethertype {
+            ETH_P_IP => {
+                let source: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
+                allow.kind = GUARD_ALLOW_IPV4;
+                allow.addr = [0; 16];
+                allow.addr[..4].copy_from_slice(&source);
+                if allowed(&allow) {
+                    return None;
+                }
+                let (dst, flow) = parse_ipv4(ctx)?;
+                let key = Key::new(
+                    RULE_SET_BITS + 32,
+                    RuleKeyV4 {
+                        rule_set,
+                        addr: dst,
+                    },
+                );
+                (NETWARP_RULES_V4.get(&key)?, flow)
+            }
+            ETH_P_IPV6 => {
+                allow.kind = GUARD_ALLOW_IPV6;
+                allow.addr = ctx.load(ETH_HLEN + 8).ok()?;
+                if allowed(&allow) {
+                    return None;
+                }
+                let (dst, flow) = parse_ipv6(ctx)?;
+                let key = Key::new(
+                    RULE_SET_BITS + 128,
+                    RuleKeyV6 {
+                        rule_set,
+                        addr: dst,
+                    },
+                );
+                (NETWARP_RULES_V6.get(&key)?, flow)
+            }
+            _ => return None,
+        };
+        if !selects(rule, &flow) {
+            return None;
+        }
+        count_guard_drop(ifindex, u64::from(ctx.len()));
+        debug!(ctx, "guard drop: bridge ifindex {}", ifindex);
+        Some(TC_ACT_SHOT)
+    }
+
+    #[inline(always)]
+    fn allowed(key: &GuardAllowKey) -> bool {
+        // SAFETY: read-only lookup.
+        unsafe { NETWARP_GUARD_ALLOW.get(key) }.is_some()
+    }
+
+    #[inline(always)]
+    fn count_guard_drop(ifindex: u32, bytes: u64) {
+        if let Some(counters) = NETWARP_GUARD_DROPS.get_ptr_mut(&ifindex) {
+            // SAFETY: a per-CPU value; only this CPU writes it while we run.
+            unsafe {
+                (*counters).packets += 1;
+                (*counters).bytes += bytes;
+            }
+            return;
+        }
+        let first = TrafficCounters { packets: 1, bytes };
+        if NETWARP_GUARD_DROPS
+            .insert(&ifindex, &first, u64::from(BPF_NOEXIST))
+            .is_err()
+            && let Some(counters) = NETWARP_GUARD_DROPS.get_ptr_mut(&ifindex)
+        {
+            // SAFETY: as above.
+            unsafe {
+                (*counters).packets += 1;
+                (*counters).bytes += bytes;
+            }
+        }
     }
 
     /// The token bucket of the container's cap in `direction`: true when

@@ -269,7 +269,9 @@ impl Inventory {
             ("label".to_owned(), vec![self.target_label.clone()]),
             (
                 "status".to_owned(),
-                ["created", "exited", "restarting", "dead"].map(str::to_owned).to_vec(),
+                ["created", "exited", "restarting", "dead"]
+                    .map(str::to_owned)
+                    .to_vec(),
             ),
         ]);
         let summaries = client
@@ -285,21 +287,22 @@ impl Inventory {
             .filter_map(from_summary)
             .map(|(container, _)| container)
             .filter(|c| {
-                !c.running
-                    && !present.contains(&c.id)
-                    && c.labels.contains_key(&self.target_label)
+                !c.running && !present.contains(&c.id) && c.labels.contains_key(&self.target_label)
             })
             .collect())
     }
 
     /// The bridge interface of each guard's network, for the guards whose
     /// network is a bridge network; one network inspect per new network.
-    /// A failed inspect skips that guard for this pass.
+    /// A failed inspect skips that guard for this pass, and the returned
+    /// flag is then false: the caller must not take a missing guard for
+    /// one that is no longer needed.
     pub async fn guard_bridges<'a>(
         &mut self,
         client: &Docker,
         guards: &'a [GuardPlan],
-    ) -> Vec<(String, &'a GuardPlan)> {
+    ) -> (Vec<(String, &'a GuardPlan)>, bool) {
+        let mut complete = true;
         let mut resolved = Vec::with_capacity(guards.len());
         for guard in guards {
             let Some(id) = guard.network_id.as_deref() else {
@@ -321,6 +324,7 @@ impl Inventory {
                     }
                     Err(e) => {
                         tracing::warn!(network = %guard.network, error = %e, "inspecting a guarded network failed; will retry");
+                        complete = false;
                         continue;
                     }
                 }
@@ -329,9 +333,12 @@ impl Inventory {
                 resolved.push((bridge.clone(), guard));
             }
         }
-        let used: HashSet<&str> = guards.iter().filter_map(|g| g.network_id.as_deref()).collect();
+        let used: HashSet<&str> = guards
+            .iter()
+            .filter_map(|g| g.network_id.as_deref())
+            .collect();
         self.bridges.retain(|id, _| used.contains(id.as_str()));
-        resolved
+        (resolved, complete)
     }
 }
 

@@ -6,7 +6,7 @@
 //! net, so lost events, reconnects and restarts cannot corrupt state.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     process::ExitCode,
     sync::{
         Arc,
@@ -17,6 +17,7 @@ use std::{
 
 use bollard::Docker;
 use futures_util::StreamExt as _;
+use netwarp_common::GuardAllowKey;
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
@@ -28,7 +29,8 @@ use crate::{
         dry_run::DryRunDataplane,
         ebpf::{
             EbpfDataplane, EbpfError,
-            compile::{CompileError, CompiledPrefix, compile},
+            compile::{CompileError, CompiledPrefix, compile, guard_allow_keys},
+            interface_name,
         },
         qdisc::remove_every_tbf,
         routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
@@ -36,7 +38,7 @@ use crate::{
     docker::{self, Backoff},
     inventory::Inventory,
     model::{Caps, World},
-    plan::{CapEnforcement, CapPlan, PlanSettings, TargetPlan, TargetState, plan},
+    plan::{CapEnforcement, CapPlan, GuardPlan, PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
     telemetry::Telemetry,
 };
@@ -382,6 +384,8 @@ pub struct Reconciler {
     last_state: HashMap<String, TargetState>,
     /// eBPF: what was last written per target, to skip unchanged rewrites.
     last_ebpf: HashMap<String, EbpfTarget>,
+    /// eBPF: each bridge guard last written, by bridge ifindex.
+    last_guards: HashMap<u32, EbpfGuard>,
     /// Caps last programmed, by container id.
     last_caps: HashMap<String, ProgrammedCaps>,
     /// Cap label problems last logged, by container id.
@@ -406,6 +410,13 @@ struct EbpfTarget {
     rows: Vec<CompiledPrefix>,
 }
 
+/// What the eBPF dataplane holds for one bridge guard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EbpfGuard {
+    rows: Vec<CompiledPrefix>,
+    allowed: BTreeSet<GuardAllowKey>,
+}
+
 impl Reconciler {
     pub fn new(settings: PlanSettings, dataplane: Dataplane) -> Self {
         Self {
@@ -414,6 +425,7 @@ impl Reconciler {
             dataplane,
             last_state: HashMap::new(),
             last_ebpf: HashMap::new(),
+            last_guards: HashMap::new(),
             last_caps: HashMap::new(),
             last_cap_problems: HashMap::new(),
             host_netlink: None,
@@ -516,6 +528,10 @@ impl Reconciler {
             }
         }
         self.last_state.retain(|id, _| seen.contains(id));
+        let (guards, guards_complete) = self.inventory.guard_bridges(client, &plan.guards).await;
+        if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
+            program_guards_ebpf(ebpf, &mut self.last_guards, &guards, guards_complete);
+        }
         let departed_caps = self.reconcile_caps(&plan.caps, &world).await;
         if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
             // Only interfaces known to have left are released: a target
@@ -527,7 +543,10 @@ impl Reconciler {
                 .map(|(_, t)| t.host_ifindex)
                 .collect();
             departed.extend(departed_caps.iter().flat_map(|c| c.host_ifindexes()));
-            self.last_ebpf.retain(|id, _| seen.contains(id));
+            // A target whose veth vanished (deleted, or the container is
+            // between namespaces) holds nothing live: its policy and pins go.
+            self.last_ebpf
+                .retain(|id, t| seen.contains(id) && interface_name(t.host_ifindex).is_some());
             let live: HashSet<u32> = self
                 .last_ebpf
                 .values()
@@ -739,14 +758,20 @@ async fn program_target_ebpf(
     if !route_changes.is_empty() {
         namespace.apply(&route_changes, None).await?;
     }
-    let Some(mac) = target.mac_on_network.as_deref() else {
-        // Not on the warp's network (or it is ambiguous): nothing can be
-        // steered, and the prohibit routes above hold the block.
-        return Ok(!route_changes.is_empty());
+    let host_ifindex = match target.mac_on_network.as_deref() {
+        Some(mac) => namespace.peer_ifindex_by_mac(mac).await?.ok_or_else(|| {
+            TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
+        })?,
+        // The network is unknown now (e.g. the warp was disconnected): the
+        // veth that was steered gets the block, so no stale steering row
+        // outlives the plan. The prohibit routes above hold it meanwhile.
+        None => match last.get(&target.id) {
+            Some(previous) if interface_name(previous.host_ifindex).is_some() => {
+                previous.host_ifindex
+            }
+            _ => return Ok(!route_changes.is_empty()),
+        },
     };
-    let host_ifindex = namespace.peer_ifindex_by_mac(mac).await?.ok_or_else(|| {
-        TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
-    })?;
     let (warp_ifindex, warp_mac) = match (target.warp_pid, target.warp_mac.as_deref()) {
         (Some(warp_pid), Some(warp_mac)) => {
             let warp_ns = NamespaceHandle::open(warp_pid).await?;
@@ -781,6 +806,13 @@ async fn program_target_ebpf(
     if last.get(&target.id) == Some(&desired) {
         return Ok(!route_changes.is_empty());
     }
+    if !last.contains_key(&target.id)
+        && ebpf.policy_is(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?
+    {
+        // Left by an earlier run (a restart): adopted as it is.
+        last.insert(target.id.clone(), desired);
+        return Ok(!route_changes.is_empty());
+    }
     ebpf.set_policy(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?;
     info!(
         host_ifindex,
@@ -790,6 +822,70 @@ async fn program_target_ebpf(
     );
     last.insert(target.id.clone(), desired);
     Ok(true)
+}
+
+/// Brings every bridge guard to its plan, and removes the guards of
+/// bridges that no longer carry a target (only when every planned guard
+/// was resolved, so a failed lookup never opens a guard). A guard that
+/// fails is logged and retried on the next pass; the others go on.
+fn program_guards_ebpf(
+    ebpf: &mut EbpfDataplane,
+    last: &mut HashMap<u32, EbpfGuard>,
+    guards: &[(String, &GuardPlan)],
+    complete: bool,
+) {
+    let mut wanted = HashSet::new();
+    for (bridge, guard) in guards {
+        let span = info_span!("guard", network = %guard.network, bridge = %bridge);
+        let _enter = span.enter();
+        let Some(ifindex) = crate::dataplane::ebpf::interface_index(bridge) else {
+            warn!("the network's bridge interface does not exist; its guard waits for it");
+            continue;
+        };
+        wanted.insert(ifindex);
+        let programmed = compile(&guard.entries, false)
+            .map_err(TargetError::from)
+            .and_then(|rows| {
+                ebpf.attach_guard(ifindex)?;
+                let desired = EbpfGuard {
+                    rows,
+                    allowed: guard_allow_keys(ifindex, guard),
+                };
+                if last.get(&ifindex) == Some(&desired) {
+                    return Ok(());
+                }
+                if !last.contains_key(&ifindex)
+                    && ebpf.guard_is(ifindex, &desired.rows, &desired.allowed)?
+                {
+                    // Left by an earlier run (a restart): adopted as it is.
+                    last.insert(ifindex, desired);
+                    return Ok(());
+                }
+                ebpf.set_guard(ifindex, &desired.rows, &desired.allowed)?;
+                info!(
+                    prefixes = desired.rows.len(),
+                    allowed = desired.allowed.len(),
+                    "bridge guard written"
+                );
+                last.insert(ifindex, desired);
+                Ok(())
+            });
+        if let Err(e) = programmed {
+            warn!(error = %e, "programming the bridge guard failed; will retry on the next reconcile");
+        }
+    }
+    let installed = ebpf.guard_ifindexes().unwrap_or_default();
+    let vanished = |i: &u32| interface_name(*i).is_none();
+    for ifindex in installed
+        .into_iter()
+        .filter(|i| !wanted.contains(i) && (complete || vanished(i)))
+    {
+        last.remove(&ifindex);
+        match ebpf.remove_guard(ifindex) {
+            Ok(()) => info!(ifindex, "removed the guard of a bridge without targets"),
+            Err(e) => warn!(ifindex, error = %e, "removing a bridge guard failed"),
+        }
+    }
 }
 
 /// Brings one container's caps to `caps`. Returns whether anything changed.

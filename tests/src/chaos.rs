@@ -22,8 +22,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, lpm_trie::LpmTrie};
 use netwarp_common::{
-    ACTION_BLOCK, ACTION_STEER, POLICY_MAP, RATE_BUCKETS_MAP, RATE_SLOTS_MAP, RULES_V4_MAP,
-    RULES_V6_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
+    ACTION_BLOCK, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAP, GUARDS_MAP,
+    GuardAllowKey, POLICY_MAP, RATE_BUCKETS_MAP, RATE_SLOTS_MAP, RULES_V4_MAP, RULES_V6_MAP,
+    RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
 };
 use serde::Serialize;
 
@@ -481,13 +482,26 @@ impl Scenario {
             bail!("policy map keys {keys:?}, expected only the target's veth {target_ifindex}");
         }
         let policy = policies[0].1;
+        let guard_rule_set = self.check_guard(pins)?;
         let rows = read_rule_sets(pins)?;
-        let live: BTreeSet<u32> = BTreeSet::from([policy.rule_set]);
+        let live: BTreeSet<u32> = BTreeSet::from([policy.rule_set, guard_rule_set]);
         let orphans: Vec<_> = rows.iter().filter(|(set, _)| !live.contains(set)).collect();
         if !orphans.is_empty() {
             bail!("orphaned rule rows: {orphans:?}");
         }
-        let actions: Vec<u8> = rows.iter().map(|(_, v)| v.action).collect();
+        let guard_actions: Vec<u8> = rows
+            .iter()
+            .filter(|(set, _)| *set == guard_rule_set)
+            .map(|(_, v)| v.action)
+            .collect();
+        if guard_actions != [ACTION_BLOCK] {
+            bail!("bridge guard rule actions {guard_actions:?}, expected [{ACTION_BLOCK}]");
+        }
+        let actions: Vec<u8> = rows
+            .iter()
+            .filter(|(set, _)| *set == policy.rule_set)
+            .map(|(_, v)| v.action)
+            .collect();
         let want = match expect {
             Expect::Steered => ACTION_STEER,
             Expect::Blocked => ACTION_BLOCK,
@@ -519,10 +533,13 @@ impl Scenario {
             .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
             .collect();
         links.sort();
-        let want_links = vec![
+        let bridge_ifindex = interface_ifindex(&self.network.bridge()?)?;
+        let mut want_links = vec![
             format!("{target_ifindex}-egress"),
             format!("{target_ifindex}-ingress"),
+            format!("{bridge_ifindex}-guard"),
         ];
+        want_links.sort();
         if links != want_links {
             bail!("link pins {links:?}, expected {want_links:?}");
         }
@@ -546,6 +563,65 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// The network's bridge guard: the only one, for this network's
+    /// bridge, with the bystander (and the warp, while it runs) allowed and
+    /// nothing else; exactly one netwarp program on the bridge's ingress.
+    /// Returns the guard's rule set.
+    fn check_guard(&self, pins: &Path) -> anyhow::Result<u32> {
+        let bridge = self.network.bridge()?;
+        let bridge_ifindex = interface_ifindex(&bridge)?;
+        let guards: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(open_map(pins, GUARDS_MAP)?)?;
+        let guards: Vec<(u32, u32)> = guards.iter().filter_map(Result::ok).collect();
+        let [(guarded, rule_set)] = guards[..] else {
+            bail!("bridge guards {guards:?}, expected one for {bridge} ({bridge_ifindex})");
+        };
+        if guarded != bridge_ifindex {
+            bail!("the guard is on ifindex {guarded}, the network's bridge is {bridge_ifindex}");
+        }
+        let allow: BpfHashMap<_, GuardAllowKey, u8> =
+            BpfHashMap::try_from(open_map(pins, GUARD_ALLOW_MAP)?)?;
+        let mut allowed: Vec<String> = allow
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| match k.kind {
+                GUARD_ALLOW_IPV4 => {
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&k.addr[..4]).expect("four bytes"))
+                        .to_string()
+                }
+                GUARD_ALLOW_IPV6 => std::net::Ipv6Addr::from(k.addr).to_string(),
+                _ => k.addr[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            })
+            .collect();
+        allowed.sort();
+        let mut want = vec![self.bystander.ipv4(&self.network)?];
+        if let Some(warp) = &self.warp
+            && let Ok(ip) = warp.ipv4(&self.network)
+        {
+            want.push(ip);
+            want.push(self.warp_mac()?);
+        }
+        want.sort();
+        if allowed != want {
+            bail!("the guard allows {allowed:?}, expected {want:?}");
+        }
+        let programs = crate::tcx::tcx_programs(&bridge);
+        let netwarp = programs
+            .iter()
+            // The kernel keeps 15 characters of a program's name.
+            .filter(|(d, p)| {
+                *d == "Ingress" && crate::tcx::program_name(p).starts_with("netwarp_tc")
+            })
+            .count();
+        if netwarp != 1 {
+            bail!("{netwarp} guard programs on {bridge} ingress, expected 1");
+        }
+        Ok(rule_set)
     }
 
     pub fn warp(&self) -> anyhow::Result<&Container> {
@@ -704,6 +780,12 @@ fn bystander_state(container: &Container) -> anyhow::Result<String> {
 fn open_map(pins: &Path, name: &str) -> anyhow::Result<Map> {
     let data = MapData::from_pin(pins.join(name)).with_context(|| format!("the pinned {name}"))?;
     Map::from_map_data(data).with_context(|| format!("the map type of {name}"))
+}
+
+fn interface_ifindex(name: &str) -> anyhow::Result<u32> {
+    let index = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .with_context(|| format!("the interface {name}"))?;
+    Ok(index.trim().parse()?)
 }
 
 fn read_policies(pins: &Path) -> anyhow::Result<Vec<(u32, TargetPolicy)>> {

@@ -77,7 +77,9 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
                 continue;
             };
             let addresses = [endpoint.ipv4.map(IpAddr::V4), endpoint.ipv6.map(IpAddr::V6)];
-            guard.allowed_sources.extend(addresses.into_iter().flatten());
+            guard
+                .allowed_sources
+                .extend(addresses.into_iter().flatten());
             if is_warp && let Some(mac) = &endpoint.mac {
                 guard.warp_macs.insert(mac.clone());
             }
@@ -163,7 +165,11 @@ mod tests {
         let guards = plan_guards(&world, &settings("203.0.113.0/24"));
         assert_eq!(guards.len(), 1);
         assert_eq!(guards[0].entries, blocked("203.0.113.0/24"));
-        assert!(!guards[0].allowed_sources.contains(&"172.20.0.3".parse().unwrap()));
+        assert!(
+            !guards[0]
+                .allowed_sources
+                .contains(&"172.20.0.3".parse().unwrap())
+        );
     }
 
     #[test]
@@ -171,7 +177,10 @@ mod tests {
         let mut world = world();
         world.containers.push(container(
             "db",
-            &[("netwarp.target", "warp-a"), ("netwarp.rules", "198.51.100.0/24")],
+            &[
+                ("netwarp.target", "warp-a"),
+                ("netwarp.rules", "198.51.100.0/24"),
+            ],
             true,
             "172.20.0.5",
         ));

@@ -100,6 +100,15 @@ impl fmt::Display for BlockReason {
                 warp,
                 networks,
                 label,
+            } if networks.is_empty() => write!(
+                f,
+                "warp container {warp} is on no network (disconnected?); connect it to the \
+                 targets' network (the label {label} chooses one if it has several)"
+            ),
+            Self::AmbiguousNetwork {
+                warp,
+                networks,
+                label,
             } => write!(
                 f,
                 "warp container {warp} is on several networks ({}); set the label {label} on it to choose one",

@@ -4,16 +4,46 @@
 //! must carry everything that applies to its prefix: the selectors of
 //! every rule whose destination contains it are folded in.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use netwarp_common::{
-    ACTION_BLOCK, ACTION_STEER, MAX_SELECTORS, REASON_POLICY, REASON_WARP_DOWN, RuleValue, Selector,
+    ACTION_BLOCK, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GuardAllowKey,
+    MAX_SELECTORS, REASON_POLICY, REASON_WARP_DOWN, RuleValue, Selector,
 };
 
 use crate::{
+    dataplane::routes::parse_mac,
     model::Cidr,
-    plan::{Action, Entry},
+    plan::{Action, Entry, GuardPlan},
 };
+
+/// The allow-map keys of a bridge's guard: its allowed source addresses
+/// and its warps' MACs (a malformed MAC is left out: fail closed).
+pub fn guard_allow_keys(bridge_ifindex: u32, guard: &GuardPlan) -> BTreeSet<GuardAllowKey> {
+    let key = |kind, bytes: &[u8]| {
+        let mut addr = [0; 16];
+        addr[..bytes.len()].copy_from_slice(bytes);
+        GuardAllowKey {
+            bridge_ifindex,
+            kind,
+            addr,
+        }
+    };
+    let sources = guard.allowed_sources.iter().map(|source| match source {
+        IpAddr::V4(v4) => key(GUARD_ALLOW_IPV4, &v4.octets()),
+        IpAddr::V6(v6) => key(GUARD_ALLOW_IPV6, &v6.octets()),
+    });
+    let macs = guard
+        .warp_macs
+        .iter()
+        .map(|mac| parse_mac(mac))
+        .filter(|bytes| bytes.len() == 6)
+        .map(|bytes| key(GUARD_ALLOW_MAC, &bytes));
+    sources.chain(macs).collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
@@ -98,6 +128,33 @@ pub fn compile(entries: &[Entry], warp_usable: bool) -> Result<Vec<CompiledPrefi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guard_allow_keys_hold_addresses_and_well_formed_warp_macs() {
+        let guard = GuardPlan {
+            allowed_sources: ["172.20.0.4".parse().unwrap(), "fd00::4".parse().unwrap()].into(),
+            warp_macs: ["02:42:ac:14:00:02".to_string(), "nonsense".to_string()].into(),
+            ..GuardPlan::default()
+        };
+        let keys: Vec<(u32, u32, Vec<u8>)> = guard_allow_keys(7, &guard)
+            .into_iter()
+            .map(|k| (k.bridge_ifindex, k.kind, k.addr.to_vec()))
+            .collect();
+        let padded = |bytes: &[u8]| {
+            let mut addr = bytes.to_vec();
+            addr.resize(16, 0);
+            addr
+        };
+        let v6: std::net::Ipv6Addr = "fd00::4".parse().unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                (7, GUARD_ALLOW_MAC, padded(&[0x02, 0x42, 0xac, 0x14, 0, 2])),
+                (7, GUARD_ALLOW_IPV4, padded(&[172, 20, 0, 4])),
+                (7, GUARD_ALLOW_IPV6, v6.octets().to_vec()),
+            ]
+        );
+    }
     use crate::model::parse_rules;
 
     fn entries(rules: &str, action: Action) -> Vec<Entry> {

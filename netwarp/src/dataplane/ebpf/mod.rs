@@ -4,6 +4,10 @@
 //! The program on a target's veth counts, then steers matching packets to
 //! the warp's veth (rewriting the destination MAC) or drops them while the
 //! warp is unusable. Interfaces without a policy are only counted.
+//!
+//! The program on a guarded network's bridge (ingress: what containers
+//! send to be routed) drops traffic to the network's steered prefixes from
+//! sources netwarp does not know, i.e. targets it has not programmed yet.
 pub mod compile;
 
 use std::{
@@ -26,7 +30,8 @@ use aya::{
     },
 };
 use netwarp_common::{
-    Direction, POLICY_MAP, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RATE_BUCKETS_MAP,
+    Direction, GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, POLICY_MAP,
+    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RATE_BUCKETS_MAP,
     RATE_SLOTS_MAP, RULE_SET_BITS, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6,
     RuleValue, TRAFFIC_MAP, TargetPolicy, TrafficCounters, TrafficKey, VERDICTS_MAP,
     VerdictCounters,
@@ -92,6 +97,9 @@ pub struct InterfaceTraffic {
     pub to_container: TrafficCounters,
 }
 
+/// The pin name suffix of a bridge guard's link (`<ifindex>-guard`).
+const GUARD_PIN_SUFFIX: &str = "-guard";
+
 /// The two attachments on a container's host-side veth.
 const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
     (
@@ -110,7 +118,7 @@ const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
 
 /// Every map, pinned by name under the pin directory, with its key and
 /// value sizes as this build's programs use them; the LPM keys carry a 4-byte prefix length.
-fn map_layouts() -> [(&'static str, usize, usize); 7] {
+fn map_layouts() -> [(&'static str, usize, usize); 10] {
     use std::mem::size_of;
     [
         (
@@ -132,6 +140,13 @@ fn map_layouts() -> [(&'static str, usize, usize); 7] {
         (VERDICTS_MAP, size_of::<u32>(), size_of::<VerdictCounters>()),
         (RATE_SLOTS_MAP, size_of::<u32>(), size_of::<u32>()),
         (RATE_BUCKETS_MAP, size_of::<u32>(), size_of::<RateBuckets>()),
+        (GUARDS_MAP, size_of::<u32>(), size_of::<u32>()),
+        (GUARD_ALLOW_MAP, size_of::<GuardAllowKey>(), 1),
+        (
+            GUARD_DROPS_MAP,
+            size_of::<u32>(),
+            size_of::<TrafficCounters>(),
+        ),
     ]
 }
 
@@ -166,6 +181,8 @@ pub struct EbpfDataplane {
     /// is also pinned there, so it outlives the daemon; the id, when
     /// present, is this process's handle on it.
     links: HashMap<(u32, u32), Option<SchedClassifierLinkId>>,
+    /// Guard attachments by bridge ifindex, pinned like `links`.
+    guard_links: HashMap<u32, Option<SchedClassifierLinkId>>,
     pin_dir: Option<PathBuf>,
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
@@ -236,7 +253,11 @@ impl EbpfDataplane {
                 None
             }
         };
-        for name in [PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER] {
+        for name in [
+            PROG_TC_FROM_CONTAINER,
+            PROG_TC_TO_CONTAINER,
+            PROG_TC_BRIDGE_GUARD,
+        ] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| EbpfError::Program {
@@ -247,6 +268,7 @@ impl EbpfDataplane {
         Ok(Self {
             ebpf,
             links: HashMap::new(),
+            guard_links: HashMap::new(),
             pin_dir,
             logger,
         })
@@ -275,6 +297,13 @@ impl EbpfDataplane {
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(ifindex) = name
+                .strip_suffix(GUARD_PIN_SUFFIX)
+                .and_then(|index| index.parse::<u32>().ok())
+            {
+                self.adopt_guard_link(ifindex, &path)?;
+                continue;
+            }
             let parsed = name.split_once('-').and_then(|(index, suffix)| {
                 let attachment = ATTACHMENTS.iter().find(|a| a.3 == suffix)?;
                 Some((index.parse::<u32>().ok()?, attachment))
@@ -308,6 +337,32 @@ impl EbpfDataplane {
         Ok(())
     }
 
+    fn adopt_guard_link(&mut self, ifindex: u32, path: &Path) -> Result<(), EbpfError> {
+        let program = PROG_TC_BRIDGE_GUARD;
+        if interface_name(ifindex).is_none() {
+            let _ = std::fs::remove_file(path);
+            return Ok(());
+        }
+        let adopted = PinnedLink::from_pin(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pinned| {
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+            });
+        match adopted {
+            Ok(link) => {
+                let id = classifier(&mut self.ebpf, program)?
+                    .attach_to_link(link)
+                    .map_err(|source| EbpfError::Program { program, source })?;
+                self.guard_links.insert(ifindex, Some(id));
+            }
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned guard link");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+
     /// The interfaces this dataplane has attached to (or adopted).
     pub fn attached_ifindexes(&self) -> std::collections::BTreeSet<u32> {
         self.links.keys().map(|(ifindex, _)| *ifindex).collect()
@@ -321,93 +376,133 @@ impl EbpfDataplane {
         for (program, attach_type, direction, suffix) in ATTACHMENTS {
             let key = (ifindex, direction as u32);
             let pin = self.link_pin(ifindex, suffix);
-            if self.links.contains_key(&key) {
-                if self.repin_if_removed(key, program, pin.as_deref())? {
-                    continue;
+            if let Some(held) = self.links.remove(&key) {
+                match self.repin_if_removed(held, program, pin.as_deref())? {
+                    Some(held) => {
+                        self.links.insert(key, held);
+                        continue;
+                    }
+                    None => tracing::warn!(
+                        interface,
+                        direction = suffix,
+                        "a pinned link was removed behind netwarp's back; attaching again"
+                    ),
                 }
-                // The pin was the only reference: the link died with it.
-                tracing::warn!(
-                    interface,
-                    direction = suffix,
-                    "a pinned link was removed behind netwarp's back; attaching again"
-                );
             }
-            // On kernels >= 6.6 aya attaches through TCX, which needs no qdisc.
-            let prog = classifier(&mut self.ebpf, program)?;
-            let attach_error = |source| EbpfError::Attach {
-                program,
-                interface: interface.to_owned(),
-                source,
-            };
-            // First in the TCX chain, so policy applies whatever other tc
-            // programs return; netwarp passes what it leaves alone on to
-            // them. Kernels without TCX get a clsact filter instead.
-            let id = match prog.attach_with_options(
-                interface,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::first()),
-            ) {
-                Ok(id) => id,
-                Err(tcx_error) => {
-                    tracing::debug!(interface, error = %tcx_error, "TCX attach failed; trying clsact");
-                    let _ = qdisc_add_clsact(interface);
-                    prog.attach(interface, attach_type).map_err(attach_error)?
-                }
-            };
-            let id = match pin {
-                None => Some(id),
-                Some(path) => {
-                    let link = prog.take_link(id).map_err(attach_error)?;
-                    let fd_link = FdLink::try_from(link).map_err(|e| EbpfError::Pin {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    // The pin keeps the link; dropping our handle keeps it attached.
-                    fd_link.pin(&path).map_err(|e| EbpfError::Pin {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    None
-                }
-            };
+            let id = self.attach_first(interface, program, attach_type, pin)?;
             self.links.insert(key, id);
         }
         Ok(())
     }
 
-    /// Whether the attachment `key` is still in place. Someone may delete a
-    /// link's pin by hand: if this process holds the link it is pinned
-    /// again; if the pin was its only reference, the link (and with it
-    /// steering and blocking) is gone, and the caller must attach anew.
+    /// Attaches the guard to a bridge's ingress (what its containers send
+    /// to be routed). Attaching twice is a no-op.
+    pub fn attach_guard(&mut self, bridge_ifindex: u32) -> Result<(), EbpfError> {
+        let program = PROG_TC_BRIDGE_GUARD;
+        let interface =
+            interface_name(bridge_ifindex).ok_or(EbpfError::NoInterface(bridge_ifindex))?;
+        let pin = self.guard_pin(bridge_ifindex);
+        if let Some(held) = self.guard_links.remove(&bridge_ifindex) {
+            match self.repin_if_removed(held, program, pin.as_deref())? {
+                Some(held) => {
+                    self.guard_links.insert(bridge_ifindex, held);
+                    return Ok(());
+                }
+                None => tracing::warn!(
+                    bridge = interface,
+                    "a pinned guard link was removed behind netwarp's back; attaching again"
+                ),
+            }
+        }
+        let id = self.attach_first(&interface, program, TcAttachType::Ingress, pin)?;
+        self.guard_links.insert(bridge_ifindex, id);
+        Ok(())
+    }
+
+    /// Attaches `program` first in the interface's TCX chain (a clsact
+    /// filter without TCX) and pins the link at `pin` if given. Returns
+    /// this process's handle, which a pinned link does not need.
+    fn attach_first(
+        &mut self,
+        interface: &str,
+        program: &'static str,
+        attach_type: TcAttachType,
+        pin: Option<PathBuf>,
+    ) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
+        // On kernels >= 6.6 aya attaches through TCX, which needs no qdisc.
+        let prog = classifier(&mut self.ebpf, program)?;
+        let attach_error = |source| EbpfError::Attach {
+            program,
+            interface: interface.to_owned(),
+            source,
+        };
+        // First in the TCX chain, so policy applies whatever other tc
+        // programs return; netwarp passes what it leaves alone on to
+        // them. Kernels without TCX get a clsact filter instead.
+        let id = match prog.attach_with_options(
+            interface,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        ) {
+            Ok(id) => id,
+            Err(tcx_error) => {
+                tracing::debug!(interface, error = %tcx_error, "TCX attach failed; trying clsact");
+                let _ = qdisc_add_clsact(interface);
+                prog.attach(interface, attach_type).map_err(attach_error)?
+            }
+        };
+        let Some(path) = pin else {
+            return Ok(Some(id));
+        };
+        let link = prog.take_link(id).map_err(attach_error)?;
+        let pin_error = |reason: String| EbpfError::Pin {
+            path: path.clone(),
+            reason,
+        };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+        // The pin keeps the link; dropping our handle keeps it attached.
+        fd_link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
+        Ok(None)
+    }
+
+    /// Checks an attachment this process made or adopted (`held`). Someone
+    /// may delete a link's pin by hand: if this process holds the link it
+    /// is pinned again; if the pin was its only reference, the link (and
+    /// with it steering and blocking) is gone. Returns what to keep
+    /// holding, or None when the caller must attach anew.
     fn repin_if_removed(
         &mut self,
-        key: (u32, u32),
+        held: Option<SchedClassifierLinkId>,
         program: &'static str,
         pin: Option<&Path>,
-    ) -> Result<bool, EbpfError> {
+    ) -> Result<Option<Option<SchedClassifierLinkId>>, EbpfError> {
         let Some(path) = pin else {
-            return Ok(true);
+            return Ok(Some(held));
         };
         if path.exists() {
-            return Ok(true);
+            return Ok(Some(held));
         }
-        match self.links.remove(&key) {
-            Some(Some(id)) => {
-                let link = classifier(&mut self.ebpf, program)?
-                    .take_link(id)
-                    .map_err(|source| EbpfError::Program { program, source })?;
-                let pin_error = |reason: String| EbpfError::Pin {
-                    path: path.to_owned(),
-                    reason,
-                };
-                let fd_link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
-                fd_link.pin(path).map_err(|e| pin_error(e.to_string()))?;
-                tracing::warn!(path = %path.display(), "a link's pin was removed by hand; pinned it again");
-                self.links.insert(key, None);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        let Some(id) = held else {
+            return Ok(None);
+        };
+        let link = classifier(&mut self.ebpf, program)?
+            .take_link(id)
+            .map_err(|source| EbpfError::Program { program, source })?;
+        let pin_error = |reason: String| EbpfError::Pin {
+            path: path.to_owned(),
+            reason,
+        };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+        fd_link.pin(path).map_err(|e| pin_error(e.to_string()))?;
+        tracing::warn!(path = %path.display(), "a link's pin was removed by hand; pinned it again");
+        Ok(Some(None))
+    }
+
+    fn guard_pin(&self, bridge_ifindex: u32) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|dir| {
+            dir.join("links")
+                .join(format!("{bridge_ifindex}{GUARD_PIN_SUFFIX}"))
+        })
     }
 
     /// Detaches the programs from an interface, if they are attached, and
@@ -537,6 +632,149 @@ impl EbpfDataplane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_error(POLICY_MAP)(e)),
         }
+    }
+
+    /// Installs a bridge's guard: the prefixes it blocks (`rows`, under a
+    /// fresh rule set, switched in by one write) and the sources it lets
+    /// pass. New sources are allowed before the switch, stale ones removed
+    /// after it.
+    pub fn set_guard(
+        &mut self,
+        bridge_ifindex: u32,
+        rows: &[CompiledPrefix],
+        allowed: &std::collections::BTreeSet<GuardAllowKey>,
+    ) -> Result<(), EbpfError> {
+        let old = self.guard_rule_set(bridge_ifindex)?;
+        let rule_set = (bridge_ifindex << 1) | old.map_or(0, |id| (id & 1) ^ 1);
+        self.write_rows(rule_set, rows)?;
+        let mut allow = self.guard_allow()?;
+        let stale: Vec<GuardAllowKey> = allow
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.bridge_ifindex == bridge_ifindex && !allowed.contains(k))
+            .collect();
+        for key in allowed {
+            allow
+                .insert(*key, 1, 0)
+                .map_err(map_error(GUARD_ALLOW_MAP))?;
+        }
+        self.guards()?
+            .insert(bridge_ifindex, rule_set, 0)
+            .map_err(map_error(GUARDS_MAP))?;
+        if let Some(old) = old
+            && old != rule_set
+        {
+            self.remove_rows(old)?;
+        }
+        let mut allow = self.guard_allow()?;
+        for key in stale {
+            let _ = allow.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Removes a bridge's guard: its rule set, its allowed sources, its
+    /// attachment and pin.
+    pub fn remove_guard(&mut self, bridge_ifindex: u32) -> Result<(), EbpfError> {
+        if let Some(Some(id)) = self.guard_links.remove(&bridge_ifindex) {
+            classifier(&mut self.ebpf, PROG_TC_BRIDGE_GUARD)?
+                .detach(id)
+                .map_err(|source| EbpfError::Program {
+                    program: PROG_TC_BRIDGE_GUARD,
+                    source,
+                })?;
+        }
+        if let Some(path) = self.guard_pin(bridge_ifindex) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(EbpfError::PinDir { path, source }),
+            }
+        }
+        if let Some(old) = self.guard_rule_set(bridge_ifindex)? {
+            match self.guards()?.remove(&bridge_ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(GUARDS_MAP)(e)),
+            }
+            self.remove_rows(old)?;
+        }
+        let mut allow = self.guard_allow()?;
+        let keys: Vec<GuardAllowKey> = allow
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.bridge_ifindex == bridge_ifindex)
+            .collect();
+        for key in keys {
+            let _ = allow.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Bridges with a guard in the map or an attachment.
+    pub fn guard_ifindexes(&mut self) -> Result<std::collections::BTreeSet<u32>, EbpfError> {
+        let mut all: std::collections::BTreeSet<u32> = self
+            .guards()?
+            .keys()
+            .collect::<Result<_, MapError>>()
+            .map_err(map_error(GUARDS_MAP))?;
+        all.extend(self.guard_links.keys().copied());
+        Ok(all)
+    }
+
+    /// The sources a bridge's guard lets pass.
+    pub fn guard_allowed(
+        &mut self,
+        bridge_ifindex: u32,
+    ) -> Result<std::collections::BTreeSet<GuardAllowKey>, EbpfError> {
+        Ok(self
+            .guard_allow()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.bridge_ifindex == bridge_ifindex)
+            .collect())
+    }
+
+    /// What a bridge's guard dropped, over all CPUs.
+    pub fn guard_drops(&self, bridge_ifindex: u32) -> Result<TrafficCounters, EbpfError> {
+        let map = self
+            .ebpf
+            .map(GUARD_DROPS_MAP)
+            .ok_or(EbpfError::MissingMap(GUARD_DROPS_MAP))?;
+        let map: PerCpuHashMap<_, u32, TrafficCounters> =
+            PerCpuHashMap::try_from(map).map_err(map_error(GUARD_DROPS_MAP))?;
+        match map.get(&bridge_ifindex, 0) {
+            Ok(per_cpu) => Ok(per_cpu
+                .iter()
+                .fold(TrafficCounters::default(), |a, c| a.saturating_add(*c))),
+            Err(MapError::KeyNotFound) => Ok(TrafficCounters::default()),
+            Err(e) => Err(map_error(GUARD_DROPS_MAP)(e)),
+        }
+    }
+
+    fn guard_rule_set(&mut self, bridge_ifindex: u32) -> Result<Option<u32>, EbpfError> {
+        match self.guards()?.get(&bridge_ifindex, 0) {
+            Ok(id) => Ok(Some(id)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(GUARDS_MAP)(e)),
+        }
+    }
+
+    fn guards(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, u32>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(GUARDS_MAP)
+            .ok_or(EbpfError::MissingMap(GUARDS_MAP))?;
+        BpfHashMap::try_from(map).map_err(map_error(GUARDS_MAP))
+    }
+
+    fn guard_allow(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut aya::maps::MapData, GuardAllowKey, u8>, EbpfError> {
+        let map = self
+            .ebpf
+            .map_mut(GUARD_ALLOW_MAP)
+            .ok_or(EbpfError::MissingMap(GUARD_ALLOW_MAP))?;
+        BpfHashMap::try_from(map).map_err(map_error(GUARD_ALLOW_MAP))
     }
 
     /// Caps the container whose host-side veths are `ifindexes`: one set
@@ -711,6 +949,64 @@ impl EbpfDataplane {
         Ok(())
     }
 
+    /// The rows of one rule set, sorted by destination (what an earlier
+    /// run left, for adopting it without a rewrite).
+    fn rows(&mut self, rule_set: u32) -> Result<Vec<CompiledPrefix>, EbpfError> {
+        let id = rule_set.to_be_bytes();
+        let mut rows = Vec::new();
+        let row = |addr: IpAddr, prefix_len: u32, value: RuleValue| {
+            let len = u8::try_from(prefix_len.saturating_sub(RULE_SET_BITS)).ok()?;
+            Some(CompiledPrefix {
+                destination: crate::model::Cidr::new(addr, len).ok()?,
+                value,
+            })
+        };
+        let v4 = self.trie::<RuleKeyV4>(RULES_V4_MAP)?;
+        for (key, value) in v4.iter().filter_map(Result::ok) {
+            if key.data().rule_set == id {
+                rows.extend(row(IpAddr::from(key.data().addr), key.prefix_len(), value));
+            }
+        }
+        let v6 = self.trie::<RuleKeyV6>(RULES_V6_MAP)?;
+        for (key, value) in v6.iter().filter_map(Result::ok) {
+            if key.data().rule_set == id {
+                rows.extend(row(IpAddr::from(key.data().addr), key.prefix_len(), value));
+            }
+        }
+        rows.sort_by_key(|r| r.destination);
+        Ok(rows)
+    }
+
+    /// Whether a target's installed policy is exactly this one (so a
+    /// restarted daemon adopts it instead of rewriting it).
+    pub fn policy_is(
+        &mut self,
+        ifindex: u32,
+        warp_ifindex: u32,
+        warp_mac: [u8; 6],
+        rows: &[CompiledPrefix],
+    ) -> Result<bool, EbpfError> {
+        let Some(policy) = self.policy(ifindex)? else {
+            return Ok(false);
+        };
+        Ok(policy.warp_ifindex == warp_ifindex
+            && policy.warp_mac == warp_mac
+            && self.rows(policy.rule_set)? == sorted(rows))
+    }
+
+    /// Whether a bridge's installed guard is exactly this one.
+    pub fn guard_is(
+        &mut self,
+        bridge_ifindex: u32,
+        rows: &[CompiledPrefix],
+        allowed: &std::collections::BTreeSet<GuardAllowKey>,
+    ) -> Result<bool, EbpfError> {
+        let Some(rule_set) = self.guard_rule_set(bridge_ifindex)? else {
+            return Ok(false);
+        };
+        Ok(self.rows(rule_set)? == sorted(rows) && &self.guard_allowed(bridge_ifindex)? == allowed)
+    }
+
     fn remove_rows(&mut self, rule_set: u32) -> Result<(), EbpfError> {
         let id = rule_set.to_be_bytes();
         remove_keys(&mut self.trie::<RuleKeyV4>(RULES_V4_MAP)?, |k| {
@@ -746,6 +1042,12 @@ fn remove_keys<K: aya::Pod>(
     for key in keys {
         let _ = trie.remove(&key);
     }
+}
+
+fn sorted(rows: &[CompiledPrefix]) -> Vec<CompiledPrefix> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| r.destination);
+    rows
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> EbpfError {
