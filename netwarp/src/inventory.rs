@@ -322,6 +322,14 @@ impl Inventory {
                         }
                         self.bridges.insert(id.to_owned(), bridge);
                     }
+                    // Ids are never reused: a network that is gone stays gone.
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => {
+                        tracing::warn!(network = %guard.network, "a guarded network no longer exists");
+                        self.bridges.insert(id.to_owned(), None);
+                    }
                     Err(e) => {
                         tracing::warn!(network = %guard.network, error = %e, "inspecting a guarded network failed; will retry");
                         complete = false;

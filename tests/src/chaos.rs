@@ -141,7 +141,7 @@ impl ScenarioReport {
 }
 
 /// A unique steered /24 in 198.18.0.0/15 (RFC 2544 benchmarking space).
-fn unique_prefix_octet() -> u8 {
+pub fn unique_prefix_octet() -> u8 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -780,6 +780,23 @@ fn bystander_state(container: &Container) -> anyhow::Result<String> {
 fn open_map(pins: &Path, name: &str) -> anyhow::Result<Map> {
     let data = MapData::from_pin(pins.join(name)).with_context(|| format!("the pinned {name}"))?;
     Map::from_map_data(data).with_context(|| format!("the map type of {name}"))
+}
+
+/// Packets the guard on `bridge` dropped, from the daemon's pinned maps.
+pub fn guard_drops(pins: &Path, bridge: &str) -> anyhow::Result<u64> {
+    let drops: aya::maps::PerCpuHashMap<_, u32, netwarp_common::TrafficCounters> =
+        aya::maps::PerCpuHashMap::try_from(open_map(pins, netwarp_common::GUARD_DROPS_MAP)?)?;
+    match drops.get(&interface_ifindex(bridge)?, 0) {
+        Ok(per_cpu) => Ok(per_cpu.iter().map(|c| c.packets).sum()),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the daemon's pinned maps hold a guard for `bridge`.
+pub fn guard_installed(pins: &Path, bridge: &str) -> anyhow::Result<bool> {
+    let guards: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(open_map(pins, GUARDS_MAP)?)?;
+    Ok(guards.get(&interface_ifindex(bridge)?, 0).is_ok())
 }
 
 fn interface_ifindex(name: &str) -> anyhow::Result<u32> {

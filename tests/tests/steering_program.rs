@@ -7,6 +7,7 @@ use netwarp::{
     model::parse_rules,
     plan::{Action, Entry},
 };
+use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GuardAllowKey};
 use netwarp_tests::{skip, skip_if};
 
 /// netwarp passes what it leaves alone with TC_ACT_UNSPEC (TCX_NEXT).
@@ -388,4 +389,108 @@ privileged_test!(drops_are_counted_by_reason, {
     );
     let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
     assert_eq!((counted.policy_packets, counted.warp_down_packets), (1, 0));
+});
+
+/// A dataplane with one bridge guard (on `TARGET_IFINDEX`, used as the
+/// bridge's) for `rules`, letting `allowed` pass.
+fn guard(rules: &str, allowed: &[GuardAllowKey]) -> EbpfDataplane {
+    let entries = Entry::all(&parse_rules(rules).expect("rules"), Action::Block);
+    let mut dataplane = EbpfDataplane::load().expect("loading the programs");
+    dataplane
+        .set_guard(
+            TARGET_IFINDEX,
+            &compile(&entries, false).expect("compile"),
+            &allowed.iter().copied().collect(),
+        )
+        .expect("writing the guard");
+    dataplane
+}
+
+fn allow(kind: u32, bytes: &[u8]) -> GuardAllowKey {
+    let mut addr = [0; 16];
+    addr[..bytes.len()].copy_from_slice(bytes);
+    GuardAllowKey {
+        bridge_ifindex: TARGET_IFINDEX,
+        kind,
+        addr,
+    }
+}
+
+fn guard_verdict(dataplane: &mut EbpfDataplane, packet: &[u8]) -> i32 {
+    dataplane
+        .test_run_bridge_guard(TARGET_IFINDEX, packet)
+        .expect("BPF_PROG_TEST_RUN")
+        .0
+}
+
+privileged_test!(the_guard_drops_unknown_sources_to_guarded_prefixes_only, {
+    let mut dp = guard("203.0.113.0/24,tcp:443,2001:db8::/32", &[]);
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)),
+        PASS
+    );
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, UDP, 443, 0, 0)),
+        PASS
+    );
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(OTHER_V4, TCP, 443, 0, 0)),
+        PASS
+    );
+    // A later fragment follows its protocol's selectors.
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 0, 0, 100)),
+        TC_ACT_SHOT
+    );
+    // The label's selectors apply to each of its prefixes.
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, true, None)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv6(REMOTE_V6, ICMPV6, 0, true, None)),
+        PASS
+    );
+    let drops = dp.guard_drops(TARGET_IFINDEX).expect("guard drops");
+    assert_eq!(drops.packets, 3);
+    // Without its guard, the bridge passes everything.
+    dp.remove_guard(TARGET_IFINDEX).expect("removing the guard");
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+        PASS
+    );
+    assert!(dp.guard_ifindexes().expect("guards").is_empty());
+});
+
+privileged_test!(the_guard_lets_known_sources_and_warp_macs_pass, {
+    let source_v6 = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    for allowed in [
+        allow(GUARD_ALLOW_IPV4, &[172, 20, 0, 3]),
+        allow(GUARD_ALLOW_MAC, &SRC_MAC),
+    ] {
+        let mut dp = guard("203.0.113.0/24", &[allowed]);
+        assert_eq!(
+            guard_verdict(&mut dp, &ipv4(REMOTE_V4, ICMP, 0, 0, 0)),
+            PASS,
+            "{allowed:?}"
+        );
+    }
+    let mut dp = guard("2001:db8::/32", &[allow(GUARD_ALLOW_IPV6, &source_v6)]);
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, false, None)),
+        PASS
+    );
+    // Another address of the same family is not the allowed one.
+    let mut dp = guard(
+        "203.0.113.0/24",
+        &[allow(GUARD_ALLOW_IPV4, &[172, 20, 0, 4])],
+    );
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, ICMP, 0, 0, 0)),
+        TC_ACT_SHOT
+    );
 });

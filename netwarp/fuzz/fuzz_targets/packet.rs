@@ -1,6 +1,7 @@
-//! Random frames through netwarp's real from-container tc program in the
-//! running kernel (BPF_PROG_TEST_RUN), under a steering and a blocking
-//! policy. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
+//! Random frames through netwarp's real tc programs in the running kernel
+//! (BPF_PROG_TEST_RUN): the from-container program under a steering and a
+//! blocking policy, and the bridge guard with one allowed source address
+//! and one allowed MAC. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
 //! drop (TC_ACT_SHOT 2) or redirect (TC_ACT_REDIRECT 7) is a crash.
 //! Needs root (bpf(2)); `cargo xtask fuzz` also compares the kernel log
 //! for new WARN/BUG lines before and after.
@@ -9,6 +10,7 @@
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_MAC, GuardAllowKey};
 use netwarp::{
     dataplane::ebpf::{EbpfDataplane, compile::compile},
     model::parse_rules,
@@ -17,6 +19,7 @@ use netwarp::{
 
 const STEERED_IFINDEX: u32 = 1;
 const BLOCKED_IFINDEX: u32 = 2;
+const GUARDED_IFINDEX: u32 = 4;
 const ALLOWED: [i32; 4] = [-1, 0, 2, 7];
 
 fn dataplane() -> &'static Mutex<EbpfDataplane> {
@@ -40,6 +43,23 @@ fn dataplane() -> &'static Mutex<EbpfDataplane> {
                 .set_policy(ifindex, 1, [2, 0x42, 0xac, 0x14, 0, 2], &rows)
                 .expect("writing the policy");
         }
+        let rows = compile(&Entry::all(&rules, Action::Block), false).expect("compile");
+        let allowed = |kind, bytes: &[u8]| {
+            let mut addr = [0; 16];
+            addr[..bytes.len()].copy_from_slice(bytes);
+            GuardAllowKey {
+                bridge_ifindex: GUARDED_IFINDEX,
+                kind,
+                addr,
+            }
+        };
+        let allowed = [
+            allowed(GUARD_ALLOW_IPV4, &[172, 20, 0, 3]),
+            allowed(GUARD_ALLOW_MAC, &[2, 0x42, 0xac, 0x14, 0, 3]),
+        ];
+        dataplane
+            .set_guard(GUARDED_IFINDEX, &rows, &allowed.into_iter().collect())
+            .expect("writing the guard");
         Mutex::new(dataplane)
     })
 }
@@ -64,13 +84,19 @@ fuzz_target!(|data: &[u8]| {
     if frame.len() < 14 + network_header {
         return;
     }
-    let ifindex = match selector % 3 {
+    let ifindex = match selector % 4 {
         0 => STEERED_IFINDEX,
         1 => BLOCKED_IFINDEX,
+        2 => GUARDED_IFINDEX,
         _ => 3,
     };
     let mut dataplane = dataplane().lock().expect("not poisoned");
-    match dataplane.test_run_from_container(ifindex, frame) {
+    let run = if selector & 0x80 != 0 {
+        dataplane.test_run_bridge_guard(ifindex, frame)
+    } else {
+        dataplane.test_run_from_container(ifindex, frame)
+    };
+    match run {
         Ok((verdict, _)) => assert!(
             ALLOWED.contains(&verdict),
             "verdict {verdict} on ifindex {ifindex} for frame {frame:02x?}"

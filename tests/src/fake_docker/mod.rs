@@ -5,7 +5,9 @@
 //! It speaks the subset of the API that netwarp (through bollard) uses, in
 //! the shapes of API 1.41 (Docker 20.10), with or without a `/v1.xx`
 //! prefix: `/_ping`, `/version` (which offers 1.41, so bollard's
-//! negotiation settles there), `GET /containers/json` (`all=true` too),
+//! negotiation settles there), `GET /containers/json` (`all=true` too;
+//! `label` and `status` filters honoured), `GET /networks/{id}` (a bridge
+//! network by id or name),
 //! `GET /containers/{id}/json` (404 with Docker's JSON message when
 //! missing) and a streaming `GET /events` (one JSON object per line with
 //! `timeNano`; `type` and `event` filters honoured). Anything else gets a
@@ -493,6 +495,24 @@ fn route(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Response<
         (&Method::GET, "/containers/json") => {
             counters.list.fetch_add(1, Ordering::Relaxed);
             let all = matches!(query_param(query, "all").as_deref(), Some("1" | "true"));
+            let filters: Option<serde_json::Value> =
+                query_param(query, "filters").and_then(|f| serde_json::from_str(&f).ok());
+            if let Some(filters) = filters {
+                let values = |key: &str| -> Vec<String> {
+                    filters
+                        .get(key)
+                        .and_then(|v| v.as_array())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|s| s.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let state = shared.state.lock().expect("state");
+                let body = state.list_json_filtered(all, &values("label"), &values("status"));
+                return json(StatusCode::OK, Bytes::from(body));
+            }
             let generation = shared.state.lock().expect("state").generation;
             let cached = shared.list_cache.lock().expect("cache")[all as usize]
                 .as_ref()
@@ -557,6 +577,14 @@ fn route(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Response<
                     counters.inspect_missing.fetch_add(1, Ordering::Relaxed);
                     message(StatusCode::NOT_FOUND, &format!("No such container: {key}"))
                 }
+            }
+        }
+        (&Method::GET, p) if p.starts_with("/networks/") => {
+            let key = &p["/networks/".len()..];
+            let state = shared.state.lock().expect("state");
+            match state.network_json(key) {
+                Some(body) => json(StatusCode::OK, body),
+                None => message(StatusCode::NOT_FOUND, &format!("network {key} not found")),
             }
         }
         _ => {

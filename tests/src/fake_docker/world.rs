@@ -336,7 +336,7 @@ impl State {
                                     ipv4: Some(e.ipv4),
                                     ipv6: e.ipv6,
                                     mac: Some(e.mac.clone()),
-                                    network_id: None,
+                                    network_id: Some(e.network_id.clone()),
                                 },
                             )
                         })
@@ -376,6 +376,46 @@ impl State {
             .map(Summary::of)
             .collect();
         serde_json::to_vec(&list).expect("serializable")
+    }
+
+    /// The list with Docker's `label` (key or key=value) and `status`
+    /// (`running`, `exited`, ...) filters applied.
+    pub fn list_json_filtered(&self, all: bool, labels: &[String], statuses: &[String]) -> Vec<u8> {
+        let list: Vec<Summary<'_>> = self
+            .containers
+            .iter()
+            .filter(|c| all || c.running)
+            .filter(|c| {
+                labels.iter().all(|filter| match filter.split_once('=') {
+                    Some((key, value)) => c.labels.get(key).is_some_and(|v| v == value),
+                    None => c.labels.contains_key(filter),
+                })
+            })
+            .filter(|c| {
+                let status = if c.running { "running" } else { "exited" };
+                statuses.is_empty() || statuses.iter().any(|s| s == status)
+            })
+            .map(Summary::of)
+            .collect();
+        serde_json::to_vec(&list).expect("serializable")
+    }
+
+    /// A network's inspect (id or name): every simulated network is a
+    /// bridge network with Docker's default bridge name.
+    pub fn network_json(&self, key: &str) -> Option<Vec<u8>> {
+        let endpoint = self
+            .containers
+            .iter()
+            .flat_map(|c| &c.networks)
+            .find(|e| e.network_id == key || e.network == key)?;
+        let body = serde_json::json!({
+            "Name": endpoint.network,
+            "Id": endpoint.network_id,
+            "Driver": "bridge",
+            "Internal": true,
+            "Options": {},
+        });
+        Some(serde_json::to_vec(&body).expect("json"))
     }
 
     pub fn inspect_json(&self, i: usize) -> Vec<u8> {

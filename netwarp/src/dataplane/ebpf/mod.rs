@@ -884,12 +884,31 @@ impl EbpfDataplane {
         ifindex: u32,
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), EbpfError> {
+        self.test_run(PROG_TC_FROM_CONTAINER, ifindex, packet)
+    }
+
+    /// Like [`Self::test_run_from_container`], for the bridge guard, as if
+    /// the packet arrived on the bridge with `ifindex`.
+    pub fn test_run_bridge_guard(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+    ) -> Result<(i32, Vec<u8>), EbpfError> {
+        self.test_run(PROG_TC_BRIDGE_GUARD, ifindex, packet)
+    }
+
+    fn test_run(
+        &mut self,
+        program_name: &'static str,
+        ifindex: u32,
+        packet: &[u8],
+    ) -> Result<(i32, Vec<u8>), EbpfError> {
         // A __sk_buff prefix up to and including `ifindex` (offset 40); the
         // kernel requires every other field in it to be zero.
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut data_out = vec![0u8; packet.len() + 256];
-        let program = classifier(&mut self.ebpf, PROG_TC_FROM_CONTAINER)?;
+        let program = classifier(&mut self.ebpf, program_name)?;
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(packet),
@@ -898,7 +917,7 @@ impl EbpfDataplane {
                 ..TestRunOptions::new()
             })
             .map_err(|source| EbpfError::Program {
-                program: PROG_TC_FROM_CONTAINER,
+                program: program_name,
                 source,
             })?;
         data_out.truncate(result.data_size_out as usize);

@@ -1,0 +1,153 @@
+//! The bridge guard holds the window in which a target runs but netwarp
+//! has not programmed it: the daemon is frozen (SIGSTOP), the target is
+//! restarted into a new namespace and veth, and its traffic to the
+//! steered prefix must not reach the leak sink. A known unlabelled
+//! container's traffic still takes its normal path; a container started
+//! while netwarp is frozen is unknown and held until it is classified.
+//!
+//! Network safety: the steered prefix (198.18.N.0/24) is routed on the
+//! host into a sink namespace that counts and drops; the remote address
+//! is the warp's loopback; the network is `--internal`; every ping is a
+//! single bounded probe; every fixture is a drop guard.
+
+use std::time::Duration;
+
+use netwarp_tests::{
+    chaos::{LeakSink, guard_drops, guard_installed, start_warp_at, unique_prefix_octet},
+    command::run,
+    daemon::{Daemon, TestLabels, eventually},
+    docker::{Container, DockerNetwork},
+    skip, skip_if,
+};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// One ping, one second at most: whether it was answered.
+fn answered(container: &Container, remote: &str) -> bool {
+    container
+        .exec(&["ping", "-c", "1", "-W", "1", remote])
+        .is_ok()
+}
+
+/// Whether the daemon's guard for `bridge` is programmed.
+fn guard_ready(mode: &str, daemon: &Daemon, bridge: &str) -> bool {
+    match mode {
+        "ebpf" => guard_installed(daemon.pin_dir(), bridge).unwrap_or(false),
+        _ => run("ip", &["rule", "show"])
+            .map(|rules| rules.contains(&format!("iif {bridge}")))
+            .unwrap_or(false),
+    }
+}
+
+fn guard_holds_the_window(mode: &str) {
+    let labels = TestLabels::unique();
+    let octet = unique_prefix_octet();
+    let prefix = format!("198.18.{octet}.0/24");
+    let remote = format!("198.18.{octet}.1");
+    let network = DockerNetwork::create_internal_steerable("nwg").expect("network");
+    let bridge = network.bridge().expect("bridge");
+    let sink = LeakSink::install(&prefix, std::slice::from_ref(&bridge)).expect("leak sink");
+    sink.self_test(&format!("198.18.{octet}.9"))
+        .expect("sink counts");
+    let warp_name = labels.warp_name("gw");
+    let _warp = start_warp_at(&warp_name, &network, &remote, &[]).expect("warp");
+    let target_label = labels.target_label(&warp_name);
+    let target = Container::run(
+        "nwgt",
+        &network,
+        &["--label", &target_label],
+        &["sleep", "600"],
+    )
+    .expect("target");
+    let bystander = Container::run("nwgu", &network, &[], &["sleep", "600"]).expect("bystander");
+    let daemon = Daemon::start(
+        &labels,
+        mode,
+        &format!("[[routing_rules]]\ndestination = \"{prefix}\"\n"),
+    )
+    .expect("daemon");
+    assert!(
+        eventually(CONVERGE, || answered(&target, &remote)),
+        "{mode}: the target never reached the remote through the warp"
+    );
+    assert!(
+        eventually(CONVERGE, || guard_ready(mode, &daemon, &bridge)),
+        "{mode}: no guard on {bridge}"
+    );
+
+    // Frozen, netwarp cannot program the restarted target's new veth.
+    daemon.signal(libc::SIGSTOP);
+    let _thaw = Thaw(&daemon);
+    let before = sink.packets();
+    let drops_before = guard_drops(daemon.pin_dir(), &bridge).unwrap_or(0);
+    run("docker", &["restart", "--time", "0", target.name()]).expect("restart the target");
+    let answers = (0..5).filter(|_| answered(&target, &remote)).count();
+    assert_eq!(
+        answers, 0,
+        "{mode}: the unprogrammed target reached the remote"
+    );
+    assert_eq!(
+        sink.packets(),
+        before,
+        "{mode}: the unprogrammed target's packets leaked to the host's path"
+    );
+    if mode == "ebpf" {
+        let drops = guard_drops(daemon.pin_dir(), &bridge).expect("guard drops");
+        assert!(
+            drops >= drops_before + 5,
+            "{mode}: the guard counted {drops_before} -> {drops} drops for 5 probes"
+        );
+    }
+
+    // A known unlabelled container keeps its normal path (into the sink).
+    answered(&bystander, &remote);
+    let after_bystander = sink.packets();
+    assert!(
+        after_bystander > before,
+        "{mode}: the unlabelled container's packet did not take its normal path"
+    );
+
+    // One started while netwarp is frozen is unknown: held, fail closed.
+    let newcomer = Container::run("nwgn", &network, &[], &["sleep", "600"]).expect("newcomer");
+    answered(&newcomer, &remote);
+    assert_eq!(
+        sink.packets(),
+        after_bystander,
+        "{mode}: an unclassified container passed the guard"
+    );
+
+    daemon.signal(libc::SIGCONT);
+    assert!(
+        eventually(CONVERGE, || answered(&target, &remote)),
+        "{mode}: the restarted target was not steered once netwarp resumed"
+    );
+    assert!(
+        eventually(CONVERGE, || {
+            answered(&newcomer, &remote);
+            sink.packets() > after_bystander
+        }),
+        "{mode}: the newcomer was never classified as unlabelled"
+    );
+}
+
+/// Resumes the daemon if the test fails while it is frozen, so its drop
+/// guard can stop it cleanly.
+struct Thaw<'a>(&'a Daemon);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        self.0.signal(libc::SIGCONT);
+    }
+}
+
+#[test]
+fn guard_holds_the_window_ebpf() {
+    skip_if!("guard_holds_the_window_ebpf", skip::missing_docker());
+    guard_holds_the_window("ebpf");
+}
+
+#[test]
+fn guard_holds_the_window_routes() {
+    skip_if!("guard_holds_the_window_routes", skip::missing_docker());
+    guard_holds_the_window("routes");
+}
