@@ -40,7 +40,7 @@ use crate::{
     model::{Caps, World},
     plan::{CapEnforcement, CapPlan, GuardPlan, PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
-    telemetry::Telemetry,
+    telemetry::{GuardView, Telemetry},
 };
 
 /// Why one target could not be programmed.
@@ -566,7 +566,22 @@ impl Reconciler {
             .collect();
         let settings = &self.settings;
         let elapsed = started.elapsed();
-        (self.telemetry).publish(&world, settings, &plan, &interfaces, &failures, elapsed);
+        let guard_views = guards
+            .iter()
+            .map(|(bridge, guard)| GuardView {
+                network: guard.network.clone(),
+                bridge: bridge.clone(),
+            })
+            .collect();
+        (self.telemetry).publish(
+            &world,
+            settings,
+            &plan,
+            guard_views,
+            &interfaces,
+            &failures,
+            elapsed,
+        );
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         if std::mem::take(&mut self.initial_pass) {
             info!(

@@ -17,6 +17,7 @@ use netwarp_tests::{
     command::run,
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
+    observe::Exposition,
     skip, skip_if,
 };
 
@@ -121,6 +122,21 @@ fn guard_holds_the_window(mode: &str) {
         eventually(CONVERGE, || answered(&target, &remote)),
         "{mode}: the restarted target was not steered once netwarp resumed"
     );
+    if mode == "ebpf" {
+        // Operators see the drops, by network and bridge.
+        let address = daemon.metrics_address(CONVERGE).expect("metrics address");
+        let exposition = Exposition::scrape(address).expect("scrape");
+        let dropped = exposition
+            .value(
+                "netwarp_bridge_guard_dropped_packets_total",
+                &[("network", network.name()), ("bridge", bridge.as_str())],
+            )
+            .expect("the guard's drop counter");
+        assert!(
+            dropped >= 5.0,
+            "{mode}: the metric shows {dropped} guard drops"
+        );
+    }
     assert!(
         eventually(CONVERGE, || {
             answered(&newcomer, &remote);

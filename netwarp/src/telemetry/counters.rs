@@ -27,16 +27,21 @@ use std::{
 use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use futures_util::TryStreamExt as _;
 use netwarp_common::{
-    Direction, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
+    Direction, GUARD_DROPS_MAP, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP,
+    VerdictCounters,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::TargetView;
+use super::{GuardView, TargetView};
 use crate::{
     config::DataplaneMode,
-    dataplane::{ebpf::interface_name, qdisc::tbf_drops, routes::NamespaceHandle},
+    dataplane::{
+        ebpf::{interface_index, interface_name},
+        qdisc::tbf_drops,
+        routes::NamespaceHandle,
+    },
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +118,34 @@ impl CounterReader {
                 veths: Mutex::default(),
             },
         }
+    }
+
+    /// Packets each bridge guard dropped (eBPF only: routes mode's prohibit
+    /// rules keep no counters), by bridge name; unreadable ones are left out.
+    pub fn read_guard_drops(&self, guards: &[GuardView]) -> HashMap<String, u64> {
+        let Self::Ebpf { pin_dir } = self else {
+            return HashMap::new();
+        };
+        let drops: PerCpuHashMap<_, u32, TrafficCounters> =
+            match open_map(pin_dir, GUARD_DROPS_MAP).and_then(PerCpuHashMap::try_from) {
+                Ok(map) => map,
+                Err(e) => {
+                    debug!(error = %e, "reading the guard drops failed");
+                    return HashMap::new();
+                }
+            };
+        guards
+            .iter()
+            .filter_map(|guard| {
+                let ifindex = interface_index(&guard.bridge)?;
+                let packets = match drops.get(&ifindex, 0) {
+                    Ok(per_cpu) => per_cpu.iter().map(|c| c.packets).sum(),
+                    Err(MapError::KeyNotFound) => 0,
+                    Err(_) => return None,
+                };
+                Some((guard.bridge.clone(), packets))
+            })
+            .collect()
     }
 
     /// Counters by target id. Targets whose interface is unknown are left

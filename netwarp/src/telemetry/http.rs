@@ -101,7 +101,8 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
             warn!("metrics endpoint: reading counters timed out; serving without them");
             Default::default()
         });
-    match metrics::render(&shared.metrics, published, counters) {
+    let guard_drops = shared.counters.read_guard_drops(&published.guards);
+    match metrics::render(&shared.metrics, published, counters, guard_drops) {
         Ok(body) => text(StatusCode::OK, body, metrics::CONTENT_TYPE),
         Err(e) => {
             warn!(error = %e, "metrics endpoint: encoding failed");

@@ -130,6 +130,7 @@ pub fn render(
     metrics: &Metrics,
     published: Arc<Published>,
     counters: HashMap<String, Counters>,
+    guard_drops: HashMap<String, u64>,
 ) -> Result<String, fmt::Error> {
     let mut out = String::with_capacity(8 * 1024);
     text::encode_registry(&mut out, &metrics.registry)?;
@@ -137,6 +138,7 @@ pub fn render(
     scrape.register_collector(Box::new(ScrapeCollector {
         published,
         counters,
+        guard_drops,
     }));
     text::encode_registry(&mut out, &scrape)?;
     text::encode_eof(&mut out)?;
@@ -148,6 +150,8 @@ pub fn render(
 struct ScrapeCollector {
     published: Arc<Published>,
     counters: HashMap<String, Counters>,
+    /// Packets each bridge guard dropped, by bridge.
+    guard_drops: HashMap<String, u64>,
 }
 
 fn target_labels(target: &TargetView) -> Labels {
@@ -264,6 +268,25 @@ impl Collector for ScrapeCollector {
             &shaper_rows,
         )?;
 
+        let guard_rows: Vec<(Labels, u64)> = published
+            .guards
+            .iter()
+            .filter_map(|g| {
+                let packets = *self.guard_drops.get(&g.bridge)?;
+                Some((
+                    vec![("network", g.network.clone()), ("bridge", g.bridge.clone())],
+                    packets,
+                ))
+            })
+            .collect();
+        counter_family(
+            &mut encoder,
+            "netwarp_bridge_guard_dropped_packets",
+            "Packets a network's bridge guard dropped: routed traffic to a steered prefix from a \
+             container netwarp had not classified yet (eBPF)",
+            &guard_rows,
+        )?;
+
         let states: Vec<(Labels, i64)> = published
             .targets
             .iter()
@@ -369,7 +392,7 @@ mod tests {
     use crate::{
         plan::{BlockReason, TargetPlan},
         telemetry::{
-            WarpState, WarpView,
+            GuardView, WarpState, WarpView,
             counters::{Drops, PacketsBytes, ShaperDrops},
         },
     };
@@ -417,6 +440,10 @@ mod tests {
                 target("aaaaaaaaaaaaaaaaaaaa", "app-a", steered),
                 target("bbbbbbbbbbbbbbbbbbbb", "app-b", blocked),
             ],
+            guards: vec![GuardView {
+                network: "n".into(),
+                bridge: "br-0123456789ab".into(),
+            }],
         };
         let pb = |packets, bytes| PacketsBytes { packets, bytes };
         let counters = HashMap::from([(
@@ -445,7 +472,8 @@ mod tests {
         metrics.docker_event("container", "health_status: healthy");
         metrics.event_latency.observe(0.2);
         let (published, counters) = sample();
-        let text = render(&metrics, published, counters).unwrap();
+        let guard_drops = HashMap::from([("br-0123456789ab".to_owned(), 7)]);
+        let text = render(&metrics, published, counters, guard_drops).unwrap();
         let mut types = HashMap::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -487,7 +515,8 @@ mod tests {
     fn per_container_series_come_from_the_snapshot() {
         let metrics = Metrics::new(DataplaneMode::Ebpf);
         let (published, counters) = sample();
-        let text = render(&metrics, published, counters).unwrap();
+        let guard_drops = HashMap::from([("br-0123456789ab".to_owned(), 7)]);
+        let text = render(&metrics, published, counters, guard_drops).unwrap();
         for expected in [
             "netwarp_build_info{version=\"",
             "netwarp_dataplane_info{mode=\"ebpf\"} 1",
@@ -499,6 +528,7 @@ mod tests {
             "netwarp_container_shaper_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",direction=\"ingress\"} 5",
             "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\"} 1",
             "netwarp_targets{state=\"steered\"} 1",
+            "netwarp_bridge_guard_dropped_packets_total{network=\"n\",bridge=\"br-0123456789ab\"} 7",
             "netwarp_warp_up{warp=\"warp-a\"} 0",
             "netwarp_last_reconcile_timestamp_seconds 1000",
         ] {
@@ -510,7 +540,7 @@ mod tests {
         // A snapshot without app-a: its series are gone.
         let (mut published, counters) = sample();
         Arc::make_mut(&mut published).targets.remove(0);
-        let text = render(&metrics, published, counters).unwrap();
+        let text = render(&metrics, published, counters, HashMap::new()).unwrap();
         assert!(!text.contains("app-a"), "{text}");
     }
 }

@@ -94,6 +94,15 @@ pub struct Published {
     pub duration: Option<Duration>,
     pub warps: Vec<WarpView>,
     pub targets: Vec<TargetView>,
+    /// The bridge guards of this pass.
+    pub guards: Vec<GuardView>,
+}
+
+/// One bridge guard: the network it covers and its bridge interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardView {
+    pub network: String,
+    pub bridge: String,
 }
 
 /// Facts about the running daemon that do not change per pass.
@@ -205,11 +214,13 @@ impl Telemetry {
 
     /// Publishes the outcome of a pass: the plan, the eBPF interfaces
     /// (by target id: host veth, warp veth) and the failures (by target id).
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         world: &World,
         settings: &PlanSettings,
         plan: &Plan,
+        guards: Vec<GuardView>,
         interfaces: &HashMap<String, (u32, u32)>,
         failures: &HashMap<String, String>,
         duration: Duration,
@@ -238,6 +249,7 @@ impl Telemetry {
                     }
                 })
                 .collect(),
+            guards,
         };
         self.published.send_replace(Arc::new(published));
     }
@@ -375,6 +387,7 @@ mod tests {
             &world,
             &settings(),
             &plan,
+            Vec::new(),
             &HashMap::from([(app.clone(), (7, 0))]),
             &HashMap::from([(app, "boom".to_owned())]),
             Duration::from_millis(3),
@@ -387,7 +400,8 @@ mod tests {
         assert_eq!(seen.targets[0].warp_ifindex, None, "0 means no warp veth");
         assert_eq!(seen.targets[0].error.as_deref(), Some("boom"));
         assert_eq!(seen.warps.len(), 1);
-        let text = metrics::render(telemetry.metrics(), seen, HashMap::new()).unwrap();
+        let text =
+            metrics::render(telemetry.metrics(), seen, HashMap::new(), HashMap::new()).unwrap();
         assert!(
             text.contains("netwarp_reconcile_duration_seconds_count 1\n"),
             "{text}"
