@@ -187,11 +187,14 @@ pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
             targets: Vec::new(),
         })?;
     }
-    run_inherit(
-        cargo()
-            .current_dir(&root)
-            .args(["build", "--package", "netwarp"]),
-    )?;
+    // The daemon as operators run it: a release build (the flood's
+    // event rate is the daemon's to sustain, not a debug build's).
+    run_inherit(cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "netwarp",
+    ]))?;
     let dir = report_dir();
     fs::create_dir_all(&dir)?;
     for stale in ["chaos-routes.json", "chaos-ebpf.json", "flood.json"] {
@@ -215,7 +218,7 @@ pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
             "NETWARP_CHAOS_DOCKERD",
             if args.no_dockerd { "0" } else { "1" },
         )
-        .env("NETWARP_BIN", root.join("target/debug/netwarp"))
+        .env("NETWARP_BIN", root.join("target/release/netwarp"))
         .status()
         .context("running chaos_e2e")?;
     let mut report = render(&dir, status.success(), args.short)?;
