@@ -304,7 +304,7 @@ fn config_keys_without_unit_coverage_give_exact_errors() {
         ),
         (
             "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\nport_range = \"443\"\n",
-            "config file /etc/netwarp.toml: key `routing_rules[0]`: `:443 without a protocol` is not a port or port range (expected e.g. 443 or 5000-5100)",
+            "config file /etc/netwarp.toml: key `routing_rules[0]`: port range `443` needs a protocol: set protocol to tcp or udp",
         ),
         (
             "[unknown_section]\nkey = 1\n",

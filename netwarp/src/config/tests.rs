@@ -212,7 +212,7 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         ),
         (
             "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\nport_range = \"80\"",
-            "config file /etc/netwarp.toml: key `routing_rules[0]`: `:80 without a protocol` is not a port or port range (expected e.g. 443 or 5000-5100)",
+            "config file /etc/netwarp.toml: key `routing_rules[0]`: port range `80` needs a protocol: set protocol to tcp or udp",
         ),
         (
             "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\nport = 80",

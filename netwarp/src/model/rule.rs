@@ -27,6 +27,8 @@ pub enum RuleError {
     PortZero(String),
     #[error("icmp has no ports: `{0}`")]
     IcmpPorts(String),
+    #[error("port range `{0}` needs a protocol: set protocol to tcp or udp")]
+    PortsWithoutProtocol(PortRange),
     #[error("no destination CIDR in `{0}`; list at least one, e.g. 203.0.113.0/24,tcp:443")]
     NoDestination(String),
     #[error("empty item in `{0}`")]
@@ -226,7 +228,7 @@ impl Rule {
     ) -> Result<Self, RuleError> {
         match (protocol, ports) {
             (Some(Protocol::Icmp), Some(p)) => Err(RuleError::IcmpPorts(format!("icmp:{p}"))),
-            (None, Some(p)) => Err(RuleError::Port(format!(":{p} without a protocol"))),
+            (None, Some(p)) => Err(RuleError::PortsWithoutProtocol(p)),
             _ => Ok(Self {
                 destination,
                 protocol,
