@@ -3,5 +3,6 @@
 pub mod caps;
 pub mod dry_run;
 pub mod ebpf;
+pub(crate) mod policy_rule;
 pub mod qdisc;
 pub mod routes;
