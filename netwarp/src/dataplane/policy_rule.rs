@@ -4,14 +4,29 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rtnetlink::packet_route::{
-    AddressFamily,
-    route::RouteProtocol,
-    rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    Handle, IpVersion,
+    packet_route::{
+        AddressFamily,
+        route::RouteProtocol,
+        rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
+    },
 };
 
 use super::routes::{NETWARP_PROTOCOL, OwnedRule};
 use crate::model::{Cidr, PortRange};
+
+/// Every policy rule of both families in the namespace of `handle`, in
+/// the kernel's order.
+pub(crate) async fn dump_rules(handle: &Handle) -> Result<Vec<RuleMessage>, rtnetlink::Error> {
+    let mut rules = Vec::new();
+    for version in [IpVersion::V4, IpVersion::V6] {
+        let family: Vec<RuleMessage> = handle.rule().get(version).execute().try_collect().await?;
+        rules.extend(family);
+    }
+    Ok(rules)
+}
 
 /// An empty rule of one family at `priority`, tagged with
 /// [`NETWARP_PROTOCOL`] so netwarp can tell its rules from everyone else's.

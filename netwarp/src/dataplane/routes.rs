@@ -13,7 +13,7 @@ use std::{
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
-    Handle, IpVersion, RouteMessageBuilder,
+    Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         link::{LinkAttribute, LinkMessage},
@@ -22,7 +22,7 @@ use rtnetlink::{
     },
 };
 
-use super::policy_rule::{TaggedRule, match_selector, tagged_rule};
+use super::policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule};
 use crate::{
     model::{Cidr, PortRange, Rule},
     plan::{Action, Entry},
@@ -228,19 +228,12 @@ impl NamespaceHandle {
                 }
             }
         }
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(self.netlink("rule dump"))?;
-            state
-                .rules
-                .extend(rules.iter().filter_map(parse_owned_rule));
-        }
+        let rules = dump_rules(&self.handle)
+            .await
+            .map_err(self.netlink("rule dump"))?;
+        state
+            .rules
+            .extend(rules.iter().filter_map(parse_owned_rule));
         Ok(state)
     }
 
