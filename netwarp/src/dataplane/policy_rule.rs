@@ -71,11 +71,27 @@ pub(crate) fn match_selector(message: &mut RuleMessage, selector: &OwnedRule) {
     }
 }
 
+/// Adds `from SRC`.
+pub(crate) fn match_source(message: &mut RuleMessage, source: Cidr) {
+    message.header.src_len = source.prefix_len();
+    if source.prefix_len() > 0 {
+        message
+            .attributes
+            .push(RuleAttribute::Source(source.addr()));
+    }
+}
+
 /// What netwarp reads back from a rule that carries its tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TaggedRule {
+    pub ipv6: bool,
     pub priority: Option<u32>,
+    pub action: RuleAction,
     pub table: Option<u32>,
+    pub goto: Option<u32>,
+    pub iif: Option<String>,
+    /// `None` for `from all`.
+    pub source: Option<Cidr>,
     /// The destination is `0/0` of the rule's family for `to all`.
     pub selector: OwnedRule,
 }
@@ -87,8 +103,13 @@ impl TaggedRule {
         let ipv6 = rule.header.family == AddressFamily::Inet6;
         let mut tagged = false;
         let mut parsed = Self {
+            ipv6,
             priority: None,
+            action: rule.header.action,
             table: None,
+            goto: None,
+            iif: None,
+            source: None,
             selector: OwnedRule {
                 destination: Cidr::new(unspecified(ipv6), 0).ok()?,
                 ip_proto: None,
@@ -96,6 +117,7 @@ impl TaggedRule {
             },
         };
         let mut destination = None;
+        let mut source = None;
         for attribute in &rule.attributes {
             match attribute {
                 RuleAttribute::Priority(p) => parsed.priority = Some(*p),
@@ -103,7 +125,10 @@ impl TaggedRule {
                     tagged = *p == RouteProtocol::Other(NETWARP_PROTOCOL);
                 }
                 RuleAttribute::Table(t) => parsed.table = Some(*t),
+                RuleAttribute::Goto(g) => parsed.goto = Some(*g),
+                RuleAttribute::Iifname(name) => parsed.iif = Some(name.clone()),
                 RuleAttribute::Destination(d) => destination = Some(*d),
+                RuleAttribute::Source(s) => source = Some(*s),
                 RuleAttribute::IpProtocol(p) => parsed.selector.ip_proto = Some(u8::from(*p)),
                 RuleAttribute::DestinationPortRange(r) => {
                     parsed.selector.ports = Some(PortRange {
@@ -122,6 +147,10 @@ impl TaggedRule {
             rule.header.dst_len,
         )
         .ok()?;
+        if source.is_some() || rule.header.src_len > 0 {
+            parsed.source =
+                Some(Cidr::new(source.unwrap_or(unspecified(ipv6)), rule.header.src_len).ok()?);
+        }
         Some(parsed)
     }
 }
