@@ -251,7 +251,8 @@ fn all(outcome: Outcome, count: usize) -> Vec<Outcome> {
     vec![outcome; count]
 }
 
-/// busybox ping's summary line, whatever its exit status.
+/// busybox ping's summary line, whatever its exit status: three echoes,
+/// a second for the last reply.
 fn ping(netns: &Netns, to: &str) -> String {
     let out = output(
         "ip",
@@ -265,8 +266,8 @@ fn ping(netns: &Netns, to: &str) -> String {
             "3",
             "-i",
             "0.2",
-            "-w",
-            "3",
+            "-W",
+            "1",
             to,
         ],
     )
