@@ -38,6 +38,22 @@ impl Netns {
         args.extend_from_slice(command);
         run("ip", &args)
     }
+
+    /// Runs `f` on a fresh thread inside the namespace (the sockets it
+    /// opens live there); the caller's thread stays where it is.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        let netns = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening netns {}", self.name))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<T> {
+                    setns(&netns)?;
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread inside netns {} panicked", self.name))?
+        })
+    }
 }
 
 impl Drop for Netns {

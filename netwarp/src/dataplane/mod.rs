@@ -3,5 +3,7 @@
 pub mod caps;
 pub mod dry_run;
 pub mod ebpf;
+pub mod host_guard;
+pub(crate) mod policy_rule;
 pub mod qdisc;
 pub mod routes;

@@ -13,17 +13,18 @@ use std::{
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
-    Handle, IpVersion, RouteMessageBuilder,
+    Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         link::{LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
-        rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
+        rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
 
+use super::policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule};
 use crate::{
-    model::{Cidr, PortRange},
+    model::{Cidr, PortRange, Rule},
     plan::{Action, Entry},
 };
 
@@ -66,6 +67,19 @@ pub struct OwnedRule {
     pub ports: Option<PortRange>,
 }
 
+impl OwnedRule {
+    /// The selector of a plan rule (the host guard uses it too).
+    pub fn from_rule(rule: &Rule) -> Self {
+        Self {
+            destination: rule.destination,
+            ip_proto: rule
+                .protocol
+                .map(|p| p.ip_proto(rule.destination.is_ipv6())),
+            ports: rule.ports,
+        }
+    }
+}
+
 /// Everything netwarp owns in one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OwnedState {
@@ -88,13 +102,7 @@ pub fn desired_state(entries: &[Entry]) -> OwnedState {
             .entry(rule.destination)
             .and_modify(|a| *a = (*a).max(action))
             .or_insert(action);
-        state.rules.insert(OwnedRule {
-            destination: rule.destination,
-            ip_proto: rule
-                .protocol
-                .map(|p| p.ip_proto(rule.destination.is_ipv6())),
-            ports: rule.ports,
-        });
+        state.rules.insert(OwnedRule::from_rule(&rule));
     }
     state
 }
@@ -220,19 +228,12 @@ impl NamespaceHandle {
                 }
             }
         }
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(self.netlink("rule dump"))?;
-            state
-                .rules
-                .extend(rules.iter().filter_map(parse_owned_rule));
-        }
+        let rules = dump_rules(&self.handle)
+            .await
+            .map_err(self.netlink("rule dump"))?;
+        state
+            .rules
+            .extend(rules.iter().filter_map(parse_owned_rule));
         Ok(state)
     }
 
@@ -404,73 +405,21 @@ fn parse_owned_route(route: &RouteMessage) -> Option<(Cidr, RouteAction)> {
 }
 
 fn rule_message(rule: &OwnedRule) -> RuleMessage {
-    let mut message = RuleMessage::default();
-    message.header.family = if rule.destination.is_ipv6() {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    message.header.dst_len = rule.destination.prefix_len();
-    message.header.action = RuleAction::ToTable;
-    let attributes = &mut message.attributes;
-    if rule.destination.prefix_len() > 0 {
-        attributes.push(RuleAttribute::Destination(rule.destination.addr()));
-    }
-    attributes.push(RuleAttribute::Table(NETWARP_TABLE));
-    attributes.push(RuleAttribute::Priority(NETWARP_RULE_PRIORITY));
-    attributes.push(RuleAttribute::Protocol(RouteProtocol::Other(
-        NETWARP_PROTOCOL,
-    )));
-    if let Some(proto) = rule.ip_proto {
-        attributes.push(RuleAttribute::IpProtocol(proto.into()));
-    }
-    if let Some(ports) = rule.ports {
-        attributes.push(RuleAttribute::DestinationPortRange(RulePortRange {
-            start: ports.start,
-            end: ports.end,
-        }));
-    }
+    let mut message = tagged_rule(
+        rule.destination.is_ipv6(),
+        NETWARP_RULE_PRIORITY,
+        RuleAction::ToTable,
+    );
+    message.attributes.push(RuleAttribute::Table(NETWARP_TABLE));
+    match_selector(&mut message, rule);
     message
 }
 
 fn parse_owned_rule(rule: &RuleMessage) -> Option<OwnedRule> {
-    let mut priority = None;
-    let mut protocol = None;
-    let mut table = None;
-    let mut destination = None;
-    let mut ip_proto = None;
-    let mut ports = None;
-    for attribute in &rule.attributes {
-        match attribute {
-            RuleAttribute::Priority(p) => priority = Some(*p),
-            RuleAttribute::Protocol(p) => protocol = Some(*p),
-            RuleAttribute::Table(t) => table = Some(*t),
-            RuleAttribute::Destination(d) => destination = Some(*d),
-            RuleAttribute::IpProtocol(p) => ip_proto = Some(u8::from(*p)),
-            RuleAttribute::DestinationPortRange(r) => {
-                ports = Some(PortRange {
-                    start: r.start,
-                    end: r.end,
-                })
-            }
-            _ => {}
-        }
-    }
-    let owned = priority == Some(NETWARP_RULE_PRIORITY)
-        && protocol == Some(RouteProtocol::Other(NETWARP_PROTOCOL))
-        && table == Some(NETWARP_TABLE);
-    if !owned {
-        return None;
-    }
-    let destination = destination.unwrap_or(match rule.header.family {
-        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    });
-    Some(OwnedRule {
-        destination: Cidr::new(destination, rule.header.dst_len).ok()?,
-        ip_proto,
-        ports,
-    })
+    let tagged = TaggedRule::parse(rule)?;
+    let owned =
+        tagged.priority == Some(NETWARP_RULE_PRIORITY) && tagged.table == Some(NETWARP_TABLE);
+    owned.then_some(tagged.selector)
 }
 
 #[cfg(test)]
