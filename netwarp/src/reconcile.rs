@@ -32,6 +32,7 @@ use crate::{
             compile::{CompileError, CompiledPrefix, compile, guard_allow_keys},
             interface_name,
         },
+        host_guard::{program_host_guards, remove_host_guards},
         qdisc::remove_every_tbf,
         routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
     },
@@ -529,8 +530,21 @@ impl Reconciler {
         }
         self.last_state.retain(|id, _| seen.contains(id));
         let (guards, guards_complete) = self.inventory.guard_bridges(client, &plan.guards).await;
-        if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
-            program_guards_ebpf(ebpf, &mut self.last_guards, &guards, guards_complete);
+        match &mut self.dataplane {
+            Dataplane::Ebpf(ebpf) => {
+                program_guards_ebpf(ebpf, &mut self.last_guards, &guards, guards_complete);
+                if self.initial_pass {
+                    // A routes-mode run may have left its host rules.
+                    remove_routes_guards(&mut self.host_netlink).await;
+                }
+            }
+            Dataplane::Routes if guards_complete => {
+                program_guards_routes(&mut self.host_netlink, &guards).await;
+            }
+            // A guard whose network could not be inspected would look
+            // unneeded: keep every installed rule until all resolve.
+            Dataplane::Routes => debug!("a guarded network is unresolved; host guard rules kept"),
+            Dataplane::DryRun(_) => {}
         }
         let departed_caps = self.reconcile_caps(&plan.caps, &world).await;
         if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
@@ -903,6 +917,50 @@ fn program_guards_ebpf(
     }
 }
 
+/// A netlink socket in the host's namespace, opened on first use.
+fn host_handle(slot: &mut Option<rtnetlink::Handle>) -> Result<&mut rtnetlink::Handle, String> {
+    if slot.is_none() {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        *slot = Some(handle);
+    }
+    Ok(slot.as_mut().expect("just set"))
+}
+
+/// routes: brings the host's guard rules to the plan (every guard, every
+/// pass: the function diffs against what is installed).
+async fn program_guards_routes(
+    host_netlink: &mut Option<rtnetlink::Handle>,
+    guards: &[(String, &GuardPlan)],
+) {
+    let handle = match host_handle(host_netlink) {
+        Ok(handle) => handle,
+        Err(e) => {
+            warn!(error = %e, "no netlink socket for the host's guard rules; will retry");
+            return;
+        }
+    };
+    match program_host_guards(handle, guards).await {
+        Ok(true) => info!(guards = guards.len(), "host guard rules written"),
+        Ok(false) => {}
+        Err(e) => {
+            warn!(error = %e, "programming the host guard rules failed; will retry on the next reconcile")
+        }
+    }
+}
+
+/// Removes host guard rules an earlier routes-mode run left.
+async fn remove_routes_guards(host_netlink: &mut Option<rtnetlink::Handle>) {
+    let Ok(handle) = host_handle(host_netlink) else {
+        return;
+    };
+    match remove_host_guards(handle).await {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, "removed the host guard rules of a routes-mode run"),
+        Err(e) => warn!(error = %e, "removing old host guard rules failed"),
+    }
+}
+
 /// Brings one container's caps to `caps`. Returns whether anything changed.
 #[allow(clippy::too_many_arguments)]
 async fn program_caps(
@@ -927,15 +985,7 @@ async fn program_caps(
     };
     let previous = last.get(id);
     let changed_caps = previous != Some(&desired);
-    let host = match host_netlink {
-        Some(handle) => handle,
-        None => {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
-            tokio::spawn(connection);
-            host_netlink.insert(handle)
-        }
-    };
+    let host = host_handle(host_netlink).map_err(CapsError::HostNetlink)?;
     // A reload switched the enforcement: undo the other mechanism first.
     if let Some(previous) = previous.filter(|p| p.enforcement != enforcement) {
         match (&mut *dataplane, previous.enforcement) {
@@ -1029,15 +1079,24 @@ pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
         tokio::spawn(connection);
-        Ok::<_, CapsError>(remove_every_tbf(&handle).await?)
+        let qdiscs = remove_every_tbf(&handle).await?;
+        let rules = remove_host_guards(&handle)
+            .await
+            .map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+        Ok::<_, CapsError>((qdiscs, rules))
     }
     .await;
     match host_qdiscs {
-        Ok(0) => {}
-        Ok(removed) => info!(removed, "removed netwarp's qdiscs from host interfaces"),
+        Ok((0, 0)) => {}
+        Ok((qdiscs, rules)) => {
+            info!(
+                qdiscs,
+                rules, "removed netwarp's qdiscs and guard rules from the host"
+            )
+        }
         Err(e) => {
             failures += 1;
-            error!(error = %e, "removing netwarp's qdiscs from host interfaces failed");
+            error!(error = %e, "removing netwarp's qdiscs and guard rules from the host failed");
         }
     }
     // The eBPF dataplane's pins: removing a link's pin detaches it.
