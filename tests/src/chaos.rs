@@ -14,7 +14,6 @@
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -32,8 +31,9 @@ use crate::{
     command::{output, run, run_quietly},
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork, TEST_IMAGE},
+    isolation::unlabelled_state,
     netns::{Netns, Veth},
-    steering::{TABLE, full_routing},
+    steering::TABLE,
 };
 
 /// How long a fault may take to converge.
@@ -363,7 +363,7 @@ impl Scenario {
         // Bounded anyway: the script's count, and the scenario's lifetime.
         let target = Container::run("nwct", &network, &target_args, &["sh", "-c", &script])?;
         let bystander = Container::run("nwcu", &network, policy, &["sleep", "3600"])?;
-        let bystander_before = bystander_state(&bystander)?;
+        let bystander_before = unlabelled_state(&bystander)?;
         let daemon = Daemon::start_with_env(
             &labels,
             mode,
@@ -698,10 +698,10 @@ impl Scenario {
         (delivered, failed)
     }
 
-    /// Whether the bystander's routes, rules and tc attachments are
+    /// Whether the bystander's routes, rules, qdiscs and tc attachments are
     /// byte-identical to what they were before the scenario.
     pub fn bystander_unchanged(&self) -> anyhow::Result<bool> {
-        Ok(bystander_state(&self.bystander)? == self.bystander_before)
+        Ok(unlabelled_state(&self.bystander)? == self.bystander_before)
     }
 
     fn restart_args(&self) -> &'static [&'static str] {
@@ -805,19 +805,6 @@ fn expect_lines(lines: &[String], needles: &[&str], what: &str) -> anyhow::Resul
         bail!("{what} are {lines:?}, expected one each of {needles:?}");
     }
     Ok(())
-}
-
-fn bystander_state(container: &Container) -> anyhow::Result<String> {
-    let (_, veth) = container.host_veth()?;
-    let mut state = full_routing(container);
-    for (direction, program) in crate::tcx::tcx_programs(&veth) {
-        let _ = writeln!(state, "{direction}: {}", program.id());
-    }
-    // The host veth's name changes when the bystander gets a new one
-    // (dockerd restarts); its qdiscs must not.
-    let qdiscs = run("tc", &["qdisc", "show", "dev", &veth])?;
-    state.push_str(&qdiscs.replace(&veth, "VETH"));
-    Ok(state)
 }
 
 fn open_map(pins: &Path, name: &str) -> anyhow::Result<Map> {

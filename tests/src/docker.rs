@@ -87,6 +87,23 @@ impl DockerNetwork {
         &self.name
     }
 
+    /// Wraps a network that already exists under `name` (created without
+    /// a DOCKER-USER rule), to remove it on drop.
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            forward_rule: None,
+        }
+    }
+
+    /// Disarms the guard: the network (and its DOCKER-USER rule, if any)
+    /// outlives it. Returns the network's name.
+    pub fn keep(self) -> String {
+        let mut network = std::mem::ManuallyDrop::new(self);
+        network.forward_rule = None;
+        std::mem::take(&mut network.name)
+    }
+
     /// The host bridge interface, `br-<first 12 of the id>`.
     pub fn bridge(&self) -> anyhow::Result<String> {
         let id = run(
@@ -149,6 +166,12 @@ impl Container {
         Self {
             name: name.to_owned(),
         }
+    }
+
+    /// Disarms the guard: the container keeps running after it. Returns
+    /// the container's name.
+    pub fn keep(self) -> String {
+        std::mem::take(&mut std::mem::ManuallyDrop::new(self).name)
     }
 
     /// Renames the container (`docker rename`); the guard follows it.

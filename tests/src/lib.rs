@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod docker;
 pub mod fake_docker;
 pub mod iperf;
+pub mod isolation;
 pub mod netns;
 pub mod observe;
 pub mod pingpong;

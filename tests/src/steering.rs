@@ -87,12 +87,28 @@ pub fn owned_state(container: &Container) -> String {
     format!("{}\n--\n{}", rules.join("\n"), routes.trim())
 }
 
-/// Every rule and route of a container, for "untouched" checks.
+/// What `full_routing` reads: the rules, the routes of every table, and the
+/// IPv6 rules.
+const ROUTING_VIEWS: [&[&str]; 3] = [
+    &["rule", "show"],
+    &["route", "show", "table", "all"],
+    &["-6", "rule", "show"],
+];
+
+/// Every rule and route of a container, for "untouched" checks. A view
+/// that cannot be read counts as empty; see `try_full_routing`.
 pub fn full_routing(container: &Container) -> String {
-    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
-    let routes = container
-        .ip(&["route", "show", "table", "all"])
-        .unwrap_or_default();
-    let v6_rules = container.ip(&["-6", "rule", "show"]).unwrap_or_default();
-    format!("{rules}\n{routes}\n{v6_rules}")
+    ROUTING_VIEWS
+        .map(|args| container.ip(args).unwrap_or_default())
+        .join("\n")
+}
+
+/// `full_routing`, failing when any view cannot be read (so that an
+/// unreadable namespace never passes for an unchanged one).
+pub fn try_full_routing(container: &Container) -> anyhow::Result<String> {
+    let views = ROUTING_VIEWS
+        .iter()
+        .map(|args| container.ip(args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(views.join("\n"))
 }

@@ -11,9 +11,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::command::{capture, cargo, run_inherit, workspace_root};
+use crate::{
+    command::{capture, cargo, run_inherit, workspace_root},
+    witness::Witness,
+};
 
 const FUZZ_TARGETS: [&str; 4] = ["rules", "rate", "config", "packet"];
+
+/// The isolation witness's result, in `report_dir()`.
+const WITNESS_JSON: &str = "witness.json";
 
 #[derive(clap::Args)]
 pub struct ChaosArgs {
@@ -196,9 +202,17 @@ pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
     )?;
     let dir = report_dir();
     fs::create_dir_all(&dir)?;
-    for stale in ["chaos-routes.json", "chaos-ebpf.json", "flood.json"] {
+    for stale in [
+        "chaos-routes.json",
+        "chaos-ebpf.json",
+        "flood.json",
+        WITNESS_JSON,
+    ] {
         let _ = fs::remove_file(dir.join(stale));
     }
+    // An unlabelled container that lives through the whole suite (dockerd
+    // restarts included) and must come out byte-identical.
+    let witness = Witness::start(&root, dir.join("isolation-witness-state.json"))?;
     let status = cargo()
         .current_dir(&root)
         .args([
@@ -220,7 +234,17 @@ pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         .env("NETWARP_BIN", root.join("target/release/netwarp"))
         .status()
         .context("running chaos_e2e")?;
-    let mut report = render(&dir, status.success(), args.short)?;
+    println!("\n=== isolation witness ===");
+    let witness = witness.check();
+    fs::write(
+        dir.join(WITNESS_JSON),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "unchanged": witness.unchanged(),
+            "summary": witness.summary(),
+        }))?,
+    )?;
+    let passed = status.success() && witness.unchanged();
+    let mut report = render(&dir, passed, args.short)?;
     if args.no_dockerd && !args.short {
         report = report.replacen(
             "Suite result",
@@ -233,12 +257,16 @@ pub fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the chaos suite failed; see {}", args.report.display());
     }
+    if !witness.unchanged() {
+        bail!("{}", witness.summary());
+    }
     Ok(())
 }
 
 /// What chaos_e2e asserts, judged from the JSON it wrote: no lost state,
 /// no leak at all (the bridge guard holds every fault's window), the
-/// bystander unchanged, the flood correct.
+/// bystander unchanged, the flood correct; and the suite-wide witness
+/// unchanged.
 fn results_pass(dir: &Path) -> bool {
     let scenarios_ok = ["routes", "ebpf"].iter().all(|mode| {
         read_json(&dir.join(format!("chaos-{mode}.json"))).is_some_and(|r| {
@@ -253,7 +281,9 @@ fn results_pass(dir: &Path) -> bool {
     });
     let flood_ok = read_json(&dir.join("flood.json"))
         .is_some_and(|f| f["storm"]["final_correct"].as_bool() == Some(true));
-    scenarios_ok && flood_ok
+    let witness_ok =
+        read_json(&dir.join(WITNESS_JSON)).is_some_and(|w| w["unchanged"].as_bool() == Some(true));
+    scenarios_ok && flood_ok && witness_ok
 }
 
 fn read_json(path: &Path) -> Option<Value> {
@@ -325,6 +355,29 @@ fn render(dir: &Path, passed: bool, short: bool) -> anyhow::Result<String> {
         ));
     }
     writeln!(out, "\n{}\n", summary.join("\n"))?;
+    match read_json(&dir.join(WITNESS_JSON)) {
+        Some(witness) => {
+            writeln!(
+                out,
+                "Unlabelled witness container across the whole suite: routes, rules, qdiscs \
+                 and tc attachments byte-identical: {}\n",
+                witness["unchanged"]
+            )?;
+            if witness["unchanged"].as_bool() != Some(true) {
+                writeln!(
+                    out,
+                    "```text\n{}\n```\n",
+                    witness["summary"].as_str().unwrap_or("?")
+                )?;
+            }
+        }
+        None => writeln!(
+            out,
+            "Unlabelled witness container across the whole suite: no result (target/chaos/{} \
+             is missing).\n",
+            WITNESS_JSON
+        )?,
+    }
     if let Some(flood) = read_json(&dir.join("flood.json")) {
         let storm = &flood["storm"];
         writeln!(

@@ -7,6 +7,7 @@ mod lint;
 mod run;
 mod setup;
 mod test;
+mod witness;
 
 use clap::{Parser, Subcommand};
 

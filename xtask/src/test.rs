@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, then every test in the workspace, with a
-//! summary that reports loud skips separately from passes.
+//! summary that reports loud skips separately from passes, all inside the
+//! suite-wide isolation witness (see `crate::witness`).
 
 use std::{
     fs,
@@ -10,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::command::{cargo, workspace_root};
+use crate::{
+    command::{cargo, workspace_root},
+    witness::Witness,
+};
 
 /// Marker printed by `netwarp_tests::skip::record`.
 const SKIP_MARKER: &str = "NETWARP-SKIP";
@@ -54,6 +58,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--package",
         "netwarp",
     ]))?;
+    // The suite-wide isolation witness: an unlabelled container that must
+    // come out of every test run below byte-identical. Only around the
+    // Docker suites (netwarp-tests).
+    let runs_docker_suites = args.package.as_deref().is_none_or(|p| p == "netwarp-tests");
+    let witness = if runs_docker_suites {
+        Some(Witness::start(
+            &root,
+            root.join("target/xtask/isolation-witness.json"),
+        )?)
+    } else {
+        None
+    };
     let mut totals = Totals::default();
     let mut all_succeeded = true;
 
@@ -67,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     all_succeeded &= run_tests(cmd, &root, &skip_log, &mut totals)?;
 
     // The steering suite again, against the eBPF dataplane.
-    if args.package.as_deref().is_none_or(|p| p == "netwarp-tests") {
+    if runs_docker_suites {
         println!("\n=== steering end-to-end suite, eBPF dataplane ===");
         let mut cmd = cargo();
         cmd.current_dir(&root)
@@ -84,6 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         all_succeeded &= run_tests(cmd, &root, &skip_log, &mut totals)?;
     }
     let status_ok = all_succeeded;
+    let witness = witness.map(|w| {
+        println!("\n=== isolation witness ===");
+        w.check()
+    });
 
     let skipped: Vec<String> = fs::read_to_string(&skip_log)
         .unwrap_or_default()
@@ -105,8 +125,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for skip in &skipped {
         println!("SKIPPED {skip}");
     }
+    if let Some(witness) = &witness {
+        println!("{}", witness.summary());
+    }
     if !status_ok || totals.failed > 0 {
         bail!("tests failed");
+    }
+    if witness.as_ref().is_some_and(|w| !w.unchanged()) {
+        bail!("the isolation witness did not come out of the suite unchanged");
     }
     if skipped_count > 0 && !args.allow_skips {
         bail!(

@@ -1,0 +1,88 @@
+//! What "left alone" means for an unlabelled container: its routes, rules,
+//! tc attachments and host-veth qdiscs, as one string to compare byte for
+//! byte. The chaos scenarios check their bystander with it, and the
+//! `isolation_witness` binary checks one container across a whole suite.
+
+use std::fmt::Write as _;
+
+use crate::{command::run, docker::Container, steering::try_full_routing, tcx::tcx_programs};
+
+/// The container's rules and routes (every table, and the IPv6 rules), the
+/// programs attached through TCX to its host veth, and that veth's qdiscs.
+/// Fails when any part cannot be read.
+pub fn unlabelled_state(container: &Container) -> anyhow::Result<String> {
+    let (_, veth) = container.host_veth()?;
+    let mut state = try_full_routing(container)?;
+    for (direction, program) in tcx_programs(&veth) {
+        let _ = writeln!(state, "{direction}: {}", program.id());
+    }
+    // The host veth's name changes when the container gets a new one
+    // (dockerd restarts); its qdiscs must not.
+    let qdiscs = run("tc", &["qdisc", "show", "dev", &veth])?;
+    state.push_str(&qdiscs.replace(&veth, "VETH"));
+    Ok(state)
+}
+
+/// The lines that differ between two states, `- ` for lines only
+/// `before` has and `+ ` for lines only `after` has, in order (a longest
+/// common subsequence diff). Empty when the states are equal.
+pub fn describe_change(before: &str, after: &str) -> String {
+    if before == after {
+        return String::new();
+    }
+    let old: Vec<&str> = before.split('\n').collect();
+    let new: Vec<&str> = after.split('\n').collect();
+    // common[i][j]: the longest common subsequence of old[i..] and new[j..].
+    let mut common = vec![vec![0usize; new.len() + 1]; old.len() + 1];
+    for i in (0..old.len()).rev() {
+        for j in (0..new.len()).rev() {
+            common[i][j] = if old[i] == new[j] {
+                common[i + 1][j + 1] + 1
+            } else {
+                common[i + 1][j].max(common[i][j + 1])
+            };
+        }
+    }
+    let mut out = String::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        if i < old.len() && j < new.len() && old[i] == new[j] {
+            i += 1;
+            j += 1;
+        } else if j == new.len() || (i < old.len() && common[i + 1][j] >= common[i][j + 1]) {
+            let _ = writeln!(out, "- {}", old[i]);
+            i += 1;
+        } else {
+            let _ = writeln!(out, "+ {}", new[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_change;
+
+    #[test]
+    fn equal_states_have_no_change() {
+        assert_eq!(describe_change("a\nb\n", "a\nb\n"), "");
+    }
+
+    #[test]
+    fn added_and_removed_lines_are_listed_in_order() {
+        let before = "default via 172.18.0.1 dev eth0\nqdisc noqueue 0: dev VETH root\n";
+        let after = "default via 172.18.0.1 dev eth0\n192.0.2.0/24 dev eth0\n\
+                     qdisc tbf 8001: dev VETH root\n";
+        assert_eq!(
+            describe_change(before, after),
+            "- qdisc noqueue 0: dev VETH root\n+ 192.0.2.0/24 dev eth0\n\
+             + qdisc tbf 8001: dev VETH root\n"
+        );
+    }
+
+    #[test]
+    fn a_whitespace_only_change_is_still_reported() {
+        assert_eq!(describe_change("a \n", "a\n"), "- a \n+ a\n");
+    }
+}
