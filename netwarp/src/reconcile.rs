@@ -32,7 +32,7 @@ use crate::{
             compile::{CompileError, CompiledPrefix, compile, guard_allow_keys},
             interface_name,
         },
-        host_guard::{program_host_guards, remove_host_guards},
+        host_guard::{program_host_guards, remove_host_guards, set_guard_priority},
         qdisc::remove_every_tbf,
         routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
     },
@@ -106,6 +106,7 @@ struct Signals {
 /// state stays in place on exit, so targets stay steered (or blocked) while
 /// it is down.
 pub async fn run_daemon(config: Config, reload: Reload) -> anyhow::Result<ExitCode> {
+    set_guard_priority(config.host_guard_priority);
     // dry-run touches no kernel state, so it needs no capabilities. An
     // explicit ebpf mode names every capability it lacks at once.
     let needed = match config.dataplane {
@@ -1044,6 +1045,7 @@ fn release_interfaces(ebpf: &mut EbpfDataplane, departed: &[u32], live: &HashSet
 /// `netwarp cleanup`: removes netwarp's entries from every running
 /// container. Other entries are only read, never touched.
 pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
+    set_guard_priority(config.host_guard_priority);
     if let Some(code) = check_privileges(ROUTES_CAPABILITIES) {
         return Ok(code);
     }

@@ -64,6 +64,15 @@ pub fn netwarp_binary() -> PathBuf {
     )
 }
 
+/// Host guard rule priorities of their own for each test daemon: the
+/// guard owns its three priorities, and daemons run side by side.
+fn unique_guard_priority() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    6_000 + 3 * ((std::process::id().wrapping_mul(37) + n) % 8_000)
+}
+
 pub struct Daemon {
     child: Option<Child>,
     /// The eBPF pin directory, private to this daemon.
@@ -114,7 +123,7 @@ impl Daemon {
                 "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
                  network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
                  [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
-                 bpf_pin_dir = \"{}\"\n\
+                 bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
                  [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
                  burst_label = \"{}\"\n\
                  [metrics]\nlisten = \"127.0.0.1:0\"\n\
@@ -125,6 +134,7 @@ impl Daemon {
                 labels.network,
                 labels.rules,
                 pin_dir.display(),
+                unique_guard_priority(),
                 labels.egress_rate,
                 labels.ingress_rate,
                 labels.burst,

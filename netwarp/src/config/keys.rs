@@ -56,6 +56,8 @@ keys! {
         "Where the eBPF dataplane pins its maps and links (on bpffs), so they outlive the daemon";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         "Seconds between full resyncs, the safety net behind events";
+    HOST_GUARD_PRIORITY = "dataplane.host_guard_priority", "NETWARP_DATAPLANE_HOST_GUARD_PRIORITY", "5000",
+        "routes: first of the three host policy-rule priorities of the bridge guard (must be free; distinct per netwarp instance)";
     RATE_ENFORCEMENT = "rate_limits.enforcement", "NETWARP_RATE_LIMITS_ENFORCEMENT", "shaper",
         "shaper (a tbf qdisc per interface, TCP-friendly) or policer (the BPF token bucket; ebpf dataplane only)";
     RATE_EGRESS_LABEL = "rate_limits.egress_label", "NETWARP_RATE_LIMITS_EGRESS_LABEL", "netwarp.egress-rate",

@@ -98,6 +98,8 @@ pub struct Config {
     /// `dry-run`: where the simulated dataplane records what it would program.
     pub dry_run_record: Option<PathBuf>,
     pub resync_interval: Duration,
+    /// routes: the first of the bridge guard's three host rule priorities.
+    pub host_guard_priority: u32,
     pub bpf_pin_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -202,6 +204,18 @@ impl Config {
                 &resync.1,
                 keys::RESYNC_INTERVAL.name,
                 format!("{resync_secs} is outside 1..=3600 seconds"),
+            ));
+        }
+        let guard = value(&keys::HOST_GUARD_PRIORITY)?;
+        let guard_priority = guard
+            .0
+            .as_integer(keys::HOST_GUARD_PRIORITY.name, &guard.1)?;
+        // After `local` (0), and its three rules before `main` (32766).
+        if !(1..=32_763).contains(&guard_priority) {
+            return Err(invalid(
+                &guard.1,
+                keys::HOST_GUARD_PRIORITY.name,
+                format!("{guard_priority} is outside 1..=32763"),
             ));
         }
         let pin = value(&keys::BPF_PIN_DIR)?;
@@ -327,6 +341,7 @@ impl Config {
             dataplane,
             dry_run_record,
             resync_interval: Duration::from_secs(resync_secs),
+            host_guard_priority: guard_priority as u32,
             bpf_pin_dir: bpf_pin_dir.into(),
             log_level,
             log_format,

@@ -22,7 +22,7 @@
 //! and one of the three guard priorities; netwarp lists and removes exactly
 //! those, and nothing else.
 
-use std::{cmp::Reverse, collections::BTreeSet, fmt, net::IpAddr};
+use std::{cmp::Reverse, collections::BTreeSet, fmt, net::IpAddr, sync::OnceLock};
 
 use rtnetlink::{
     Handle,
@@ -36,7 +36,8 @@ use super::{
 };
 use crate::{model::Cidr, plan::GuardPlan};
 
-/// Allowed sources jump over the block rules from here.
+/// The default first priority of the guard's rules: allowed sources jump
+/// over the block rules from here (`dataplane.host_guard_priority`).
 ///
 /// The guard must come before any host rule that could route a guarded
 /// prefix elsewhere, or it never fires: Tailscale's `lookup 52` (5270, with
@@ -45,14 +46,35 @@ use crate::{model::Cidr, plan::GuardPlan};
 /// 32764-32765. It must come after `local` (0), so traffic to the host's own
 /// addresses is delivered as before. Docker adds no rules. 5000-5002 is free
 /// in all of these.
-pub const GUARD_ALLOW_PRIORITY: u32 = 5000;
+pub const DEFAULT_GUARD_PRIORITY: u32 = 5000;
+
+/// The configured first priority. The guard owns exactly its three
+/// priorities (with netwarp's protocol tag), so netwarp instances on one
+/// host must each have their own; set once at start-up.
+static GUARD_PRIORITY: OnceLock<u32> = OnceLock::new();
+
+/// Sets the first of the three priorities (once; later calls are ignored).
+pub fn set_guard_priority(first: u32) {
+    let _ = GUARD_PRIORITY.set(first);
+}
+
+/// Allowed sources' `goto` rules.
+pub fn allow_priority() -> u32 {
+    *GUARD_PRIORITY.get_or_init(|| DEFAULT_GUARD_PRIORITY)
+}
+
 /// The guard's `prohibit` rules, right after the allowed sources.
-pub const GUARD_BLOCK_PRIORITY: u32 = 5001;
+pub fn block_priority() -> u32 {
+    allow_priority() + 1
+}
+
 /// A `nop` rule the allowed sources' `goto` lands on. A goto needs a rule
 /// at exactly its target priority: without one the kernel skips the goto
 /// and the packet falls into the block rules (fail closed, but it would
 /// block the allowed sources too).
-pub const GUARD_CONTINUE_PRIORITY: u32 = 5002;
+pub fn continue_priority() -> u32 {
+    allow_priority() + 2
+}
 
 /// How many dump-diff-apply passes one call makes: one does it, unless
 /// someone else changed the rules between the dump and the changes.
@@ -79,7 +101,7 @@ pub enum HostGuardError {
 /// One guard rule netwarp owns on the host.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HostRule {
-    /// `iif BRIDGE from SOURCE goto GUARD_CONTINUE_PRIORITY`.
+    /// `iif BRIDGE from SOURCE goto` the continue priority.
     Allow { bridge: String, source: IpAddr },
     /// `iif BRIDGE to DEST [ipproto P] [dport RANGE] prohibit`.
     Block { bridge: String, selector: OwnedRule },
@@ -99,26 +121,25 @@ impl HostRule {
     fn message(&self) -> RuleMessage {
         match self {
             Self::Allow { bridge, source } => {
-                let mut message = tagged_rule(self.ipv6(), GUARD_ALLOW_PRIORITY, RuleAction::Goto);
+                let mut message = tagged_rule(self.ipv6(), allow_priority(), RuleAction::Goto);
                 message
                     .attributes
                     .push(RuleAttribute::Iifname(bridge.clone()));
                 match_source(&mut message, host_prefix(*source));
                 message
                     .attributes
-                    .push(RuleAttribute::Goto(GUARD_CONTINUE_PRIORITY));
+                    .push(RuleAttribute::Goto(continue_priority()));
                 message
             }
             Self::Block { bridge, selector } => {
-                let mut message =
-                    tagged_rule(self.ipv6(), GUARD_BLOCK_PRIORITY, RuleAction::Prohibit);
+                let mut message = tagged_rule(self.ipv6(), block_priority(), RuleAction::Prohibit);
                 message
                     .attributes
                     .push(RuleAttribute::Iifname(bridge.clone()));
                 match_selector(&mut message, selector);
                 message
             }
-            Self::Continue { ipv6 } => tagged_rule(*ipv6, GUARD_CONTINUE_PRIORITY, RuleAction::Nop),
+            Self::Continue { ipv6 } => tagged_rule(*ipv6, continue_priority(), RuleAction::Nop),
         }
     }
 
@@ -128,15 +149,21 @@ impl HostRule {
     fn parse(rule: &RuleMessage) -> Option<Result<Self, ()>> {
         let tagged = TaggedRule::parse(rule)?;
         let priority = tagged.priority?;
-        if !(GUARD_ALLOW_PRIORITY..=GUARD_CONTINUE_PRIORITY).contains(&priority) {
+        if !(allow_priority()..=continue_priority()).contains(&priority) {
             return None;
         }
         let matches_all = tagged.selector.destination.prefix_len() == 0
             && tagged.selector.ip_proto.is_none()
             && tagged.selector.ports.is_none();
-        let parsed = match (priority, tagged.action, tagged.iif, tagged.source) {
-            (GUARD_ALLOW_PRIORITY, RuleAction::Goto, Some(bridge), Some(source))
-                if tagged.goto == Some(GUARD_CONTINUE_PRIORITY)
+        // Which of the three: 0 allow, 1 block, 2 continue.
+        let parsed = match (
+            priority - allow_priority(),
+            tagged.action,
+            tagged.iif,
+            tagged.source,
+        ) {
+            (0, RuleAction::Goto, Some(bridge), Some(source))
+                if tagged.goto == Some(continue_priority())
                     && source == host_prefix(source.addr())
                     && matches_all =>
             {
@@ -145,11 +172,11 @@ impl HostRule {
                     source: source.addr(),
                 })
             }
-            (GUARD_BLOCK_PRIORITY, RuleAction::Prohibit, Some(bridge), None) => Ok(Self::Block {
+            (1, RuleAction::Prohibit, Some(bridge), None) => Ok(Self::Block {
                 bridge,
                 selector: tagged.selector,
             }),
-            (GUARD_CONTINUE_PRIORITY, RuleAction::Nop, None, None) if matches_all => {
+            (2, RuleAction::Nop, None, None) if matches_all => {
                 Ok(Self::Continue { ipv6: tagged.ipv6 })
             }
             _ => Err(()),
@@ -164,13 +191,16 @@ impl fmt::Display for HostRule {
         match self {
             Self::Allow { bridge, source } => write!(
                 f,
-                "{GUARD_ALLOW_PRIORITY}: from {} iif {bridge} goto {GUARD_CONTINUE_PRIORITY}",
-                host_prefix(*source)
+                "{}: from {} iif {bridge} goto {}",
+                allow_priority(),
+                host_prefix(*source),
+                continue_priority()
             ),
             Self::Block { bridge, selector } => {
                 write!(
                     f,
-                    "{GUARD_BLOCK_PRIORITY}: to {} iif {bridge}",
+                    "{}: to {} iif {bridge}",
+                    block_priority(),
                     selector.destination
                 )?;
                 if let Some(proto) = selector.ip_proto {
@@ -183,7 +213,8 @@ impl fmt::Display for HostRule {
             }
             Self::Continue { ipv6 } => write!(
                 f,
-                "{GUARD_CONTINUE_PRIORITY}: nop ({})",
+                "{}: nop ({})",
+                continue_priority(),
                 if *ipv6 { "inet6" } else { "inet" }
             ),
         }
