@@ -174,6 +174,7 @@ pub async fn run_daemon(config: Config, reload: Reload) -> anyhow::Result<ExitCo
             LoopExit::Shutdown => return Ok(ExitCode::SUCCESS),
             LoopExit::ConnectionLost(reason) => {
                 reconciler.telemetry.docker_disconnected();
+                reconciler.forget_guard_sources().await;
                 let delay = backoff.next_delay();
                 warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Docker connection lost; keeping the dataplane as it is and reconnecting");
                 tokio::select! {
@@ -388,6 +389,8 @@ pub struct Reconciler {
     last_ebpf: HashMap<String, EbpfTarget>,
     /// eBPF: each bridge guard last written, by bridge ifindex.
     last_guards: HashMap<u32, EbpfGuard>,
+    /// routes: the guards last planned, by bridge.
+    last_host_guards: Vec<(String, GuardPlan)>,
     /// Caps last programmed, by container id.
     last_caps: HashMap<String, ProgrammedCaps>,
     /// Cap label problems last logged, by container id.
@@ -428,6 +431,7 @@ impl Reconciler {
             last_state: HashMap::new(),
             last_ebpf: HashMap::new(),
             last_guards: HashMap::new(),
+            last_host_guards: Vec::new(),
             last_caps: HashMap::new(),
             last_cap_problems: HashMap::new(),
             host_netlink: None,
@@ -450,6 +454,44 @@ impl Reconciler {
     /// resync, or events were lost).
     pub fn resync_all(&mut self) {
         self.inventory.refresh_all();
+    }
+
+    /// Docker is gone, perhaps restarting: every container may come back
+    /// with another address, and a target with a known one. Until the next
+    /// pass the guards know no source: they keep their prefixes and drop
+    /// their allowed sources and warp MACs (fail closed).
+    pub async fn forget_guard_sources(&mut self) {
+        match &mut self.dataplane {
+            Dataplane::Ebpf(ebpf) => {
+                for (ifindex, guard) in &mut self.last_guards {
+                    if guard.allowed.is_empty() {
+                        continue;
+                    }
+                    match ebpf.set_guard(*ifindex, &guard.rows, &BTreeSet::new()) {
+                        Ok(()) => guard.allowed.clear(),
+                        Err(e) => {
+                            warn!(ifindex, error = %e, "withdrawing a guard's sources failed")
+                        }
+                    }
+                }
+            }
+            Dataplane::Routes => {
+                let mut changed = false;
+                for (_, guard) in &mut self.last_host_guards {
+                    changed |= !guard.allowed_sources.is_empty();
+                    guard.allowed_sources.clear();
+                }
+                if changed {
+                    let guards: Vec<(String, &GuardPlan)> = self
+                        .last_host_guards
+                        .iter()
+                        .map(|(bridge, guard)| (bridge.clone(), guard))
+                        .collect();
+                    program_guards_routes(&mut self.host_netlink, &guards).await;
+                }
+            }
+            Dataplane::DryRun(_) => {}
+        }
     }
 
     /// A new Docker connection: forget every cached inspect.
@@ -541,6 +583,10 @@ impl Reconciler {
             }
             Dataplane::Routes if guards_complete => {
                 program_guards_routes(&mut self.host_netlink, &guards).await;
+                self.last_host_guards = guards
+                    .iter()
+                    .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
+                    .collect();
             }
             // A guard whose network could not be inspected would look
             // unneeded: keep every installed rule until all resolve.
