@@ -701,7 +701,15 @@ impl Scenario {
     /// Whether the bystander's routes, rules, qdiscs and tc attachments are
     /// byte-identical to what they were before the scenario.
     pub fn bystander_unchanged(&self) -> anyhow::Result<bool> {
-        Ok(unlabelled_state(&self.bystander)? == self.bystander_before)
+        let now = unlabelled_state(&self.bystander)?;
+        if now != self.bystander_before {
+            eprintln!(
+                "chaos {}: the bystander changed:\n{}",
+                self.mode,
+                crate::isolation::describe_change(&self.bystander_before, &now)
+            );
+        }
+        Ok(now == self.bystander_before)
     }
 
     fn restart_args(&self) -> &'static [&'static str] {

@@ -73,8 +73,32 @@ fn unique_guard_priority() -> u32 {
     6_000 + 3 * ((std::process::id().wrapping_mul(37) + n) % 8_000)
 }
 
+/// Deletes the host guard rules at a daemon's three priorities (which a
+/// stopped daemon keeps, to fail closed); bounded in count.
+fn remove_host_guard_rules(first: u32) {
+    for family in ["-4", "-6"] {
+        for priority in first..first + 3 {
+            let priority = priority.to_string();
+            for _ in 0..1_000 {
+                let deleted = crate::command::output(
+                    "ip",
+                    &[
+                        family, "rule", "del", "priority", &priority, "protocol", "87",
+                    ],
+                )
+                .is_ok_and(|out| out.status.success());
+                if !deleted {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
+    /// The first of its host guard rule priorities.
+    guard_priority: u32,
     /// The eBPF pin directory, private to this daemon.
     pin_dir: PathBuf,
     config: PathBuf,
@@ -115,6 +139,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(crate::unique_name("nwd"));
         fs::create_dir_all(&dir)?;
         let config = dir.join("netwarp.toml");
+        let guard_priority = unique_guard_priority();
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(dir.file_name().expect("named"));
         let socket = dir.join("netwarp.sock");
         fs::write(
@@ -134,7 +159,7 @@ impl Daemon {
                 labels.network,
                 labels.rules,
                 pin_dir.display(),
-                unique_guard_priority(),
+                guard_priority,
                 labels.egress_rate,
                 labels.ingress_rate,
                 labels.burst,
@@ -143,6 +168,7 @@ impl Daemon {
         )?;
         let mut daemon = Self {
             child: None,
+            guard_priority,
             pin_dir,
             config,
             socket,
@@ -341,6 +367,7 @@ impl Drop for Daemon {
         let _ = self.stop(libc::SIGKILL);
         // Removing the pins detaches the daemon's eBPF links.
         let _ = fs::remove_dir_all(&self.pin_dir);
+        remove_host_guard_rules(self.guard_priority);
         if let Some(dir) = self.config.parent() {
             let _ = fs::remove_dir_all(dir);
         }

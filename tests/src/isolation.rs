@@ -20,6 +20,20 @@ pub fn unlabelled_state(container: &Container) -> anyhow::Result<String> {
     // (dockerd restarts); its qdiscs must not.
     let qdiscs = run("tc", &["qdisc", "show", "dev", &veth])?;
     state.push_str(&qdiscs.replace(&veth, "VETH"));
+    // Docker may give the container other addresses when it restarts it
+    // (a dockerd restart); that is Docker's doing, not netwarp's.
+    let addresses = run(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            container.name(),
+        ],
+    )?;
+    for (i, address) in addresses.split_whitespace().enumerate() {
+        state = state.replace(address, &format!("ADDRESS{i}"));
+    }
     Ok(state)
 }
 
