@@ -142,46 +142,23 @@ mod programs {
             return None;
         }
         let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-        let (rule, flow) = match ethertype {
+        match ethertype {
             ETH_P_IP => {
                 let source: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
                 allow.kind = GUARD_ALLOW_IPV4;
                 allow.addr = [0; 16];
                 allow.addr[..4].copy_from_slice(&source);
-                if allowed(&allow) {
-                    return None;
-                }
-                let (dst, flow) = parse_ipv4(ctx)?;
-                let key = Key::new(
-                    RULE_SET_BITS + 32,
-                    RuleKeyV4 {
-                        rule_set,
-                        addr: dst,
-                    },
-                );
-                (NETWARP_RULES_V4.get(&key)?, flow)
             }
             ETH_P_IPV6 => {
                 allow.kind = GUARD_ALLOW_IPV6;
                 allow.addr = ctx.load(ETH_HLEN + 8).ok()?;
-                if allowed(&allow) {
-                    return None;
-                }
-                let (dst, flow) = parse_ipv6(ctx)?;
-                let key = Key::new(
-                    RULE_SET_BITS + 128,
-                    RuleKeyV6 {
-                        rule_set,
-                        addr: dst,
-                    },
-                );
-                (NETWARP_RULES_V6.get(&key)?, flow)
             }
             _ => return None,
-        };
-        if !selects(rule, &flow) {
+        }
+        if allowed(&allow) {
             return None;
         }
+        matching_rule(ctx, ethertype, rule_set)?;
         count_guard_drop(ifindex, u64::from(ctx.len()));
         debug!(ctx, "guard drop: bridge ifindex {}", ifindex);
         Some(TC_ACT_SHOT)
@@ -195,26 +172,7 @@ mod programs {
 
     #[inline(always)]
     fn count_guard_drop(ifindex: u32, bytes: u64) {
-        if let Some(counters) = NETWARP_GUARD_DROPS.get_ptr_mut(&ifindex) {
-            // SAFETY: a per-CPU value; only this CPU writes it while we run.
-            unsafe {
-                (*counters).packets += 1;
-                (*counters).bytes += bytes;
-            }
-            return;
-        }
-        let first = TrafficCounters { packets: 1, bytes };
-        if NETWARP_GUARD_DROPS
-            .insert(&ifindex, &first, u64::from(BPF_NOEXIST))
-            .is_err()
-            && let Some(counters) = NETWARP_GUARD_DROPS.get_ptr_mut(&ifindex)
-        {
-            // SAFETY: as above.
-            unsafe {
-                (*counters).packets += 1;
-                (*counters).bytes += bytes;
-            }
-        }
+        add_traffic(&NETWARP_GUARD_DROPS, &ifindex, bytes);
     }
 
     /// The token bucket of the container's cap in `direction`: true when
@@ -350,6 +308,36 @@ mod programs {
         let policy = unsafe { NETWARP_POLICY.get(&ifindex) }?;
         let rule_set = policy.rule_set.to_be_bytes();
         let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let rule = matching_rule(ctx, ethertype, rule_set)?;
+        let bytes = u64::from(ctx.len());
+        match rule.action {
+            ACTION_STEER => {
+                ctx.store(0, &policy.warp_mac, 0).ok()?;
+                count_verdict(ifindex, bytes, Verdict::Steered);
+                // SAFETY: a plain helper call; it only records the target.
+                Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
+            }
+            ACTION_BLOCK => {
+                let verdict = if rule.block_reason == REASON_WARP_DOWN {
+                    Verdict::WarpDown
+                } else {
+                    Verdict::Policy
+                };
+                count_verdict(ifindex, bytes, verdict);
+                debug!(
+                    ctx,
+                    "blocked: ifindex {} reason {}", ifindex, rule.block_reason
+                );
+                Some(TC_ACT_SHOT)
+            }
+            _ => None,
+        }
+    }
+
+    /// The rule of `rule_set` that takes this packet: the longest prefix
+    /// match of its destination, if its selectors take the flow.
+    #[inline(always)]
+    fn matching_rule(ctx: &TcContext, ethertype: u16, rule_set: [u8; 4]) -> Option<&RuleValue> {
         let (rule, flow) = match ethertype {
             ETH_P_IP => {
                 let (dst, flow) = parse_ipv4(ctx)?;
@@ -375,32 +363,7 @@ mod programs {
             }
             _ => return None,
         };
-        if !selects(rule, &flow) {
-            return None;
-        }
-        let bytes = u64::from(ctx.len());
-        match rule.action {
-            ACTION_STEER => {
-                ctx.store(0, &policy.warp_mac, 0).ok()?;
-                count_verdict(ifindex, bytes, Verdict::Steered);
-                // SAFETY: a plain helper call; it only records the target.
-                Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
-            }
-            ACTION_BLOCK => {
-                let verdict = if rule.block_reason == REASON_WARP_DOWN {
-                    Verdict::WarpDown
-                } else {
-                    Verdict::Policy
-                };
-                count_verdict(ifindex, bytes, verdict);
-                debug!(
-                    ctx,
-                    "blocked: ifindex {} reason {}", ifindex, rule.block_reason
-                );
-                Some(TC_ACT_SHOT)
-            }
-            _ => None,
-        }
+        selects(rule, &flow).then_some(rule)
     }
 
     #[inline(always)]
@@ -560,23 +523,14 @@ mod programs {
         // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         let key = TrafficKey::new(ifindex, direction);
-        let bytes = u64::from(ctx.len());
-        if add(&key, bytes) {
-            return;
-        }
-        let first = TrafficCounters { packets: 1, bytes };
-        if NETWARP_TRAFFIC
-            .insert(&key, &first, u64::from(BPF_NOEXIST))
-            .is_err()
-        {
-            // Another CPU created the entry first; count into our slot of it.
-            add(&key, bytes);
-        }
+        add_traffic(&NETWARP_TRAFFIC, &key, u64::from(ctx.len()));
     }
 
+    /// Adds one packet of `bytes` to `key`'s per-CPU counters, creating
+    /// the entry on first use.
     #[inline(always)]
-    fn add(key: &TrafficKey, bytes: u64) -> bool {
-        match NETWARP_TRAFFIC.get_ptr_mut(key) {
+    fn add_traffic<K>(map: &PerCpuHashMap<K, TrafficCounters>, key: &K, bytes: u64) {
+        let add = || match map.get_ptr_mut(key) {
             Some(counters) => {
                 // SAFETY: a per-CPU value; only this CPU writes it while we run.
                 unsafe {
@@ -586,6 +540,14 @@ mod programs {
                 true
             }
             None => false,
+        };
+        if add() {
+            return;
+        }
+        let first = TrafficCounters { packets: 1, bytes };
+        if map.insert(key, &first, u64::from(BPF_NOEXIST)).is_err() {
+            // Another CPU created the entry first; count into our slot of it.
+            add();
         }
     }
 

@@ -546,17 +546,8 @@ impl Scenario {
         if links != want_links {
             bail!("link pins {links:?}, expected {want_links:?}");
         }
-        let programs = crate::tcx::tcx_programs(&veth);
         for direction in ["Ingress", "Egress"] {
-            let netwarp = programs
-                .iter()
-                .filter(|(d, p)| {
-                    *d == direction && crate::tcx::program_name(p).starts_with("netwarp_tc")
-                })
-                .count();
-            if netwarp != 1 {
-                bail!("{netwarp} netwarp programs on {veth} {direction}, expected 1");
-            }
+            expect_one_netwarp_program(&veth, direction)?;
         }
         // No caps in this scenario: the rate maps stay empty.
         for name in [RATE_SLOTS_MAP, RATE_BUCKETS_MAP] {
@@ -653,17 +644,7 @@ impl Scenario {
         if allowed != want {
             bail!("the guard allows {allowed:?}, expected {want:?}");
         }
-        let programs = crate::tcx::tcx_programs(&bridge);
-        let netwarp = programs
-            .iter()
-            // The kernel keeps 15 characters of a program's name.
-            .filter(|(d, p)| {
-                *d == "Ingress" && crate::tcx::program_name(p).starts_with("netwarp_tc")
-            })
-            .count();
-        if netwarp != 1 {
-            bail!("{netwarp} guard programs on {bridge} ingress, expected 1");
-        }
+        expect_one_netwarp_program(&bridge, "Ingress")?;
         Ok(rule_set)
     }
 
@@ -835,6 +816,20 @@ pub fn guard_drops(pins: &Path, bridge: &str) -> anyhow::Result<u64> {
 pub fn guard_installed(pins: &Path, bridge: &str) -> anyhow::Result<bool> {
     let guards: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(open_map(pins, GUARDS_MAP)?)?;
     Ok(guards.get(&interface_ifindex(bridge)?, 0).is_ok())
+}
+
+/// Exactly one netwarp program attached through TCX to `interface` in
+/// `direction` ("Ingress" or "Egress").
+fn expect_one_netwarp_program(interface: &str, direction: &str) -> anyhow::Result<()> {
+    let netwarp = crate::tcx::tcx_programs(interface)
+        .iter()
+        // The kernel keeps 15 characters of a program's name.
+        .filter(|(d, p)| *d == direction && crate::tcx::program_name(p).starts_with("netwarp_tc"))
+        .count();
+    if netwarp != 1 {
+        bail!("{netwarp} netwarp programs on {interface} {direction}, expected 1");
+    }
+    Ok(())
 }
 
 fn interface_ifindex(name: &str) -> anyhow::Result<u32> {
