@@ -59,6 +59,9 @@ pub enum BlockReason {
     WarpUnhealthy {
         warp: String,
     },
+    WarpStarting {
+        warp: String,
+    },
     AmbiguousNetwork {
         warp: String,
         networks: Vec<String>,
@@ -96,6 +99,10 @@ impl fmt::Display for BlockReason {
             ),
             Self::WarpNotRunning { warp } => write!(f, "warp container {warp} is not running"),
             Self::WarpUnhealthy { warp } => write!(f, "warp container {warp} is unhealthy"),
+            Self::WarpStarting { warp } => write!(
+                f,
+                "warp container {warp} is starting: its healthcheck has not passed yet"
+            ),
             Self::AmbiguousNetwork {
                 warp,
                 networks,
@@ -386,13 +393,27 @@ fn resolve_warp(
             target_mac,
         ));
     }
-    if warp.health == Health::Unhealthy {
-        return Err((
-            BlockReason::WarpUnhealthy {
-                warp: warp.name.clone(),
-            },
-            target_mac,
-        ));
+    // A warp with a healthcheck carries traffic only once Docker says it
+    // is healthy: a VPN client that is starting may not have its tunnel
+    // yet, and would forward what it gets by its default route.
+    match warp.health {
+        Health::Unhealthy => {
+            return Err((
+                BlockReason::WarpUnhealthy {
+                    warp: warp.name.clone(),
+                },
+                target_mac,
+            ));
+        }
+        Health::Starting => {
+            return Err((
+                BlockReason::WarpStarting {
+                    warp: warp.name.clone(),
+                },
+                target_mac,
+            ));
+        }
+        Health::None | Health::Healthy => {}
     }
     let endpoint = &warp.networks[&network];
     Ok(ResolvedWarp {
@@ -565,8 +586,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_starting_or_healthy_warp_is_up() {
-        for health in [Health::Starting, Health::Healthy] {
+    fn a_healthy_warp_or_one_without_a_healthcheck_is_up() {
+        for health in [Health::None, Health::Healthy] {
             let mut w = warp();
             w.health = health;
             let world = World {
@@ -575,6 +596,27 @@ pub(crate) mod tests {
             let t = only_target(&world, &settings("203.0.113.0/24"));
             assert!(matches!(t.state, TargetState::Steered { .. }), "{health:?}");
         }
+    }
+
+    #[test]
+    fn a_starting_warp_counts_as_down() {
+        let mut w = warp();
+        w.health = Health::Starting;
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(
+            t.state,
+            TargetState::Blocked(BlockReason::WarpStarting { .. })
+        ));
+        assert!(t.entries.iter().all(|e| e.action == Action::Block));
+        assert_eq!(
+            TargetState::Blocked(BlockReason::WarpStarting {
+                warp: "warp-vpn".into()
+            }),
+            t.state,
+        );
     }
 
     #[test]

@@ -333,7 +333,7 @@ impl Collector for ScrapeCollector {
         gauge_family(
             &mut encoder,
             "netwarp_warp_up",
-            "1 while the warp container runs and is not unhealthy, else 0",
+            "1 while the warp container runs and is healthy or has no healthcheck, else 0",
             &warps,
         )?;
         if let Some(at) = published.finished_at {

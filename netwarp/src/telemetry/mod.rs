@@ -48,10 +48,12 @@ pub struct WarpView {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WarpState {
-    /// Running and not unhealthy: usable.
+    /// Running, and healthy or without a healthcheck: usable.
     Up,
     /// Docker reports it unhealthy.
     Unhealthy,
+    /// Its healthcheck has not passed yet: not usable.
+    Starting,
     /// Exists but does not run (seen while it stops).
     NotRunning,
     /// Named by a target, but no running container has that name.
@@ -65,6 +67,7 @@ impl WarpState {
         match self {
             Self::Up => "up",
             Self::Unhealthy => "unhealthy",
+            Self::Starting => "starting",
             Self::NotRunning => "not-running",
             Self::Missing => "missing",
             Self::NotAWarp => "not-a-warp",
@@ -287,6 +290,7 @@ pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<Wa
             (false, _, _) => WarpState::NotAWarp,
             (true, false, _) => WarpState::NotRunning,
             (true, true, Health::Unhealthy) => WarpState::Unhealthy,
+            (true, true, Health::Starting) => WarpState::Starting,
             (true, true, _) => WarpState::Up,
         };
         warps.insert(
