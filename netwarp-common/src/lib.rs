@@ -12,6 +12,7 @@ pub const TRAFFIC_MAP: &str = "NETWARP_TRAFFIC";
 pub const PROG_TC_FROM_CONTAINER: &str = "netwarp_tc_from_container";
 pub const PROG_TC_TO_CONTAINER: &str = "netwarp_tc_to_container";
 pub const PROG_TC_BRIDGE_GUARD: &str = "netwarp_tc_bridge_guard";
+pub const PROG_TC_FROM_WARP: &str = "netwarp_tc_from_warp";
 
 /// Maximum number of interfaces the traffic map can track at once.
 pub const TRAFFIC_MAP_CAPACITY: u32 = 16_384;
@@ -264,8 +265,32 @@ pub struct GuardAllowKey {
     pub addr: [u8; 16],
 }
 
+/// Name of the hash map of the targets each warp veth serves
+/// ([`WarpPeerKey`] to the target's host-side veth ifindex), and of the
+/// per-CPU map of what each warp veth's program dropped because the warp
+/// forwarded a target's steered traffic untransformed ([`TrafficCounters`]
+/// by warp veth ifindex).
+pub const WARP_PEERS_MAP: &str = "NETWARP_WARP_PEERS";
+pub const WARP_LEAKS_MAP: &str = "NETWARP_WARP_LEAKS";
+
+/// Rows in the warp peer map: targets' addresses times their warp's veths.
+pub const WARP_PEERS_MAP_CAPACITY: u32 = 65_536;
+
+/// One address of a target, as seen on one of its warp's host-side veths.
+/// `family` is [`GUARD_ALLOW_IPV4`] or [`GUARD_ALLOW_IPV6`]; `addr` holds
+/// the address left-aligned, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WarpPeerKey {
+    pub warp_ifindex: u32,
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: repr(C), integers and a byte array, no padding (24 bytes).
+    unsafe impl aya::Pod for super::WarpPeerKey {}
     // SAFETY: repr(C), integers and a byte array, no padding (24 bytes).
     unsafe impl aya::Pod for super::GuardAllowKey {}
     // SAFETY: both types are repr(C), made only of integers, and have no padding.
@@ -299,6 +324,7 @@ mod tests {
         assert_eq!(size_of::<TokenBucket>(), 24);
         assert_eq!(size_of::<RateBuckets>(), 48);
         assert_eq!(size_of::<GuardAllowKey>(), 24);
+        assert_eq!(size_of::<WarpPeerKey>(), 24);
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod programs {
         NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS,
         RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY,
         TargetPolicy, TokenBucket, TrafficCounters, TrafficKey, VerdictCounters,
+        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
     };
 
     /// Packets and bytes per host-side interface and direction.
@@ -77,6 +78,18 @@ mod programs {
     #[map(name = "NETWARP_GUARD_DROPS")]
     static NETWARP_GUARD_DROPS: PerCpuHashMap<u32, TrafficCounters> =
         PerCpuHashMap::with_max_entries(GUARDS_MAP_CAPACITY, 0);
+
+    /// The targets each warp veth serves, by their addresses: the value is
+    /// the target's host-side veth, whose policy holds its rules.
+    #[map(name = "NETWARP_WARP_PEERS")]
+    static NETWARP_WARP_PEERS: HashMap<WarpPeerKey, u32> =
+        HashMap::with_max_entries(WARP_PEERS_MAP_CAPACITY, 0);
+
+    /// What each warp veth's program dropped: a target's steered traffic
+    /// the warp forwarded without tunnelling or NAT.
+    #[map(name = "NETWARP_WARP_LEAKS")]
+    static NETWARP_WARP_LEAKS: PerCpuHashMap<u32, TrafficCounters> =
+        PerCpuHashMap::with_max_entries(WARP_PEERS_MAP_CAPACITY, 0);
 
     const ETH_HLEN: usize = 14;
     const ETH_P_IP: u16 = 0x0800;
@@ -161,6 +174,69 @@ mod programs {
         matching_rule(ctx, ethertype, rule_set)?;
         count_guard_drop(ifindex, u64::from(ctx.len()));
         debug!(ctx, "guard drop: bridge ifindex {}", ifindex);
+        Some(TC_ACT_SHOT)
+    }
+
+    /// tc ingress on each of a warp's host-side veths: what the warp sends.
+    ///
+    /// A VPN client forwards what it receives: into its tunnel while that
+    /// is up, and by its default route when it is not. A packet carrying
+    /// one of its targets' addresses as source, toward a prefix that
+    /// target steers, was forwarded untransformed (no tunnel, no NAT): it
+    /// is dropped here, on whichever of the warp's networks it leaves by.
+    /// Packets to a target go straight to the target's veth, as steering
+    /// does the other way: on an `--internal` network Docker's isolation
+    /// rules would drop replies whose source is outside the subnet.
+    #[classifier]
+    pub fn netwarp_tc_from_warp(ctx: TcContext) -> i32 {
+        try_from_warp(&ctx).unwrap_or(PASS)
+    }
+
+    #[inline(always)]
+    fn try_from_warp(ctx: &TcContext) -> Option<i32> {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let mut key = WarpPeerKey {
+            warp_ifindex: ifindex,
+            family: 0,
+            addr: [0; 16],
+        };
+        let (source, destination) = match ethertype {
+            ETH_P_IP => {
+                key.family = GUARD_ALLOW_IPV4;
+                let mut source = [0u8; 16];
+                let mut destination = [0u8; 16];
+                source[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12).ok()?);
+                destination[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16).ok()?);
+                (source, destination)
+            }
+            ETH_P_IPV6 => {
+                key.family = GUARD_ALLOW_IPV6;
+                (
+                    ctx.load::<[u8; 16]>(ETH_HLEN + 8).ok()?,
+                    ctx.load::<[u8; 16]>(ETH_HLEN + 24).ok()?,
+                )
+            }
+            _ => return None,
+        };
+        key.addr = destination;
+        // SAFETY: read-only lookups of values the controller writes whole.
+        if let Some(target) = unsafe { NETWARP_WARP_PEERS.get(&key) }
+            && let Some(policy) = unsafe { NETWARP_POLICY.get(target) }
+            && policy.warp_ifindex == ifindex
+        {
+            // SAFETY: a plain helper call; it only records the target.
+            return Some(unsafe { bpf_redirect(*target, 0) } as i32);
+        }
+        key.addr = source;
+        // SAFETY: as above.
+        let target = unsafe { NETWARP_WARP_PEERS.get(&key) }?;
+        // SAFETY: as above.
+        let policy = unsafe { NETWARP_POLICY.get(target) }?;
+        matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
+        add_traffic(&NETWARP_WARP_LEAKS, &ifindex, u64::from(ctx.len()));
+        debug!(ctx, "untunnelled forward dropped: warp ifindex {}", ifindex);
         Some(TC_ACT_SHOT)
     }
 

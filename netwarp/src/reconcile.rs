@@ -6,7 +6,7 @@
 //! net, so lost events, reconnects and restarts cannot corrupt state.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     process::ExitCode,
     sync::{
         Arc,
@@ -17,7 +17,7 @@ use std::{
 
 use bollard::Docker;
 use futures_util::StreamExt as _;
-use netwarp_common::GuardAllowKey;
+use netwarp_common::{GuardAllowKey, WarpPeerKey};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
@@ -30,7 +30,7 @@ use crate::{
         ebpf::{
             EbpfDataplane, EbpfError,
             compile::{CompileError, CompiledPrefix, compile, guard_allow_keys},
-            interface_name,
+            interface_name, warp_peer_key,
         },
         host_guard::{program_host_guards, remove_host_guards, set_guard_priority},
         qdisc::remove_every_tbf,
@@ -413,6 +413,10 @@ struct EbpfTarget {
     warp_ifindex: u32,
     warp_mac: [u8; 6],
     rows: Vec<CompiledPrefix>,
+    /// While steered: the warp's host-side veths on all its networks, and
+    /// the target's addresses on each of them (to its veth).
+    warp_ports: Vec<u32>,
+    peers: Vec<(WarpPeerKey, u32)>,
 }
 
 /// What the eBPF dataplane holds for one bridge guard.
@@ -615,6 +619,7 @@ impl Reconciler {
                 .chain(self.last_caps.values().flat_map(|c| c.host_ifindexes()))
                 .collect();
             release_interfaces(ebpf, &departed, &live);
+            release_warp_ports(ebpf, &self.last_ebpf);
         }
         if let Dataplane::DryRun(dry) = &mut self.dataplane {
             dry.finish_pass(&seen);
@@ -848,7 +853,7 @@ async fn program_target_ebpf(
             _ => return Ok(!route_changes.is_empty()),
         },
     };
-    let (warp_ifindex, warp_mac) = match (target.warp_pid, target.warp_mac.as_deref()) {
+    let (warp_ifindex, warp_mac, warp_ports) = match (target.warp_pid, target.warp_mac.as_deref()) {
         (Some(warp_pid), Some(warp_mac)) => {
             let warp_ns = NamespaceHandle::open(warp_pid).await?;
             let ifindex = warp_ns
@@ -862,11 +867,20 @@ async fn program_target_ebpf(
             let bytes: [u8; 6] = parse_mac(warp_mac)
                 .try_into()
                 .map_err(|_| TargetError::Endpoint(format!("malformed warp MAC {warp_mac}")))?;
-            (ifindex, bytes)
+            // Every veth of the warp: a VPN client whose tunnel is down
+            // forwards by its default route, on whichever network that is.
+            let ports = warp_ns.peer_ifindexes_by_macs(&target.warp_macs).await?;
+            (ifindex, bytes, ports)
         }
         // Blocked: nothing is redirected, so no warp interface is needed.
-        _ => (0, [0; 6]),
+        _ => (0, [0; 6], Vec::new()),
     };
+    let peers = warp_ports
+        .iter()
+        .flat_map(|&port| {
+            (target.addresses.iter()).map(move |&addr| (warp_peer_key(port, addr), host_ifindex))
+        })
+        .collect();
     let desired = EbpfTarget {
         host_ifindex,
         warp_ifindex,
@@ -875,13 +889,21 @@ async fn program_target_ebpf(
             &target.entries,
             matches!(target.state, TargetState::Steered { .. }),
         )?,
+        warp_ports,
+        peers,
     };
     // Every pass, not only on changes: it also repairs an attachment whose
     // pin was deleted by hand (a stat per direction when all is well).
     ebpf.attach_ifindex(host_ifindex)?;
+    // Before the policy steers into the warp, its veths know the target:
+    // what the warp forwards untransformed is dropped from the first packet.
+    for port in &desired.warp_ports {
+        ebpf.attach_warp(*port)?;
+    }
     if last.get(&target.id) == Some(&desired) {
         return Ok(!route_changes.is_empty());
     }
+    ebpf.put_warp_peers(&desired.peers)?;
     if !last.contains_key(&target.id)
         && ebpf.policy_is(host_ifindex, warp_ifindex, warp_mac, &desired.rows)?
     {
@@ -911,7 +933,9 @@ fn program_guards_ebpf(
     complete: bool,
 ) {
     let mut wanted = HashSet::new();
-    for (bridge, guard) in guards {
+    // A network only a warp is on blocks nothing here: the program on the
+    // warp's veths drops its untunnelled forwards (`GuardPlan::forwarded`).
+    for (bridge, guard) in guards.iter().filter(|(_, g)| !g.entries.is_empty()) {
         let span = info_span!("guard", network = %guard.network, bridge = %bridge);
         let _enter = span.enter();
         let Some(ifindex) = crate::dataplane::ebpf::interface_index(bridge) else {
@@ -1085,6 +1109,37 @@ fn release_interfaces(ebpf: &mut EbpfDataplane, departed: &[u32], live: &HashSet
             Ok(()) => info!(ifindex, "released the eBPF policy of a departed target"),
             Err(e) => warn!(ifindex, error = %e, "releasing a departed target's eBPF state failed"),
         }
+    }
+}
+
+/// Removes the peer rows no programmed target wants, and the warp program
+/// from veths no steered target uses (their warp is down, gone or has no
+/// steered target left). A target that failed this pass keeps what it had.
+fn release_warp_ports(ebpf: &mut EbpfDataplane, targets: &HashMap<String, EbpfTarget>) {
+    let wanted_peers: BTreeMap<WarpPeerKey, u32> = targets
+        .values()
+        .flat_map(|t| t.peers.iter().copied())
+        .collect();
+    let wanted_ports: HashSet<u32> = targets
+        .values()
+        .flat_map(|t| t.warp_ports.iter().copied())
+        .collect();
+    for port in ebpf.warp_ifindexes() {
+        if wanted_ports.contains(&port) {
+            continue;
+        }
+        match ebpf.detach_warp(port) {
+            Ok(()) => info!(
+                ifindex = port,
+                "detached the warp program from a veth no target uses"
+            ),
+            Err(e) => warn!(ifindex = port, error = %e, "detaching the warp program failed"),
+        }
+    }
+    match ebpf.retain_warp_peers(&wanted_peers) {
+        Ok(0) => {}
+        Ok(removed) => debug!(removed, "removed stale warp peer rows"),
+        Err(e) => warn!(error = %e, "removing stale warp peer rows failed"),
     }
 }
 

@@ -3,7 +3,7 @@
 //! dataplane code, but no interfaces or containers.
 
 use netwarp::{
-    dataplane::ebpf::{EbpfDataplane, compile::compile},
+    dataplane::ebpf::{EbpfDataplane, compile::compile, warp_peer_key},
     model::parse_rules,
     plan::{Action, Entry},
 };
@@ -494,3 +494,98 @@ privileged_test!(the_guard_lets_known_sources_and_warp_macs_pass, {
         TC_ACT_SHOT
     );
 });
+
+/// The target's host veth in the warp program's tests: only a key there.
+const PEER_TARGET_IFINDEX: u32 = 7;
+
+/// A dataplane with a target (on `PEER_TARGET_IFINDEX`) steered through
+/// the warp veth `warp_ifindex` for `rules`, and that target's addresses
+/// (the test packets' sources) known on the warp veth `TARGET_IFINDEX`.
+fn warp_port(rules: &str, warp_ifindex: u32) -> EbpfDataplane {
+    let entries = Entry::all(&parse_rules(rules).expect("rules"), steer());
+    let mut dataplane = EbpfDataplane::load().expect("loading the programs");
+    dataplane
+        .set_policy(
+            PEER_TARGET_IFINDEX,
+            warp_ifindex,
+            WARP_MAC,
+            &compile(&entries, true).expect("compile"),
+        )
+        .expect("writing the policy");
+    let peers: Vec<_> = ["172.20.0.3", "fd00:20::3"]
+        .iter()
+        .map(|a| {
+            (
+                warp_peer_key(TARGET_IFINDEX, a.parse().unwrap()),
+                PEER_TARGET_IFINDEX,
+            )
+        })
+        .collect();
+    dataplane.put_warp_peers(&peers).expect("writing the peers");
+    dataplane
+}
+
+fn warp_verdict(dataplane: &mut EbpfDataplane, packet: &[u8]) -> i32 {
+    dataplane
+        .test_run_from_warp(TARGET_IFINDEX, packet)
+        .expect("BPF_PROG_TEST_RUN")
+        .0
+}
+
+/// `frame` with its IPv4 source and destination swapped: the reply.
+fn reply_v4(mut frame: Vec<u8>) -> Vec<u8> {
+    let (src, dst) = (14 + 12, 14 + 16);
+    for i in 0..4 {
+        frame.swap(src + i, dst + i);
+    }
+    frame
+}
+
+privileged_test!(
+    the_warp_program_drops_untunnelled_forwards_of_its_targets,
+    {
+        let mut dp = warp_port("203.0.113.0/24,tcp:443,2001:db8::/32", TARGET_IFINDEX);
+        // The target's own packets, forwarded unchanged by the warp.
+        assert_eq!(
+            warp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+            TC_ACT_SHOT
+        );
+        assert_eq!(
+            warp_verdict(&mut dp, &ipv6(REMOTE_V6, TCP, 443, false, None)),
+            TC_ACT_SHOT
+        );
+        // What the target's rules do not steer is not netwarp's business.
+        assert_eq!(warp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)), PASS);
+        assert_eq!(warp_verdict(&mut dp, &ipv4(OTHER_V4, TCP, 443, 0, 0)), PASS);
+        // NATed by the warp: the warp's own source passes.
+        let mut nated = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+        nated[14 + 15] = 2;
+        assert_eq!(warp_verdict(&mut dp, &nated), PASS);
+        let leaks = dp.warp_leaks(TARGET_IFINDEX).expect("warp leaks");
+        assert_eq!(leaks.packets, 2);
+        // Without the target's rows the warp veth knows no one.
+        dp.retain_warp_peers(&Default::default())
+            .expect("removing the peers");
+        assert_eq!(
+            warp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+            PASS
+        );
+    }
+);
+
+privileged_test!(
+    the_warp_program_delivers_replies_to_the_target_it_steers_there,
+    {
+        let mut dp = warp_port("203.0.113.0/24", TARGET_IFINDEX);
+        let reply = reply_v4(ipv4(REMOTE_V4, TCP, 443, 0, 0));
+        assert_eq!(warp_verdict(&mut dp, &reply), TC_ACT_REDIRECT);
+        // On another of the warp's veths (the target is steered through a
+        // different one), a reply is not redirected, and forwards still drop.
+        let mut dp = warp_port("203.0.113.0/24", 99);
+        assert_eq!(warp_verdict(&mut dp, &reply), PASS);
+        assert_eq!(
+            warp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+            TC_ACT_SHOT
+        );
+    }
+);

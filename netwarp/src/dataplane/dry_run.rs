@@ -209,6 +209,8 @@ mod tests {
             mac_on_network: Some("02:42:ac:11:00:02".into()),
             warp_pid: None,
             warp_mac: None,
+            warp_macs: Vec::new(),
+            addresses: Vec::new(),
         }
     }
 

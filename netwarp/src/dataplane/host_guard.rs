@@ -8,8 +8,14 @@
 //! ```text
 //! 5000: iif BRIDGE from ALLOWED/32 goto 5002      (one per allowed source)
 //! 5001: iif BRIDGE to PREFIX [ipproto P] [dport R] prohibit   (one per entry)
+//! 5001: iif BRIDGE from TARGET to PREFIX [ipproto P] [dport R] prohibit
+//!                                   (a warp's untunnelled forwards, see below)
 //! 5002: nop                                        (the goto's landing point)
 //! ```
+//!
+//! Every network a warp is on (its tunnel's network too) also refuses its
+//! targets' addresses as sources toward their prefixes: a VPN client whose
+//! tunnel is down forwards what it gets by its default route, unchanged.
 //!
 //! Known non-targets skip the block rules and continue with the host's own
 //! rules; anyone else routed to a guarded prefix gets an ICMP "administratively
@@ -103,8 +109,12 @@ pub enum HostGuardError {
 pub enum HostRule {
     /// `iif BRIDGE from SOURCE goto` the continue priority.
     Allow { bridge: String, source: IpAddr },
-    /// `iif BRIDGE to DEST [ipproto P] [dport RANGE] prohibit`.
-    Block { bridge: String, selector: OwnedRule },
+    /// `iif BRIDGE [from SOURCE] to DEST [ipproto P] [dport RANGE] prohibit`.
+    Block {
+        bridge: String,
+        source: Option<IpAddr>,
+        selector: OwnedRule,
+    },
     /// The `nop` the allow rules of one family jump to.
     Continue { ipv6: bool },
 }
@@ -131,11 +141,18 @@ impl HostRule {
                     .push(RuleAttribute::Goto(continue_priority()));
                 message
             }
-            Self::Block { bridge, selector } => {
+            Self::Block {
+                bridge,
+                source,
+                selector,
+            } => {
                 let mut message = tagged_rule(self.ipv6(), block_priority(), RuleAction::Prohibit);
                 message
                     .attributes
                     .push(RuleAttribute::Iifname(bridge.clone()));
+                if let Some(source) = source {
+                    match_source(&mut message, host_prefix(*source));
+                }
                 match_selector(&mut message, selector);
                 message
             }
@@ -172,10 +189,15 @@ impl HostRule {
                     source: source.addr(),
                 })
             }
-            (1, RuleAction::Prohibit, Some(bridge), None) => Ok(Self::Block {
-                bridge,
-                selector: tagged.selector,
-            }),
+            (1, RuleAction::Prohibit, Some(bridge), source)
+                if source.is_none_or(|s| s == host_prefix(s.addr())) =>
+            {
+                Ok(Self::Block {
+                    bridge,
+                    source: source.map(|s| s.addr()),
+                    selector: tagged.selector,
+                })
+            }
             (2, RuleAction::Nop, None, None) if matches_all => {
                 Ok(Self::Continue { ipv6: tagged.ipv6 })
             }
@@ -196,13 +218,16 @@ impl fmt::Display for HostRule {
                 host_prefix(*source),
                 continue_priority()
             ),
-            Self::Block { bridge, selector } => {
-                write!(
-                    f,
-                    "{}: to {} iif {bridge}",
-                    block_priority(),
-                    selector.destination
-                )?;
+            Self::Block {
+                bridge,
+                source,
+                selector,
+            } => {
+                write!(f, "{}: ", block_priority())?;
+                if let Some(source) = source {
+                    write!(f, "from {} ", host_prefix(*source))?;
+                }
+                write!(f, "to {} iif {bridge}", selector.destination)?;
                 if let Some(proto) = selector.ip_proto {
                     write!(f, " ipproto {proto}")?;
                 }
@@ -242,6 +267,14 @@ pub fn desired_host_rules(guards: &[(String, &GuardPlan)]) -> BTreeSet<HostRule>
             blocked_families.insert(entry.rule.destination.is_ipv6());
             rules.insert(HostRule::Block {
                 bridge: bridge.clone(),
+                source: None,
+                selector: OwnedRule::from_rule(&entry.rule),
+            });
+        }
+        for (source, entry) in &plan.forwarded {
+            rules.insert(HostRule::Block {
+                bridge: bridge.clone(),
+                source: Some(*source),
                 selector: OwnedRule::from_rule(&entry.rule),
             });
         }
@@ -365,12 +398,18 @@ pub fn diff(installed: &InstalledGuard, desired: &BTreeSet<HostRule>) -> Vec<Ste
     steps
 }
 
-/// How much a rule's delete pins down beyond its kind, bridge and prefixes:
-/// a port range, a protocol.
-fn specificity(rule: &HostRule) -> (bool, bool) {
+/// How much a rule's delete pins down beyond its kind, bridge and
+/// destination: a source, a port range, a protocol.
+fn specificity(rule: &HostRule) -> (bool, bool, bool) {
     match rule {
-        HostRule::Block { selector, .. } => (selector.ports.is_some(), selector.ip_proto.is_some()),
-        _ => (false, false),
+        HostRule::Block {
+            source, selector, ..
+        } => (
+            source.is_some(),
+            selector.ports.is_some(),
+            selector.ip_proto.is_some(),
+        ),
+        _ => (false, false, false),
     }
 }
 
@@ -380,11 +419,17 @@ fn delete_fits(pattern: &HostRule, rule: &HostRule) -> bool {
         (
             HostRule::Block {
                 bridge: pattern_bridge,
+                source: pattern_source,
                 selector: pattern,
             },
-            HostRule::Block { bridge, selector },
+            HostRule::Block {
+                bridge,
+                source,
+                selector,
+            },
         ) => {
             pattern_bridge == bridge
+                && pattern_source.is_none_or(|s| *source == Some(s))
                 && pattern.destination == selector.destination
                 && pattern
                     .ip_proto
@@ -680,8 +725,72 @@ mod tests {
     fn block(label: &str) -> HostRule {
         HostRule::Block {
             bridge: "br-a".into(),
+            source: None,
             selector: OwnedRule::from_rule(&parse_rules(label).unwrap()[0]),
         }
+    }
+
+    fn block_from(source: &str, label: &str) -> HostRule {
+        HostRule::Block {
+            bridge: "br-a".into(),
+            source: Some(source.parse().unwrap()),
+            selector: OwnedRule::from_rule(&parse_rules(label).unwrap()[0]),
+        }
+    }
+
+    #[test]
+    fn a_warp_network_refuses_its_targets_sources_toward_their_prefixes() {
+        let blocked = |label| Entry::all(&parse_rules(label).unwrap(), Action::Block)[0];
+        let guard = GuardPlan {
+            network: "outer".into(),
+            forwarded: [
+                (
+                    "172.20.0.3".parse().unwrap(),
+                    blocked("203.0.113.0/24,tcp:443"),
+                ),
+                ("fd00:20::3".parse().unwrap(), blocked("2001:db8::/32")),
+            ]
+            .into(),
+            ..GuardPlan::default()
+        };
+        let rules = desired_host_rules(&[("br-outer".into(), &guard)]);
+        assert_eq!(
+            shown(&rules),
+            [
+                "5001: from 172.20.0.3/32 to 203.0.113.0/24 iif br-outer ipproto 6 dport 443 prohibit",
+                "5001: from fd00:20::3/128 to 2001:db8::/32 iif br-outer prohibit",
+            ]
+        );
+        for rule in &rules {
+            assert_eq!(HostRule::parse(&rule.message()), Some(Ok(rule.clone())));
+        }
+    }
+
+    #[test]
+    fn a_stale_block_delete_cannot_take_a_kept_sourced_block() {
+        let sourced = block_from("172.20.0.3", "203.0.113.0/24");
+        assert!(delete_fits(&block("203.0.113.0/24"), &sourced));
+        assert!(!delete_fits(&sourced, &block("203.0.113.0/24")));
+        assert!(!delete_fits(
+            &block_from("172.20.0.9", "203.0.113.0/24"),
+            &sourced
+        ));
+        let mut from = InstalledGuard::default();
+        from.rules
+            .extend([block("203.0.113.0/24"), sourced.clone()]);
+        let steps: Vec<String> = diff(&from, &[sourced].into())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let rule = "5001: from 172.20.0.3/32 to 203.0.113.0/24 iif br-a prohibit";
+        assert_eq!(
+            steps,
+            [
+                format!("rule del {rule}"),
+                format!("rule add {rule}"),
+                "rule del 5001: to 203.0.113.0/24 iif br-a prohibit".to_owned(),
+            ]
+        );
     }
 
     #[test]

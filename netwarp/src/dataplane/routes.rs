@@ -291,6 +291,26 @@ impl NamespaceHandle {
         Ok(self.link_by_mac(mac).await?.and_then(|link| peer_of(&link)))
     }
 
+    /// For each interface here whose MAC is one of `macs`, the ifindex of
+    /// its veth peer in the host namespace, from one dump; sorted.
+    pub async fn peer_ifindexes_by_macs(&self, macs: &[String]) -> Result<Vec<u32>, RoutesError> {
+        let wanted: Vec<Vec<u8>> = macs.iter().map(|m| parse_mac(m)).collect();
+        let mut peers: Vec<u32> = self
+            .links()
+            .await?
+            .iter()
+            .filter(|link| {
+                link.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Address(addr) if wanted.contains(addr)))
+            })
+            .filter_map(peer_of)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Ok(peers)
+    }
+
     /// Both ends of the veth with `mac` in this namespace, from one dump:
     /// (its ifindex here, its peer's ifindex on the host).
     pub async fn veth_ends_by_mac(&self, mac: &str) -> Result<Option<(u32, u32)>, RoutesError> {
@@ -312,19 +332,23 @@ impl NamespaceHandle {
     /// The interface in this namespace whose hardware address is `mac`.
     async fn link_by_mac(&self, mac: &str) -> Result<Option<LinkMessage>, RoutesError> {
         let wanted = parse_mac(mac);
-        let links: Vec<LinkMessage> = self
-            .handle
+        Ok(self.links().await?.into_iter().find(|link| {
+            link.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
+        }))
+    }
+}
+
+impl NamespaceHandle {
+    async fn links(&self) -> Result<Vec<LinkMessage>, RoutesError> {
+        self.handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(self.netlink("link dump"))?;
-        Ok(links.into_iter().find(|link| {
-            link.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
-        }))
+            .map_err(self.netlink("link dump"))
     }
 }
 

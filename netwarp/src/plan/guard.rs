@@ -12,6 +12,12 @@
 //!
 //! The guard covers targets that are not running too (created, exited,
 //! restarting), so it is already in place when they start.
+//!
+//! A warp is a second way out: a VPN client forwards what it receives,
+//! into its tunnel while that is up and by its default route when it is
+//! not, on any of its networks. So every network a warp is on also blocks
+//! its targets' addresses as sources toward their prefixes (`forwarded`):
+//! what the warp tunnels or NATs carries other addresses and passes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,12 +41,19 @@ pub struct GuardPlan {
     pub allowed_sources: BTreeSet<IpAddr>,
     /// MACs of the warps on the network: what they forward passes.
     pub warp_macs: BTreeSet<String>,
+    /// A target's address and one of its prefixes (as [`Action::Block`]),
+    /// for each target whose warp is on this network, where `entries` does
+    /// not already block that prefix: routed from that source, it is a
+    /// forward the warp did not transform. Same family only; sorted.
+    pub forwarded: BTreeSet<(IpAddr, Entry)>,
 }
 
 /// One guard per network that carries a target (running or not) with
-/// something to steer or block, sorted by network name.
+/// something to steer or block, or the target's warp; sorted by network
+/// name.
 pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
     let mut guards: BTreeMap<&str, GuardPlan> = BTreeMap::new();
+    let mut forwarded = Vec::new();
     for container in &world.containers {
         let Some(warp) = container.labels.get(&settings.target_label) else {
             continue;
@@ -65,6 +78,40 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
                     rule: entry.rule,
                     action: Action::Block,
                 }));
+        }
+        forwarded.push(target);
+    }
+    for target in &forwarded {
+        let Some(warp) = world
+            .containers
+            .iter()
+            .find(|c| c.name == target.warp && glob::matches(&settings.warp_name_pattern, &c.name))
+        else {
+            continue;
+        };
+        for (network, endpoint) in &warp.networks {
+            let guard = guards.entry(network).or_insert_with(|| GuardPlan {
+                network: network.clone(),
+                ..GuardPlan::default()
+            });
+            if guard.network_id.is_none() {
+                guard.network_id.clone_from(&endpoint.network_id);
+            }
+            for entry in &target.entries {
+                let blocked = Entry {
+                    rule: entry.rule,
+                    action: Action::Block,
+                };
+                if guard.entries.contains(&blocked) {
+                    continue;
+                }
+                let family = entry.rule.destination.is_ipv6();
+                guard.forwarded.extend(
+                    (target.addresses.iter())
+                        .filter(|a| a.is_ipv6() == family)
+                        .map(|a| (*a, blocked)),
+                );
+            }
         }
     }
     for container in world.containers.iter().filter(|c| c.running) {
@@ -153,6 +200,7 @@ mod tests {
                 allowed_sources: ["172.20.0.2".parse().unwrap(), "172.20.0.4".parse().unwrap()]
                     .into(),
                 warp_macs: ["mac-warp-a".to_string()].into(),
+                forwarded: BTreeSet::new(),
             }]
         );
     }
@@ -203,6 +251,65 @@ mod tests {
         let mut bypass = settings("203.0.113.0/24");
         bypass.on_warp_down = OnWarpDown::Bypass;
         assert_eq!(plan_guards(&world, &bypass), vec![]);
+    }
+
+    /// The usual VPN layout: targets on an internal network, the warp on
+    /// it and on an ordinary one for its tunnel.
+    fn two_network_world() -> World {
+        let mut world = world();
+        let warp = &mut world.containers[0];
+        let mut outer = endpoint("172.30.0.2", "mac-warp-a-outer");
+        outer.network_id = Some("outer-id".into());
+        outer.ipv6 = Some("fd00:30::2".parse().unwrap());
+        warp.networks.insert("outer".into(), outer);
+        warp.labels.insert("netwarp.network".into(), "net".into());
+        world.containers[1].networks.get_mut("net").unwrap().ipv6 =
+            Some("fd00:20::3".parse().unwrap());
+        world
+    }
+
+    #[test]
+    fn every_network_of_a_warp_blocks_its_targets_addresses_toward_their_prefixes() {
+        let guards = plan_guards(
+            &two_network_world(),
+            &settings("203.0.113.0/24,2001:db8::/32"),
+        );
+        let outer = guards.iter().find(|g| g.network == "outer").unwrap();
+        assert_eq!(outer.network_id.as_deref(), Some("outer-id"));
+        assert!(outer.entries.is_empty(), "{outer:?}");
+        let v4 = blocked("203.0.113.0/24")[0];
+        let v6 = blocked("2001:db8::/32")[0];
+        assert_eq!(
+            outer.forwarded,
+            [
+                ("172.20.0.3".parse().unwrap(), v4),
+                ("fd00:20::3".parse().unwrap(), v6),
+            ]
+            .into(),
+            "a source is paired only with prefixes of its own family"
+        );
+        // The targets' own network already blocks the prefixes from any
+        // source it does not know, the target's address included.
+        let inner = guards.iter().find(|g| g.network == "net").unwrap();
+        assert!(inner.forwarded.is_empty(), "{inner:?}");
+        assert!(
+            !inner
+                .allowed_sources
+                .contains(&"172.20.0.3".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_bypassed_target_or_a_missing_warp_adds_no_forward_blocks() {
+        let mut bypass = settings("203.0.113.0/24");
+        bypass.on_warp_down = OnWarpDown::Bypass;
+        let mut world = two_network_world();
+        world.containers[0].running = false;
+        assert_eq!(plan_guards(&world, &bypass), vec![]);
+        world.containers.remove(0);
+        let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+        assert_eq!(guards.len(), 1, "{guards:?}");
+        assert!(guards[0].forwarded.is_empty());
     }
 
     #[test]

@@ -201,6 +201,13 @@ pub struct TargetPlan {
     /// the eBPF dataplane uses to find the warp's veth and address frames.
     pub warp_pid: Option<u32>,
     pub warp_mac: Option<String>,
+    /// While steered: the warp's MACs on all its networks, sorted; the eBPF
+    /// dataplane guards each of its veths (a VPN client may forward by any).
+    pub warp_macs: Vec<String>,
+    /// Every address of the target, on all its networks, sorted: what the
+    /// eBPF dataplane tells the warp's veths, so that the warp's untunnelled
+    /// forwards of its traffic are dropped and its replies delivered.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// The plan for every running target, sorted by container id.
@@ -250,6 +257,8 @@ fn plan_target(
         mac_on_network: None,
         warp_pid: None,
         warp_mac: None,
+        warp_macs: Vec::new(),
+        addresses: addresses(target),
     };
     // A malformed rules label fails closed on the global rules: the target
     // asked to be protected, so its traffic must not leak meanwhile.
@@ -276,6 +285,7 @@ fn plan_target(
             plan.mac_on_network = resolved.target_mac;
             plan.warp_pid = resolved.warp_pid;
             plan.warp_mac = resolved.warp_mac;
+            plan.warp_macs = resolved.warp_macs;
             plan.entries = rules
                 .iter()
                 .map(|rule| Entry {
@@ -304,6 +314,19 @@ fn plan_target(
     }
 }
 
+/// Every address of `container`, on all its networks, sorted.
+fn addresses(container: &Container) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = container
+        .networks
+        .values()
+        .flat_map(|e| [e.ipv4.map(IpAddr::V4), e.ipv6.map(IpAddr::V6)])
+        .flatten()
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 fn blocked(
     mut plan: TargetPlan,
     settings: &PlanSettings,
@@ -327,6 +350,7 @@ struct ResolvedWarp {
     network: String,
     warp_pid: Option<u32>,
     warp_mac: Option<String>,
+    warp_macs: Vec<String>,
     via_v4: Option<Ipv4Addr>,
     via_v6: Option<Ipv6Addr>,
     target_mac: Option<String>,
@@ -416,9 +440,17 @@ fn resolve_warp(
         Health::None | Health::Healthy => {}
     }
     let endpoint = &warp.networks[&network];
+    let mut warp_macs: Vec<String> = warp
+        .networks
+        .values()
+        .filter_map(|e| e.mac.clone())
+        .collect();
+    warp_macs.sort();
+    warp_macs.dedup();
     Ok(ResolvedWarp {
         warp_pid: warp.pid,
         warp_mac: endpoint.mac.clone(),
+        warp_macs,
         network,
         via_v4: endpoint.ipv4,
         via_v6: endpoint.ipv6,

@@ -409,6 +409,8 @@ mod tests {
                 mac_on_network: None,
                 warp_pid: None,
                 warp_mac: None,
+                warp_macs: Vec::new(),
+                addresses: Vec::new(),
             },
             host_ifindex: Some(7),
             warp_ifindex: None,

@@ -233,6 +233,8 @@ mod tests {
             mac_on_network: None,
             warp_pid: None,
             warp_mac: None,
+            warp_macs: Vec::new(),
+            addresses: Vec::new(),
         };
         let view = TargetView {
             plan: plan.clone(),

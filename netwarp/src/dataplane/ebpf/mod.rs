@@ -8,7 +8,14 @@
 //! The program on a guarded network's bridge (ingress: what containers
 //! send to be routed) drops traffic to the network's steered prefixes from
 //! sources netwarp does not know, i.e. targets it has not programmed yet.
+//!
+//! The program on each of a warp's veths (see [`warp`]) drops what the warp
+//! forwards of its targets' steered traffic untransformed, and delivers
+//! what the warp sends to a target straight to the target's veth.
 pub mod compile;
+mod warp;
+
+pub use warp::warp_peer_key;
 
 use std::{
     collections::HashMap,
@@ -31,10 +38,10 @@ use aya::{
 };
 use netwarp_common::{
     Direction, GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, POLICY_MAP,
-    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_TO_CONTAINER, RATE_BUCKETS_MAP,
-    RATE_SLOTS_MAP, RULE_SET_BITS, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6,
-    RuleValue, TRAFFIC_MAP, TargetPolicy, TrafficCounters, TrafficKey, VERDICTS_MAP,
-    VerdictCounters,
+    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP, PROG_TC_TO_CONTAINER,
+    RATE_BUCKETS_MAP, RATE_SLOTS_MAP, RULE_SET_BITS, RULES_V4_MAP, RULES_V6_MAP, RateBuckets,
+    RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP, TargetPolicy, TrafficCounters, TrafficKey,
+    VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -97,8 +104,12 @@ pub struct InterfaceTraffic {
     pub to_container: TrafficCounters,
 }
 
-/// The pin name suffix of a bridge guard's link (`<ifindex>-guard`).
-const GUARD_PIN_SUFFIX: &str = "-guard";
+/// The programs attached once per interface (tc ingress), each with the
+/// pin name suffix of its link (`<ifindex>-guard`, `<ifindex>-warp`).
+const SINGLE_ATTACHMENTS: [(&str, &str); 2] = [
+    (PROG_TC_BRIDGE_GUARD, "-guard"),
+    (PROG_TC_FROM_WARP, "-warp"),
+];
 
 /// The two attachments on a container's host-side veth.
 const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
@@ -118,7 +129,7 @@ const ATTACHMENTS: [(&str, TcAttachType, Direction, &str); 2] = [
 
 /// Every map, pinned by name under the pin directory, with its key and
 /// value sizes as this build's programs use them; the LPM keys carry a 4-byte prefix length.
-fn map_layouts() -> [(&'static str, usize, usize); 10] {
+fn map_layouts() -> [(&'static str, usize, usize); 12] {
     use std::mem::size_of;
     [
         (
@@ -144,6 +155,12 @@ fn map_layouts() -> [(&'static str, usize, usize); 10] {
         (GUARD_ALLOW_MAP, size_of::<GuardAllowKey>(), 1),
         (
             GUARD_DROPS_MAP,
+            size_of::<u32>(),
+            size_of::<TrafficCounters>(),
+        ),
+        (WARP_PEERS_MAP, size_of::<WarpPeerKey>(), size_of::<u32>()),
+        (
+            WARP_LEAKS_MAP,
             size_of::<u32>(),
             size_of::<TrafficCounters>(),
         ),
@@ -181,8 +198,9 @@ pub struct EbpfDataplane {
     /// is also pinned there, so it outlives the daemon; the id, when
     /// present, is this process's handle on it.
     links: HashMap<(u32, u32), Option<SchedClassifierLinkId>>,
-    /// Guard attachments by bridge ifindex, pinned like `links`.
-    guard_links: HashMap<u32, Option<SchedClassifierLinkId>>,
+    /// Bridge guard and warp attachments by (ifindex, program), pinned
+    /// like `links`.
+    single_links: HashMap<(u32, &'static str), Option<SchedClassifierLinkId>>,
     pin_dir: Option<PathBuf>,
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
@@ -257,6 +275,7 @@ impl EbpfDataplane {
             PROG_TC_FROM_CONTAINER,
             PROG_TC_TO_CONTAINER,
             PROG_TC_BRIDGE_GUARD,
+            PROG_TC_FROM_WARP,
         ] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -268,7 +287,7 @@ impl EbpfDataplane {
         Ok(Self {
             ebpf,
             links: HashMap::new(),
-            guard_links: HashMap::new(),
+            single_links: HashMap::new(),
             pin_dir,
             logger,
         })
@@ -297,11 +316,12 @@ impl EbpfDataplane {
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(ifindex) = name
-                .strip_suffix(GUARD_PIN_SUFFIX)
-                .and_then(|index| index.parse::<u32>().ok())
-            {
-                self.adopt_guard_link(ifindex, &path)?;
+            let single = SINGLE_ATTACHMENTS.iter().find_map(|&(program, suffix)| {
+                let ifindex = name.strip_suffix(suffix)?.parse::<u32>().ok()?;
+                Some((ifindex, program))
+            });
+            if let Some((ifindex, program)) = single {
+                self.adopt_single_link(ifindex, program, &path)?;
                 continue;
             }
             let parsed = name.split_once('-').and_then(|(index, suffix)| {
@@ -337,8 +357,12 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    fn adopt_guard_link(&mut self, ifindex: u32, path: &Path) -> Result<(), EbpfError> {
-        let program = PROG_TC_BRIDGE_GUARD;
+    fn adopt_single_link(
+        &mut self,
+        ifindex: u32,
+        program: &'static str,
+        path: &Path,
+    ) -> Result<(), EbpfError> {
         if interface_name(ifindex).is_none() {
             let _ = std::fs::remove_file(path);
             return Ok(());
@@ -353,10 +377,10 @@ impl EbpfDataplane {
                 let id = classifier(&mut self.ebpf, program)?
                     .attach_to_link(link)
                     .map_err(|source| EbpfError::Program { program, source })?;
-                self.guard_links.insert(ifindex, Some(id));
+                self.single_links.insert((ifindex, program), Some(id));
             }
             Err(reason) => {
-                tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned guard link");
+                tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -398,25 +422,57 @@ impl EbpfDataplane {
     /// Attaches the guard to a bridge's ingress (what its containers send
     /// to be routed). Attaching twice is a no-op.
     pub fn attach_guard(&mut self, bridge_ifindex: u32) -> Result<(), EbpfError> {
-        let program = PROG_TC_BRIDGE_GUARD;
-        let interface =
-            interface_name(bridge_ifindex).ok_or(EbpfError::NoInterface(bridge_ifindex))?;
-        let pin = self.guard_pin(bridge_ifindex);
-        if let Some(held) = self.guard_links.remove(&bridge_ifindex) {
+        self.attach_single(bridge_ifindex, PROG_TC_BRIDGE_GUARD)
+    }
+
+    /// Attaches `program` (one of [`SINGLE_ATTACHMENTS`]) to an
+    /// interface's ingress. Attaching twice is a no-op.
+    fn attach_single(&mut self, ifindex: u32, program: &'static str) -> Result<(), EbpfError> {
+        let interface = interface_name(ifindex).ok_or(EbpfError::NoInterface(ifindex))?;
+        let pin = self.single_pin(ifindex, program);
+        let key = (ifindex, program);
+        if let Some(held) = self.single_links.remove(&key) {
             match self.repin_if_removed(held, program, pin.as_deref())? {
                 Some(held) => {
-                    self.guard_links.insert(bridge_ifindex, held);
+                    self.single_links.insert(key, held);
                     return Ok(());
                 }
                 None => tracing::warn!(
-                    bridge = interface,
-                    "a pinned guard link was removed behind netwarp's back; attaching again"
+                    interface,
+                    program,
+                    "a pinned link was removed behind netwarp's back; attaching again"
                 ),
             }
         }
         let id = self.attach_first(&interface, program, TcAttachType::Ingress, pin)?;
-        self.guard_links.insert(bridge_ifindex, id);
+        self.single_links.insert(key, id);
         Ok(())
+    }
+
+    /// Detaches `program` (one of [`SINGLE_ATTACHMENTS`]) from an
+    /// interface and removes its pin.
+    fn detach_single(&mut self, ifindex: u32, program: &'static str) -> Result<(), EbpfError> {
+        if let Some(Some(id)) = self.single_links.remove(&(ifindex, program)) {
+            classifier(&mut self.ebpf, program)?
+                .detach(id)
+                .map_err(|source| EbpfError::Program { program, source })?;
+        }
+        if let Some(path) = self.single_pin(ifindex, program) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(EbpfError::PinDir { path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The interfaces `program` (one of [`SINGLE_ATTACHMENTS`]) is attached to.
+    fn single_ifindexes(&self, program: &'static str) -> impl Iterator<Item = u32> + '_ {
+        self.single_links
+            .keys()
+            .filter(move |(_, p)| *p == program)
+            .map(|(ifindex, _)| *ifindex)
     }
 
     /// Attaches `program` first in the interface's TCX chain (a clsact
@@ -498,11 +554,11 @@ impl EbpfDataplane {
         Ok(Some(None))
     }
 
-    fn guard_pin(&self, bridge_ifindex: u32) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|dir| {
-            dir.join("links")
-                .join(format!("{bridge_ifindex}{GUARD_PIN_SUFFIX}"))
-        })
+    fn single_pin(&self, ifindex: u32, program: &'static str) -> Option<PathBuf> {
+        let (_, suffix) = SINGLE_ATTACHMENTS.iter().find(|(p, _)| *p == program)?;
+        self.pin_dir
+            .as_ref()
+            .map(|dir| dir.join("links").join(format!("{ifindex}{suffix}")))
     }
 
     /// Detaches the programs from an interface, if they are attached, and
@@ -676,21 +732,7 @@ impl EbpfDataplane {
     /// Removes a bridge's guard: its rule set, its allowed sources, its
     /// attachment and pin.
     pub fn remove_guard(&mut self, bridge_ifindex: u32) -> Result<(), EbpfError> {
-        if let Some(Some(id)) = self.guard_links.remove(&bridge_ifindex) {
-            classifier(&mut self.ebpf, PROG_TC_BRIDGE_GUARD)?
-                .detach(id)
-                .map_err(|source| EbpfError::Program {
-                    program: PROG_TC_BRIDGE_GUARD,
-                    source,
-                })?;
-        }
-        if let Some(path) = self.guard_pin(bridge_ifindex) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(EbpfError::PinDir { path, source }),
-            }
-        }
+        self.detach_single(bridge_ifindex, PROG_TC_BRIDGE_GUARD)?;
         if let Some(old) = self.guard_rule_set(bridge_ifindex)? {
             match self.guards()?.remove(&bridge_ifindex) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -717,7 +759,7 @@ impl EbpfDataplane {
             .keys()
             .collect::<Result<_, MapError>>()
             .map_err(map_error(GUARDS_MAP))?;
-        all.extend(self.guard_links.keys().copied());
+        all.extend(self.single_ifindexes(PROG_TC_BRIDGE_GUARD));
         Ok(all)
     }
 
@@ -736,18 +778,25 @@ impl EbpfDataplane {
 
     /// What a bridge's guard dropped, over all CPUs.
     pub fn guard_drops(&self, bridge_ifindex: u32) -> Result<TrafficCounters, EbpfError> {
-        let map = self
-            .ebpf
-            .map(GUARD_DROPS_MAP)
-            .ok_or(EbpfError::MissingMap(GUARD_DROPS_MAP))?;
+        self.per_cpu_traffic(GUARD_DROPS_MAP, bridge_ifindex)
+    }
+
+    /// One ifindex's entry of a per-CPU [`TrafficCounters`] map, summed
+    /// over all CPUs (zero when absent).
+    fn per_cpu_traffic(
+        &self,
+        name: &'static str,
+        ifindex: u32,
+    ) -> Result<TrafficCounters, EbpfError> {
+        let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
         let map: PerCpuHashMap<_, u32, TrafficCounters> =
-            PerCpuHashMap::try_from(map).map_err(map_error(GUARD_DROPS_MAP))?;
-        match map.get(&bridge_ifindex, 0) {
+            PerCpuHashMap::try_from(map).map_err(map_error(name))?;
+        match map.get(&ifindex, 0) {
             Ok(per_cpu) => Ok(per_cpu
                 .iter()
                 .fold(TrafficCounters::default(), |a, c| a.saturating_add(*c))),
             Err(MapError::KeyNotFound) => Ok(TrafficCounters::default()),
-            Err(e) => Err(map_error(GUARD_DROPS_MAP)(e)),
+            Err(e) => Err(map_error(name)(e)),
         }
     }
 
