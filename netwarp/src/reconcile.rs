@@ -41,7 +41,7 @@ use crate::{
     model::{Caps, World},
     plan::{CapEnforcement, CapPlan, GuardPlan, PlanSettings, TargetPlan, TargetState, plan},
     privileges::{CapabilitySet, EBPF_CAPABILITIES, MissingCapabilities, ROUTES_CAPABILITIES},
-    telemetry::{GuardView, Telemetry},
+    telemetry::{GuardView, TargetInterfaces, Telemetry},
 };
 
 /// Why one target could not be programmed.
@@ -628,7 +628,14 @@ impl Reconciler {
         let interfaces = self
             .last_ebpf
             .iter()
-            .map(|(id, t)| (id.clone(), (t.host_ifindex, t.warp_ifindex)))
+            .map(|(id, t)| {
+                let interfaces = TargetInterfaces {
+                    host_ifindex: t.host_ifindex,
+                    warp_ifindex: t.warp_ifindex,
+                    warp_ports: t.warp_ports.clone(),
+                };
+                (id.clone(), interfaces)
+            })
             .collect();
         let settings = &self.settings;
         let elapsed = started.elapsed();

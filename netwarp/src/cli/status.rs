@@ -125,10 +125,18 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
                 w.id.clone().unwrap_or_else(|| "-".into()),
                 w.state.clone(),
                 w.targets.to_string(),
+                w.untunnelled_drops
+                    .map_or_else(|| "-".into(), |d| format!("{} pkts", d.packets)),
             ]
         })
         .collect();
-    table(&mut out, &["NAME", "ID", "STATE", "TARGETS"], &rows);
+    // A warp that forwarded its targets' traffic untunnelled has no kill
+    // switch of its own: netwarp dropped those packets on its veths.
+    table(
+        &mut out,
+        &["NAME", "ID", "STATE", "TARGETS", "UNTUNNELLED DROPS"],
+        &rows,
+    );
 
     let _ = writeln!(out, "\nTARGETS ({})", doc.targets.len());
     let rows: Vec<Vec<String>> = doc
@@ -337,6 +345,10 @@ mod tests {
                 up: true,
                 state: "up".into(),
                 targets: 2,
+                untunnelled_drops: Some(PacketsBytes {
+                    packets: 3,
+                    bytes: 294,
+                }),
             }],
             targets: vec![
                 TargetStatus {
@@ -401,8 +413,8 @@ docker: unix:///var/run/docker.sock (connected, 1 reconnects)  last reconcile: p
 metrics: http://127.0.0.1:9477/metrics
 
 WARPS (1)
-NAME      ID            STATE  TARGETS
-warp-vpn  0123456789ab  up     2
+NAME      ID            STATE  TARGETS  UNTUNNELLED DROPS
+warp-vpn  0123456789ab  up     2        3 pkts
 
 TARGETS (2)
 NAME  ID            WARP       STATE    NEXT HOP    TX                 RX

@@ -109,7 +109,14 @@ async fn document(shared: &Shared) -> String {
     let counters = tokio::time::timeout(COUNTERS_TIMEOUT, shared.counters.read(&published.targets))
         .await
         .unwrap_or_default();
-    let doc = status::build(&shared.info, &shared.metrics, &published, &counters);
+    let warp_leaks = shared.counters.read_warp_leaks(&published.warps);
+    let doc = status::build(
+        &shared.info,
+        &shared.metrics,
+        &published,
+        &counters,
+        &warp_leaks,
+    );
     let mut body = serde_json::to_string(&doc).unwrap_or_else(|e| {
         serde_json::json!({"error": format!("encoding the status failed: {e}")}).to_string()
     });

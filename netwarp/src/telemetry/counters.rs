@@ -28,13 +28,13 @@ use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use futures_util::TryStreamExt as _;
 use netwarp_common::{
     Direction, GUARD_DROPS_MAP, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP,
-    VerdictCounters,
+    VerdictCounters, WARP_LEAKS_MAP,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::{GuardView, TargetView};
+use super::{GuardView, TargetView, WarpView};
 use crate::{
     config::DataplaneMode,
     dataplane::{
@@ -48,6 +48,15 @@ use crate::{
 pub struct PacketsBytes {
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl From<TrafficCounters> for PacketsBytes {
+    fn from(c: TrafficCounters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
 }
 
 /// Drops by reason.
@@ -123,29 +132,62 @@ impl CounterReader {
     /// Packets each bridge guard dropped (eBPF only: routes mode's prohibit
     /// rules keep no counters), by bridge name; unreadable ones are left out.
     pub fn read_guard_drops(&self, guards: &[GuardView]) -> HashMap<String, u64> {
-        let Self::Ebpf { pin_dir } = self else {
+        let Some(drops) = self.per_cpu_traffic(GUARD_DROPS_MAP) else {
             return HashMap::new();
         };
-        let drops: PerCpuHashMap<_, u32, TrafficCounters> =
-            match open_map(pin_dir, GUARD_DROPS_MAP).and_then(PerCpuHashMap::try_from) {
-                Ok(map) => map,
-                Err(e) => {
-                    debug!(error = %e, "reading the guard drops failed");
-                    return HashMap::new();
-                }
-            };
         guards
             .iter()
             .filter_map(|guard| {
                 let ifindex = interface_index(&guard.bridge)?;
-                let packets = match drops.get(&ifindex, 0) {
-                    Ok(per_cpu) => per_cpu.iter().map(|c| c.packets).sum(),
-                    Err(MapError::KeyNotFound) => 0,
-                    Err(_) => return None,
-                };
-                Some((guard.bridge.clone(), packets))
+                Some((guard.bridge.clone(), drops(ifindex)?.packets))
             })
             .collect()
+    }
+
+    /// What each warp's veths dropped because the warp forwarded its
+    /// targets' steered traffic untransformed (eBPF only), by warp name;
+    /// warps without a guarded veth are left out.
+    pub fn read_warp_leaks(&self, warps: &[WarpView]) -> HashMap<String, PacketsBytes> {
+        let Some(leaks) = self.per_cpu_traffic(WARP_LEAKS_MAP) else {
+            return HashMap::new();
+        };
+        warps
+            .iter()
+            .filter(|warp| !warp.ports.is_empty())
+            .filter_map(|warp| {
+                let sum = (warp.ports.iter())
+                    .try_fold(TrafficCounters::default(), |sum, port| {
+                        Some(sum.saturating_add(leaks(*port)?))
+                    })?;
+                Some((warp.name.clone(), PacketsBytes::from(sum)))
+            })
+            .collect()
+    }
+
+    /// A reader of one pinned per-CPU [`TrafficCounters`] map, summing an
+    /// ifindex's entry over all CPUs (zero when absent, None when
+    /// unreadable); None in routes mode or when the map cannot be opened.
+    fn per_cpu_traffic(&self, name: &str) -> Option<impl Fn(u32) -> Option<TrafficCounters>> {
+        let Self::Ebpf { pin_dir } = self else {
+            return None;
+        };
+        let map: PerCpuHashMap<_, u32, TrafficCounters> =
+            match open_map(pin_dir, name).and_then(PerCpuHashMap::try_from) {
+                Ok(map) => map,
+                Err(e) => {
+                    debug!(map = name, error = %e, "reading a counter map failed");
+                    return None;
+                }
+            };
+        Some(move |ifindex| match map.get(&ifindex, 0) {
+            Ok(per_cpu) => Some(
+                per_cpu
+                    .iter()
+                    .fold(TrafficCounters::default(), |a, c| a.saturating_add(*c)),
+            ),
+            Err(MapError::KeyNotFound) => Some(TrafficCounters::default()),
+            Err(_) => None,
+        })
     }
 
     /// Counters by target id. Targets whose interface is unknown are left

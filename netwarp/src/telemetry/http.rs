@@ -102,7 +102,14 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
             Default::default()
         });
     let guard_drops = shared.counters.read_guard_drops(&published.guards);
-    match metrics::render(&shared.metrics, published, counters, guard_drops) {
+    let warp_leaks = shared.counters.read_warp_leaks(&published.warps);
+    match metrics::render(
+        &shared.metrics,
+        published,
+        counters,
+        guard_drops,
+        warp_leaks,
+    ) {
         Ok(body) => text(StatusCode::OK, body, metrics::CONTENT_TYPE),
         Err(e) => {
             warn!(error = %e, "metrics endpoint: encoding failed");

@@ -28,7 +28,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Published, TargetView, counters::Counters, short_id};
+use super::{
+    Published, TargetView,
+    counters::{Counters, PacketsBytes},
+    short_id,
+};
 use crate::{config::DataplaneMode, plan::TargetState};
 
 /// The content type of [`render`]'s output.
@@ -131,6 +135,7 @@ pub fn render(
     published: Arc<Published>,
     counters: HashMap<String, Counters>,
     guard_drops: HashMap<String, u64>,
+    warp_leaks: HashMap<String, PacketsBytes>,
 ) -> Result<String, fmt::Error> {
     let mut out = String::with_capacity(8 * 1024);
     text::encode_registry(&mut out, &metrics.registry)?;
@@ -139,6 +144,7 @@ pub fn render(
         published,
         counters,
         guard_drops,
+        warp_leaks,
     }));
     text::encode_registry(&mut out, &scrape)?;
     text::encode_eof(&mut out)?;
@@ -152,6 +158,8 @@ struct ScrapeCollector {
     counters: HashMap<String, Counters>,
     /// Packets each bridge guard dropped, by bridge.
     guard_drops: HashMap<String, u64>,
+    /// What each warp forwarded untransformed and netwarp dropped, by warp.
+    warp_leaks: HashMap<String, PacketsBytes>,
 }
 
 fn target_labels(target: &TargetView) -> Labels {
@@ -286,6 +294,31 @@ impl Collector for ScrapeCollector {
              container netwarp had not classified yet (eBPF)",
             &guard_rows,
         )?;
+
+        for (name, help, bytes) in [
+            (
+                "netwarp_warp_untunnelled_dropped_packets",
+                "Packets of its targets' steered traffic a warp forwarded without tunnel or NAT, \
+                 dropped on its veths (the warp has no kill switch of its own); eBPF",
+                false,
+            ),
+            (
+                "netwarp_warp_untunnelled_dropped_bytes",
+                "Bytes of netwarp_warp_untunnelled_dropped_packets",
+                true,
+            ),
+        ] {
+            let rows: Vec<(Labels, u64)> = published
+                .warps
+                .iter()
+                .filter_map(|w| {
+                    let leaks = self.warp_leaks.get(&w.name)?;
+                    let value = if bytes { leaks.bytes } else { leaks.packets };
+                    Some((vec![("warp", w.name.clone())], value))
+                })
+                .collect();
+            counter_family(&mut encoder, name, help, &rows)?;
+        }
 
         let states: Vec<(Labels, i64)> = published
             .targets
@@ -437,6 +470,7 @@ mod tests {
                 id: None,
                 state: WarpState::Missing,
                 targets: 2,
+                ports: Vec::new(),
             }],
             targets: vec![
                 target("aaaaaaaaaaaaaaaaaaaa", "app-a", steered),
@@ -475,7 +509,8 @@ mod tests {
         metrics.event_latency.observe(0.2);
         let (published, counters) = sample();
         let guard_drops = HashMap::from([("br-0123456789ab".to_owned(), 7)]);
-        let text = render(&metrics, published, counters, guard_drops).unwrap();
+        let warp_leaks = HashMap::from([("warp-a".to_owned(), PacketsBytes::default())]);
+        let text = render(&metrics, published, counters, guard_drops, warp_leaks).unwrap();
         let mut types = HashMap::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -518,8 +553,17 @@ mod tests {
         let metrics = Metrics::new(DataplaneMode::Ebpf);
         let (published, counters) = sample();
         let guard_drops = HashMap::from([("br-0123456789ab".to_owned(), 7)]);
-        let text = render(&metrics, published, counters, guard_drops).unwrap();
+        let warp_leaks = HashMap::from([(
+            "warp-a".to_owned(),
+            PacketsBytes {
+                packets: 5,
+                bytes: 490,
+            },
+        )]);
+        let text = render(&metrics, published, counters, guard_drops, warp_leaks).unwrap();
         for expected in [
+            "netwarp_warp_untunnelled_dropped_packets_total{warp=\"warp-a\"} 5",
+            "netwarp_warp_untunnelled_dropped_bytes_total{warp=\"warp-a\"} 490",
             "netwarp_build_info{version=\"",
             "netwarp_dataplane_info{mode=\"ebpf\"} 1",
             "netwarp_container_transmit_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 1000",
@@ -542,7 +586,14 @@ mod tests {
         // A snapshot without app-a: its series are gone.
         let (mut published, counters) = sample();
         Arc::make_mut(&mut published).targets.remove(0);
-        let text = render(&metrics, published, counters, HashMap::new()).unwrap();
+        let text = render(
+            &metrics,
+            published,
+            counters,
+            HashMap::new(),
+            HashMap::new(),
+        )
+        .unwrap();
         assert!(!text.contains("app-a"), "{text}");
     }
 }

@@ -44,6 +44,20 @@ pub struct WarpView {
     pub state: WarpState,
     /// Targets naming this warp.
     pub targets: usize,
+    /// eBPF: its host-side veths that carry the warp program (all its
+    /// networks, while a target is steered through it).
+    pub ports: Vec<u32>,
+}
+
+/// What the eBPF dataplane tied one target to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetInterfaces {
+    /// The host-side veth carrying its policy.
+    pub host_ifindex: u32,
+    /// The warp's veth it is steered to; 0 while blocked.
+    pub warp_ifindex: u32,
+    /// The warp's veths that know it (all the warp's networks).
+    pub warp_ports: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +238,7 @@ impl Telemetry {
         settings: &PlanSettings,
         plan: &Plan,
         guards: Vec<GuardView>,
-        interfaces: &HashMap<String, (u32, u32)>,
+        interfaces: &HashMap<String, TargetInterfaces>,
         failures: &HashMap<String, String>,
         duration: Duration,
     ) {
@@ -237,7 +251,20 @@ impl Telemetry {
             pass: self.pass,
             finished_at: Some(SystemTime::now()),
             duration: Some(duration),
-            warps: warp_views(world, settings, plan),
+            warps: warp_views(world, settings, plan)
+                .into_iter()
+                .map(|mut warp| {
+                    let mut ports: Vec<u32> = (plan.targets.iter())
+                        .filter(|t| t.warp == warp.name)
+                        .filter_map(|t| interfaces.get(&t.id))
+                        .flat_map(|i| i.warp_ports.iter().copied())
+                        .collect();
+                    ports.sort_unstable();
+                    ports.dedup();
+                    warp.ports = ports;
+                    warp
+                })
+                .collect(),
             targets: plan
                 .targets
                 .iter()
@@ -245,8 +272,8 @@ impl Telemetry {
                     let interface = interfaces.get(&plan.id);
                     TargetView {
                         plan: plan.clone(),
-                        host_ifindex: interface.map(|i| i.0),
-                        warp_ifindex: interface.map(|i| i.1).filter(|i| *i != 0),
+                        host_ifindex: interface.map(|i| i.host_ifindex),
+                        warp_ifindex: interface.map(|i| i.warp_ifindex).filter(|i| *i != 0),
                         error: failures.get(&plan.id).cloned(),
                         caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),
                     }
@@ -300,6 +327,7 @@ pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<Wa
                 id: Some(container.short_id().to_owned()),
                 state,
                 targets: named.get(container.name.as_str()).copied().unwrap_or(0),
+                ports: Vec::new(),
             },
         );
     }
@@ -314,6 +342,7 @@ pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<Wa
                 id: None,
                 state: WarpState::Missing,
                 targets,
+                ports: Vec::new(),
             },
         );
     }
@@ -392,7 +421,13 @@ mod tests {
             &settings(),
             &plan,
             Vec::new(),
-            &HashMap::from([(app.clone(), (7, 0))]),
+            &HashMap::from([(
+                app.clone(),
+                TargetInterfaces {
+                    host_ifindex: 7,
+                    ..TargetInterfaces::default()
+                },
+            )]),
             &HashMap::from([(app, "boom".to_owned())]),
             Duration::from_millis(3),
         );
@@ -404,8 +439,14 @@ mod tests {
         assert_eq!(seen.targets[0].warp_ifindex, None, "0 means no warp veth");
         assert_eq!(seen.targets[0].error.as_deref(), Some("boom"));
         assert_eq!(seen.warps.len(), 1);
-        let text =
-            metrics::render(telemetry.metrics(), seen, HashMap::new(), HashMap::new()).unwrap();
+        let text = metrics::render(
+            telemetry.metrics(),
+            seen,
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+        )
+        .unwrap();
         assert!(
             text.contains("netwarp_reconcile_duration_seconds_count 1\n"),
             "{text}"

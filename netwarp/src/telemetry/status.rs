@@ -6,7 +6,11 @@ use std::{collections::HashMap, time::UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DaemonInfo, Published, TargetView, counters::Counters, short_id};
+use super::{
+    DaemonInfo, Published, TargetView,
+    counters::{Counters, PacketsBytes},
+    short_id,
+};
 use crate::plan::{Action, TargetState};
 
 /// Bumped when a field changes meaning or disappears; new fields may
@@ -50,9 +54,14 @@ pub struct WarpStatus {
     pub name: String,
     pub id: Option<String>,
     pub up: bool,
-    /// up, unhealthy, not-running, missing or not-a-warp.
+    /// up, starting, unhealthy, not-running, missing or not-a-warp.
     pub state: String,
     pub targets: usize,
+    /// eBPF: what the warp forwarded of its targets' steered traffic
+    /// without tunnel or NAT, dropped on its veths (non-zero: the VPN
+    /// container has no kill switch of its own); null when not guarded.
+    #[serde(default)]
+    pub untunnelled_drops: Option<PacketsBytes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +128,7 @@ pub fn build(
     metrics: &super::Metrics,
     published: &Published,
     counters: &HashMap<String, Counters>,
+    warp_leaks: &HashMap<String, PacketsBytes>,
 ) -> StatusDoc {
     StatusDoc {
         format_version: FORMAT_VERSION,
@@ -150,6 +160,7 @@ pub fn build(
                 up: w.state == super::WarpState::Up,
                 state: w.state.as_str().to_owned(),
                 targets: w.targets,
+                untunnelled_drops: warp_leaks.get(&w.name).copied(),
             })
             .collect(),
         targets: published
