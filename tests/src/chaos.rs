@@ -23,7 +23,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData, lpm_trie::LpmTrie};
 use netwarp_common::{
     ACTION_BLOCK, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAP, GUARDS_MAP,
     GuardAllowKey, POLICY_MAP, RATE_BUCKETS_MAP, RATE_SLOTS_MAP, RULES_V4_MAP, RULES_V6_MAP,
-    RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
+    RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy, WARP_PEERS_MAP, WarpPeerKey,
 };
 use serde::Serialize;
 
@@ -512,9 +512,29 @@ impl Scenario {
         if actions != [want] {
             bail!("rule actions {actions:?}, expected [{want}]");
         }
+        // The warp program's peers: while steered, the target's addresses
+        // on the warp's veth, pointing at the target's veth; else none.
+        let peers: BpfHashMap<_, WarpPeerKey, u32> =
+            BpfHashMap::try_from(open_map(pins, WARP_PEERS_MAP)?)?;
+        let peers: Vec<(WarpPeerKey, u32)> = peers.iter().filter_map(Result::ok).collect();
+        let mut want_links = Vec::new();
         if expect == Expect::Steered {
             let warp = self.warp.as_ref().context("no warp")?;
             let warp_ifindex = host_ifindex_by_mac(warp, &self.warp_mac()?)?;
+            if peers.is_empty()
+                || peers
+                    .iter()
+                    .any(|(k, v)| k.warp_ifindex != warp_ifindex || *v != target_ifindex)
+            {
+                bail!(
+                    "warp peers {peers:?}, expected the target's addresses on the warp's veth \
+                     {warp_ifindex} to its veth {target_ifindex}"
+                );
+            }
+            want_links.push(format!("{warp_ifindex}-warp"));
+            let warp_veth = netwarp::dataplane::ebpf::interface_name(warp_ifindex)
+                .with_context(|| format!("no host interface {warp_ifindex}"))?;
+            expect_one_netwarp_program(&warp_veth, "Ingress")?;
             if policy.warp_ifindex != warp_ifindex {
                 bail!(
                     "policy steers to ifindex {}, the warp's veth is {warp_ifindex}",
@@ -537,11 +557,14 @@ impl Scenario {
             .collect();
         links.sort();
         let bridge_ifindex = interface_ifindex(&self.network.bridge()?)?;
-        let mut want_links = vec![
+        if expect == Expect::Blocked && !peers.is_empty() {
+            bail!("warp peers {peers:?} while the target is blocked, expected none");
+        }
+        want_links.extend([
             format!("{target_ifindex}-egress"),
             format!("{target_ifindex}-ingress"),
             format!("{bridge_ifindex}-guard"),
-        ];
+        ]);
         want_links.sort();
         if links != want_links {
             bail!("link pins {links:?}, expected {want_links:?}");
