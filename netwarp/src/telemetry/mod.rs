@@ -9,6 +9,7 @@
 //! readers themselves at request time ([`counters`]), so a slow or stuck
 //! scrape costs the controller nothing and a removed container's series
 //! vanish with the next published snapshot.
+pub mod admission;
 pub mod control;
 pub mod counters;
 pub mod http;
@@ -24,7 +25,7 @@ use std::{
 };
 
 use tokio::sync::watch;
-use tracing::{Span, info, info_span};
+use tracing::{Span, debug, info, info_span};
 
 use crate::{
     config::{Config, DataplaneMode},
@@ -34,6 +35,9 @@ use crate::{
 };
 
 pub use metrics::Metrics;
+
+/// The soft limit on open files is raised to the hard one, up to this.
+const FD_LIMIT_CEILING: u64 = 65_536;
 
 /// What the controller knows about one warp container after a pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,10 +197,25 @@ impl Telemetry {
             counters,
             info,
         });
+        // Each endpoint may hold a share of the descriptors; the rest stay
+        // for the controller.
+        let fd_limit = admission::raise_fd_limit(FD_LIMIT_CEILING);
         if let Some(listener) = listener {
-            tokio::spawn(http::serve(listener, shared.clone()));
+            let bound = admission::bound(http::MAX_CONNECTIONS, http::FD_SHARE, fd_limit);
+            debug!(bound, fd_limit, "metrics endpoint: connection bound");
+            tokio::spawn(http::serve(
+                listener,
+                shared.clone(),
+                admission::Admission::new(bound),
+            ));
         }
-        tokio::spawn(control::serve(socket, shared));
+        let bound = admission::bound(control::MAX_CONNECTIONS, control::FD_SHARE, fd_limit);
+        debug!(bound, fd_limit, "control socket: connection bound");
+        tokio::spawn(control::serve(
+            socket,
+            shared,
+            admission::Admission::new(bound),
+        ));
         Ok(Self {
             metrics,
             published,
