@@ -1,7 +1,8 @@
 //! Random frames through netwarp's real tc programs in the running kernel
 //! (BPF_PROG_TEST_RUN): the from-container program under a steering and a
-//! blocking policy, and the bridge guard with one allowed source address
-//! and one allowed MAC. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
+//! blocking policy, the bridge guard with one allowed source address
+//! and one allowed MAC, and the warp program with the steered target's
+//! addresses known on its veth. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
 //! drop (TC_ACT_SHOT 2) or redirect (TC_ACT_REDIRECT 7) is a crash.
 //! Needs root (bpf(2)); `cargo xtask fuzz` also compares the kernel log
 //! for new WARN/BUG lines before and after.
@@ -12,7 +13,7 @@ use std::sync::{Mutex, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_MAC, GuardAllowKey};
 use netwarp::{
-    dataplane::ebpf::{EbpfDataplane, compile::compile},
+    dataplane::ebpf::{EbpfDataplane, compile::compile, warp_peer_key},
     model::parse_rules,
     plan::{Action, Entry},
 };
@@ -60,6 +61,12 @@ fn dataplane() -> &'static Mutex<EbpfDataplane> {
         dataplane
             .set_guard(GUARDED_IFINDEX, &rows, &allowed.into_iter().collect())
             .expect("writing the guard");
+        // The steered target's warp veth is ifindex 1 (its policy's).
+        let peers: Vec<_> = ["172.20.0.3", "fd00:20::3"]
+            .iter()
+            .map(|a| (warp_peer_key(1, a.parse().expect("an address")), STEERED_IFINDEX))
+            .collect();
+        dataplane.put_warp_peers(&peers).expect("writing the peers");
         Mutex::new(dataplane)
     })
 }
@@ -91,10 +98,10 @@ fuzz_target!(|data: &[u8]| {
         _ => 3,
     };
     let mut dataplane = dataplane().lock().expect("not poisoned");
-    let run = if selector & 0x80 != 0 {
-        dataplane.test_run_bridge_guard(ifindex, frame)
-    } else {
-        dataplane.test_run_from_container(ifindex, frame)
+    let run = match (selector & 0x80 != 0, selector & 0x40 != 0) {
+        (true, _) => dataplane.test_run_bridge_guard(ifindex, frame),
+        (false, true) => dataplane.test_run_from_warp(ifindex, frame),
+        (false, false) => dataplane.test_run_from_container(ifindex, frame),
     };
     match run {
         Ok((verdict, _)) => assert!(
