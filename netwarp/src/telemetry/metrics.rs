@@ -29,7 +29,7 @@ use prometheus_client::{
 };
 
 use super::{Published, TargetView, counters::Counters, short_id};
-use crate::{config::DataplaneMode, plan::TargetState};
+use crate::config::DataplaneMode;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -161,14 +161,6 @@ fn target_labels(target: &TargetView) -> Labels {
     ]
 }
 
-fn state_name(state: &TargetState) -> &'static str {
-    match state {
-        TargetState::Steered { .. } => "steered",
-        TargetState::Blocked(_) => "blocked",
-        TargetState::Bypassed(_) => "bypassed",
-    }
-}
-
 impl Collector for ScrapeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let published = &self.published;
@@ -293,23 +285,23 @@ impl Collector for ScrapeCollector {
             .map(|t| {
                 let mut labels = target_labels(t);
                 labels.push(("warp", t.plan.warp.clone()));
-                labels.push(("state", state_name(&t.plan.state).to_owned()));
+                labels.push(("state", t.plan.state.name().to_owned()));
                 (labels, 1)
             })
             .collect();
         gauge_family(
             &mut encoder,
             "netwarp_target_state",
-            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed)",
+            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, refused)",
             &states,
         )?;
-        let by_state: Vec<(Labels, i64)> = ["steered", "blocked", "bypassed"]
+        let by_state: Vec<(Labels, i64)> = ["steered", "blocked", "bypassed", "refused"]
             .into_iter()
             .map(|state| {
                 let count = published
                     .targets
                     .iter()
-                    .filter(|t| state_name(&t.plan.state) == state)
+                    .filter(|t| t.plan.state.name() == state)
                     .count();
                 (vec![("state", state.to_owned())], count as i64)
             })
@@ -390,7 +382,7 @@ fn gauge_family(
 mod tests {
     use super::*;
     use crate::{
-        plan::{BlockReason, TargetPlan},
+        plan::{BlockReason, TargetPlan, TargetState},
         telemetry::{
             GuardView, WarpState, WarpView,
             counters::{Drops, PacketsBytes, ShaperDrops},
@@ -409,6 +401,7 @@ mod tests {
                 mac_on_network: None,
                 warp_pid: None,
                 warp_mac: None,
+                shares_namespace_of: None,
             },
             host_ifindex: Some(7),
             warp_ifindex: None,

@@ -50,7 +50,7 @@ pub struct WarpStatus {
     pub name: String,
     pub id: Option<String>,
     pub up: bool,
-    /// up, unhealthy, not-running, missing or not-a-warp.
+    /// up, unhealthy, not-running, missing, not-a-warp or refused.
     pub state: String,
     pub targets: usize,
 }
@@ -61,10 +61,16 @@ pub struct TargetStatus {
     /// Short (12 character) id.
     pub id: String,
     pub warp: String,
-    /// steered, blocked or bypassed.
+    /// steered, blocked, bypassed or refused (netwarp does not touch its
+    /// namespace: `--network host`, `none`, or another container's).
     pub state: String,
-    /// Why it is blocked or bypassed; null while steered.
+    /// Why it is blocked, bypassed or refused, and for a target in another
+    /// target's namespace how that one serves it; null while steered.
     pub reason: Option<String>,
+    /// The target whose namespace this one runs in (`--network
+    /// container:X`, same warp and rules), which is the one programmed.
+    #[serde(default)]
+    pub shares_namespace_of: Option<String>,
     pub network: Option<String>,
     pub next_hop_v4: Option<String>,
     pub next_hop_v6: Option<String>,
@@ -176,6 +182,12 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         ),
         TargetState::Blocked(reason) => ("blocked", Some(reason.to_string()), None, None, None),
         TargetState::Bypassed(reason) => ("bypassed", Some(reason.to_string()), None, None, None),
+        TargetState::Refused(reason) => ("refused", Some(reason.to_string()), None, None, None),
+    };
+    // A target in another target's namespace: how that one serves it.
+    let reason = match (plan.sharing_note(), reason) {
+        (Some(note), Some(reason)) => Some(format!("{note}: {reason}")),
+        (note, reason) => note.or(reason),
     };
     TargetStatus {
         name: plan.name.clone(),
@@ -183,6 +195,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         warp: plan.warp.clone(),
         state: state.to_owned(),
         reason,
+        shares_namespace_of: plan.shares_namespace_of.clone(),
         network,
         next_hop_v4: v4,
         next_hop_v6: v6,
@@ -233,6 +246,7 @@ mod tests {
             mac_on_network: None,
             warp_pid: None,
             warp_mac: None,
+            shares_namespace_of: None,
         };
         let view = TargetView {
             plan: plan.clone(),
