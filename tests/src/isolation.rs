@@ -37,6 +37,110 @@ pub fn unlabelled_state(container: &Container) -> anyhow::Result<String> {
     Ok(state)
 }
 
+/// What netwarp could write in the host's own namespace: every policy
+/// rule and every route of every table (both families), and the qdiscs and
+/// TCX programs of each of the host's interfaces.
+///
+/// Other tests run in parallel and legitimately change the host: Docker
+/// adds and removes bridges and veths (with their routes, link-local and
+/// local-table entries, qdiscs and programs), tests add namespaces' veths,
+/// and their daemons add and remove host guard rules. [`host_changes`]
+/// therefore leaves out exactly that churn: netwarp's tagged guard rules
+/// (`proto 87` with an `iif`, or the guard's `nop`: what netwarp may own on
+/// the host), and untagged lines on `br-*`/`veth*` interfaces or on
+/// interfaces that did not exist both before and after. What a host
+/// namespace wrongly programmed as a target's would show (rules at
+/// priority 10000 looking up table 20055, routes in table 20055, qdiscs or
+/// programs on the host's own interfaces) is always kept.
+#[derive(Clone, Debug)]
+pub struct HostState {
+    routing: Vec<String>,
+    /// qdiscs and TCX programs, by interface (bridges and veths left out).
+    interfaces: std::collections::BTreeMap<String, String>,
+}
+
+fn tagged(line: &str) -> bool {
+    line.contains("proto 87") || line.contains("20055")
+}
+
+/// The host's state now; fails when a view cannot be read.
+pub fn host_state() -> anyhow::Result<HostState> {
+    let guard = |line: &str| {
+        line.contains("proto 87")
+            && !line.contains("lookup 20055")
+            && (line.contains(" iif ") || line.trim_end().ends_with("nop proto 87"))
+    };
+    let mut routing = Vec::new();
+    for family in ["-4", "-6"] {
+        for view in [
+            &["rule", "show"][..],
+            &["route", "show", "table", "all"][..],
+        ] {
+            let mut args = vec![family];
+            args.extend_from_slice(view);
+            routing.extend(
+                run("ip", &args)?
+                    .lines()
+                    .filter(|line| !guard(line))
+                    .map(|line| format!("{family} {line}")),
+            );
+        }
+    }
+    let mut interfaces = std::collections::BTreeMap::new();
+    for interface in run("ip", &["-o", "link", "show"])?
+        .lines()
+        .filter_map(|l| Some(l.split(": ").nth(1)?.split('@').next()?.to_owned()))
+        .filter(|name| !name.starts_with("br-") && !name.starts_with("veth"))
+    {
+        // Gone since the listing: another test's interface.
+        let Ok(mut state) = run("tc", &["qdisc", "show", "dev", &interface]) else {
+            continue;
+        };
+        for (direction, program) in tcx_programs(&interface) {
+            let _ = writeln!(state, "{direction}: {}", program.id());
+        }
+        interfaces.insert(interface, state);
+    }
+    Ok(HostState {
+        routing,
+        interfaces,
+    })
+}
+
+/// What changed on the host between two snapshots, leaving out the churn
+/// [`HostState`] describes; empty when nothing netwarp could own changed.
+pub fn host_changes(before: &HostState, after: &HostState) -> String {
+    let stable: Vec<&String> = before
+        .interfaces
+        .keys()
+        .filter(|name| after.interfaces.contains_key(*name))
+        .collect();
+    let keep = |line: &&String| {
+        if tagged(line) {
+            return true;
+        }
+        match line.split_once(" dev ") {
+            Some((_, rest)) => {
+                let dev = rest.split_whitespace().next().unwrap_or_default();
+                stable.iter().any(|s| s.as_str() == dev)
+            }
+            None => true,
+        }
+    };
+    let routing = |state: &HostState| {
+        let lines: Vec<&String> = state.routing.iter().filter(keep).collect();
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+    };
+    let mut changes = describe_change(&routing(before), &routing(after));
+    for name in stable {
+        let change = describe_change(&before.interfaces[name], &after.interfaces[name]);
+        if !change.is_empty() {
+            let _ = write!(changes, "on {name}:\n{change}");
+        }
+    }
+    changes
+}
+
 /// The lines that differ between two states, `- ` for lines only
 /// `before` has and `+ ` for lines only `after` has, in order (a longest
 /// common subsequence diff). Empty when the states are equal.
