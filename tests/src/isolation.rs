@@ -63,13 +63,15 @@ fn tagged(line: &str) -> bool {
     line.contains("proto 87") || line.contains("20055")
 }
 
+/// A host guard rule of some netwarp daemon (this test's or another's).
+fn guard_rule(line: &str) -> bool {
+    line.contains("proto 87")
+        && !line.contains("lookup 20055")
+        && (line.contains(" iif ") || line.trim_end().ends_with("nop proto 87"))
+}
+
 /// The host's state now; fails when a view cannot be read.
 pub fn host_state() -> anyhow::Result<HostState> {
-    let guard = |line: &str| {
-        line.contains("proto 87")
-            && !line.contains("lookup 20055")
-            && (line.contains(" iif ") || line.trim_end().ends_with("nop proto 87"))
-    };
     let mut routing = Vec::new();
     for family in ["-4", "-6"] {
         for view in [
@@ -81,7 +83,6 @@ pub fn host_state() -> anyhow::Result<HostState> {
             routing.extend(
                 run("ip", &args)?
                     .lines()
-                    .filter(|line| !guard(line))
                     .map(|line| format!("{family} {line}")),
             );
         }
@@ -116,6 +117,9 @@ pub fn host_changes(before: &HostState, after: &HostState) -> String {
         .filter(|name| after.interfaces.contains_key(*name))
         .collect();
     let keep = |line: &&String| {
+        if guard_rule(line) {
+            return false;
+        }
         if tagged(line) {
             return true;
         }
@@ -180,7 +184,54 @@ pub fn describe_change(before: &str, after: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_change;
+    use super::{HostState, describe_change, host_changes};
+
+    fn host(routing: &[&str], interfaces: &[(&str, &str)]) -> HostState {
+        HostState {
+            routing: routing.iter().map(|l| l.to_string()).collect(),
+            interfaces: interfaces
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn host_changes_keep_what_netwarp_could_write_and_drop_others_churn() {
+        let base = &[
+            "-4 0:\tfrom all lookup local",
+            "-4 default via 192.0.2.1 dev eth0",
+        ];
+        let qdisc = [("eth0", "qdisc pfifo_fast 0: root\n")];
+        let before = host(base, &qdisc);
+        // Churn: another daemon's guard rules, another test's bridge.
+        let churn = host(
+            &[
+                base[0],
+                "-4 6003:\tfrom all iif br-0123 to 203.0.113.0/24 prohibit proto 87",
+                "-4 6005:\tfrom all nop proto 87",
+                "-4 172.30.0.0/16 dev br-0123 proto kernel scope link src 172.30.0.1",
+                base[1],
+            ],
+            &[qdisc[0], ("nwx0", "qdisc noqueue 0: root\n")],
+        );
+        assert_eq!(host_changes(&before, &churn), "");
+        // What a host namespace programmed as a target's shows.
+        let written = host(
+            &[
+                base[0],
+                "-4 10000:\tfrom all to 0.0.0.0/0 lookup 20055 proto 87",
+                base[1],
+                "-4 prohibit default table 20055 proto 87 metric 1024",
+            ],
+            &qdisc,
+        );
+        let changed = host_changes(&before, &written);
+        assert!(changed.contains("+ -4 10000:"), "{changed}");
+        assert!(changed.contains("table 20055"), "{changed}");
+        let shaped = host(base, &[("eth0", "qdisc tbf 8001: root rate 10Mbit\n")]);
+        assert!(host_changes(&before, &shaped).starts_with("on eth0:"));
+    }
 
     #[test]
     fn equal_states_have_no_change() {

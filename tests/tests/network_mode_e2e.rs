@@ -223,3 +223,78 @@ fn leaves_other_namespaces_alone_ebpf() {
     skip_if!(test, skip::missing_docker());
     leaves_other_namespaces_alone("ebpf");
 }
+
+/// A child process kept in a namespace, killed on drop.
+struct Sleeper(std::process::Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The one entry point into namespaces refuses the host's, a second
+/// container in one pass, and writes through a handle opened for reading.
+#[test]
+fn namespace_handle_refuses_the_host_and_a_second_owner() {
+    use netwarp::dataplane::routes::{Changes, NamespaceClaims, NamespaceHandle, RoutesError};
+    let test = "namespace_handle_refuses_the_host_and_a_second_owner";
+    skip_if!(test, skip::missing_root());
+    let netns = netwarp_tests::netns::Netns::create("nwmn").expect("netns");
+    let sleeper = Sleeper(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", netns.name(), "sleep", "60"])
+            .spawn()
+            .expect("a process in the namespace"),
+    );
+    let pid = sleeper.0.id();
+    let own = std::fs::read_link("/proc/self/ns/net").expect("own namespace");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != own)
+        }),
+        "the child never entered the namespace"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for host in [std::process::id()] {
+            let refused = NamespaceHandle::open(host).await.err();
+            assert!(
+                matches!(refused, Some(RoutesError::HostNamespace { .. })),
+                "pid {host}: {refused:?}"
+            );
+            let mut claims = NamespaceClaims::new();
+            let refused = NamespaceHandle::open_owned(host, &mut claims, "a")
+                .await
+                .err();
+            assert!(
+                matches!(refused, Some(RoutesError::HostNamespace { .. })),
+                "pid {host}: {refused:?}"
+            );
+        }
+        let mut claims = NamespaceClaims::new();
+        let first = NamespaceHandle::open_owned(pid, &mut claims, "a").await;
+        assert!(first.is_ok(), "{:?}", first.err());
+        let same = NamespaceHandle::open_owned(pid, &mut claims, "a").await;
+        assert!(same.is_ok(), "the same container twice: {:?}", same.err());
+        let second = NamespaceHandle::open_owned(pid, &mut claims, "b")
+            .await
+            .err();
+        assert!(
+            matches!(&second, Some(RoutesError::NamespaceClaimed { other, .. }) if other == "a"),
+            "{second:?}"
+        );
+        let reader = NamespaceHandle::open(pid).await.expect("read-only");
+        let write = reader.apply(&Changes::default(), None).await.err();
+        assert!(
+            matches!(write, Some(RoutesError::ReadOnly { .. })),
+            "{write:?}"
+        );
+        assert!(reader.netlink_handle().is_err());
+    });
+    drop(sleeper);
+}
