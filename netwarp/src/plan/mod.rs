@@ -1175,7 +1175,8 @@ pub(crate) mod tests {
         host.name = "hosted".into();
         host.id = "id-hosted".into();
         host.network_mode = NetworkMode::Host;
-        let cases: Vec<(Container, Vec<(&str, &str)>, &str)> = vec![
+        type Case<'a> = (Container, Vec<(&'a str, &'a str)>, &'a str);
+        let cases: Vec<Case> = vec![
             (plain.clone(), vec![], "which is not a netwarp target"),
             (
                 warp(),
