@@ -12,7 +12,7 @@ use futures_util::Stream;
 
 use crate::{
     config::DockerConnection,
-    model::{Container, Endpoint, Health, World},
+    model::{Container, Endpoint, Health, NetworkMode, World},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,13 @@ pub fn to_container(inspect: ContainerInspectResponse) -> Option<Container> {
         Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
         _ => Health::None,
     };
+    let network_mode = NetworkMode::parse(
+        inspect
+            .host_config
+            .and_then(|h| h.network_mode)
+            .as_deref()
+            .unwrap_or_default(),
+    );
     let labels = inspect
         .config
         .and_then(|c| c.labels)
@@ -175,6 +182,7 @@ pub fn to_container(inspect: ContainerInspectResponse) -> Option<Container> {
             .filter(|p| *p > 0),
         labels,
         networks,
+        network_mode,
     })
 }
 
@@ -303,5 +311,31 @@ mod tests {
         assert_eq!(c.networks["front"].ipv6, None);
         assert_eq!(c.networks["back"].ipv6, Some("fd00::2".parse().unwrap()));
         assert_eq!(c.networks["back"].mac, None);
+        assert_eq!(c.network_mode, NetworkMode::Own, "no HostConfig");
+    }
+
+    #[test]
+    fn the_network_mode_is_read_from_the_host_config() {
+        for (mode, expected) in [
+            ("host", NetworkMode::Host),
+            ("none", NetworkMode::NoNetwork),
+            (
+                "container:0123abcd",
+                NetworkMode::Container("0123abcd".into()),
+            ),
+            ("bridge", NetworkMode::Own),
+            ("default", NetworkMode::Own),
+            ("my-net", NetworkMode::Own),
+        ] {
+            let inspect: ContainerInspectResponse = serde_json::from_value(serde_json::json!({
+                "Id": "0123456789abcdef", "Name": "/x", "HostConfig": {"NetworkMode": mode}
+            }))
+            .unwrap();
+            assert_eq!(
+                to_container(inspect).unwrap().network_mode,
+                expected,
+                "{mode}"
+            );
+        }
     }
 }

@@ -39,7 +39,7 @@ use futures_util::{StreamExt as _, stream};
 use crate::{
     docker::{DockerError, to_container, to_endpoint},
     glob,
-    model::{Container, Health, World},
+    model::{Container, Health, NetworkMode, World},
     plan::{GuardPlan, PlanSettings},
 };
 
@@ -382,6 +382,15 @@ pub fn from_summary(summary: ContainerSummary) -> Option<(Container, Marker)> {
         })
         .collect();
     endpoints.sort();
+    // The list has it too, so containers that are never inspected (the
+    // one a target shares a namespace with) are classified as well.
+    let network_mode = NetworkMode::parse(
+        summary
+            .host_config
+            .and_then(|h| h.network_mode)
+            .as_deref()
+            .unwrap_or_default(),
+    );
     let container = Container {
         id,
         name: name.clone(),
@@ -390,6 +399,7 @@ pub fn from_summary(summary: ContainerSummary) -> Option<(Container, Marker)> {
         pid: None,
         labels: summary.labels.unwrap_or_default().into_iter().collect(),
         networks,
+        network_mode,
     };
     let marker = Marker {
         name,
@@ -518,6 +528,18 @@ mod tests {
         assert_eq!(c.networks["back"].ipv6, Some("fd00::2".parse().unwrap()));
         assert_eq!(m.endpoints, ["ep-a", "ep-b"]);
         assert_eq!(m.state, Some(ContainerSummaryStateEnum::RUNNING));
+        assert_eq!(c.network_mode, NetworkMode::Own);
+
+        let shared: ContainerSummary = serde_json::from_value(serde_json::json!({
+            "Id": "ee", "Names": ["/y"], "State": "running",
+            "HostConfig": {"NetworkMode": "container:0123456789abcdef"}
+        }))
+        .unwrap();
+        let (c, _) = from_summary(shared).unwrap();
+        assert_eq!(
+            c.network_mode,
+            NetworkMode::Container("0123456789abcdef".into())
+        );
 
         let paused: ContainerSummary = serde_json::from_value(serde_json::json!({
             "Id": "ff", "Names": ["/x"], "State": "paused", "Status": "Up 1 second (Paused)",

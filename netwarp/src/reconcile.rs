@@ -34,7 +34,10 @@ use crate::{
         },
         host_guard::{program_host_guards, remove_host_guards, set_guard_priority},
         qdisc::remove_every_tbf,
-        routes::{NamespaceHandle, OwnedState, RoutesError, desired_state, diff, parse_mac},
+        routes::{
+            NamespaceClaims, NamespaceHandle, OwnedState, RoutesError, desired_state, diff,
+            parse_mac,
+        },
     },
     docker::{self, Backoff},
     inventory::Inventory,
@@ -533,17 +536,20 @@ impl Reconciler {
         };
         let mut order: Vec<&TargetPlan> = plan.targets.iter().collect();
         order.sort_by_key(|t| !urgent(t));
+        // Each namespace is written for one container per pass, and the
+        // host's never (NamespaceHandle refuses it).
+        let mut claims = NamespaceClaims::new();
         for target in order {
             seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short(&target.id));
             self.log_classification(target);
             let programmed = match &mut self.dataplane {
-                Dataplane::Routes => program_target(target)
+                Dataplane::Routes => program_target(&mut claims, target)
                     .instrument(span.clone())
                     .await
                     .map_err(TargetError::from),
                 Dataplane::Ebpf(ebpf) => {
-                    program_target_ebpf(ebpf, &mut self.last_ebpf, target)
+                    program_target_ebpf(ebpf, &mut self.last_ebpf, &mut claims, target)
                         .instrument(span.clone())
                         .await
                 }
@@ -597,7 +603,7 @@ impl Reconciler {
             Dataplane::Routes => debug!("a guarded network is unresolved; host guard rules kept"),
             Dataplane::DryRun(_) => {}
         }
-        let departed_caps = self.reconcile_caps(&plan.caps, &world).await;
+        let departed_caps = self.reconcile_caps(&plan.caps, &world, &mut claims).await;
         if let Dataplane::Ebpf(ebpf) = &mut self.dataplane {
             // Only interfaces known to have left are released: a target
             // that merely failed this pass keeps its policy (fail closed).
@@ -682,7 +688,12 @@ impl Reconciler {
 
     /// Programs every container's caps, and uncaps containers that lost
     /// theirs but still run. Returns the caps of containers that left.
-    async fn reconcile_caps(&mut self, plans: &[CapPlan], world: &World) -> Vec<ProgrammedCaps> {
+    async fn reconcile_caps(
+        &mut self,
+        plans: &[CapPlan],
+        world: &World,
+        claims: &mut NamespaceClaims,
+    ) -> Vec<ProgrammedCaps> {
         for cap_plan in plans {
             let span = info_span!("caps", container = %cap_plan.name, id = %short(&cap_plan.id));
             if self.last_cap_problems.get(&cap_plan.id) != Some(&cap_plan.problems) {
@@ -697,6 +708,7 @@ impl Reconciler {
                 self.settings.caps.enforcement,
                 &mut self.host_netlink,
                 &mut self.last_caps,
+                claims,
                 &cap_plan.id,
                 cap_plan.pid,
                 &cap_plan.macs,
@@ -743,6 +755,7 @@ impl Reconciler {
                     CapEnforcement::Shaper,
                     &mut self.host_netlink,
                     &mut self.last_caps,
+                    claims,
                     &id,
                     container.pid,
                     &macs,
@@ -772,6 +785,11 @@ impl Reconciler {
         }
         let id = short(&target.id);
         match &target.state {
+            _ if target.shares_namespace_of.is_some() => info!(
+                container = %target.name, %id, warp = %target.warp,
+                state = target.state.name(), note = ?target.sharing_note(),
+                "target runs in another target's namespace; that target's policy serves both"
+            ),
             TargetState::Steered {
                 network,
                 via_v4,
@@ -789,6 +807,10 @@ impl Reconciler {
                 container = %target.name, %id, warp = %target.warp, %reason,
                 "target bypassed (on_warp_down = bypass)"
             ),
+            TargetState::Refused(reason) => warn!(
+                container = %target.name, %id, warp = %target.warp, %reason,
+                "target refused: netwarp does not touch its namespace"
+            ),
         }
         self.last_state
             .insert(target.id.clone(), target.state.clone());
@@ -800,11 +822,14 @@ fn short(id: &str) -> &str {
 }
 
 /// Brings one target's namespace to its plan. Returns whether anything changed.
-async fn program_target(target: &TargetPlan) -> Result<bool, RoutesError> {
+async fn program_target(
+    claims: &mut NamespaceClaims,
+    target: &TargetPlan,
+) -> Result<bool, RoutesError> {
     let Some(pid) = target.pid else {
         return Ok(false);
     };
-    let namespace = NamespaceHandle::open(pid).await?;
+    let namespace = NamespaceHandle::open_owned(pid, claims, short(&target.id)).await?;
     let installed = namespace.installed().await?;
     let changes = diff(&installed, &desired_state(&target.entries));
     if changes.is_empty() {
@@ -827,12 +852,13 @@ async fn program_target(target: &TargetPlan) -> Result<bool, RoutesError> {
 async fn program_target_ebpf(
     ebpf: &mut EbpfDataplane,
     last: &mut HashMap<String, EbpfTarget>,
+    claims: &mut NamespaceClaims,
     target: &TargetPlan,
 ) -> Result<bool, TargetError> {
     let Some(pid) = target.pid else {
         return Ok(false);
     };
-    let namespace = NamespaceHandle::open(pid).await?;
+    let namespace = NamespaceHandle::open_owned(pid, claims, short(&target.id)).await?;
     // The tc drop is silent, so blocked prefixes also get prohibit routes
     // in the target's namespace: senders fail at once with EACCES, and the
     // block holds on every interface, even one netwarp cannot identify.
@@ -1046,6 +1072,7 @@ async fn program_caps(
     enforcement: CapEnforcement,
     host_netlink: &mut Option<rtnetlink::Handle>,
     last: &mut HashMap<String, ProgrammedCaps>,
+    claims: &mut NamespaceClaims,
     id: &str,
     pid: Option<u32>,
     macs: &[String],
@@ -1055,7 +1082,7 @@ async fn program_caps(
         // The dry-run simulation models steering only.
         return Ok(false);
     };
-    let namespace = NamespaceHandle::open(pid).await?;
+    let namespace = NamespaceHandle::open_owned(pid, claims, short(id)).await?;
     let desired = ProgrammedCaps {
         caps,
         enforcement,
@@ -1160,16 +1187,20 @@ pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
     let client = docker::connect(&config.docker, config.docker_api_version).await?;
     let world = docker::snapshot(&client).await?;
     let mut failures = 0;
+    // The host's namespace is refused (its guard rules are removed below);
+    // a namespace shared by several containers is cleaned once.
+    let mut claims = NamespaceClaims::new();
     for container in world.containers.iter().filter(|c| c.running) {
         let Some(pid) = container.pid else { continue };
         let result = async {
-            let namespace = NamespaceHandle::open(pid).await?;
+            let namespace =
+                NamespaceHandle::open_owned(pid, &mut claims, container.short_id()).await?;
             let installed = namespace.installed().await?;
             let changes = diff(&installed, &OwnedState::default());
             if !changes.is_empty() {
                 namespace.apply(&changes, None).await?;
             }
-            let qdiscs = remove_every_tbf(namespace.netlink_handle()).await?;
+            let qdiscs = remove_every_tbf(namespace.netlink_handle()?).await?;
             Ok::<_, CapsError>(changes.delete_rules.len() + changes.delete_routes.len() + qdiscs)
         }
         .await;
@@ -1177,6 +1208,11 @@ pub async fn cleanup(config: Config) -> anyhow::Result<ExitCode> {
             Ok(0) => {}
             Ok(removed) => {
                 info!(container = %container.name, id = %container.short_id(), removed, "removed netwarp entries")
+            }
+            Err(CapsError::Routes(
+                e @ (RoutesError::HostNamespace { .. } | RoutesError::NamespaceClaimed { .. }),
+            )) => {
+                info!(container = %container.name, id = %container.short_id(), reason = %e, "skipped");
             }
             Err(e) => {
                 failures += 1;

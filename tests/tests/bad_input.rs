@@ -48,6 +48,7 @@ fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, &str)]) -> 
                 )
             })
             .collect::<BTreeMap<_, _>>(),
+        ..Container::default()
     }
 }
 

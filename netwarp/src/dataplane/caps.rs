@@ -117,7 +117,7 @@ pub async fn program_qdiscs(
     for interface in &desired.interfaces {
         let sides = [
             (
-                namespace.netlink_handle(),
+                namespace.netlink_handle()?,
                 interface.container_ifindex,
                 desired.caps.egress,
             ),

@@ -30,7 +30,7 @@ pub struct DryRunTarget {
     pub name: String,
     pub pid: Option<u32>,
     pub warp: String,
-    /// `steered`, `blocked` or `bypassed`.
+    /// `steered`, `blocked`, `bypassed` or `refused`.
     pub state: String,
     pub via_v4: Option<String>,
     pub via_v6: Option<String>,
@@ -49,8 +49,7 @@ impl DryRunTarget {
                 via_v4.map(|a| a.to_string()),
                 via_v6.map(|a| a.to_string()),
             ),
-            TargetState::Blocked(_) => ("blocked", None, None),
-            TargetState::Bypassed(_) => ("bypassed", None, None),
+            other => (other.name(), None, None),
         };
         Self {
             name: target.name.clone(),
@@ -211,6 +210,7 @@ mod tests {
             warp_mac: None,
             warp_macs: Vec::new(),
             addresses: Vec::new(),
+            shares_namespace_of: None,
         }
     }
 

@@ -7,8 +7,9 @@
 //! exactly those, and nothing else.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    os::unix::fs::MetadataExt as _,
 };
 
 use futures_util::TryStreamExt as _;
@@ -42,6 +43,26 @@ pub enum RoutesError {
          CAP_SYS_ADMIN and CAP_NET_ADMIN (see `netwarp probe`)"
     )]
     Netns { pid: u32, reason: String },
+    #[error(
+        "refusing to enter the network namespace of pid {pid}: it is the host's own \
+         namespace, which netwarp never programs (only its tagged guard rules live there)"
+    )]
+    HostNamespace { pid: u32 },
+    #[error(
+        "refusing to program the network namespace of pid {pid} for container {owner}: \
+         container {other} already uses it in this pass, and netwarp programs each \
+         namespace for one container only"
+    )]
+    NamespaceClaimed {
+        pid: u32,
+        owner: String,
+        other: String,
+    },
+    #[error(
+        "the network namespace of pid {pid} was opened for reading only; writes need \
+         NamespaceHandle::open_owned"
+    )]
+    ReadOnly { pid: u32 },
     #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
     Netlink {
         pid: u32,
@@ -154,20 +175,96 @@ pub fn diff(installed: &OwnedState, desired: &OwnedState) -> Changes {
     }
 }
 
+/// A network namespace's identity: the device and inode of its nsfs file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NamespaceId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NamespaceId {
+    fn of(path: &str) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether this is the host's namespace: init's, or netwarp's own.
+    fn is_host(self) -> bool {
+        ["/proc/1/ns/net", "/proc/self/ns/net"]
+            .into_iter()
+            .any(|path| Self::of(path).is_ok_and(|host| host == self))
+    }
+}
+
+/// The namespaces claimed for writing in one pass, each by one container:
+/// a second container that resolves to the same namespace is refused.
+#[derive(Debug, Default)]
+pub struct NamespaceClaims {
+    owners: HashMap<NamespaceId, String>,
+}
+
+impl NamespaceClaims {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
 /// An rtnetlink connection bound to one container's network namespace.
+///
+/// Every namespace netwarp enters goes through [`NamespaceHandle::open`],
+/// which refuses the host's own namespace, whoever asks. Writes need a
+/// handle from [`NamespaceHandle::open_owned`], which also claims the
+/// namespace for one container in the pass.
 pub struct NamespaceHandle {
     pid: u32,
     handle: Handle,
+    writable: bool,
 }
 
 impl NamespaceHandle {
-    /// Opens a netlink socket inside the namespace of `pid`.
+    /// Opens the namespace of `pid` for writing on behalf of the container
+    /// `owner`, after checking it is not the host's and that no other
+    /// container claimed it in this pass.
+    pub async fn open_owned(
+        pid: u32,
+        claims: &mut NamespaceClaims,
+        owner: &str,
+    ) -> Result<Self, RoutesError> {
+        let (mut namespace, id) = Self::enter(pid).await?;
+        match claims.owners.get(&id) {
+            Some(other) if other != owner => {
+                return Err(RoutesError::NamespaceClaimed {
+                    pid,
+                    owner: owner.to_owned(),
+                    other: other.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                claims.owners.insert(id, owner.to_owned());
+            }
+        }
+        namespace.writable = true;
+        Ok(namespace)
+    }
+
+    /// Opens the namespace of `pid` for reading (dumps only).
+    pub async fn open(pid: u32) -> Result<Self, RoutesError> {
+        Ok(Self::enter(pid).await?.0)
+    }
+
+    /// Opens a netlink socket inside the namespace of `pid`, unless that
+    /// namespace is the host's.
     ///
     /// Only socket creation happens inside the namespace, on a short-lived
     /// dedicated OS thread: setns changes the calling thread, and a tokio
     /// worker must never be moved. The socket then stays bound to the
-    /// namespace wherever it is polled.
-    pub async fn open(pid: u32) -> Result<Self, RoutesError> {
+    /// namespace wherever it is polled. The namespace is identified from
+    /// inside, so a pid reused meanwhile cannot point the check elsewhere.
+    async fn enter(pid: u32) -> Result<(Self, NamespaceId), RoutesError> {
         let runtime = tokio::runtime::Handle::current();
         let path = format!("/proc/{pid}/ns/net");
         let opened = std::thread::Builder::new()
@@ -176,7 +273,15 @@ impl NamespaceHandle {
                 let _runtime = runtime.enter();
                 let netns = netns_rs::get_from_path(&path).map_err(|e| e.to_string())?;
                 netns
-                    .run(|_| rtnetlink::new_connection())
+                    .run(|_| {
+                        let id = NamespaceId::of("/proc/thread-self/ns/net")?;
+                        // Refused before the socket exists: nothing can be
+                        // sent into the host's namespace through it.
+                        if id.is_host() {
+                            return Ok(None);
+                        }
+                        rtnetlink::new_connection().map(|c| Some((c, id)))
+                    })
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())
             })
@@ -189,10 +294,24 @@ impl NamespaceHandle {
                 pid,
                 reason: "the namespace thread panicked".into(),
             })?;
-        let (connection, handle, _) =
-            opened.map_err(|reason| RoutesError::Netns { pid, reason })?;
+        let ((connection, handle, _), id) = opened
+            .map_err(|reason| RoutesError::Netns { pid, reason })?
+            .ok_or(RoutesError::HostNamespace { pid })?;
         tokio::spawn(connection);
-        Ok(Self { pid, handle })
+        let namespace = Self {
+            pid,
+            handle,
+            writable: false,
+        };
+        Ok((namespace, id))
+    }
+
+    fn writable(&self) -> Result<&Handle, RoutesError> {
+        if self.writable {
+            Ok(&self.handle)
+        } else {
+            Err(RoutesError::ReadOnly { pid: self.pid })
+        }
     }
 
     fn netlink(
@@ -240,13 +359,14 @@ impl NamespaceHandle {
     /// Applies `changes`: routes before the rules that use them, and rules
     /// removed before their routes, so no packet sees a rule without a route.
     pub async fn apply(&self, changes: &Changes, oif_mac: Option<&str>) -> Result<(), RoutesError> {
+        let handle = self.writable()?;
         let oif = match oif_mac {
             Some(mac) => self.ifindex_by_mac(mac).await?,
             None => None,
         };
         for (dst, action) in &changes.put_routes {
             let message = route_message(*dst, *action, oif);
-            self.handle
+            handle
                 .route()
                 .add(message)
                 .replace()
@@ -255,7 +375,7 @@ impl NamespaceHandle {
                 .map_err(self.netlink(format!("route replace {dst} {action:?}")))?;
         }
         for rule in &changes.add_rules {
-            let mut request = self.handle.rule().add();
+            let mut request = handle.rule().add();
             *request.message_mut() = rule_message(rule);
             request
                 .execute()
@@ -263,7 +383,7 @@ impl NamespaceHandle {
                 .map_err(self.netlink(format!("rule add {rule:?}")))?;
         }
         for rule in &changes.delete_rules {
-            self.handle
+            handle
                 .rule()
                 .del(rule_message(rule))
                 .execute()
@@ -275,7 +395,7 @@ impl NamespaceHandle {
             let mut message = message;
             // Delete by table, destination and protocol, whatever the type.
             message.header.kind = RouteType::Unspec;
-            self.handle
+            handle
                 .route()
                 .del(message)
                 .execute()
@@ -320,8 +440,14 @@ impl NamespaceHandle {
             .and_then(|link| Some((link.header.index, peer_of(&link)?))))
     }
 
-    /// The netlink handle bound to this namespace.
-    pub fn netlink_handle(&self) -> &Handle {
+    /// The netlink handle bound to this namespace, for writes: only a
+    /// handle from [`NamespaceHandle::open_owned`] has one.
+    pub fn netlink_handle(&self) -> Result<&Handle, RoutesError> {
+        self.writable()
+    }
+
+    /// The netlink handle bound to this namespace, for dumps only.
+    pub fn dump_handle(&self) -> &Handle {
         &self.handle
     }
 

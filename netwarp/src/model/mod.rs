@@ -31,6 +31,58 @@ pub struct Endpoint {
     pub network_id: Option<String>,
 }
 
+/// Whose network namespace a container runs in: Docker's
+/// `HostConfig.NetworkMode`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// Its own namespace, attached to Docker networks (`bridge`,
+    /// `default`, a network's name; also what an unknown mode means).
+    #[default]
+    Own,
+    /// `host`: the host's own namespace.
+    Host,
+    /// `none`: its own namespace with only a loopback interface.
+    NoNetwork,
+    /// `container:<id or name>`: another container's namespace.
+    Container(String),
+}
+
+impl NetworkMode {
+    /// Parses Docker's `NetworkMode`.
+    pub fn parse(mode: &str) -> Self {
+        match mode {
+            "host" => Self::Host,
+            "none" => Self::NoNetwork,
+            _ => match mode.strip_prefix("container:") {
+                Some(other) => Self::Container(other.to_owned()),
+                None => Self::Own,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for NetworkMode {
+    /// As `docker run --network` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Own => f.write_str("bridge"),
+            Self::Host => f.write_str("host"),
+            Self::NoNetwork => f.write_str("none"),
+            Self::Container(other) => write!(f, "container:{}", short_reference(other)),
+        }
+    }
+}
+
+/// A container reference as `docker ps` would show it: a full id shortened
+/// to 12 characters, a name as it is.
+pub fn short_reference(reference: &str) -> &str {
+    if reference.len() == 64 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &reference[..12]
+    } else {
+        reference
+    }
+}
+
 /// What netwarp reads about one container on each reconcile.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Container {
@@ -44,12 +96,20 @@ pub struct Container {
     pub labels: BTreeMap<String, String>,
     /// Endpoints by network name.
     pub networks: BTreeMap<String, Endpoint>,
+    pub network_mode: NetworkMode,
 }
 
 impl Container {
     /// The first 12 characters of the id, as `docker ps` shows it.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]
+    }
+
+    /// Whether `reference` (from `container:<reference>`) names this
+    /// container: Docker records the full id, a user may give a name or
+    /// an id prefix.
+    pub fn is_named_by(&self, reference: &str) -> bool {
+        !reference.is_empty() && (self.id.starts_with(reference) || self.name == reference)
     }
 }
 

@@ -4,7 +4,9 @@
 //! targets only: they are the containers netwarp manages, and a default
 //! must not throttle every container on the host.
 
-use crate::model::{Cap, Caps, Container, Rate, RateError, World, parse_rate, parse_size};
+use crate::model::{
+    Cap, Caps, Container, NetworkMode, Rate, RateError, World, parse_rate, parse_size,
+};
 
 /// How caps are enforced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,6 +108,22 @@ fn plan_one(container: &Container, settings: &super::PlanSettings) -> Option<Cap
     if caps.is_empty() && problems.is_empty() {
         return None;
     }
+    // A namespace that is not the container's own (the host's, another
+    // container's) is never shaped: the plan only reports why.
+    if container.network_mode != NetworkMode::Own {
+        return Some(CapPlan {
+            id: container.id.clone(),
+            name: container.name.clone(),
+            pid: None,
+            macs: Vec::new(),
+            caps: Caps::default(),
+            problems: vec![format!(
+                "{} runs with --network {}, and netwarp caps only a container in a \
+                 namespace of its own on a Docker network; its caps are ignored",
+                container.name, container.network_mode
+            )],
+        });
+    }
     Some(CapPlan {
         id: container.id.clone(),
         name: container.name.clone(),
@@ -168,6 +186,27 @@ mod tests {
 
     fn plan_of(containers: Vec<Container>, caps: CapSettings) -> Vec<CapPlan> {
         plan_caps(&World { containers }, &settings(caps))
+    }
+
+    #[test]
+    fn a_container_outside_its_own_namespace_is_never_capped() {
+        for mode in [
+            NetworkMode::Host,
+            NetworkMode::NoNetwork,
+            NetworkMode::Container("x".into()),
+        ] {
+            let mut app = container("app", &[("netwarp.egress-rate", "20mbit")]);
+            app.network_mode = mode.clone();
+            let plans = plan_of(vec![app], CapSettings::default());
+            assert_eq!(plans.len(), 1, "{mode:?}");
+            assert_eq!(plans[0].pid, None, "no namespace to enter: {mode:?}");
+            assert!(plans[0].caps.is_empty(), "{mode:?}");
+            assert!(
+                plans[0].problems[0].contains(&format!("--network {mode}")),
+                "{:?}",
+                plans[0].problems
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,10 @@ use std::{
 };
 
 use super::{Action, Entry, PlanSettings, plan_target};
-use crate::{glob, model::World};
+use crate::{
+    glob,
+    model::{NetworkMode, World},
+};
 
 /// The guard of one Docker network.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -82,11 +85,13 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
         forwarded.push(target);
     }
     for target in &forwarded {
-        let Some(warp) = world
-            .containers
-            .iter()
-            .find(|c| c.name == target.warp && glob::matches(&settings.warp_name_pattern, &c.name))
-        else {
+        // A warp without a namespace of its own is refused: its targets
+        // never reach it, and its "networks" have no bridge to guard.
+        let Some(warp) = world.containers.iter().find(|c| {
+            c.name == target.warp
+                && c.network_mode == NetworkMode::Own
+                && glob::matches(&settings.warp_name_pattern, &c.name)
+        }) else {
             continue;
         };
         for (network, endpoint) in &warp.networks {

@@ -15,7 +15,7 @@ pub use guard::{GuardPlan, plan_guards};
 
 use crate::{
     glob,
-    model::{Container, Health, Rule, RuleError, World, parse_rules},
+    model::{Container, Health, NetworkMode, Rule, RuleError, World, parse_rules, short_reference},
 };
 
 /// What to do with a target's matching traffic while its warp is unusable.
@@ -62,6 +62,12 @@ pub enum BlockReason {
     WarpStarting {
         warp: String,
     },
+    /// The warp has no namespace of its own on a Docker network (`host`,
+    /// `none`, `container:`): it is refused as a warp.
+    WarpNetworkMode {
+        warp: String,
+        mode: NetworkMode,
+    },
     AmbiguousNetwork {
         warp: String,
         networks: Vec<String>,
@@ -103,6 +109,12 @@ impl fmt::Display for BlockReason {
                 f,
                 "warp container {warp} is starting: its healthcheck has not passed yet"
             ),
+            Self::WarpNetworkMode { warp, mode } => write!(
+                f,
+                "warp container {warp} runs with --network {mode}, so netwarp refuses it as a \
+                 warp: a warp needs a namespace of its own on the targets' Docker network; \
+                 recreate it on that network"
+            ),
             Self::AmbiguousNetwork {
                 warp,
                 networks,
@@ -138,6 +150,95 @@ impl fmt::Display for BlockReason {
                 value,
                 error,
             } => write!(f, "label {label}=`{value}` is invalid: {error}"),
+        }
+    }
+}
+
+/// Why netwarp will not program a target's namespace at all: it is not
+/// the target's own, or there is nothing in it to steer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// `--network host`: the namespace is the host's.
+    HostNetwork { container: String },
+    /// `--network none`: only a loopback interface.
+    NoNetwork { container: String },
+    /// `--network container:X`, and X is no running container.
+    SharesMissing { container: String, other: String },
+    /// `--network container:X`, and X is not a target.
+    SharesUnmanaged { container: String, other: String },
+    /// `--network container:X`, and X is a warp.
+    SharesWarp { container: String, other: String },
+    /// `--network container:X`, and X is a target of another warp, or
+    /// with other rules.
+    SharesOtherPolicy {
+        container: String,
+        other: String,
+        target_label: String,
+        rules_label: String,
+    },
+    /// `--network container:X`, and X has no namespace of its own either.
+    SharesIndirect {
+        container: String,
+        other: String,
+        mode: NetworkMode,
+    },
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HostNetwork { container } => write!(
+                f,
+                "{container} runs with --network host: its namespace is the host's, which \
+                 netwarp never programs, so its traffic is neither steered nor blocked; run it \
+                 on the warp's Docker network instead"
+            ),
+            Self::NoNetwork { container } => write!(
+                f,
+                "{container} runs with --network none: it has no network, so there is nothing \
+                 to steer"
+            ),
+            Self::SharesMissing { container, other } => write!(
+                f,
+                "{container} runs with --network container:{other}, and {other} is not running: \
+                 netwarp does not program a namespace it cannot attribute; run {container} on \
+                 the warp's Docker network instead"
+            ),
+            Self::SharesUnmanaged { container, other } => write!(
+                f,
+                "{container} shares the namespace of {other} (--network container:{other}), \
+                 which is not a netwarp target, and netwarp never programs another \
+                 container's namespace; label {other} as a target of the same warp, or run \
+                 {container} on the warp's Docker network"
+            ),
+            Self::SharesWarp { container, other } => write!(
+                f,
+                "{container} shares the namespace of warp container {other} \
+                 (--network container:{other}), and netwarp never programs a warp's \
+                 namespace; run {container} on the warp's Docker network instead"
+            ),
+            Self::SharesOtherPolicy {
+                container,
+                other,
+                target_label,
+                rules_label,
+            } => write!(
+                f,
+                "{container} shares the namespace of target {other} \
+                 (--network container:{other}), which has another warp or other rules, and \
+                 netwarp programs one policy per namespace; give both the same {target_label} \
+                 and {rules_label} labels"
+            ),
+            Self::SharesIndirect {
+                container,
+                other,
+                mode,
+            } => write!(
+                f,
+                "{container} shares the namespace of {other} (--network container:{other}), \
+                 which itself runs with --network {mode}; netwarp never programs a namespace \
+                 that is not its target's own: run {container} on the warp's Docker network"
+            ),
         }
     }
 }
@@ -181,6 +282,21 @@ pub enum TargetState {
     Blocked(BlockReason),
     /// `on_warp_down = bypass`: netwarp leaves the traffic alone.
     Bypassed(BlockReason),
+    /// netwarp does not touch the target's namespace at all: its traffic
+    /// is neither steered nor blocked.
+    Refused(RefuseReason),
+}
+
+impl TargetState {
+    /// The state's name in status, metrics and the dry-run record.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Steered { .. } => "steered",
+            Self::Blocked(_) => "blocked",
+            Self::Bypassed(_) => "bypassed",
+            Self::Refused(_) => "refused",
+        }
+    }
 }
 
 /// The desired policy for one target container.
@@ -208,6 +324,27 @@ pub struct TargetPlan {
     /// eBPF dataplane tells the warp's veths, so that the warp's untunnelled
     /// forwards of its traffic are dropped and its replies delivered.
     pub addresses: Vec<IpAddr>,
+    /// Set when the target runs in the namespace of this other target
+    /// (`--network container:X`) with the same warp and rules: the state
+    /// and entries are X's, and only X's plan is programmed (`pid` is
+    /// `None`), so the namespace is never programmed twice.
+    pub shares_namespace_of: Option<String>,
+}
+
+impl TargetPlan {
+    /// A note on how a shared namespace is served, for status and logs.
+    pub fn sharing_note(&self) -> Option<String> {
+        let other = self.shares_namespace_of.as_ref()?;
+        let how = match &self.state {
+            TargetState::Steered { .. } => "steers",
+            TargetState::Blocked(_) => "blocks",
+            TargetState::Bypassed(_) => "bypasses",
+            TargetState::Refused(_) => return None,
+        };
+        Some(format!(
+            "shares the namespace of {other}, which netwarp {how}"
+        ))
+    }
 }
 
 /// The plan for every running target, sorted by container id.
@@ -259,26 +396,39 @@ fn plan_target(
         warp_mac: None,
         warp_macs: Vec::new(),
         addresses: addresses(target),
+        shares_namespace_of: None,
     };
+    // Only a namespace that is the target's own is ever programmed.
+    let refuse = |mut plan: TargetPlan, reason| {
+        plan.pid = None;
+        plan.state = TargetState::Refused(reason);
+        plan
+    };
+    let container = target.name.clone();
+    match &target.network_mode {
+        NetworkMode::Own => {}
+        NetworkMode::Host => return refuse(plan, RefuseReason::HostNetwork { container }),
+        NetworkMode::NoNetwork => return refuse(plan, RefuseReason::NoNetwork { container }),
+        NetworkMode::Container(reference) => {
+            return match shared_namespace(world, settings, target, warp, reference) {
+                // The owner's plan programs the namespace; this one
+                // reports it and hands the dataplane no pid.
+                Ok(owner) => TargetPlan {
+                    pid: None,
+                    shares_namespace_of: Some(owner.name),
+                    state: owner.state,
+                    entries: owner.entries,
+                    ..plan
+                },
+                Err(reason) => refuse(plan, reason),
+            };
+        }
+    }
     // A malformed rules label fails closed on the global rules: the target
     // asked to be protected, so its traffic must not leak meanwhile.
-    let rules = match target.labels.get(&settings.rules_label) {
-        Some(value) => match parse_rules(value) {
-            Ok(rules) => rules,
-            Err(error) => {
-                return blocked(
-                    plan,
-                    settings,
-                    &settings.global_rules,
-                    BlockReason::InvalidRules {
-                        label: settings.rules_label.clone(),
-                        value: value.clone(),
-                        error,
-                    },
-                );
-            }
-        },
-        None => settings.global_rules.clone(),
+    let rules = match target_rules(settings, target) {
+        Ok(rules) => rules,
+        Err(reason) => return blocked(plan, settings, &settings.global_rules, reason),
     };
     match resolve_warp(world, settings, target, warp) {
         Ok(resolved) => {
@@ -325,6 +475,75 @@ fn addresses(container: &Container) -> Vec<IpAddr> {
     all.sort();
     all.dedup();
     all
+}
+
+/// A target's rules: its rules label, else the global rules.
+fn target_rules(settings: &PlanSettings, target: &Container) -> Result<Vec<Rule>, BlockReason> {
+    match target.labels.get(&settings.rules_label) {
+        Some(value) => parse_rules(value).map_err(|error| BlockReason::InvalidRules {
+            label: settings.rules_label.clone(),
+            value: value.clone(),
+            error,
+        }),
+        None => Ok(settings.global_rules.clone()),
+    }
+}
+
+/// `target` runs in the namespace `reference` names. That is served only
+/// when it belongs to a running target in its own namespace with the same
+/// warp and rules: then that target's plan (which is programmed) is the
+/// answer. Every other owner is refused.
+fn shared_namespace(
+    world: &World,
+    settings: &PlanSettings,
+    target: &Container,
+    warp: &str,
+    reference: &str,
+) -> Result<TargetPlan, RefuseReason> {
+    let container = target.name.clone();
+    let Some(owner) = world
+        .containers
+        .iter()
+        .find(|c| c.running && c.id != target.id && c.is_named_by(reference))
+    else {
+        return Err(RefuseReason::SharesMissing {
+            container,
+            other: short_reference(reference).to_owned(),
+        });
+    };
+    let other = owner.name.clone();
+    let Some(owner_warp) = owner.labels.get(&settings.target_label) else {
+        return Err(if glob::matches(&settings.warp_name_pattern, &owner.name) {
+            RefuseReason::SharesWarp { container, other }
+        } else {
+            RefuseReason::SharesUnmanaged { container, other }
+        });
+    };
+    if owner.network_mode != NetworkMode::Own {
+        return Err(RefuseReason::SharesIndirect {
+            container,
+            other,
+            mode: owner.network_mode.clone(),
+        });
+    }
+    let normalized = |rules: Result<Vec<Rule>, BlockReason>| {
+        rules.ok().map(|mut rules| {
+            rules.sort();
+            rules.dedup();
+            rules
+        })
+    };
+    let same_rules = normalized(target_rules(settings, target))
+        .is_some_and(|mine| Some(mine) == normalized(target_rules(settings, owner)));
+    if owner_warp.trim() != warp || !same_rules {
+        return Err(RefuseReason::SharesOtherPolicy {
+            container,
+            other,
+            target_label: settings.target_label.clone(),
+            rules_label: settings.rules_label.clone(),
+        });
+    }
+    Ok(plan_target(world, settings, owner, owner_warp.trim()))
 }
 
 fn blocked(
@@ -377,6 +596,12 @@ fn resolve_warp(
         return fail(BlockReason::WarpNameMismatch {
             warp: warp.name.clone(),
             pattern: settings.warp_name_pattern.clone(),
+        });
+    }
+    if warp.network_mode != NetworkMode::Own {
+        return fail(BlockReason::WarpNetworkMode {
+            warp: warp.name.clone(),
+            mode: warp.network_mode.clone(),
         });
     }
     let network = match warp.labels.get(&settings.network_label) {
@@ -502,6 +727,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(n, e)| (n.to_string(), e.clone()))
                 .collect::<BTreeMap<_, _>>(),
+            network_mode: NetworkMode::Own,
         }
     }
 
@@ -883,5 +1109,240 @@ pub(crate) mod tests {
             plan(&a, &settings("203.0.113.0/24")),
             plan(&b, &settings("203.0.113.0/24"))
         );
+    }
+
+    fn with_mode(mut c: Container, mode: NetworkMode) -> Container {
+        // Docker lists no endpoints for a container in another's namespace.
+        if matches!(mode, NetworkMode::Container(_)) {
+            c.networks.clear();
+        }
+        c.network_mode = mode;
+        c
+    }
+
+    fn refusal(t: &TargetPlan) -> String {
+        let TargetState::Refused(reason) = &t.state else {
+            panic!("not refused: {t:?}")
+        };
+        reason.to_string()
+    }
+
+    /// Nothing of a refused target reaches a dataplane.
+    fn assert_untouched(t: &TargetPlan) {
+        assert_eq!(t.pid, None, "{t:?}");
+        assert!(t.entries.is_empty(), "{t:?}");
+        assert_eq!(t.mac_on_network, None);
+        assert_eq!(t.warp_pid, None);
+    }
+
+    #[test]
+    fn a_host_network_target_is_refused_and_gets_no_pid() {
+        let app = with_mode(target(&[("netwarp.rules", "0.0.0.0/0")]), NetworkMode::Host);
+        let world = World {
+            containers: vec![warp(), app],
+        };
+        for on_warp_down in [OnWarpDown::Block, OnWarpDown::Bypass] {
+            let mut s = settings("203.0.113.0/24");
+            s.on_warp_down = on_warp_down;
+            let t = only_target(&world, &s);
+            assert_untouched(&t);
+            assert_eq!(t.state.name(), "refused");
+            let reason = refusal(&t);
+            assert!(
+                reason.starts_with("app runs with --network host"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("run it on the warp's Docker network"),
+                "{reason}"
+            );
+            assert!(plan(&world, &s).guards.is_empty(), "no guard for it");
+        }
+    }
+
+    #[test]
+    fn a_target_without_network_has_nothing_to_steer() {
+        let app = with_mode(target(&[]), NetworkMode::NoNetwork);
+        let world = World {
+            containers: vec![warp(), app],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert_untouched(&t);
+        assert_eq!(
+            refusal(&t),
+            "app runs with --network none: it has no network, so there is nothing to steer"
+        );
+    }
+
+    fn sharing(other: &str, labels: &[(&str, &str)]) -> Container {
+        let mut all = vec![("netwarp.target", "warp-vpn")];
+        all.extend_from_slice(labels);
+        let mut c = container("side", &all, &[]);
+        c.network_mode = NetworkMode::Container(other.into());
+        c
+    }
+
+    fn find<'a>(plan: &'a Plan, name: &str) -> &'a TargetPlan {
+        plan.targets.iter().find(|t| t.name == name).unwrap()
+    }
+
+    #[test]
+    fn a_target_in_a_steered_targets_namespace_is_served_by_it_once() {
+        // Docker records the owner's full id; a name or prefix works too.
+        for reference in ["id-app", "app", "id-a"] {
+            let world = World {
+                containers: vec![warp(), target(&[]), sharing(reference, &[])],
+            };
+            let p = plan(&world, &settings("203.0.113.0/24"));
+            let owner = find(&p, "app");
+            let side = find(&p, "side");
+            assert!(matches!(owner.state, TargetState::Steered { .. }));
+            assert_eq!(owner.pid, Some(100), "the owner programs the namespace");
+            assert_eq!(side.state, owner.state, "{reference}");
+            assert_eq!(side.entries, owner.entries);
+            assert_eq!(side.pid, None, "never programmed twice");
+            assert_eq!(side.mac_on_network, None);
+            assert_eq!(side.warp_pid, None);
+            assert_eq!(side.shares_namespace_of.as_deref(), Some("app"));
+            assert_eq!(
+                side.sharing_note().as_deref(),
+                Some("shares the namespace of app, which netwarp steers")
+            );
+        }
+        // The same rules given explicitly (in another order) are the same.
+        let world = World {
+            containers: vec![
+                warp(),
+                target(&[("netwarp.rules", "198.51.100.0/24,203.0.113.0/24")]),
+                sharing(
+                    "app",
+                    &[("netwarp.rules", "203.0.113.0/24, 198.51.100.0/24")],
+                ),
+            ],
+        };
+        let p = plan(&world, &settings("192.0.2.0/24"));
+        assert_eq!(find(&p, "side").shares_namespace_of.as_deref(), Some("app"));
+        // While the warp is down the owner's block serves both.
+        let world = World {
+            containers: vec![target(&[]), sharing("id-app", &[])],
+        };
+        let p = plan(&world, &settings("203.0.113.0/24"));
+        let side = find(&p, "side");
+        assert!(matches!(side.state, TargetState::Blocked(_)));
+        assert_eq!(side.pid, None);
+        assert_eq!(
+            side.sharing_note().as_deref(),
+            Some("shares the namespace of app, which netwarp blocks")
+        );
+    }
+
+    #[test]
+    fn every_other_shared_namespace_is_refused() {
+        let plain = container("plain", &[], &[("net", endpoint("172.20.0.9", None))]);
+        let other_warp = container("warp-b", &[], &[("net", endpoint("172.20.0.8", None))]);
+        let elsewhere = container(
+            "elsewhere",
+            &[("netwarp.target", "warp-b")],
+            &[("net", endpoint("172.20.0.7", None))],
+        );
+        let mut host = target(&[]);
+        host.name = "hosted".into();
+        host.id = "id-hosted".into();
+        host.network_mode = NetworkMode::Host;
+        type Case<'a> = (Container, Vec<(&'a str, &'a str)>, &'a str);
+        let cases: Vec<Case> = vec![
+            (plain.clone(), vec![], "which is not a netwarp target"),
+            (
+                warp(),
+                vec![],
+                "shares the namespace of warp container warp-vpn",
+            ),
+            (
+                elsewhere.clone(),
+                vec![],
+                "which has another warp or other rules",
+            ),
+            (
+                target(&[]),
+                vec![("netwarp.rules", "198.51.100.0/24")],
+                "which has another warp or other rules",
+            ),
+            (
+                target(&[]),
+                vec![("netwarp.rules", "nonsense")],
+                "which has another warp or other rules",
+            ),
+            (host, vec![], "which itself runs with --network host"),
+        ];
+        for (owner, labels, expected) in cases {
+            let reference = owner.id.clone();
+            let world = World {
+                containers: vec![
+                    warp(),
+                    other_warp.clone(),
+                    owner,
+                    sharing(&reference, &labels),
+                ],
+            };
+            let p = plan(&world, &settings("203.0.113.0/24"));
+            let side = find(&p, "side");
+            assert_untouched(side);
+            let reason = refusal(side);
+            assert!(reason.contains(expected), "{reason} (want {expected})");
+            assert!(reason.starts_with("side "), "names the container: {reason}");
+        }
+        // A missing or stopped owner.
+        let mut stopped = plain;
+        stopped.running = false;
+        for containers in [vec![warp()], vec![warp(), stopped]] {
+            let mut containers = containers;
+            containers.push(sharing("id-plain", &[]));
+            let p = plan(&World { containers }, &settings("203.0.113.0/24"));
+            let side = find(&p, "side");
+            assert_untouched(side);
+            assert!(
+                refusal(side).contains("id-plain is not running"),
+                "{}",
+                refusal(side)
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_network_warp_is_refused_and_its_targets_block() {
+        for mode in [
+            NetworkMode::Host,
+            NetworkMode::NoNetwork,
+            NetworkMode::Container("x".into()),
+        ] {
+            let w = with_mode(warp(), mode.clone());
+            let world = World {
+                containers: vec![w, target(&[])],
+            };
+            let t = only_target(&world, &settings("203.0.113.0/24"));
+            let TargetState::Blocked(reason) = &t.state else {
+                panic!("{mode:?}: {t:?}")
+            };
+            assert_eq!(
+                *reason,
+                BlockReason::WarpNetworkMode {
+                    warp: "warp-vpn".into(),
+                    mode: mode.clone()
+                }
+            );
+            assert!(
+                reason
+                    .to_string()
+                    .starts_with(&format!("warp container warp-vpn runs with --network {mode}, so netwarp refuses it as a warp")),
+                "{reason}"
+            );
+            assert_eq!(t.warp_pid, None, "the warp's namespace is never entered");
+            assert!(t.entries.iter().all(|e| e.action == Action::Block));
+            assert_eq!(
+                t.pid,
+                Some(100),
+                "the target's own namespace gets the block"
+            );
+        }
     }
 }

@@ -252,7 +252,7 @@ async fn read_shaper_drops(targets: &[TargetView]) -> HashMap<String, ShaperDrop
                 .veth_ends_by_mac(mac)
                 .await
                 .map_err(|e| e.to_string())?;
-            let drops = tbf_drops(namespace.netlink_handle())
+            let drops = tbf_drops(namespace.dump_handle())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(ShaperDrops {

@@ -33,7 +33,7 @@ use super::{
     counters::{Counters, PacketsBytes},
     short_id,
 };
-use crate::{config::DataplaneMode, plan::TargetState};
+use crate::config::DataplaneMode;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -167,14 +167,6 @@ fn target_labels(target: &TargetView) -> Labels {
         ("container", target.plan.name.clone()),
         ("id", short_id(&target.plan.id).to_owned()),
     ]
-}
-
-fn state_name(state: &TargetState) -> &'static str {
-    match state {
-        TargetState::Steered { .. } => "steered",
-        TargetState::Blocked(_) => "blocked",
-        TargetState::Bypassed(_) => "bypassed",
-    }
 }
 
 impl Collector for ScrapeCollector {
@@ -326,23 +318,23 @@ impl Collector for ScrapeCollector {
             .map(|t| {
                 let mut labels = target_labels(t);
                 labels.push(("warp", t.plan.warp.clone()));
-                labels.push(("state", state_name(&t.plan.state).to_owned()));
+                labels.push(("state", t.plan.state.name().to_owned()));
                 (labels, 1)
             })
             .collect();
         gauge_family(
             &mut encoder,
             "netwarp_target_state",
-            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed)",
+            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, refused)",
             &states,
         )?;
-        let by_state: Vec<(Labels, i64)> = ["steered", "blocked", "bypassed"]
+        let by_state: Vec<(Labels, i64)> = ["steered", "blocked", "bypassed", "refused"]
             .into_iter()
             .map(|state| {
                 let count = published
                     .targets
                     .iter()
-                    .filter(|t| state_name(&t.plan.state) == state)
+                    .filter(|t| t.plan.state.name() == state)
                     .count();
                 (vec![("state", state.to_owned())], count as i64)
             })
@@ -423,7 +415,7 @@ fn gauge_family(
 mod tests {
     use super::*;
     use crate::{
-        plan::{BlockReason, TargetPlan},
+        plan::{BlockReason, TargetPlan, TargetState},
         telemetry::{
             GuardView, WarpState, WarpView,
             counters::{Drops, PacketsBytes, ShaperDrops},
@@ -444,6 +436,7 @@ mod tests {
                 warp_mac: None,
                 warp_macs: Vec::new(),
                 addresses: Vec::new(),
+                shares_namespace_of: None,
             },
             host_ifindex: Some(7),
             warp_ifindex: None,

@@ -30,7 +30,7 @@ use tracing::{Span, debug, info, info_span};
 use crate::{
     config::{Config, DataplaneMode},
     glob,
-    model::{Health, World},
+    model::{Health, NetworkMode, World},
     plan::{Plan, PlanSettings, TargetPlan},
 };
 
@@ -78,6 +78,9 @@ pub enum WarpState {
     Missing,
     /// Named by a target, but its name does not match the warp pattern.
     NotAWarp,
+    /// Runs with `--network host`, `none` or another container's: no
+    /// namespace of its own on a Docker network, so refused as a warp.
+    Refused,
 }
 
 impl WarpState {
@@ -89,6 +92,7 @@ impl WarpState {
             Self::NotRunning => "not-running",
             Self::Missing => "missing",
             Self::NotAWarp => "not-a-warp",
+            Self::Refused => "refused",
         }
     }
 }
@@ -332,9 +336,11 @@ pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<Wa
         if !matches && !named.contains_key(container.name.as_str()) {
             continue;
         }
+        let own = container.network_mode == NetworkMode::Own;
         let state = match (matches, container.running, container.health) {
             (false, _, _) => WarpState::NotAWarp,
             (true, false, _) => WarpState::NotRunning,
+            (true, true, _) if !own => WarpState::Refused,
             (true, true, Health::Unhealthy) => WarpState::Unhealthy,
             (true, true, Health::Starting) => WarpState::Starting,
             (true, true, _) => WarpState::Up,
@@ -405,6 +411,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             networks: Default::default(),
+            network_mode: NetworkMode::Own,
         }
     }
 

@@ -54,7 +54,7 @@ pub struct WarpStatus {
     pub name: String,
     pub id: Option<String>,
     pub up: bool,
-    /// up, starting, unhealthy, not-running, missing or not-a-warp.
+    /// up, starting, unhealthy, not-running, missing, not-a-warp or refused.
     pub state: String,
     pub targets: usize,
     /// eBPF: what the warp forwarded of its targets' steered traffic
@@ -70,10 +70,16 @@ pub struct TargetStatus {
     /// Short (12 character) id.
     pub id: String,
     pub warp: String,
-    /// steered, blocked or bypassed.
+    /// steered, blocked, bypassed or refused (netwarp does not touch its
+    /// namespace: `--network host`, `none`, or another container's).
     pub state: String,
-    /// Why it is blocked or bypassed; null while steered.
+    /// Why it is blocked, bypassed or refused, and for a target in another
+    /// target's namespace how that one serves it; null while steered.
     pub reason: Option<String>,
+    /// The target whose namespace this one runs in (`--network
+    /// container:X`, same warp and rules), which is the one programmed.
+    #[serde(default)]
+    pub shares_namespace_of: Option<String>,
     pub network: Option<String>,
     pub next_hop_v4: Option<String>,
     pub next_hop_v6: Option<String>,
@@ -187,6 +193,12 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         ),
         TargetState::Blocked(reason) => ("blocked", Some(reason.to_string()), None, None, None),
         TargetState::Bypassed(reason) => ("bypassed", Some(reason.to_string()), None, None, None),
+        TargetState::Refused(reason) => ("refused", Some(reason.to_string()), None, None, None),
+    };
+    // A target in another target's namespace: how that one serves it.
+    let reason = match (plan.sharing_note(), reason) {
+        (Some(note), Some(reason)) => Some(format!("{note}: {reason}")),
+        (note, reason) => note.or(reason),
     };
     TargetStatus {
         name: plan.name.clone(),
@@ -194,6 +206,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         warp: plan.warp.clone(),
         state: state.to_owned(),
         reason,
+        shares_namespace_of: plan.shares_namespace_of.clone(),
         network,
         next_hop_v4: v4,
         next_hop_v6: v6,
@@ -246,6 +259,7 @@ mod tests {
             warp_mac: None,
             warp_macs: Vec::new(),
             addresses: Vec::new(),
+            shares_namespace_of: None,
         };
         let view = TargetView {
             plan: plan.clone(),

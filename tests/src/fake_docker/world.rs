@@ -8,7 +8,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use netwarp::model::{Container, Endpoint, Health, World};
+use netwarp::model::{Container, Endpoint, Health, NetworkMode, World};
 use serde::Serialize;
 
 /// The shape of a synthetic world.
@@ -341,6 +341,7 @@ impl State {
                             )
                         })
                         .collect(),
+                    network_mode: NetworkMode::Own,
                 })
                 .collect(),
         }
@@ -582,13 +583,19 @@ impl<'a> Summary<'a> {
             labels: &c.labels,
             state: if c.running { "running" } else { "exited" },
             status,
-            host_config: serde_json::json!({"NetworkMode": c.networks.first().map_or("none", |e| e.network.as_str())}),
+            host_config: serde_json::json!({"NetworkMode": network_mode(c)}),
             network_settings: SummaryNetworks {
                 networks: networks_json(c),
             },
             mounts: [],
         }
     }
+}
+
+/// Docker's `HostConfig.NetworkMode`: the network a container was created
+/// on (kept after a disconnect), as list and inspect both report it.
+fn network_mode(c: &FakeContainer) -> &str {
+    c.networks.first().map_or("bridge", |e| e.network.as_str())
 }
 
 #[derive(Serialize)]
@@ -640,7 +647,7 @@ impl<'a> Inspect<'a> {
             restart_count: 0,
             driver: "overlay2",
             platform: "linux",
-            host_config: serde_json::json!({"NetworkMode": c.networks.first().map_or("none", |e| e.network.as_str())}),
+            host_config: serde_json::json!({"NetworkMode": network_mode(c)}),
             config: serde_json::json!({
                 "Hostname": &c.id[..12],
                 "Image": c.image,
