@@ -349,7 +349,9 @@ pub struct WarpOptions<'a> {
 fn healthcheck_args(addresses: &Addresses) -> Vec<String> {
     [
         "--health-cmd",
-        &format!("ping -c 1 -W 1 {}", addresses.server_tunnel()),
+        // Bound to wg0: without a tunnel it fails without sending (the
+        // host would route the probe out by its own default route).
+        &format!("ping -c 1 -W 1 -I wg0 {}", addresses.server_tunnel()),
         "--health-interval",
         "1s",
         "--health-timeout",
@@ -488,6 +490,26 @@ pub fn forwarded_datagrams(container: &Container) -> anyhow::Result<u64> {
         .find(|(name, _)| *name == "ForwDatagrams")
         .and_then(|(_, value)| value.parse().ok())
         .with_context(|| format!("no ForwDatagrams in `{values}`"))
+}
+
+/// Whether a ping from `container` to `destination` is refused at once
+/// (EACCES from netwarp's `prohibit` route): netwarp has programmed the
+/// container and holds it closed.
+pub fn refused(container: &Container, destination: &str) -> bool {
+    output(
+        "docker",
+        &[
+            "exec",
+            container.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            destination,
+        ],
+    )
+    .is_ok_and(|out| String::from_utf8_lossy(&out.stderr).contains("Permission denied"))
 }
 
 /// One ping from `container` to `destination`, one second at most:
