@@ -195,20 +195,7 @@ impl VpnServer {
         let netns = Netns::create("nwv")?;
         let veth = Veth::create(&netns)?;
         let (host, address) = free_endpoint_slot()?;
-        run(
-            "ip",
-            &["addr", "add", &format!("{host}/30"), "dev", &veth.host],
-        )?;
-        run("ip", &["link", "set", &veth.host, "up"])?;
-        netns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{address}/30"),
-            "dev",
-            &veth.peer,
-        ])?;
-        netns.exec(&["ip", "link", "set", &veth.peer, "up"])?;
+        veth.address(&netns, &format!("{host}/30"), &format!("{address}/30"))?;
         netns.exec(&[
             "ip",
             "addr",
@@ -492,24 +479,18 @@ pub fn forwarded_datagrams(container: &Container) -> anyhow::Result<u64> {
         .with_context(|| format!("no ForwDatagrams in `{values}`"))
 }
 
-/// Whether a ping from `container` to `destination` is refused at once
-/// (EACCES from netwarp's `prohibit` route): netwarp has programmed the
-/// container and holds it closed.
-pub fn refused(container: &Container, destination: &str) -> bool {
-    output(
-        "docker",
-        &[
-            "exec",
-            container.name(),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            destination,
-        ],
-    )
-    .is_ok_and(|out| String::from_utf8_lossy(&out.stderr).contains("Permission denied"))
+/// Whether netwarp holds `container`'s traffic to `prefix` closed: a
+/// `prohibit` route in its table in the container (both dataplanes
+/// install one). Checked without sending, since an unprogrammed
+/// container's probe would leave by its default route.
+pub fn held_closed(container: &Container, prefix: &str) -> bool {
+    container
+        .ip(&["route", "show", "table", crate::steering::TABLE])
+        .is_ok_and(|routes| {
+            routes
+                .lines()
+                .any(|l| l.starts_with("prohibit") && l.contains(prefix))
+        })
 }
 
 /// One ping from `container` to `destination`, one second at most:
