@@ -174,20 +174,11 @@ impl LeakSink {
             .to_owned();
         let host_addr = format!("169.254.{octet}.1");
         let sink_addr = format!("169.254.{octet}.2");
-        run(
-            "ip",
-            &["addr", "add", &format!("{host_addr}/30"), "dev", &veth.host],
-        )?;
-        run("ip", &["link", "set", &veth.host, "up"])?;
-        netns.exec(&[
-            "ip",
-            "addr",
-            "add",
+        veth.address(
+            &netns,
+            &format!("{host_addr}/30"),
             &format!("{sink_addr}/30"),
-            "dev",
-            &veth.peer,
-        ])?;
-        netns.exec(&["ip", "link", "set", &veth.peer, "up"])?;
+        )?;
         // Counted (and dropped) as they arrive, before any routing.
         netns.exec(&[
             "iptables",

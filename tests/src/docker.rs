@@ -38,6 +38,19 @@ impl DockerNetwork {
         })
     }
 
+    /// An ordinary (not internal) network: its containers' default route
+    /// leads through the host, which masquerades what leaves by it. For a
+    /// warp that must reach a server on the host (a VPN endpoint), and for
+    /// the path an untunnelled forward would leak by.
+    pub fn create_routed(prefix: &str) -> anyhow::Result<Self> {
+        let name = crate::unique_name(prefix);
+        run("docker", &["network", "create", &name])?;
+        Ok(Self {
+            name,
+            forward_rule: None,
+        })
+    }
+
     /// An internal dual-stack network with a unique ULA /64.
     pub fn create_internal_ipv6(prefix: &str) -> anyhow::Result<Self> {
         let name = crate::unique_name(prefix);
@@ -104,6 +117,25 @@ impl DockerNetwork {
         std::mem::take(&mut network.name)
     }
 
+    /// The network's IPv4 subnet, e.g. `172.20.0.0/16`.
+    pub fn subnet(&self) -> anyhow::Result<String> {
+        let subnet = run(
+            "docker",
+            &[
+                "network",
+                "inspect",
+                "--format",
+                "{{range .IPAM.Config}}{{if not (eq (len .Subnet) 0)}}{{.Subnet}} {{end}}{{end}}",
+                &self.name,
+            ],
+        )?;
+        subnet
+            .split_whitespace()
+            .find(|s| !s.contains(':'))
+            .map(str::to_owned)
+            .with_context(|| format!("network {} has no IPv4 subnet", self.name))
+    }
+
     /// The host bridge interface, `br-<first 12 of the id>`.
     pub fn bridge(&self) -> anyhow::Result<String> {
         let id = run(
@@ -159,6 +191,29 @@ impl Container {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Creates `command` from the test image named `name` on `network`,
+    /// connects it to each of `more_networks` (whose first gateway then
+    /// gives its default route when `network` is internal), and starts it.
+    pub fn run_on_networks(
+        name: &str,
+        network: &DockerNetwork,
+        more_networks: &[&DockerNetwork],
+        extra_args: &[&str],
+        command: &[&str],
+    ) -> anyhow::Result<Self> {
+        let container = Self::adopt(name);
+        let mut args = vec!["create", "--name", name, "--network", network.name()];
+        args.extend_from_slice(extra_args);
+        args.push(TEST_IMAGE);
+        args.extend_from_slice(command);
+        run("docker", &args)?;
+        for more in more_networks {
+            run("docker", &["network", "connect", more.name(), name])?;
+        }
+        run("docker", &["start", name])?;
+        Ok(container)
     }
 
     /// Wraps a container that `docker run` already created under `name`.

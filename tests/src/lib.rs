@@ -19,6 +19,7 @@ pub mod seccomp;
 pub mod skip;
 pub mod steering;
 pub mod tcx;
+pub mod vpn;
 
 /// A name unique to this process and call, short enough for an interface
 /// name (15 bytes max): `<prefix><pid-hex><counter-hex>`.

@@ -136,6 +136,21 @@ impl Veth {
         Ok(Self { host, peer })
     }
 
+    /// Puts `host_cidr` on the host end and `peer_cidr` on the peer end
+    /// (inside `peer_netns`) and brings both up.
+    pub fn address(
+        &self,
+        peer_netns: &Netns,
+        host_cidr: &str,
+        peer_cidr: &str,
+    ) -> anyhow::Result<()> {
+        run("ip", &["addr", "add", host_cidr, "dev", &self.host])?;
+        run("ip", &["link", "set", &self.host, "up"])?;
+        peer_netns.exec(&["ip", "addr", "add", peer_cidr, "dev", &self.peer])?;
+        peer_netns.exec(&["ip", "link", "set", &self.peer, "up"])?;
+        Ok(())
+    }
+
     /// The host end's ifindex, in the caller's namespace.
     pub fn host_ifindex(&self) -> anyhow::Result<u32> {
         // /sys shows the namespace of whoever mounted it, so ask ip instead.

@@ -27,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // Validates examples/compose.yaml.
     "docker-compose",
+    // The VPN test world: userspace WireGuard (no kernel module needed,
+    // only /dev/net/tun) and `wg` for keys and configuration.
+    "wireguard-go",
+    "wireguard-tools",
 ];
 /// The local test image; bump the version when its contents change.
 pub const TEST_IMAGE: &str = "netwarp-test:latest";

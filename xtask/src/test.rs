@@ -82,7 +82,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cmd.arg("--").args(&args.filters);
     all_succeeded &= run_tests(cmd, &root, &skip_log, &mut totals)?;
 
-    // The steering suite again, against the eBPF dataplane.
+    // The steering suite again, against the eBPF dataplane. (The guard
+    // and VPN suites, guard_e2e and vpn_e2e, run each dataplane themselves.)
     if runs_docker_suites {
         println!("\n=== steering end-to-end suite, eBPF dataplane ===");
         let mut cmd = cargo();
