@@ -20,6 +20,7 @@ use netwarp_tests::{
     chaos::LeakSink,
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
+    observe::status_json,
     skip_if,
     vpn::{
         Addresses, KeyPair, Sender, VpnServer, WarpOptions, answered, delete_tunnel,
@@ -195,6 +196,32 @@ impl World {
         self.sink.packets() - self.baseline
     }
 
+    /// What netwarp dropped of the warp's untunnelled forwards, from
+    /// `netwarp status` (eBPF: a count; routes keeps none: null).
+    fn untunnelled_drops(&self) -> Option<u64> {
+        let daemon = self._daemon.as_ref().expect("a daemon");
+        let status = status_json(daemon).expect("status");
+        let name = self.warp_name();
+        let warp = status["warps"]
+            .as_array()
+            .and_then(|warps| warps.iter().find(|w| w["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("{name} not in status: {status}"));
+        warp["untunnelled_drops"]["packets"].as_u64()
+    }
+
+    /// The warp forwarded the target's traffic untunnelled: eBPF counted
+    /// the drops on the warp's veths; routes has no counter.
+    fn assert_untunnelled_drops_counted(&self) {
+        let drops = self.untunnelled_drops();
+        match self.mode {
+            "ebpf" => assert!(
+                drops.is_some_and(|d| d > 0),
+                "ebpf: the warp forwarded untunnelled, but status counts {drops:?} drops"
+            ),
+            _ => assert_eq!(drops, None, "{}: no per-warp counter expected", self.mode),
+        }
+    }
+
     fn assert_no_leaks(&self, when: &str) {
         let leaks = self.leaks();
         assert_eq!(
@@ -314,6 +341,7 @@ fn tunnel_deleted(mode: &'static str) {
         "{mode}: the warp forwarded nothing after its tunnel was deleted"
     );
     world.assert_no_leaks("after the tunnel was deleted");
+    world.assert_untunnelled_drops_counted();
     restart(world.warp()).expect("restart the warp");
     world.assert_served(RECOVER, "after the warp restarted");
     world.assert_no_leaks("after the warp restarted");
@@ -332,6 +360,7 @@ fn naive_forwarder(mode: &'static str) {
     );
     assert_eq!(sender.answers(), 0, "{mode}: answered with no tunnel");
     world.assert_no_leaks("through the naive warp");
+    world.assert_untunnelled_drops_counted();
 }
 
 /// f. Targets on an internal network, the warp also on a routed one that
