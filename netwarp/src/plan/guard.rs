@@ -27,7 +27,7 @@ use std::{
 use super::{Action, Entry, PlanSettings, plan_target};
 use crate::{
     glob,
-    model::{NetworkMode, World},
+    model::{Endpoint, NetworkMode, World},
 };
 
 /// The guard of one Docker network.
@@ -55,7 +55,7 @@ pub struct GuardPlan {
 /// something to steer or block, or the target's warp; sorted by network
 /// name.
 pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
-    let mut guards: BTreeMap<&str, GuardPlan> = BTreeMap::new();
+    let mut guards: BTreeMap<String, GuardPlan> = BTreeMap::new();
     let mut forwarded = Vec::new();
     for container in &world.containers {
         let Some(warp) = container.labels.get(&settings.target_label) else {
@@ -68,13 +68,7 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
             continue;
         }
         for (network, endpoint) in &container.networks {
-            let guard = guards.entry(network).or_insert_with(|| GuardPlan {
-                network: network.clone(),
-                ..GuardPlan::default()
-            });
-            if guard.network_id.is_none() {
-                guard.network_id.clone_from(&endpoint.network_id);
-            }
+            let guard = guard_of(&mut guards, network, endpoint);
             guard
                 .entries
                 .extend(target.entries.iter().map(|entry| Entry {
@@ -95,13 +89,7 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
             continue;
         };
         for (network, endpoint) in &warp.networks {
-            let guard = guards.entry(network).or_insert_with(|| GuardPlan {
-                network: network.clone(),
-                ..GuardPlan::default()
-            });
-            if guard.network_id.is_none() {
-                guard.network_id.clone_from(&endpoint.network_id);
-            }
+            let guard = guard_of(&mut guards, network, endpoint);
             for entry in &target.entries {
                 let blocked = Entry {
                     rule: entry.rule,
@@ -145,6 +133,25 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
             guard
         })
         .collect()
+}
+
+/// The guard of `network` (created on first use), with its network id
+/// from the first endpoint that has one.
+fn guard_of<'a>(
+    guards: &'a mut BTreeMap<String, GuardPlan>,
+    network: &str,
+    endpoint: &Endpoint,
+) -> &'a mut GuardPlan {
+    let guard = guards
+        .entry(network.to_owned())
+        .or_insert_with(|| GuardPlan {
+            network: network.to_owned(),
+            ..GuardPlan::default()
+        });
+    if guard.network_id.is_none() {
+        guard.network_id.clone_from(&endpoint.network_id);
+    }
+    guard
 }
 
 #[cfg(test)]
