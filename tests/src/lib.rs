@@ -5,6 +5,7 @@
 //! including when the test panics.
 pub mod chaos;
 pub mod command;
+pub mod container;
 pub mod cpu;
 pub mod daemon;
 pub mod docker;

@@ -18,9 +18,12 @@ pub const NET_INIT_INO: u64 = 0xEFFF_FFF9;
 /// The fixes, as a Compose key and a `docker run` flag.
 pub const FIX_PID: &str = "Compose: `pid: host`; docker run: `--pid host`";
 pub const FIX_NET: &str = "Compose: `network_mode: host`; docker run: `--network host`";
-pub const FIX_CAPS: &str = "Compose: `cap_add: [NET_ADMIN, SYS_ADMIN, BPF, PERFMON, SYS_PTRACE]`; \
-     docker run: `--cap-add NET_ADMIN --cap-add SYS_ADMIN --cap-add BPF --cap-add PERFMON \
-     --cap-add SYS_PTRACE`";
+/// SYS_ADMIN also grants what BPF and PERFMON would (and older engines,
+/// such as Docker 20.10, reject those two names); SYS_PTRACE opens the
+/// `/proc/PID/ns/net` of containers holding capabilities netwarp lacks (a
+/// privileged warp, for example), which the kernel refuses otherwise.
+pub const FIX_CAPS: &str = "Compose: `cap_add: [NET_ADMIN, SYS_ADMIN, SYS_PTRACE]`; \
+     docker run: `--cap-add NET_ADMIN --cap-add SYS_ADMIN --cap-add SYS_PTRACE`";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
