@@ -19,6 +19,7 @@ pub mod scale;
 pub mod seccomp;
 pub mod skip;
 pub mod steering;
+pub mod swarm;
 pub mod tcx;
 pub mod vpn;
 
