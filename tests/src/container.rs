@@ -12,29 +12,38 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    command::{output, run, run_quietly},
+    command::{combined_output, output, run, run_quietly},
     daemon::{TestLabels, config_toml, eventually, remove_host_guard_rules, unique_guard_priority},
     docker::Container,
 };
 
-/// The image, or why the container tests cannot run.
-pub fn image() -> Result<String, String> {
+/// Why the container tests cannot run, if they cannot.
+pub fn missing_image() -> Option<String> {
     if let Some(reason) = crate::skip::missing_docker() {
-        return Err(reason);
+        return Some(reason);
     }
-    let image = std::env::var("NETWARP_IMAGE").map_err(|_| {
-        "needs NETWARP_IMAGE, the netwarp image `cargo xtask test` builds from this build"
-            .to_owned()
-    })?;
-    match output(
+    let Ok(image) = std::env::var("NETWARP_IMAGE") else {
+        return Some(
+            "needs NETWARP_IMAGE, the netwarp image `cargo xtask test` builds from this build"
+                .to_owned(),
+        );
+    };
+    let found = output(
         "docker",
         &["image", "inspect", "--format", "{{.Id}}", &image],
-    ) {
-        Ok(out) if out.status.success() => Ok(image),
-        _ => Err(format!(
-            "needs the image {image} (`cargo xtask test` builds it; or `cargo xtask image --debug --tag {image}`)"
-        )),
-    }
+    )
+    .is_ok_and(|out| out.status.success());
+    (!found).then(|| {
+        format!(
+            "needs the image {image} (`cargo xtask test` builds it; or \
+             `cargo xtask image --debug --tag {image}`)"
+        )
+    })
+}
+
+/// The netwarp image under test (check [`missing_image`] first).
+pub fn image() -> String {
+    std::env::var("NETWARP_IMAGE").expect("NETWARP_IMAGE is set")
 }
 
 /// A finished one-shot container.
@@ -172,15 +181,7 @@ impl Compose {
     }
 
     pub fn logs(&self) -> String {
-        output("docker", &["logs", &self.project])
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_default()
+        combined_output("docker", &["logs", &self.project])
     }
 
     /// Docker's view of the healthcheck: starting, healthy or unhealthy.

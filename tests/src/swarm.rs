@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::bail;
 
 use crate::{
-    command::{output, run, run_quietly},
+    command::{combined_output, output, run, run_quietly},
     daemon::eventually,
 };
 
@@ -171,7 +171,7 @@ impl Stack {
 
     /// What `service`'s tasks logged.
     pub fn service_logs(&self, service: &str) -> String {
-        output(
+        combined_output(
             "docker",
             &[
                 "service",
@@ -180,14 +180,6 @@ impl Stack {
                 &format!("{}_{service}", self.name),
             ],
         )
-        .map(|o| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-        .unwrap_or_default()
     }
 }
 

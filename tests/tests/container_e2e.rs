@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    container::{Compose, compose_file, image, run_once},
+    container::{Compose, compose_file, image, missing_image, run_once},
     daemon::{TestLabels, eventually},
     docker::DockerNetwork,
     skip, skip_if,
@@ -42,10 +42,8 @@ fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 #[test]
 fn run_without_the_host_pid_namespace_refuses_with_the_fix() {
     let test = "run_without_the_host_pid_namespace_refuses_with_the_fix";
-    let image = match image() {
-        Ok(image) => image,
-        Err(reason) => return skip::record(test, &reason),
-    };
+    skip_if!(test, missing_image());
+    let image = image();
     // Everything else it needs, so that only the pid namespace is missing.
     let mut args = vec![
         "--network",
@@ -72,10 +70,8 @@ fn run_without_the_host_pid_namespace_refuses_with_the_fix() {
 #[test]
 fn run_in_a_network_namespace_of_its_own_refuses_with_the_fix() {
     let test = "run_in_a_network_namespace_of_its_own_refuses_with_the_fix";
-    let image = match image() {
-        Ok(image) => image,
-        Err(reason) => return skip::record(test, &reason),
-    };
+    skip_if!(test, missing_image());
+    let image = image();
     let mut args = vec!["--pid", "host", "--network", "none"];
     args.extend_from_slice(CAPS);
     let finished = run_once(&image, &args, &["run", "--dataplane", "routes"]).expect("ran");
@@ -98,10 +94,8 @@ fn run_in_a_network_namespace_of_its_own_refuses_with_the_fix() {
 #[test]
 fn probe_in_a_plain_container_names_every_missing_piece() {
     let test = "probe_in_a_plain_container_names_every_missing_piece";
-    let image = match image() {
-        Ok(image) => image,
-        Err(reason) => return skip::record(test, &reason),
-    };
+    skip_if!(test, missing_image());
+    let image = image();
     let report = probe_json(&image, &["--network", "none"]);
     let env = &report["environment"];
     assert_eq!(env["container"], true, "{report:#}");
@@ -129,10 +123,8 @@ fn probe_in_a_plain_container_names_every_missing_piece() {
 #[test]
 fn probe_with_the_compose_options_finds_everything() {
     let test = "probe_with_the_compose_options_finds_everything";
-    let image = match image() {
-        Ok(image) => image,
-        Err(reason) => return skip::record(test, &reason),
-    };
+    skip_if!(test, missing_image());
+    let image = image();
     let mut args = vec![
         "--pid",
         "host",
@@ -189,10 +181,8 @@ fn compose_file_is_accepted() {
 }
 
 fn compose_deployment_steers(test: &str, mode: &str) {
-    let image = match image() {
-        Ok(image) => image,
-        Err(reason) => return skip::record(test, &reason),
-    };
+    skip_if!(test, missing_image());
+    let image = image();
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
     let warp_name = labels.warp_name("gw");

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use netwarp_tests::{
     command::run,
-    container::image,
+    container::{image, missing_image},
     daemon::{Daemon, TestLabels, eventually, netwarp_binary},
     docker::{Container, TEST_IMAGE},
-    skip, skip_if,
+    skip_if,
     steering::{GLOBAL_RULES, REMOTE, owned_state, reaches, warp_script},
     swarm::Swarm,
 };
@@ -83,10 +83,8 @@ networks:
 fn swarm_tasks_are_steered_and_netwarp_as_a_service_refuses() {
     let test = "swarm_tasks_are_steered_and_netwarp_as_a_service_refuses";
     skip_if!(test, Swarm::missing());
-    let image = match image() {
-        Ok(image) => image,
-        Err(reason) => return skip::record(test, &reason),
-    };
+    skip_if!(test, missing_image());
+    let image = image();
     let labels = TestLabels::unique();
     // The services' names (`<stack>_gw`) match the daemon's warp pattern.
     let stack_name = format!("{}s", labels.warp_prefix);

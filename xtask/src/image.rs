@@ -85,41 +85,47 @@ pub fn build_image(binary: &Path, tag: &str) -> anyhow::Result<u64> {
         // loader asks for.
         fs::copy(&library, &dest).with_context(|| format!("copying {}", library.display()))?;
     }
-    let tarball = work.join("rootfs.tar");
+    import_rootfs(
+        &rootfs,
+        &[
+            format!("ENTRYPOINT [\"{IMAGE_BINARY}\"]"),
+            "CMD [\"run\"]".to_owned(),
+            format!(
+                "LABEL org.opencontainers.image.title=netwarp \
+                 org.opencontainers.image.version={}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ],
+        tag,
+    )?;
+    let size =
+        capture(Command::new("docker").args(["image", "inspect", "--format", "{{.Size}}", tag]))?;
+    size.parse()
+        .with_context(|| format!("image size `{size}` of {tag}"))
+}
+
+/// Imports the directory `rootfs` as the image `tag` (`docker import`,
+/// no registry), owned by root, with Dockerfile `changes`.
+pub fn import_rootfs(rootfs: &Path, changes: &[String], tag: &str) -> anyhow::Result<()> {
+    let tarball = rootfs.with_extension("tar");
     run_inherit(
         Command::new("tar")
             .arg("--owner=0")
             .arg("--group=0")
             .arg("-C")
-            .arg(&rootfs)
+            .arg(rootfs)
             .arg("-cf")
             .arg(&tarball)
             .arg("."),
     )?;
-    run_inherit(
-        Command::new("docker")
-            .args([
-                "import",
-                "--change",
-                &format!("ENTRYPOINT [\"{IMAGE_BINARY}\"]"),
-                "--change",
-                "CMD [\"run\"]",
-                "--change",
-                &format!(
-                    "LABEL org.opencontainers.image.title=netwarp \
-                     org.opencontainers.image.version={}",
-                    env!("CARGO_PKG_VERSION")
-                ),
-            ])
-            .arg(&tarball)
-            .arg(tag)
-            .stdout(Stdio::null()),
-    )?;
+    let mut import = Command::new("docker");
+    import.arg("import");
+    for change in changes {
+        import.arg("--change").arg(change);
+    }
+    let imported = run_inherit(import.arg(&tarball).arg(tag).stdout(Stdio::null()));
     let _ = fs::remove_file(&tarball);
-    let size =
-        capture(Command::new("docker").args(["image", "inspect", "--format", "{{.Size}}", tag]))?;
-    size.parse()
-        .with_context(|| format!("image size `{size}` of {tag}"))
+    imported
 }
 
 /// The files `ldd` resolves for `binary`, the loader included; fails when
