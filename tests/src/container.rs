@@ -112,11 +112,14 @@ pub struct Compose {
 }
 
 impl Compose {
+    /// Brings the deployment up with `mode` in the config file and `env`
+    /// (`NETWARP_*` variables the Compose file passes on) for docker-compose.
     pub fn up(
         image: &str,
         labels: &TestLabels,
         mode: &str,
         rules_toml: &str,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let project = crate::unique_name("nwcompose");
         let dir = std::env::temp_dir().join(&project);
@@ -144,7 +147,7 @@ impl Compose {
                 Path::new("/run/netwarp/netwarp.sock"),
             ),
         )?;
-        let out = compose.compose(&["up", "--detach"], Some(image))?;
+        let out = compose.compose(&["up", "--detach"], Some(image), env)?;
         if !out.status.success() {
             bail!(
                 "docker-compose up failed: {}",
@@ -154,7 +157,12 @@ impl Compose {
         Ok(compose)
     }
 
-    fn compose(&self, args: &[&str], image: Option<&str>) -> anyhow::Result<std::process::Output> {
+    fn compose(
+        &self,
+        args: &[&str],
+        image: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<std::process::Output> {
         let mut command = std::process::Command::new("docker-compose");
         command
             .arg("--file")
@@ -163,7 +171,7 @@ impl Compose {
             .args(args)
             .env("NETWARP_CONFIG", self.dir.join("netwarp.toml"))
             .env("NETWARP_CONTAINER_NAME", &self.project)
-            .env("NETWARP_LOGGING_FORMAT", "text");
+            .envs(env.iter().copied());
         if let Some(image) = image {
             command.env("NETWARP_IMAGE", image);
         }
@@ -212,7 +220,7 @@ impl Drop for Compose {
         if std::thread::panicking() {
             eprintln!("--- {} logs ---\n{}", self.project, self.logs());
         }
-        let down = self.compose(&["down", "--timeout", "1"], None);
+        let down = self.compose(&["down", "--timeout", "1"], None, &[]);
         if !down.is_ok_and(|o| o.status.success()) {
             run_quietly("docker", &["rm", "--force", &self.project]);
         }

@@ -180,7 +180,9 @@ fn compose_file_is_accepted() {
     );
 }
 
-fn compose_deployment_steers(test: &str, mode: &str) {
+/// `file_mode` goes in the mounted config file; `env_mode`, when given, in
+/// NETWARP_DATAPLANE_MODE, which must win.
+fn compose_deployment_steers(test: &str, file_mode: &str, env_mode: Option<&str>) {
     skip_if!(test, missing_image());
     let image = image();
     let labels = TestLabels::unique();
@@ -193,7 +195,12 @@ fn compose_deployment_steers(test: &str, mode: &str) {
         "reached the warp before netwarp ran"
     );
 
-    let compose = Compose::up(&image, &labels, mode, GLOBAL_RULES).expect("compose up");
+    let env: Vec<(&str, &str)> = env_mode
+        .map(|mode| ("NETWARP_DATAPLANE_MODE", mode))
+        .into_iter()
+        .collect();
+    let compose = Compose::up(&image, &labels, file_mode, GLOBAL_RULES, &env).expect("compose up");
+    let mode = env_mode.unwrap_or(file_mode);
     assert!(
         eventually(CONVERGE, || reaches(&target, 8080)),
         "the target never reached {REMOTE} through the warp; state:\n{}\nlogs:\n{}",
@@ -220,10 +227,15 @@ fn compose_deployment_steers(test: &str, mode: &str) {
 
 #[test]
 fn compose_deployment_steers_with_routes() {
-    compose_deployment_steers("compose_deployment_steers_with_routes", "routes");
+    compose_deployment_steers("compose_deployment_steers_with_routes", "routes", None);
 }
 
 #[test]
 fn compose_deployment_steers_with_ebpf() {
-    compose_deployment_steers("compose_deployment_steers_with_ebpf", "ebpf");
+    // The file says routes; the variable beats it.
+    compose_deployment_steers(
+        "compose_deployment_steers_with_ebpf",
+        "routes",
+        Some("ebpf"),
+    );
 }
