@@ -38,9 +38,8 @@ use futures_util::{StreamExt as _, stream};
 
 use crate::{
     docker::{DockerError, to_container, to_endpoint},
-    glob,
     model::{Container, Health, NetworkMode, World},
-    plan::{GuardPlan, PlanSettings},
+    plan::{GuardPlan, PlanSettings, is_warp_by_name},
 };
 
 /// Inspects in flight at once. Docker serves them in parallel; more would
@@ -149,7 +148,7 @@ impl Inventory {
     /// Whether the planner needs more than the list for this container.
     pub fn is_relevant(&self, container: &Container) -> bool {
         container.labels.contains_key(&self.target_label)
-            || glob::matches(&self.warp_name_pattern, &container.name)
+            || is_warp_by_name(&self.warp_name_pattern, container)
             || self
                 .cap_labels
                 .iter()

@@ -27,6 +27,20 @@ pub fn output(program: &str, args: &[&str]) -> anyhow::Result<Output> {
         .with_context(|| format!("spawning `{program} {}`", args.join(" ")))
 }
 
+/// What a command wrote, stdout then stderr, whatever its exit status
+/// (empty when it cannot run): for logs in failure messages.
+pub fn combined_output(program: &str, args: &[&str]) -> String {
+    output(program, args)
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// Runs a command for cleanup: failures are printed, never raised, because
 /// it runs from `Drop`.
 pub fn run_quietly(program: &str, args: &[&str]) {

@@ -66,7 +66,7 @@ pub fn netwarp_binary() -> PathBuf {
 
 /// Host guard rule priorities of their own for each test daemon: the
 /// guard owns its three priorities, and daemons run side by side.
-fn unique_guard_priority() -> u32 {
+pub fn unique_guard_priority() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -75,7 +75,7 @@ fn unique_guard_priority() -> u32 {
 
 /// Deletes the host guard rules at a daemon's three priorities (which a
 /// stopped daemon keeps, to fail closed); bounded in count.
-fn remove_host_guard_rules(first: u32) {
+pub fn remove_host_guard_rules(first: u32) {
     for family in ["-4", "-6"] {
         for priority in first..first + 3 {
             let priority = priority.to_string();
@@ -93,6 +93,39 @@ fn remove_host_guard_rules(first: u32) {
             }
         }
     }
+}
+
+/// A daemon config for `labels` with `rules_toml` appended: the test's own
+/// pin dir, guard priorities and control socket, metrics on a free port.
+pub fn config_toml(
+    labels: &TestLabels,
+    mode: &str,
+    rules_toml: &str,
+    pin_dir: &std::path::Path,
+    guard_priority: u32,
+    socket: &std::path::Path,
+) -> String {
+    format!(
+        "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
+         network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
+         [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
+         bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
+         [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
+         burst_label = \"{}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [control]\nsocket = \"{}\"\n\
+         [logging]\nlevel = \"debug\"\n{rules_toml}",
+        labels.warp_prefix,
+        labels.target,
+        labels.network,
+        labels.rules,
+        pin_dir.display(),
+        guard_priority,
+        labels.egress_rate,
+        labels.ingress_rate,
+        labels.burst,
+        socket.display()
+    )
 }
 
 pub struct Daemon {
@@ -144,27 +177,7 @@ impl Daemon {
         let socket = dir.join("netwarp.sock");
         fs::write(
             &config,
-            format!(
-                "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
-                 network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
-                 [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
-                 bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
-                 [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
-                 burst_label = \"{}\"\n\
-                 [metrics]\nlisten = \"127.0.0.1:0\"\n\
-                 [control]\nsocket = \"{}\"\n\
-                 [logging]\nlevel = \"debug\"\n{rules_toml}",
-                labels.warp_prefix,
-                labels.target,
-                labels.network,
-                labels.rules,
-                pin_dir.display(),
-                guard_priority,
-                labels.egress_rate,
-                labels.ingress_rate,
-                labels.burst,
-                socket.display()
-            ),
+            config_toml(labels, mode, rules_toml, &pin_dir, guard_priority, &socket),
         )?;
         let mut daemon = Self {
             child: None,

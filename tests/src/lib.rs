@@ -5,6 +5,7 @@
 //! including when the test panics.
 pub mod chaos;
 pub mod command;
+pub mod container;
 pub mod cpu;
 pub mod daemon;
 pub mod docker;
@@ -18,6 +19,7 @@ pub mod scale;
 pub mod seccomp;
 pub mod skip;
 pub mod steering;
+pub mod swarm;
 pub mod tcx;
 pub mod vpn;
 

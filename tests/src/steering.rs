@@ -15,14 +15,20 @@ pub const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/2
 /// netwarp's routing table, as `ip` prints it.
 pub const TABLE: &str = "20055";
 
-/// Starts a warp container `name` that serves "hello" on tcp 8080 and 9090
-/// of REMOTE. `extra` goes to `docker run` (labels, restart policy).
-pub fn start_warp(name: &str, network: &DockerNetwork, extra: &[&str]) -> Container {
-    let script = format!(
+/// The warp's command (`sh -c`): own REMOTE and serve "hello" on tcp 8080
+/// and 9090 of it.
+pub fn warp_script() -> String {
+    format!(
         "ip addr add {REMOTE}/32 dev lo; \
          (while true; do echo hello | nc -l -p 9090; done) & \
          while true; do echo hello | nc -l -p 8080; done"
-    );
+    )
+}
+
+/// Starts a warp container `name` that serves "hello" on tcp 8080 and 9090
+/// of REMOTE. `extra` goes to `docker run` (labels, restart policy).
+pub fn start_warp(name: &str, network: &DockerNetwork, extra: &[&str]) -> Container {
+    let script = warp_script();
     let mut args = vec![
         "run",
         "--detach",

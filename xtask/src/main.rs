@@ -3,6 +3,7 @@
 mod bench;
 mod chaos;
 mod command;
+mod image;
 mod lint;
 mod run;
 mod setup;
@@ -26,6 +27,9 @@ enum Task {
     Run(run::Args),
     /// Sets up, then runs every test: unit, privileged netns, and Docker end-to-end.
     Test(test::Args),
+    /// Builds the release binary and the `netwarp:<version>` image on an
+    /// empty base (no registry needed).
+    Image(image::Args),
     /// Checks formatting and runs clippy with warnings denied.
     Lint,
     /// Benchmarks on real containers: throughput, latency, eBPF cost,
@@ -44,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::run(),
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
+        Task::Image(args) => image::run(args),
         Task::Lint => lint::run(),
         Task::Bench(args) => bench::run(args),
         Task::Chaos(args) => chaos::chaos(args),

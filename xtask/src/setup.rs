@@ -354,29 +354,14 @@ fn ensure_test_image() -> anyhow::Result<String> {
     }
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     fs::write(root.join("etc/group"), "root:x:0:\n")?;
-    let tarball = workspace_root().join("target/xtask/test-image.tar");
-    run_inherit(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("."),
-    )?;
-    run_inherit(
-        Command::new("docker")
-            .args([
-                "import",
-                "--change",
-                "CMD [\"/bin/sh\"]",
-                "--change",
-                "ENV PATH=/bin:/usr/bin",
-                "--change",
-                &format!("LABEL {TEST_IMAGE_LABEL}={TEST_IMAGE_VERSION}"),
-            ])
-            .arg(&tarball)
-            .arg(TEST_IMAGE)
-            .stdout(Stdio::null()),
+    crate::image::import_rootfs(
+        &root,
+        &[
+            "CMD [\"/bin/sh\"]".to_owned(),
+            "ENV PATH=/bin:/usr/bin".to_owned(),
+            format!("LABEL {TEST_IMAGE_LABEL}={TEST_IMAGE_VERSION}"),
+        ],
+        TEST_IMAGE,
     )?;
     Ok(format!("built {TEST_IMAGE} from busybox-static"))
 }

@@ -62,6 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // come out of every test run below byte-identical. Only around the
     // Docker suites (netwarp-tests).
     let runs_docker_suites = args.package.as_deref().is_none_or(|p| p == "netwarp-tests");
+    // The container-mode tests run this build as an image of its own.
+    if runs_docker_suites {
+        let tag = crate::image::test_image_tag();
+        crate::image::build_image(&root.join("target/debug/netwarp"), &tag)?;
+    }
     let witness = if runs_docker_suites {
         Some(Witness::start(
             &root,
@@ -154,6 +159,7 @@ fn run_tests(
 ) -> anyhow::Result<bool> {
     cmd.env("NETWARP_SKIP_LOG", skip_log)
         .env("NETWARP_BIN", root.join("target/debug/netwarp"))
+        .env("NETWARP_IMAGE", crate::image::test_image_tag())
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -6,6 +6,22 @@ pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
     let reload: crate::reconcile::Reload = Box::new(move || args.load());
     super::init_logging(&config);
+    // In a container without the host's namespaces netwarp would program
+    // the wrong namespace or none: refuse before touching anything.
+    let environment = crate::probe::environment::Environment::detect();
+    if let Some(refusal) = environment.refusal() {
+        tracing::error!("{refusal}");
+        return Ok(ExitCode::from(super::EXIT_MISSING_PRIVILEGE));
+    }
+    for warning in environment.warnings() {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        container = environment.container.as_deref().unwrap_or("no"),
+        host_pid = %environment.host_pid.answer,
+        host_network = %environment.host_net.answer,
+        "environment"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

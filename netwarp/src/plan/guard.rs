@@ -24,11 +24,8 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Action, Entry, PlanSettings, plan_target};
-use crate::{
-    glob,
-    model::{Endpoint, NetworkMode, World},
-};
+use super::{Action, Entry, PlanSettings, find_warp, is_warp_by_name, plan_target};
+use crate::model::{Endpoint, NetworkMode, World};
 
 /// The guard of one Docker network.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -81,10 +78,8 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
     for target in &forwarded {
         // A warp without a namespace of its own is refused: its targets
         // never reach it, and its "networks" have no bridge to guard.
-        let Some(warp) = world.containers.iter().find(|c| {
-            c.name == target.warp
-                && c.network_mode == NetworkMode::Own
-                && glob::matches(&settings.warp_name_pattern, &c.name)
+        let Some(warp) = find_warp(world, &target.warp).filter(|c| {
+            c.network_mode == NetworkMode::Own && is_warp_by_name(&settings.warp_name_pattern, c)
         }) else {
             continue;
         };
@@ -111,7 +106,7 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
         if container.labels.contains_key(&settings.target_label) {
             continue;
         }
-        let is_warp = glob::matches(&settings.warp_name_pattern, &container.name);
+        let is_warp = is_warp_by_name(&settings.warp_name_pattern, container);
         for (network, endpoint) in &container.networks {
             let Some(guard) = guards.get_mut(network.as_str()) else {
                 continue;

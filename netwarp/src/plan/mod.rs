@@ -513,7 +513,7 @@ fn shared_namespace(
     };
     let other = owner.name.clone();
     let Some(owner_warp) = owner.labels.get(&settings.target_label) else {
-        return Err(if glob::matches(&settings.warp_name_pattern, &owner.name) {
+        return Err(if is_warp_by_name(&settings.warp_name_pattern, owner) {
             RefuseReason::SharesWarp { container, other }
         } else {
             RefuseReason::SharesUnmanaged { container, other }
@@ -575,6 +575,37 @@ struct ResolvedWarp {
     target_mac: Option<String>,
 }
 
+/// The label Docker Swarm puts on each task container: its service's name.
+pub const SWARM_SERVICE_LABEL: &str = "com.docker.swarm.service.name";
+
+/// Whether `container` is a warp by `pattern`: by its own name, or, for a
+/// Swarm task (named `<service>.<slot>.<task id>`), by its service's name.
+pub fn is_warp_by_name(pattern: &str, container: &Container) -> bool {
+    glob::matches(pattern, &container.name)
+        || container
+            .labels
+            .get(SWARM_SERVICE_LABEL)
+            .is_some_and(|service| glob::matches(pattern, service))
+}
+
+/// The container a target's warp label names: the container of that name,
+/// or else a task of the Swarm service of that name on this node (a global
+/// service has one; of several, a running one, then the first by name, so
+/// that every pass picks the same).
+pub fn find_warp<'a>(world: &'a World, name: &str) -> Option<&'a Container> {
+    world
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .or_else(|| {
+            world
+                .containers
+                .iter()
+                .filter(|c| c.labels.get(SWARM_SERVICE_LABEL).is_some_and(|s| s == name))
+                .min_by(|a, b| (!a.running, &a.name).cmp(&(!b.running, &b.name)))
+        })
+}
+
 fn resolve_warp(
     world: &World,
     settings: &PlanSettings,
@@ -587,12 +618,12 @@ fn resolve_warp(
             label: settings.target_label.clone(),
         });
     }
-    let Some(warp) = world.containers.iter().find(|c| c.name == warp_name) else {
+    let Some(warp) = find_warp(world, warp_name) else {
         return fail(BlockReason::WarpMissing {
             warp: warp_name.to_owned(),
         });
     };
-    if !glob::matches(&settings.warp_name_pattern, &warp.name) {
+    if !is_warp_by_name(&settings.warp_name_pattern, warp) {
         return fail(BlockReason::WarpNameMismatch {
             warp: warp.name.clone(),
             pattern: settings.warp_name_pattern.clone(),
@@ -768,6 +799,98 @@ pub(crate) mod tests {
         assert_eq!(t.entries.len(), 1);
         assert_eq!(t.entries[0].action, via("172.20.0.2"));
         assert_eq!(t.mac_on_network.as_deref(), Some("02:42:172.20.0.3"));
+    }
+
+    /// A task container of the Swarm service `service`, as Swarm names it.
+    fn swarm_task(service: &str, task: &str, ip: &str) -> Container {
+        container(
+            &format!("{service}.1.{task}"),
+            &[(SWARM_SERVICE_LABEL, service)],
+            &[("net", endpoint(ip, None))],
+        )
+    }
+
+    #[test]
+    fn a_swarm_service_name_finds_its_task_and_the_pattern_matches_the_service() {
+        let mut settings = settings("203.0.113.0/24");
+        settings.warp_name_pattern = "vpn_warp*".into();
+        let mut target = target(&[]);
+        target
+            .labels
+            .insert("netwarp.target".into(), "vpn_warp".into());
+        let world = World {
+            containers: vec![swarm_task("vpn_warp", "x7k2", "172.20.0.7"), target.clone()],
+        };
+        let t = only_target(&world, &settings);
+        assert_eq!(t.entries[0].action, via("172.20.0.7"), "{t:?}");
+
+        // A task of a service outside the pattern is no warp.
+        let other = World {
+            containers: vec![swarm_task("vpn_other", "x7k2", "172.20.0.7"), {
+                let mut t = target.clone();
+                t.labels.insert("netwarp.target".into(), "vpn_other".into());
+                t
+            }],
+        };
+        assert_eq!(
+            only_target(&other, &settings).state,
+            TargetState::Blocked(BlockReason::WarpNameMismatch {
+                warp: "vpn_other.1.x7k2".into(),
+                pattern: "vpn_warp*".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn of_several_swarm_tasks_a_running_one_is_chosen_and_a_name_beats_a_service() {
+        let mut exited = swarm_task("warp-svc", "a111", "172.20.0.7");
+        exited.running = false;
+        let running = swarm_task("warp-svc", "b222", "172.20.0.8");
+        let world = World {
+            containers: vec![exited.clone(), running.clone()],
+        };
+        assert_eq!(find_warp(&world, "warp-svc"), Some(&running));
+        let mut both_running = exited.clone();
+        both_running.running = true;
+        let world = World {
+            containers: vec![running.clone(), both_running.clone()],
+        };
+        assert_eq!(
+            find_warp(&world, "warp-svc"),
+            Some(&both_running),
+            "first by name"
+        );
+        let named = container("warp-svc", &[], &[("net", endpoint("172.20.0.9", None))]);
+        let world = World {
+            containers: vec![running, named.clone()],
+        };
+        assert_eq!(find_warp(&world, "warp-svc"), Some(&named));
+        assert_eq!(find_warp(&world, "warp-none"), None);
+    }
+
+    #[test]
+    fn a_swarm_warp_guards_its_other_networks_for_its_targets() {
+        let mut target = target(&[]);
+        target
+            .labels
+            .insert("netwarp.target".into(), "warp-svc".into());
+        let mut warp = swarm_task("warp-svc", "x7k2", "172.20.0.7");
+        warp.networks
+            .insert("outer".into(), endpoint("172.30.0.7", None));
+        warp.labels.insert("netwarp.network".into(), "net".into());
+        let world = World {
+            containers: vec![warp, target],
+        };
+        let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+        let outer = guards.iter().find(|g| g.network == "outer");
+        assert!(
+            outer.is_some_and(|g| g
+                .forwarded
+                .iter()
+                .any(|(source, _)| *source == "172.20.0.3".parse::<IpAddr>().unwrap())),
+            "the target's address is not blocked as a source on the warp's other network: \
+             {guards:?}"
+        );
     }
 
     #[test]
