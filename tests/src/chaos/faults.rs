@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
-    CONVERGE, RESYNC_SECS,
+    CONVERGE, LeakSink, RESYNC_SECS,
     dockerd::{EngineGuard, restart_dockerd},
     pins::read_policies,
     report::{FaultResult, ScenarioReport, save_text},
@@ -25,6 +25,8 @@ pub struct Counts {
     pub warp_disconnect: u32,
     pub veth_delete: u32,
     pub pin_delete: u32,
+    /// The WireGuard warp's faults (see [`super::vpn`]), each.
+    pub vpn_tunnel_faults: u32,
 }
 
 impl Counts {
@@ -38,6 +40,7 @@ impl Counts {
         warp_disconnect: 1,
         veth_delete: 1,
         pin_delete: 1,
+        vpn_tunnel_faults: 1,
     };
     /// `cargo xtask chaos`.
     pub const FULL: Self = Self {
@@ -48,6 +51,7 @@ impl Counts {
         warp_disconnect: 10,
         veth_delete: 5,
         pin_delete: 5,
+        vpn_tunnel_faults: 5,
     };
 
     /// FULL when `NETWARP_CHAOS=full`, else SHORT; without dockerd
@@ -64,37 +68,68 @@ impl Counts {
     }
 }
 
+/// A world faults are injected into: where its leaks are counted, how it
+/// waits for the state a fault should end in, and how it is brought back
+/// after a failed iteration.
+pub trait FaultWorld {
+    /// The state a fault ends in.
+    type Expect: Copy;
+    fn mode(&self) -> &str;
+    fn sink(&self) -> &LeakSink;
+    /// Waits (bounded) until the world is in `expect`.
+    fn settle(&self, expect: Self::Expect) -> anyhow::Result<()>;
+    /// After a failed iteration: everything running and served again.
+    fn recover(&mut self) -> anyhow::Result<()>;
+}
+
+impl FaultWorld for Scenario {
+    type Expect = Expect;
+    fn mode(&self) -> &str {
+        &self.mode
+    }
+    fn sink(&self) -> &LeakSink {
+        &self.sink
+    }
+    fn settle(&self, expect: Expect) -> anyhow::Result<()> {
+        self.converge(expect, CONVERGE)
+    }
+    fn recover(&mut self) -> anyhow::Result<()> {
+        recover(self)
+    }
+}
+
 /// Runs `fault` `count` times; each time `fault` injects, then returns
-/// the state to expect, and the harness waits for it.
-pub fn run_fault(
-    scenario: &mut Scenario,
+/// the states to expect, and the harness waits for the last one.
+pub fn run_fault<W: FaultWorld>(
+    world: &mut W,
     name: &str,
     count: u32,
     leak_window: bool,
-    mut fault: impl FnMut(&mut Scenario, u32, &mut Vec<String>) -> anyhow::Result<Vec<Expect>>,
+    mut fault: impl FnMut(&mut W, u32, &mut Vec<String>) -> anyhow::Result<Vec<W::Expect>>,
 ) -> FaultResult {
     let started = Instant::now();
+    let mode = world.mode().to_owned();
     let mut result = FaultResult {
         fault: name.to_owned(),
         leak_window,
         ..FaultResult::default()
     };
     for i in 0..count {
-        let before = scenario.sink.packets();
+        let before = world.sink().packets();
         result.injected += 1;
         let mut notes = Vec::new();
-        let outcome = fault(scenario, i, &mut notes).and_then(|expects| {
-            // The final expectation is checked by the fault itself for
-            // intermediate ones; here, the state it ends in.
+        let outcome = fault(world, i, &mut notes).and_then(|expects| {
+            // The fault checks intermediate expectations itself; here,
+            // the state it ends in.
             match expects.last() {
-                Some(expect) => scenario.converge(*expect, CONVERGE),
+                Some(expect) => world.settle(*expect),
                 None => Ok(()),
             }
         });
-        let leaked = scenario.sink.packets().saturating_sub(before);
+        let leaked = world.sink().packets().saturating_sub(before);
         result.leaked_packets += leaked;
         for note in notes {
-            eprintln!("chaos {}/{name} #{i}: note: {note}", scenario.mode);
+            eprintln!("chaos {mode}/{name} #{i}: note: {note}");
             if result.notes.len() < 3 && !result.notes.contains(&note) {
                 result.notes.push(note);
             }
@@ -106,22 +141,21 @@ pub fn run_fault(
                 if result.failures.len() < 3 {
                     result.failures.push(format!("#{i}: {e:#}"));
                 }
-                eprintln!("chaos {}/{name} #{i}: {e:#}", scenario.mode);
+                eprintln!("chaos {mode}/{name} #{i}: {e:#}");
                 // Bring the world back so later iterations are meaningful.
-                let _ = recover(scenario);
+                if let Err(e) = world.recover() {
+                    eprintln!("chaos {mode}/{name} #{i}: recovery failed: {e:#}");
+                }
             }
         }
         if leaked > 0 {
-            eprintln!(
-                "chaos {}/{name} #{i}: {leaked} packets reached the leak sink",
-                scenario.mode
-            );
+            eprintln!("chaos {mode}/{name} #{i}: {leaked} packets reached the leak sink");
         }
     }
     result.total_secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "chaos {}/{name}: {}/{} survived, {} leaked, {:.1} s",
-        scenario.mode, result.survived, result.injected, result.leaked_packets, result.total_secs
+        "chaos {mode}/{name}: {}/{} survived, {} leaked, {:.1} s",
+        result.survived, result.injected, result.leaked_packets, result.total_secs
     );
     result
 }

@@ -26,9 +26,10 @@ pub mod pins;
 pub mod report;
 pub mod scenario;
 pub mod sink;
+pub mod vpn;
 
 pub use dockerd::{EngineGuard, docker_answers, restart_dockerd, start_dockerd};
-pub use faults::{Counts, run_all, run_fault};
+pub use faults::{Counts, FaultWorld, run_all, run_fault};
 pub use pins::{guard_drops, guard_installed};
 pub use report::{FaultResult, ScenarioReport, save_report, save_text};
 pub use scenario::{Expect, Scenario, host_ifindex_by_mac, netwarp_entries, start_warp_at};

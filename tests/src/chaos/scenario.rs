@@ -30,7 +30,7 @@ use crate::{
 /// The probe loop a target runs as its main process: one ping every
 /// 50 ms, `D` (delivered) or `F` (failed) on stdout, bounded in count.
 /// It restarts with the container.
-fn probe_script(remote: &str, count: u32) -> String {
+pub(super) fn probe_script(remote: &str, count: u32) -> String {
     format!(
         "i=0; while [ $i -lt {count} ]; do \
          if ping -c 1 -W 1 {remote} >/dev/null 2>&1; then echo D; else echo F; fi; \
@@ -424,12 +424,7 @@ impl Scenario {
 
     /// (delivered, failed) probes of the target so far, over restarts.
     pub fn probes(&self) -> (u64, u64) {
-        let out = output("docker", &["logs", self.target.name()])
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let delivered = out.lines().filter(|l| *l == "D").count() as u64;
-        let failed = out.lines().filter(|l| *l == "F").count() as u64;
-        (delivered, failed)
+        probe_counts(&self.target)
     }
 
     /// Whether the bystander's routes, rules, qdiscs and tc attachments are
@@ -471,6 +466,17 @@ impl Scenario {
         drop(filler);
         Ok((old_ip, new_ip))
     }
+}
+
+/// (delivered, failed) probes of a container running [`probe_script`],
+/// over its restarts.
+pub(super) fn probe_counts(container: &Container) -> (u64, u64) {
+    let out = output("docker", &["logs", container.name()])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let delivered = out.lines().filter(|l| *l == "D").count() as u64;
+    let failed = out.lines().filter(|l| *l == "F").count() as u64;
+    (delivered, failed)
 }
 
 /// The host-side ifindex of a container's interface with `mac` (after a
