@@ -232,6 +232,11 @@ impl VpnServer {
         &self.keys.public
     }
 
+    /// The server's namespace (where the destination lives).
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
     /// Starts `wireguard-go` and configures the tunnel: the peer, the
     /// server's tunnel address, and routes for the targets' subnets back
     /// into the tunnel.
