@@ -37,7 +37,9 @@ warp has tunnelled or NATed it: 0 packets leaked in every fault below, in both d
 real WireGuard warp (userspace `wireguard-go`) among them. Limits: a warp on `--network host` is \
 refused, not guarded; routes mode drops what a warp forwards untunnelled but has no per-warp \
 counter of it (eBPF counts it as `untunnelled_drops`); the guard matches source addresses, which a \
-container with `NET_ADMIN` on the same network could spoof.";
+container on the same network could spoof; a network's first target is guarded only once netwarp \
+has seen it, so on a routed network its first packets can leave (the scenarios below keep that \
+window out of their counts).";
 
 #[derive(clap::Args)]
 pub struct ChaosArgs {
