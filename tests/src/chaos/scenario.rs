@@ -127,38 +127,14 @@ impl Scenario {
 
     /// Waits until the state is as expected; the last mismatch otherwise.
     pub fn converge(&self, expect: Expect, timeout: Duration) -> anyhow::Result<()> {
-        let mut last = String::new();
-        let ok = eventually(timeout, || match self.check(expect) {
-            Ok(()) => true,
-            Err(e) => {
-                last = format!("{e:#}");
-                false
-            }
-        });
-        if ok {
-            Ok(())
-        } else {
-            bail!("{} did not converge to {expect:?}: {last}", self.mode)
-        }
+        until_ok(timeout, || self.check(expect))
+            .with_context(|| format!("{} did not converge to {expect:?}", self.mode))
     }
 
     /// Like [`Self::converge`], for the target's namespace only.
     pub fn converge_netns(&self, expect: Expect, timeout: Duration) -> anyhow::Result<()> {
-        let mut last = String::new();
-        let ok = eventually(timeout, || match self.check_netns(expect) {
-            Ok(()) => true,
-            Err(e) => {
-                last = format!("{e:#}");
-                false
-            }
-        });
-        if !ok {
-            bail!(
-                "{}: the netns did not converge to {expect:?}: {last}",
-                self.mode
-            );
-        }
-        Ok(())
+        until_ok(timeout, || self.check_netns(expect))
+            .with_context(|| format!("{}: the netns did not converge to {expect:?}", self.mode))
     }
 
     /// Compares what is programmed with what the plan implies.
@@ -466,6 +442,25 @@ impl Scenario {
         drop(filler);
         Ok((old_ip, new_ip))
     }
+}
+
+/// Polls `check` (every 100 ms, for at most `timeout`) until it passes;
+/// its last error otherwise.
+pub fn until_ok(
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut last = None;
+    if eventually(timeout, || match check() {
+        Ok(()) => true,
+        Err(e) => {
+            last = Some(e);
+            false
+        }
+    }) {
+        return Ok(());
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("never checked")))
 }
 
 /// (delivered, failed) probes of a container running [`probe_script`],

@@ -7,9 +7,7 @@
 //! leaked, the target's state (from `netwarp status --json`) is the
 //! planned one, and once the tunnel is back it is served through it.
 //!
-//! Network safety: as in [`crate::vpn`]; the one Docker network is
-//! routed, so that whatever the warp forwards untunnelled really takes the
-//! host's path (into the sink).
+//! Network safety: as in [`crate::vpn`] ([`RoutedVpn`]).
 
 use std::time::{Duration, Instant};
 
@@ -18,17 +16,14 @@ use serde_json::Value;
 
 use super::{
     CONVERGE, Counts, FaultWorld, LeakSink, RESYNC_SECS, ScenarioReport, run_fault,
-    scenario::{probe_counts, probe_script},
+    scenario::{probe_counts, probe_script, until_ok},
 };
 use crate::{
     daemon::{Daemon, TestLabels, eventually},
-    docker::{Container, DockerNetwork},
+    docker::Container,
     isolation::unlabelled_state,
     observe::{status_json, status_target},
-    vpn::{
-        Addresses, KeyPair, VpnServer, WarpOptions, answered, delete_tunnel, held_closed, restart,
-        wireguard_warp,
-    },
+    vpn::{RoutedVpn, answered, delete_tunnel, held_closed, restart},
 };
 
 /// How long the target may take to be served again once the tunnel is
@@ -55,42 +50,26 @@ pub enum VpnExpect {
 /// an unlabelled bystander, the leak sink and a daemon.
 pub struct VpnScenario {
     pub mode: String,
-    // Field order is drop order: daemon, containers, server, sink, network.
+    // Field order is drop order: daemon, containers, then the server, the
+    // sink and the network.
     pub daemon: Daemon,
     pub target: Container,
     pub bystander: Container,
     pub warp: Option<Container>,
-    pub server: VpnServer,
-    pub sink: LeakSink,
-    pub network: DockerNetwork,
+    pub world: RoutedVpn,
     pub labels: TestLabels,
-    pub addresses: Addresses,
-    warp_keys: KeyPair,
     healthcheck: bool,
     bystander_before: String,
-    /// Sink packets after its self test: every later one is a leak.
-    pub leak_baseline: u64,
 }
 
 impl VpnScenario {
-    /// Server up, daemon running, a healthchecked warp healthy, then the
-    /// target (it starts while netwarp runs, so its start is counted too).
+    /// Server up, daemon running, the target held closed, then a
+    /// healthchecked warp healthy and the target served.
     pub fn start(mode: &str) -> anyhow::Result<Self> {
         let labels = TestLabels::unique();
-        let addresses = Addresses::unique();
-        let network = DockerNetwork::create_routed("nwcv")?;
-        let sink = LeakSink::install(&addresses.prefix(), &[network.bridge()?])?;
-        sink.self_test(&addresses.sink_probe())?;
-        let leak_baseline = sink.baseline();
-        let warp_keys = KeyPair::generate()?;
-        let mut server = VpnServer::create(
-            addresses,
-            KeyPair::generate()?,
-            &warp_keys.public,
-            &[network.subnet()?],
-        )?;
-        server.up()?;
-        let bystander = Container::run("nwcu", &network, &[], &["sleep", "3600"])?;
+        let world = RoutedVpn::create("nwcv")?;
+        let addresses = world.addresses;
+        let bystander = Container::run("nwcu", &world.network, &[], &["sleep", "3600"])?;
         let bystander_before = unlabelled_state(&bystander)?;
         let daemon = Daemon::start_with_env(
             &labels,
@@ -103,16 +82,16 @@ impl VpnScenario {
         )?;
         let target_label = labels.target_label(&labels.warp_name("vpn"));
         // It probes only once netwarp holds it closed (it waits for a file
-        // the harness writes then): a target that starts before netwarp
-        // knows its network is the other scenario's subject. Bounded: the
-        // wait, the script's count, and the scenario's lifetime.
+        // the harness writes then): a network's first target runs before
+        // netwarp guards its network, a window this scenario is not about.
+        // Bounded: the wait, the script's count, and the scenario's lifetime.
         let script = format!(
             "i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do usleep 100000; i=$((i+1)); done; {}",
             probe_script(&addresses.destination(), 200_000)
         );
         let target = Container::run(
             "nwct",
-            &network,
+            &world.network,
             &["--label", &target_label],
             &["sh", "-c", &script],
         )?;
@@ -122,21 +101,16 @@ impl VpnScenario {
             target,
             bystander,
             warp: None,
-            server,
-            sink,
-            network,
+            world,
             labels,
-            addresses,
-            warp_keys,
             healthcheck: true,
             bystander_before,
-            leak_baseline,
         };
         scenario
             .settle(VpnExpect::Blocked("missing"))
             .context("the target held closed before its warp exists")?;
         if !eventually(CONVERGE, || {
-            held_closed(&scenario.target, &scenario.addresses.prefix())
+            held_closed(&scenario.target, &addresses.prefix())
         }) {
             bail!("{mode}: the target's namespace was never held closed");
         }
@@ -156,20 +130,7 @@ impl VpnScenario {
     pub fn start_warp(&mut self, healthcheck: bool) -> anyhow::Result<()> {
         self.warp = None; // removes the old one first
         self.healthcheck = healthcheck;
-        let options = WarpOptions {
-            connect_delay_secs: 0,
-            healthcheck,
-            labels: &[],
-            more_networks: &[],
-        };
-        self.warp = Some(wireguard_warp(
-            &self.warp_name(),
-            &self.network,
-            &self.addresses,
-            &self.warp_keys,
-            &self.server,
-            &options,
-        )?);
+        self.warp = Some(self.world.start_warp(&self.warp_name(), healthcheck)?);
         Ok(())
     }
 
@@ -215,7 +176,9 @@ impl VpnScenario {
                 target["reason"]
             );
         }
-        if expect == VpnExpect::Served && !answered(&self.target, &self.addresses.destination()) {
+        if expect == VpnExpect::Served
+            && !answered(&self.target, &self.world.addresses.destination())
+        {
             bail!("steered, but not answered through the tunnel");
         }
         Ok(())
@@ -223,18 +186,8 @@ impl VpnScenario {
 
     /// Waits until the world is in `expect` (bounded).
     pub fn converge(&self, expect: VpnExpect, timeout: Duration) -> anyhow::Result<()> {
-        let mut last = String::new();
-        let ok = eventually(timeout, || match self.check(expect) {
-            Ok(()) => true,
-            Err(e) => {
-                last = format!("{e:#}");
-                false
-            }
-        });
-        if !ok {
-            bail!("{} did not converge to {expect:?}: {last}", self.mode);
-        }
-        Ok(())
+        until_ok(timeout, || self.check(expect))
+            .with_context(|| format!("{} did not converge to {expect:?}", self.mode))
     }
 
     /// Checks that `expect` holds, and keeps holding for [`HOLD`].
@@ -261,13 +214,13 @@ impl FaultWorld for VpnScenario {
         &self.mode
     }
     fn sink(&self) -> &LeakSink {
-        &self.sink
+        &self.world.sink
     }
     fn settle(&self, expect: VpnExpect) -> anyhow::Result<()> {
         self.converge(expect, RECOVER)
     }
     fn recover(&mut self) -> anyhow::Result<()> {
-        self.server.up()?;
+        self.world.server.up()?;
         let healthcheck = self.healthcheck;
         self.start_warp(healthcheck)?;
         self.settle(VpnExpect::Served)
@@ -288,9 +241,9 @@ pub fn run_all(mode: &str, counts: Counts) -> anyhow::Result<ScenarioReport> {
         count,
         false,
         |s, _, _| {
-            s.server.down()?;
+            s.world.server.down()?;
             s.holds(VpnExpect::Blocked("unhealthy"))?;
-            s.server.up()?;
+            s.world.server.up()?;
             Ok(vec![VpnExpect::Served])
         },
     ));
@@ -314,12 +267,12 @@ pub fn run_all(mode: &str, counts: Counts) -> anyhow::Result<ScenarioReport> {
         count,
         false,
         |s, _, _| {
-            s.server.down()?;
+            s.world.server.down()?;
             s.converge(VpnExpect::Blocked("unhealthy"), CONVERGE)?;
             restart(s.warp()?)?;
             // Its tunnel cannot come up: `starting` for good, and blocked.
             s.holds(VpnExpect::Blocked("starting"))?;
-            s.server.up()?;
+            s.world.server.up()?;
             Ok(vec![VpnExpect::Served])
         },
     ));
@@ -366,7 +319,7 @@ pub fn run_all(mode: &str, counts: Counts) -> anyhow::Result<ScenarioReport> {
     Ok(ScenarioReport {
         mode: mode.to_owned(),
         faults,
-        leaked_packets: s.sink.packets().saturating_sub(s.leak_baseline),
+        leaked_packets: s.world.leaks(),
         leaked_before_first_reconcile: 0,
         probes_delivered: delivered,
         probes_failed: failed,

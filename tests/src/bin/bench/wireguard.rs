@@ -15,15 +15,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use netwarp_tests::{
-    chaos::LeakSink,
     daemon::{Daemon, TestLabels, eventually},
-    docker::{Container, DockerNetwork, HOST_TOOLS},
+    docker::{Container, HOST_TOOLS},
     iperf::IperfRun,
     observe::{status_json, status_target},
-    vpn::{
-        Addresses, KeyPair, VpnServer, WarpOptions, answered, health, missing_wireguard,
-        wireguard_warp,
-    },
+    vpn::{RoutedVpn, VpnServer, answered, health, missing_wireguard},
 };
 use serde::Serialize;
 
@@ -82,49 +78,26 @@ pub fn run_section(seconds: u32) -> anyhow::Result<Section> {
         bail!("the WireGuard section {reason}");
     }
     let labels = TestLabels::unique();
-    let addresses = Addresses::unique();
+    // Whatever the warp forwarded untunnelled would end in its leak sink,
+    // not on the host's default route.
+    let world = RoutedVpn::create("nwbw")?;
+    let (network, addresses) = (&world.network, world.addresses);
     let destination = addresses.destination();
-    let network = DockerNetwork::create_routed("nwbw")?;
-    // Whatever the warp forwards untunnelled ends here, not on the host's
-    // default route.
-    let sink = LeakSink::install(&addresses.prefix(), &[network.bridge()?])?;
-    sink.self_test(&addresses.sink_probe())?;
-    let baseline = sink.baseline();
-    let warp_keys = KeyPair::generate()?;
-    let mut server = VpnServer::create(
-        addresses,
-        KeyPair::generate()?,
-        &warp_keys.public,
-        &[network.subnet()?],
-    )?;
-    server.up()?;
-    let _iperf_server = IperfServer::start(&server, &destination)?;
+    let _iperf_server = IperfServer::start(&world.server, &destination)?;
     let warp_name = labels.warp_name("wg");
-    let warp = wireguard_warp(
-        &warp_name,
-        &network,
-        &addresses,
-        &warp_keys,
-        &server,
-        &WarpOptions {
-            connect_delay_secs: 0,
-            healthcheck: true,
-            labels: &[],
-            more_networks: &[],
-        },
-    )?;
+    let warp = world.start_warp(&warp_name, true)?;
     if !eventually(Duration::from_secs(30), || health(&warp) == "healthy") {
         bail!("the WireGuard warp never became healthy");
     }
     // The twin: unlabelled (netwarp never touches it), routed to the warp
     // by hand.
-    let twin = Container::run("nwbu", &network, HOST_TOOLS, &["sleep", "1800"])?;
+    let twin = Container::run("nwbu", network, HOST_TOOLS, &["sleep", "1800"])?;
     twin.ip(&[
         "route",
         "add",
         &addresses.prefix(),
         "via",
-        &warp.ipv4(&network)?,
+        &warp.ipv4(network)?,
     ])?;
     if !eventually(Duration::from_secs(30), || answered(&twin, &destination)) {
         bail!("the twin never reached the destination through the tunnel");
@@ -139,7 +112,7 @@ pub fn run_section(seconds: u32) -> anyhow::Result<Section> {
         // held closed until programmed).
         let mut daemon =
             Daemon::start_with_env(&labels, mode, &addresses.rules_toml(), DAEMON_ENV)?;
-        let target = Container::run("nwbt", &network, &target_args, &["sleep", "1800"])?;
+        let target = Container::run("nwbt", network, &target_args, &["sleep", "1800"])?;
         // Nothing is sent before netwarp has programmed it: on a network
         // that had no target, no guard holds a new one's first packets.
         let steered = || {
@@ -170,7 +143,7 @@ pub fn run_section(seconds: u32) -> anyhow::Result<Section> {
         daemon.stop(libc::SIGTERM)?;
         drop(daemon);
         drop(target);
-        let leaked = sink.packets().saturating_sub(baseline);
+        let leaked = world.leaks();
         if leaked > 0 {
             bail!("{mode}: {leaked} packets reached the leak sink");
         }
