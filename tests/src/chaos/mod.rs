@@ -9,8 +9,11 @@
 //! network namespace that counts and drops every packet reaching it, so
 //! whatever leaks out of the target's default path ends there and nothing
 //! leaves the machine. The destination itself is owned by the warp's
-//! loopback. Networks are `--internal`. Every loop is bounded in count and
-//! in time; every fixture is a drop guard.
+//! loopback (behind the tunnel, in the WireGuard scenario). Networks are
+//! `--internal`, except the WireGuard scenario's, which is routed so that
+//! its warp reaches its server through the host (and what it forwards
+//! untunnelled takes the host's path into the sink). Every loop is bounded
+//! in count and in time; every fixture is a drop guard.
 //!
 //! Modules: [`sink`] (the leak sink), [`scenario`] (the world and its
 //! checks against the plan), [`faults`] (the table of faults and how each
