@@ -362,14 +362,14 @@ fn render(dir: &Path, passed: bool, short: bool) -> anyhow::Result<String> {
             )?;
         }
         summary.push(format!(
-            "- {mode}: leaked packets {} in total after the first reconcile{}; probes delivered \
+            "- {mode}: leaked packets {} in total {}; probes delivered \
              {} / failed {} ({:.1}% delivered, blocked periods included); unlabelled \
              container unchanged: {}; daemon peak RSS {} KiB; {:.0} s",
             report["leaked_packets"],
             if file.starts_with("chaos-vpn") {
-                " (the target starts after the daemon: its start is included)"
+                "over the whole scenario"
             } else {
-                ""
+                "after the first reconcile"
             },
             report["probes_delivered"],
             report["probes_failed"],
