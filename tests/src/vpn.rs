@@ -36,7 +36,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    chaos::unique_prefix_octet,
+    chaos::{LeakSink, unique_prefix_octet},
     command::{output, run},
     daemon::eventually,
     docker::{Container, DockerNetwork, HOST_TOOLS},
@@ -232,6 +232,11 @@ impl VpnServer {
         &self.keys.public
     }
 
+    /// The server's namespace (where the destination lives).
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
     /// Starts `wireguard-go` and configures the tunnel: the peer, the
     /// server's tunnel address, and routes for the targets' subnets back
     /// into the tunnel.
@@ -412,6 +417,72 @@ exec sleep 3600
         &args,
         &["sh", "-c", &script],
     )
+}
+
+/// A routed Docker network whose steered prefix the host routes into a
+/// leak sink (self-tested), and a running VPN server for a warp on it:
+/// the world of the WireGuard chaos scenario and bench. Routed, so that
+/// the warp reaches its server through the host, and whatever it forwards
+/// untunnelled really takes the host's path (into the sink).
+pub struct RoutedVpn {
+    // Field order is drop order: the server, the sink, the network.
+    pub server: VpnServer,
+    pub sink: LeakSink,
+    pub network: DockerNetwork,
+    pub addresses: Addresses,
+    pub warp_keys: KeyPair,
+    /// Sink packets after its self test: every later one is a leak.
+    pub baseline: u64,
+}
+
+impl RoutedVpn {
+    pub fn create(network_prefix: &str) -> anyhow::Result<Self> {
+        let addresses = Addresses::unique();
+        let network = DockerNetwork::create_routed(network_prefix)?;
+        let sink = LeakSink::install(&addresses.prefix(), &[network.bridge()?])?;
+        sink.self_test(&addresses.sink_probe())?;
+        let baseline = sink.baseline();
+        let warp_keys = KeyPair::generate()?;
+        let mut server = VpnServer::create(
+            addresses,
+            KeyPair::generate()?,
+            &warp_keys.public,
+            &[network.subnet()?],
+        )?;
+        server.up()?;
+        Ok(Self {
+            server,
+            sink,
+            network,
+            addresses,
+            warp_keys,
+            baseline,
+        })
+    }
+
+    /// Starts a WireGuard warp named `name` on the network, its tunnel up
+    /// at once.
+    pub fn start_warp(&self, name: &str, healthcheck: bool) -> anyhow::Result<Container> {
+        let options = WarpOptions {
+            connect_delay_secs: 0,
+            healthcheck,
+            labels: &[],
+            more_networks: &[],
+        };
+        wireguard_warp(
+            name,
+            &self.network,
+            &self.addresses,
+            &self.warp_keys,
+            &self.server,
+            &options,
+        )
+    }
+
+    /// Packets that reached the sink since its self test.
+    pub fn leaks(&self) -> u64 {
+        self.sink.packets().saturating_sub(self.baseline)
+    }
 }
 
 /// Starts a naive forwarding warp: ip_forward on, no tunnel, no NAT, its

@@ -9,17 +9,40 @@
 //! chaos` sets NETWARP_CHAOS=full for the full counts, which add dockerd
 //! restarts. dockerd restarts are left out of the short run: they would
 //! stop every other test's containers, and docker_restart_e2e covers them.
+//!
+//! `chaos_vpn_*` run the WireGuard faults (`netwarp_tests::chaos::vpn`):
+//! the tunnel's server killed and restored, the warp's tunnel interface
+//! deleted, the warp restarted while its server is down, and a warp
+//! without healthcheck losing its tunnel; 0 leaked packets required.
 
 use netwarp_tests::{
-    chaos::{self, Counts},
+    chaos::{self, Counts, ScenarioReport},
     skip, skip_if,
+    vpn::missing_wireguard,
 };
 
 fn chaos_in(mode: &str) {
     let counts = Counts::from_env();
     let report = chaos::run_all(mode, counts).expect("the chaos scenario runs");
     chaos::save_report(&format!("chaos-{mode}"), &report);
-    eprintln!("{}", serde_json::to_string_pretty(&report).expect("json"));
+    judge(mode, &report);
+}
+
+fn chaos_vpn_in(mode: &str) {
+    let counts = Counts::from_env();
+    let report = chaos::vpn::run_all(mode, counts).expect("the WireGuard chaos scenario runs");
+    chaos::save_report(&format!("chaos-vpn-{mode}"), &report);
+    judge(&format!("{mode}, WireGuard warp"), &report);
+    assert_eq!(
+        report.leaked_packets, 0,
+        "{mode}: leaked over the whole WireGuard scenario"
+    );
+}
+
+/// Every fault survived with 0 leaks, the bystander unchanged, and the
+/// target served at some point.
+fn judge(mode: &str, report: &ScenarioReport) {
+    eprintln!("{}", serde_json::to_string_pretty(report).expect("json"));
     let failures: Vec<String> = report
         .faults
         .iter()
@@ -56,6 +79,18 @@ fn chaos_routes() {
 fn chaos_ebpf() {
     skip_if!("chaos_ebpf", skip::missing_docker());
     chaos_in("ebpf");
+}
+
+#[test]
+fn chaos_vpn_routes() {
+    skip_if!("chaos_vpn_routes", missing_wireguard());
+    chaos_vpn_in("routes");
+}
+
+#[test]
+fn chaos_vpn_ebpf() {
+    skip_if!("chaos_vpn_ebpf", missing_wireguard());
+    chaos_vpn_in("ebpf");
 }
 
 /// An event flood from the simulated Docker API (the scale harness):

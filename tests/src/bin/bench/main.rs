@@ -1,7 +1,7 @@
 //! netwarp's benchmarks on real containers, run by `cargo xtask bench`.
 //!
 //! ```text
-//! bench [--quick] [--json PATH] [--markdown PATH] [--sections paths,convergence,caps,scale]
+//! bench [--quick] [--json PATH] [--markdown PATH] [--sections paths,convergence,caps,scale,wireguard]
 //! bench pingpong-server --port P --size B --seconds S     (inside a container)
 //! bench pingpong-client --addr A:P --size B --warmup W --count N
 //! ```
@@ -15,6 +15,7 @@ mod caps;
 mod convergence;
 mod paths;
 mod report;
+mod wireguard;
 
 use std::{
     path::PathBuf,
@@ -39,7 +40,7 @@ pub struct Section {
     pub goals: Vec<Goal>,
 }
 
-const SECTIONS: [&str; 4] = ["paths", "convergence", "caps", "scale"];
+const SECTIONS: [&str; 5] = ["paths", "convergence", "caps", "scale", "wireguard"];
 
 struct Args {
     quick: bool,
@@ -49,7 +50,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--json PATH] [--markdown PATH] \
-[--sections paths,convergence,caps,scale]\n       \
+[--sections paths,convergence,caps,scale,wireguard]\n       \
 bench pingpong-server --port P --size B --seconds S\n       \
 bench pingpong-client --addr HOST:PORT --size B --warmup W --count N";
 
@@ -228,6 +229,7 @@ fn bench(args: Args) -> anyhow::Result<bool> {
                 seconds: if quick { 4 } else { 10 },
             }),
             "scale" => scale_section(quick),
+            "wireguard" => wireguard::run_section(if quick { 2 } else { 10 }),
             _ => unreachable!("sections are checked when parsed"),
         };
         eprintln!(
