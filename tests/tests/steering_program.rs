@@ -528,27 +528,36 @@ privileged_test!(a_source_left_out_of_a_rewritten_guard_is_dropped_again, {
 
 privileged_test!(rewrites_leave_only_the_live_rule_set_in_the_tries, {
     let mut dp = dataplane("203.0.113.0/24", steer());
-    for rules in ["198.51.100.0/24", "203.0.113.0/25,2001:db8::/32"] {
+    for rules in [
+        "198.51.100.0/24",
+        "203.0.113.0/25,2001:db8::/32",
+        "198.51.100.0/24,2001:db8::/48",
+    ] {
         let entries = Entry::all(&parse_rules(rules).unwrap(), Action::Block);
-        let rows = compile(&entries, false).unwrap();
+        let mut rows = compile(&entries, false).unwrap();
         dp.set_policy(TARGET_IFINDEX, WARP_IFINDEX, WARP_MAC, &rows)
             .expect("rewriting the policy");
+        let live = dp
+            .policy(TARGET_IFINDEX)
+            .unwrap()
+            .expect("a policy")
+            .rule_set;
+        rows.sort_by_key(|r| r.destination);
+        assert_eq!(
+            dp.installed_rule_set(live).expect("live rows"),
+            rows,
+            "{rules}: the live set holds exactly the new rows"
+        );
         assert!(
             dp.policy_is(TARGET_IFINDEX, WARP_IFINDEX, WARP_MAC, &rows)
-                .expect("policy_is"),
-            "{rules}: the live rule set holds exactly the new rows"
+                .expect("policy_is")
+        );
+        assert_eq!(
+            dp.installed_rule_set(live ^ 1).expect("old rows"),
+            [],
+            "{rules}: the previous set's rows are left in the tries"
         );
     }
-    // Each write reuses the id of the write before last; rows left there
-    // would show up in the live set.
-    let entries = Entry::all(&parse_rules("198.51.100.0/24").unwrap(), Action::Block);
-    let rows = compile(&entries, false).unwrap();
-    dp.set_policy(TARGET_IFINDEX, WARP_IFINDEX, WARP_MAC, &rows)
-        .expect("rewriting the policy");
-    assert!(
-        dp.policy_is(TARGET_IFINDEX, WARP_IFINDEX, WARP_MAC, &rows)
-            .expect("policy_is")
-    );
     dp.remove_policy(TARGET_IFINDEX)
         .expect("removing the policy");
     assert_eq!(dp.policy(TARGET_IFINDEX).expect("policy"), None);

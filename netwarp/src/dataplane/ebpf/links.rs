@@ -142,7 +142,7 @@ impl Links {
             };
             if interface_name(ifindex).is_none() {
                 // The interface is gone, and its link with it.
-                remove_pin(&path)?;
+                drop_stale_pin(&path);
                 continue;
             }
             let adopted = PinnedLink::from_pin(&path)
@@ -154,7 +154,7 @@ impl Links {
                 Ok(link) => link,
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
-                    remove_pin(&path)?;
+                    drop_stale_pin(&path);
                     continue;
                 }
             };
@@ -215,6 +215,14 @@ impl Links {
             Some(path) => remove_pin(&path),
             None => Ok(()),
         }
+    }
+}
+
+/// Removes the pin of a link that holds nothing netwarp relies on; a
+/// failure only leaves a dead file, so it is logged, not fatal.
+fn drop_stale_pin(path: &Path) {
+    if let Err(e) = remove_pin(path) {
+        tracing::warn!(error = %e, "removing a stale link pin failed");
     }
 }
 

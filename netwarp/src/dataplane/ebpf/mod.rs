@@ -285,7 +285,8 @@ impl EbpfDataplane {
     }
 
     /// Whether a target's installed policy is exactly this one (so a
-    /// restarted daemon adopts it instead of rewriting it).
+    /// restarted daemon adopts it instead of rewriting it); the rows are
+    /// compared with what the load's scan adopted, not scanned again.
     pub fn policy_is(
         &mut self,
         ifindex: u32,
@@ -298,15 +299,13 @@ impl EbpfDataplane {
         };
         Ok(policy.warp_ifindex == warp_ifindex
             && policy.warp_mac == warp_mac
-            && self.installed_rows(policy.rule_set)? == sorted(rows))
+            && self.rule_sets.rows(policy.rule_set) == sorted(rows))
     }
 
-    /// A rule set's rows as the kernel holds them (one scan), recorded as
-    /// written so that later removals find them.
-    fn installed_rows(&mut self, rule_set: u32) -> Result<Vec<CompiledPrefix>, EbpfError> {
-        let rows = rule_sets::installed_rows(&mut self.ebpf, rule_set)?;
-        self.rule_sets.adopt_set(rule_set, &rows);
-        Ok(rows)
+    /// A rule set's rows as the kernel holds them, sorted by destination
+    /// (one scan of both tries: for verification, not for the daemon's passes).
+    pub fn installed_rule_set(&mut self, rule_set: u32) -> Result<Vec<CompiledPrefix>, EbpfError> {
+        rule_sets::installed_rows(&mut self.ebpf, rule_set)
     }
 
     /// Installs a bridge's guard: the prefixes it blocks (`rows`, under a
@@ -394,7 +393,7 @@ impl EbpfDataplane {
         let Some(rule_set) = self.guard_rule_set(bridge_ifindex)? else {
             return Ok(false);
         };
-        Ok(self.installed_rows(rule_set)? == sorted(rows)
+        Ok(self.rule_sets.rows(rule_set) == sorted(rows)
             && &self.guard_allowed(bridge_ifindex)? == allowed)
     }
 

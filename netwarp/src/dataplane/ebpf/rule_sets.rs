@@ -4,7 +4,7 @@
 //! (owner: the bridge) share this switch.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
 
@@ -30,26 +30,31 @@ pub fn next_rule_set(owner: u32, current: Option<u32>) -> u32 {
     (owner << 1) | current.map_or(0, |id| (id & 1) ^ 1)
 }
 
-/// The destinations written under each rule set id, adopted with one scan
-/// at load and kept since, so removals delete known keys without a scan.
+/// The rows written under each rule set id, adopted with one scan at load
+/// and kept since, so removals delete known keys and a restart's adoption
+/// compares without scanning again.
 pub(super) struct RuleSets {
-    written: HashMap<u32, BTreeSet<Cidr>>,
+    written: HashMap<u32, BTreeMap<Cidr, RuleValue>>,
 }
 
 impl RuleSets {
     /// Adopts what the tries hold (one scan of each).
     pub(super) fn adopt(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        let mut written: HashMap<u32, BTreeSet<Cidr>> = HashMap::new();
+        let mut written: HashMap<u32, BTreeMap<Cidr, RuleValue>> = HashMap::new();
         for (rule_set, row) in scan(ebpf)? {
-            written.entry(rule_set).or_default().insert(row.destination);
+            (written.entry(rule_set).or_default()).insert(row.destination, row.value);
         }
         Ok(Self { written })
     }
 
-    /// Records a set's rows as the kernel holds them (read by the caller).
-    pub(super) fn adopt_set(&mut self, rule_set: u32, rows: &[CompiledPrefix]) {
-        self.written
-            .insert(rule_set, rows.iter().map(|r| r.destination).collect());
+    /// The rows written (or adopted) under `rule_set`, by destination.
+    pub(super) fn rows(&self, rule_set: u32) -> Vec<CompiledPrefix> {
+        (self.written.get(&rule_set).into_iter().flatten())
+            .map(|(destination, value)| CompiledPrefix {
+                destination: *destination,
+                value: *value,
+            })
+            .collect()
     }
 
     /// Writes `rows` under `owner`'s other id, calls `switch` with that id
@@ -92,7 +97,7 @@ impl RuleSets {
                     .insert(&key, row.value, 0)
                     .map_err(map_error(RULES_V6_MAP))?,
             }
-            written.insert(row.destination);
+            written.insert(row.destination, row.value);
         }
         Ok(())
     }
@@ -105,7 +110,7 @@ impl RuleSets {
             return Ok(());
         };
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for destination in &destinations {
+        for destination in destinations.keys() {
             match row_key(rule_set, *destination) {
                 RowKey::V4(key) => v4.push(key),
                 RowKey::V6(key) => v6.push(key),
