@@ -12,7 +12,7 @@ use netwarp_common::{
     WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
 };
 
-use super::{EbpfError, links::Hook};
+use super::{error::EbpfError, hooks::Hook};
 
 /// The object built from `netwarp-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] =

@@ -21,7 +21,14 @@ use netwarp_common::{
     TrafficKey, VerdictCounters, WARP_PEERS_MAP, WarpPeerKey,
 };
 
-use super::{EbpfError, InterfaceTraffic};
+use super::error::EbpfError;
+
+/// Packets and bytes seen on one host-side interface, per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceTraffic {
+    pub from_container: TrafficCounters,
+    pub to_container: TrafficCounters,
+}
 
 pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> EbpfError {
     move |source| EbpfError::Map { map, source }

@@ -13,31 +13,36 @@
 //! forwards of its targets' steered traffic untransformed, and delivers
 //! what the warp sends to a target straight to the target's veth.
 //!
-//! Parts: [`loader`] (object, pinned maps), [`links`] (attachments by
-//! interface and hook), [`maps`] (typed access, the read-only
+//! Parts: [`loader`] (object, pinned maps), [`hooks`] (where each program
+//! hangs), [`links`] (attachments by interface and hook), [`maps`] (typed access, the read-only
 //! [`PinnedMaps`] view, the diffing row writer), [`rule_sets`] (the
 //! double-buffer switch of policies and guards).
 pub mod compile;
+mod error;
+mod hooks;
+mod interfaces;
 mod links;
 mod loader;
 pub mod maps;
 mod rule_sets;
 mod warp;
 
-pub use links::Hook;
+pub use error::EbpfError;
+pub use hooks::Hook;
+pub use interfaces::{interface_index, interface_name};
 pub use loader::ProgramLogger;
-pub use maps::{CpuSum, PinnedMaps, RateSlot, cpu_sum, interface_traffic};
+pub use maps::{CpuSum, InterfaceTraffic, PinnedMaps, RateSlot, cpu_sum, interface_traffic};
 pub use warp::warp_peer_key;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use aya::{
     Ebpf,
     maps::MapError,
-    programs::{ProgramError, TestRun as _, TestRunOptions},
+    programs::{TestRun as _, TestRunOptions},
 };
 use netwarp_common::{
     GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, POLICY_MAP, PROG_TC_BRIDGE_GUARD,
@@ -48,60 +53,6 @@ use netwarp_common::{
 use compile::CompiledPrefix;
 use maps::{Row as _, Rows, already_gone, counter_map, hash_map, lookup, map_error, read_all};
 use rule_sets::RuleSets;
-
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error(
-        "loading netwarp's eBPF object failed: {0}; netwarp needs root or CAP_BPF with \
-         CAP_NET_ADMIN and CAP_PERFMON (see `netwarp probe`)"
-    )]
-    Load(#[from] aya::EbpfError),
-    #[error("the eBPF object has no program `{0}`; the build is inconsistent, rebuild netwarp")]
-    MissingProgram(&'static str),
-    #[error("the eBPF object has no map `{0}`; the build is inconsistent, rebuild netwarp")]
-    MissingMap(&'static str),
-    #[error("program `{program}`: {source}")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("attaching `{program}` to interface `{interface}` failed: {source}")]
-    Attach {
-        program: &'static str,
-        interface: String,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("no host interface has ifindex {0}; the container's veth is gone")]
-    NoInterface(u32),
-    #[error("no host interface is named {0}")]
-    NoInterfaceNamed(String),
-    #[error(
-        "cannot use the pin directory {path}: {source}; is bpffs mounted at /sys/fs/bpf \
-         (`mount -t bpf bpf /sys/fs/bpf`)?"
-    )]
-    PinDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("pinning a link at {path}: {reason}")]
-    Pin { path: PathBuf, reason: String },
-    #[error("map `{map}`: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-}
-
-/// Packets and bytes seen on one host-side interface, per direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InterfaceTraffic {
-    pub from_container: TrafficCounters,
-    pub to_container: TrafficCounters,
-}
 
 /// netwarp's loaded programs, its attachments, and the rows it wrote.
 pub struct EbpfDataplane {
@@ -512,28 +463,4 @@ fn sorted(rows: &[CompiledPrefix]) -> Vec<CompiledPrefix> {
     let mut rows = rows.to_vec();
     rows.sort_by_key(|r| r.destination);
     rows
-}
-
-/// The ifindex of a host interface, or None if there is none named so.
-pub fn interface_index(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
-/// The name of a host interface, or None if there is none with `ifindex`.
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
 }

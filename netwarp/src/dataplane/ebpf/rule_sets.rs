@@ -18,8 +18,8 @@ use aya::{
 use netwarp_common::{RULE_SET_BITS, RULES_V4_MAP, RULES_V6_MAP, RuleKeyV4, RuleKeyV6, RuleValue};
 
 use super::{
-    EbpfError,
     compile::CompiledPrefix,
+    error::EbpfError,
     maps::{lpm_trie, map_error, remove_trie_keys},
 };
 use crate::model::Cidr;
