@@ -80,24 +80,6 @@ enum LoopExit {
 /// Re-reads the configuration from the same sources (for SIGHUP).
 pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
-/// Keys a reload cannot apply to a running daemon.
-const RESTART_KEYS: &[&str] = &[
-    "docker_connection_method",
-    "docker.socket",
-    "docker.api_version",
-    "docker.tls_ca",
-    "docker.tls_cert",
-    "docker.tls_key",
-    "dataplane.mode",
-    "dataplane.bpf_pin_dir",
-    "dataplane.resync_interval_secs",
-    "dataplane.dry_run_record",
-    "logging.level",
-    "logging.format",
-    "metrics.listen",
-    "control.socket",
-];
-
 /// The signals the daemon acts on.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -364,17 +346,15 @@ fn reload_config(running: &Config, reconciler: &mut Reconciler, reload: &Reload)
             return;
         }
     };
-    for key in RESTART_KEYS {
-        let value = |c: &Config| c.effective.get(key).map(|(v, _)| v.clone());
-        if value(running) != value(&new) {
-            warn!(
-                key,
-                "SIGHUP: this key changed, but only applies at start; restart netwarp to apply it"
-            );
-        }
+    let reloaded = running.reload(&new);
+    for key in &reloaded.needs_restart {
+        warn!(
+            key,
+            "SIGHUP: this key changed, but only applies at start; restart netwarp to apply it"
+        );
     }
-    reconciler.update_settings(new.plan_settings());
-    info!("SIGHUP: configuration reloaded");
+    reconciler.update_settings(reloaded.settings);
+    info!(applied = ?reloaded.applied, "SIGHUP: configuration reloaded");
 }
 
 fn shutdown_exit(signal: &str) -> LoopExit {

@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netwarp::dataplane::ebpf::PinnedMaps;
 use netwarp_common::VerdictCounters;
 use netwarp_tests::{
     daemon::{Daemon, TestLabels, eventually},
@@ -75,16 +76,9 @@ fn set_rate_limit(daemon: &Daemon, key: &str, value: &str) {
 
 /// The rate-drop counters of a host interface, from the daemon's pins.
 fn rate_drops(daemon: &Daemon, ifindex: u32) -> u64 {
-    let path = daemon.pin_dir().join(netwarp_common::VERDICTS_MAP);
-    let Ok(data) = aya::maps::MapData::from_pin(&path) else {
-        return 0;
-    };
-    let map: aya::maps::PerCpuHashMap<_, u32, VerdictCounters> =
-        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data))
-            .expect("verdict map");
-    map.get(&ifindex, 0)
-        .map(|per_cpu| per_cpu.iter().map(|c| c.rate_packets).sum())
-        .unwrap_or(0)
+    PinnedMaps::new(daemon.pin_dir())
+        .sum::<u32, VerdictCounters>(netwarp_common::VERDICTS_MAP, &ifindex)
+        .map_or(0, |sum| sum.rate_packets)
 }
 
 /// How the test judges a run.
@@ -375,13 +369,9 @@ fn the_shapers_drops_are_exported() {
 
 /// Whether the daemon's pinned slot map caps host interface `ifindex`.
 fn policer_caps(daemon: &Daemon, ifindex: u32) -> bool {
-    let path = daemon.pin_dir().join(netwarp_common::RATE_SLOTS_MAP);
-    let Ok(data) = aya::maps::MapData::from_pin(&path) else {
-        return false;
-    };
-    let map: aya::maps::HashMap<_, u32, u32> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("slot map");
-    map.get(&ifindex, 0).is_ok()
+    PinnedMaps::new(daemon.pin_dir())
+        .get::<u32, u32>(netwarp_common::RATE_SLOTS_MAP, &ifindex)
+        .is_ok_and(|slot| slot.is_some())
 }
 
 /// A SIGHUP that switches `rate_limits.enforcement` moves a container's

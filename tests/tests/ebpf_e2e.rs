@@ -328,3 +328,70 @@ fn pinned_maps_of_an_older_layout_are_replaced() {
     );
     drop(dataplane);
 }
+
+/// A restarted dataplane adopts the rows an earlier run left in the pinned
+/// maps (one scan at load), and its targeted writes and deletes reach them.
+/// Only maps: the ifindexes are keys, nothing is attached.
+#[test]
+fn a_restart_adopts_the_rows_an_earlier_run_wrote() {
+    use netwarp::{
+        dataplane::ebpf::{compile::compile, warp_peer_key},
+        model::parse_rules,
+        plan::{Action, Entry},
+    };
+    use netwarp_common::{GUARD_ALLOW_IPV4, GuardAllowKey, RateBuckets};
+    let test = "a_restart_adopts_the_rows_an_earlier_run_wrote";
+    skip_if!(test, skip::missing_root());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwa")));
+    let (bridge, warp, target, slot) = (900_001, 900_002, 900_003, 900_004);
+    let mac = [2, 0, 0, 0, 0, 1];
+    let entries = Entry::all(&parse_rules("203.0.113.0/24").unwrap(), Action::Block);
+    let rows = compile(&entries, false).unwrap();
+    let allow = |last: u8| {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[172, 20, 0, last]);
+        GuardAllowKey {
+            bridge_ifindex: bridge,
+            kind: GUARD_ALLOW_IPV4,
+            addr,
+        }
+    };
+    let peer = (warp_peer_key(warp, "172.20.0.3".parse().unwrap()), target);
+    {
+        let mut first = EbpfDataplane::load_pinned(&dir.0).expect("the first load");
+        first.set_policy(target, warp, mac, &rows).expect("policy");
+        first
+            .set_guard(bridge, &rows, &[allow(3), allow(4)].into())
+            .expect("guard");
+        first.put_warp_peers(&[peer]).expect("peers");
+        first
+            .set_caps(slot, &[target], RateBuckets::default())
+            .expect("caps");
+    }
+    let mut second = EbpfDataplane::load_pinned(&dir.0).expect("the second load");
+    let live = second
+        .policy(target)
+        .unwrap()
+        .expect("the pinned policy")
+        .rule_set;
+    assert!(
+        second.policy_is(target, warp, mac, &rows).unwrap(),
+        "the policy an earlier run wrote is not recognised"
+    );
+    assert_eq!(second.cap_slots().unwrap(), [(target, slot)].into());
+    // Writes diff against the adopted rows: the dropped source goes.
+    second
+        .set_guard(bridge, &rows, &[allow(3)].into())
+        .expect("rewriting the guard");
+    assert_eq!(second.guard_allowed(bridge).unwrap(), [allow(3)].into());
+    assert_eq!(second.retain_warp_peers(&Default::default()).unwrap(), 1);
+    assert!(second.warp_peers().unwrap().is_empty());
+    second.remove_caps(&[target]).expect("uncapping");
+    assert_eq!(second.rate_buckets_of(slot).unwrap(), None);
+    second.remove_policy(target).expect("removing the policy");
+    assert_eq!(second.installed_rule_set(live).unwrap(), []);
+    second.remove_guard(bridge).expect("removing the guard");
+    assert!(second.guard_allowed(bridge).unwrap().is_empty());
+    assert!(second.guard_ifindexes().unwrap().is_empty());
+}

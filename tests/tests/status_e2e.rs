@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::lpm_trie::Key;
+use netwarp::dataplane::ebpf::PinnedMaps;
 use netwarp_common::{
     ACTION_BLOCK, ACTION_STEER, POLICY_MAP, RULE_SET_BITS, RULES_V4_MAP, RuleKeyV4, RuleValue,
     TargetPolicy,
@@ -42,22 +43,18 @@ fn mac_on(container: &Container, network: &DockerNetwork) -> String {
     )
 }
 
-fn open_map(daemon: &Daemon, name: &str) -> Map {
-    let data = MapData::from_pin(daemon.pin_dir().join(name)).expect("a pinned map");
-    Map::from_map_data(data).expect("a known map type")
-}
-
 /// The pinned policy of a host veth, read straight from the kernel.
 fn pinned_policy(daemon: &Daemon, ifindex: u32) -> Option<TargetPolicy> {
-    let map: BpfHashMap<_, u32, TargetPolicy> =
-        BpfHashMap::try_from(open_map(daemon, POLICY_MAP)).expect("the policy map");
-    map.get(&ifindex, 0).ok()
+    PinnedMaps::new(daemon.pin_dir())
+        .get(POLICY_MAP, &ifindex)
+        .expect("the policy map")
 }
 
 /// The pinned rule for REMOTE in a policy's live rule set.
 fn pinned_rule(daemon: &Daemon, policy: &TargetPolicy) -> Option<RuleValue> {
-    let trie: LpmTrie<_, RuleKeyV4, RuleValue> =
-        LpmTrie::try_from(open_map(daemon, RULES_V4_MAP)).expect("the v4 rules");
+    let trie = PinnedMaps::new(daemon.pin_dir())
+        .lpm_trie::<RuleKeyV4, RuleValue>(RULES_V4_MAP)
+        .expect("the v4 rules");
     let addr: std::net::Ipv4Addr = REMOTE.parse().expect("an address");
     let key = Key::new(
         RULE_SET_BITS + 32,

@@ -495,6 +495,74 @@ privileged_test!(the_guard_lets_known_sources_and_warp_macs_pass, {
     );
 });
 
+privileged_test!(a_source_left_out_of_a_rewritten_guard_is_dropped_again, {
+    let source = allow(GUARD_ALLOW_IPV4, &[172, 20, 0, 3]);
+    let other = allow(GUARD_ALLOW_IPV4, &[172, 20, 0, 9]);
+    let mut dp = guard("203.0.113.0/24", &[source, other]);
+    let packet = ipv4(REMOTE_V4, ICMP, 0, 0, 0);
+    assert_eq!(guard_verdict(&mut dp, &packet), PASS);
+    let entries = Entry::all(&parse_rules("203.0.113.0/24").unwrap(), Action::Block);
+    let rows = compile(&entries, false).unwrap();
+    dp.set_guard(TARGET_IFINDEX, &rows, &[other].into())
+        .expect("rewriting the guard");
+    assert_eq!(
+        guard_verdict(&mut dp, &packet),
+        TC_ACT_SHOT,
+        "a source removed from the allow set still passes"
+    );
+    assert_eq!(
+        dp.guard_allowed(TARGET_IFINDEX).expect("allowed"),
+        [other].into()
+    );
+    assert!(
+        dp.guard_is(TARGET_IFINDEX, &rows, &[other].into())
+            .expect("guard_is")
+    );
+    dp.remove_guard(TARGET_IFINDEX).expect("removing the guard");
+    assert!(
+        dp.guard_allowed(TARGET_IFINDEX)
+            .expect("allowed")
+            .is_empty()
+    );
+});
+
+privileged_test!(rewrites_leave_only_the_live_rule_set_in_the_tries, {
+    let mut dp = dataplane("203.0.113.0/24", steer());
+    for rules in [
+        "198.51.100.0/24",
+        "203.0.113.0/25,2001:db8::/32",
+        "198.51.100.0/24,2001:db8::/48",
+    ] {
+        let entries = Entry::all(&parse_rules(rules).unwrap(), Action::Block);
+        let mut rows = compile(&entries, false).unwrap();
+        dp.set_policy(TARGET_IFINDEX, WARP_IFINDEX, WARP_MAC, &rows)
+            .expect("rewriting the policy");
+        let live = dp
+            .policy(TARGET_IFINDEX)
+            .unwrap()
+            .expect("a policy")
+            .rule_set;
+        rows.sort_by_key(|r| r.destination);
+        assert_eq!(
+            dp.installed_rule_set(live).expect("live rows"),
+            rows,
+            "{rules}: the live set holds exactly the new rows"
+        );
+        assert!(
+            dp.policy_is(TARGET_IFINDEX, WARP_IFINDEX, WARP_MAC, &rows)
+                .expect("policy_is")
+        );
+        assert_eq!(
+            dp.installed_rule_set(live ^ 1).expect("old rows"),
+            [],
+            "{rules}: the previous set's rows are left in the tries"
+        );
+    }
+    dp.remove_policy(TARGET_IFINDEX)
+        .expect("removing the policy");
+    assert_eq!(dp.policy(TARGET_IFINDEX).expect("policy"), None);
+});
+
 /// The target's host veth in the warp program's tests: only a key there.
 const PEER_TARGET_IFINDEX: u32 = 7;
 
@@ -564,8 +632,11 @@ privileged_test!(
         let leaks = dp.warp_leaks(TARGET_IFINDEX).expect("warp leaks");
         assert_eq!(leaks.packets, 2);
         // Without the target's rows the warp veth knows no one.
-        dp.retain_warp_peers(&Default::default())
+        let removed = dp
+            .retain_warp_peers(&Default::default())
             .expect("removing the peers");
+        assert_eq!(removed, 2);
+        assert!(dp.warp_peers().expect("peers").is_empty());
         assert_eq!(
             warp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
             PASS

@@ -3,13 +3,14 @@
 
 use std::process::ExitCode;
 
-use crate::config::KEYS;
+use crate::config::{Apply, KEYS};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     config: super::ConfigArgs,
-    /// List every key with its environment variable, default and meaning.
+    /// List every key with its environment variable, default, meaning,
+    /// whether a reload applies it, and its flag.
     #[arg(long)]
     keys: bool,
 }
@@ -17,8 +18,16 @@ pub struct Args {
 pub fn execute(args: Args) -> anyhow::Result<ExitCode> {
     if args.keys {
         for key in KEYS {
+            let apply = match key.apply {
+                Apply::Live => "a reload applies it",
+                Apply::Restart => "needs a restart",
+            };
+            let flag = key
+                .flag
+                .map(|f| format!("; flag --{f}"))
+                .unwrap_or_default();
             println!(
-                "{:<32} {:<42} default `{}`\n    {}",
+                "{:<32} {:<42} default `{}`\n    {}\n    ({apply}{flag})",
                 key.name, key.env, key.default, key.doc
             );
         }

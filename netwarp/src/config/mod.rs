@@ -3,11 +3,13 @@
 //! it came from, and every error names that place, the key and the reason.
 mod keys;
 mod layer;
+mod reload;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use keys::{KEYS, KeySpec};
+pub use keys::{Apply, KEYS, KeySpec};
 pub use layer::{Layer, Origin};
+pub use reload::Reloaded;
 
 use crate::{
     model::{Rate, RateError, Rule, parse_rate, parse_size},
@@ -122,7 +124,7 @@ impl Config {
             let (value, origin) = layers
                 .iter()
                 .find_map(|l| l.get(spec.name).cloned())
-                .unwrap_or_else(|| (spec.default_value(), Origin::Default));
+                .unwrap_or_else(|| (layer::Value::Text(spec.default.to_owned()), Origin::Default));
             effective.insert(spec.name, (value.to_string(), origin.clone()));
             Ok((value, origin))
         };

@@ -2,7 +2,7 @@
 //! request time, never by the controller.
 //!
 //! - `ebpf` mode: the readers open netwarp's *pinned* maps by path
-//!   (`MapData::from_pin`) and get their own file descriptors on the same
+//!   ([`PinnedMaps`]) and get their own file descriptors on the same
 //!   kernel maps. The controller owns its `EbpfDataplane` mutably; sharing
 //!   that would need a lock the controller could wait on. Per-CPU map
 //!   lookups take no lock the data path or the controller holds, so a
@@ -18,17 +18,12 @@
 //! Both count frames including the Ethernet header: BPF sees `skb->len` at
 //! tc on the host veth, and veth statistics count the same length.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use std::{collections::HashMap, path::Path, sync::Mutex};
 
-use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use futures_util::TryStreamExt as _;
 use netwarp_common::{
-    Direction, GUARD_DROPS_MAP, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP,
-    VerdictCounters, WARP_LEAKS_MAP,
+    GUARD_DROPS_MAP, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
+    WARP_LEAKS_MAP,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use serde::{Deserialize, Serialize};
@@ -38,7 +33,10 @@ use super::{GuardView, TargetView, WarpView};
 use crate::{
     config::DataplaneMode,
     dataplane::{
-        ebpf::{interface_index, interface_name},
+        ebpf::{
+            EbpfError, InterfaceTraffic, PinnedMaps, cpu_sum, interface_index, interface_name,
+            interface_traffic,
+        },
         qdisc::tbf_drops,
         routes::NamespaceHandle,
     },
@@ -109,7 +107,7 @@ impl From<VerdictCounters> for Drops {
 
 pub enum CounterReader {
     Ebpf {
-        pin_dir: PathBuf,
+        maps: PinnedMaps,
     },
     Routes {
         /// Host veth ifindex by (target pid, MAC on the warp's network).
@@ -121,7 +119,7 @@ impl CounterReader {
     pub fn new(mode: DataplaneMode, pin_dir: &Path) -> Self {
         match mode {
             DataplaneMode::Ebpf => Self::Ebpf {
-                pin_dir: pin_dir.to_owned(),
+                maps: PinnedMaps::new(pin_dir),
             },
             _ => Self::Routes {
                 veths: Mutex::default(),
@@ -167,27 +165,21 @@ impl CounterReader {
     /// A reader of one pinned per-CPU [`TrafficCounters`] map, summing an
     /// ifindex's entry over all CPUs (zero when absent, None when
     /// unreadable); None in routes mode or when the map cannot be opened.
-    fn per_cpu_traffic(&self, name: &str) -> Option<impl Fn(u32) -> Option<TrafficCounters>> {
-        let Self::Ebpf { pin_dir } = self else {
+    fn per_cpu_traffic(
+        &self,
+        name: &'static str,
+    ) -> Option<impl Fn(u32) -> Option<TrafficCounters>> {
+        let Self::Ebpf { maps } = self else {
             return None;
         };
-        let map: PerCpuHashMap<_, u32, TrafficCounters> =
-            match open_map(pin_dir, name).and_then(PerCpuHashMap::try_from) {
-                Ok(map) => map,
-                Err(e) => {
-                    debug!(map = name, error = %e, "reading a counter map failed");
-                    return None;
-                }
-            };
-        Some(move |ifindex| match map.get(&ifindex, 0) {
-            Ok(per_cpu) => Some(
-                per_cpu
-                    .iter()
-                    .fold(TrafficCounters::default(), |a, c| a.saturating_add(*c)),
-            ),
-            Err(MapError::KeyNotFound) => Some(TrafficCounters::default()),
-            Err(_) => None,
-        })
+        let map = match maps.counters::<u32, TrafficCounters>(name) {
+            Ok(map) => map,
+            Err(e) => {
+                debug!(map = name, error = %e, "reading a counter map failed");
+                return None;
+            }
+        };
+        Some(move |ifindex| cpu_sum(&map, &ifindex).ok())
     }
 
     /// Counters by target id. Targets whose interface is unknown are left
@@ -204,7 +196,7 @@ impl CounterReader {
 
     async fn read_traffic(&self, targets: &[TargetView]) -> HashMap<String, Counters> {
         match self {
-            Self::Ebpf { pin_dir } => match read_ebpf(pin_dir, targets) {
+            Self::Ebpf { maps } => match read_ebpf(maps, targets) {
                 Ok(counters) => counters,
                 Err(e) => {
                     debug!(error = %e, "reading the pinned eBPF counters failed");
@@ -272,50 +264,30 @@ async fn read_shaper_drops(targets: &[TargetView]) -> HashMap<String, ShaperDrop
     out
 }
 
-fn open_map(pin_dir: &Path, name: &str) -> Result<Map, MapError> {
-    Map::from_map_data(MapData::from_pin(pin_dir.join(name))?)
-}
-
 fn read_ebpf(
-    pin_dir: &Path,
+    maps: &PinnedMaps,
     targets: &[TargetView],
-) -> Result<HashMap<String, Counters>, MapError> {
-    let traffic: PerCpuHashMap<_, TrafficKey, TrafficCounters> =
-        PerCpuHashMap::try_from(open_map(pin_dir, TRAFFIC_MAP)?)?;
-    let verdicts: PerCpuHashMap<_, u32, VerdictCounters> =
-        PerCpuHashMap::try_from(open_map(pin_dir, VERDICTS_MAP)?)?;
+) -> Result<HashMap<String, Counters>, EbpfError> {
+    let traffic = maps.counters::<TrafficKey, TrafficCounters>(TRAFFIC_MAP)?;
+    let verdicts = maps.counters::<u32, VerdictCounters>(VERDICTS_MAP)?;
     let mut out = HashMap::new();
     for target in targets {
         let Some(ifindex) = target.host_ifindex else {
             continue;
         };
-        let read = |direction| match traffic.get(&TrafficKey::new(ifindex, direction), 0) {
-            Ok(per_cpu) => Ok(per_cpu
-                .iter()
-                .fold(TrafficCounters::default(), |a, c| a.saturating_add(*c))),
-            Err(MapError::KeyNotFound) => Ok(TrafficCounters::default()),
-            Err(e) => Err(e),
-        };
-        let tx = read(Direction::FromContainer)?;
-        let rx = read(Direction::ToContainer)?;
-        let verdict = match verdicts.get(&ifindex, 0) {
-            Ok(per_cpu) => per_cpu
-                .iter()
-                .fold(VerdictCounters::default(), |a, c| a.saturating_add(*c)),
-            Err(MapError::KeyNotFound) => VerdictCounters::default(),
-            Err(e) => return Err(e),
-        };
+        let InterfaceTraffic {
+            from_container: tx,
+            to_container: rx,
+        } = interface_traffic(&traffic, ifindex)?;
+        let verdict = cpu_sum(&verdicts, &ifindex).map_err(|source| EbpfError::Map {
+            map: VERDICTS_MAP,
+            source,
+        })?;
         out.insert(
             target.plan.id.clone(),
             Counters {
-                tx: PacketsBytes {
-                    packets: tx.packets,
-                    bytes: tx.bytes,
-                },
-                rx: PacketsBytes {
-                    packets: rx.packets,
-                    bytes: rx.bytes,
-                },
+                tx: tx.into(),
+                rx: rx.into(),
                 steered: Some(PacketsBytes {
                     packets: verdict.steered_packets,
                     bytes: verdict.steered_bytes,

@@ -6,13 +6,12 @@ use std::{
     net::IpAddr,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapError};
 use netwarp_common::{
     GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, PROG_TC_FROM_WARP, TrafficCounters, WARP_LEAKS_MAP,
     WARP_PEERS_MAP, WarpPeerKey,
 };
 
-use super::{EbpfDataplane, EbpfError, map_error};
+use super::{EbpfDataplane, EbpfError, Hook, maps::hash_map, maps::read_all};
 
 /// The key of `addr` on the warp veth `warp_ifindex`.
 pub fn warp_peer_key(warp_ifindex: u32, addr: IpAddr) -> WarpPeerKey {
@@ -37,42 +36,28 @@ impl EbpfDataplane {
     /// Attaches the warp program to one of a warp's host-side veths.
     /// Attaching twice is a no-op.
     pub fn attach_warp(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        self.attach_single(ifindex, PROG_TC_FROM_WARP)
+        self.links.attach(&mut self.ebpf, ifindex, Hook::FromWarp)
     }
 
     /// Detaches the warp program from a veth and forgets its peers.
     pub fn detach_warp(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        self.detach_single(ifindex, PROG_TC_FROM_WARP)?;
-        let mut peers = self.warp_peer_map()?;
-        let keys: Vec<WarpPeerKey> = peers
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.warp_ifindex == ifindex)
-            .collect();
-        for key in keys {
-            let _ = peers.remove(&key);
-        }
+        self.links.detach(&mut self.ebpf, ifindex, Hook::FromWarp)?;
+        self.warp_peers
+            .delete_where(&mut self.ebpf, |k| k.warp_ifindex == ifindex)?;
         Ok(())
     }
 
     /// The veths the warp program is attached to (or was adopted on).
     pub fn warp_ifindexes(&self) -> BTreeSet<u32> {
-        self.single_ifindexes(PROG_TC_FROM_WARP).collect()
+        self.links.ifindexes(Hook::FromWarp)
     }
 
-    /// Writes peer rows (key to the target's host-side veth). Written
-    /// before the target's policy steers into the warp, so the warp's
-    /// program knows the target before its first steered packet.
+    /// Writes peer rows (key to the target's host-side veth) that differ
+    /// from what was written. Written before the target's policy steers
+    /// into the warp, so the warp's program knows the target before its
+    /// first steered packet.
     pub fn put_warp_peers(&mut self, rows: &[(WarpPeerKey, u32)]) -> Result<(), EbpfError> {
-        let mut peers = self.warp_peer_map()?;
-        for (key, target) in rows {
-            if peers.get(key, 0).ok() != Some(*target) {
-                peers
-                    .insert(key, target, 0)
-                    .map_err(map_error(WARP_PEERS_MAP))?;
-            }
-        }
-        Ok(())
+        self.warp_peers.put(&mut self.ebpf, rows.iter().copied())
     }
 
     /// Removes every peer row that is not in `wanted`; returns how many.
@@ -80,30 +65,23 @@ impl EbpfDataplane {
         &mut self,
         wanted: &BTreeMap<WarpPeerKey, u32>,
     ) -> Result<usize, EbpfError> {
-        let mut peers = self.warp_peer_map()?;
-        let stale: Vec<WarpPeerKey> = peers
-            .iter()
-            .filter_map(Result::ok)
+        let stale: Vec<WarpPeerKey> = (self.warp_peers.written().iter())
             .filter(|(key, target)| wanted.get(key) != Some(target))
-            .map(|(key, _)| key)
+            .map(|(key, _)| *key)
             .collect();
-        for key in &stale {
-            let _ = peers.remove(key);
-        }
-        Ok(stale.len())
+        self.warp_peers.delete(&mut self.ebpf, stale)
     }
 
-    /// Every peer row.
+    /// Every peer row, as the kernel holds it (recorded as written).
     pub fn warp_peers(&mut self) -> Result<BTreeMap<WarpPeerKey, u32>, EbpfError> {
-        self.warp_peer_map()?
-            .iter()
-            .collect::<Result<_, MapError>>()
-            .map_err(map_error(WARP_PEERS_MAP))
+        let installed = read_all(&hash_map(&mut self.ebpf, WARP_PEERS_MAP)?, WARP_PEERS_MAP)?;
+        self.warp_peers.adopt_scope(|_| true, &installed);
+        Ok(installed)
     }
 
     /// What the program on a warp veth dropped, over all CPUs.
     pub fn warp_leaks(&self, ifindex: u32) -> Result<TrafficCounters, EbpfError> {
-        self.per_cpu_traffic(WARP_LEAKS_MAP, ifindex)
+        self.counter_sum(WARP_LEAKS_MAP, ifindex)
     }
 
     /// Runs the warp program once on `packet`, as if the warp sent it on
@@ -115,15 +93,5 @@ impl EbpfDataplane {
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), EbpfError> {
         self.test_run(PROG_TC_FROM_WARP, ifindex, packet)
-    }
-
-    fn warp_peer_map(
-        &mut self,
-    ) -> Result<BpfHashMap<&mut aya::maps::MapData, WarpPeerKey, u32>, EbpfError> {
-        let map = self
-            .ebpf
-            .map_mut(WARP_PEERS_MAP)
-            .ok_or(EbpfError::MissingMap(WARP_PEERS_MAP))?;
-        BpfHashMap::try_from(map).map_err(map_error(WARP_PEERS_MAP))
     }
 }

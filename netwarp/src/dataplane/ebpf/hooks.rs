@@ -1,0 +1,92 @@
+//! Where netwarp's programs hang: which program, on which side of which
+//! kind of interface, and the name its link is pinned under.
+
+use aya::programs::TcAttachType;
+use netwarp_common::{
+    Direction, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP,
+    PROG_TC_TO_CONTAINER,
+};
+
+/// Where a program hangs: which program, on which side of the interface,
+/// under which pin suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// tc ingress of a container's host-side veth: what it sends.
+    FromContainer,
+    /// tc egress of a container's host-side veth: what it receives.
+    ToContainer,
+    /// tc ingress of a guarded network's bridge.
+    BridgeGuard,
+    /// tc ingress of a warp's host-side veth.
+    FromWarp,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::FromContainer,
+        Hook::ToContainer,
+        Hook::BridgeGuard,
+        Hook::FromWarp,
+    ];
+    /// The two hooks on a container's host-side veth.
+    pub const CONTAINER: [Hook; 2] = [Hook::FromContainer, Hook::ToContainer];
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::FromContainer => PROG_TC_FROM_CONTAINER,
+            Hook::ToContainer => PROG_TC_TO_CONTAINER,
+            Hook::BridgeGuard => PROG_TC_BRIDGE_GUARD,
+            Hook::FromWarp => PROG_TC_FROM_WARP,
+        }
+    }
+
+    pub(super) fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::ToContainer => TcAttachType::Egress,
+            _ => TcAttachType::Ingress,
+        }
+    }
+
+    /// The pin name suffix (names earlier releases pinned, kept).
+    pub(super) fn pin_suffix(self) -> &'static str {
+        match self {
+            Hook::FromContainer => "ingress",
+            Hook::ToContainer => "egress",
+            Hook::BridgeGuard => "guard",
+            Hook::FromWarp => "warp",
+        }
+    }
+
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            Hook::FromContainer => Some(Direction::FromContainer),
+            Hook::ToContainer => Some(Direction::ToContainer),
+            _ => None,
+        }
+    }
+
+    /// The interface and hook a pin's file name stands for.
+    pub fn parse_pin(name: &str) -> Option<(u32, Hook)> {
+        let (index, suffix) = name.split_once('-')?;
+        let hook = Self::ALL.into_iter().find(|h| h.pin_suffix() == suffix)?;
+        Some((index.parse().ok()?, hook))
+    }
+
+    pub(super) fn pin_name(self, ifindex: u32) -> String {
+        format!("{ifindex}-{}", self.pin_suffix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_round_trip_for_every_hook() {
+        for hook in Hook::ALL {
+            assert_eq!(Hook::parse_pin(&hook.pin_name(42)), Some((42, hook)));
+        }
+        assert_eq!(Hook::parse_pin("42-other"), None);
+        assert_eq!(Hook::parse_pin("x-guard"), None);
+    }
+}

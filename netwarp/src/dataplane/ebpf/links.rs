@@ -1,0 +1,243 @@
+//! netwarp's attachments: one set of links keyed by interface and hook,
+//! each pinned (with a pin directory) at `links/<ifindex>-<hook>`, so it
+//! outlives the daemon and a restart adopts it.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use super::{error::EbpfError, hooks::Hook, interfaces::interface_name, loader::classifier};
+use aya::{
+    Ebpf,
+    programs::{
+        LinkOrder, SchedClassifier,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
+    },
+};
+
+/// Every attachment by (ifindex, hook). With a pin directory each link is
+/// pinned and the pin holds it; the id, when present, is this process's
+/// own handle on it.
+#[derive(Default)]
+pub(super) struct Links {
+    held: HashMap<(u32, Hook), Option<SchedClassifierLinkId>>,
+    /// `<pin dir>/links`, if links are pinned.
+    dir: Option<PathBuf>,
+}
+
+impl Links {
+    pub(super) fn new(pin_dir: Option<&Path>) -> Self {
+        Self {
+            held: HashMap::new(),
+            dir: pin_dir.map(|d| d.join("links")),
+        }
+    }
+
+    fn pin(&self, ifindex: u32, hook: Hook) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(hook.pin_name(ifindex)))
+    }
+
+    /// The interfaces `hook` is attached to (or was adopted on).
+    pub(super) fn ifindexes(&self, hook: Hook) -> BTreeSet<u32> {
+        self.held
+            .keys()
+            .filter(|(_, h)| *h == hook)
+            .map(|(ifindex, _)| *ifindex)
+            .collect()
+    }
+
+    /// Adopts the links pinned by an earlier run: each switches atomically
+    /// to this build's program, so steering and blocking never stop across
+    /// a restart. Pins of vanished interfaces, and unusable ones, are removed.
+    pub(super) fn adopt_pinned(&mut self, ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+        let Some(dir) = self.dir.clone() else {
+            return Ok(());
+        };
+        let entries = std::fs::read_dir(&dir).map_err(|source| EbpfError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let Some((ifindex, hook)) = Hook::parse_pin(&entry.file_name().to_string_lossy())
+            else {
+                continue;
+            };
+            if interface_name(ifindex).is_none() {
+                // The interface is gone, and its link with it.
+                drop_stale_pin(&path);
+                continue;
+            }
+            let adopted = PinnedLink::from_pin(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pinned| {
+                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+                });
+            let link = match adopted {
+                Ok(link) => link,
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
+                    drop_stale_pin(&path);
+                    continue;
+                }
+            };
+            let program = hook.program();
+            let id = classifier(ebpf, program)?
+                .attach_to_link(link)
+                .map_err(|source| EbpfError::Program { program, source })?;
+            self.held.insert((ifindex, hook), Some(id));
+        }
+        Ok(())
+    }
+
+    /// Attaches `hook`'s program to an interface, first in its chain.
+    /// Attaching twice is a no-op; a link whose pin was deleted by hand is
+    /// pinned again, or attached anew when the pin was its only reference.
+    pub(super) fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Result<(), EbpfError> {
+        let key = (ifindex, hook);
+        let pin = self.pin(ifindex, hook);
+        if let Some(held) = self.held.remove(&key) {
+            match repin_if_removed(ebpf, held, hook.program(), pin.as_deref())? {
+                Some(held) => {
+                    self.held.insert(key, held);
+                    return Ok(());
+                }
+                None => tracing::warn!(
+                    ifindex,
+                    hook = hook.pin_suffix(),
+                    "a pinned link was removed behind netwarp's back; attaching again"
+                ),
+            }
+        }
+        let interface = interface_name(ifindex).ok_or(EbpfError::NoInterface(ifindex))?;
+        let id = attach_first(ebpf, &interface, hook, pin)?;
+        self.held.insert(key, id);
+        Ok(())
+    }
+
+    /// Detaches `hook`'s program from an interface, if attached, and
+    /// removes its pin.
+    pub(super) fn detach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Result<(), EbpfError> {
+        if let Some(Some(id)) = self.held.remove(&(ifindex, hook)) {
+            let program = hook.program();
+            classifier(ebpf, program)?
+                .detach(id)
+                .map_err(|source| EbpfError::Program { program, source })?;
+        }
+        match self.pin(ifindex, hook) {
+            Some(path) => remove_pin(&path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Removes the pin of a link that holds nothing netwarp relies on; a
+/// failure only leaves a dead file, so it is logged, not fatal.
+fn drop_stale_pin(path: &Path) {
+    if let Err(e) = remove_pin(path) {
+        tracing::warn!(error = %e, "removing a stale link pin failed");
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EbpfError::PinDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Attaches first in the interface's TCX chain (a clsact filter without
+/// TCX) and pins the link at `pin` if given. Returns this process's
+/// handle, which a pinned link does not need.
+fn attach_first(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    hook: Hook,
+    pin: Option<PathBuf>,
+) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
+    let program = hook.program();
+    let prog: &mut SchedClassifier = classifier(ebpf, program)?;
+    let attach_error = |source| EbpfError::Attach {
+        program,
+        interface: interface.to_owned(),
+        source,
+    };
+    // First in the TCX chain, so policy applies whatever other tc programs
+    // return; netwarp passes what it leaves alone on to them. Kernels
+    // without TCX (< 6.6) get a clsact filter instead.
+    let id = match prog.attach_with_options(
+        interface,
+        hook.attach_type(),
+        TcAttachOptions::TcxOrder(LinkOrder::first()),
+    ) {
+        Ok(id) => id,
+        Err(tcx_error) => {
+            tracing::debug!(interface, error = %tcx_error, "TCX attach failed; trying clsact");
+            // An existing clsact qdisc is fine; a real failure shows in the attach.
+            let _ = qdisc_add_clsact(interface);
+            prog.attach(interface, hook.attach_type())
+                .map_err(attach_error)?
+        }
+    };
+    let Some(path) = pin else {
+        return Ok(Some(id));
+    };
+    let link = prog.take_link(id).map_err(attach_error)?;
+    pin_link(link, &path)?;
+    Ok(None)
+}
+
+/// Pins a link; the pin keeps it attached once our handle drops.
+fn pin_link(link: SchedClassifierLink, path: &Path) -> Result<(), EbpfError> {
+    let pin_error = |reason: String| EbpfError::Pin {
+        path: path.to_owned(),
+        reason,
+    };
+    let fd_link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+    fd_link.pin(path).map_err(|e| pin_error(e.to_string()))?;
+    Ok(())
+}
+
+/// Checks an attachment this process made or adopted (`held`). Someone
+/// may delete a link's pin by hand: if this process holds the link it is
+/// pinned again; if the pin was its only reference, the link (and with it
+/// steering and blocking) is gone. Returns what to keep holding, or None
+/// when the caller must attach anew.
+fn repin_if_removed(
+    ebpf: &mut Ebpf,
+    held: Option<SchedClassifierLinkId>,
+    program: &'static str,
+    pin: Option<&Path>,
+) -> Result<Option<Option<SchedClassifierLinkId>>, EbpfError> {
+    let Some(path) = pin else {
+        return Ok(Some(held));
+    };
+    if path.exists() {
+        return Ok(Some(held));
+    }
+    let Some(id) = held else {
+        return Ok(None);
+    };
+    let link = classifier(ebpf, program)?
+        .take_link(id)
+        .map_err(|source| EbpfError::Program { program, source })?;
+    pin_link(link, path)?;
+    tracing::warn!(path = %path.display(), "a link's pin was removed by hand; pinned it again");
+    Ok(Some(None))
+}

@@ -1,0 +1,241 @@
+//! Rule sets in the LPM tries, switched as a double buffer: a new set goes
+//! in under the owner's other id, one map write makes it live, then the
+//! old set is removed. Policies (owner: a target's veth) and bridge guards
+//! (owner: the bridge) share this switch.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{
+        MapData, MapError,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use netwarp_common::{RULE_SET_BITS, RULES_V4_MAP, RULES_V6_MAP, RuleKeyV4, RuleKeyV6, RuleValue};
+
+use super::{
+    compile::CompiledPrefix,
+    error::EbpfError,
+    maps::{lpm_trie, map_error, remove_trie_keys},
+};
+use crate::model::Cidr;
+
+/// The id that follows `current` for `owner`: two ids per owner,
+/// alternating; the low bit is the generation.
+pub fn next_rule_set(owner: u32, current: Option<u32>) -> u32 {
+    (owner << 1) | current.map_or(0, |id| (id & 1) ^ 1)
+}
+
+/// The rows written under each rule set id, adopted with one scan at load
+/// and kept since, so removals delete known keys and a restart's adoption
+/// compares without scanning again.
+pub(super) struct RuleSets {
+    written: HashMap<u32, BTreeMap<Cidr, RuleValue>>,
+}
+
+impl RuleSets {
+    /// Adopts what the tries hold (one scan of each).
+    pub(super) fn adopt(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        let mut written: HashMap<u32, BTreeMap<Cidr, RuleValue>> = HashMap::new();
+        for (rule_set, row) in scan(ebpf)? {
+            (written.entry(rule_set).or_default()).insert(row.destination, row.value);
+        }
+        Ok(Self { written })
+    }
+
+    /// The rows written (or adopted) under `rule_set`, by destination.
+    pub(super) fn rows(&self, rule_set: u32) -> Vec<CompiledPrefix> {
+        (self.written.get(&rule_set).into_iter().flatten())
+            .map(|(destination, value)| CompiledPrefix {
+                destination: *destination,
+                value: *value,
+            })
+            .collect()
+    }
+
+    /// Writes `rows` under `owner`'s other id, calls `switch` with that id
+    /// (the one write that makes it live), then removes the old set.
+    /// Returns the new id. Rows a failed removal left under the new id are
+    /// removed first, so they never become live again.
+    pub(super) fn switch(
+        &mut self,
+        ebpf: &mut Ebpf,
+        owner: u32,
+        current: Option<u32>,
+        rows: &[CompiledPrefix],
+        switch: impl FnOnce(&mut Ebpf, u32) -> Result<(), EbpfError>,
+    ) -> Result<u32, EbpfError> {
+        let rule_set = next_rule_set(owner, current);
+        self.remove(ebpf, rule_set)?;
+        self.write(ebpf, rule_set, rows)?;
+        switch(ebpf, rule_set)?;
+        if let Some(old) = current
+            && old != rule_set
+        {
+            self.remove(ebpf, old)?;
+        }
+        Ok(rule_set)
+    }
+
+    fn write(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rule_set: u32,
+        rows: &[CompiledPrefix],
+    ) -> Result<(), EbpfError> {
+        let written = self.written.entry(rule_set).or_default();
+        for row in rows {
+            match row_key(rule_set, row.destination) {
+                RowKey::V4(key) => lpm_trie::<RuleKeyV4, RuleValue>(ebpf, RULES_V4_MAP)?
+                    .insert(&key, row.value, 0)
+                    .map_err(map_error(RULES_V4_MAP))?,
+                RowKey::V6(key) => lpm_trie::<RuleKeyV6, RuleValue>(ebpf, RULES_V6_MAP)?
+                    .insert(&key, row.value, 0)
+                    .map_err(map_error(RULES_V6_MAP))?,
+            }
+            written.insert(row.destination, row.value);
+        }
+        Ok(())
+    }
+
+    /// Removes the rows written under `rule_set`. On failure the rows not
+    /// yet removed stay recorded, so the next switch to this id removes
+    /// them before writing.
+    pub(super) fn remove(&mut self, ebpf: &mut Ebpf, rule_set: u32) -> Result<(), EbpfError> {
+        let Some(destinations) = self.written.remove(&rule_set) else {
+            return Ok(());
+        };
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for destination in destinations.keys() {
+            match row_key(rule_set, *destination) {
+                RowKey::V4(key) => v4.push(key),
+                RowKey::V6(key) => v6.push(key),
+            }
+        }
+        let removed = remove_trie_keys(
+            &mut lpm_trie::<_, RuleValue>(ebpf, RULES_V4_MAP)?,
+            RULES_V4_MAP,
+            v4,
+        )
+        .and_then(|()| {
+            remove_trie_keys(
+                &mut lpm_trie::<_, RuleValue>(ebpf, RULES_V6_MAP)?,
+                RULES_V6_MAP,
+                v6,
+            )
+        });
+        if removed.is_err() {
+            // Which ones went is unknown; all are retried (gone is fine).
+            self.written.insert(rule_set, destinations);
+        }
+        removed
+    }
+}
+
+enum RowKey {
+    V4(Key<RuleKeyV4>),
+    V6(Key<RuleKeyV6>),
+}
+
+/// The LPM key of `destination` in `rule_set`: the id's 32 bits, then the
+/// prefix.
+fn row_key(rule_set: u32, destination: Cidr) -> RowKey {
+    let prefix_len = RULE_SET_BITS + u32::from(destination.prefix_len());
+    let rule_set = rule_set.to_be_bytes();
+    match destination.addr() {
+        IpAddr::V4(addr) => RowKey::V4(Key::new(
+            prefix_len,
+            RuleKeyV4 {
+                rule_set,
+                addr: addr.octets(),
+            },
+        )),
+        IpAddr::V6(addr) => RowKey::V6(Key::new(
+            prefix_len,
+            RuleKeyV6 {
+                rule_set,
+                addr: addr.octets(),
+            },
+        )),
+    }
+}
+
+/// Every row of both tries with its rule set id.
+fn scan(ebpf: &mut Ebpf) -> Result<Vec<(u32, CompiledPrefix)>, EbpfError> {
+    let mut rows = Vec::new();
+    scan_trie::<RuleKeyV4>(
+        ebpf,
+        RULES_V4_MAP,
+        |k| (k.rule_set, IpAddr::from(k.addr)),
+        &mut rows,
+    )?;
+    scan_trie::<RuleKeyV6>(
+        ebpf,
+        RULES_V6_MAP,
+        |k| (k.rule_set, IpAddr::from(k.addr)),
+        &mut rows,
+    )?;
+    Ok(rows)
+}
+
+fn scan_trie<K: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    split: impl Fn(&K) -> ([u8; 4], IpAddr),
+    out: &mut Vec<(u32, CompiledPrefix)>,
+) -> Result<(), EbpfError> {
+    let trie: LpmTrie<&mut MapData, K, RuleValue> = lpm_trie(ebpf, name)?;
+    for entry in trie.iter() {
+        let (key, value) = match entry {
+            Ok(row) => row,
+            // Removed between listing its key and reading it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_error(name)(e)),
+        };
+        let (id, addr) = split(&key.data());
+        let Some(destination) = u8::try_from(key.prefix_len().saturating_sub(RULE_SET_BITS))
+            .ok()
+            .and_then(|len| Cidr::new(addr, len).ok())
+        else {
+            continue;
+        };
+        out.push((
+            u32::from_be_bytes(id),
+            CompiledPrefix { destination, value },
+        ));
+    }
+    Ok(())
+}
+
+/// The rows of one rule set as the kernel holds them, sorted by
+/// destination (to verify an installed set, e.g. one an earlier run left).
+pub(super) fn installed_rows(
+    ebpf: &mut Ebpf,
+    rule_set: u32,
+) -> Result<Vec<CompiledPrefix>, EbpfError> {
+    let mut rows: Vec<CompiledPrefix> = scan(ebpf)?
+        .into_iter()
+        .filter(|(id, _)| *id == rule_set)
+        .map(|(_, row)| row)
+        .collect();
+    rows.sort_by_key(|r| r.destination);
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_sets_alternate_between_an_owners_two_ids() {
+        let first = next_rule_set(7, None);
+        assert_eq!(first, 14);
+        let second = next_rule_set(7, Some(first));
+        assert_eq!(second, 15);
+        assert_eq!(next_rule_set(7, Some(second)), first);
+    }
+}
