@@ -43,19 +43,17 @@ pub struct DryRunTarget {
 
 impl DryRunTarget {
     pub fn from_plan(target: &TargetPlan) -> Self {
-        let (state, via_v4, via_v6) = match &target.state {
-            TargetState::Steered { via_v4, via_v6, .. } => (
-                "steered",
-                via_v4.map(|a| a.to_string()),
-                via_v6.map(|a| a.to_string()),
-            ),
-            other => (other.name(), None, None),
+        let (via_v4, via_v6) = match &target.state {
+            TargetState::Steered { via_v4, via_v6, .. } => {
+                (via_v4.map(|a| a.to_string()), via_v6.map(|a| a.to_string()))
+            }
+            _ => (None, None),
         };
         Self {
             name: target.name.clone(),
             pid: target.pid,
             warp: target.warp.clone(),
-            state: state.to_owned(),
+            state: target.state.name().to_owned(),
             via_v4,
             via_v6,
             mac_on_network: target.mac_on_network.clone(),
@@ -264,8 +262,7 @@ mod tests {
             record.targets,
             expected_targets(&Plan {
                 targets: vec![target("a", steered(), 12)],
-                caps: Vec::new(),
-                guards: Vec::new(),
+                ..Plan::default()
             })
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -39,8 +39,8 @@ use crate::{
     config::DataplaneMode,
     dataplane::{
         ebpf::{interface_index, interface_name},
+        netns::NamespaceHandle,
         qdisc::tbf_drops,
-        routes::NamespaceHandle,
     },
 };
 

@@ -1,0 +1,247 @@
+//! One reconcile pass, level-triggered: snapshot → plan → apply → publish.
+//! Docker events only mark containers dirty; each pass lists every
+//! container (inspecting only the targets and warps whose cached inspect
+//! may be stale, see [`crate::inventory`]), plans from scratch, and has the
+//! dataplane bring each target, guard and cap to its plan. A periodic
+//! resync re-inspects everything and is the safety net, so lost events,
+//! reconnects and restarts cannot corrupt state.
+
+mod log;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Instant, SystemTime},
+};
+
+use bollard::Docker;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::{
+    dataplane::sync::{Dataplane, PassScope},
+    docker,
+    inventory::Inventory,
+    model::{World, short_id},
+    plan::{CapPlan, Plan, PlanSettings, TargetPlan, plan},
+    telemetry::{GuardView, PassOutcome, Telemetry},
+};
+
+/// Drives the passes: owns the dataplane, the snapshot's cache of
+/// inspects, and the telemetry each pass publishes to.
+pub struct Reconciler {
+    settings: PlanSettings,
+    dataplane: Dataplane,
+    changes: log::ChangeLog,
+    /// The container snapshot, with its cache of inspects.
+    inventory: Inventory,
+    /// No pass has completed since the last (re)connect.
+    initial_pass: bool,
+    /// Metrics, and the snapshot `netwarp status` and scrapes read.
+    telemetry: Telemetry,
+}
+
+/// What the targets' part of a pass leaves for the rest.
+struct TargetsDone {
+    seen: HashSet<String>,
+    failures: HashMap<String, String>,
+}
+
+impl Reconciler {
+    pub fn new(settings: PlanSettings, dataplane: Dataplane) -> Self {
+        Self {
+            inventory: Inventory::new(&settings),
+            settings,
+            dataplane,
+            changes: log::ChangeLog::default(),
+            initial_pass: true,
+            telemetry: Telemetry::disabled(),
+        }
+    }
+
+    pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
+        Self { telemetry, ..self }
+    }
+
+    pub fn telemetry_mut(&mut self) -> &mut Telemetry {
+        &mut self.telemetry
+    }
+
+    /// New planner settings (a reload); the next pass re-inspects everything.
+    pub fn update_settings(&mut self, settings: PlanSettings) {
+        self.inventory = Inventory::new(&settings);
+        self.settings = settings;
+    }
+
+    /// The next pass re-inspects every target and warp (the periodic
+    /// resync, or events were lost).
+    pub fn resync_all(&mut self) {
+        self.inventory.refresh_all();
+    }
+
+    /// Docker is gone: the guards forget every allowed source until the
+    /// next pass (fail closed).
+    pub async fn forget_guard_sources(&mut self) {
+        self.dataplane.forget_guard_sources().await;
+    }
+
+    /// A new Docker connection: forget every cached inspect.
+    pub fn reconnected(&mut self) {
+        self.inventory.forget();
+        self.initial_pass = true;
+    }
+
+    /// One full pass. Per-target failures are logged and retried on the
+    /// next pass; only a Docker failure aborts the pass.
+    pub async fn reconcile(
+        &mut self,
+        client: &Docker,
+        pending: &mut HashMap<String, SystemTime>,
+    ) -> Result<(), docker::DockerError> {
+        let started = Instant::now();
+        let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
+        let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
+        let plan = plan(&world, &self.settings);
+        let mut scope = PassScope::default();
+        let done = self.sync_targets(&world, &plan, &mut scope, pending).await;
+        let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
+        (self.dataplane)
+            .sync_guards(&guards, complete, self.initial_pass)
+            .await;
+        self.sync_caps(&plan.caps, &world, &mut scope).await;
+        self.changes.retain(
+            |id| done.seen.contains(id),
+            |id| plan.caps.iter().any(|c| c.id == id),
+        );
+        self.dataplane.release_departed(&done.seen);
+        self.dataplane.finish_pass(&done.seen);
+        pending.clear();
+        self.telemetry.publish(PassOutcome {
+            plan: &plan,
+            guards: (guards.iter())
+                .map(|(bridge, guard)| GuardView {
+                    network: guard.network.clone(),
+                    bridge: bridge.clone(),
+                })
+                .collect(),
+            interfaces: self.dataplane.interfaces(),
+            failures: done.failures,
+            duration: started.elapsed(),
+        });
+        let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (targets, containers) = (plan.targets.len(), world.containers.len());
+        if std::mem::take(&mut self.initial_pass) {
+            info!(
+                targets,
+                containers,
+                inspected = snapshot.inspected,
+                snapshot_ms,
+                duration_ms,
+                "initial reconcile complete"
+            );
+        } else {
+            debug!(
+                targets,
+                containers,
+                relevant = snapshot.relevant,
+                inspected = snapshot.inspected,
+                full = snapshot.full,
+                snapshot_ms,
+                duration_ms,
+                "reconciled"
+            );
+        }
+        Ok(())
+    }
+
+    /// Brings every target to its plan. Targets an event named (or whose
+    /// warp it named) go first, so the latency of an event does not grow
+    /// with the number of targets; every other target is still checked.
+    async fn sync_targets(
+        &mut self,
+        world: &World,
+        plan: &Plan,
+        scope: &mut PassScope,
+        pending: &mut HashMap<String, SystemTime>,
+    ) -> TargetsDone {
+        let ids_by_name: HashMap<&str, &str> = (world.containers.iter())
+            .map(|c| (c.name.as_str(), c.id.as_str()))
+            .collect();
+        let urgent = |t: &TargetPlan| {
+            pending.contains_key(&t.id)
+                || (ids_by_name.get(t.warp.as_str())).is_some_and(|id| pending.contains_key(*id))
+        };
+        let mut order: Vec<&TargetPlan> = plan.targets.iter().collect();
+        order.sort_by_key(|t| !urgent(t));
+        let mut done = TargetsDone {
+            seen: HashSet::new(),
+            failures: HashMap::new(),
+        };
+        for target in order {
+            done.seen.insert(target.id.clone());
+            let span = info_span!("target", container = %target.name, id = %short_id(&target.id));
+            self.changes.classification(target);
+            let programmed = (self.dataplane.sync_target(scope, target))
+                .instrument(span.clone())
+                .await;
+            let _enter = span.enter();
+            match programmed {
+                Ok(changed) => self.programmed(target, changed, pending),
+                Err(e) => {
+                    self.telemetry.metrics().target_failures.inc();
+                    done.failures.insert(target.id.clone(), e.to_string());
+                    warn!(error = %e, "programming the target failed; will retry on the next reconcile");
+                }
+            }
+        }
+        done
+    }
+
+    /// A target reached its plan: the event latency, if an event named it.
+    fn programmed(
+        &self,
+        target: &TargetPlan,
+        changed: bool,
+        pending: &mut HashMap<String, SystemTime>,
+    ) {
+        if let Some(event_at) = pending.remove(&target.id) {
+            let latency = (SystemTime::now().duration_since(event_at)).unwrap_or_default();
+            let metrics = self.telemetry.metrics();
+            metrics.event_latency.observe(latency.as_secs_f64());
+            info!(
+                changed,
+                latency_ms = latency.as_secs_f64() * 1e3,
+                "target programmed after event"
+            );
+        } else if changed {
+            info!("target programmed on resync");
+        }
+    }
+
+    /// Programs every container's caps, and uncaps containers that lost
+    /// theirs but still run.
+    async fn sync_caps(&mut self, plans: &[CapPlan], world: &World, scope: &mut PassScope) {
+        let enforcement = self.settings.caps.enforcement;
+        for cap_plan in plans {
+            let span = info_span!("caps", container = %cap_plan.name, id = %short_id(&cap_plan.id));
+            self.changes.cap_problems(cap_plan, &span);
+            let programmed = (self.dataplane.sync_caps(scope, enforcement, cap_plan))
+                .instrument(span.clone())
+                .await;
+            match programmed {
+                Ok(true) => info!(
+                    parent: &span,
+                    egress = ?cap_plan.caps.egress.map(|c| c.rate.to_string()),
+                    ingress = ?cap_plan.caps.ingress.map(|c| c.rate.to_string()),
+                    "caps programmed"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(parent: &span, error = %e, "programming the caps failed; will retry on the next reconcile")
+                }
+            }
+        }
+        let wanted: HashSet<&str> = plans.iter().map(|p| p.id.as_str()).collect();
+        (self.dataplane)
+            .release_caps(scope, world, &wanted, enforcement)
+            .await;
+    }
+}
