@@ -17,6 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use super::settled::Settled;
 use crate::plan::{Action, Plan, TargetPlan, TargetState};
 
 /// The label every record carries, so nobody mistakes it for a real dataplane.
@@ -79,6 +80,12 @@ pub struct DryRunRecord {
     pub passes: u64,
     /// By container id.
     pub targets: BTreeMap<String, DryRunTarget>,
+    /// By container id: how often the target was checked where a real
+    /// dataplane would go to the kernel. An ordinary pass skips a target
+    /// whose plan did not change; the first pass, a resync and an event
+    /// naming it do not.
+    #[serde(default)]
+    pub visits: BTreeMap<String, u64>,
 }
 
 /// What a correct dry-run dataplane holds after reconciling `plan`.
@@ -99,6 +106,9 @@ pub fn read_record(path: &Path) -> io::Result<DryRunRecord> {
 pub struct DryRunDataplane {
     record_path: Option<PathBuf>,
     programmed: BTreeMap<String, DryRunTarget>,
+    /// The plans last "programmed", as a real dataplane remembers them.
+    settled: Settled<TargetPlan>,
+    visits: BTreeMap<String, u64>,
     passes: u64,
     changed_this_pass: usize,
     /// Something changed since the record was last written.
@@ -115,8 +125,16 @@ impl DryRunDataplane {
         }
     }
 
-    /// "Programs" one target. Returns whether anything changed.
-    pub fn program(&mut self, target: &TargetPlan) -> bool {
+    /// "Programs" one target. Returns whether anything changed. Unless
+    /// `verify`, an unchanged plan is skipped, as a real dataplane skips
+    /// the kernel for it.
+    pub fn program(&mut self, target: &TargetPlan, verify: bool) -> bool {
+        if self.settled.unchanged(&target.id, target, verify) {
+            return false;
+        }
+        self.settled.record(&target.id, target, &Ok::<(), ()>(()));
+        *self.visits.entry(target.id.clone()).or_default() += 1;
+        self.unwritten = true;
         let desired = DryRunTarget::from_plan(target);
         if self.programmed.get(&target.id) == Some(&desired) {
             return false;
@@ -132,6 +150,8 @@ impl DryRunDataplane {
     pub fn finish_pass(&mut self, seen: &HashSet<String>) {
         let before = self.programmed.len();
         self.programmed.retain(|id, _| seen.contains(id));
+        self.visits.retain(|id, _| seen.contains(id));
+        self.settled.retain(|id| seen.contains(id));
         let released = before - self.programmed.len();
         if released > 0 {
             self.unwritten = true;
@@ -169,11 +189,13 @@ impl DryRunDataplane {
             simulation: &'a str,
             passes: u64,
             targets: &'a BTreeMap<String, DryRunTarget>,
+            visits: &'a BTreeMap<String, u64>,
         }
         let json = serde_json::to_vec(&Borrowed {
             simulation: SIMULATION_NOTE,
             passes: self.passes,
             targets: &self.programmed,
+            visits: &self.visits,
         })
         .map_err(io::Error::other)?;
         // Write then rename, so a reader never sees half a record.
@@ -232,11 +254,17 @@ mod tests {
             TargetState::Blocked(BlockReason::WarpMissing { warp: "w".into() }),
             11,
         );
-        assert!(dry.program(&a));
-        assert!(dry.program(&b));
-        assert!(!dry.program(&a), "an unchanged plan is not reprogrammed");
+        assert!(dry.program(&a, true));
+        assert!(dry.program(&b, true));
+        assert!(
+            !dry.program(&a, true),
+            "an unchanged plan is not reprogrammed"
+        );
+        assert!(!dry.program(&b, false), "an unchanged plan is skipped");
         dry.finish_pass(&["a".to_string(), "b".to_string()].into());
         let record = read_record(&path).unwrap();
+        assert_eq!(record.visits["a"], 2, "a verifying pass checks");
+        assert_eq!(record.visits["b"], 1, "an ordinary pass skips");
         assert_eq!(record.simulation, SIMULATION_NOTE);
         assert_eq!(record.passes, 1);
         assert_eq!(record.targets["a"].state, "steered");
@@ -252,7 +280,7 @@ mod tests {
         );
 
         // A restart (new pid) is a change; b left.
-        assert!(dry.program(&target("a", steered(), 12)));
+        assert!(dry.program(&target("a", steered(), 12), false));
         dry.finish_pass(&["a".to_string()].into());
         let record = read_record(&path).unwrap();
         assert_eq!(record.passes, 2);

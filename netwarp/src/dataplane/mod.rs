@@ -10,4 +10,5 @@ pub mod netns;
 pub(crate) mod policy_rule;
 pub mod qdisc;
 pub mod routes;
+pub mod settled;
 pub mod sync;

@@ -140,33 +140,39 @@ impl NamespaceHandle {
     async fn enter(pid: u32) -> Result<(Self, NamespaceId), NetnsError> {
         let runtime = tokio::runtime::Handle::current();
         let path = format!("/proc/{pid}/ns/net");
-        let opened = std::thread::Builder::new()
+        // The worker awaits the thread's answer instead of joining it, so
+        // it serves other tasks meanwhile.
+        let (answer, opened) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
             .name(format!("netns-{pid}"))
-            .spawn(move || -> Result<_, String> {
+            .spawn(move || {
                 let _runtime = runtime.enter();
-                let netns = netns_rs::get_from_path(&path).map_err(|e| e.to_string())?;
-                netns
-                    .run(|_| {
-                        let id = NamespaceId::of("/proc/thread-self/ns/net")?;
-                        // Refused before the socket exists: nothing can be
-                        // sent into the host's namespace through it.
-                        if id.is_host() {
-                            return Ok(None);
-                        }
-                        rtnetlink::new_connection().map(|c| Some((c, id)))
-                    })
-                    .map_err(|e| e.to_string())?
+                let opened = netns_rs::get_from_path(&path)
                     .map_err(|e| e.to_string())
+                    .and_then(|netns| {
+                        netns
+                            .run(|_| {
+                                let id = NamespaceId::of("/proc/thread-self/ns/net")?;
+                                // Refused before the socket exists: nothing can
+                                // be sent into the host's namespace through it.
+                                if id.is_host() {
+                                    return Ok(None);
+                                }
+                                rtnetlink::new_connection().map(|c| Some((c, id)))
+                            })
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())
+                    });
+                let _ = answer.send(opened);
             })
             .map_err(|e| NetnsError::Netns {
                 pid,
                 reason: e.to_string(),
-            })?
-            .join()
-            .map_err(|_| NetnsError::Netns {
-                pid,
-                reason: "the namespace thread panicked".into(),
             })?;
+        let opened = opened.await.map_err(|_| NetnsError::Netns {
+            pid,
+            reason: "the namespace thread panicked".into(),
+        })?;
         let ((connection, handle, _), id) = opened
             .map_err(|reason| NetnsError::Netns { pid, reason })?
             .ok_or(NetnsError::HostNamespace { pid })?;

@@ -35,6 +35,9 @@ pub struct Reconciler {
     inventory: Inventory,
     /// No pass has completed since the last (re)connect.
     initial_pass: bool,
+    /// The next pass checks everything against the kernel: the first, the
+    /// periodic resync, after a reconnect or lost events, after a reload.
+    verify_next: bool,
     /// Metrics, and the snapshot `netwarp status` and scrapes read.
     telemetry: Telemetry,
 }
@@ -53,6 +56,7 @@ impl Reconciler {
             dataplane,
             changes: log::ChangeLog::default(),
             initial_pass: true,
+            verify_next: true,
             telemetry: Telemetry::disabled(),
         }
     }
@@ -69,12 +73,14 @@ impl Reconciler {
     pub fn update_settings(&mut self, settings: PlanSettings) {
         self.inventory = Inventory::new(&settings);
         self.settings = settings;
+        self.verify_next = true;
     }
 
     /// The next pass re-inspects every target and warp (the periodic
     /// resync, or events were lost).
     pub fn resync_all(&mut self) {
         self.inventory.refresh_all();
+        self.verify_next = true;
     }
 
     /// Docker is gone: the guards forget every allowed source until the
@@ -87,6 +93,7 @@ impl Reconciler {
     pub fn reconnected(&mut self) {
         self.inventory.forget();
         self.initial_pass = true;
+        self.verify_next = true;
     }
 
     /// One full pass. Per-target failures are logged and retried on the
@@ -100,18 +107,19 @@ impl Reconciler {
         let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let plan = plan(&world, &self.settings);
-        let mut scope = PassScope::default();
-        let done = self.sync_targets(&world, &plan, &mut scope, pending).await;
+        let named = named_by_events(&world, &plan, pending);
+        let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
+        let done = self.sync_targets(&plan, &mut scope, pending).await;
         let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
         (self.dataplane)
-            .sync_guards(&guards, complete, self.initial_pass)
+            .sync_guards(&scope, &guards, complete, self.initial_pass)
             .await;
         self.sync_caps(&plan.caps, &world, &mut scope).await;
         self.changes.retain(
             |id| done.seen.contains(id),
             |id| plan.caps.iter().any(|c| c.id == id),
         );
-        self.dataplane.release_departed(&done.seen);
+        self.dataplane.release_departed(&scope, &done.seen);
         self.dataplane.finish_pass(&done.seen);
         pending.clear();
         self.telemetry.publish(PassOutcome {
@@ -157,20 +165,12 @@ impl Reconciler {
     /// with the number of targets; every other target is still checked.
     async fn sync_targets(
         &mut self,
-        world: &World,
         plan: &Plan,
         scope: &mut PassScope,
         pending: &mut HashMap<String, SystemTime>,
     ) -> TargetsDone {
-        let ids_by_name: HashMap<&str, &str> = (world.containers.iter())
-            .map(|c| (c.name.as_str(), c.id.as_str()))
-            .collect();
-        let urgent = |t: &TargetPlan| {
-            pending.contains_key(&t.id)
-                || (ids_by_name.get(t.warp.as_str())).is_some_and(|id| pending.contains_key(*id))
-        };
         let mut order: Vec<&TargetPlan> = plan.targets.iter().collect();
-        order.sort_by_key(|t| !urgent(t));
+        order.sort_by_key(|t| !scope.named(&t.id));
         let mut done = TargetsDone {
             seen: HashSet::new(),
             failures: HashMap::new(),
@@ -244,4 +244,23 @@ impl Reconciler {
             .release_caps(scope, world, &wanted, enforcement)
             .await;
     }
+}
+
+/// The containers the pending events named, and the targets whose warp
+/// they named: these are served first and checked against the kernel.
+fn named_by_events(
+    world: &World,
+    plan: &Plan,
+    pending: &HashMap<String, SystemTime>,
+) -> HashSet<String> {
+    let ids_by_name: HashMap<&str, &str> = (world.containers.iter())
+        .map(|c| (c.name.as_str(), c.id.as_str()))
+        .collect();
+    let warp_named = |t: &TargetPlan| {
+        (ids_by_name.get(t.warp.as_str())).is_some_and(|id| pending.contains_key(*id))
+    };
+    let targets = (plan.targets.iter())
+        .filter(|t| warp_named(t))
+        .map(|t| t.id.clone());
+    pending.keys().cloned().chain(targets).collect()
 }

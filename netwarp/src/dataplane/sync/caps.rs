@@ -11,7 +11,7 @@ use crate::{
     dataplane::{
         caps::{CapsError, ProgrammedCaps, interfaces, program_ebpf, program_qdiscs},
         ebpf::EbpfDataplane,
-        netns::NamespaceHandle,
+        settled::Settled,
     },
     model::{Caps, World, short_id},
     plan::{CapEnforcement, CapPlan},
@@ -21,6 +21,8 @@ use crate::{
 pub struct CapsState {
     /// Caps last programmed, by container id.
     last: HashMap<String, ProgrammedCaps>,
+    /// The plans that produced `last`, to skip unchanged ones.
+    settled: Settled<(CapPlan, CapEnforcement)>,
     /// For the ingress qdiscs on host-side veths.
     pub host: HostNetlink,
 }
@@ -40,11 +42,26 @@ impl CapsState {
         enforcement: CapEnforcement,
         plan: &CapPlan,
     ) -> Result<bool, CapsError> {
+        let settled = (plan.clone(), enforcement);
+        if (self.settled).unchanged(&plan.id, &settled, scope.verifies(&plan.id)) {
+            return Ok(false);
+        }
+        let result = self.program(policer, scope, enforcement, plan).await;
+        self.settled.record(&plan.id, &settled, &result);
+        result
+    }
+
+    async fn program(
+        &mut self,
+        policer: Option<&mut EbpfDataplane>,
+        scope: &mut PassScope,
+        enforcement: CapEnforcement,
+        plan: &CapPlan,
+    ) -> Result<bool, CapsError> {
         let Some(pid) = plan.pid else {
             return Ok(false);
         };
-        let namespace =
-            NamespaceHandle::open_owned(pid, &mut scope.claims, short_id(&plan.id)).await?;
+        let namespace = scope.owned(pid, short_id(&plan.id)).await?;
         let desired = ProgrammedCaps {
             caps: plan.caps,
             enforcement,
@@ -101,6 +118,7 @@ impl CapsState {
             .collect();
         let mut departed = Vec::new();
         for id in gone {
+            self.settled.forget(&id);
             let container = world.containers.iter().find(|c| c.id == id && c.running);
             if let (Some(container), CapEnforcement::Shaper) = (container, enforcement) {
                 // Still running without caps (a default was dropped): remove
@@ -116,7 +134,7 @@ impl CapsState {
                     problems: Vec::new(),
                 };
                 let removed = self
-                    .sync(
+                    .program(
                         policer.as_deref_mut(),
                         scope,
                         CapEnforcement::Shaper,

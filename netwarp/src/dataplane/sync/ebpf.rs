@@ -16,8 +16,8 @@ use crate::{
             interface_index, interface_name, warp_peer_key,
         },
         mac::MacAddr,
-        netns::NamespaceHandle,
         routes::{desired_state, diff},
+        settled::Settled,
     },
     model::short_id,
     plan::{Action, GuardPlan, TargetPlan, TargetState},
@@ -44,15 +44,33 @@ struct EbpfGuard {
     allowed: BTreeSet<GuardAllowKey>,
 }
 
+/// A warp's veths as one target's policy needs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarpEnds {
+    /// The host end of the warp's veth on the target's network.
+    ifindex: u32,
+    mac: [u8; 6],
+    /// The host ends of all the warp's veths.
+    ports: Vec<u32>,
+}
+
 pub struct EbpfPlane {
     ebpf: EbpfDataplane,
     /// What was last written per target.
     targets: HashMap<String, EbpfTarget>,
+    /// The plans that produced `targets`, to skip unchanged ones.
+    settled: Settled<TargetPlan>,
     /// Each bridge guard last written, by bridge ifindex.
     guards: HashMap<u32, EbpfGuard>,
+    /// The guard plans last written in full, to skip unchanged ones.
+    settled_guards: Option<Vec<(String, GuardPlan)>>,
     pub caps: CapsState,
     /// Host interfaces whose caps left this pass, to release.
     departed_caps: Vec<u32>,
+    /// Host interfaces whose release failed: retried every pass.
+    unreleased: HashSet<u32>,
+    /// A target was written this pass: stale warp rows may be left.
+    wrote: bool,
 }
 
 impl EbpfPlane {
@@ -60,9 +78,13 @@ impl EbpfPlane {
         Self {
             ebpf,
             targets: HashMap::new(),
+            settled: Settled::default(),
             guards: HashMap::new(),
+            settled_guards: None,
             caps: CapsState::default(),
             departed_caps: Vec::new(),
+            unreleased: HashSet::new(),
+            wrote: false,
         }
     }
 
@@ -102,11 +124,24 @@ impl EbpfPlane {
         scope: &mut PassScope,
         target: &TargetPlan,
     ) -> Result<bool, TargetError> {
+        if (self.settled).unchanged(&target.id, target, scope.verifies(&target.id)) {
+            return Ok(false);
+        }
+        self.wrote = true;
+        let result = self.program_target(scope, target).await;
+        self.settled.record(&target.id, target, &result);
+        result
+    }
+
+    async fn program_target(
+        &mut self,
+        scope: &mut PassScope,
+        target: &TargetPlan,
+    ) -> Result<bool, TargetError> {
         let Some(pid) = target.pid else {
             return Ok(false);
         };
-        let namespace =
-            NamespaceHandle::open_owned(pid, &mut scope.claims, short_id(&target.id)).await?;
+        let namespace = scope.owned(pid, short_id(&target.id)).await?;
         // The tc drop is silent, so blocked prefixes also get prohibit routes
         // in the target's namespace: senders fail at once with EACCES, and the
         // block holds on every interface, even one netwarp cannot identify.
@@ -132,7 +167,7 @@ impl EbpfPlane {
                 _ => return Ok(!route_changes.is_empty()),
             },
         };
-        let desired = desired_target(target, host_ifindex).await?;
+        let desired = desired_target(scope, target, host_ifindex).await?;
         let changed = self.write_target(&target.id, desired)?;
         Ok(changed || !route_changes.is_empty())
     }
@@ -174,7 +209,14 @@ impl EbpfPlane {
     /// bridges that no longer carry a target (only when every planned guard
     /// was resolved, so a failed lookup never opens a guard). A guard that
     /// fails is logged and retried on the next pass; the others go on.
-    pub fn sync_guards(&mut self, guards: &[(String, &GuardPlan)], complete: bool) {
+    pub fn sync_guards(&mut self, guards: &[(String, &GuardPlan)], complete: bool, verify: bool) {
+        let planned: Vec<(String, GuardPlan)> = (guards.iter())
+            .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
+            .collect();
+        if !verify && complete && self.settled_guards.as_ref() == Some(&planned) {
+            return;
+        }
+        let mut settled = complete;
         let mut wanted = HashSet::new();
         // A network only a warp is on blocks nothing here: the program on the
         // warp's veths drops its untunnelled forwards (`GuardPlan::forwarded`).
@@ -183,10 +225,12 @@ impl EbpfPlane {
             let _enter = span.enter();
             let Some(ifindex) = interface_index(bridge) else {
                 warn!("the network's bridge interface does not exist; its guard waits for it");
+                settled = false;
                 continue;
             };
             wanted.insert(ifindex);
             if let Err(e) = self.write_guard(ifindex, guard) {
+                settled = false;
                 warn!(error = %e, "programming the bridge guard failed; will retry on the next reconcile");
             }
         }
@@ -199,9 +243,13 @@ impl EbpfPlane {
             self.guards.remove(&ifindex);
             match self.ebpf.remove_guard(ifindex) {
                 Ok(()) => info!(ifindex, "removed the guard of a bridge without targets"),
-                Err(e) => warn!(ifindex, error = %e, "removing a bridge guard failed"),
+                Err(e) => {
+                    settled = false;
+                    warn!(ifindex, error = %e, "removing a bridge guard failed; will retry")
+                }
             }
         }
+        self.settled_guards = settled.then_some(planned);
     }
 
     fn write_guard(&mut self, ifindex: u32, guard: &GuardPlan) -> Result<(), TargetError> {
@@ -241,6 +289,8 @@ impl EbpfPlane {
             if guard.allowed.is_empty() {
                 continue;
             }
+            // The next pass writes the guards again, whatever their plan.
+            self.settled_guards = None;
             match self.ebpf.set_guard(*ifindex, &guard.rows, &BTreeSet::new()) {
                 Ok(()) => guard.allowed.clear(),
                 Err(e) => {
@@ -253,34 +303,50 @@ impl EbpfPlane {
     /// Releases what targets that left (not `seen` this pass) and caps
     /// that left held. Only interfaces known to have left are released: a
     /// target that merely failed this pass keeps its policy (fail closed).
-    pub fn release_departed(&mut self, seen: &HashSet<String>) {
+    /// An ordinary pass (not `verify`) releases only what it knows left,
+    /// without scanning the maps or the interfaces.
+    pub fn release_departed(&mut self, seen: &HashSet<String>, verify: bool) {
         let mut departed: Vec<u32> = (self.targets.iter())
             .filter(|(id, _)| !seen.contains(*id))
             .map(|(_, t)| t.host_ifindex)
             .collect();
         departed.append(&mut self.departed_caps);
+        departed.extend(self.unreleased.drain());
         // A target whose veth vanished (deleted, or the container is
         // between namespaces) holds nothing live: its policy and pins go.
-        self.targets
-            .retain(|id, t| seen.contains(id) && interface_name(t.host_ifindex).is_some());
+        let settled = &mut self.settled;
+        self.targets.retain(|id, t| {
+            let keep = seen.contains(id) && (!verify || interface_name(t.host_ifindex).is_some());
+            if !keep {
+                settled.forget(id);
+            }
+            keep
+        });
         let live: HashSet<u32> = (self.targets.values())
             .map(|t| t.host_ifindex)
             .chain(self.caps.host_ifindexes())
             .collect();
-        self.release_interfaces(&departed, &live);
-        self.release_warp_ports();
+        let something_left = !departed.is_empty();
+        self.release_interfaces(&departed, &live, verify);
+        if verify || something_left || std::mem::take(&mut self.wrote) {
+            self.release_warp_ports();
+        }
     }
 
     /// Removes the policy and attachments of interfaces that left (their
     /// target is gone) or no longer exist, unless a live target uses them.
-    fn release_interfaces(&mut self, departed: &[u32], live: &HashSet<u32>) {
+    /// A release that fails is retried on the next pass, so a departed
+    /// target's policy is never taken for removed.
+    fn release_interfaces(&mut self, departed: &[u32], live: &HashSet<u32>, verify: bool) {
         let ebpf = &mut self.ebpf;
         let mut candidates: HashSet<u32> = departed.iter().copied().collect();
-        let vanished = (ebpf.policy_ifindexes().unwrap_or_default().into_iter())
-            .chain(ebpf.attached_ifindexes())
-            .chain(ebpf.cap_slots().unwrap_or_default().into_keys())
-            .filter(|i| interface_name(*i).is_none());
-        candidates.extend(vanished);
+        if verify {
+            let vanished = (ebpf.policy_ifindexes().unwrap_or_default().into_iter())
+                .chain(ebpf.attached_ifindexes())
+                .chain(ebpf.cap_slots().unwrap_or_default().into_keys())
+                .filter(|i| interface_name(*i).is_none());
+            candidates.extend(vanished);
+        }
         for ifindex in candidates.into_iter().filter(|i| !live.contains(i)) {
             let released = ebpf
                 .remove_policy(ifindex)
@@ -289,7 +355,8 @@ impl EbpfPlane {
             match released {
                 Ok(()) => info!(ifindex, "released the eBPF policy of a departed target"),
                 Err(e) => {
-                    warn!(ifindex, error = %e, "releasing a departed target's eBPF state failed")
+                    self.unreleased.insert(ifindex);
+                    warn!(ifindex, error = %e, "releasing a departed target's eBPF state failed; will retry")
                 }
             }
         }
@@ -326,43 +393,67 @@ impl EbpfPlane {
 }
 
 /// What one target's plan asks of the eBPF maps, given its host-side veth.
-async fn desired_target(target: &TargetPlan, host_ifindex: u32) -> Result<EbpfTarget, TargetError> {
-    let (warp_ifindex, warp_mac, warp_ports) = match (target.warp_pid, target.warp_mac.as_deref()) {
-        (Some(warp_pid), Some(warp_mac)) => {
-            let warp_ns = NamespaceHandle::open(warp_pid).await?;
-            let ifindex = warp_ns
-                .peer_ifindex_by_mac(warp_mac)
-                .await?
-                .ok_or_else(|| {
-                    TargetError::Endpoint(format!(
-                        "no veth with MAC {warp_mac} in the warp's namespace"
-                    ))
-                })?;
-            let bytes = (warp_mac.parse::<MacAddr>())
-                .map_err(|e| TargetError::Endpoint(format!("the warp's {e}")))?
-                .0;
-            // Every veth of the warp: a VPN client whose tunnel is down
-            // forwards by its default route, on whichever network that is.
-            let ports = warp_ns.peer_ifindexes_by_macs(&target.warp_macs).await?;
-            (ifindex, bytes, ports)
-        }
+async fn desired_target(
+    scope: &mut PassScope,
+    target: &TargetPlan,
+    host_ifindex: u32,
+) -> Result<EbpfTarget, TargetError> {
+    let warp = match (target.warp_pid, target.warp_mac.as_deref()) {
+        (Some(warp_pid), Some(warp_mac)) => warp_ends(scope, warp_pid, warp_mac, target).await?,
         // Blocked: nothing is redirected, so no warp interface is needed.
-        _ => (0, [0; 6], Vec::new()),
+        _ => WarpEnds {
+            ifindex: 0,
+            mac: [0; 6],
+            ports: Vec::new(),
+        },
     };
-    let peers = (warp_ports.iter())
+    let peers = (warp.ports.iter())
         .flat_map(|&port| {
             (target.addresses.iter()).map(move |&addr| (warp_peer_key(port, addr), host_ifindex))
         })
         .collect();
     Ok(EbpfTarget {
         host_ifindex,
-        warp_ifindex,
-        warp_mac,
+        warp_ifindex: warp.ifindex,
+        warp_mac: warp.mac,
         rows: compile(
             &target.entries,
             matches!(target.state, TargetState::Steered { .. }),
         )?,
-        warp_ports,
+        warp_ports: warp.ports,
         peers,
     })
+}
+
+/// The warp's veths for a target steered through it: looked up once per
+/// pass and warp network, however many targets use them.
+async fn warp_ends(
+    scope: &mut PassScope,
+    warp_pid: u32,
+    warp_mac: &str,
+    target: &TargetPlan,
+) -> Result<WarpEnds, TargetError> {
+    let key = (warp_pid, warp_mac.to_owned());
+    if let Some(ends) = scope.warp_ends.get(&key) {
+        return Ok(ends.clone());
+    }
+    let mac = (warp_mac.parse::<MacAddr>())
+        .map_err(|e| TargetError::Endpoint(format!("the warp's {e}")))?
+        .0;
+    let warp_ns = scope.read(warp_pid).await?;
+    let ifindex = (warp_ns.peer_ifindex_by_mac(warp_mac).await?).ok_or_else(|| {
+        TargetError::Endpoint(format!(
+            "no veth with MAC {warp_mac} in the warp's namespace"
+        ))
+    })?;
+    // Every veth of the warp: a VPN client whose tunnel is down forwards
+    // by its default route, on whichever network that is.
+    let ports = warp_ns.peer_ifindexes_by_macs(&target.warp_macs).await?;
+    let ends = WarpEnds {
+        ifindex,
+        mac,
+        ports,
+    };
+    scope.warp_ends.insert(key, ends.clone());
+    Ok(ends)
 }

@@ -23,22 +23,24 @@ impl HostNetlink {
     }
 
     /// Brings the host's guard rules to the plan (the rules are diffed
-    /// against what is installed).
-    pub async fn program_guards(&mut self, guards: &[(String, &GuardPlan)]) {
+    /// against what is installed). Returns whether that succeeded.
+    pub async fn program_guards(&mut self, guards: &[(String, &GuardPlan)]) -> bool {
         let handle = match self.handle() {
             Ok(handle) => handle,
             Err(e) => {
                 warn!(error = %e, "no netlink socket for the host's guard rules; will retry");
-                return;
+                return false;
             }
         };
         match program_host_guards(handle, guards).await {
             Ok(true) => info!(guards = guards.len(), "host guard rules written"),
             Ok(false) => {}
             Err(e) => {
-                warn!(error = %e, "programming the host guard rules failed; will retry on the next reconcile")
+                warn!(error = %e, "programming the host guard rules failed; will retry on the next reconcile");
+                return false;
             }
         }
+        true
     }
 
     /// Removes host guard rules an earlier routes-mode run left.

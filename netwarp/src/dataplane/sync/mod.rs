@@ -7,7 +7,10 @@ mod ebpf;
 mod host;
 mod routes;
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 pub use ebpf::EbpfPlane;
 pub use host::HostNetlink;
@@ -17,7 +20,7 @@ use super::{
     caps::CapsError,
     dry_run::DryRunDataplane,
     ebpf::{EbpfDataplane, EbpfError, ProgramLogger, compile::CompileError},
-    netns::NamespaceClaims,
+    netns::{NamespaceClaims, NamespaceHandle, NetnsError},
     routes::RoutesError,
 };
 use crate::{
@@ -40,12 +43,74 @@ pub enum TargetError {
     Endpoint(String),
 }
 
-/// What one pass shares across its targets.
+/// What one pass shares across its targets: whether it verifies against
+/// the kernel, the namespaces it claimed, and what it looked up.
 #[derive(Default)]
 pub struct PassScope {
+    /// The periodic resync, a reconnect or the first pass: every target,
+    /// guard and cap is checked against the kernel, changed or not. An
+    /// ordinary pass costs an unchanged one nothing.
+    pub verify: bool,
+    /// Containers an event named (and targets whose warp it named): they
+    /// are checked against the kernel even in an ordinary pass.
+    named: HashSet<String>,
     /// Each namespace is written for one container per pass, and the
     /// host's never (`NamespaceHandle` refuses it).
-    pub claims: NamespaceClaims,
+    claims: NamespaceClaims,
+    /// Namespaces opened for writing, by pid, with their owner.
+    owned: HashMap<u32, (String, Arc<NamespaceHandle>)>,
+    /// Namespaces opened for reading (warps), by pid.
+    read: HashMap<u32, Arc<NamespaceHandle>>,
+    /// The eBPF dataplane's warp lookups, by warp pid and MAC.
+    warp_ends: HashMap<(u32, String), ebpf::WarpEnds>,
+}
+
+impl PassScope {
+    pub fn new(verify: bool, named: HashSet<String>) -> Self {
+        Self {
+            verify,
+            named,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the container `id` is checked against the kernel this pass,
+    /// even if its plan did not change.
+    pub fn verifies(&self, id: &str) -> bool {
+        self.verify || self.named(id)
+    }
+
+    /// Whether an event named the container `id` (or a target's warp).
+    pub fn named(&self, id: &str) -> bool {
+        self.named.contains(id)
+    }
+
+    /// The namespace of `pid`, for writing on behalf of `owner`; opened
+    /// once per pass.
+    pub async fn owned(
+        &mut self,
+        pid: u32,
+        owner: &str,
+    ) -> Result<Arc<NamespaceHandle>, NetnsError> {
+        if let Some((cached_owner, namespace)) = self.owned.get(&pid)
+            && cached_owner == owner
+        {
+            return Ok(Arc::clone(namespace));
+        }
+        let namespace = Arc::new(NamespaceHandle::open_owned(pid, &mut self.claims, owner).await?);
+        (self.owned).insert(pid, (owner.to_owned(), Arc::clone(&namespace)));
+        Ok(namespace)
+    }
+
+    /// The namespace of `pid`, for reading; opened once per pass.
+    pub async fn read(&mut self, pid: u32) -> Result<Arc<NamespaceHandle>, NetnsError> {
+        if let Some(namespace) = self.read.get(&pid) {
+            return Ok(Arc::clone(namespace));
+        }
+        let namespace = Arc::new(NamespaceHandle::open(pid).await?);
+        self.read.insert(pid, Arc::clone(&namespace));
+        Ok(namespace)
+    }
 }
 
 /// The dataplane the reconciler programs.
@@ -86,6 +151,9 @@ impl Dataplane {
     }
 
     /// Brings one target to its plan. Returns whether anything changed.
+    /// Unless the scope verifies it, a target whose plan is the one last
+    /// programmed costs nothing: no netlink, no namespace switch, no map
+    /// scan.
     pub async fn sync_target(
         &mut self,
         scope: &mut PassScope,
@@ -94,7 +162,7 @@ impl Dataplane {
         match self {
             Self::Routes(plane) => Ok(plane.sync_target(scope, target).await?),
             Self::Ebpf(plane) => plane.sync_target(scope, target).await,
-            Self::DryRun(dry) => Ok(dry.program(target)),
+            Self::DryRun(dry) => Ok(dry.program(target, scope.verifies(&target.id))),
         }
     }
 
@@ -102,14 +170,15 @@ impl Dataplane {
     /// guard's bridge was resolved, so a guard not planned is unneeded.
     pub async fn sync_guards(
         &mut self,
+        scope: &PassScope,
         guards: &[(String, &GuardPlan)],
         complete: bool,
         first_pass: bool,
     ) {
         match self {
-            Self::Routes(plane) => plane.sync_guards(guards, complete).await,
+            Self::Routes(plane) => plane.sync_guards(guards, complete, scope.verify).await,
             Self::Ebpf(plane) => {
-                plane.sync_guards(guards, complete);
+                plane.sync_guards(guards, complete, scope.verify);
                 if first_pass {
                     // A routes-mode run may have left its host rules.
                     plane.caps.host.remove_guards().await;
@@ -175,16 +244,19 @@ impl Dataplane {
     }
 
     /// Releases what targets that left (not `seen` this pass) held.
-    pub fn release_departed(&mut self, seen: &HashSet<String>) {
+    pub fn release_departed(&mut self, scope: &PassScope, seen: &HashSet<String>) {
         if let Self::Ebpf(plane) = self {
-            plane.release_departed(seen);
+            plane.release_departed(seen, scope.verify);
         }
     }
 
-    /// Ends a pass (the dry-run record is written here).
+    /// Ends a pass: targets that left are forgotten (the dry-run record is
+    /// written here).
     pub fn finish_pass(&mut self, seen: &HashSet<String>) {
-        if let Self::DryRun(dry) = self {
-            dry.finish_pass(seen);
+        match self {
+            Self::Routes(plane) => plane.finish_pass(seen),
+            Self::Ebpf(_) => {}
+            Self::DryRun(dry) => dry.finish_pass(seen),
         }
     }
 
