@@ -147,7 +147,7 @@ pub(super) async fn run_connected(
         }
         let span = reconciler.telemetry_mut().next_pass();
         if let Err(e) = reconciler
-            .reconcile(client, &mut pending)
+            .reconcile(client, &mut pending, &|| !dirty_rx.is_empty())
             .instrument(span)
             .await
         {

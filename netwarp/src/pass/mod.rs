@@ -38,6 +38,10 @@ pub struct Reconciler {
     /// The next pass checks everything against the kernel: the first, the
     /// periodic resync, after a reconnect or lost events, after a reload.
     verify_next: bool,
+    /// The last pass stopped early for an event; this one may not.
+    cut_short: bool,
+    /// The guards the last complete pass resolved, for status.
+    guard_views: Vec<GuardView>,
     /// Metrics, and the snapshot `netwarp status` and scrapes read.
     telemetry: Telemetry,
 }
@@ -46,6 +50,9 @@ pub struct Reconciler {
 struct TargetsDone {
     seen: HashSet<String>,
     failures: HashMap<String, String>,
+    /// An event arrived: the targets no event named were left for the
+    /// next pass, which follows at once.
+    cut_short: bool,
 }
 
 impl Reconciler {
@@ -57,6 +64,8 @@ impl Reconciler {
             changes: log::ChangeLog::default(),
             initial_pass: true,
             verify_next: true,
+            cut_short: false,
+            guard_views: Vec::new(),
             telemetry: Telemetry::disabled(),
         }
     }
@@ -97,11 +106,15 @@ impl Reconciler {
     }
 
     /// One full pass. Per-target failures are logged and retried on the
-    /// next pass; only a Docker failure aborts the pass.
+    /// next pass; only a Docker failure aborts the pass. When
+    /// `events_waiting` says an event arrived meanwhile, the pass stops
+    /// after the targets events named, so the new event is served next
+    /// (never twice in a row, so every target is still reached).
     pub async fn reconcile(
         &mut self,
         client: &Docker,
         pending: &mut HashMap<String, SystemTime>,
+        events_waiting: &dyn Fn() -> bool,
     ) -> Result<(), docker::DockerError> {
         let started = Instant::now();
         let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
@@ -109,12 +122,26 @@ impl Reconciler {
         let plan = plan(&world, &self.settings);
         let named = named_by_events(&world, &plan, pending);
         let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
-        let done = self.sync_targets(&plan, &mut scope, pending).await;
-        let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
-        (self.dataplane)
-            .sync_guards(&scope, &guards, complete, self.initial_pass)
-            .await;
-        self.sync_caps(&plan.caps, &world, &mut scope).await;
+        let may_stop = !std::mem::take(&mut self.cut_short) && !self.initial_pass;
+        let events_waiting = || may_stop && events_waiting();
+        let done = (self.sync_targets(&plan, &mut scope, pending, &events_waiting)).await;
+        if done.cut_short {
+            // What this pass owed is owed by the next one.
+            self.cut_short = true;
+            self.verify_next |= scope.verify;
+        } else {
+            let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
+            (self.dataplane)
+                .sync_guards(&scope, &guards, complete, self.initial_pass)
+                .await;
+            self.sync_caps(&plan.caps, &world, &mut scope).await;
+            self.guard_views = (guards.iter())
+                .map(|(bridge, guard)| GuardView {
+                    network: guard.network.clone(),
+                    bridge: bridge.clone(),
+                })
+                .collect();
+        }
         self.changes.retain(
             |id| done.seen.contains(id),
             |id| plan.caps.iter().any(|c| c.id == id),
@@ -124,12 +151,7 @@ impl Reconciler {
         pending.clear();
         self.telemetry.publish(PassOutcome {
             plan: &plan,
-            guards: (guards.iter())
-                .map(|(bridge, guard)| GuardView {
-                    network: guard.network.clone(),
-                    bridge: bridge.clone(),
-                })
-                .collect(),
+            guards: self.guard_views.clone(),
             interfaces: self.dataplane.interfaces(),
             failures: done.failures,
             duration: started.elapsed(),
@@ -168,14 +190,23 @@ impl Reconciler {
         plan: &Plan,
         scope: &mut PassScope,
         pending: &mut HashMap<String, SystemTime>,
+        events_waiting: &dyn Fn() -> bool,
     ) -> TargetsDone {
         let mut order: Vec<&TargetPlan> = plan.targets.iter().collect();
         order.sort_by_key(|t| !scope.named(&t.id));
         let mut done = TargetsDone {
             seen: HashSet::new(),
             failures: HashMap::new(),
+            cut_short: false,
         };
-        for target in order {
+        for (i, target) in order.iter().enumerate() {
+            if !scope.named(&target.id) && events_waiting() {
+                // The rest stay as they are, not departed.
+                done.seen.extend(order[i..].iter().map(|t| t.id.clone()));
+                done.cut_short = true;
+                debug!(left = order.len() - i, "an event arrived; serving it first");
+                break;
+            }
             done.seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short_id(&target.id));
             self.changes.classification(target);
