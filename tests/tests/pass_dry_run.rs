@@ -158,18 +158,29 @@ fn an_event_pass_leaves_unchanged_targets_alone() {
         "the first pass checks every target once: {:?}",
         first.visits
     );
+    // The next pass confirms what the first wrote, finding it unchanged.
+    let confirmed = bench.pass(&[]);
+    assert!(
+        confirmed.visits.values().all(|v| *v == 2),
+        "{:?}",
+        confirmed.visits
+    );
     let restarted = bench.fake.ids(Role::Target)[0].clone();
     bench.fake.restart(&restarted);
     let after = bench.pass(&[&restarted]);
-    assert_eq!(after.passes, 2);
+    assert_eq!(after.passes, 3);
     assert_ne!(
         after.targets[&restarted].pid, first.targets[&restarted].pid,
         "the restart was seen"
     );
-    assert_eq!(after.visits[&restarted], 2, "the named target is checked");
+    assert_eq!(after.visits[&restarted], 3, "the named target is checked");
     for (id, visits) in after.visits.iter().filter(|(id, _)| **id != restarted) {
-        assert_eq!(*visits, 1, "target {id} did not change and was not touched");
+        assert_eq!(*visits, 2, "target {id} did not change and was not touched");
     }
+    // An ordinary pass confirms the restarted target's write, and only it.
+    let after = bench.pass(&[]);
+    assert_eq!(after.visits[&restarted], 4);
+    assert!((after.visits.iter()).all(|(id, v)| *id == restarted || *v == 2));
     // The periodic resync checks every target against the kernel again.
     bench.reconciler.resync_all();
     let resync = bench.pass(&[]);

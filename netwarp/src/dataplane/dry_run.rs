@@ -132,11 +132,13 @@ impl DryRunDataplane {
         if self.settled.unchanged(&target.id, target, verify) {
             return false;
         }
-        self.settled.record(&target.id, target, &Ok::<(), ()>(()));
         *self.visits.entry(target.id.clone()).or_default() += 1;
         self.unwritten = true;
         let desired = DryRunTarget::from_plan(target);
-        if self.programmed.get(&target.id) == Some(&desired) {
+        let changed = self.programmed.get(&target.id) != Some(&desired);
+        self.settled
+            .record(&target.id, target, &Ok::<_, ()>(changed));
+        if !changed {
             return false;
         }
         self.programmed.insert(target.id.clone(), desired);
@@ -260,11 +262,15 @@ mod tests {
             !dry.program(&a, true),
             "an unchanged plan is not reprogrammed"
         );
-        assert!(!dry.program(&b, false), "an unchanged plan is skipped");
+        assert!(!dry.program(&b, false), "b's write is confirmed");
+        assert!(!dry.program(&b, false), "then an unchanged plan is skipped");
         dry.finish_pass(&["a".to_string(), "b".to_string()].into());
         let record = read_record(&path).unwrap();
         assert_eq!(record.visits["a"], 2, "a verifying pass checks");
-        assert_eq!(record.visits["b"], 1, "an ordinary pass skips");
+        assert_eq!(
+            record.visits["b"], 2,
+            "an ordinary pass skips a settled plan"
+        );
         assert_eq!(record.simulation, SIMULATION_NOTE);
         assert_eq!(record.passes, 1);
         assert_eq!(record.targets["a"].state, "steered");

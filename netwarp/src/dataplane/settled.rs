@@ -1,6 +1,8 @@
 //! What a dataplane last programmed successfully, by plan, so that an
-//! ordinary pass skips what did not change. Only a success is recorded: a
-//! failure forgets the entry, and the next pass retries against the kernel.
+//! ordinary pass skips what did not change. A plan settles when checking
+//! it against the kernel found nothing to change: a write is confirmed by
+//! the next pass (which repairs what raced with it, such as a container's
+//! interface still being set up), and a failure is retried.
 
 use std::collections::HashMap;
 
@@ -24,13 +26,15 @@ impl<P: PartialEq + Clone> Settled<P> {
         !verify && self.plans.get(id) == Some(plan)
     }
 
-    /// Records the outcome of programming `plan` for `id`.
-    pub fn record<T, E>(&mut self, id: &str, plan: &P, result: &Result<T, E>) {
+    /// Records the outcome of programming `plan` for `id`: `Ok(false)`
+    /// (nothing needed changing) settles it; a change or a failure leaves
+    /// it to be checked again on the next pass.
+    pub fn record<E>(&mut self, id: &str, plan: &P, result: &Result<bool, E>) {
         match result {
-            Ok(_) => {
+            Ok(false) => {
                 self.plans.insert(id.to_owned(), plan.clone());
             }
-            Err(_) => {
+            Ok(true) | Err(_) => {
                 self.plans.remove(id);
             }
         }
@@ -53,11 +57,13 @@ mod tests {
     fn only_a_success_settles_and_verify_always_programs() {
         let mut settled = Settled::default();
         assert!(!settled.unchanged("a", &1, false), "never programmed");
-        settled.record("a", &1, &Ok::<(), ()>(()));
+        settled.record("a", &1, &Ok::<_, ()>(true));
+        assert!(!settled.unchanged("a", &1, false), "a write is confirmed");
+        settled.record("a", &1, &Ok::<_, ()>(false));
         assert!(settled.unchanged("a", &1, false));
         assert!(!settled.unchanged("a", &1, true), "a verifying pass checks");
         assert!(!settled.unchanged("a", &2, false), "a changed plan");
-        settled.record("a", &1, &Err::<(), ()>(()));
+        settled.record("a", &1, &Err::<bool, ()>(()));
         assert!(!settled.unchanged("a", &1, false), "a failure is retried");
     }
 }
