@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use netwarp_common::{GuardAllowKey, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
-use super::{PassScope, TargetError, caps::CapsState};
+use super::{PassScope, TargetError, TargetInterfaces, caps::CapsState};
 use crate::{
     dataplane::{
         ebpf::{
@@ -21,7 +21,6 @@ use crate::{
     },
     model::short_id,
     plan::{Action, GuardPlan, TargetPlan, TargetState},
-    telemetry::TargetInterfaces,
 };
 
 /// What the eBPF dataplane holds for one target.

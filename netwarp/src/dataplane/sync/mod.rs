@@ -27,8 +27,18 @@ use crate::{
     config::DataplaneMode,
     model::World,
     plan::{CapEnforcement, CapPlan, GuardPlan, TargetPlan},
-    telemetry::TargetInterfaces,
 };
+
+/// What the eBPF dataplane tied one target to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetInterfaces {
+    /// The host-side veth carrying its policy.
+    pub host_ifindex: u32,
+    /// The warp's veth it is steered to; 0 while blocked.
+    pub warp_ifindex: u32,
+    /// The warp's veths that know it (all the warp's networks).
+    pub warp_ports: Vec<u32>,
+}
 
 /// Why one target could not be programmed.
 #[derive(Debug, thiserror::Error)]
