@@ -422,7 +422,7 @@ pub fn bridge_interface(id: &str, network: &bollard::models::NetworkInspect) -> 
         .filter(|name| !name.is_empty());
     Some(match named {
         Some(name) => name.clone(),
-        None => format!("br-{}", &id[..id.len().min(12)]),
+        None => format!("br-{}", crate::model::short_id(id)),
     })
 }
 

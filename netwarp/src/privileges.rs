@@ -103,6 +103,24 @@ impl fmt::Display for MissingCapabilities {
 
 impl std::error::Error for MissingCapabilities {}
 
+/// Fails, naming every capability of `needed` the process lacks. An
+/// unreadable capability set is logged and let through: the kernel will
+/// still refuse what is not allowed.
+pub fn require(needed: &[Capability]) -> Result<(), MissingCapabilities> {
+    let missing = match CapabilitySet::current() {
+        Ok(caps) => caps.missing(needed),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read capabilities; continuing");
+            return Ok(());
+        }
+    };
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(MissingCapabilities(missing))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,7 +224,12 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 /// The config a scale daemon runs with.
-fn write_config(dir: &Path, socket: &Path, record: &Path, resync: u64) -> anyhow::Result<PathBuf> {
+pub fn write_config(
+    dir: &Path,
+    socket: &Path,
+    record: &Path,
+    resync: u64,
+) -> anyhow::Result<PathBuf> {
     // A private control socket too: another daemon on the host (a real
     // one, or a test's) must not make this one refuse to start.
     let path = dir.join("netwarp.toml");

@@ -238,7 +238,10 @@ impl Drop for Sleeper {
 /// container in one pass, and writes through a handle opened for reading.
 #[test]
 fn namespace_handle_refuses_the_host_and_a_second_owner() {
-    use netwarp::dataplane::routes::{Changes, NamespaceClaims, NamespaceHandle, RoutesError};
+    use netwarp::dataplane::{
+        netns::{NamespaceClaims, NamespaceHandle},
+        routes::{Changes, RoutesError},
+    };
     let test = "namespace_handle_refuses_the_host_and_a_second_owner";
     skip_if!(test, skip::missing_root());
     let netns = netwarp_tests::netns::Netns::create("nwmn").expect("netns");

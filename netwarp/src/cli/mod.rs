@@ -54,6 +54,12 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Logs what is missing and returns the exit code that says so.
+fn missing_privilege(missing: &crate::privileges::MissingCapabilities) -> ExitCode {
+    tracing::error!("{missing}");
+    ExitCode::from(EXIT_MISSING_PRIVILEGE)
+}
+
 /// Installs the tracing subscriber in the configured level and format.
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETWARP_LOG").unwrap_or_else(|_| {

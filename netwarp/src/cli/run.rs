@@ -2,9 +2,11 @@
 
 use std::process::ExitCode;
 
+use crate::daemon::{DaemonError, Reload, run_daemon};
+
 pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
-    let reload: crate::reconcile::Reload = Box::new(move || args.load());
+    let reload: Reload = Box::new(move || args.load());
     super::init_logging(&config);
     // In a container without the host's namespaces netwarp would program
     // the wrong namespace or none: refuse before touching anything.
@@ -26,5 +28,9 @@ pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(crate::reconcile::run_daemon(config, reload))
+    match runtime.block_on(run_daemon(config, reload)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(DaemonError::MissingCapabilities(missing)) => Ok(super::missing_privilege(&missing)),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -10,8 +10,8 @@ use rtnetlink::Handle;
 
 use super::{
     ebpf::{EbpfDataplane, EbpfError},
+    netns::{NamespaceHandle, NetnsError as RoutesError},
     qdisc::{QdiscError, RootQdisc, put_tbf, remove_tbf, root_qdisc},
-    routes::{NamespaceHandle, RoutesError},
 };
 use crate::{
     model::{Cap, Caps},

@@ -17,6 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use super::settled::Settled;
 use crate::plan::{Action, Plan, TargetPlan, TargetState};
 
 /// The label every record carries, so nobody mistakes it for a real dataplane.
@@ -43,19 +44,17 @@ pub struct DryRunTarget {
 
 impl DryRunTarget {
     pub fn from_plan(target: &TargetPlan) -> Self {
-        let (state, via_v4, via_v6) = match &target.state {
-            TargetState::Steered { via_v4, via_v6, .. } => (
-                "steered",
-                via_v4.map(|a| a.to_string()),
-                via_v6.map(|a| a.to_string()),
-            ),
-            other => (other.name(), None, None),
+        let (via_v4, via_v6) = match &target.state {
+            TargetState::Steered { via_v4, via_v6, .. } => {
+                (via_v4.map(|a| a.to_string()), via_v6.map(|a| a.to_string()))
+            }
+            _ => (None, None),
         };
         Self {
             name: target.name.clone(),
             pid: target.pid,
             warp: target.warp.clone(),
-            state: state.to_owned(),
+            state: target.state.name().to_owned(),
             via_v4,
             via_v6,
             mac_on_network: target.mac_on_network.clone(),
@@ -81,6 +80,12 @@ pub struct DryRunRecord {
     pub passes: u64,
     /// By container id.
     pub targets: BTreeMap<String, DryRunTarget>,
+    /// By container id: how often the target was checked where a real
+    /// dataplane would go to the kernel. An ordinary pass skips a target
+    /// whose plan did not change; the first pass, a resync and an event
+    /// naming it do not.
+    #[serde(default)]
+    pub visits: BTreeMap<String, u64>,
 }
 
 /// What a correct dry-run dataplane holds after reconciling `plan`.
@@ -101,6 +106,9 @@ pub fn read_record(path: &Path) -> io::Result<DryRunRecord> {
 pub struct DryRunDataplane {
     record_path: Option<PathBuf>,
     programmed: BTreeMap<String, DryRunTarget>,
+    /// The plans last "programmed", as a real dataplane remembers them.
+    settled: Settled<TargetPlan>,
+    visits: BTreeMap<String, u64>,
     passes: u64,
     changed_this_pass: usize,
     /// Something changed since the record was last written.
@@ -117,10 +125,20 @@ impl DryRunDataplane {
         }
     }
 
-    /// "Programs" one target. Returns whether anything changed.
-    pub fn program(&mut self, target: &TargetPlan) -> bool {
+    /// "Programs" one target. Returns whether anything changed. Unless
+    /// `verify`, an unchanged plan is skipped, as a real dataplane skips
+    /// the kernel for it.
+    pub fn program(&mut self, target: &TargetPlan, verify: bool) -> bool {
+        if self.settled.unchanged(&target.id, target, verify) {
+            return false;
+        }
+        *self.visits.entry(target.id.clone()).or_default() += 1;
+        self.unwritten = true;
         let desired = DryRunTarget::from_plan(target);
-        if self.programmed.get(&target.id) == Some(&desired) {
+        let changed = self.programmed.get(&target.id) != Some(&desired);
+        self.settled
+            .record(&target.id, target, &Ok::<_, ()>(changed));
+        if !changed {
             return false;
         }
         self.programmed.insert(target.id.clone(), desired);
@@ -134,6 +152,8 @@ impl DryRunDataplane {
     pub fn finish_pass(&mut self, seen: &HashSet<String>) {
         let before = self.programmed.len();
         self.programmed.retain(|id, _| seen.contains(id));
+        self.visits.retain(|id, _| seen.contains(id));
+        self.settled.retain(|id| seen.contains(id));
         let released = before - self.programmed.len();
         if released > 0 {
             self.unwritten = true;
@@ -171,11 +191,13 @@ impl DryRunDataplane {
             simulation: &'a str,
             passes: u64,
             targets: &'a BTreeMap<String, DryRunTarget>,
+            visits: &'a BTreeMap<String, u64>,
         }
         let json = serde_json::to_vec(&Borrowed {
             simulation: SIMULATION_NOTE,
             passes: self.passes,
             targets: &self.programmed,
+            visits: &self.visits,
         })
         .map_err(io::Error::other)?;
         // Write then rename, so a reader never sees half a record.
@@ -234,11 +256,21 @@ mod tests {
             TargetState::Blocked(BlockReason::WarpMissing { warp: "w".into() }),
             11,
         );
-        assert!(dry.program(&a));
-        assert!(dry.program(&b));
-        assert!(!dry.program(&a), "an unchanged plan is not reprogrammed");
+        assert!(dry.program(&a, true));
+        assert!(dry.program(&b, true));
+        assert!(
+            !dry.program(&a, true),
+            "an unchanged plan is not reprogrammed"
+        );
+        assert!(!dry.program(&b, false), "b's write is confirmed");
+        assert!(!dry.program(&b, false), "then an unchanged plan is skipped");
         dry.finish_pass(&["a".to_string(), "b".to_string()].into());
         let record = read_record(&path).unwrap();
+        assert_eq!(record.visits["a"], 2, "a verifying pass checks");
+        assert_eq!(
+            record.visits["b"], 2,
+            "an ordinary pass skips a settled plan"
+        );
         assert_eq!(record.simulation, SIMULATION_NOTE);
         assert_eq!(record.passes, 1);
         assert_eq!(record.targets["a"].state, "steered");
@@ -254,7 +286,7 @@ mod tests {
         );
 
         // A restart (new pid) is a change; b left.
-        assert!(dry.program(&target("a", steered(), 12)));
+        assert!(dry.program(&target("a", steered(), 12), false));
         dry.finish_pass(&["a".to_string()].into());
         let record = read_record(&path).unwrap();
         assert_eq!(record.passes, 2);
@@ -264,8 +296,7 @@ mod tests {
             record.targets,
             expected_targets(&Plan {
                 targets: vec![target("a", steered(), 12)],
-                caps: Vec::new(),
-                guards: Vec::new(),
+                ..Plan::default()
             })
         );
         std::fs::remove_dir_all(&dir).unwrap();

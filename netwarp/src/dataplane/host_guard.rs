@@ -24,7 +24,7 @@
 //! own addresses (the `local` rule at 0 comes first).
 //!
 //! Ownership: netwarp's rules carry the protocol tag
-//! [`NETWARP_PROTOCOL`](super::routes::NETWARP_PROTOCOL)
+//! [`NETWARP_PROTOCOL`](super::policy_rule::NETWARP_PROTOCOL)
 //! and one of the three guard priorities; netwarp lists and removes exactly
 //! those, and nothing else.
 
@@ -37,8 +37,8 @@ use rtnetlink::{
 use tracing::{debug, warn};
 
 use super::{
+    policy_rule::OwnedRule,
     policy_rule::{TaggedRule, dump_rules, match_selector, match_source, tagged_rule},
-    routes::OwnedRule,
 };
 use crate::{model::Cidr, plan::GuardPlan};
 

@@ -14,8 +14,30 @@ use rtnetlink::{
     },
 };
 
-use super::routes::{NETWARP_PROTOCOL, OwnedRule};
-use crate::model::{Cidr, PortRange};
+use crate::model::{Cidr, PortRange, Rule};
+
+/// The route (and rule) protocol id that tags netwarp's entries.
+pub const NETWARP_PROTOCOL: u8 = 0x57;
+/// A policy rule netwarp owns: `to DEST [ipproto P [dport RANGE]] lookup NETWARP_TABLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedRule {
+    pub destination: Cidr,
+    pub ip_proto: Option<u8>,
+    pub ports: Option<PortRange>,
+}
+
+impl OwnedRule {
+    /// The selector of a plan rule (the host guard uses it too).
+    pub fn from_rule(rule: &Rule) -> Self {
+        Self {
+            destination: rule.destination,
+            ip_proto: rule
+                .protocol
+                .map(|p| p.ip_proto(rule.destination.is_ipv6())),
+            ports: rule.ports,
+        }
+    }
+}
 
 /// Every policy rule of both families in the namespace of `handle`, in
 /// the kernel's order.

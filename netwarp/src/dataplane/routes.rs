@@ -7,70 +7,40 @@
 //! exactly those, and nothing else.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    os::unix::fs::MetadataExt as _,
 };
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
-    Handle, RouteMessageBuilder,
+    RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        link::{LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
 
-use super::policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule};
+pub use super::{
+    mac::parse_mac,
+    policy_rule::{NETWARP_PROTOCOL, OwnedRule},
+};
+use super::{
+    netns::{NamespaceHandle, NetnsError},
+    policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule},
+};
 use crate::{
-    model::{Cidr, PortRange, Rule},
+    model::Cidr,
     plan::{Action, Entry},
 };
 
 /// netwarp's routing table in each target's namespace.
 pub const NETWARP_TABLE: u32 = 0x4e57;
-/// The route (and rule) protocol id that tags netwarp's entries.
-pub const NETWARP_PROTOCOL: u8 = 0x57;
 /// The priority of netwarp's policy rules: before `main` (32766).
 pub const NETWARP_RULE_PRIORITY: u32 = 10_000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RoutesError {
-    #[error(
-        "cannot enter the network namespace of pid {pid}: {reason}; netwarp needs \
-         CAP_SYS_ADMIN and CAP_NET_ADMIN (see `netwarp probe`)"
-    )]
-    Netns { pid: u32, reason: String },
-    #[error(
-        "refusing to enter the network namespace of pid {pid}: it is the host's own \
-         namespace, which netwarp never programs (only its tagged guard rules live there)"
-    )]
-    HostNamespace { pid: u32 },
-    #[error(
-        "refusing to program the network namespace of pid {pid} for container {owner}: \
-         container {other} already uses it in this pass, and netwarp programs each \
-         namespace for one container only"
-    )]
-    NamespaceClaimed {
-        pid: u32,
-        owner: String,
-        other: String,
-    },
-    #[error(
-        "the network namespace of pid {pid} was opened for reading only; writes need \
-         NamespaceHandle::open_owned"
-    )]
-    ReadOnly { pid: u32 },
-    #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
-    Netlink {
-        pid: u32,
-        operation: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-}
+/// Errors of the routes dataplane: those of the namespace work it does.
+pub type RoutesError = NetnsError;
 
 /// What a route in netwarp's table does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,27 +48,6 @@ pub enum RouteAction {
     Via(IpAddr),
     /// A prohibit route: senders get EACCES at once, nothing leaves.
     Prohibit,
-}
-
-/// A policy rule netwarp owns: `to DEST [ipproto P [dport RANGE]] lookup NETWARP_TABLE`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct OwnedRule {
-    pub destination: Cidr,
-    pub ip_proto: Option<u8>,
-    pub ports: Option<PortRange>,
-}
-
-impl OwnedRule {
-    /// The selector of a plan rule (the host guard uses it too).
-    pub fn from_rule(rule: &Rule) -> Self {
-        Self {
-            destination: rule.destination,
-            ip_proto: rule
-                .protocol
-                .map(|p| p.ip_proto(rule.destination.is_ipv6())),
-            ports: rule.ports,
-        }
-    }
 }
 
 /// Everything netwarp owns in one namespace.
@@ -175,158 +124,7 @@ pub fn diff(installed: &OwnedState, desired: &OwnedState) -> Changes {
     }
 }
 
-/// A network namespace's identity: the device and inode of its nsfs file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NamespaceId {
-    dev: u64,
-    ino: u64,
-}
-
-impl NamespaceId {
-    fn of(path: &str) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
-        Ok(Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-
-    /// Whether this is the host's namespace: init's, or netwarp's own.
-    fn is_host(self) -> bool {
-        ["/proc/1/ns/net", "/proc/self/ns/net"]
-            .into_iter()
-            .any(|path| Self::of(path).is_ok_and(|host| host == self))
-    }
-}
-
-/// The namespaces claimed for writing in one pass, each by one container:
-/// a second container that resolves to the same namespace is refused.
-#[derive(Debug, Default)]
-pub struct NamespaceClaims {
-    owners: HashMap<NamespaceId, String>,
-}
-
-impl NamespaceClaims {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-/// An rtnetlink connection bound to one container's network namespace.
-///
-/// Every namespace netwarp enters goes through [`NamespaceHandle::open`],
-/// which refuses the host's own namespace, whoever asks. Writes need a
-/// handle from [`NamespaceHandle::open_owned`], which also claims the
-/// namespace for one container in the pass.
-pub struct NamespaceHandle {
-    pid: u32,
-    handle: Handle,
-    writable: bool,
-}
-
 impl NamespaceHandle {
-    /// Opens the namespace of `pid` for writing on behalf of the container
-    /// `owner`, after checking it is not the host's and that no other
-    /// container claimed it in this pass.
-    pub async fn open_owned(
-        pid: u32,
-        claims: &mut NamespaceClaims,
-        owner: &str,
-    ) -> Result<Self, RoutesError> {
-        let (mut namespace, id) = Self::enter(pid).await?;
-        match claims.owners.get(&id) {
-            Some(other) if other != owner => {
-                return Err(RoutesError::NamespaceClaimed {
-                    pid,
-                    owner: owner.to_owned(),
-                    other: other.clone(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                claims.owners.insert(id, owner.to_owned());
-            }
-        }
-        namespace.writable = true;
-        Ok(namespace)
-    }
-
-    /// Opens the namespace of `pid` for reading (dumps only).
-    pub async fn open(pid: u32) -> Result<Self, RoutesError> {
-        Ok(Self::enter(pid).await?.0)
-    }
-
-    /// Opens a netlink socket inside the namespace of `pid`, unless that
-    /// namespace is the host's.
-    ///
-    /// Only socket creation happens inside the namespace, on a short-lived
-    /// dedicated OS thread: setns changes the calling thread, and a tokio
-    /// worker must never be moved. The socket then stays bound to the
-    /// namespace wherever it is polled. The namespace is identified from
-    /// inside, so a pid reused meanwhile cannot point the check elsewhere.
-    async fn enter(pid: u32) -> Result<(Self, NamespaceId), RoutesError> {
-        let runtime = tokio::runtime::Handle::current();
-        let path = format!("/proc/{pid}/ns/net");
-        let opened = std::thread::Builder::new()
-            .name(format!("netns-{pid}"))
-            .spawn(move || -> Result<_, String> {
-                let _runtime = runtime.enter();
-                let netns = netns_rs::get_from_path(&path).map_err(|e| e.to_string())?;
-                netns
-                    .run(|_| {
-                        let id = NamespaceId::of("/proc/thread-self/ns/net")?;
-                        // Refused before the socket exists: nothing can be
-                        // sent into the host's namespace through it.
-                        if id.is_host() {
-                            return Ok(None);
-                        }
-                        rtnetlink::new_connection().map(|c| Some((c, id)))
-                    })
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            })
-            .map_err(|e| RoutesError::Netns {
-                pid,
-                reason: e.to_string(),
-            })?
-            .join()
-            .map_err(|_| RoutesError::Netns {
-                pid,
-                reason: "the namespace thread panicked".into(),
-            })?;
-        let ((connection, handle, _), id) = opened
-            .map_err(|reason| RoutesError::Netns { pid, reason })?
-            .ok_or(RoutesError::HostNamespace { pid })?;
-        tokio::spawn(connection);
-        let namespace = Self {
-            pid,
-            handle,
-            writable: false,
-        };
-        Ok((namespace, id))
-    }
-
-    fn writable(&self) -> Result<&Handle, RoutesError> {
-        if self.writable {
-            Ok(&self.handle)
-        } else {
-            Err(RoutesError::ReadOnly { pid: self.pid })
-        }
-    }
-
-    fn netlink(
-        &self,
-        operation: impl Into<String>,
-    ) -> impl FnOnce(rtnetlink::Error) -> RoutesError {
-        let pid = self.pid;
-        let operation = operation.into();
-        move |source| RoutesError::Netlink {
-            pid,
-            operation,
-            source,
-        }
-    }
-
     /// Reads netwarp's own routes and rules, and nothing else.
     pub async fn installed(&self) -> Result<OwnedState, RoutesError> {
         let mut state = OwnedState::default();
@@ -404,93 +202,6 @@ impl NamespaceHandle {
         }
         Ok(())
     }
-
-    /// For the interface with `mac` in this namespace, the ifindex of its
-    /// veth peer in the host namespace (IFLA_LINK).
-    pub async fn peer_ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
-        Ok(self.link_by_mac(mac).await?.and_then(|link| peer_of(&link)))
-    }
-
-    /// For each interface here whose MAC is one of `macs`, the ifindex of
-    /// its veth peer in the host namespace, from one dump; sorted.
-    pub async fn peer_ifindexes_by_macs(&self, macs: &[String]) -> Result<Vec<u32>, RoutesError> {
-        let wanted: Vec<Vec<u8>> = macs.iter().map(|m| parse_mac(m)).collect();
-        let mut peers: Vec<u32> = self
-            .links()
-            .await?
-            .iter()
-            .filter(|link| {
-                link.attributes
-                    .iter()
-                    .any(|a| matches!(a, LinkAttribute::Address(addr) if wanted.contains(addr)))
-            })
-            .filter_map(peer_of)
-            .collect();
-        peers.sort_unstable();
-        peers.dedup();
-        Ok(peers)
-    }
-
-    /// Both ends of the veth with `mac` in this namespace, from one dump:
-    /// (its ifindex here, its peer's ifindex on the host).
-    pub async fn veth_ends_by_mac(&self, mac: &str) -> Result<Option<(u32, u32)>, RoutesError> {
-        Ok(self
-            .link_by_mac(mac)
-            .await?
-            .and_then(|link| Some((link.header.index, peer_of(&link)?))))
-    }
-
-    /// The netlink handle bound to this namespace, for writes: only a
-    /// handle from [`NamespaceHandle::open_owned`] has one.
-    pub fn netlink_handle(&self) -> Result<&Handle, RoutesError> {
-        self.writable()
-    }
-
-    /// The netlink handle bound to this namespace, for dumps only.
-    pub fn dump_handle(&self) -> &Handle {
-        &self.handle
-    }
-
-    async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, RoutesError> {
-        Ok(self.link_by_mac(mac).await?.map(|link| link.header.index))
-    }
-
-    /// The interface in this namespace whose hardware address is `mac`.
-    async fn link_by_mac(&self, mac: &str) -> Result<Option<LinkMessage>, RoutesError> {
-        let wanted = parse_mac(mac);
-        Ok(self.links().await?.into_iter().find(|link| {
-            link.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
-        }))
-    }
-}
-
-impl NamespaceHandle {
-    async fn links(&self) -> Result<Vec<LinkMessage>, RoutesError> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(self.netlink("link dump"))
-    }
-}
-
-/// The peer ifindex a veth end names (IFLA_LINK).
-fn peer_of(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Link(peer) => Some(*peer),
-        _ => None,
-    })
-}
-
-/// `02:42:ac:11:00:02` as bytes; malformed octets are skipped.
-pub fn parse_mac(mac: &str) -> Vec<u8> {
-    mac.split(':')
-        .filter_map(|b| u8::from_str_radix(b, 16).ok())
-        .collect()
 }
 
 fn route_message(dst: Cidr, action: RouteAction, oif: Option<u32>) -> RouteMessage {

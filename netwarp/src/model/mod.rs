@@ -83,6 +83,12 @@ pub fn short_reference(reference: &str) -> &str {
     }
 }
 
+/// The first 12 characters of a container (or network) id, as `docker ps`
+/// shows it.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// What netwarp reads about one container on each reconcile.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Container {
@@ -102,7 +108,7 @@ pub struct Container {
 impl Container {
     /// The first 12 characters of the id, as `docker ps` shows it.
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        short_id(&self.id)
     }
 
     /// Whether `reference` (from `container:<reference>`) names this

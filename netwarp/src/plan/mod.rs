@@ -9,9 +9,11 @@ use std::{
 
 mod caps;
 mod guard;
+mod warp;
 
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use guard::{GuardPlan, plan_guards};
+pub use warp::{WarpPlan, WarpState};
 
 use crate::{
     glob,
@@ -288,6 +290,9 @@ pub enum TargetState {
 }
 
 impl TargetState {
+    /// Every state's name, in the order metrics list them.
+    pub const NAMES: [&'static str; 4] = ["steered", "blocked", "bypassed", "refused"];
+
     /// The state's name in status, metrics and the dry-run record.
     pub fn name(&self) -> &'static str {
         match self {
@@ -355,6 +360,8 @@ pub struct Plan {
     pub caps: Vec<CapPlan>,
     /// One bridge guard per network that carries a target, by network name.
     pub guards: Vec<GuardPlan>,
+    /// Every warp-named container and every warp a target names, by name.
+    pub warps: Vec<WarpPlan>,
 }
 
 /// Computes every running target's desired policy.
@@ -370,6 +377,7 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
         .collect();
     targets.sort_by(|a, b| a.id.cmp(&b.id));
     Plan {
+        warps: warp::plan_warps(world, settings, &targets),
         targets,
         caps: caps::plan_caps(world, settings),
         guards: plan_guards(world, settings),

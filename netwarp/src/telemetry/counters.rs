@@ -37,8 +37,8 @@ use crate::{
             EbpfError, InterfaceTraffic, PinnedMaps, cpu_sum, interface_index, interface_name,
             interface_traffic,
         },
+        netns::NamespaceHandle,
         qdisc::tbf_drops,
-        routes::NamespaceHandle,
     },
 };
 

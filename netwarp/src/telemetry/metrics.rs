@@ -33,7 +33,7 @@ use super::{
     counters::{Counters, PacketsBytes},
     short_id,
 };
-use crate::config::DataplaneMode;
+use crate::{config::DataplaneMode, plan::TargetState};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -328,7 +328,7 @@ impl Collector for ScrapeCollector {
             "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, refused)",
             &states,
         )?;
-        let by_state: Vec<(Labels, i64)> = ["steered", "blocked", "bypassed", "refused"]
+        let by_state: Vec<(Labels, i64)> = TargetState::NAMES
             .into_iter()
             .map(|state| {
                 let count = published

@@ -17,7 +17,7 @@ pub mod metrics;
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -29,9 +29,8 @@ use tracing::{Span, debug, info, info_span};
 
 use crate::{
     config::{Config, DataplaneMode},
-    glob,
-    model::{Health, NetworkMode, World},
-    plan::{Plan, PlanSettings, TargetPlan},
+    model::short_id,
+    plan::{Plan, TargetPlan},
 };
 
 pub use metrics::Metrics;
@@ -53,49 +52,9 @@ pub struct WarpView {
     pub ports: Vec<u32>,
 }
 
-/// What the eBPF dataplane tied one target to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TargetInterfaces {
-    /// The host-side veth carrying its policy.
-    pub host_ifindex: u32,
-    /// The warp's veth it is steered to; 0 while blocked.
-    pub warp_ifindex: u32,
-    /// The warp's veths that know it (all the warp's networks).
-    pub warp_ports: Vec<u32>,
-}
+pub use crate::dataplane::sync::TargetInterfaces;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WarpState {
-    /// Running, and healthy or without a healthcheck: usable.
-    Up,
-    /// Docker reports it unhealthy.
-    Unhealthy,
-    /// Its healthcheck has not passed yet: not usable.
-    Starting,
-    /// Exists but does not run (seen while it stops).
-    NotRunning,
-    /// Named by a target, but no running container has that name.
-    Missing,
-    /// Named by a target, but its name does not match the warp pattern.
-    NotAWarp,
-    /// Runs with `--network host`, `none` or another container's: no
-    /// namespace of its own on a Docker network, so refused as a warp.
-    Refused,
-}
-
-impl WarpState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Up => "up",
-            Self::Unhealthy => "unhealthy",
-            Self::Starting => "starting",
-            Self::NotRunning => "not-running",
-            Self::Missing => "missing",
-            Self::NotAWarp => "not-a-warp",
-            Self::Refused => "refused",
-        }
-    }
-}
+pub use crate::plan::WarpState;
 
 /// One target after a pass: its plan, what the dataplane tied it to, and
 /// whether programming it failed.
@@ -252,19 +211,15 @@ impl Telemetry {
         self.metrics.docker_connected.set(0);
     }
 
-    /// Publishes the outcome of a pass: the plan, the eBPF interfaces
-    /// (by target id: host veth, warp veth) and the failures (by target id).
-    #[allow(clippy::too_many_arguments)]
-    pub fn publish(
-        &mut self,
-        world: &World,
-        settings: &PlanSettings,
-        plan: &Plan,
-        guards: Vec<GuardView>,
-        interfaces: &HashMap<String, TargetInterfaces>,
-        failures: &HashMap<String, String>,
-        duration: Duration,
-    ) {
+    /// Publishes the outcome of a pass.
+    pub fn publish(&mut self, outcome: PassOutcome<'_>) {
+        let PassOutcome {
+            plan,
+            guards,
+            interfaces,
+            failures,
+            duration,
+        } = outcome;
         self.metrics
             .reconcile_duration
             .observe(duration.as_secs_f64());
@@ -274,7 +229,7 @@ impl Telemetry {
             pass: self.pass,
             finished_at: Some(SystemTime::now()),
             duration: Some(duration),
-            warps: warp_views(world, settings, plan)
+            warps: warp_views(plan)
                 .into_iter()
                 .map(|mut warp| {
                     let mut ports: Vec<u32> = (plan.targets.iter())
@@ -308,6 +263,17 @@ impl Telemetry {
     }
 }
 
+/// What one reconcile pass did, for [`Telemetry::publish`].
+pub struct PassOutcome<'a> {
+    pub plan: &'a Plan,
+    pub guards: Vec<GuardView>,
+    /// The eBPF interfaces, by target id: host veth, warp veth.
+    pub interfaces: HashMap<String, TargetInterfaces>,
+    /// Why a target failed this pass, by target id.
+    pub failures: HashMap<String, String>,
+    pub duration: Duration,
+}
+
 /// Everything the readers (metrics and control socket) share.
 pub struct Shared {
     pub metrics: Metrics,
@@ -323,68 +289,25 @@ impl Shared {
     }
 }
 
-/// Every running container whose name matches the warp pattern, plus every
-/// warp a target names, with its state.
-pub fn warp_views(world: &World, settings: &PlanSettings, plan: &Plan) -> Vec<WarpView> {
-    let mut named: BTreeMap<&str, usize> = BTreeMap::new();
-    for target in &plan.targets {
-        *named.entry(target.warp.as_str()).or_default() += 1;
-    }
-    let mut warps: BTreeMap<String, WarpView> = BTreeMap::new();
-    for container in &world.containers {
-        let matches = glob::matches(&settings.warp_name_pattern, &container.name);
-        if !matches && !named.contains_key(container.name.as_str()) {
-            continue;
-        }
-        let own = container.network_mode == NetworkMode::Own;
-        let state = match (matches, container.running, container.health) {
-            (false, _, _) => WarpState::NotAWarp,
-            (true, false, _) => WarpState::NotRunning,
-            (true, true, _) if !own => WarpState::Refused,
-            (true, true, Health::Unhealthy) => WarpState::Unhealthy,
-            (true, true, Health::Starting) => WarpState::Starting,
-            (true, true, _) => WarpState::Up,
-        };
-        warps.insert(
-            container.name.clone(),
-            WarpView {
-                name: container.name.clone(),
-                id: Some(container.short_id().to_owned()),
-                state,
-                targets: named.get(container.name.as_str()).copied().unwrap_or(0),
-                ports: Vec::new(),
-            },
-        );
-    }
-    for (name, targets) in named {
-        if name.is_empty() || warps.contains_key(name) {
-            continue;
-        }
-        warps.insert(
-            name.to_owned(),
-            WarpView {
-                name: name.to_owned(),
-                id: None,
-                state: WarpState::Missing,
-                targets,
-                ports: Vec::new(),
-            },
-        );
-    }
-    warps.into_values().collect()
-}
-
-/// The first 12 characters of a container id, as `docker ps` shows it.
-pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(12)]
+/// The plan's warps, as status and metrics show them.
+pub fn warp_views(plan: &Plan) -> Vec<WarpView> {
+    (plan.warps.iter())
+        .map(|warp| WarpView {
+            name: warp.name.clone(),
+            id: warp.id.clone(),
+            state: warp.state,
+            targets: warp.targets,
+            ports: Vec::new(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        model::Container,
-        plan::{CapSettings, OnWarpDown},
+        model::{Container, Health, NetworkMode, World},
+        plan::{CapSettings, OnWarpDown, PlanSettings},
     };
 
     fn settings() -> PlanSettings {
@@ -442,21 +365,19 @@ mod tests {
         let plan = crate::plan::plan(&world, &settings());
         let _span = telemetry.next_pass();
         let app = plan.targets[0].id.clone();
-        telemetry.publish(
-            &world,
-            &settings(),
-            &plan,
-            Vec::new(),
-            &HashMap::from([(
+        telemetry.publish(PassOutcome {
+            plan: &plan,
+            guards: Vec::new(),
+            interfaces: HashMap::from([(
                 app.clone(),
                 TargetInterfaces {
                     host_ifindex: 7,
                     ..TargetInterfaces::default()
                 },
             )]),
-            &HashMap::from([(app, "boom".to_owned())]),
-            Duration::from_millis(3),
-        );
+            failures: HashMap::from([(app, "boom".to_owned())]),
+            duration: Duration::from_millis(3),
+        });
         let seen = reader.borrow().clone();
         assert_eq!(seen.pass, 1);
         assert_eq!(seen.duration, Some(Duration::from_millis(3)));
@@ -493,7 +414,7 @@ mod tests {
             ],
         };
         let plan = crate::plan::plan(&world, &settings());
-        let views = warp_views(&world, &settings(), &plan);
+        let views = warp_views(&plan);
         let summary: Vec<(&str, &str, usize, bool)> = views
             .iter()
             .map(|w| (w.name.as_str(), w.state.as_str(), w.targets, w.id.is_some()))

@@ -179,22 +179,22 @@ pub fn build(
 
 fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus {
     let plan = &view.plan;
-    let (state, reason, network, v4, v6) = match &plan.state {
+    let (reason, network, v4, v6) = match &plan.state {
         TargetState::Steered {
             network,
             via_v4,
             via_v6,
         } => (
-            "steered",
             None,
             Some(network.clone()),
             via_v4.map(|a| a.to_string()),
             via_v6.map(|a| a.to_string()),
         ),
-        TargetState::Blocked(reason) => ("blocked", Some(reason.to_string()), None, None, None),
-        TargetState::Bypassed(reason) => ("bypassed", Some(reason.to_string()), None, None, None),
-        TargetState::Refused(reason) => ("refused", Some(reason.to_string()), None, None, None),
+        TargetState::Blocked(reason) => (Some(reason.to_string()), None, None, None),
+        TargetState::Bypassed(reason) => (Some(reason.to_string()), None, None, None),
+        TargetState::Refused(reason) => (Some(reason.to_string()), None, None, None),
     };
+    let state = plan.state.name();
     // A target in another target's namespace: how that one serves it.
     let reason = match (plan.sharing_note(), reason) {
         (Some(note), Some(reason)) => Some(format!("{note}: {reason}")),

@@ -1,0 +1,170 @@
+//! One Docker connection's life: the event reader, the debounce, the
+//! periodic resync, signals and reloads, and a reconcile pass after each.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bollard::Docker;
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tracing::{Instrument as _, debug, error, info, warn};
+
+use super::{Signals, shutdown};
+use crate::{config::Config, docker, pass::Reconciler};
+
+/// Coalescing window: events arriving within it cause one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Why the event loop stopped.
+pub(super) enum LoopExit {
+    Shutdown,
+    ConnectionLost(String),
+}
+
+/// Re-reads the configuration from the same sources (for SIGHUP).
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// The event reader only forwards "something changed", with the event's
+/// own time for latency measurements; it never carries state.
+struct EventReader {
+    /// Ends with the reason the stream stopped.
+    task: tokio::task::JoinHandle<String>,
+    /// Container ids events named, with the events' times.
+    dirty: mpsc::Receiver<(String, SystemTime)>,
+    /// Set when an event found the channel full: its id is lost, so the
+    /// next reconcile must re-inspect everything, not only what is pending.
+    overflowed: Arc<AtomicBool>,
+}
+
+impl EventReader {
+    fn spawn(client: &Docker, metrics: crate::telemetry::Metrics) -> Self {
+        let (dirty_tx, dirty) = mpsc::channel::<(String, SystemTime)>(1024);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let overflowed_reader = Arc::clone(&overflowed);
+        let mut events = docker::events(client);
+        let task = tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => return e.to_string(),
+                };
+                let kind = event.typ.map(|t| t.to_string()).unwrap_or_default();
+                metrics.docker_event(&kind, event.action.as_deref().unwrap_or_default());
+                // A network event's actor is the network; the container it
+                // concerns is an attribute.
+                let id = event
+                    .actor
+                    .and_then(|a| {
+                        a.attributes
+                            .and_then(|mut attrs| attrs.remove("container"))
+                            .or(a.id)
+                    })
+                    .unwrap_or_default();
+                debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
+                // Docker's own timestamp, so latency covers the whole path.
+                let at = event
+                    .time_nano
+                    .and_then(|n| u64::try_from(n).ok())
+                    .map_or_else(SystemTime::now, |n| UNIX_EPOCH + Duration::from_nanos(n));
+                // A full channel already guarantees a reconcile.
+                if dirty_tx.try_send((id, at)).is_err() {
+                    overflowed_reader.store(true, Ordering::Relaxed);
+                }
+            }
+            "the event stream ended".to_owned()
+        });
+        Self {
+            task,
+            dirty,
+            overflowed,
+        }
+    }
+}
+
+pub(super) async fn run_connected(
+    client: &Docker,
+    config: &Config,
+    reconciler: &mut Reconciler,
+    signals: &mut Signals,
+    reload: &Reload,
+) -> LoopExit {
+    reconciler.reconnected();
+    let metrics = reconciler.telemetry_mut().metrics().clone();
+    let EventReader {
+        task: reader,
+        dirty: mut dirty_rx,
+        overflowed,
+    } = EventReader::spawn(client, metrics);
+    let mut resync = tokio::time::interval(config.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: HashMap<String, SystemTime> = HashMap::new();
+    let exit = loop {
+        tokio::select! {
+            _ = resync.tick() => reconciler.resync_all(),
+            event = dirty_rx.recv() => {
+                let Some((id, at)) = event else {
+                    break LoopExit::ConnectionLost("the event reader stopped".into());
+                };
+                pending.entry(id).or_insert(at);
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok((id, at)) = dirty_rx.try_recv() {
+                    pending.entry(id).or_insert(at);
+                }
+            }
+            _ = signals.term.recv() => break shutdown_exit("SIGTERM"),
+            _ = signals.int.recv() => break shutdown_exit("SIGINT"),
+            _ = signals.hup.recv() => reload_config(config, reconciler, reload),
+        }
+        if reader.is_finished() {
+            break LoopExit::ConnectionLost("the event stream ended".into());
+        }
+        if overflowed.swap(false, Ordering::Relaxed) {
+            reconciler.resync_all();
+        }
+        let span = reconciler.telemetry_mut().next_pass();
+        if let Err(e) = reconciler
+            .reconcile(client, &mut pending, &|| !dirty_rx.is_empty())
+            .instrument(span)
+            .await
+        {
+            // Losing Docker mid-reconcile: reconnect and resync.
+            break LoopExit::ConnectionLost(e.to_string());
+        }
+    };
+    reader.abort();
+    exit
+}
+
+/// SIGHUP: re-reads the configuration and applies what a running daemon
+/// can (labels, rules, on_warp_down, caps) on the next pass, which follows
+/// at once. Caps change in place, so connections are not dropped. A bad
+/// file changes nothing.
+fn reload_config(running: &Config, reconciler: &mut Reconciler, reload: &Reload) {
+    let new = match reload() {
+        Ok(new) => new,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the running one");
+            return;
+        }
+    };
+    let reloaded = running.reload(&new);
+    for key in &reloaded.needs_restart {
+        warn!(
+            key,
+            "SIGHUP: this key changed, but only applies at start; restart netwarp to apply it"
+        );
+    }
+    reconciler.update_settings(reloaded.settings);
+    info!(applied = ?reloaded.applied, "SIGHUP: configuration reloaded");
+}
+
+fn shutdown_exit(signal: &str) -> LoopExit {
+    shutdown(signal);
+    LoopExit::Shutdown
+}

@@ -1,0 +1,118 @@
+//! `netwarp cleanup`: removes netwarp's entries from every running
+//! container, the host's guard rules and qdiscs, and the eBPF pins. Other
+//! entries are only read, never touched.
+
+use tracing::{error, info};
+
+use super::{
+    caps::CapsError,
+    host_guard::{remove_host_guards, set_guard_priority},
+    netns::{NamespaceClaims, NamespaceHandle},
+    qdisc::remove_every_tbf,
+    routes::{OwnedState, RoutesError, diff},
+};
+use crate::{
+    config::Config,
+    docker::{self, DockerError},
+    model::Container,
+    privileges::{self, MissingCapabilities, ROUTES_CAPABILITIES},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    MissingCapabilities(#[from] MissingCapabilities),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("cleanup failed in {0} places; see the log above")]
+    Failed(usize),
+}
+
+pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
+    set_guard_priority(config.host_guard_priority);
+    privileges::require(ROUTES_CAPABILITIES)?;
+    let client = docker::connect(&config.docker, config.docker_api_version).await?;
+    let world = docker::snapshot(&client).await?;
+    let mut failures = 0;
+    // The host's namespace is refused (its guard rules are removed below);
+    // a namespace shared by several containers is cleaned once.
+    let mut claims = NamespaceClaims::new();
+    for container in world.containers.iter().filter(|c| c.running) {
+        let Some(pid) = container.pid else { continue };
+        let (name, id) = (&container.name, container.short_id());
+        match clean_container(container, pid, &mut claims).await {
+            Ok(0) => {}
+            Ok(removed) => info!(container = %name, %id, removed, "removed netwarp entries"),
+            Err(CapsError::Routes(
+                e @ (RoutesError::HostNamespace { .. } | RoutesError::NamespaceClaimed { .. }),
+            )) => info!(container = %name, %id, reason = %e, "skipped"),
+            Err(e) => {
+                failures += 1;
+                error!(container = %name, %id, error = %e, "cleanup failed");
+            }
+        }
+    }
+    failures += clean_host().await;
+    // The eBPF dataplane's pins: removing a link's pin detaches it.
+    let dir = config.bpf_pin_dir.display();
+    match std::fs::remove_dir_all(&config.bpf_pin_dir) {
+        Ok(()) => info!(%dir, "removed the pinned eBPF maps and links"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            failures += 1;
+            error!(%dir, error = %e, "removing the eBPF pins failed");
+        }
+    }
+    if failures > 0 {
+        return Err(CleanupError::Failed(failures));
+    }
+    info!("cleanup complete");
+    Ok(())
+}
+
+/// Removes netwarp's routes, rules and qdiscs from one container's
+/// namespace. Returns how many entries went.
+async fn clean_container(
+    container: &Container,
+    pid: u32,
+    claims: &mut NamespaceClaims,
+) -> Result<usize, CapsError> {
+    let namespace = NamespaceHandle::open_owned(pid, claims, container.short_id()).await?;
+    let installed = namespace.installed().await?;
+    let changes = diff(&installed, &OwnedState::default());
+    if !changes.is_empty() {
+        namespace.apply(&changes, None).await?;
+    }
+    let qdiscs = remove_every_tbf(namespace.netlink_handle()?).await?;
+    Ok(changes.delete_rules.len() + changes.delete_routes.len() + qdiscs)
+}
+
+/// Ingress caps' qdiscs sit on host-side veths; guard rules in the host's
+/// rule list. Returns the number of failures (0 or 1).
+async fn clean_host() -> usize {
+    let removed = async {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+        tokio::spawn(connection);
+        let qdiscs = remove_every_tbf(&handle).await?;
+        let rules = remove_host_guards(&handle)
+            .await
+            .map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+        Ok::<_, CapsError>((qdiscs, rules))
+    }
+    .await;
+    match removed {
+        Ok((0, 0)) => 0,
+        Ok((qdiscs, rules)) => {
+            info!(
+                qdiscs,
+                rules, "removed netwarp's qdiscs and guard rules from the host"
+            );
+            0
+        }
+        Err(e) => {
+            error!(error = %e, "removing netwarp's qdiscs and guard rules from the host failed");
+            1
+        }
+    }
+}

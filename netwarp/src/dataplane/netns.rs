@@ -1,0 +1,288 @@
+//! Network namespace handles: an rtnetlink connection bound to one
+//! container's namespace, and the lookups every dataplane makes there
+//! (interfaces by MAC, veth peers). The host's own namespace is refused.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    Handle,
+    packet_route::link::{LinkAttribute, LinkMessage},
+};
+
+use super::mac::parse_mac;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "cannot enter the network namespace of pid {pid}: {reason}; netwarp needs \
+         CAP_SYS_ADMIN and CAP_NET_ADMIN (see `netwarp probe`)"
+    )]
+    Netns { pid: u32, reason: String },
+    #[error(
+        "refusing to enter the network namespace of pid {pid}: it is the host's own \
+         namespace, which netwarp never programs (only its tagged guard rules live there)"
+    )]
+    HostNamespace { pid: u32 },
+    #[error(
+        "refusing to program the network namespace of pid {pid} for container {owner}: \
+         container {other} already uses it in this pass, and netwarp programs each \
+         namespace for one container only"
+    )]
+    NamespaceClaimed {
+        pid: u32,
+        owner: String,
+        other: String,
+    },
+    #[error(
+        "the network namespace of pid {pid} was opened for reading only; writes need \
+         NamespaceHandle::open_owned"
+    )]
+    ReadOnly { pid: u32 },
+    #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
+    Netlink {
+        pid: u32,
+        operation: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// A network namespace's identity: the device and inode of its nsfs file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NamespaceId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NamespaceId {
+    fn of(path: &str) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether this is the host's namespace: init's, or netwarp's own.
+    fn is_host(self) -> bool {
+        ["/proc/1/ns/net", "/proc/self/ns/net"]
+            .into_iter()
+            .any(|path| Self::of(path).is_ok_and(|host| host == self))
+    }
+}
+
+/// The namespaces claimed for writing in one pass, each by one container:
+/// a second container that resolves to the same namespace is refused.
+#[derive(Debug, Default)]
+pub struct NamespaceClaims {
+    owners: HashMap<NamespaceId, String>,
+}
+
+impl NamespaceClaims {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// An rtnetlink connection bound to one container's network namespace.
+///
+/// Every namespace netwarp enters goes through [`NamespaceHandle::open`],
+/// which refuses the host's own namespace, whoever asks. Writes need a
+/// handle from [`NamespaceHandle::open_owned`], which also claims the
+/// namespace for one container in the pass.
+pub struct NamespaceHandle {
+    pub(super) pid: u32,
+    pub(super) handle: Handle,
+    writable: bool,
+}
+
+impl NamespaceHandle {
+    /// Opens the namespace of `pid` for writing on behalf of the container
+    /// `owner`, after checking it is not the host's and that no other
+    /// container claimed it in this pass.
+    pub async fn open_owned(
+        pid: u32,
+        claims: &mut NamespaceClaims,
+        owner: &str,
+    ) -> Result<Self, NetnsError> {
+        let (mut namespace, id) = Self::enter(pid).await?;
+        match claims.owners.get(&id) {
+            Some(other) if other != owner => {
+                return Err(NetnsError::NamespaceClaimed {
+                    pid,
+                    owner: owner.to_owned(),
+                    other: other.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                claims.owners.insert(id, owner.to_owned());
+            }
+        }
+        namespace.writable = true;
+        Ok(namespace)
+    }
+
+    /// Opens the namespace of `pid` for reading (dumps only).
+    pub async fn open(pid: u32) -> Result<Self, NetnsError> {
+        Ok(Self::enter(pid).await?.0)
+    }
+
+    /// Opens a netlink socket inside the namespace of `pid`, unless that
+    /// namespace is the host's.
+    ///
+    /// Only socket creation happens inside the namespace, on a short-lived
+    /// dedicated OS thread: setns changes the calling thread, and a tokio
+    /// worker must never be moved. The socket then stays bound to the
+    /// namespace wherever it is polled. The namespace is identified from
+    /// inside, so a pid reused meanwhile cannot point the check elsewhere.
+    async fn enter(pid: u32) -> Result<(Self, NamespaceId), NetnsError> {
+        let runtime = tokio::runtime::Handle::current();
+        let path = format!("/proc/{pid}/ns/net");
+        // The worker awaits the thread's answer instead of joining it, so
+        // it serves other tasks meanwhile.
+        let (answer, opened) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("netns-{pid}"))
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                let opened = netns_rs::get_from_path(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|netns| {
+                        netns
+                            .run(|_| {
+                                let id = NamespaceId::of("/proc/thread-self/ns/net")?;
+                                // Refused before the socket exists: nothing can
+                                // be sent into the host's namespace through it.
+                                if id.is_host() {
+                                    return Ok(None);
+                                }
+                                rtnetlink::new_connection().map(|c| Some((c, id)))
+                            })
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())
+                    });
+                let _ = answer.send(opened);
+            })
+            .map_err(|e| NetnsError::Netns {
+                pid,
+                reason: e.to_string(),
+            })?;
+        let opened = opened.await.map_err(|_| NetnsError::Netns {
+            pid,
+            reason: "the namespace thread panicked".into(),
+        })?;
+        let ((connection, handle, _), id) = opened
+            .map_err(|reason| NetnsError::Netns { pid, reason })?
+            .ok_or(NetnsError::HostNamespace { pid })?;
+        tokio::spawn(connection);
+        let namespace = Self {
+            pid,
+            handle,
+            writable: false,
+        };
+        Ok((namespace, id))
+    }
+
+    pub(super) fn writable(&self) -> Result<&Handle, NetnsError> {
+        if self.writable {
+            Ok(&self.handle)
+        } else {
+            Err(NetnsError::ReadOnly { pid: self.pid })
+        }
+    }
+
+    pub(super) fn netlink(
+        &self,
+        operation: impl Into<String>,
+    ) -> impl FnOnce(rtnetlink::Error) -> NetnsError {
+        let pid = self.pid;
+        let operation = operation.into();
+        move |source| NetnsError::Netlink {
+            pid,
+            operation,
+            source,
+        }
+    }
+
+    /// For the interface with `mac` in this namespace, the ifindex of its
+    /// veth peer in the host namespace (IFLA_LINK).
+    pub async fn peer_ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, NetnsError> {
+        Ok(self.link_by_mac(mac).await?.and_then(|link| peer_of(&link)))
+    }
+
+    /// For each interface here whose MAC is one of `macs`, the ifindex of
+    /// its veth peer in the host namespace, from one dump; sorted.
+    pub async fn peer_ifindexes_by_macs(&self, macs: &[String]) -> Result<Vec<u32>, NetnsError> {
+        let wanted: Vec<Vec<u8>> = macs.iter().map(|m| parse_mac(m)).collect();
+        let mut peers: Vec<u32> = self
+            .links()
+            .await?
+            .iter()
+            .filter(|link| {
+                link.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Address(addr) if wanted.contains(addr)))
+            })
+            .filter_map(peer_of)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Ok(peers)
+    }
+
+    /// Both ends of the veth with `mac` in this namespace, from one dump:
+    /// (its ifindex here, its peer's ifindex on the host).
+    pub async fn veth_ends_by_mac(&self, mac: &str) -> Result<Option<(u32, u32)>, NetnsError> {
+        Ok(self
+            .link_by_mac(mac)
+            .await?
+            .and_then(|link| Some((link.header.index, peer_of(&link)?))))
+    }
+
+    /// The netlink handle bound to this namespace, for writes: only a
+    /// handle from [`NamespaceHandle::open_owned`] has one.
+    pub fn netlink_handle(&self) -> Result<&Handle, NetnsError> {
+        self.writable()
+    }
+
+    /// The netlink handle bound to this namespace, for dumps only.
+    pub fn dump_handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub(super) async fn ifindex_by_mac(&self, mac: &str) -> Result<Option<u32>, NetnsError> {
+        Ok(self.link_by_mac(mac).await?.map(|link| link.header.index))
+    }
+
+    /// The interface in this namespace whose hardware address is `mac`.
+    async fn link_by_mac(&self, mac: &str) -> Result<Option<LinkMessage>, NetnsError> {
+        let wanted = parse_mac(mac);
+        Ok(self.links().await?.into_iter().find(|link| {
+            link.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Address(addr) if *addr == wanted))
+        }))
+    }
+}
+
+impl NamespaceHandle {
+    async fn links(&self) -> Result<Vec<LinkMessage>, NetnsError> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.netlink("link dump"))
+    }
+}
+
+/// The peer ifindex a veth end names (IFLA_LINK).
+fn peer_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(peer) => Some(*peer),
+        _ => None,
+    })
+}

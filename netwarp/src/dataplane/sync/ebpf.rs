@@ -1,0 +1,458 @@
+//! The eBPF dataplane as the pass drives it: each target's policy on its
+//! host-side veth, the warp program and its peer rows, bridge guards and
+//! token-bucket caps. Remembers what it wrote, to skip unchanged rewrites.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use netwarp_common::{GuardAllowKey, WarpPeerKey};
+use tracing::{debug, info, info_span, warn};
+
+use super::{PassScope, TargetError, TargetInterfaces, caps::CapsState};
+use crate::{
+    dataplane::{
+        ebpf::{
+            EbpfDataplane, ProgramLogger,
+            compile::{CompiledPrefix, compile, guard_allow_keys},
+            interface_index, interface_name, warp_peer_key,
+        },
+        mac::MacAddr,
+        routes::{desired_state, diff},
+        settled::Settled,
+    },
+    model::short_id,
+    plan::{Action, GuardPlan, TargetPlan, TargetState},
+};
+
+/// What the eBPF dataplane holds for one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EbpfTarget {
+    host_ifindex: u32,
+    warp_ifindex: u32,
+    warp_mac: [u8; 6],
+    rows: Vec<CompiledPrefix>,
+    /// While steered: the warp's host-side veths on all its networks, and
+    /// the target's addresses on each of them (to its veth).
+    warp_ports: Vec<u32>,
+    peers: Vec<(WarpPeerKey, u32)>,
+}
+
+/// What the eBPF dataplane holds for one bridge guard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EbpfGuard {
+    rows: Vec<CompiledPrefix>,
+    allowed: BTreeSet<GuardAllowKey>,
+}
+
+/// A warp's veths as one target's policy needs them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarpEnds {
+    /// The host end of the warp's veth on the target's network.
+    ifindex: u32,
+    mac: [u8; 6],
+    /// The host ends of all the warp's veths.
+    ports: Vec<u32>,
+}
+
+pub struct EbpfPlane {
+    ebpf: EbpfDataplane,
+    /// What was last written per target.
+    targets: HashMap<String, EbpfTarget>,
+    /// The plans that produced `targets`, to skip unchanged ones.
+    settled: Settled<TargetPlan>,
+    /// Each bridge guard last written, by bridge ifindex.
+    guards: HashMap<u32, EbpfGuard>,
+    /// The guard plans last written in full, to skip unchanged ones.
+    settled_guards: Option<Vec<(String, GuardPlan)>>,
+    pub caps: CapsState,
+    /// Host interfaces whose caps left this pass, to release.
+    departed_caps: Vec<u32>,
+    /// Host interfaces whose release failed: retried every pass.
+    unreleased: HashSet<u32>,
+    /// A target was written this pass: stale warp rows may be left.
+    wrote: bool,
+}
+
+impl EbpfPlane {
+    pub fn new(ebpf: EbpfDataplane) -> Self {
+        Self {
+            ebpf,
+            targets: HashMap::new(),
+            settled: Settled::default(),
+            guards: HashMap::new(),
+            settled_guards: None,
+            caps: CapsState::default(),
+            departed_caps: Vec::new(),
+            unreleased: HashSet::new(),
+            wrote: false,
+        }
+    }
+
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        self.ebpf.take_logger()
+    }
+
+    /// The parts the pass borrows together: the maps and the caps.
+    pub fn caps_parts(&mut self) -> (&mut EbpfDataplane, &mut CapsState) {
+        (&mut self.ebpf, &mut self.caps)
+    }
+
+    /// Caps of containers that left: their interfaces are released at the
+    /// end of the pass.
+    pub fn caps_departed(&mut self, ifindexes: impl IntoIterator<Item = u32>) {
+        self.departed_caps.extend(ifindexes);
+    }
+
+    /// The interfaces each programmed target uses, for status and metrics.
+    pub fn interfaces(&self) -> HashMap<String, TargetInterfaces> {
+        (self.targets.iter())
+            .map(|(id, t)| {
+                let interfaces = TargetInterfaces {
+                    host_ifindex: t.host_ifindex,
+                    warp_ifindex: t.warp_ifindex,
+                    warp_ports: t.warp_ports.clone(),
+                };
+                (id.clone(), interfaces)
+            })
+            .collect()
+    }
+
+    /// Brings one target's eBPF policy to its plan. Returns whether
+    /// anything changed.
+    pub async fn sync_target(
+        &mut self,
+        scope: &mut PassScope,
+        target: &TargetPlan,
+    ) -> Result<bool, TargetError> {
+        if (self.settled).unchanged(&target.id, target, scope.verifies(&target.id)) {
+            return Ok(false);
+        }
+        self.wrote = true;
+        let result = self.program_target(scope, target).await;
+        self.settled.record(&target.id, target, &result);
+        result
+    }
+
+    async fn program_target(
+        &mut self,
+        scope: &mut PassScope,
+        target: &TargetPlan,
+    ) -> Result<bool, TargetError> {
+        let Some(pid) = target.pid else {
+            return Ok(false);
+        };
+        let namespace = scope.owned(pid, short_id(&target.id)).await?;
+        // The tc drop is silent, so blocked prefixes also get prohibit routes
+        // in the target's namespace: senders fail at once with EACCES, and the
+        // block holds on every interface, even one netwarp cannot identify.
+        let blocked: Vec<_> = (target.entries.iter())
+            .filter(|e| e.action == Action::Block)
+            .copied()
+            .collect();
+        let route_changes = diff(&namespace.installed().await?, &desired_state(&blocked));
+        if !route_changes.is_empty() {
+            namespace.apply(&route_changes, None).await?;
+        }
+        let host_ifindex = match target.mac_on_network.as_deref() {
+            Some(mac) => namespace.peer_ifindex_by_mac(mac).await?.ok_or_else(|| {
+                TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
+            })?,
+            // The network is unknown now (e.g. the warp was disconnected): the
+            // veth that was steered gets the block, so no stale steering row
+            // outlives the plan. The prohibit routes above hold it meanwhile.
+            None => match self.targets.get(&target.id) {
+                Some(previous) if interface_name(previous.host_ifindex).is_some() => {
+                    previous.host_ifindex
+                }
+                _ => return Ok(!route_changes.is_empty()),
+            },
+        };
+        let desired = desired_target(scope, target, host_ifindex).await?;
+        let changed = self.write_target(&target.id, desired)?;
+        Ok(changed || !route_changes.is_empty())
+    }
+
+    /// Writes one target's attachments, peer rows and policy, in the
+    /// order that leaks nothing. Returns whether the policy was written.
+    fn write_target(&mut self, id: &str, desired: EbpfTarget) -> Result<bool, TargetError> {
+        let ebpf = &mut self.ebpf;
+        // Every pass, not only on changes: it also repairs an attachment whose
+        // pin was deleted by hand (a stat per direction when all is well).
+        ebpf.attach_ifindex(desired.host_ifindex)?;
+        // Before the policy steers into the warp, its veths know the target:
+        // what the warp forwards untransformed is dropped from the first packet.
+        for port in &desired.warp_ports {
+            ebpf.attach_warp(*port)?;
+        }
+        if self.targets.get(id) == Some(&desired) {
+            return Ok(false);
+        }
+        ebpf.put_warp_peers(&desired.peers)?;
+        let (host, warp, mac) = (desired.host_ifindex, desired.warp_ifindex, desired.warp_mac);
+        if !self.targets.contains_key(id) && ebpf.policy_is(host, warp, mac, &desired.rows)? {
+            // Left by an earlier run (a restart): adopted as it is.
+            self.targets.insert(id.to_owned(), desired);
+            return Ok(false);
+        }
+        ebpf.set_policy(host, warp, mac, &desired.rows)?;
+        info!(
+            host_ifindex = host,
+            warp_ifindex = warp,
+            prefixes = desired.rows.len(),
+            "eBPF policy written"
+        );
+        self.targets.insert(id.to_owned(), desired);
+        Ok(true)
+    }
+
+    /// Brings every bridge guard to its plan, and removes the guards of
+    /// bridges that no longer carry a target (only when every planned guard
+    /// was resolved, so a failed lookup never opens a guard). A guard that
+    /// fails is logged and retried on the next pass; the others go on.
+    pub fn sync_guards(&mut self, guards: &[(String, &GuardPlan)], complete: bool, verify: bool) {
+        let planned: Vec<(String, GuardPlan)> = (guards.iter())
+            .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
+            .collect();
+        if !verify && complete && self.settled_guards.as_ref() == Some(&planned) {
+            return;
+        }
+        let mut settled = complete;
+        let mut wanted = HashSet::new();
+        // A network only a warp is on blocks nothing here: the program on the
+        // warp's veths drops its untunnelled forwards (`GuardPlan::forwarded`).
+        for (bridge, guard) in guards.iter().filter(|(_, g)| !g.entries.is_empty()) {
+            let span = info_span!("guard", network = %guard.network, bridge = %bridge);
+            let _enter = span.enter();
+            let Some(ifindex) = interface_index(bridge) else {
+                warn!("the network's bridge interface does not exist; its guard waits for it");
+                settled = false;
+                continue;
+            };
+            wanted.insert(ifindex);
+            if let Err(e) = self.write_guard(ifindex, guard) {
+                settled = false;
+                warn!(error = %e, "programming the bridge guard failed; will retry on the next reconcile");
+            }
+        }
+        let installed = self.ebpf.guard_ifindexes().unwrap_or_default();
+        let vanished = |i: &u32| interface_name(*i).is_none();
+        for ifindex in installed
+            .into_iter()
+            .filter(|i| !wanted.contains(i) && (complete || vanished(i)))
+        {
+            self.guards.remove(&ifindex);
+            match self.ebpf.remove_guard(ifindex) {
+                Ok(()) => info!(ifindex, "removed the guard of a bridge without targets"),
+                Err(e) => {
+                    settled = false;
+                    warn!(ifindex, error = %e, "removing a bridge guard failed; will retry")
+                }
+            }
+        }
+        self.settled_guards = settled.then_some(planned);
+    }
+
+    fn write_guard(&mut self, ifindex: u32, guard: &GuardPlan) -> Result<(), TargetError> {
+        let rows = compile(&guard.entries, false)?;
+        self.ebpf.attach_guard(ifindex)?;
+        let desired = EbpfGuard {
+            rows,
+            allowed: guard_allow_keys(ifindex, guard),
+        };
+        if self.guards.get(&ifindex) == Some(&desired) {
+            return Ok(());
+        }
+        if !self.guards.contains_key(&ifindex)
+            && self
+                .ebpf
+                .guard_is(ifindex, &desired.rows, &desired.allowed)?
+        {
+            // Left by an earlier run (a restart): adopted as it is.
+            self.guards.insert(ifindex, desired);
+            return Ok(());
+        }
+        self.ebpf
+            .set_guard(ifindex, &desired.rows, &desired.allowed)?;
+        info!(
+            prefixes = desired.rows.len(),
+            allowed = desired.allowed.len(),
+            "bridge guard written"
+        );
+        self.guards.insert(ifindex, desired);
+        Ok(())
+    }
+
+    /// Docker is gone: until the next pass the guards know no source; they
+    /// keep their prefixes and drop their allowed sources (fail closed).
+    pub fn forget_guard_sources(&mut self) {
+        for (ifindex, guard) in &mut self.guards {
+            if guard.allowed.is_empty() {
+                continue;
+            }
+            // The next pass writes the guards again, whatever their plan.
+            self.settled_guards = None;
+            match self.ebpf.set_guard(*ifindex, &guard.rows, &BTreeSet::new()) {
+                Ok(()) => guard.allowed.clear(),
+                Err(e) => {
+                    warn!(ifindex, error = %e, "withdrawing a guard's sources failed")
+                }
+            }
+        }
+    }
+
+    /// Releases what targets that left (not `seen` this pass) and caps
+    /// that left held. Only interfaces known to have left are released: a
+    /// target that merely failed this pass keeps its policy (fail closed).
+    /// An ordinary pass (not `verify`) releases only what it knows left,
+    /// without scanning the maps or the interfaces.
+    pub fn release_departed(&mut self, seen: &HashSet<String>, verify: bool) {
+        let mut departed: Vec<u32> = (self.targets.iter())
+            .filter(|(id, _)| !seen.contains(*id))
+            .map(|(_, t)| t.host_ifindex)
+            .collect();
+        departed.append(&mut self.departed_caps);
+        departed.extend(self.unreleased.drain());
+        // A target whose veth vanished (deleted, or the container is
+        // between namespaces) holds nothing live: its policy and pins go.
+        let settled = &mut self.settled;
+        self.targets.retain(|id, t| {
+            let keep = seen.contains(id) && (!verify || interface_name(t.host_ifindex).is_some());
+            if !keep {
+                settled.forget(id);
+            }
+            keep
+        });
+        let live: HashSet<u32> = (self.targets.values())
+            .map(|t| t.host_ifindex)
+            .chain(self.caps.host_ifindexes())
+            .collect();
+        let something_left = !departed.is_empty();
+        self.release_interfaces(&departed, &live, verify);
+        if verify || something_left || std::mem::take(&mut self.wrote) {
+            self.release_warp_ports();
+        }
+    }
+
+    /// Removes the policy and attachments of interfaces that left (their
+    /// target is gone) or no longer exist, unless a live target uses them.
+    /// A release that fails is retried on the next pass, so a departed
+    /// target's policy is never taken for removed.
+    fn release_interfaces(&mut self, departed: &[u32], live: &HashSet<u32>, verify: bool) {
+        let ebpf = &mut self.ebpf;
+        let mut candidates: HashSet<u32> = departed.iter().copied().collect();
+        if verify {
+            let vanished = (ebpf.policy_ifindexes().unwrap_or_default().into_iter())
+                .chain(ebpf.attached_ifindexes())
+                .chain(ebpf.cap_slots().unwrap_or_default().into_keys())
+                .filter(|i| interface_name(*i).is_none());
+            candidates.extend(vanished);
+        }
+        for ifindex in candidates.into_iter().filter(|i| !live.contains(i)) {
+            let released = ebpf
+                .remove_policy(ifindex)
+                .and_then(|()| ebpf.remove_caps(&[ifindex]))
+                .and_then(|()| ebpf.detach_ifindex(ifindex));
+            match released {
+                Ok(()) => info!(ifindex, "released the eBPF policy of a departed target"),
+                Err(e) => {
+                    self.unreleased.insert(ifindex);
+                    warn!(ifindex, error = %e, "releasing a departed target's eBPF state failed; will retry")
+                }
+            }
+        }
+    }
+
+    /// Removes the peer rows no programmed target wants, and the warp program
+    /// from veths no steered target uses (their warp is down, gone or has no
+    /// steered target left). A target that failed this pass keeps what it had.
+    fn release_warp_ports(&mut self) {
+        let wanted_peers: BTreeMap<WarpPeerKey, u32> = (self.targets.values())
+            .flat_map(|t| t.peers.iter().copied())
+            .collect();
+        let wanted_ports: HashSet<u32> = (self.targets.values())
+            .flat_map(|t| t.warp_ports.iter().copied())
+            .collect();
+        for port in self.ebpf.warp_ifindexes() {
+            if wanted_ports.contains(&port) {
+                continue;
+            }
+            match self.ebpf.detach_warp(port) {
+                Ok(()) => info!(
+                    ifindex = port,
+                    "detached the warp program from a veth no target uses"
+                ),
+                Err(e) => warn!(ifindex = port, error = %e, "detaching the warp program failed"),
+            }
+        }
+        match self.ebpf.retain_warp_peers(&wanted_peers) {
+            Ok(0) => {}
+            Ok(removed) => debug!(removed, "removed stale warp peer rows"),
+            Err(e) => warn!(error = %e, "removing stale warp peer rows failed"),
+        }
+    }
+}
+
+/// What one target's plan asks of the eBPF maps, given its host-side veth.
+async fn desired_target(
+    scope: &mut PassScope,
+    target: &TargetPlan,
+    host_ifindex: u32,
+) -> Result<EbpfTarget, TargetError> {
+    let warp = match (target.warp_pid, target.warp_mac.as_deref()) {
+        (Some(warp_pid), Some(warp_mac)) => warp_ends(scope, warp_pid, warp_mac, target).await?,
+        // Blocked: nothing is redirected, so no warp interface is needed.
+        _ => WarpEnds {
+            ifindex: 0,
+            mac: [0; 6],
+            ports: Vec::new(),
+        },
+    };
+    let peers = (warp.ports.iter())
+        .flat_map(|&port| {
+            (target.addresses.iter()).map(move |&addr| (warp_peer_key(port, addr), host_ifindex))
+        })
+        .collect();
+    Ok(EbpfTarget {
+        host_ifindex,
+        warp_ifindex: warp.ifindex,
+        warp_mac: warp.mac,
+        rows: compile(
+            &target.entries,
+            matches!(target.state, TargetState::Steered { .. }),
+        )?,
+        warp_ports: warp.ports,
+        peers,
+    })
+}
+
+/// The warp's veths for a target steered through it: looked up once per
+/// pass and warp network, however many targets use them.
+async fn warp_ends(
+    scope: &mut PassScope,
+    warp_pid: u32,
+    warp_mac: &str,
+    target: &TargetPlan,
+) -> Result<WarpEnds, TargetError> {
+    let key = (warp_pid, warp_mac.to_owned());
+    if let Some(ends) = scope.warp_ends.get(&key) {
+        return Ok(ends.clone());
+    }
+    let mac = (warp_mac.parse::<MacAddr>())
+        .map_err(|e| TargetError::Endpoint(format!("the warp's {e}")))?
+        .0;
+    let warp_ns = scope.read(warp_pid).await?;
+    let ifindex = (warp_ns.peer_ifindex_by_mac(warp_mac).await?).ok_or_else(|| {
+        TargetError::Endpoint(format!(
+            "no veth with MAC {warp_mac} in the warp's namespace"
+        ))
+    })?;
+    // Every veth of the warp: a VPN client whose tunnel is down forwards
+    // by its default route, on whichever network that is.
+    let ports = warp_ns.peer_ifindexes_by_macs(&target.warp_macs).await?;
+    let ends = WarpEnds {
+        ifindex,
+        mac,
+        ports,
+    };
+    scope.warp_ends.insert(key, ends.clone());
+    Ok(ends)
+}

@@ -1,0 +1,57 @@
+//! The host namespace's netlink socket and netwarp's guard rules there
+//! (routes mode), shared by the dataplanes that need them.
+
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::host_guard::{program_host_guards, remove_host_guards},
+    plan::GuardPlan,
+};
+
+/// A netlink socket in the host's namespace, opened on first use.
+#[derive(Default)]
+pub struct HostNetlink(Option<rtnetlink::Handle>);
+
+impl HostNetlink {
+    pub fn handle(&mut self) -> Result<&mut rtnetlink::Handle, String> {
+        if self.0.is_none() {
+            let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            self.0 = Some(handle);
+        }
+        Ok(self.0.as_mut().expect("just set"))
+    }
+
+    /// Brings the host's guard rules to the plan (the rules are diffed
+    /// against what is installed). Returns whether that succeeded.
+    pub async fn program_guards(&mut self, guards: &[(String, &GuardPlan)]) -> bool {
+        let handle = match self.handle() {
+            Ok(handle) => handle,
+            Err(e) => {
+                warn!(error = %e, "no netlink socket for the host's guard rules; will retry");
+                return false;
+            }
+        };
+        match program_host_guards(handle, guards).await {
+            Ok(true) => info!(guards = guards.len(), "host guard rules written"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "programming the host guard rules failed; will retry on the next reconcile");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Removes host guard rules an earlier routes-mode run left.
+    pub async fn remove_guards(&mut self) {
+        let Ok(handle) = self.handle() else {
+            return;
+        };
+        match remove_host_guards(handle).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "removed the host guard rules of a routes-mode run"),
+            Err(e) => warn!(error = %e, "removing old host guard rules failed"),
+        }
+    }
+}

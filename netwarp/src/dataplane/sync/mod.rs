@@ -1,0 +1,280 @@
+//! The one interface the reconcile pass programs through. Each dataplane
+//! is its own type and keeps its own record of what it programmed;
+//! [`Dataplane`] only delegates, so the pass never asks which one it has.
+
+mod caps;
+mod ebpf;
+mod host;
+mod routes;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+pub use ebpf::EbpfPlane;
+pub use host::HostNetlink;
+pub use routes::RoutesPlane;
+
+use super::{
+    caps::CapsError,
+    dry_run::DryRunDataplane,
+    ebpf::{EbpfDataplane, EbpfError, ProgramLogger, compile::CompileError},
+    netns::{NamespaceClaims, NamespaceHandle, NetnsError},
+    routes::RoutesError,
+};
+use crate::{
+    config::DataplaneMode,
+    model::World,
+    plan::{CapEnforcement, CapPlan, GuardPlan, TargetPlan},
+};
+
+/// What the eBPF dataplane tied one target to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetInterfaces {
+    /// The host-side veth carrying its policy.
+    pub host_ifindex: u32,
+    /// The warp's veth it is steered to; 0 while blocked.
+    pub warp_ifindex: u32,
+    /// The warp's veths that know it (all the warp's networks).
+    pub warp_ports: Vec<u32>,
+}
+
+/// Why one target could not be programmed.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("{0}")]
+    Endpoint(String),
+}
+
+/// What one pass shares across its targets: whether it verifies against
+/// the kernel, the namespaces it claimed, and what it looked up.
+#[derive(Default)]
+pub struct PassScope {
+    /// The periodic resync, a reconnect or the first pass: every target,
+    /// guard and cap is checked against the kernel, changed or not. An
+    /// ordinary pass costs an unchanged one nothing.
+    pub verify: bool,
+    /// Containers an event named (and targets whose warp it named): they
+    /// are checked against the kernel even in an ordinary pass.
+    named: HashSet<String>,
+    /// Each namespace is written for one container per pass, and the
+    /// host's never (`NamespaceHandle` refuses it).
+    claims: NamespaceClaims,
+    /// Namespaces opened for writing, by pid, with their owner.
+    owned: HashMap<u32, (String, Arc<NamespaceHandle>)>,
+    /// Namespaces opened for reading (warps), by pid.
+    read: HashMap<u32, Arc<NamespaceHandle>>,
+    /// The eBPF dataplane's warp lookups, by warp pid and MAC.
+    warp_ends: HashMap<(u32, String), ebpf::WarpEnds>,
+}
+
+impl PassScope {
+    pub fn new(verify: bool, named: HashSet<String>) -> Self {
+        Self {
+            verify,
+            named,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the container `id` is checked against the kernel this pass,
+    /// even if its plan did not change.
+    pub fn verifies(&self, id: &str) -> bool {
+        self.verify || self.named(id)
+    }
+
+    /// Whether an event named the container `id` (or a target's warp).
+    pub fn named(&self, id: &str) -> bool {
+        self.named.contains(id)
+    }
+
+    /// The namespace of `pid`, for writing on behalf of `owner`; opened
+    /// once per pass.
+    pub async fn owned(
+        &mut self,
+        pid: u32,
+        owner: &str,
+    ) -> Result<Arc<NamespaceHandle>, NetnsError> {
+        if let Some((cached_owner, namespace)) = self.owned.get(&pid)
+            && cached_owner == owner
+        {
+            return Ok(Arc::clone(namespace));
+        }
+        let namespace = Arc::new(NamespaceHandle::open_owned(pid, &mut self.claims, owner).await?);
+        (self.owned).insert(pid, (owner.to_owned(), Arc::clone(&namespace)));
+        Ok(namespace)
+    }
+
+    /// The namespace of `pid`, for reading; opened once per pass.
+    pub async fn read(&mut self, pid: u32) -> Result<Arc<NamespaceHandle>, NetnsError> {
+        if let Some(namespace) = self.read.get(&pid) {
+            return Ok(Arc::clone(namespace));
+        }
+        let namespace = Arc::new(NamespaceHandle::open(pid).await?);
+        self.read.insert(pid, Arc::clone(&namespace));
+        Ok(namespace)
+    }
+}
+
+/// The dataplane the reconciler programs.
+pub enum Dataplane {
+    Routes(RoutesPlane),
+    Ebpf(Box<EbpfPlane>),
+    /// A simulation that programs nothing; see [`crate::dataplane::dry_run`].
+    DryRun(DryRunDataplane),
+}
+
+impl Dataplane {
+    pub fn routes() -> Self {
+        Self::Routes(RoutesPlane::default())
+    }
+
+    pub fn ebpf(ebpf: EbpfDataplane) -> Self {
+        Self::Ebpf(Box::new(EbpfPlane::new(ebpf)))
+    }
+
+    pub fn dry_run(record: Option<std::path::PathBuf>) -> Self {
+        Self::DryRun(DryRunDataplane::new(record))
+    }
+
+    pub fn mode(&self) -> DataplaneMode {
+        match self {
+            Self::Routes(_) => DataplaneMode::Routes,
+            Self::Ebpf(_) => DataplaneMode::Ebpf,
+            Self::DryRun(_) => DataplaneMode::DryRun,
+        }
+    }
+
+    /// The eBPF programs' log, once.
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        match self {
+            Self::Ebpf(plane) => plane.take_logger(),
+            _ => None,
+        }
+    }
+
+    /// Brings one target to its plan. Returns whether anything changed.
+    /// Unless the scope verifies it, a target whose plan is the one last
+    /// programmed costs nothing: no netlink, no namespace switch, no map
+    /// scan.
+    pub async fn sync_target(
+        &mut self,
+        scope: &mut PassScope,
+        target: &TargetPlan,
+    ) -> Result<bool, TargetError> {
+        match self {
+            Self::Routes(plane) => Ok(plane.sync_target(scope, target).await?),
+            Self::Ebpf(plane) => plane.sync_target(scope, target).await,
+            Self::DryRun(dry) => Ok(dry.program(target, scope.verifies(&target.id))),
+        }
+    }
+
+    /// Brings the bridge guards to the plan. `complete`: every planned
+    /// guard's bridge was resolved, so a guard not planned is unneeded.
+    pub async fn sync_guards(
+        &mut self,
+        scope: &PassScope,
+        guards: &[(String, &GuardPlan)],
+        complete: bool,
+        first_pass: bool,
+    ) {
+        match self {
+            Self::Routes(plane) => plane.sync_guards(guards, complete, scope.verify).await,
+            Self::Ebpf(plane) => {
+                plane.sync_guards(guards, complete, scope.verify);
+                if first_pass {
+                    // A routes-mode run may have left its host rules.
+                    plane.caps.host.remove_guards().await;
+                }
+            }
+            Self::DryRun(_) => {}
+        }
+    }
+
+    /// Brings one container's caps to its plan. Returns whether anything
+    /// changed. The dry-run simulation models steering only.
+    pub async fn sync_caps(
+        &mut self,
+        scope: &mut PassScope,
+        enforcement: CapEnforcement,
+        plan: &CapPlan,
+    ) -> Result<bool, CapsError> {
+        match self {
+            Self::Routes(plane) => plane.caps.sync(None, scope, enforcement, plan).await,
+            Self::Ebpf(plane) => {
+                let (ebpf, caps) = plane.caps_parts();
+                caps.sync(Some(ebpf), scope, enforcement, plan).await
+            }
+            Self::DryRun(_) => Ok(false),
+        }
+    }
+
+    /// Uncaps running containers no longer `wanted` and forgets those
+    /// that left.
+    pub async fn release_caps(
+        &mut self,
+        scope: &mut PassScope,
+        world: &World,
+        wanted: &HashSet<&str>,
+        enforcement: CapEnforcement,
+    ) {
+        match self {
+            Self::Routes(plane) => {
+                (plane.caps)
+                    .release(None, scope, world, wanted, enforcement)
+                    .await;
+            }
+            Self::Ebpf(plane) => {
+                let (ebpf, caps) = plane.caps_parts();
+                let departed = caps
+                    .release(Some(ebpf), scope, world, wanted, enforcement)
+                    .await;
+                plane.caps_departed(departed.iter().flat_map(|c| c.host_ifindexes()));
+            }
+            Self::DryRun(_) => {}
+        }
+    }
+
+    /// Docker is gone, perhaps restarting: every container may come back
+    /// with another address, and a target with a known one. Until the next
+    /// pass the guards know no source (fail closed).
+    pub async fn forget_guard_sources(&mut self) {
+        match self {
+            Self::Routes(plane) => plane.forget_guard_sources().await,
+            Self::Ebpf(plane) => plane.forget_guard_sources(),
+            Self::DryRun(_) => {}
+        }
+    }
+
+    /// Releases what targets that left (not `seen` this pass) held.
+    pub fn release_departed(&mut self, scope: &PassScope, seen: &HashSet<String>) {
+        if let Self::Ebpf(plane) = self {
+            plane.release_departed(seen, scope.verify);
+        }
+    }
+
+    /// Ends a pass: targets that left are forgotten (the dry-run record is
+    /// written here).
+    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+        match self {
+            Self::Routes(plane) => plane.finish_pass(seen),
+            Self::Ebpf(_) => {}
+            Self::DryRun(dry) => dry.finish_pass(seen),
+        }
+    }
+
+    /// The interfaces each programmed target uses, for status and metrics.
+    pub fn interfaces(&self) -> HashMap<String, TargetInterfaces> {
+        match self {
+            Self::Ebpf(plane) => plane.interfaces(),
+            _ => HashMap::new(),
+        }
+    }
+}

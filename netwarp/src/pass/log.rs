@@ -1,0 +1,73 @@
+//! What the pass logs about classifications, once per change.
+
+use std::collections::HashMap;
+
+use tracing::{info, warn};
+
+use crate::{
+    model::short_id,
+    plan::{CapPlan, TargetPlan, TargetState},
+};
+
+/// The last logged state per target and cap problems per container, so a
+/// classification is logged when it changes, not on every resync.
+#[derive(Default)]
+pub struct ChangeLog {
+    states: HashMap<String, TargetState>,
+    cap_problems: HashMap<String, Vec<String>>,
+}
+
+impl ChangeLog {
+    pub fn classification(&mut self, target: &TargetPlan) {
+        if self.states.get(&target.id) == Some(&target.state) {
+            return;
+        }
+        let id = short_id(&target.id);
+        match &target.state {
+            _ if target.shares_namespace_of.is_some() => info!(
+                container = %target.name, %id, warp = %target.warp,
+                state = target.state.name(), note = ?target.sharing_note(),
+                "target runs in another target's namespace; that target's policy serves both"
+            ),
+            TargetState::Steered {
+                network,
+                via_v4,
+                via_v6,
+            } => info!(
+                container = %target.name, %id, warp = %target.warp, %network,
+                via_v4 = ?via_v4, via_v6 = ?via_v6, rules = target.entries.len(),
+                "target steered through its warp container"
+            ),
+            TargetState::Blocked(reason) => warn!(
+                container = %target.name, %id, warp = %target.warp, %reason,
+                "target blocked (fail closed)"
+            ),
+            TargetState::Bypassed(reason) => warn!(
+                container = %target.name, %id, warp = %target.warp, %reason,
+                "target bypassed (on_warp_down = bypass)"
+            ),
+            TargetState::Refused(reason) => warn!(
+                container = %target.name, %id, warp = %target.warp, %reason,
+                "target refused: netwarp does not touch its namespace"
+            ),
+        }
+        self.states.insert(target.id.clone(), target.state.clone());
+    }
+
+    pub fn cap_problems(&mut self, plan: &CapPlan, span: &tracing::Span) {
+        if self.cap_problems.get(&plan.id) == Some(&plan.problems) {
+            return;
+        }
+        for problem in &plan.problems {
+            warn!(parent: span, %problem, "ignoring a malformed cap label");
+        }
+        self.cap_problems
+            .insert(plan.id.clone(), plan.problems.clone());
+    }
+
+    /// Forgets targets and containers that left.
+    pub fn retain(&mut self, targets: impl Fn(&str) -> bool, capped: impl Fn(&str) -> bool) {
+        self.states.retain(|id, _| targets(id));
+        self.cap_problems.retain(|id, _| capped(id));
+    }
+}
