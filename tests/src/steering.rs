@@ -28,7 +28,18 @@ pub fn warp_script() -> String {
 /// Starts a warp container `name` that serves "hello" on tcp 8080 and 9090
 /// of REMOTE. `extra` goes to `docker run` (labels, restart policy).
 pub fn start_warp(name: &str, network: &DockerNetwork, extra: &[&str]) -> Container {
-    let script = warp_script();
+    run_warp(name, network, &warp_script(), extra).expect("starting the warp container")
+}
+
+/// Starts a warp container `name` on `network` (with NET_ADMIN, for its
+/// own addresses) whose main process is `script`; `extra` goes to
+/// `docker run`.
+pub fn run_warp(
+    name: &str,
+    network: &DockerNetwork,
+    script: &str,
+    extra: &[&str],
+) -> anyhow::Result<Container> {
     let mut args = vec![
         "run",
         "--detach",
@@ -40,11 +51,11 @@ pub fn start_warp(name: &str, network: &DockerNetwork, extra: &[&str]) -> Contai
         "NET_ADMIN",
     ];
     args.extend_from_slice(extra);
-    args.extend([TEST_IMAGE, "sh", "-c", script.as_str()]);
+    args.extend([TEST_IMAGE, "sh", "-c", script]);
     // Guard first, so a half-failed start is still removed.
     let container = Container::adopt(name);
-    run("docker", &args).expect("starting the warp container");
-    container
+    run("docker", &args)?;
+    Ok(container)
 }
 
 /// Starts an idle container with `labels` (each `key=value`).

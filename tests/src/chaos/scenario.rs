@@ -22,7 +22,7 @@ use super::{
 use crate::{
     command::{output, run},
     daemon::{Daemon, TestLabels, eventually},
-    docker::{Container, DockerNetwork, TEST_IMAGE},
+    docker::{Container, DockerNetwork},
     isolation::unlabelled_state,
     steering::TABLE,
 };
@@ -498,21 +498,7 @@ pub fn start_warp_at(
     extra: &[&str],
 ) -> anyhow::Result<Container> {
     let script = format!("ip addr add {remote}/32 dev lo; exec sleep 3600");
-    let mut args = vec![
-        "run",
-        "--detach",
-        "--name",
-        name,
-        "--network",
-        network.name(),
-        "--cap-add",
-        "NET_ADMIN",
-    ];
-    args.extend_from_slice(extra);
-    args.extend([TEST_IMAGE, "sh", "-c", script.as_str()]);
-    let container = Container::adopt(name);
-    run("docker", &args)?;
-    Ok(container)
+    crate::steering::run_warp(name, network, &script, extra)
 }
 
 /// netwarp's rules (those that look up its table) and its table's routes
