@@ -2,63 +2,16 @@
 //! is its own test binary: cargo runs binaries one at a time, and no other
 //! test's containers exist while it runs.
 
-use std::{
-    os::unix::process::CommandExt as _,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use netwarp_tests::{
+    chaos::{docker_answers, restart_dockerd, start_dockerd},
     command::output,
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     skip, skip_if,
     steering::{GLOBAL_RULES, reaches, start_warp},
 };
-
-fn docker_answers() -> bool {
-    output("docker", &["version", "--format", "{{.Server.Version}}"])
-        .is_ok_and(|o| o.status.success())
-}
-
-/// The pid in dockerd's pid file, if that process is alive.
-fn dockerd_pid() -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    std::path::Path::new(&format!("/proc/{pid}"))
-        .exists()
-        .then_some(pid)
-}
-
-/// Starts a detached dockerd, as `cargo xtask setup` does, after any old
-/// one has exited; returns whether the engine answers. The new dockerd
-/// outlives the test by design, so its child handle is dropped unwaited.
-fn start_dockerd() -> bool {
-    // dockerd stops every container before it exits; allow for a slow machine.
-    if !eventually(Duration::from_secs(90), || dockerd_pid().is_none()) {
-        return false;
-    }
-    let log_path = std::env::temp_dir().join("netwarp-test-dockerd.log");
-    let Ok(log) = std::fs::File::create(&log_path) else {
-        return false;
-    };
-    let mut dockerd = Command::new("dockerd");
-    dockerd.stdin(Stdio::null());
-    if let Ok(stdout) = log.try_clone() {
-        dockerd.stdout(stdout).stderr(log);
-    }
-    // SAFETY: setsid is async-signal-safe; it detaches dockerd from the test.
-    unsafe {
-        dockerd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    dockerd.spawn().is_ok() && eventually(Duration::from_secs(60), docker_answers)
-}
 
 /// Leaves an answering engine behind even when the test fails midway, so
 /// the test binaries after this one still have Docker.
@@ -87,14 +40,6 @@ impl Drop for EngineGuard {
         }
         let _ = output("docker", &["rm", "--force", &self.warp_name]);
     }
-}
-
-/// Stops dockerd with SIGTERM and starts a fresh one.
-fn restart_dockerd() {
-    let pid = dockerd_pid().expect("a running dockerd with a pid file");
-    // SAFETY: signalling dockerd by its pid.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert!(start_dockerd(), "dockerd did not stop and come back");
 }
 
 fn reconnects_and_resyncs(mode: &str) {
@@ -136,7 +81,7 @@ fn reconnects_and_resyncs(mode: &str) {
     );
 
     let started = Instant::now();
-    restart_dockerd();
+    restart_dockerd().expect("dockerd restarted");
     println!("dockerd restarted in {:?}", started.elapsed());
     // The containers came back with the engine, in new namespaces, while
     // netwarp was disconnected; it must reconnect and program them again.
