@@ -80,6 +80,21 @@ pub struct Published {
     pub targets: Vec<TargetView>,
     /// The bridge guards of this pass.
     pub guards: Vec<GuardView>,
+    /// SIGHUP reloads since start, and what the last one did.
+    pub reloads: u64,
+    pub last_reload: Option<ReloadView>,
+}
+
+/// What one SIGHUP reload did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadView {
+    pub at: SystemTime,
+    /// Live keys whose value changed: applied from the next pass on.
+    pub applied: Vec<String>,
+    /// Restart-only keys whose value changed: the running value is kept.
+    pub needs_restart: Vec<String>,
+    /// Why the file was rejected (nothing changed), if it was.
+    pub error: Option<String>,
 }
 
 /// One bridge guard: the network it covers and its bridge interface.
@@ -211,6 +226,27 @@ impl Telemetry {
         self.metrics.docker_connected.set(0);
     }
 
+    /// Records a reload and shows it at once: a rejected file starts no pass.
+    pub fn reloaded(&mut self, reload: ReloadView) {
+        let result = if reload.error.is_some() {
+            "rejected"
+        } else {
+            "applied"
+        };
+        (self.metrics.config_reloads)
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+        if reload.error.is_none() {
+            let pending = i64::try_from(reload.needs_restart.len()).unwrap_or(i64::MAX);
+            self.metrics.config_restart_pending.set(pending);
+        }
+        self.published.send_modify(|published| {
+            let published = Arc::make_mut(published);
+            published.reloads += 1;
+            published.last_reload = Some(reload);
+        });
+    }
+
     /// Publishes the outcome of a pass.
     pub fn publish(&mut self, outcome: PassOutcome<'_>) {
         let PassOutcome {
@@ -258,6 +294,8 @@ impl Telemetry {
                 })
                 .collect(),
             guards,
+            reloads: self.published.borrow().reloads,
+            last_reload: self.published.borrow().last_reload.clone(),
         };
         self.published.send_replace(Arc::new(published));
     }
