@@ -92,42 +92,56 @@ fn swarm_tasks_are_steered_also_by_netwarp_as_a_global_service() {
         "reached the warp before netwarp ran"
     );
 
-    // Routes only: an overlay task's veth peer lives in the overlay
-    // network's namespace, not the host's, where the eBPF dataplane does
-    // not attach yet (README, "Run on Swarm").
-    let daemon = Daemon::start(&labels, "routes", GLOBAL_RULES).expect("daemon");
-    assert!(
-        eventually(CONVERGE, || reaches(&target, 8080)),
-        "the target task never reached {REMOTE} through the warp task; state:\n{}\nlog:\n{}",
-        owned_state(&target),
-        daemon.log()
-    );
-    let status = run(
-        &netwarp_binary().display().to_string(),
-        &[
-            "status",
-            "--json",
-            "--config",
-            &daemon.config_path().display().to_string(),
-        ],
-    )
-    .expect("netwarp status");
-    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-    let entry = status["targets"]
-        .as_array()
-        .and_then(|targets| targets.iter().find(|t| t["name"] == target.name()))
-        .unwrap_or_else(|| panic!("{} is not in the status: {status:#}", target.name()));
-    assert_eq!(entry["state"], "steered", "{entry:#}");
-    assert_eq!(entry["warp"], format!("{stack_name}_gw"), "{entry:#}");
-    assert_eq!(entry["network"], format!("{stack_name}_steer"), "{entry:#}");
-    // The host daemon's state goes: the service must program it anew.
-    let mut daemon = daemon;
-    daemon.stop_and_clean_up().expect("netwarp cleanup");
-    drop(daemon);
-    assert!(
-        eventually(CONVERGE, || !reaches(&target, 8080)),
-        "the target still reaches the warp after netwarp cleanup"
-    );
+    // Both dataplanes. An overlay task's veth peer lives in the overlay
+    // network's namespace, not the host's, so in eBPF mode no host veth
+    // can carry its policy: routes in its namespace steer it, and status
+    // says so (README, "Run on Swarm").
+    for mode in ["routes", "ebpf"] {
+        let mut daemon = Daemon::start(&labels, mode, GLOBAL_RULES).expect("daemon");
+        assert!(
+            eventually(CONVERGE, || reaches(&target, 8080)),
+            "{mode}: the target task never reached {REMOTE} through the warp task; \
+             state:\n{}\nlog:\n{}",
+            owned_state(&target),
+            daemon.log()
+        );
+        let status = run(
+            &netwarp_binary().display().to_string(),
+            &[
+                "status",
+                "--json",
+                "--config",
+                &daemon.config_path().display().to_string(),
+            ],
+        )
+        .expect("netwarp status");
+        let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+        let entry = status["targets"]
+            .as_array()
+            .and_then(|targets| targets.iter().find(|t| t["name"] == target.name()))
+            .unwrap_or_else(|| panic!("{} is not in the status: {status:#}", target.name()));
+        assert_eq!(entry["state"], "steered", "{mode}: {entry:#}");
+        assert_eq!(entry["warp"], format!("{stack_name}_gw"), "{entry:#}");
+        assert_eq!(entry["network"], format!("{stack_name}_steer"), "{entry:#}");
+        if mode == "ebpf" {
+            assert!(
+                entry["routed"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("overlay")),
+                "ebpf: the overlay target is not reported as steered by routes: {entry:#}"
+            );
+            assert_eq!(entry["host_ifindex"], serde_json::Value::Null, "{entry:#}");
+        } else {
+            assert_eq!(entry["routed"], serde_json::Value::Null, "{entry:#}");
+        }
+        // This daemon's state goes: the next one must program it anew.
+        daemon.stop_and_clean_up().expect("netwarp cleanup");
+        drop(daemon);
+        assert!(
+            eventually(CONVERGE, || !reaches(&target, 8080)),
+            "{mode}: the target still reaches the warp after netwarp cleanup"
+        );
+    }
 
     // netwarp as a global service, from examples/stack.netwarp.yaml: no
     // `pid: host` in Swarm, so the host's /proc is mounted instead.

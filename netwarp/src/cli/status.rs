@@ -194,6 +194,9 @@ fn details(out: &mut String, t: &TargetStatus) {
         let _ = writeln!(out, "  rule {} -> {}", rule.rule, rule.action);
     }
     let _ = writeln!(out, "  caps: {}", caps(&t.caps));
+    if let Some(routed) = &t.routed {
+        let _ = writeln!(out, "  routes instead of eBPF: {routed}");
+    }
     if let Some(ifindex) = t.host_ifindex {
         let _ = writeln!(
             out,
@@ -388,6 +391,7 @@ mod tests {
                         ingress_burst_bytes: None,
                     },
                     error: None,
+                    routed: None,
                     host_ifindex: Some(17),
                     host_interface: Some("veth1234".into()),
                     warp_ifindex: Some(15),
@@ -412,6 +416,7 @@ mod tests {
                     rules: Vec::new(),
                     caps: Caps::default(),
                     error: None,
+                    routed: None,
                     host_ifindex: None,
                     host_interface: None,
                     warp_ifindex: None,

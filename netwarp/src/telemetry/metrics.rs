@@ -460,6 +460,7 @@ mod tests {
             host_ifindex: Some(7),
             warp_ifindex: None,
             error: None,
+            routed: None,
             caps: Default::default(),
         }
     }

@@ -64,6 +64,8 @@ pub struct TargetView {
     /// eBPF: the host-side veth carrying its policy, and the warp's veth.
     pub host_ifindex: Option<u32>,
     pub warp_ifindex: Option<u32>,
+    /// eBPF: why routes in its namespace steer it instead, if they do.
+    pub routed: Option<String>,
     /// The error of this pass, if programming failed.
     pub error: Option<String>,
     /// The bandwidth caps planned for it.
@@ -286,7 +288,8 @@ impl Telemetry {
                     let interface = interfaces.get(&plan.id);
                     TargetView {
                         plan: plan.clone(),
-                        host_ifindex: interface.map(|i| i.host_ifindex),
+                        host_ifindex: interface.map(|i| i.host_ifindex).filter(|i| *i != 0),
+                        routed: interface.and_then(|i| i.routed.clone()),
                         warp_ifindex: interface.map(|i| i.warp_ifindex).filter(|i| *i != 0),
                         error: failures.get(&plan.id).cloned(),
                         caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),

@@ -108,6 +108,11 @@ pub struct TargetStatus {
     pub caps: Caps,
     /// The error of the last pass if programming this target failed.
     pub error: Option<String>,
+    /// eBPF: why routes in its namespace steer it instead of the eBPF
+    /// policy (its veth's peer is not in the host namespace: an overlay
+    /// network); null when the eBPF policy carries it.
+    #[serde(default)]
+    pub routed: Option<String>,
     /// eBPF: the host-side veth holding the policy and the warp's veth.
     pub host_ifindex: Option<u32>,
     pub host_interface: Option<String>,
@@ -250,6 +255,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
             .collect(),
         caps: caps(&view.caps),
         error: view.error.clone(),
+        routed: view.routed.clone(),
         host_ifindex: view.host_ifindex,
         host_interface: view
             .host_ifindex
@@ -296,6 +302,7 @@ mod tests {
             plan: plan.clone(),
             host_ifindex: None,
             warp_ifindex: None,
+            routed: None,
             error: Some("boom".into()),
             caps: crate::model::Caps::default(),
         };
