@@ -29,7 +29,7 @@ use prometheus_client::{
 };
 
 use super::{
-    Published, TargetView,
+    FailureReason, Published, TargetView,
     counters::{Counters, PacketsBytes},
     short_id,
 };
@@ -51,6 +51,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub event_latency: Histogram,
     pub target_failures: Counter,
+    /// Programming failures, by what failed and a fixed reason.
+    pub programming_failures: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +66,7 @@ impl Metrics {
         // 5 ms .. 80 s: Docker's event timestamp to the target's policy in place.
         let event_latency = Histogram::new(exponential_buckets(0.005, 2.0, 15));
         let target_failures = Counter::default();
+        let programming_failures = Family::<Labels, Counter>::default();
         registry.register(
             "netwarp_build",
             "netwarp's version",
@@ -104,6 +107,12 @@ impl Metrics {
             "Times programming a target failed (retried on the next pass)",
             target_failures.clone(),
         );
+        registry.register(
+            "netwarp_programming_failures",
+            "Times programming failed (retried on the next pass), by object (target, guard, caps) \
+             and reason (namespace, interface, netlink, map_full, map, attach, load, compile, conflict)",
+            programming_failures.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             docker_events,
@@ -112,7 +121,18 @@ impl Metrics {
             reconcile_duration,
             event_latency,
             target_failures,
+            programming_failures,
         }
+    }
+
+    /// Counts one programming failure of a `target`, `guard` or `caps`.
+    pub fn programming_failure(&self, object: &'static str, reason: FailureReason) {
+        self.programming_failures
+            .get_or_create(&vec![
+                ("object", object.to_owned()),
+                ("reason", reason.as_str().to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts one Docker event. Actions such as `health_status: healthy`
@@ -318,15 +338,26 @@ impl Collector for ScrapeCollector {
             .map(|t| {
                 let mut labels = target_labels(t);
                 labels.push(("warp", t.plan.warp.clone()));
-                labels.push(("state", t.plan.state.name().to_owned()));
+                labels.push(("state", super::status::state_name(t).to_owned()));
                 (labels, 1)
             })
             .collect();
         gauge_family(
             &mut encoder,
             "netwarp_target_state",
-            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, refused)",
+            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, \
+             refused, or failed: its last programming failed)",
             &states,
+        )?;
+        let held: Vec<(Labels, i64)> = (published.targets.iter())
+            .filter_map(|t| Some((target_labels(t), i64::from(t.failure.as_ref()?.held_closed))))
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "netwarp_target_held_closed",
+            "For each failed target: 1 if the bridge guards in place hold its steered and blocked \
+             traffic closed, 0 if that cannot be told",
+            &held,
         )?;
         let by_state: Vec<(Labels, i64)> = TargetState::NAMES
             .into_iter()
@@ -440,7 +471,7 @@ mod tests {
             },
             host_ifindex: Some(7),
             warp_ifindex: None,
-            error: None,
+            failure: None,
             caps: Default::default(),
         }
     }
