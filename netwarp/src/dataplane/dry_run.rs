@@ -347,7 +347,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nw-dry-run-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("record.json");
-        let mut dry = DryRunDataplane::new(Some(path.clone()));
+        let dry = DryRunDataplane::new(Some(path.clone()));
         let a = target("a", steered(), 10);
         let b = target(
             "b",

@@ -70,24 +70,9 @@ impl Links {
                 drop_stale_pin(&path);
                 continue;
             }
-            let adopted = PinnedLink::from_pin(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|pinned| {
-                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
-                });
-            let link = match adopted {
-                Ok(link) => link,
-                Err(reason) => {
-                    tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
-                    drop_stale_pin(&path);
-                    continue;
-                }
-            };
-            let program = hook.program();
-            let id = classifier(ebpf, program)?
-                .attach_to_link(link)
-                .map_err(|source| EbpfError::Program { program, source })?;
-            self.held.insert((ifindex, hook), Some(id));
+            if let Some(id) = adopt(ebpf, &path, hook)? {
+                self.held.insert((ifindex, hook), Some(id));
+            }
         }
         Ok(())
     }
@@ -117,6 +102,20 @@ impl Links {
             }
         }
         let interface = interface_name(ifindex).ok_or(EbpfError::NoInterface(ifindex))?;
+        // A pin netwarp does not hold yet (left by an attempt that failed
+        // after pinning, or by another run since the load): adopted, not
+        // attached a second time beside it.
+        if let Some(path) = pin.as_deref().filter(|p| p.exists())
+            && let Some(id) = adopt(ebpf, path, hook)?
+        {
+            tracing::info!(
+                ifindex,
+                hook = hook.pin_suffix(),
+                "adopted an existing pinned link"
+            );
+            self.held.insert(key, Some(id));
+            return Ok(());
+        }
         let id = attach_first(ebpf, &interface, hook, pin)?;
         self.held.insert(key, id);
         Ok(())
@@ -141,6 +140,34 @@ impl Links {
             None => Ok(()),
         }
     }
+}
+
+/// Adopts the link pinned at `path` for `hook`: switches it atomically to
+/// this build's program. An unusable pin (not a tc link) is removed and
+/// None returned, so the caller attaches anew.
+fn adopt(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    hook: Hook,
+) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
+    let adopted = PinnedLink::from_pin(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pinned| {
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+        });
+    let link = match adopted {
+        Ok(link) => link,
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
+            drop_stale_pin(path);
+            return Ok(None);
+        }
+    };
+    let program = hook.program();
+    let id = classifier(ebpf, program)?
+        .attach_to_link(link)
+        .map_err(|source| EbpfError::Program { program, source })?;
+    Ok(Some(id))
 }
 
 /// Removes the pin of a link that holds nothing netwarp relies on; a
