@@ -359,13 +359,13 @@ impl Collector for ScrapeCollector {
              traffic closed, 0 if that cannot be told",
             &held,
         )?;
-        let by_state: Vec<(Labels, i64)> = TargetState::NAMES
-            .into_iter()
+        let by_state: Vec<(Labels, i64)> = (TargetState::NAMES.into_iter())
+            .chain(["failed"])
             .map(|state| {
                 let count = published
                     .targets
                     .iter()
-                    .filter(|t| t.plan.state.name() == state)
+                    .filter(|t| super::status::state_name(t) == state)
                     .count();
                 (vec![("state", state.to_owned())], count as i64)
             })

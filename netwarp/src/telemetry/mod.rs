@@ -432,6 +432,10 @@ mod tests {
             text.contains(r#"netwarp_target_held_closed{container="app1""#),
             "{text}"
         );
+        assert!(
+            text.contains(r#"netwarp_targets{state="failed"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]
