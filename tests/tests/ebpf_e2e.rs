@@ -528,3 +528,47 @@ fn a_pin_made_after_the_load_is_adopted_not_attached_twice() {
     drop(peer);
     drop(host);
 }
+
+/// A pinned link outlives its interface, detached. Found under the pin
+/// name of a live interface (its ifindex reused), it is dropped and the
+/// programs attached anew, never adopted as if it still ran (fail open).
+#[test]
+fn a_pinned_link_of_a_vanished_interface_is_not_adopted() {
+    use netwarp_tests::netns::{EnteredNetns, Netns, Veth};
+    let test = "a_pinned_link_of_a_vanished_interface_is_not_adopted";
+    skip_if!(test, skip::missing_root());
+    let host = EnteredNetns::enter("nwva").expect("entering a test netns");
+    let peer = Netns::create("nwvp").expect("peer netns");
+    let gone = Veth::create(&peer).expect("veth");
+    let live = Veth::create(&peer).expect("veth");
+    live.address(&peer, "10.251.8.1/30", "10.251.8.2/30")
+        .expect("addresses");
+    let (gone_ifindex, ifindex) = (gone.host_ifindex().unwrap(), live.host_ifindex().unwrap());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwv")));
+    let mut dataplane = EbpfDataplane::load_pinned(&dir.0).expect("the load");
+    {
+        let mut other = EbpfDataplane::load_pinned(&dir.0).expect("another load");
+        other.attach_ifindex(gone_ifindex).expect("attaching");
+    }
+    drop(gone);
+    // Its pins now stand where the live interface's would.
+    let links = dir.0.join("links");
+    for entry in std::fs::read_dir(&links).expect("the links") {
+        let name = entry.expect("an entry").file_name().into_string().unwrap();
+        let suffix = name
+            .strip_prefix(&format!("{gone_ifindex}-"))
+            .expect("only the vanished interface's pins");
+        std::fs::rename(links.join(&name), links.join(format!("{ifindex}-{suffix}")))
+            .expect("moving the pin");
+    }
+    assert_eq!(tcx_programs(&live.host), [], "nothing runs there yet");
+    dataplane.attach_ifindex(ifindex).expect("attaching");
+    let attached = tcx_programs(&live.host);
+    assert_eq!(attached.len(), 2, "one program per direction: {attached:?}");
+    dataplane.detach_ifindex(ifindex).expect("detaching");
+    drop(dataplane);
+    drop(live);
+    drop(peer);
+    drop(host);
+}

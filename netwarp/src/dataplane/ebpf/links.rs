@@ -11,7 +11,7 @@ use super::{error::EbpfError, hooks::Hook, interfaces::interface_name, loader::c
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier,
+        LinkOrder, ProgramError, SchedClassifier,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
     },
@@ -70,7 +70,7 @@ impl Links {
                 drop_stale_pin(&path);
                 continue;
             }
-            if let Some(id) = adopt(ebpf, &path, hook)? {
+            if let Some(id) = adopt(ebpf, &path, ifindex, hook)? {
                 self.held.insert((ifindex, hook), Some(id));
             }
         }
@@ -106,7 +106,7 @@ impl Links {
         // after pinning, or by another run since the load): adopted, not
         // attached a second time beside it.
         if let Some(path) = pin.as_deref().filter(|p| p.exists())
-            && let Some(id) = adopt(ebpf, path, hook)?
+            && let Some(id) = adopt(ebpf, path, ifindex, hook)?
         {
             tracing::info!(
                 ifindex,
@@ -142,12 +142,14 @@ impl Links {
     }
 }
 
-/// Adopts the link pinned at `path` for `hook`: switches it atomically to
-/// this build's program. An unusable pin (not a tc link) is removed and
-/// None returned, so the caller attaches anew.
+/// Adopts the link pinned at `path` for `hook` on `ifindex`: switches it
+/// atomically to this build's program. An unusable pin (not a tc link, or
+/// a link no longer in the interface's chain) is removed and None
+/// returned, so the caller attaches anew.
 fn adopt(
     ebpf: &mut Ebpf,
     path: &Path,
+    ifindex: u32,
     hook: Hook,
 ) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
     let adopted = PinnedLink::from_pin(path)
@@ -164,10 +166,40 @@ fn adopt(
         }
     };
     let program = hook.program();
-    let id = classifier(ebpf, program)?
-        .attach_to_link(link)
-        .map_err(|source| EbpfError::Program { program, source })?;
+    let prog = classifier(ebpf, program)?;
+    // A pinned link outlives its interface, detached ("severed"): the pin
+    // of another interface that got its ifindex would hold nothing.
+    let id = match prog.attach_to_link(link) {
+        Ok(id) => id,
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
+            drop_stale_pin(path);
+            return Ok(None);
+        }
+        Err(source) => return Err(EbpfError::Program { program, source }),
+    };
+    if let Some(interface) = interface_name(ifindex)
+        && !in_chain(prog, &interface, hook)
+    {
+        tracing::warn!(path = %path.display(), interface, "dropping a pinned link its interface does not run");
+        prog.detach(id)
+            .map_err(|source| EbpfError::Program { program, source })?;
+        drop_stale_pin(path);
+        return Ok(None);
+    }
     Ok(Some(id))
+}
+
+/// Whether `prog` runs in `interface`'s TCX chain for `hook`; true when
+/// that cannot be asked (no TCX: then no link is pinned either).
+fn in_chain(prog: &SchedClassifier, interface: &str, hook: Hook) -> bool {
+    let Ok(ours) = prog.info().map(|info| info.id()) else {
+        return true;
+    };
+    match SchedClassifier::query_tcx(interface, hook.attach_type()) {
+        Ok((_, chain)) => chain.iter().any(|p| p.id() == ours),
+        Err(_) => true,
+    }
 }
 
 /// Removes the pin of a link that holds nothing netwarp relies on; a
