@@ -418,7 +418,7 @@ fn a_target_whose_programming_fails_is_published_failed() {
             labels.rules_label(&format!("203.0.113.0/24,{}", ports.join(","))),
         ],
     );
-    let mut daemon = Daemon::start(&labels, "ebpf", GLOBAL_RULES).expect("daemon");
+    let daemon = Daemon::start(&labels, "ebpf", GLOBAL_RULES).expect("daemon");
     assert!(
         eventually(CONVERGE, || reaches(&good, 8080)),
         "the good target was never steered:\n{}",
