@@ -412,20 +412,8 @@ mod tests {
     use super::*;
     use crate::{
         model::{Container, Endpoint, parse_rules},
-        plan::{CapSettings, OnWarpDown},
+        telemetry::tests::settings,
     };
-
-    fn settings() -> PlanSettings {
-        PlanSettings {
-            warp_name_pattern: "warp-*".into(),
-            target_label: "t".into(),
-            network_label: "n".into(),
-            rules_label: "r".into(),
-            global_rules: Vec::new(),
-            on_warp_down: OnWarpDown::Block,
-            caps: CapSettings::default(),
-        }
-    }
 
     fn container(name: &str, labels: &[(&str, &str)], ip: &str) -> Container {
         let endpoint = Endpoint {

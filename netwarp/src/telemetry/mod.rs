@@ -318,14 +318,15 @@ pub fn warp_views(plan: &Plan) -> Vec<WarpView> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         model::{Container, Health, NetworkMode, World},
         plan::{CapSettings, OnWarpDown, PlanSettings},
     };
 
-    fn settings() -> PlanSettings {
+    /// Labels `t` (target), `n` (network), `r` (rules); warps `warp-*`.
+    pub(crate) fn settings() -> PlanSettings {
         PlanSettings {
             warp_name_pattern: "warp-*".into(),
             target_label: "t".into(),
