@@ -394,3 +394,57 @@ impl Dataplane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aya::maps::MapError;
+
+    use super::*;
+
+    fn map_error(errno: i32) -> EbpfError {
+        EbpfError::Map {
+            map: "m",
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }),
+        }
+    }
+
+    #[test]
+    fn failures_fall_into_a_small_fixed_set_of_reasons() {
+        let reason = |e: TargetError| e.reason().as_str();
+        assert_eq!(
+            reason(map_error(libc::E2BIG).into()),
+            "map_full",
+            "a full hash map"
+        );
+        assert_eq!(
+            reason(map_error(libc::ENOSPC).into()),
+            "map_full",
+            "a full LPM trie"
+        );
+        assert_eq!(reason(map_error(libc::EPERM).into()), "map");
+        assert_eq!(reason(EbpfError::NoInterface(7).into()), "interface");
+        assert_eq!(reason(TargetError::Endpoint("no veth".into())), "interface");
+        let claimed = NetnsError::NamespaceClaimed {
+            pid: 1,
+            owner: "a".into(),
+            other: "b".into(),
+        };
+        assert_eq!(reason(claimed.into()), "namespace");
+        let foreign = CapsError::Qdisc(QdiscError::Foreign {
+            ifindex: 3,
+            kind: "htb".into(),
+        });
+        assert_eq!(FailureReason::of_caps(&foreign).as_str(), "conflict");
+        let caps_map = CapsError::Ebpf(map_error(libc::E2BIG));
+        assert_eq!(FailureReason::of_caps(&caps_map), FailureReason::MapFull);
+        let names: HashSet<&str> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            FailureReason::ALL.len(),
+            "distinct label values"
+        );
+    }
+}
