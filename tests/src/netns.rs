@@ -62,6 +62,41 @@ impl Drop for Netns {
     }
 }
 
+/// A process kept in a namespace (what a container's pid is to netwarp),
+/// killed on drop.
+pub struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    /// Starts `sleep` inside `netns` and waits until it is there.
+    pub fn start(netns: &Netns) -> anyhow::Result<Self> {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns.name(), "sleep", "600"])
+            .spawn()
+            .context("starting a process in the namespace")?;
+        let sleeper = Self(child);
+        let pid = sleeper.pid();
+        let own = std::fs::read_link("/proc/self/ns/net").context("own namespace")?;
+        let entered = crate::daemon::eventually(std::time::Duration::from_secs(10), || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != own)
+        });
+        if !entered {
+            bail!("the process never entered netns {}", netns.name());
+        }
+        Ok(sleeper)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Moves the calling thread into a fresh named namespace, and moves it back
 /// on drop. Everything the test then creates with `ip` (run from this thread)
 /// lives in that namespace and dies with it.

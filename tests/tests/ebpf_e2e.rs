@@ -395,3 +395,180 @@ fn a_restart_adopts_the_rows_an_earlier_run_wrote() {
     assert!(second.guard_allowed(bridge).unwrap().is_empty());
     assert!(second.guard_ifindexes().unwrap().is_empty());
 }
+
+/// `count` /32 rows in 10.0.0.0/8 from `first` on, all blocking.
+fn block_rows(first: u32, count: u32) -> Vec<netwarp::dataplane::ebpf::compile::CompiledPrefix> {
+    use netwarp::{
+        dataplane::ebpf::compile::{CompiledPrefix, compile},
+        model::{Cidr, parse_rules},
+        plan::{Action, Entry},
+    };
+    let block = Entry::all(&parse_rules("203.0.113.0/24").unwrap(), Action::Block);
+    let value = compile(&block, false).unwrap()[0].value;
+    (0..count)
+        .map(|i| CompiledPrefix {
+            destination: Cidr::new(std::net::Ipv4Addr::from(0x0a00_0000 + first + i).into(), 32)
+                .unwrap(),
+            value,
+        })
+        .collect()
+}
+
+/// A policy that does not fit the rules map fails as `map_full`, leaves
+/// every live policy as it was (its half-written set is inert), and is
+/// finished once there is room; every write and removal can be repeated.
+#[test]
+fn a_full_rules_map_fails_inert_and_the_write_converges_later() {
+    use netwarp::dataplane::sync::{FailureReason, TargetError};
+    use netwarp_common::RULES_MAP_CAPACITY;
+    let test = "a_full_rules_map_fails_inert_and_the_write_converges_later";
+    skip_if!(test, skip::missing_root());
+    // Private maps: nothing attached, the ifindexes are only keys.
+    let mut dataplane = EbpfDataplane::load().expect("loading the programs");
+    let (heavy, ordinary, mac) = (900_011, 900_012, [2, 0, 0, 0, 0, 1]);
+    let heavy_rows = block_rows(0, RULES_MAP_CAPACITY - 1_000);
+    let rows = block_rows(RULES_MAP_CAPACITY, 4_000);
+    dataplane
+        .set_policy(heavy, 0, mac, &heavy_rows)
+        .expect("the heavy policy fits");
+    let full = dataplane
+        .set_policy(ordinary, 0, mac, &rows)
+        .expect_err("the rules map is full");
+    assert_eq!(
+        TargetError::from(full).reason(),
+        FailureReason::MapFull,
+        "a full map is told apart from other map errors"
+    );
+    assert_eq!(
+        dataplane.policy(ordinary).unwrap(),
+        None,
+        "the half-written set never went live"
+    );
+    let live = dataplane
+        .policy(heavy)
+        .unwrap()
+        .expect("heavy's policy")
+        .rule_set;
+    assert_eq!(
+        dataplane.installed_rule_set(live).unwrap().len(),
+        heavy_rows.len()
+    );
+    // Room again: the same write now completes, and repeats as a no-op.
+    dataplane
+        .remove_policy(heavy)
+        .expect("removing the heavy policy");
+    dataplane
+        .remove_policy(heavy)
+        .expect("removing it again is done");
+    assert_eq!(dataplane.installed_rule_set(live).unwrap(), []);
+    for attempt in 0..2 {
+        dataplane
+            .set_policy(ordinary, 0, mac, &rows)
+            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        let live = dataplane.policy(ordinary).unwrap().expect("live").rule_set;
+        let mut want = rows.clone();
+        want.sort_by_key(|r| r.destination);
+        assert_eq!(dataplane.installed_rule_set(live).unwrap(), want);
+        assert_eq!(
+            dataplane.installed_rule_set(live ^ 1).unwrap(),
+            [],
+            "the other set is removed after the switch"
+        );
+    }
+    assert!(dataplane.policy_is(ordinary, 0, mac, &rows).unwrap());
+}
+
+/// A link pinned under netwarp's pin directory after its load (by another
+/// attempt or run) is adopted when it attaches there, not attached a
+/// second time beside it (which would fail to pin, every pass).
+#[test]
+fn a_pin_made_after_the_load_is_adopted_not_attached_twice() {
+    use netwarp_tests::netns::{EnteredNetns, Netns, Veth};
+    let test = "a_pin_made_after_the_load_is_adopted_not_attached_twice";
+    skip_if!(test, skip::missing_root());
+    let host = EnteredNetns::enter("nwpa").expect("entering a test netns");
+    let peer = Netns::create("nwpp").expect("peer netns");
+    let veth = Veth::create(&peer).expect("veth");
+    veth.address(&peer, "10.251.7.1/30", "10.251.7.2/30")
+        .expect("addresses");
+    let ifindex = veth.host_ifindex().expect("ifindex");
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwk")));
+    let mut late = EbpfDataplane::load_pinned(&dir.0).expect("the first load");
+    {
+        // Another instance attaches and pins after `late` loaded.
+        let mut early = EbpfDataplane::load_pinned(&dir.0).expect("the second load");
+        early.attach_ifindex(ifindex).expect("attaching");
+    }
+    let attached = tcx_programs(&veth.host);
+    assert_eq!(attached.len(), 2, "one program per direction: {attached:?}");
+    late.attach_ifindex(ifindex)
+        .expect("attaching where a pin exists adopts it");
+    late.attach_ifindex(ifindex)
+        .expect("attaching twice is a no-op");
+    let adopted = tcx_programs(&veth.host);
+    assert_eq!(
+        adopted.len(),
+        2,
+        "nothing attached beside the pin: {adopted:?}"
+    );
+    late.detach_ifindex(ifindex).expect("detaching");
+    late.detach_ifindex(ifindex)
+        .expect("detaching again is done");
+    // A link whose last reference was its pin is freed by the kernel
+    // after the unlink (RCU, then a work queue).
+    assert!(
+        eventually(Duration::from_secs(5), || tcx_programs(&veth.host)
+            .is_empty()),
+        "the adopted link went with it: {:?}",
+        tcx_programs(&veth.host)
+    );
+    drop(late);
+    drop(veth);
+    drop(peer);
+    drop(host);
+}
+
+/// A pinned link outlives its interface, detached. Found under the pin
+/// name of a live interface (its ifindex reused), it is dropped and the
+/// programs attached anew, never adopted as if it still ran (fail open).
+#[test]
+fn a_pinned_link_of_a_vanished_interface_is_not_adopted() {
+    use netwarp_tests::netns::{EnteredNetns, Netns, Veth};
+    let test = "a_pinned_link_of_a_vanished_interface_is_not_adopted";
+    skip_if!(test, skip::missing_root());
+    let host = EnteredNetns::enter("nwva").expect("entering a test netns");
+    let peer = Netns::create("nwvp").expect("peer netns");
+    let gone = Veth::create(&peer).expect("veth");
+    let live = Veth::create(&peer).expect("veth");
+    live.address(&peer, "10.251.8.1/30", "10.251.8.2/30")
+        .expect("addresses");
+    let (gone_ifindex, ifindex) = (gone.host_ifindex().unwrap(), live.host_ifindex().unwrap());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwv")));
+    let mut dataplane = EbpfDataplane::load_pinned(&dir.0).expect("the load");
+    {
+        let mut other = EbpfDataplane::load_pinned(&dir.0).expect("another load");
+        other.attach_ifindex(gone_ifindex).expect("attaching");
+    }
+    drop(gone);
+    // Its pins now stand where the live interface's would.
+    let links = dir.0.join("links");
+    for entry in std::fs::read_dir(&links).expect("the links") {
+        let name = entry.expect("an entry").file_name().into_string().unwrap();
+        let suffix = name
+            .strip_prefix(&format!("{gone_ifindex}-"))
+            .expect("only the vanished interface's pins");
+        std::fs::rename(links.join(&name), links.join(format!("{ifindex}-{suffix}")))
+            .expect("moving the pin");
+    }
+    assert_eq!(tcx_programs(&live.host), [], "nothing runs there yet");
+    dataplane.attach_ifindex(ifindex).expect("attaching");
+    let attached = tcx_programs(&live.host);
+    assert_eq!(attached.len(), 2, "one program per direction: {attached:?}");
+    dataplane.detach_ifindex(ifindex).expect("detaching");
+    drop(dataplane);
+    drop(live);
+    drop(peer);
+    drop(host);
+}

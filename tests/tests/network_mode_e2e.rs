@@ -224,16 +224,6 @@ fn leaves_other_namespaces_alone_ebpf() {
     leaves_other_namespaces_alone("ebpf");
 }
 
-/// A child process kept in a namespace, killed on drop.
-struct Sleeper(std::process::Child);
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The one entry point into namespaces refuses the host's, a second
 /// container in one pass, and writes through a handle opened for reading.
 #[test]
@@ -245,20 +235,8 @@ fn namespace_handle_refuses_the_host_and_a_second_owner() {
     let test = "namespace_handle_refuses_the_host_and_a_second_owner";
     skip_if!(test, skip::missing_root());
     let netns = netwarp_tests::netns::Netns::create("nwmn").expect("netns");
-    let sleeper = Sleeper(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", netns.name(), "sleep", "60"])
-            .spawn()
-            .expect("a process in the namespace"),
-    );
-    let pid = sleeper.0.id();
-    let own = std::fs::read_link("/proc/self/ns/net").expect("own namespace");
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns != own)
-        }),
-        "the child never entered the namespace"
-    );
+    let sleeper = netwarp_tests::netns::Sleeper::start(&netns).expect("a process in the namespace");
+    let pid = sleeper.pid();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -298,6 +276,67 @@ fn namespace_handle_refuses_the_host_and_a_second_owner() {
             "{write:?}"
         );
         assert!(reader.netlink_handle().is_err());
+    });
+    drop(sleeper);
+}
+
+/// Routes-mode changes can be repeated after a partial failure: a route or
+/// rule already there, or already gone, is done, not an error.
+#[test]
+fn route_and_rule_changes_repeat_when_already_there_or_gone() {
+    use netwarp::{
+        dataplane::{
+            netns::{NamespaceClaims, NamespaceHandle},
+            routes::{OwnedState, desired_state, diff},
+        },
+        model::parse_rules,
+        plan::{Action, Entry},
+    };
+    let test = "route_and_rule_changes_repeat_when_already_there_or_gone";
+    skip_if!(test, skip::missing_root());
+    let netns = netwarp_tests::netns::Netns::create("nwri").expect("netns");
+    netns
+        .exec(&[
+            "ip", "link", "add", "nwa0", "type", "veth", "peer", "name", "nwb0",
+        ])
+        .and_then(|_| netns.exec(&["ip", "addr", "add", "10.252.0.1/24", "dev", "nwa0"]))
+        .and_then(|_| netns.exec(&["ip", "link", "set", "nwb0", "up"]))
+        .and_then(|_| netns.exec(&["ip", "link", "set", "nwa0", "up"]))
+        .expect("a gateway's network in the namespace");
+    let sleeper = netwarp_tests::netns::Sleeper::start(&netns).expect("a process in the namespace");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut claims = NamespaceClaims::new();
+        let namespace = NamespaceHandle::open_owned(sleeper.pid(), &mut claims, "t")
+            .await
+            .expect("the namespace");
+        let rules = parse_rules("203.0.113.0/24,198.51.100.0/24,tcp:443").unwrap();
+        let entries = Entry::all(&rules, Action::Via("10.252.0.2".parse().unwrap()));
+        let desired = desired_state(&entries);
+        let add = diff(&OwnedState::default(), &desired);
+        assert!(
+            !add.add_rules.is_empty() && !add.put_routes.is_empty(),
+            "{add:?}"
+        );
+        for attempt in 0..2 {
+            namespace
+                .apply(&add, None)
+                .await
+                .unwrap_or_else(|e| panic!("adding, attempt {attempt}: {e}"));
+            assert_eq!(namespace.installed().await.unwrap(), desired);
+        }
+        let remove = diff(&desired, &OwnedState::default());
+        assert!(!remove.delete_rules.is_empty() && !remove.delete_routes.is_empty());
+        for attempt in 0..2 {
+            namespace
+                .apply(&remove, None)
+                .await
+                .unwrap_or_else(|e| panic!("removing, attempt {attempt}: {e}"));
+            assert_eq!(namespace.installed().await.unwrap(), OwnedState::default());
+        }
     });
     drop(sleeper);
 }

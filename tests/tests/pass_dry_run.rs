@@ -12,7 +12,7 @@ use std::{
 use netwarp::{
     config::{Config, Layer},
     dataplane::{
-        dry_run::{DryRunRecord, read_record},
+        dry_run::{DryRunDataplane, DryRunFaults, DryRunRecord, read_record},
         sync::Dataplane,
     },
     docker,
@@ -31,6 +31,7 @@ struct Bench {
     fake: FakeDocker,
     client: bollard::Docker,
     reconciler: Reconciler,
+    faults: DryRunFaults,
     record: PathBuf,
     dir: PathBuf,
 }
@@ -62,13 +63,15 @@ impl Bench {
             .unwrap();
         let client = (runtime.block_on(docker::connect(&config.docker, config.docker_api_version)))
             .expect("connecting to the fake");
-        let dataplane = Dataplane::dry_run(Some(record.clone()));
-        let reconciler = Reconciler::new(config.plan_settings(), dataplane);
+        let faults = DryRunFaults::default();
+        let dataplane = DryRunDataplane::new(Some(record.clone())).with_faults(faults.clone());
+        let reconciler = Reconciler::new(config.plan_settings(), Dataplane::DryRun(dataplane));
         Self {
             runtime,
             fake,
             client,
             reconciler,
+            faults,
             record,
             dir,
         }
@@ -82,15 +85,41 @@ impl Bench {
     /// One pass, with events naming `named`; `arriving`: another event
     /// comes in while the pass runs.
     fn pass_while(&mut self, named: &[&str], arriving: bool) -> DryRunRecord {
+        self.pass_until(named, &|| arriving)
+    }
+
+    /// One pass, with events naming `named`; `arriving` says when another
+    /// event has come in.
+    fn pass_until(&mut self, named: &[&str], arriving: &dyn Fn() -> bool) -> DryRunRecord {
         let mut pending: HashMap<String, SystemTime> = (named.iter())
             .map(|id| ((*id).to_owned(), SystemTime::now()))
             .collect();
         (self.runtime.block_on(
             self.reconciler
-                .reconcile(&self.client, &mut pending, &|| arriving),
+                .reconcile(&self.client, &mut pending, arriving),
         ))
         .expect("the pass reaches the fake");
         read_record(&self.record).expect("the pass wrote its record")
+    }
+
+    /// The published status of target `id`: state, error, held closed.
+    fn published(&mut self, id: &str) -> (String, Option<String>, Option<bool>) {
+        let published = self.reconciler.telemetry_mut().latest();
+        let view = (published.targets.iter())
+            .find(|t| t.plan.id == id)
+            .expect("the target is published");
+        let failure = view.failure.as_ref();
+        (
+            netwarp::telemetry::status::state_name(view).to_owned(),
+            failure.map(|f| f.error.clone()),
+            failure.map(|f| f.held_closed),
+        )
+    }
+
+    fn failures(&mut self, object: &'static str, reason: &str) -> u64 {
+        let metrics = self.reconciler.telemetry_mut().metrics();
+        let labels = vec![("object", object.to_owned()), ("reason", reason.to_owned())];
+        metrics.programming_failures.get_or_create(&labels).get()
     }
 
     fn states(record: &DryRunRecord) -> BTreeMap<String, &str> {
@@ -205,12 +234,150 @@ fn an_event_arriving_during_a_pass_is_served_next() {
         assert_eq!(*visits, 1, "target {id} waits for the next pass");
     }
     assert_eq!(cut.targets, first.targets, "nothing left the record");
-    // The next pass owes the resync and may not stop early again, so
-    // every target is reached even while events keep arriving.
-    let next = bench.pass_while(&[], true);
+    // The next passes owe the resync: each serves at least one target the
+    // last one left before it may stop again, so every target is reached
+    // even while events keep arriving.
+    let mut next = cut.clone();
+    for _ in 0..cut.visits.len() {
+        next = bench.pass_while(&[], true);
+        if (next.visits.iter()).all(|(id, v)| *v == cut.visits[id] + 1) {
+            break;
+        }
+    }
     assert!(
         (next.visits.iter()).all(|(id, v)| *v == cut.visits[id] + 1),
         "the owed resync checks every target: {:?}",
         next.visits
     );
+}
+
+#[test]
+fn a_target_whose_write_fails_is_published_failed_until_one_succeeds() {
+    let mut bench = Bench::start("failed");
+    let first = bench.pass(&[]);
+    let (id, target) = (first.targets.iter())
+        .find(|(_, t)| t.state == "steered")
+        .map(|(id, t)| (id.clone(), t.clone()))
+        .expect("the world has a steered target");
+    assert_eq!(bench.published(&id), ("steered".into(), None, None));
+    assert_eq!(bench.failures("target", "map_full"), 0);
+
+    // Its writes fail, and so do the guards': what holds it is unknown.
+    bench.faults.fail_target(&target.name, true);
+    bench.faults.fail_guards(true);
+    bench.fake.restart(&id);
+    let failing = bench.pass(&[&id]);
+    let (state, error, held) = bench.published(&id);
+    assert_eq!(
+        state, "failed",
+        "a target whose write failed is not steered"
+    );
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("bpf_map_update_elem")),
+        "{error:?}"
+    );
+    assert_eq!(held, Some(false), "no guard is known to be in place");
+    assert_ne!(
+        failing.targets[&id].pid,
+        bench
+            .fake
+            .truth()
+            .containers
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .pid,
+        "the failed write changed nothing"
+    );
+    assert_eq!(bench.failures("target", "map_full"), 1);
+    assert!(
+        bench.failures("guard", "map_full") >= 1,
+        "guard failures count"
+    );
+
+    // An ordinary pass (no event) still knows it failed; the guards are
+    // written now and cover it.
+    bench.faults.fail_guards(false);
+    bench.reconciler.resync_all();
+    bench.pass(&[]);
+    let (state, _, held) = bench.published(&id);
+    assert_eq!(state, "failed");
+    assert_eq!(held, Some(true), "its network's guard blocks its prefixes");
+    assert_eq!(
+        bench.failures("target", "map_full"),
+        2,
+        "retried, failed again"
+    );
+
+    // A pass cut short before reaching it keeps its failure.
+    let other = (first.targets.keys()).find(|t| **t != id).unwrap().clone();
+    bench.pass_while(&[&other], true);
+    assert_eq!(bench.published(&id).0, "failed");
+
+    bench.faults.fail_target(&target.name, false);
+    let healed = bench.pass(&[&id]);
+    assert_eq!(bench.published(&id), ("steered".into(), None, None));
+    assert_eq!(
+        Bench::states(&healed),
+        bench.fake.expected_states(),
+        "the retried write reached the plan"
+    );
+}
+
+#[test]
+fn an_ordinary_start_is_programmed_before_heavy_writes_finish() {
+    let mut bench = Bench::start("fair");
+    let targets = bench.fake.ids(Role::Target);
+    let ordinary = targets[0].clone();
+    // The first pass after a connect arms the guards, then writes targets;
+    // an event arrives during the first write (a heavy one, say).
+    let faults = bench.faults.clone();
+    let first = bench.pass_until(&[], &|| !faults.written().is_empty());
+    let written = faults.written();
+    assert_eq!(
+        written.len(),
+        1,
+        "it stops after the write in progress: {written:?}"
+    );
+    assert!(first.targets.len() < targets.len(), "{first:?}");
+    // The event: the ordinary target (re)starts. It is served first,
+    // while the targets the first pass left are still being written.
+    bench.fake.restart(&ordinary);
+    let before = faults.written().len();
+    let next = bench.pass_until(&[&ordinary], &|| faults.written().len() > before);
+    let written = faults.written();
+    assert_eq!(
+        written[before], ordinary,
+        "the event's target is written first"
+    );
+    assert_eq!(
+        next.targets[&ordinary].pid,
+        bench
+            .fake
+            .truth()
+            .containers
+            .iter()
+            .find(|c| c.id == ordinary)
+            .unwrap()
+            .pid,
+        "and programmed"
+    );
+    assert!(
+        next.targets.len() < targets.len(),
+        "before the other writes finish: {next:?}"
+    );
+    // Events keep arriving: every pass still writes one more, so every
+    // target is reached.
+    let mut last = next;
+    for _ in 0..targets.len() {
+        if Bench::states(&last) == bench.fake.expected_states() {
+            break;
+        }
+        let before = faults.written().len();
+        last = bench.pass_until(&[], &|| faults.written().len() > before);
+        assert!(faults.written().len() > before, "each pass makes progress");
+    }
+    assert_eq!(Bench::states(&last), bench.fake.expected_states());
 }

@@ -385,3 +385,89 @@ fn one_daemon_per_control_socket() {
         first.log()
     );
 }
+
+/// A target the eBPF dataplane cannot hold (more protocol selectors on one
+/// prefix than it supports) is published as failed, not steered: with its
+/// error, the failure's reason and whether it is held closed (its
+/// network's guard blocks the whole prefix, which the other target steers,
+/// so it is), counted by reason; the other target is steered.
+#[test]
+fn a_target_whose_programming_fails_is_published_failed() {
+    use netwarp_tests::observe::{Exposition, missing_parser};
+    let test = "a_target_whose_programming_fails_is_published_failed";
+    skip_if!(test, skip::missing_docker());
+    skip_if!(test, missing_parser());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwf").expect("network");
+    let warp_name = labels.warp_name("gw");
+    let _warp = start_warp(&warp_name, &network, &[]);
+    let good = start_target("nwg", &network, &[labels.target_label(&warp_name)]);
+    let ports: Vec<String> = (8081..=8089).map(|p| format!("tcp:{p}")).collect();
+    let bad = start_target(
+        "nwb",
+        &network,
+        &[
+            labels.target_label(&warp_name),
+            labels.rules_label(&format!("203.0.113.0/24,{}", ports.join(","))),
+        ],
+    );
+    let daemon = Daemon::start(&labels, "ebpf", GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&good, 8080)),
+        "the good target was never steered:\n{}",
+        daemon.log()
+    );
+    let mut status = Value::Null;
+    assert!(
+        eventually(CONVERGE, || {
+            status = status_json(&daemon).expect("status");
+            status_target(&status, bad.name()).is_some_and(|t| t["state"] == "failed")
+        }),
+        "the bad target was never published failed: {status:#}"
+    );
+    let reported = status_target(&status, bad.name()).expect("the bad target");
+    assert_eq!(reported["planned_state"], "steered");
+    assert_eq!(reported["failure_reason"], "compile");
+    assert_eq!(reported["held_closed"], true, "{reported:#}");
+    let error = reported["error"].as_str().unwrap_or_default();
+    assert!(error.contains("protocol selectors"), "{error}");
+    let good_status = status_target(&status, good.name()).expect("the good target");
+    assert_eq!(good_status["state"], "steered");
+    assert_eq!(good_status["error"], Value::Null);
+    let table = status_table(&daemon).expect("status table");
+    assert!(
+        table.contains("failed (compile), planned steered: "),
+        "{table}"
+    );
+
+    let address = daemon
+        .metrics_address(Duration::from_secs(5))
+        .expect("metrics address");
+    let metrics = Exposition::scrape(address).expect("a scrape");
+    let failures = |object| {
+        let labels = [("object", object), ("reason", "compile")];
+        metrics
+            .value("netwarp_programming_failures_total", &labels)
+            .unwrap_or(0.0)
+    };
+    assert!(failures("target") >= 1.0, "{}", metrics.text);
+    assert_eq!(
+        failures("guard"),
+        0.0,
+        "the guard compiles: {}",
+        metrics.text
+    );
+    let state = [("container", bad.name()), ("state", "failed")];
+    assert_eq!(
+        metrics.value("netwarp_target_state", &state).ok(),
+        Some(1.0),
+        "{}",
+        metrics.text
+    );
+    assert_eq!(
+        metrics
+            .value("netwarp_target_held_closed", &[("container", bad.name())])
+            .ok(),
+        Some(1.0)
+    );
+}

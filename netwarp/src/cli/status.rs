@@ -181,11 +181,18 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
 
 fn details(out: &mut String, t: &TargetStatus) {
     let _ = writeln!(out, "\n{} ({}):", t.name, t.id);
+    let planned = t.planned_state.as_deref().unwrap_or(&t.state);
     if let Some(reason) = &t.reason {
-        let _ = writeln!(out, "  {}: {reason}", t.state);
+        let _ = writeln!(out, "  {planned}: {reason}");
     }
     if let Some(error) = &t.error {
-        let _ = writeln!(out, "  last error: {error}");
+        let reason = t.failure_reason.as_deref().unwrap_or("error");
+        let _ = writeln!(out, "  failed ({reason}), planned {planned}: {error}");
+        let held = match t.held_closed {
+            Some(true) => "yes, by the bridge guards in place",
+            _ => "unknown",
+        };
+        let _ = writeln!(out, "  traffic held closed meanwhile: {held}");
     }
     if t.rules.is_empty() {
         let _ = writeln!(out, "  rules: none");
@@ -374,6 +381,7 @@ mod tests {
                     id: "aaaaaaaaaaaa".into(),
                     warp: "warp-vpn".into(),
                     state: "steered".into(),
+                    planned_state: Some("steered".into()),
                     reason: None,
                     shares_namespace_of: None,
                     network: Some("front".into()),
@@ -392,6 +400,8 @@ mod tests {
                     },
                     error: None,
                     routed: None,
+                    failure_reason: None,
+                    held_closed: None,
                     host_ifindex: Some(17),
                     host_interface: Some("veth1234".into()),
                     warp_ifindex: Some(15),
@@ -407,7 +417,8 @@ mod tests {
                     name: "db".into(),
                     id: "bbbbbbbbbbbb".into(),
                     warp: "warp-gone".into(),
-                    state: "blocked".into(),
+                    state: "failed".into(),
+                    planned_state: Some("blocked".into()),
                     reason: Some("warp container warp-gone does not exist".into()),
                     shares_namespace_of: None,
                     network: None,
@@ -415,8 +426,10 @@ mod tests {
                     next_hop_v6: None,
                     rules: Vec::new(),
                     caps: Caps::default(),
-                    error: None,
+                    error: Some("map `policy`: no room".into()),
                     routed: None,
+                    failure_reason: Some("map_full".into()),
+                    held_closed: Some(true),
                     host_ifindex: None,
                     host_interface: None,
                     warp_ifindex: None,
@@ -469,7 +482,7 @@ warp-vpn  0123456789ab  up     2        3 pkts
 TARGETS (2)
 NAME  ID            WARP       STATE    NEXT HOP    TX                 RX
 app   aaaaaaaaaaaa  warp-vpn   steered  172.18.0.2  2.0 KiB / 10 pkts  300 B / 3 pkts
-db    bbbbbbbbbbbb  warp-gone  blocked  -           -                  -
+db    bbbbbbbbbbbb  warp-gone  failed   -           -                  -
 
 app (aaaaaaaaaaaa):
   rule 203.0.113.0/24 -> via 172.18.0.2
@@ -480,6 +493,8 @@ app (aaaaaaaaaaaa):
 
 db (bbbbbbbbbbbb):
   blocked: warp container warp-gone does not exist
+  failed (map_full), planned blocked: map `policy`: no room
+  traffic held closed meanwhile: yes, by the bridge guards in place
   rules: none
   caps: none
 ";

@@ -9,16 +9,21 @@
 //! what its simulated world should yield.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use super::settled::Settled;
-use crate::plan::{Action, Plan, TargetPlan, TargetState};
+use super::{
+    ebpf::{EbpfError, map_is_full},
+    settled::Settled,
+    sync::{FailureReason, TargetError},
+};
+use crate::plan::{Action, GuardPlan, Plan, TargetPlan, TargetState};
 
 /// The label every record carries, so nobody mistakes it for a real dataplane.
 pub const SIMULATION_NOTE: &str =
@@ -102,9 +107,68 @@ pub fn read_record(path: &Path) -> io::Result<DryRunRecord> {
     serde_json::from_slice(&text).map_err(io::Error::other)
 }
 
+/// Faults a test injects into the dry-run dataplane, and what it saw:
+/// a handle shared with the dataplane the reconciler owns.
+#[derive(Clone, Debug, Default)]
+pub struct DryRunFaults(Arc<Mutex<Faults>>);
+
+#[derive(Debug, Default)]
+struct Faults {
+    /// Target names whose writes fail, as a full eBPF map would.
+    failing: HashSet<String>,
+    /// Guard writes fail.
+    failing_guards: bool,
+    /// The ids of the targets written (not skipped), in order.
+    written: Vec<String>,
+}
+
+impl DryRunFaults {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes of the target named `name` fail (`true`) or succeed again.
+    pub fn fail_target(&self, name: &str, failing: bool) {
+        let mut faults = self.lock();
+        if failing {
+            faults.failing.insert(name.to_owned());
+        } else {
+            faults.failing.remove(name);
+        }
+    }
+
+    /// Guard writes fail (`true`) or succeed again.
+    pub fn fail_guards(&self, failing: bool) {
+        self.lock().failing_guards = failing;
+    }
+
+    /// The ids of the targets written so far, in order (a write is what a
+    /// real dataplane pays for; a skipped, settled target is not one).
+    pub fn written(&self) -> Vec<String> {
+        self.lock().written.clone()
+    }
+
+    /// The error a full map gives, as the eBPF dataplane reports it.
+    fn map_full() -> TargetError {
+        let io_error = io::Error::from_raw_os_error(libc::E2BIG);
+        let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error,
+        });
+        debug_assert!(map_is_full(&source));
+        TargetError::Ebpf(EbpfError::Map {
+            map: "dry-run",
+            source,
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DryRunDataplane {
     record_path: Option<PathBuf>,
+    faults: DryRunFaults,
+    /// The guards "written", by network.
+    guards: HashMap<String, GuardPlan>,
     programmed: BTreeMap<String, DryRunTarget>,
     /// The plans last "programmed", as a real dataplane remembers them.
     settled: Settled<TargetPlan>,
@@ -125,26 +189,60 @@ impl DryRunDataplane {
         }
     }
 
+    /// With faults a test injects through `faults`.
+    pub fn with_faults(self, faults: DryRunFaults) -> Self {
+        Self { faults, ..self }
+    }
+
     /// "Programs" one target. Returns whether anything changed. Unless
     /// `verify`, an unchanged plan is skipped, as a real dataplane skips
-    /// the kernel for it.
-    pub fn program(&mut self, target: &TargetPlan, verify: bool) -> bool {
+    /// the kernel for it. A target the faults name fails and keeps what
+    /// it had, as a real dataplane keeps the previous policy.
+    pub fn program(&mut self, target: &TargetPlan, verify: bool) -> Result<bool, TargetError> {
         if self.settled.unchanged(&target.id, target, verify) {
-            return false;
+            return Ok(false);
         }
         *self.visits.entry(target.id.clone()).or_default() += 1;
         self.unwritten = true;
         let desired = DryRunTarget::from_plan(target);
         let changed = self.programmed.get(&target.id) != Some(&desired);
+        let mut faults = self.faults.lock();
+        if faults.failing.contains(&target.name) {
+            drop(faults);
+            let failed = Err(DryRunFaults::map_full());
+            self.settled.record(&target.id, target, &failed);
+            return failed;
+        }
+        if changed {
+            faults.written.push(target.id.clone());
+        }
+        drop(faults);
         self.settled
             .record(&target.id, target, &Ok::<_, ()>(changed));
         if !changed {
-            return false;
+            return Ok(false);
         }
         self.programmed.insert(target.id.clone(), desired);
         self.changed_this_pass += 1;
         self.unwritten = true;
-        true
+        Ok(true)
+    }
+
+    /// "Writes" the guards: all of them, unless the faults fail them.
+    pub fn sync_guards(&mut self, guards: &[(String, &GuardPlan)]) -> Vec<FailureReason> {
+        if self.faults.lock().failing_guards {
+            self.guards.clear();
+            return vec![FailureReason::MapFull; guards.len()];
+        }
+        self.guards = (guards.iter())
+            .map(|(_, g)| (g.network.clone(), (*g).clone()))
+            .collect();
+        Vec::new()
+    }
+
+    /// The guards "in place".
+    pub fn guards_in_place(&self) -> impl Iterator<Item = &GuardPlan> {
+        self.guards.values()
     }
 
     /// Ends a pass: forgets targets not `seen` in it (they left) and writes
@@ -249,21 +347,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nw-dry-run-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("record.json");
-        let mut dry = DryRunDataplane::new(Some(path.clone()));
+        let dry = DryRunDataplane::new(Some(path.clone()));
         let a = target("a", steered(), 10);
         let b = target(
             "b",
             TargetState::Blocked(BlockReason::WarpMissing { warp: "w".into() }),
             11,
         );
-        assert!(dry.program(&a, true));
-        assert!(dry.program(&b, true));
+        let faults = DryRunFaults::default();
+        let mut dry = dry.with_faults(faults.clone());
+        assert!(dry.program(&a, true).unwrap());
+        assert!(dry.program(&b, true).unwrap());
         assert!(
-            !dry.program(&a, true),
+            !dry.program(&a, true).unwrap(),
             "an unchanged plan is not reprogrammed"
         );
-        assert!(!dry.program(&b, false), "b's write is confirmed");
-        assert!(!dry.program(&b, false), "then an unchanged plan is skipped");
+        assert!(!dry.program(&b, false).unwrap(), "b's write is confirmed");
+        assert!(
+            !dry.program(&b, false).unwrap(),
+            "then an unchanged plan is skipped"
+        );
+        assert_eq!(faults.written(), ["a", "b"]);
         dry.finish_pass(&["a".to_string(), "b".to_string()].into());
         let record = read_record(&path).unwrap();
         assert_eq!(record.visits["a"], 2, "a verifying pass checks");
@@ -286,7 +390,10 @@ mod tests {
         );
 
         // A restart (new pid) is a change; b left.
-        assert!(dry.program(&target("a", steered(), 12), false));
+        assert!(dry.program(&target("a", steered(), 12), false).unwrap());
+        faults.fail_target("name-a", true);
+        let failed = dry.program(&target("a", steered(), 13), false).unwrap_err();
+        assert_eq!(failed.reason(), FailureReason::MapFull, "{failed}");
         dry.finish_pass(&["a".to_string()].into());
         let record = read_record(&path).unwrap();
         assert_eq!(record.passes, 2);

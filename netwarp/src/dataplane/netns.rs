@@ -74,6 +74,19 @@ pub fn net_namespace_path(pid: u32) -> PathBuf {
     host_proc_dir().join(pid.to_string()).join("ns/net")
 }
 
+/// Treats a netlink change the kernel already reflects as done (e.g.
+/// EEXIST on an add, ENOENT/ESRCH on a delete): someone else's change, or
+/// an earlier partial attempt, got there first, so every change can be
+/// repeated after a partial failure.
+pub(crate) fn already_done(
+    errnos: &'static [i32],
+) -> impl Fn(rtnetlink::Error) -> Result<(), rtnetlink::Error> {
+    move |e| match &e {
+        rtnetlink::Error::NetlinkError(m) if errnos.iter().any(|n| m.raw_code() == -n) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 /// A network namespace's identity: the device and inode of its nsfs file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NamespaceId {

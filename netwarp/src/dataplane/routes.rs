@@ -26,7 +26,7 @@ pub use super::{
     policy_rule::{NETWARP_PROTOCOL, OwnedRule},
 };
 use super::{
-    netns::{NamespaceHandle, NetnsError},
+    netns::{NamespaceHandle, NetnsError, already_done},
     policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule},
 };
 use crate::{
@@ -178,6 +178,7 @@ impl NamespaceHandle {
             request
                 .execute()
                 .await
+                .or_else(already_done(&[libc::EEXIST]))
                 .map_err(self.netlink(format!("rule add {rule:?}")))?;
         }
         for rule in &changes.delete_rules {
@@ -186,6 +187,7 @@ impl NamespaceHandle {
                 .del(rule_message(rule))
                 .execute()
                 .await
+                .or_else(already_done(&[libc::ENOENT]))
                 .map_err(self.netlink(format!("rule del {rule:?}")))?;
         }
         for dst in &changes.delete_routes {
@@ -198,6 +200,7 @@ impl NamespaceHandle {
                 .del(message)
                 .execute()
                 .await
+                .or_else(already_done(&[libc::ESRCH, libc::ENOENT]))
                 .map_err(self.netlink(format!("route del {dst}")))?;
         }
         Ok(())

@@ -17,12 +17,12 @@ use bollard::Docker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
-    dataplane::sync::{Dataplane, PassScope},
+    dataplane::sync::{Dataplane, FailureReason, PassScope},
     docker,
     inventory::Inventory,
     model::{World, short_id},
-    plan::{CapPlan, Plan, PlanSettings, TargetPlan, plan},
-    telemetry::{GuardView, PassOutcome, Telemetry},
+    plan::{Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, plan},
+    telemetry::{GuardView, PassOutcome, TargetFailure, Telemetry},
 };
 
 /// Drives the passes: owns the dataplane, the snapshot's cache of
@@ -38,8 +38,14 @@ pub struct Reconciler {
     /// The next pass checks everything against the kernel: the first, the
     /// periodic resync, after a reconnect or lost events, after a reload.
     verify_next: bool,
-    /// The last pass stopped early for an event; this one may not.
-    cut_short: bool,
+    /// The targets the last pass left when it stopped early for an event,
+    /// in the order it would have served them: the next pass serves them
+    /// right after the targets events named, and may stop early again
+    /// only after serving one of them and before the rest (so each pass
+    /// makes progress, and passes complete).
+    owed: Vec<String>,
+    /// The targets whose last programming failed: why, until one succeeds.
+    failed: HashMap<String, (String, FailureReason)>,
     /// The guards the last complete pass resolved, for status.
     guard_views: Vec<GuardView>,
     /// Metrics, and the snapshot `netwarp status` and scrapes read.
@@ -49,10 +55,9 @@ pub struct Reconciler {
 /// What the targets' part of a pass leaves for the rest.
 struct TargetsDone {
     seen: HashSet<String>,
-    failures: HashMap<String, String>,
-    /// An event arrived: the targets no event named were left for the
-    /// next pass, which follows at once.
-    cut_short: bool,
+    /// An event arrived: these targets (in order) were left for the next
+    /// pass, which follows at once.
+    left: Option<Vec<String>>,
 }
 
 impl Reconciler {
@@ -64,7 +69,8 @@ impl Reconciler {
             changes: log::ChangeLog::default(),
             initial_pass: true,
             verify_next: true,
-            cut_short: false,
+            owed: Vec::new(),
+            failed: HashMap::new(),
             guard_views: Vec::new(),
             telemetry: Telemetry::disabled(),
         }
@@ -103,13 +109,18 @@ impl Reconciler {
         self.inventory.forget();
         self.initial_pass = true;
         self.verify_next = true;
+        self.owed.clear();
     }
 
     /// One full pass. Per-target failures are logged and retried on the
     /// next pass; only a Docker failure aborts the pass. When
     /// `events_waiting` says an event arrived meanwhile, the pass stops
-    /// after the targets events named, so the new event is served next
-    /// (never twice in a row, so every target is still reached).
+    /// after the targets events named (and, when an earlier pass stopped
+    /// early, after one target that pass left), so the new event is
+    /// served next; see [`Reconciler::owed`] for why every target is
+    /// still reached. The first pass after a (re)connect arms the bridge
+    /// guards before any target, so it too may stop early: the guards
+    /// hold the targets it has not reached yet.
     pub async fn reconcile(
         &mut self,
         client: &Docker,
@@ -122,43 +133,57 @@ impl Reconciler {
         let plan = plan(&world, &self.settings);
         let named = named_by_events(&world, &plan, pending);
         let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
-        let may_stop = !std::mem::take(&mut self.cut_short) && !self.initial_pass;
-        let events_waiting = || may_stop && events_waiting();
-        let done = (self.sync_targets(&plan, &mut scope, pending, &events_waiting)).await;
-        if done.cut_short {
+        let guards_first = self.initial_pass;
+        if guards_first {
+            self.sync_guards(client, &plan, &scope).await;
+        }
+        let done = (self.sync_targets(&plan, &mut scope, pending, events_waiting)).await;
+        let complete = done.left.is_none();
+        if let Some(left) = done.left {
             // What this pass owed is owed by the next one.
-            self.cut_short = true;
+            self.owed = left;
             self.verify_next |= scope.verify;
         } else {
-            let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
-            (self.dataplane)
-                .sync_guards(&scope, &guards, complete, self.initial_pass)
-                .await;
+            self.owed.clear();
+            if !guards_first {
+                self.sync_guards(client, &plan, &scope).await;
+            }
             self.sync_caps(&plan.caps, &world, &mut scope).await;
-            self.guard_views = (guards.iter())
-                .map(|(bridge, guard)| GuardView {
-                    network: guard.network.clone(),
-                    bridge: bridge.clone(),
-                })
-                .collect();
         }
         self.changes.retain(
             |id| done.seen.contains(id),
             |id| plan.caps.iter().any(|c| c.id == id),
         );
+        self.failed.retain(|id, _| done.seen.contains(id));
         self.dataplane.release_departed(&scope, &done.seen);
         self.dataplane.finish_pass(&done.seen);
         pending.clear();
+        let guards = self.dataplane.guards_in_place();
+        let failures = (self.failed.iter())
+            .map(|(id, (error, reason))| {
+                let failure = TargetFailure {
+                    error: error.clone(),
+                    reason: *reason,
+                    held_closed: held_closed(&world, &plan, id, &guards),
+                };
+                (id.clone(), failure)
+            })
+            .collect();
         self.telemetry.publish(PassOutcome {
             plan: &plan,
             guards: self.guard_views.clone(),
             interfaces: self.dataplane.interfaces(),
-            failures: done.failures,
+            failures,
             duration: started.elapsed(),
         });
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         let (targets, containers) = (plan.targets.len(), world.containers.len());
-        if std::mem::take(&mut self.initial_pass) {
+        if !complete {
+            debug!(
+                targets,
+                containers, duration_ms, "reconcile stopped early for an event"
+            );
+        } else if std::mem::take(&mut self.initial_pass) {
             info!(
                 targets,
                 containers,
@@ -182,9 +207,29 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Brings every target to its plan. Targets an event named (or whose
-    /// warp it named) go first, so the latency of an event does not grow
-    /// with the number of targets; every other target is still checked.
+    /// Brings the bridge guards to the plan, and remembers them for status.
+    async fn sync_guards(&mut self, client: &Docker, plan: &Plan, scope: &PassScope) {
+        let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
+        let failures = (self.dataplane)
+            .sync_guards(scope, &guards, complete, self.initial_pass)
+            .await;
+        for reason in failures {
+            self.telemetry
+                .metrics()
+                .programming_failure("guard", reason);
+        }
+        self.guard_views = (guards.iter())
+            .map(|(bridge, guard)| GuardView {
+                network: guard.network.clone(),
+                bridge: bridge.clone(),
+            })
+            .collect();
+    }
+
+    /// Brings every target to its plan, in [`pass_order`]: targets an event
+    /// named (or whose warp it named) go first, so the latency of an event
+    /// does not grow with the number of targets; every other target is
+    /// still checked, unless an event arrives (see [`Reconciler::owed`]).
     async fn sync_targets(
         &mut self,
         plan: &Plan,
@@ -192,21 +237,29 @@ impl Reconciler {
         pending: &mut HashMap<String, SystemTime>,
         events_waiting: &dyn Fn() -> bool,
     ) -> TargetsDone {
-        let mut order: Vec<&TargetPlan> = plan.targets.iter().collect();
-        order.sort_by_key(|t| !scope.named(&t.id));
+        let order = pass_order(&plan.targets, |id| scope.named(id), &self.owed);
+        let owed: HashSet<&str> = self.owed.iter().map(String::as_str).collect();
+        let continuing = order.iter().any(|t| owed.contains(t.id.as_str()));
+        let mut served_owed = false;
         let mut done = TargetsDone {
             seen: HashSet::new(),
-            failures: HashMap::new(),
-            cut_short: false,
+            left: None,
         };
         for (i, target) in order.iter().enumerate() {
-            if !scope.named(&target.id) && events_waiting() {
+            let is_owed = owed.contains(target.id.as_str());
+            // Between targets, never inside one's write. A pass continuing
+            // one that stopped early stops only among the targets that one
+            // left and after serving one of them: the owed shrink every pass.
+            let may_stop = !scope.named(&target.id) && (!continuing || (is_owed && served_owed));
+            if may_stop && events_waiting() {
                 // The rest stay as they are, not departed.
-                done.seen.extend(order[i..].iter().map(|t| t.id.clone()));
-                done.cut_short = true;
-                debug!(left = order.len() - i, "an event arrived; serving it first");
+                let left: Vec<String> = order[i..].iter().map(|t| t.id.clone()).collect();
+                done.seen.extend(left.iter().cloned());
+                debug!(left = left.len(), "an event arrived; serving it first");
+                done.left = Some(left);
                 break;
             }
+            served_owed |= is_owed;
             done.seen.insert(target.id.clone());
             let span = info_span!("target", container = %target.name, id = %short_id(&target.id));
             self.changes.classification(target);
@@ -215,10 +268,17 @@ impl Reconciler {
                 .await;
             let _enter = span.enter();
             match programmed {
-                Ok(changed) => self.programmed(target, changed, pending),
+                Ok(changed) => {
+                    if self.failed.remove(&target.id).is_some() {
+                        info!("target programmed after a failure");
+                    }
+                    self.programmed(target, changed, pending)
+                }
                 Err(e) => {
-                    self.telemetry.metrics().target_failures.inc();
-                    done.failures.insert(target.id.clone(), e.to_string());
+                    let metrics = self.telemetry.metrics();
+                    metrics.target_failures.inc();
+                    metrics.programming_failure("target", e.reason());
+                    (self.failed).insert(target.id.clone(), (e.to_string(), e.reason()));
                     warn!(error = %e, "programming the target failed; will retry on the next reconcile");
                 }
             }
@@ -266,6 +326,8 @@ impl Reconciler {
                 ),
                 Ok(false) => {}
                 Err(e) => {
+                    let reason = FailureReason::of_caps(&e);
+                    self.telemetry.metrics().programming_failure("caps", reason);
                     warn!(parent: &span, error = %e, "programming the caps failed; will retry on the next reconcile")
                 }
             }
@@ -294,4 +356,148 @@ fn named_by_events(
         .filter(|t| warp_named(t))
         .map(|t| t.id.clone());
     pending.keys().cloned().chain(targets).collect()
+}
+
+/// The order a pass serves its targets in: those events named, then those
+/// the last pass left when it stopped early (in the order it left them, so
+/// none is overtaken forever), then the rest, cheapest (fewest entries)
+/// first, so a few heavy writes hold up no ordinary target.
+fn pass_order<'a>(
+    targets: &'a [TargetPlan],
+    named: impl Fn(&str) -> bool,
+    owed: &[String],
+) -> Vec<&'a TargetPlan> {
+    let owed: HashMap<&str, usize> = (owed.iter().enumerate())
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut order: Vec<&TargetPlan> = targets.iter().collect();
+    order.sort_by_cached_key(|t| match owed.get(t.id.as_str()) {
+        _ if named(&t.id) => (0, 0),
+        Some(position) => (1, *position),
+        None => (2, t.entries.len()),
+    });
+    order
+}
+
+/// Whether a target's traffic to what it steers or blocks is held closed
+/// by what is in the kernel, although its own programming failed: the
+/// bridge guard of each of its networks is in place and blocks every one
+/// of its entries (routed from its address, it is dropped at the bridge).
+/// False when that cannot be told: no networks of its own, no entries, or
+/// a guard missing, failed or covering less.
+fn held_closed(world: &World, plan: &Plan, id: &str, guards: &HashMap<String, GuardPlan>) -> bool {
+    let (Some(target), Some(container)) = (
+        plan.targets.iter().find(|t| t.id == id),
+        world.containers.iter().find(|c| c.id == id),
+    ) else {
+        return false;
+    };
+    let covers = |guard: &GuardPlan| {
+        (target.entries.iter()).all(|e| {
+            let blocked = Entry {
+                action: Action::Block,
+                ..*e
+            };
+            // Sorted, without duplicates.
+            guard.entries.binary_search(&blocked).is_ok()
+        })
+    };
+    !target.entries.is_empty()
+        && !container.networks.is_empty()
+        && (container.networks.keys()).all(|network| guards.get(network).is_some_and(covers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Container, Endpoint, parse_rules},
+        telemetry::tests::settings,
+    };
+
+    fn container(name: &str, labels: &[(&str, &str)], ip: &str) -> Container {
+        let endpoint = Endpoint {
+            ipv4: Some(ip.parse().unwrap()),
+            mac: Some(format!("mac-{name}")),
+            network_id: Some("net-id".into()),
+            ..Endpoint::default()
+        };
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running: true,
+            pid: Some(100),
+            labels: (labels.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks: [("net".to_string(), endpoint)].into(),
+            ..Container::default()
+        }
+    }
+
+    /// `heavy` has three prefixes, `light` one, `other` two.
+    fn world() -> World {
+        let target = |name, rules, ip| container(name, &[("t", "warp-a"), ("r", rules)], ip);
+        World {
+            containers: vec![
+                container("warp-a", &[], "172.30.0.2"),
+                target(
+                    "heavy",
+                    "203.0.113.0/26,203.0.113.64/26,203.0.113.128/26",
+                    "172.30.0.3",
+                ),
+                target("other", "198.51.100.0/25,198.51.100.128/25", "172.30.0.4"),
+                target("light", "192.0.2.0/24", "172.30.0.5"),
+            ],
+        }
+    }
+
+    fn names(order: &[&TargetPlan]) -> Vec<String> {
+        order.iter().map(|t| t.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_pass_serves_named_then_owed_then_the_cheapest_first() {
+        let plan = plan(&world(), &settings());
+        let order = pass_order(&plan.targets, |_| false, &[]);
+        assert_eq!(names(&order), ["light", "other", "heavy"]);
+        let order = pass_order(&plan.targets, |id| id == "id-heavy", &[]);
+        assert_eq!(names(&order), ["heavy", "light", "other"]);
+        // What a pass left keeps its order, ahead of cheaper targets.
+        let owed = ["id-heavy".to_owned(), "id-other".to_owned()];
+        let order = pass_order(&plan.targets, |_| false, &owed);
+        assert_eq!(names(&order), ["heavy", "other", "light"]);
+        let order = pass_order(&plan.targets, |id| id == "id-light", &owed);
+        assert_eq!(names(&order), ["light", "heavy", "other"]);
+    }
+
+    #[test]
+    fn a_failed_target_is_held_closed_only_by_guards_that_cover_it() {
+        let world = world();
+        let plan = plan(&world, &settings());
+        let guard = plan.guards.iter().find(|g| g.network == "net").unwrap();
+        let in_place = HashMap::from([("net".to_owned(), guard.clone())]);
+        for target in ["id-heavy", "id-light"] {
+            assert!(held_closed(&world, &plan, target, &in_place), "{target}");
+        }
+        assert!(
+            !held_closed(&world, &plan, "id-heavy", &HashMap::new()),
+            "no guard in place: cannot tell"
+        );
+        // A guard written for an older plan, before heavy's third prefix.
+        let older = GuardPlan {
+            entries: Entry::all(
+                &parse_rules("203.0.113.0/26,203.0.113.64/26,192.0.2.0/24").unwrap(),
+                Action::Block,
+            ),
+            ..guard.clone()
+        };
+        let in_place = HashMap::from([("net".to_owned(), older)]);
+        assert!(held_closed(&world, &plan, "id-light", &in_place));
+        assert!(
+            !held_closed(&world, &plan, "id-heavy", &in_place),
+            "a guard that covers less does not hold it"
+        );
+        assert!(!held_closed(&world, &plan, "id-gone", &in_place));
+    }
 }

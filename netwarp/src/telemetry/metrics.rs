@@ -29,7 +29,7 @@ use prometheus_client::{
 };
 
 use super::{
-    Published, TargetView,
+    FailureReason, Published, TargetView,
     counters::{Counters, PacketsBytes},
     short_id,
 };
@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Restart-only keys that differ between the file and the running
     /// configuration, as of the last reload.
     pub config_restart_pending: Gauge,
+    /// Programming failures, by what failed and a fixed reason.
+    pub programming_failures: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +73,7 @@ impl Metrics {
         let target_failures = Counter::default();
         let config_reloads = Family::<Labels, Counter>::default();
         let config_restart_pending = Gauge::default();
+        let programming_failures = Family::<Labels, Counter>::default();
         registry.register(
             "netwarp_build",
             "netwarp's version",
@@ -121,6 +124,12 @@ impl Metrics {
             "Restart-only configuration keys changed in the file but not applied (restart netwarp)",
             config_restart_pending.clone(),
         );
+        registry.register(
+            "netwarp_programming_failures",
+            "Times programming failed (retried on the next pass), by object (target, guard, caps) \
+             and reason (namespace, interface, netlink, map_full, map, attach, load, compile, conflict)",
+            programming_failures.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             docker_events,
@@ -131,7 +140,18 @@ impl Metrics {
             target_failures,
             config_reloads,
             config_restart_pending,
+            programming_failures,
         }
+    }
+
+    /// Counts one programming failure of a `target`, `guard` or `caps`.
+    pub fn programming_failure(&self, object: &'static str, reason: FailureReason) {
+        self.programming_failures
+            .get_or_create(&vec![
+                ("object", object.to_owned()),
+                ("reason", reason.as_str().to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts one Docker event. Actions such as `health_status: healthy`
@@ -337,23 +357,34 @@ impl Collector for ScrapeCollector {
             .map(|t| {
                 let mut labels = target_labels(t);
                 labels.push(("warp", t.plan.warp.clone()));
-                labels.push(("state", t.plan.state.name().to_owned()));
+                labels.push(("state", super::status::state_name(t).to_owned()));
                 (labels, 1)
             })
             .collect();
         gauge_family(
             &mut encoder,
             "netwarp_target_state",
-            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, refused)",
+            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, \
+             refused, or failed: its last programming failed)",
             &states,
         )?;
-        let by_state: Vec<(Labels, i64)> = TargetState::NAMES
-            .into_iter()
+        let held: Vec<(Labels, i64)> = (published.targets.iter())
+            .filter_map(|t| Some((target_labels(t), i64::from(t.failure.as_ref()?.held_closed))))
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "netwarp_target_held_closed",
+            "For each failed target: 1 if the bridge guards in place hold its steered and blocked \
+             traffic closed, 0 if that cannot be told",
+            &held,
+        )?;
+        let by_state: Vec<(Labels, i64)> = (TargetState::NAMES.into_iter())
+            .chain(["failed"])
             .map(|state| {
                 let count = published
                     .targets
                     .iter()
-                    .filter(|t| t.plan.state.name() == state)
+                    .filter(|t| super::status::state_name(t) == state)
                     .count();
                 (vec![("state", state.to_owned())], count as i64)
             })
@@ -459,8 +490,8 @@ mod tests {
             },
             host_ifindex: Some(7),
             warp_ifindex: None,
-            error: None,
             routed: None,
+            failure: None,
             caps: Default::default(),
         }
     }

@@ -52,7 +52,7 @@ pub struct WarpView {
     pub ports: Vec<u32>,
 }
 
-pub use crate::dataplane::sync::TargetInterfaces;
+pub use crate::dataplane::sync::{FailureReason, TargetInterfaces};
 
 pub use crate::plan::WarpState;
 
@@ -66,10 +66,20 @@ pub struct TargetView {
     pub warp_ifindex: Option<u32>,
     /// eBPF: why routes in its namespace steer it instead, if they do.
     pub routed: Option<String>,
-    /// The error of this pass, if programming failed.
-    pub error: Option<String>,
+    /// Why its last programming failed, until one succeeds.
+    pub failure: Option<TargetFailure>,
     /// The bandwidth caps planned for it.
     pub caps: crate::model::Caps,
+}
+
+/// A target whose last programming failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetFailure {
+    pub error: String,
+    pub reason: FailureReason,
+    /// What is in the kernel holds its traffic closed meanwhile (see
+    /// the README, "Target states").
+    pub held_closed: bool,
 }
 
 /// The state the controller publishes after each pass.
@@ -209,6 +219,11 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// The snapshot the last pass published.
+    pub fn latest(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+
     /// Starts the next pass: its number, and the span its logs go under.
     pub fn next_pass(&mut self) -> Span {
         self.pass += 1;
@@ -291,7 +306,7 @@ impl Telemetry {
                         host_ifindex: interface.map(|i| i.host_ifindex).filter(|i| *i != 0),
                         routed: interface.and_then(|i| i.routed.clone()),
                         warp_ifindex: interface.map(|i| i.warp_ifindex).filter(|i| *i != 0),
-                        error: failures.get(&plan.id).cloned(),
+                        failure: failures.get(&plan.id).cloned(),
                         caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),
                     }
                 })
@@ -310,8 +325,8 @@ pub struct PassOutcome<'a> {
     pub guards: Vec<GuardView>,
     /// The eBPF interfaces, by target id: host veth, warp veth.
     pub interfaces: HashMap<String, TargetInterfaces>,
-    /// Why a target failed this pass, by target id.
-    pub failures: HashMap<String, String>,
+    /// Why a target's last programming failed, by target id.
+    pub failures: HashMap<String, TargetFailure>,
     pub duration: Duration,
 }
 
@@ -344,14 +359,15 @@ pub fn warp_views(plan: &Plan) -> Vec<WarpView> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         model::{Container, Health, NetworkMode, World},
         plan::{CapSettings, OnWarpDown, PlanSettings},
     };
 
-    fn settings() -> PlanSettings {
+    /// Labels `t` (target), `n` (network), `r` (rules); warps `warp-*`.
+    pub(crate) fn settings() -> PlanSettings {
         PlanSettings {
             warp_name_pattern: "warp-*".into(),
             target_label: "t".into(),
@@ -416,7 +432,14 @@ mod tests {
                     ..TargetInterfaces::default()
                 },
             )]),
-            failures: HashMap::from([(app, "boom".to_owned())]),
+            failures: HashMap::from([(
+                app,
+                TargetFailure {
+                    error: "boom".to_owned(),
+                    reason: FailureReason::MapFull,
+                    held_closed: true,
+                },
+            )]),
             duration: Duration::from_millis(3),
         });
         let seen = reader.borrow().clone();
@@ -425,7 +448,11 @@ mod tests {
         assert_eq!(seen.targets.len(), 1);
         assert_eq!(seen.targets[0].host_ifindex, Some(7));
         assert_eq!(seen.targets[0].warp_ifindex, None, "0 means no warp veth");
-        assert_eq!(seen.targets[0].error.as_deref(), Some("boom"));
+        let failure = seen.targets[0]
+            .failure
+            .as_ref()
+            .expect("the failure is published");
+        assert_eq!(failure.error, "boom");
         assert_eq!(seen.warps.len(), 1);
         let text = metrics::render(
             telemetry.metrics(),
@@ -437,6 +464,18 @@ mod tests {
         .unwrap();
         assert!(
             text.contains("netwarp_reconcile_duration_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"warp="warp-a",state="failed"} 1"#),
+            "a failed target is not shown as its plan's state: {text}"
+        );
+        assert!(
+            text.contains(r#"netwarp_target_held_closed{container="app1""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"netwarp_targets{state="failed"} 1"#),
             "{text}"
         );
     }

@@ -92,8 +92,12 @@ pub struct TargetStatus {
     pub id: String,
     pub warp: String,
     /// steered, blocked, bypassed or refused (netwarp does not touch its
-    /// namespace: `--network host`, `none`, or another container's).
+    /// namespace: `--network host`, `none`, or another container's), or
+    /// failed: its last programming failed (see `error`, `held_closed`).
     pub state: String,
+    /// The state its plan asks for, which `state` shows unless failed.
+    #[serde(default)]
+    pub planned_state: Option<String>,
     /// Why it is blocked, bypassed or refused, and for a target in another
     /// target's namespace how that one serves it; null while steered.
     pub reason: Option<String>,
@@ -106,13 +110,21 @@ pub struct TargetStatus {
     pub next_hop_v6: Option<String>,
     pub rules: Vec<RuleStatus>,
     pub caps: Caps,
-    /// The error of the last pass if programming this target failed.
+    /// While failed: the error of its last programming.
     pub error: Option<String>,
     /// eBPF: why routes in its namespace steer it instead of the eBPF
     /// policy (its veth's peer is not in the host namespace: an overlay
     /// network); null when the eBPF policy carries it.
     #[serde(default)]
     pub routed: Option<String>,
+    /// While failed: the failure's kind (the `reason` label of
+    /// `netwarp_programming_failures_total`).
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+    /// While failed: whether the bridge guards in place hold its steered
+    /// and blocked traffic closed (true), or that cannot be told (false).
+    #[serde(default)]
+    pub held_closed: Option<bool>,
     /// eBPF: the host-side veth holding the policy and the warp's veth.
     pub host_ifindex: Option<u32>,
     pub host_interface: Option<String>,
@@ -209,6 +221,15 @@ pub fn build(
     }
 }
 
+/// The state a target is published in: its plan's, unless its last
+/// programming failed.
+pub fn state_name(view: &TargetView) -> &'static str {
+    match view.failure {
+        Some(_) => "failed",
+        None => view.plan.state.name(),
+    }
+}
+
 fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus {
     let plan = &view.plan;
     let (reason, network, v4, v6) = match &plan.state {
@@ -226,7 +247,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         TargetState::Bypassed(reason) => (Some(reason.to_string()), None, None, None),
         TargetState::Refused(reason) => (Some(reason.to_string()), None, None, None),
     };
-    let state = plan.state.name();
+    let state = state_name(view);
     // A target in another target's namespace: how that one serves it.
     let reason = match (plan.sharing_note(), reason) {
         (Some(note), Some(reason)) => Some(format!("{note}: {reason}")),
@@ -237,6 +258,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         id: short_id(&plan.id).to_owned(),
         warp: plan.warp.clone(),
         state: state.to_owned(),
+        planned_state: Some(plan.state.name().to_owned()),
         reason,
         shares_namespace_of: plan.shares_namespace_of.clone(),
         network,
@@ -254,8 +276,10 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
             })
             .collect(),
         caps: caps(&view.caps),
-        error: view.error.clone(),
+        error: view.failure.as_ref().map(|f| f.error.clone()),
         routed: view.routed.clone(),
+        failure_reason: view.failure.as_ref().map(|f| f.reason.as_str().to_owned()),
+        held_closed: view.failure.as_ref().map(|f| f.held_closed),
         host_ifindex: view.host_ifindex,
         host_interface: view
             .host_ifindex
@@ -303,12 +327,28 @@ mod tests {
             host_ifindex: None,
             warp_ifindex: None,
             routed: None,
-            error: Some("boom".into()),
+            failure: None,
             caps: crate::model::Caps::default(),
         };
         let status = target_status(&view, None);
         assert_eq!(status.id, "0123456789ab");
         assert_eq!(status.state, "steered");
+        assert_eq!((status.error, status.held_closed), (None, None));
+        let failed = TargetView {
+            failure: Some(super::super::TargetFailure {
+                error: "boom".into(),
+                reason: crate::dataplane::sync::FailureReason::MapFull,
+                held_closed: false,
+            }),
+            ..view.clone()
+        };
+        let status = target_status(&failed, None);
+        assert_eq!(status.state, "failed", "a failed target is not steered");
+        assert_eq!(status.planned_state.as_deref(), Some("steered"));
+        assert_eq!(status.error.as_deref(), Some("boom"));
+        assert_eq!(status.failure_reason.as_deref(), Some("map_full"));
+        assert_eq!(status.held_closed, Some(false));
+        let status = target_status(&view, None);
         assert_eq!(status.next_hop_v4.as_deref(), Some("172.18.0.2"));
         assert_eq!(
             status.rules,

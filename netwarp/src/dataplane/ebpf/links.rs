@@ -11,7 +11,7 @@ use super::{error::EbpfError, hooks::Hook, interfaces::interface_name, loader::c
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier,
+        LinkOrder, ProgramError, SchedClassifier,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
     },
@@ -70,24 +70,9 @@ impl Links {
                 drop_stale_pin(&path);
                 continue;
             }
-            let adopted = PinnedLink::from_pin(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|pinned| {
-                    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
-                });
-            let link = match adopted {
-                Ok(link) => link,
-                Err(reason) => {
-                    tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
-                    drop_stale_pin(&path);
-                    continue;
-                }
-            };
-            let program = hook.program();
-            let id = classifier(ebpf, program)?
-                .attach_to_link(link)
-                .map_err(|source| EbpfError::Program { program, source })?;
-            self.held.insert((ifindex, hook), Some(id));
+            if let Some(id) = adopt(ebpf, &path, ifindex, hook)? {
+                self.held.insert((ifindex, hook), Some(id));
+            }
         }
         Ok(())
     }
@@ -117,6 +102,20 @@ impl Links {
             }
         }
         let interface = interface_name(ifindex).ok_or(EbpfError::NoInterface(ifindex))?;
+        // A pin netwarp does not hold yet (left by an attempt that failed
+        // after pinning, or by another run since the load): adopted, not
+        // attached a second time beside it.
+        if let Some(path) = pin.as_deref().filter(|p| p.exists())
+            && let Some(id) = adopt(ebpf, path, ifindex, hook)?
+        {
+            tracing::info!(
+                ifindex,
+                hook = hook.pin_suffix(),
+                "adopted an existing pinned link"
+            );
+            self.held.insert(key, Some(id));
+            return Ok(());
+        }
         let id = attach_first(ebpf, &interface, hook, pin)?;
         self.held.insert(key, id);
         Ok(())
@@ -140,6 +139,66 @@ impl Links {
             Some(path) => remove_pin(&path),
             None => Ok(()),
         }
+    }
+}
+
+/// Adopts the link pinned at `path` for `hook` on `ifindex`: switches it
+/// atomically to this build's program. An unusable pin (not a tc link, or
+/// a link no longer in the interface's chain) is removed and None
+/// returned, so the caller attaches anew.
+fn adopt(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    ifindex: u32,
+    hook: Hook,
+) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
+    let adopted = PinnedLink::from_pin(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pinned| {
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
+        });
+    let link = match adopted {
+        Ok(link) => link,
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
+            drop_stale_pin(path);
+            return Ok(None);
+        }
+    };
+    let program = hook.program();
+    let prog = classifier(ebpf, program)?;
+    // A pinned link outlives its interface, detached ("severed"): the pin
+    // of another interface that got its ifindex would hold nothing.
+    let id = match prog.attach_to_link(link) {
+        Ok(id) => id,
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
+            tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
+            drop_stale_pin(path);
+            return Ok(None);
+        }
+        Err(source) => return Err(EbpfError::Program { program, source }),
+    };
+    if let Some(interface) = interface_name(ifindex)
+        && !in_chain(prog, &interface, hook)
+    {
+        tracing::warn!(path = %path.display(), interface, "dropping a pinned link its interface does not run");
+        prog.detach(id)
+            .map_err(|source| EbpfError::Program { program, source })?;
+        drop_stale_pin(path);
+        return Ok(None);
+    }
+    Ok(Some(id))
+}
+
+/// Whether `prog` runs in `interface`'s TCX chain for `hook`; true when
+/// that cannot be asked (no TCX: then no link is pinned either).
+fn in_chain(prog: &SchedClassifier, interface: &str, hook: Hook) -> bool {
+    let Ok(ours) = prog.info().map(|info| info.id()) else {
+        return true;
+    };
+    match SchedClassifier::query_tcx(interface, hook.attach_type()) {
+        Ok((_, chain)) => chain.iter().any(|p| p.id() == ours),
+        Err(_) => true,
     }
 }
 

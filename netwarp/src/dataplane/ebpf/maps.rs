@@ -43,6 +43,17 @@ pub(super) fn already_gone(e: &MapError) -> bool {
     }
 }
 
+/// Whether a write failed because the map has no room left: a full hash
+/// map answers E2BIG, a full LPM trie ENOSPC.
+pub fn map_is_full(e: &MapError) -> bool {
+    match e {
+        MapError::SyscallError(e) => {
+            matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
+        }
+        _ => false,
+    }
+}
+
 /// One of the dataplane's maps as its typed view (a hash map, an LPM
 /// trie, a per-CPU map), checked against the map's key and value sizes.
 pub(super) fn typed<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, EbpfError>

@@ -59,8 +59,10 @@ impl RuleSets {
 
     /// Writes `rows` under `owner`'s other id, calls `switch` with that id
     /// (the one write that makes it live), then removes the old set.
-    /// Returns the new id. Rows a failed removal left under the new id are
-    /// removed first, so they never become live again.
+    /// Returns the new id. The other id is inert until the switch, so what
+    /// an earlier, failed attempt left there is finished, not rewritten:
+    /// rows it holds that `rows` does not want are removed (they never
+    /// become live), rows it already holds as wanted are kept.
     pub(super) fn switch(
         &mut self,
         ebpf: &mut Ebpf,
@@ -70,8 +72,20 @@ impl RuleSets {
         switch: impl FnOnce(&mut Ebpf, u32) -> Result<(), EbpfError>,
     ) -> Result<u32, EbpfError> {
         let rule_set = next_rule_set(owner, current);
-        self.remove(ebpf, rule_set)?;
-        self.write(ebpf, rule_set, rows)?;
+        let wanted: BTreeMap<Cidr, RuleValue> =
+            rows.iter().map(|r| (r.destination, r.value)).collect();
+        let held = self.written.get(&rule_set);
+        let stale: Vec<Cidr> = (held.into_iter().flatten())
+            .filter(|(destination, value)| wanted.get(destination) != Some(value))
+            .map(|(destination, _)| *destination)
+            .collect();
+        self.remove_rows(ebpf, rule_set, stale)?;
+        let held = self.written.get(&rule_set);
+        let missing: Vec<CompiledPrefix> = (rows.iter())
+            .filter(|r| held.and_then(|h| h.get(&r.destination)) != Some(&r.value))
+            .cloned()
+            .collect();
+        self.write(ebpf, rule_set, &missing)?;
         switch(ebpf, rule_set)?;
         if let Some(old) = current
             && old != rule_set
@@ -106,33 +120,41 @@ impl RuleSets {
     /// yet removed stay recorded, so the next switch to this id removes
     /// them before writing.
     pub(super) fn remove(&mut self, ebpf: &mut Ebpf, rule_set: u32) -> Result<(), EbpfError> {
-        let Some(destinations) = self.written.remove(&rule_set) else {
-            return Ok(());
-        };
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for destination in destinations.keys() {
-            match row_key(rule_set, *destination) {
-                RowKey::V4(key) => v4.push(key),
-                RowKey::V6(key) => v6.push(key),
+        let destinations: Vec<Cidr> = (self.written.get(&rule_set).into_iter().flatten())
+            .map(|(destination, _)| *destination)
+            .collect();
+        self.remove_rows(ebpf, rule_set, destinations)?;
+        self.written.remove(&rule_set);
+        Ok(())
+    }
+
+    /// Removes `destinations` from `rule_set`, each forgotten as it goes
+    /// (one already gone counts as removed), so a failure leaves exactly
+    /// the rows still there recorded.
+    fn remove_rows(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rule_set: u32,
+        destinations: Vec<Cidr>,
+    ) -> Result<(), EbpfError> {
+        for destination in destinations {
+            match row_key(rule_set, destination) {
+                RowKey::V4(key) => remove_trie_keys(
+                    &mut lpm_trie::<_, RuleValue>(ebpf, RULES_V4_MAP)?,
+                    RULES_V4_MAP,
+                    [key],
+                )?,
+                RowKey::V6(key) => remove_trie_keys(
+                    &mut lpm_trie::<_, RuleValue>(ebpf, RULES_V6_MAP)?,
+                    RULES_V6_MAP,
+                    [key],
+                )?,
+            }
+            if let Some(written) = self.written.get_mut(&rule_set) {
+                written.remove(&destination);
             }
         }
-        let removed = remove_trie_keys(
-            &mut lpm_trie::<_, RuleValue>(ebpf, RULES_V4_MAP)?,
-            RULES_V4_MAP,
-            v4,
-        )
-        .and_then(|()| {
-            remove_trie_keys(
-                &mut lpm_trie::<_, RuleValue>(ebpf, RULES_V6_MAP)?,
-                RULES_V6_MAP,
-                v6,
-            )
-        });
-        if removed.is_err() {
-            // Which ones went is unknown; all are retried (gone is fine).
-            self.written.insert(rule_set, destinations);
-        }
-        removed
+        Ok(())
     }
 }
 

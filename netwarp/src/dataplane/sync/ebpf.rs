@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use netwarp_common::{GuardAllowKey, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
-use super::{PassScope, TargetError, TargetInterfaces, caps::CapsState};
+use super::{FailureReason, PassScope, TargetError, TargetInterfaces, caps::CapsState};
 use crate::{
     dataplane::{
         ebpf::{
@@ -63,6 +63,9 @@ pub struct EbpfPlane {
     guards: HashMap<u32, EbpfGuard>,
     /// The guard plans last written in full, to skip unchanged ones.
     settled_guards: Option<Vec<(String, GuardPlan)>>,
+    /// The plan of each bridge guard known to be in place, by bridge
+    /// ifindex: written successfully and not removed since.
+    guards_in_place: HashMap<u32, GuardPlan>,
     pub caps: CapsState,
     /// Host interfaces whose caps left this pass, to release.
     departed_caps: Vec<u32>,
@@ -87,6 +90,7 @@ impl EbpfPlane {
             settled: Settled::default(),
             guards: HashMap::new(),
             settled_guards: None,
+            guards_in_place: HashMap::new(),
             caps: CapsState::default(),
             departed_caps: Vec::new(),
             unreleased: HashSet::new(),
@@ -255,13 +259,20 @@ impl EbpfPlane {
     /// bridges that no longer carry a target (only when every planned guard
     /// was resolved, so a failed lookup never opens a guard). A guard that
     /// fails is logged and retried on the next pass; the others go on.
-    pub fn sync_guards(&mut self, guards: &[(String, &GuardPlan)], complete: bool, verify: bool) {
+    /// Returns why guards failed.
+    pub fn sync_guards(
+        &mut self,
+        guards: &[(String, &GuardPlan)],
+        complete: bool,
+        verify: bool,
+    ) -> Vec<FailureReason> {
         let planned: Vec<(String, GuardPlan)> = (guards.iter())
             .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
             .collect();
         if !verify && complete && self.settled_guards.as_ref() == Some(&planned) {
-            return;
+            return Vec::new();
         }
+        let mut failures = Vec::new();
         let mut settled = complete;
         let mut wanted = HashSet::new();
         // A network only a warp is on blocks nothing here: the program on the
@@ -275,9 +286,17 @@ impl EbpfPlane {
                 continue;
             };
             wanted.insert(ifindex);
-            if let Err(e) = self.write_guard(ifindex, guard) {
-                settled = false;
-                warn!(error = %e, "programming the bridge guard failed; will retry on the next reconcile");
+            match self.write_guard(ifindex, guard) {
+                Ok(()) => {
+                    self.guards_in_place.insert(ifindex, (*guard).clone());
+                }
+                Err(e) => {
+                    settled = false;
+                    // What a failed write left is unknown.
+                    self.guards_in_place.remove(&ifindex);
+                    failures.push(e.reason());
+                    warn!(error = %e, "programming the bridge guard failed; will retry on the next reconcile");
+                }
             }
         }
         let installed = self.ebpf.guard_ifindexes().unwrap_or_default();
@@ -287,15 +306,23 @@ impl EbpfPlane {
             .filter(|i| !wanted.contains(i) && (complete || vanished(i)))
         {
             self.guards.remove(&ifindex);
+            self.guards_in_place.remove(&ifindex);
             match self.ebpf.remove_guard(ifindex) {
                 Ok(()) => info!(ifindex, "removed the guard of a bridge without targets"),
                 Err(e) => {
                     settled = false;
+                    failures.push(FailureReason::of_ebpf(&e));
                     warn!(ifindex, error = %e, "removing a bridge guard failed; will retry")
                 }
             }
         }
         self.settled_guards = settled.then_some(planned);
+        failures
+    }
+
+    /// The bridge guards known to be in place as last written.
+    pub fn guards_in_place(&self) -> impl Iterator<Item = &GuardPlan> {
+        self.guards_in_place.values()
     }
 
     fn write_guard(&mut self, ifindex: u32, guard: &GuardPlan) -> Result<(), TargetError> {

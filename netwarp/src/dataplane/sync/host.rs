@@ -3,6 +3,7 @@
 
 use tracing::{info, warn};
 
+use super::FailureReason;
 use crate::{
     dataplane::host_guard::{program_host_guards, remove_host_guards},
     plan::GuardPlan,
@@ -24,12 +25,15 @@ impl HostNetlink {
 
     /// Brings the host's guard rules to the plan (the rules are diffed
     /// against what is installed). Returns whether that succeeded.
-    pub async fn program_guards(&mut self, guards: &[(String, &GuardPlan)]) -> bool {
+    pub async fn program_guards(
+        &mut self,
+        guards: &[(String, &GuardPlan)],
+    ) -> Result<(), FailureReason> {
         let handle = match self.handle() {
             Ok(handle) => handle,
             Err(e) => {
                 warn!(error = %e, "no netlink socket for the host's guard rules; will retry");
-                return false;
+                return Err(FailureReason::Netlink);
             }
         };
         match program_host_guards(handle, guards).await {
@@ -37,10 +41,10 @@ impl HostNetlink {
             Ok(false) => {}
             Err(e) => {
                 warn!(error = %e, "programming the host guard rules failed; will retry on the next reconcile");
-                return false;
+                return Err(FailureReason::Netlink);
             }
         }
-        true
+        Ok(())
     }
 
     /// Removes host guard rules an earlier routes-mode run left.

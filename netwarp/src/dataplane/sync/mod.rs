@@ -21,6 +21,7 @@ use super::{
     dry_run::DryRunDataplane,
     ebpf::{EbpfDataplane, EbpfError, ProgramLogger, compile::CompileError},
     netns::{NamespaceClaims, NamespaceHandle, NetnsError},
+    qdisc::QdiscError,
     routes::RoutesError,
 };
 use crate::{
@@ -54,6 +55,106 @@ pub enum TargetError {
     Compile(#[from] CompileError),
     #[error("{0}")]
     Endpoint(String),
+}
+
+/// Why programming failed, as a small fixed set: the `reason` label of
+/// `netwarp_programming_failures_total`, never free text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureReason {
+    /// Entering or claiming the container's network namespace.
+    Namespace,
+    /// An interface (veth, bridge) is missing or not found by its MAC.
+    Interface,
+    /// A netlink request (routes, rules, qdiscs) failed.
+    Netlink,
+    /// An eBPF map has no room left for the rows.
+    MapFull,
+    /// Any other eBPF map operation.
+    Map,
+    /// Attaching or pinning an eBPF program.
+    Attach,
+    /// Loading the eBPF object.
+    Load,
+    /// The rules do not fit the eBPF dataplane.
+    Compile,
+    /// A cap conflicts with a qdisc netwarp did not make.
+    Conflict,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 9] = [
+        Self::Namespace,
+        Self::Interface,
+        Self::Netlink,
+        Self::MapFull,
+        Self::Map,
+        Self::Attach,
+        Self::Load,
+        Self::Compile,
+        Self::Conflict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Namespace => "namespace",
+            Self::Interface => "interface",
+            Self::Netlink => "netlink",
+            Self::MapFull => "map_full",
+            Self::Map => "map",
+            Self::Attach => "attach",
+            Self::Load => "load",
+            Self::Compile => "compile",
+            Self::Conflict => "conflict",
+        }
+    }
+
+    pub fn of_netns(e: &NetnsError) -> Self {
+        match e {
+            NetnsError::Netlink { .. } => Self::Netlink,
+            NetnsError::Netns { .. }
+            | NetnsError::HostNamespace { .. }
+            | NetnsError::NamespaceClaimed { .. }
+            | NetnsError::ReadOnly { .. } => Self::Namespace,
+        }
+    }
+
+    pub fn of_ebpf(e: &EbpfError) -> Self {
+        match e {
+            EbpfError::Load(_) | EbpfError::MissingProgram(_) | EbpfError::MissingMap(_) => {
+                Self::Load
+            }
+            EbpfError::Program { .. }
+            | EbpfError::Attach { .. }
+            | EbpfError::PinDir { .. }
+            | EbpfError::Pin { .. } => Self::Attach,
+            EbpfError::NoInterface(_) | EbpfError::NoInterfaceNamed(_) => Self::Interface,
+            EbpfError::Map { source, .. } if super::ebpf::map_is_full(source) => Self::MapFull,
+            EbpfError::Map { .. } => Self::Map,
+        }
+    }
+
+    pub fn of_caps(e: &CapsError) -> Self {
+        match e {
+            CapsError::Routes(e) => Self::of_netns(e),
+            CapsError::Ebpf(e) => Self::of_ebpf(e),
+            CapsError::Qdisc(QdiscError::Netlink { .. }) | CapsError::HostNetlink(_) => {
+                Self::Netlink
+            }
+            CapsError::Qdisc(QdiscError::Foreign { .. }) => Self::Conflict,
+            CapsError::NoInterface(_) => Self::Interface,
+        }
+    }
+}
+
+impl TargetError {
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            Self::Routes(e) => FailureReason::of_netns(e),
+            Self::Ebpf(e) => FailureReason::of_ebpf(e),
+            Self::Compile(_) => FailureReason::Compile,
+            Self::Endpoint(_) => FailureReason::Interface,
+        }
+    }
 }
 
 /// What one pass shares across its targets: whether it verifies against
@@ -175,30 +276,45 @@ impl Dataplane {
         match self {
             Self::Routes(plane) => Ok(plane.sync_target(scope, target).await?),
             Self::Ebpf(plane) => plane.sync_target(scope, target).await,
-            Self::DryRun(dry) => Ok(dry.program(target, scope.verifies(&target.id))),
+            Self::DryRun(dry) => dry.program(target, scope.verifies(&target.id)),
         }
     }
 
     /// Brings the bridge guards to the plan. `complete`: every planned
     /// guard's bridge was resolved, so a guard not planned is unneeded.
+    /// Returns why guards failed, one reason per failure.
     pub async fn sync_guards(
         &mut self,
         scope: &PassScope,
         guards: &[(String, &GuardPlan)],
         complete: bool,
         first_pass: bool,
-    ) {
+    ) -> Vec<FailureReason> {
         match self {
             Self::Routes(plane) => plane.sync_guards(guards, complete, scope.verify).await,
             Self::Ebpf(plane) => {
-                plane.sync_guards(guards, complete, scope.verify);
+                let failures = plane.sync_guards(guards, complete, scope.verify);
                 if first_pass {
                     // A routes-mode run may have left its host rules.
                     plane.caps.host.remove_guards().await;
                 }
+                failures
             }
-            Self::DryRun(_) => {}
+            Self::DryRun(dry) => dry.sync_guards(guards),
         }
+    }
+
+    /// The bridge guards known to be in the kernel as last written, by
+    /// network: what a target whose own programming failed can rely on.
+    pub fn guards_in_place(&self) -> HashMap<String, GuardPlan> {
+        let in_place: Vec<&GuardPlan> = match self {
+            Self::Routes(plane) => plane.guards_in_place().collect(),
+            Self::Ebpf(plane) => plane.guards_in_place().collect(),
+            Self::DryRun(dry) => dry.guards_in_place().collect(),
+        };
+        (in_place.into_iter())
+            .map(|g| (g.network.clone(), g.clone()))
+            .collect()
     }
 
     /// Brings one container's caps to its plan. Returns whether anything
@@ -279,5 +395,59 @@ impl Dataplane {
             Self::Ebpf(plane) => plane.interfaces(),
             _ => HashMap::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::maps::MapError;
+
+    use super::*;
+
+    fn map_error(errno: i32) -> EbpfError {
+        EbpfError::Map {
+            map: "m",
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }),
+        }
+    }
+
+    #[test]
+    fn failures_fall_into_a_small_fixed_set_of_reasons() {
+        let reason = |e: TargetError| e.reason().as_str();
+        assert_eq!(
+            reason(map_error(libc::E2BIG).into()),
+            "map_full",
+            "a full hash map"
+        );
+        assert_eq!(
+            reason(map_error(libc::ENOSPC).into()),
+            "map_full",
+            "a full LPM trie"
+        );
+        assert_eq!(reason(map_error(libc::EPERM).into()), "map");
+        assert_eq!(reason(EbpfError::NoInterface(7).into()), "interface");
+        assert_eq!(reason(TargetError::Endpoint("no veth".into())), "interface");
+        let claimed = NetnsError::NamespaceClaimed {
+            pid: 1,
+            owner: "a".into(),
+            other: "b".into(),
+        };
+        assert_eq!(reason(claimed.into()), "namespace");
+        let foreign = CapsError::Qdisc(QdiscError::Foreign {
+            ifindex: 3,
+            kind: "htb".into(),
+        });
+        assert_eq!(FailureReason::of_caps(&foreign).as_str(), "conflict");
+        let caps_map = CapsError::Ebpf(map_error(libc::E2BIG));
+        assert_eq!(FailureReason::of_caps(&caps_map), FailureReason::MapFull);
+        let names: HashSet<&str> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            FailureReason::ALL.len(),
+            "distinct label values"
+        );
     }
 }

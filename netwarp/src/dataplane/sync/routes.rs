@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use tracing::{debug, info};
 
-use super::{PassScope, caps::CapsState};
+use super::{FailureReason, PassScope, caps::CapsState};
 use crate::{
     dataplane::{
         routes::{RoutesError, desired_state, diff},
@@ -43,25 +43,32 @@ impl RoutesPlane {
 
     /// Brings the host's guard rules to the plan. A guard whose network
     /// could not be inspected would look unneeded: every installed rule is
-    /// kept until all resolve.
+    /// kept until all resolve. Returns why the write failed, if it did.
     pub async fn sync_guards(
         &mut self,
         guards: &[(String, &GuardPlan)],
         complete: bool,
         verify: bool,
-    ) {
+    ) -> Vec<FailureReason> {
         if !complete {
             debug!("a guarded network is unresolved; host guard rules kept");
-            return;
+            return Vec::new();
         }
         let planned: Vec<(String, GuardPlan)> = (guards.iter())
             .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
             .collect();
         if !verify && self.last_guards.as_ref() == Some(&planned) {
-            return;
+            return Vec::new();
         }
         let written = self.caps.host.program_guards(guards).await;
-        self.last_guards = written.then_some(planned);
+        self.last_guards = written.is_ok().then_some(planned);
+        written.err().into_iter().collect()
+    }
+
+    /// The guards known to be in place as last written, by network; none
+    /// after a write failed (what it left is unknown).
+    pub fn guards_in_place(&self) -> impl Iterator<Item = &GuardPlan> {
+        self.last_guards.iter().flatten().map(|(_, guard)| guard)
     }
 
     /// Docker is gone: the guards keep their prefixes and drop their
@@ -80,7 +87,7 @@ impl RoutesPlane {
                 .map(|(bridge, guard)| (bridge.clone(), guard))
                 .collect();
             let written = self.caps.host.program_guards(&guards).await;
-            self.last_guards = written.then_some(closed);
+            self.last_guards = written.is_ok().then_some(closed);
         } else {
             self.last_guards = Some(closed);
         }
