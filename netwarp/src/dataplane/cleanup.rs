@@ -9,7 +9,7 @@ use super::{
     host_guard::{remove_host_guards, set_guard_priority},
     netns::{NamespaceClaims, NamespaceHandle},
     qdisc::remove_every_tbf,
-    routes::{OwnedState, RoutesError, diff},
+    routes::{Desired, RoutesError, diff},
 };
 use crate::{
     config::Config,
@@ -79,12 +79,15 @@ async fn clean_container(
 ) -> Result<usize, CapsError> {
     let namespace = NamespaceHandle::open_owned(pid, claims, container.short_id()).await?;
     let installed = namespace.installed().await?;
-    let changes = diff(&installed, &OwnedState::default());
+    let changes = diff(&installed, &Desired::default()).map_err(RoutesError::from)?;
     if !changes.is_empty() {
         namespace.apply(&changes, None).await?;
     }
     let qdiscs = remove_every_tbf(namespace.netlink_handle()?).await?;
-    Ok(changes.delete_rules.len() + changes.delete_routes.len() + qdiscs)
+    Ok(changes.delete_rules.len()
+        + changes.delete_strays.len()
+        + changes.delete_routes.len()
+        + qdiscs)
 }
 
 /// Ingress caps' qdiscs sit on host-side veths; guard rules in the host's

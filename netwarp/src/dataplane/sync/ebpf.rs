@@ -16,7 +16,7 @@ use crate::{
             interface_index, interface_name, warp_peer_key,
         },
         mac::MacAddr,
-        routes::{desired_state, diff},
+        routes::{RoutesError, desired_state, diff},
         settled::Settled,
     },
     model::short_id,
@@ -148,7 +148,8 @@ impl EbpfPlane {
             .filter(|e| e.action == Action::Block)
             .copied()
             .collect();
-        let route_changes = diff(&namespace.installed().await?, &desired_state(&blocked));
+        let route_changes = diff(&namespace.installed().await?, &desired_state(&blocked))
+            .map_err(RoutesError::from)?;
         if !route_changes.is_empty() {
             namespace.apply(&route_changes, None).await?;
         }
