@@ -73,9 +73,11 @@ pub fn unique_guard_priority() -> u32 {
     6_000 + 3 * ((std::process::id().wrapping_mul(37) + n) % 8_000)
 }
 
-/// Deletes the host guard rules at a daemon's three priorities (which a
-/// stopped daemon keeps, to fail closed); bounded in count.
+/// Deletes the host guard rules at a daemon's three priorities and the
+/// routes of its guard tables (which a stopped daemon keeps, to fail
+/// closed); bounded in count.
 pub fn remove_host_guard_rules(first: u32) {
+    let tables = 0x5700_0000u32 + first * 0x1000..0x5700_0000 + (first + 1) * 0x1000;
     for family in ["-4", "-6"] {
         for priority in first..first + 3 {
             let priority = priority.to_string();
@@ -91,6 +93,32 @@ pub fn remove_host_guard_rules(first: u32) {
                     break;
                 }
             }
+        }
+        // Then the tables those rules looked up.
+        let routes = crate::command::run(
+            "ip",
+            &[family, "route", "show", "table", "all", "proto", "87"],
+        )
+        .unwrap_or_default();
+        let mut ours: Vec<u32> = routes
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "table")
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .filter(|t| tables.contains(t))
+            .collect();
+        ours.sort_unstable();
+        ours.dedup();
+        for table in ours {
+            let table = table.to_string();
+            let _ = crate::command::output(
+                "ip",
+                &[family, "route", "flush", "table", &table, "proto", "87"],
+            );
         }
     }
 }
@@ -277,6 +305,38 @@ impl Daemon {
     pub fn restart(&mut self, signal: i32) -> anyhow::Result<()> {
         self.stop(signal)?;
         self.spawn()
+    }
+
+    /// The first of the daemon's three host guard priorities.
+    pub fn guard_priority(&self) -> u32 {
+        self.guard_priority
+    }
+
+    /// The host's routes (both families) in the daemon's guard tables, as
+    /// `ip route` prints them.
+    pub fn host_guard_routes(&self) -> Vec<String> {
+        let first = 0x5700_0000u32 + self.guard_priority * 0x1000;
+        let tables = first..first + 0x1000;
+        ["-4", "-6"]
+            .iter()
+            .flat_map(|family| {
+                crate::command::run(
+                    "ip",
+                    &[family, "route", "show", "table", "all", "proto", "87"],
+                )
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .skip_while(|w| *w != "table")
+                        .nth(1)
+                        .and_then(|t| t.parse().ok())
+                        .is_some_and(|t| tables.contains(&t))
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The running daemon's pid, if it runs.

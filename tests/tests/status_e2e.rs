@@ -255,7 +255,7 @@ fn status_matches_the_programmed_state(mode: &str) {
     if mode == "routes" {
         let rules = narrow.ip(&["rule", "show"]).expect("ip rule");
         assert!(
-            rules.contains("ipproto tcp dport 8080 lookup 20055"),
+            rules.contains(&format!("ipproto tcp dport 8080 lookup {TABLE}")),
             "{rules}"
         );
     }

@@ -111,6 +111,9 @@ pub fn continue_priority() -> u32 {
 const GUARD_TABLE_BASE: u32 = 0x5700_0000;
 const GUARD_TABLES_PER_INSTANCE: u32 = 0x1000;
 
+/// Every id a guard of any priority could use (1..=32763 configured).
+pub const ALL_GUARD_TABLES: RangeInclusive<u32> = GUARD_TABLE_BASE..=0x5eff_ffff;
+
 /// The host routing tables this instance's guard owns, derived from its
 /// first priority so instances never share one.
 pub fn guard_tables() -> RangeInclusive<u32> {
