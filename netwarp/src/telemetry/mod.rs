@@ -29,6 +29,7 @@ use tracing::{Span, debug, info, info_span};
 
 use crate::{
     config::{Config, DataplaneMode},
+    dataplane::host_guard::GuardCounts,
     model::short_id,
     plan::{Plan, TargetPlan},
 };
@@ -80,6 +81,8 @@ pub struct Published {
     pub targets: Vec<TargetView>,
     /// The bridge guards of this pass.
     pub guards: Vec<GuardView>,
+    /// routes: what the host guard holds, as last written.
+    pub host_guard: Option<GuardCounts>,
 }
 
 /// One bridge guard: the network it covers and its bridge interface.
@@ -216,6 +219,7 @@ impl Telemetry {
         let PassOutcome {
             plan,
             guards,
+            host_guard,
             interfaces,
             failures,
             duration,
@@ -258,6 +262,7 @@ impl Telemetry {
                 })
                 .collect(),
             guards,
+            host_guard,
         };
         self.published.send_replace(Arc::new(published));
     }
@@ -267,6 +272,8 @@ impl Telemetry {
 pub struct PassOutcome<'a> {
     pub plan: &'a Plan,
     pub guards: Vec<GuardView>,
+    /// routes: what the host guard holds, as last written.
+    pub host_guard: Option<GuardCounts>,
     /// The eBPF interfaces, by target id: host veth, warp veth.
     pub interfaces: HashMap<String, TargetInterfaces>,
     /// Why a target failed this pass, by target id.
@@ -368,6 +375,7 @@ mod tests {
         telemetry.publish(PassOutcome {
             plan: &plan,
             guards: Vec::new(),
+            host_guard: None,
             interfaces: HashMap::from([(
                 app.clone(),
                 TargetInterfaces {

@@ -270,6 +270,16 @@ impl Dataplane {
         }
     }
 
+    /// What the routes dataplane's host guard holds (rules, tables,
+    /// routes) after its last write, for status and metrics; `None` in the
+    /// other dataplanes and before the first write.
+    pub fn host_guard_counts(&self) -> Option<crate::dataplane::host_guard::GuardCounts> {
+        match self {
+            Self::Routes(plane) => plane.caps.host.guard_counts(),
+            _ => None,
+        }
+    }
+
     /// The interfaces each programmed target uses, for status and metrics.
     pub fn interfaces(&self) -> HashMap<String, TargetInterfaces> {
         match self {
