@@ -1,6 +1,7 @@
 //! `netwarp cleanup`: removes netwarp's entries from every running
-//! container, the host's guard rules and qdiscs, and the eBPF pins. Other
-//! entries are only read, never touched.
+//! container (its rules, and the routes of its tables), the host's guard
+//! rules, the routes of its guard tables and its qdiscs, and the eBPF
+//! pins. Other entries are only read, never touched.
 
 use tracing::{error, info};
 
@@ -91,7 +92,8 @@ async fn clean_container(
 }
 
 /// Ingress caps' qdiscs sit on host-side veths; guard rules in the host's
-/// rule list. Returns the number of failures (0 or 1).
+/// rule list, and their prefixes in the guard's tables. Returns the number
+/// of failures (0 or 1).
 async fn clean_host() -> usize {
     let removed = async {
         let (connection, handle, _) =
@@ -106,15 +108,15 @@ async fn clean_host() -> usize {
     .await;
     match removed {
         Ok((0, 0)) => 0,
-        Ok((qdiscs, rules)) => {
+        Ok((qdiscs, guard)) => {
             info!(
                 qdiscs,
-                rules, "removed netwarp's qdiscs and guard rules from the host"
+                guard, "removed netwarp's qdiscs, guard rules and guard routes from the host"
             );
             0
         }
         Err(e) => {
-            error!(error = %e, "removing netwarp's qdiscs and guard rules from the host failed");
+            error!(error = %e, "removing netwarp's qdiscs and guard entries from the host failed");
             1
         }
     }
