@@ -77,7 +77,6 @@ pub fn unique_guard_priority() -> u32 {
 /// routes of its guard tables (which a stopped daemon keeps, to fail
 /// closed); bounded in count.
 pub fn remove_host_guard_rules(first: u32) {
-    let tables = 0x5700_0000u32 + first * 0x1000..0x5700_0000 + (first + 1) * 0x1000;
     for family in ["-4", "-6"] {
         for priority in first..first + 3 {
             let priority = priority.to_string();
@@ -94,33 +93,46 @@ pub fn remove_host_guard_rules(first: u32) {
                 }
             }
         }
-        // Then the tables those rules looked up.
-        let routes = crate::command::run(
+    }
+    // Then the tables those rules looked up.
+    let mut tables: Vec<(&str, u32)> = guard_table_routes(first)
+        .into_iter()
+        .map(|(family, table, _)| (family, table))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for (family, table) in tables {
+        let table = table.to_string();
+        let _ = crate::command::output(
+            "ip",
+            &[family, "route", "flush", "table", &table, "proto", "87"],
+        );
+    }
+}
+
+/// The host's routes in the guard tables of the daemon whose first guard
+/// priority is `first`: family, table, and the route as `ip` prints it.
+pub fn guard_table_routes(first: u32) -> Vec<(&'static str, u32, String)> {
+    let start = 0x5700_0000u32 + first * 0x1000;
+    let tables = start..start + 0x1000;
+    let mut routes = Vec::new();
+    for family in ["-4", "-6"] {
+        let shown = crate::command::run(
             "ip",
             &[family, "route", "show", "table", "all", "proto", "87"],
         )
         .unwrap_or_default();
-        let mut ours: Vec<u32> = routes
-            .lines()
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .skip_while(|w| *w != "table")
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            .filter(|t| tables.contains(t))
-            .collect();
-        ours.sort_unstable();
-        ours.dedup();
-        for table in ours {
-            let table = table.to_string();
-            let _ = crate::command::output(
-                "ip",
-                &[family, "route", "flush", "table", &table, "proto", "87"],
-            );
+        for line in shown.lines() {
+            let table = (line.split_whitespace())
+                .skip_while(|w| *w != "table")
+                .nth(1)
+                .and_then(|t| t.parse().ok());
+            if let Some(table) = table.filter(|t| tables.contains(t)) {
+                routes.push((family, table, line.to_owned()));
+            }
         }
     }
+    routes
 }
 
 /// A daemon config for `labels` with `rules_toml` appended: the test's own
@@ -315,27 +327,9 @@ impl Daemon {
     /// The host's routes (both families) in the daemon's guard tables, as
     /// `ip route` prints them.
     pub fn host_guard_routes(&self) -> Vec<String> {
-        let first = 0x5700_0000u32 + self.guard_priority * 0x1000;
-        let tables = first..first + 0x1000;
-        ["-4", "-6"]
-            .iter()
-            .flat_map(|family| {
-                crate::command::run(
-                    "ip",
-                    &[family, "route", "show", "table", "all", "proto", "87"],
-                )
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    l.split_whitespace()
-                        .skip_while(|w| *w != "table")
-                        .nth(1)
-                        .and_then(|t| t.parse().ok())
-                        .is_some_and(|t| tables.contains(&t))
-                })
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-            })
+        guard_table_routes(self.guard_priority)
+            .into_iter()
+            .map(|(_, _, route)| route)
             .collect()
     }
 
