@@ -209,7 +209,7 @@ fn environment_checks(env: &environment::Environment) -> Vec<Check> {
 }
 
 pub fn probe(config: &Config) -> ProbeReport {
-    let environment = environment::Environment::detect();
+    let environment = environment::Environment::detect(&config.host_proc_dir);
     let mut checks = environment_checks(&environment);
     let in_container = environment.container.is_some();
     let caps_fix = || in_container.then(|| environment::FIX_CAPS.to_owned());

@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::{
     command::{combined_output, output, run, run_quietly},
@@ -74,6 +74,17 @@ impl Swarm {
 
     /// `docker stack deploy` of `compose_yaml` as `name`.
     pub fn deploy(&self, name: &str, compose_yaml: &str) -> anyhow::Result<Stack> {
+        self.deploy_with_env(name, compose_yaml, &[])
+    }
+
+    /// `docker stack deploy` of `compose_yaml` as `name`, with `env` for
+    /// the file's `${VARIABLE}` substitutions.
+    pub fn deploy_with_env(
+        &self,
+        name: &str,
+        compose_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Stack> {
         let dir = std::env::temp_dir().join(crate::unique_name("nwstack"));
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("stack.yaml");
@@ -82,16 +93,19 @@ impl Swarm {
             name: name.to_owned(),
             dir,
         };
-        run(
-            "docker",
-            &[
-                "stack",
-                "deploy",
-                "--compose-file",
-                &file.display().to_string(),
-                name,
-            ],
-        )?;
+        let out = std::process::Command::new("docker")
+            .args(["stack", "deploy", "--compose-file"])
+            .arg(&file)
+            .arg(name)
+            .envs(env.iter().copied())
+            .output()
+            .context("running docker stack deploy")?;
+        if !out.status.success() {
+            bail!(
+                "docker stack deploy {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         Ok(stack)
     }
 }

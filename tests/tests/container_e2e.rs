@@ -59,7 +59,7 @@ fn run_without_the_host_pid_namespace_refuses_with_the_fix() {
         finished.stderr
     );
     assert!(
-        finished.stderr.contains("without the host's pid namespace")
+        finished.stderr.contains("without the host's pids")
             && finished.stderr.contains("--pid host")
             && finished.stderr.contains("`pid: host`"),
         "the refusal does not name the fix:\n{}",
@@ -85,7 +85,7 @@ fn run_in_a_network_namespace_of_its_own_refuses_with_the_fix() {
             .stderr
             .contains("without the host's network namespace")
             && finished.stderr.contains("--network host")
-            && !finished.stderr.contains("without the host's pid namespace"),
+            && !finished.stderr.contains("without the host's pids"),
         "the refusal does not name (only) the network fix:\n{}",
         finished.stderr
     );

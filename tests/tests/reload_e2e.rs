@@ -1,15 +1,16 @@
 //! A SIGHUP against a real daemon: a live key takes effect on the next
-//! pass (seen in the status document), and every restart-only key that
-//! changed is named in a warning, its running value kept.
+//! pass, every restart-only key that changed is named, its running value
+//! kept, and a file that does not parse changes nothing: all read from the
+//! status document and the metrics.
 //! (Every key's classification is checked at unit level, in
 //! netwarp/src/config/reload.rs.)
 
 use std::time::Duration;
 
 use netwarp_tests::{
-    daemon::{Daemon, TestLabels, eventually, log_field},
+    daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
-    observe::status_json,
+    observe::{Exposition, status_json},
     skip, skip_if,
 };
 
@@ -73,34 +74,75 @@ fn a_reload_applies_live_keys_and_names_restart_only_ones() {
     );
     std::fs::write(daemon.config_path(), edited).expect("config");
     daemon.signal(libc::SIGHUP);
-    daemon
-        .wait_for_log("SIGHUP: configuration reloaded", CONVERGE)
-        .expect("reloaded");
+    let last_reload = || status()["config"]["last_reload"].clone();
+    assert!(
+        eventually(CONVERGE, || status()["config"]["reloads"].as_u64()
+            == Some(1)),
+        "the reload is not in the status document"
+    );
 
     // The live key: the container is a target from the next pass on.
     assert!(
         eventually(CONVERGE, || targets() == 1),
         "the reloaded target label was not applied"
     );
-    // Each restart-only key is named, and only those.
-    let log = daemon.log();
-    let mut warned: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("only applies at start"))
-        .filter_map(|l| Some(log_field(l, "key")?.trim_matches('"')))
-        .collect();
-    warned.sort_unstable();
+    let reload = last_reload();
+    assert_eq!(reload["error"], serde_json::Value::Null, "{reload}");
     assert_eq!(
-        warned,
+        reload["applied"],
+        serde_json::json!(["target_container_label"]),
+        "{reload}"
+    );
+    // Each restart-only key is named, and only those.
+    let mut needs_restart: Vec<&str> = (reload["needs_restart"].as_array())
+        .map(|keys| keys.iter().filter_map(|k| k.as_str()).collect())
+        .unwrap_or_default();
+    needs_restart.sort_unstable();
+    assert_eq!(
+        needs_restart,
         [
             "dataplane.host_guard_priority",
             "dataplane.resync_interval_secs"
         ],
-        "{log}"
+        "{reload}"
     );
-    let reloaded = log
-        .lines()
-        .find(|l| l.contains("SIGHUP: configuration reloaded"))
-        .expect("the reload line");
-    assert!(reloaded.contains("target_container_label"), "{reloaded}");
+    let metrics = || {
+        let address = daemon.metrics_address(CONVERGE).expect("metrics address");
+        Exposition::scrape(address).expect("scrape")
+    };
+    let m = metrics();
+    assert_eq!(
+        m.value("netwarp_config_restart_pending", &[]).ok(),
+        Some(2.0)
+    );
+    assert_eq!(
+        (m.value("netwarp_config_reloads_total", &[("result", "applied")])).ok(),
+        Some(1.0)
+    );
+
+    // A file that does not parse changes nothing and says why.
+    std::fs::write(daemon.config_path(), "[docker\n").expect("config");
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        eventually(CONVERGE, || status()["config"]["reloads"].as_u64()
+            == Some(2)),
+        "the rejected reload is not in the status document"
+    );
+    let reload = last_reload();
+    assert!(
+        reload["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{reload}"
+    );
+    assert_eq!(reload["applied"], serde_json::json!([]), "{reload}");
+    let m = metrics();
+    assert_eq!(
+        (m.value("netwarp_config_reloads_total", &[("result", "rejected")])).ok(),
+        Some(1.0)
+    );
+    // The restart-only keys are still pending: the running configuration stands.
+    assert_eq!(
+        m.value("netwarp_config_restart_pending", &[]).ok(),
+        Some(2.0)
+    );
+    assert_eq!(targets(), 1, "a rejected reload changed the targets");
 }

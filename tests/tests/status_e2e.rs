@@ -66,14 +66,6 @@ fn pinned_rule(daemon: &Daemon, policy: &TargetPolicy) -> Option<RuleValue> {
     trie.get(&key, 0).ok()
 }
 
-fn parse_mac(mac: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    bytes.try_into().expect("six octets")
-}
-
 /// What the dataplane holds for `target`, checked against `status`.
 fn check_programmed(
     mode: &str,
@@ -134,7 +126,8 @@ fn check_programmed(
             json!(warp_ifindex),
             "{mode}: {status}"
         );
-        assert_eq!(policy.warp_mac, parse_mac(&mac_on(warp, network)));
+        let mac: netwarp::dataplane::mac::MacAddr = mac_on(warp, network).parse().expect("MAC");
+        assert_eq!(policy.warp_mac, mac.0);
         assert_eq!(rule.action, ACTION_STEER, "{mode}: {name}'s pinned rule");
     } else {
         assert_eq!(rule.action, ACTION_BLOCK, "{mode}: {name}'s pinned rule");

@@ -10,7 +10,7 @@ pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(&config);
     // In a container without the host's namespaces netwarp would program
     // the wrong namespace or none: refuse before touching anything.
-    let environment = crate::probe::environment::Environment::detect();
+    let environment = crate::probe::environment::Environment::detect(&config.host_proc_dir);
     if let Some(refusal) = environment.refusal() {
         tracing::error!("{refusal}");
         return Ok(ExitCode::from(super::EXIT_MISSING_PRIVILEGE));
@@ -21,7 +21,9 @@ pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         container = environment.container.as_deref().unwrap_or("no"),
         host_pid = %environment.host_pid.answer,
+        host_pid_detail = %environment.host_pid.detail,
         host_network = %environment.host_net.answer,
+        host_network_detail = %environment.host_net.detail,
         "environment"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()

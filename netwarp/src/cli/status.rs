@@ -107,6 +107,20 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
         },
         doc.docker.reconnects
     );
+    if let Some(reload) = &doc.config.last_reload {
+        if let Some(error) = &reload.error {
+            let _ = writeln!(
+                out,
+                "config: the last reload was REJECTED (running configuration kept): {error}"
+            );
+        } else if !reload.needs_restart.is_empty() {
+            let _ = writeln!(
+                out,
+                "config: changed but only applied at restart: {}",
+                reload.needs_restart.join(", ")
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "metrics: {}",
@@ -188,6 +202,9 @@ fn details(out: &mut String, t: &TargetStatus) {
         let _ = writeln!(out, "  rule {} -> {}", rule.rule, rule.action);
     }
     let _ = writeln!(out, "  caps: {}", caps(&t.caps));
+    if let Some(routed) = &t.routed {
+        let _ = writeln!(out, "  routes instead of eBPF: {routed}");
+    }
     if let Some(ifindex) = t.host_ifindex {
         let _ = writeln!(
             out,
@@ -347,6 +364,7 @@ mod tests {
                 last_finished_unix_seconds: Some(1000.0),
                 last_duration_seconds: Some(0.012),
             },
+            config: Default::default(),
             warps: vec![WarpStatus {
                 name: "warp-vpn".into(),
                 id: Some("0123456789ab".into()),
@@ -381,6 +399,7 @@ mod tests {
                         ingress_burst_bytes: None,
                     },
                     error: None,
+                    routed: None,
                     host_ifindex: Some(17),
                     host_interface: Some("veth1234".into()),
                     warp_ifindex: Some(15),
@@ -405,6 +424,7 @@ mod tests {
                     rules: Vec::new(),
                     caps: Caps::default(),
                     error: None,
+                    routed: None,
                     host_ifindex: None,
                     host_interface: None,
                     warp_ifindex: None,
@@ -436,6 +456,34 @@ mod tests {
         old.as_object_mut().unwrap().remove("host_guard");
         let parsed: StatusDoc = serde_json::from_value(old).unwrap();
         assert_eq!(parsed.host_guard, None);
+    }
+
+    #[test]
+    fn names_the_last_reloads_pending_keys_or_its_error() {
+        use crate::telemetry::status::ReloadStatus;
+        let mut doc = doc();
+        let reload = |needs_restart: &[&str], error: Option<&str>| ReloadStatus {
+            unix_seconds: Some(1000.0),
+            applied: vec!["docker.target_container_label".into()],
+            needs_restart: needs_restart.iter().map(|k| (*k).to_owned()).collect(),
+            error: error.map(str::to_owned),
+        };
+        doc.config.last_reload = Some(reload(&[], None));
+        assert!(!render(&doc, 1002.5).contains("config:"));
+        doc.config.last_reload = Some(reload(&["dataplane.mode", "metrics.listen"], None));
+        let text = render(&doc, 1002.5);
+        assert!(
+            text.contains(
+                "config: changed but only applied at restart: dataplane.mode, metrics.listen\n"
+            ),
+            "{text}"
+        );
+        doc.config.last_reload = Some(reload(&[], Some("line 3: expected `=`")));
+        let text = render(&doc, 1002.5);
+        assert!(
+            text.contains("REJECTED") && text.contains("line 3: expected `=`"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -88,6 +88,9 @@ keys! {
     BPF_PIN_DIR = "dataplane.bpf_pin_dir", "NETWARP_DATAPLANE_BPF_PIN_DIR", "/sys/fs/bpf/netwarp",
         Restart, flag -,
         "Where the eBPF dataplane pins its maps and links (on bpffs), so they outlive the daemon";
+    HOST_PROC_DIR = "dataplane.host_proc_dir", "NETWARP_DATAPLANE_HOST_PROC_DIR", "/proc",
+        Restart, flag -,
+        "The host's /proc, where targets' PID/ns/net are opened; in a container without `pid: host` (a Swarm service), mount the host's /proc elsewhere (e.g. /host/proc) and name it here";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         Restart, flag "resync-interval-secs",
         "Seconds between full resyncs, the safety net behind events";

@@ -103,6 +103,9 @@ pub struct Config {
     /// routes: the first of the bridge guard's three host rule priorities.
     pub host_guard_priority: u32,
     pub bpf_pin_dir: PathBuf,
+    /// Where host pids are visible: `/proc`, or the host's /proc mounted
+    /// into netwarp's container.
+    pub host_proc_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
     /// The Prometheus endpoint; `None` when `metrics.listen = "off"`.
@@ -229,6 +232,15 @@ impl Config {
                 format!("`{bpf_pin_dir}` is not a directory under /sys/fs/bpf/"),
             ));
         }
+        let proc = value(&keys::HOST_PROC_DIR)?;
+        let host_proc_dir = text(&keys::HOST_PROC_DIR, proc.clone())?;
+        if !host_proc_dir.starts_with('/') {
+            return Err(invalid(
+                &proc.1,
+                keys::HOST_PROC_DIR.name,
+                format!("`{host_proc_dir}` is not an absolute path"),
+            ));
+        }
         let level = value(&keys::LOG_LEVEL)?;
         let log_level = text(&keys::LOG_LEVEL, level.clone())?;
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -345,6 +357,7 @@ impl Config {
             resync_interval: Duration::from_secs(resync_secs),
             host_guard_priority: guard_priority as u32,
             bpf_pin_dir: bpf_pin_dir.into(),
+            host_proc_dir: host_proc_dir.into(),
             log_level,
             log_format,
             metrics_listen,

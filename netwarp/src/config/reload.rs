@@ -100,6 +100,10 @@ mod tests {
             &[("dataplane.bpf_pin_dir", "/sys/fs/bpf/other")],
         ),
         (
+            "dataplane.host_proc_dir",
+            &[("dataplane.host_proc_dir", "/host/proc")],
+        ),
+        (
             "dataplane.resync_interval_secs",
             &[("dataplane.resync_interval_secs", "7")],
         ),

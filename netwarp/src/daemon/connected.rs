@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::{Signals, shutdown};
-use crate::{config::Config, docker, pass::Reconciler};
+use crate::{config::Config, docker, pass::Reconciler, telemetry::ReloadView};
 
 /// Coalescing window: events arriving within it cause one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -149,11 +149,25 @@ fn reload_config(running: &Config, reconciler: &mut Reconciler, reload: &Reload)
     let new = match reload() {
         Ok(new) => new,
         Err(e) => {
-            error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the running one");
+            let error = format!("{e:#}");
+            error!(error = %error, "SIGHUP: the new configuration is invalid; keeping the running one");
+            reconciler.telemetry_mut().reloaded(ReloadView {
+                at: SystemTime::now(),
+                applied: Vec::new(),
+                needs_restart: Vec::new(),
+                error: Some(error),
+            });
             return;
         }
     };
     let reloaded = running.reload(&new);
+    let names = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect();
+    reconciler.telemetry_mut().reloaded(ReloadView {
+        at: SystemTime::now(),
+        applied: names(&reloaded.applied),
+        needs_restart: names(&reloaded.needs_restart),
+        error: None,
+    });
     for key in &reloaded.needs_restart {
         warn!(
             key,

@@ -18,6 +18,7 @@ use crate::{
     dataplane::{
         ebpf::{EbpfDataplane, EbpfError, ProgramLogger},
         host_guard::set_guard_priority,
+        netns::set_host_proc_dir,
         sync::Dataplane,
     },
     docker::{self, Backoff},
@@ -61,6 +62,7 @@ impl Signals {
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
 pub async fn run_daemon(config: Config, reload: Reload) -> Result<(), DaemonError> {
     set_guard_priority(config.host_guard_priority);
+    set_host_proc_dir(&config.host_proc_dir);
     let mut dataplane = choose_dataplane(&config)?;
     let mode = dataplane.mode();
     info!(mode = %mode, docker = %docker::describe(&config.docker), "netwarp starting");

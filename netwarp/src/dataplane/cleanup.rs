@@ -8,7 +8,7 @@ use tracing::{error, info};
 use super::{
     caps::CapsError,
     host_guard::{remove_host_guards, set_guard_priority},
-    netns::{NamespaceClaims, NamespaceHandle},
+    netns::{NamespaceClaims, NamespaceHandle, set_host_proc_dir},
     qdisc::remove_every_tbf,
     routes::{Desired, RoutesError, diff},
 };
@@ -31,6 +31,7 @@ pub enum CleanupError {
 
 pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     set_guard_priority(config.host_guard_priority);
+    set_host_proc_dir(&config.host_proc_dir);
     privileges::require(ROUTES_CAPABILITIES)?;
     let client = docker::connect(&config.docker, config.docker_api_version).await?;
     let world = docker::snapshot(&client).await?;

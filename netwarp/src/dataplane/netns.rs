@@ -2,7 +2,12 @@
 //! container's namespace, and the lookups every dataplane makes there
 //! (interfaces by MAC, veth peers). The host's own namespace is refused.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
@@ -16,7 +21,8 @@ use super::mac::parse_mac;
 pub enum NetnsError {
     #[error(
         "cannot enter the network namespace of pid {pid}: {reason}; netwarp needs \
-         CAP_SYS_ADMIN and CAP_NET_ADMIN (see `netwarp probe`)"
+         CAP_SYS_ADMIN and CAP_NET_ADMIN, and the host's pids (`pid: host`, or the \
+         host's /proc named by dataplane.host_proc_dir; see `netwarp probe`)"
     )]
     Netns { pid: u32, reason: String },
     #[error(
@@ -50,6 +56,26 @@ pub enum NetnsError {
     },
 }
 
+/// Where host pids are visible (`dataplane.host_proc_dir`): `/proc`, or
+/// the host's /proc mounted into netwarp's container (a Swarm service
+/// cannot share the host's pid namespace). Read once at start, like every
+/// restart-only key; every namespace netwarp opens goes through it.
+static HOST_PROC_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets where host pids are visible (once; later calls are ignored).
+pub fn set_host_proc_dir(dir: &Path) {
+    let _ = HOST_PROC_DIR.set(dir.to_owned());
+}
+
+fn host_proc_dir() -> &'static Path {
+    HOST_PROC_DIR.get_or_init(|| PathBuf::from("/proc"))
+}
+
+/// The nsfs file of `pid`'s network namespace, as the host numbers pids.
+pub fn net_namespace_path(pid: u32) -> PathBuf {
+    host_proc_dir().join(pid.to_string()).join("ns/net")
+}
+
 /// A network namespace's identity: the device and inode of its nsfs file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NamespaceId {
@@ -58,7 +84,7 @@ pub struct NamespaceId {
 }
 
 impl NamespaceId {
-    fn of(path: &str) -> std::io::Result<Self> {
+    fn of(path: impl AsRef<Path>) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
         Ok(Self {
             dev: meta.dev(),
@@ -66,9 +92,10 @@ impl NamespaceId {
         })
     }
 
-    /// Whether this is the host's namespace: init's, or netwarp's own.
+    /// Whether this is the host's namespace: init's, or netwarp's own
+    /// (which `run` checked is the host's).
     fn is_host(self) -> bool {
-        ["/proc/1/ns/net", "/proc/self/ns/net"]
+        [net_namespace_path(1), PathBuf::from("/proc/self/ns/net")]
             .into_iter()
             .any(|path| Self::of(path).is_ok_and(|host| host == self))
     }
@@ -141,7 +168,7 @@ impl NamespaceHandle {
     /// inside, so a pid reused meanwhile cannot point the check elsewhere.
     async fn enter(pid: u32) -> Result<(Self, NamespaceId), NetnsError> {
         let runtime = tokio::runtime::Handle::current();
-        let path = format!("/proc/{pid}/ns/net");
+        let path = net_namespace_path(pid);
         // The worker awaits the thread's answer instead of joining it, so
         // it serves other tasks meanwhile.
         let (answer, opened) = tokio::sync::oneshot::channel();

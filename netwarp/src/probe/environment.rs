@@ -16,7 +16,9 @@ pub const PID_INIT_INO: u64 = 0xEFFF_FFFC;
 pub const NET_INIT_INO: u64 = 0xEFFF_FFF9;
 
 /// The fixes, as a Compose key and a `docker run` flag.
-pub const FIX_PID: &str = "Compose: `pid: host`; docker run: `--pid host`";
+pub const FIX_PID: &str = "Compose: `pid: host`; docker run: `--pid host`; where neither \
+     exists (a Swarm service), mount the host's /proc (`/proc:/host/proc:ro`) and set \
+     NETWARP_DATAPLANE_HOST_PROC_DIR=/host/proc";
 pub const FIX_NET: &str = "Compose: `network_mode: host`; docker run: `--network host`";
 /// SYS_ADMIN also grants what BPF and PERFMON would (and older engines,
 /// such as Docker 20.10, reject those two names); SYS_PTRACE opens the
@@ -79,6 +81,9 @@ pub struct Facts {
     /// `/proc/1/ns/net`'s inode, or why it cannot be read (some sandboxes
     /// deny it even to root).
     pub init_net_ns: Result<u64, String>,
+    /// `dataplane.host_proc_dir` when it is not `/proc`: the directory, and
+    /// the pid its `self` names (netwarp as that procfs numbers it).
+    pub host_proc: Option<(String, Result<u32, String>)>,
 }
 
 fn ns_inode(path: &Path) -> Result<u64, String> {
@@ -92,19 +97,21 @@ fn ns_inode(path: &Path) -> Result<u64, String> {
         .ok_or_else(|| format!("unexpected {} -> {text}", path.display()))
 }
 
-/// The first process named `dockerd` in /proc (bounded by /proc's size).
-fn find_dockerd() -> Option<u32> {
-    std::fs::read_dir("/proc")
+/// The first process named `dockerd` in `proc` (bounded by its size).
+fn find_dockerd(proc: &Path) -> Option<u32> {
+    std::fs::read_dir(proc)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            std::fs::read_to_string(proc.join(format!("{pid}/comm")))
                 .is_ok_and(|c| c.trim() == "dockerd")
         })
 }
 
 impl Facts {
-    pub fn read() -> Self {
+    /// Observes the surroundings; host pids are looked up in `host_proc`
+    /// (`dataplane.host_proc_dir`).
+    pub fn read(host_proc: &Path) -> Self {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         Self {
             dockerenv: Path::new("/.dockerenv").exists(),
@@ -114,9 +121,19 @@ impl Facts {
             own_pid: std::process::id(),
             pid_ns: ns_inode(Path::new("/proc/self/ns/pid")).ok(),
             net_ns: ns_inode(Path::new("/proc/self/ns/net")).ok(),
-            dockerd: find_dockerd()
-                .map(|pid| (pid, ns_inode(Path::new(&format!("/proc/{pid}/ns/net"))))),
-            init_net_ns: ns_inode(Path::new("/proc/1/ns/net")),
+            dockerd: find_dockerd(host_proc)
+                .map(|pid| (pid, ns_inode(&host_proc.join(format!("{pid}/ns/net"))))),
+            init_net_ns: ns_inode(&host_proc.join("1/ns/net")),
+            host_proc: (host_proc != Path::new("/proc")).then(|| {
+                let own = std::fs::read_link(host_proc.join("self"))
+                    .map_err(|e| format!("cannot read {}/self: {e}", host_proc.display()))
+                    .and_then(|link| {
+                        (link.to_string_lossy().parse::<u32>()).map_err(|e| {
+                            format!("{}/self -> {}: {e}", host_proc.display(), link.display())
+                        })
+                    });
+                (host_proc.display().to_string(), own)
+            }),
         }
     }
 }
@@ -166,6 +183,25 @@ pub fn container(facts: &Facts) -> Option<String> {
 pub fn host_pid(facts: &Facts, in_container: bool) -> Finding {
     if facts.pid_ns == Some(PID_INIT_INO) {
         return Finding::new(Answer::Yes, "the initial pid namespace");
+    }
+    // Another procfs that numbers netwarp differently belongs to an
+    // ancestor pid namespace: the host's, mounted into the container.
+    if let Some((dir, own)) = &facts.host_proc {
+        return match own {
+            Ok(pid) if *pid != facts.own_pid => Finding::new(
+                Answer::Yes,
+                format!(
+                    "host pids are visible in {dir} (dataplane.host_proc_dir), where netwarp is pid {pid}"
+                ),
+            ),
+            Ok(_) => Finding::new(
+                Answer::No,
+                format!(
+                    "{dir} (dataplane.host_proc_dir) numbers netwarp as its own pid namespace does: it is not the host's /proc"
+                ),
+            ),
+            Err(e) => Finding::new(Answer::No, format!("dataplane.host_proc_dir: {e}")),
+        };
     }
     if let Some((pid, _)) = &facts.dockerd {
         return Finding::new(Answer::Yes, format!("dockerd is visible as pid {pid}"));
@@ -249,8 +285,8 @@ impl Environment {
         }
     }
 
-    pub fn detect() -> Self {
-        Self::decide(&Facts::read())
+    pub fn detect(host_proc: &Path) -> Self {
+        Self::decide(&Facts::read(host_proc))
     }
 
     /// Why `netwarp run` must not start here, with the fix, if it must not:
@@ -263,7 +299,7 @@ impl Environment {
         let mut reasons = Vec::new();
         if self.host_pid.answer == Answer::No {
             reasons.push(format!(
-                "netwarp runs in a container without the host's pid namespace ({}), so it \
+                "netwarp runs in a container without the host's pids ({}), so it \
                  cannot open targets' /proc/PID/ns/net; fix: {FIX_PID}",
                 self.host_pid.detail
             ));
@@ -313,6 +349,7 @@ mod tests {
             net_ns: Some(NET_INIT_INO),
             dockerd: Some((700, Ok(NET_INIT_INO))),
             init_net_ns: Ok(NET_INIT_INO),
+            host_proc: None,
         }
     }
 
@@ -330,7 +367,45 @@ mod tests {
             net_ns: Some(4026532600),
             dockerd: None,
             init_net_ns: Ok(4026532600),
+            host_proc: None,
         }
+    }
+
+    /// A Swarm service: host network, no host pid namespace, the host's
+    /// /proc mounted at /host/proc (where init's links are denied).
+    fn swarm_service(host_proc_self: Result<u32, String>) -> Facts {
+        Facts {
+            own_pid: 1,
+            net_ns: Some(NET_INIT_INO),
+            dockerd: Some((700, Err("cannot read /host/proc/700/ns/net: denied".into()))),
+            init_net_ns: Err("cannot read /host/proc/1/ns/net: denied".into()),
+            host_proc: Some(("/host/proc".into(), host_proc_self)),
+            ..plain_container()
+        }
+    }
+
+    #[test]
+    fn the_hosts_proc_mounted_in_a_container_gives_host_pids() {
+        let env = Environment::decide(&swarm_service(Ok(31337)));
+        assert_eq!(env.host_pid.answer, Answer::Yes, "{:?}", env.host_pid);
+        assert!(env.host_pid.detail.contains("/host/proc"));
+        assert_eq!(env.host_net.answer, Answer::Yes);
+        assert_eq!(env.refusal(), None);
+    }
+
+    #[test]
+    fn a_host_proc_dir_that_is_not_the_hosts_is_refused_naming_it() {
+        // netwarp's own /proc mounted elsewhere numbers it as pid 1 too.
+        let env = Environment::decide(&swarm_service(Ok(1)));
+        assert_eq!(env.host_pid.answer, Answer::No);
+        let refusal = env.refusal().expect("refused");
+        assert!(refusal.contains("host_proc_dir"), "{refusal}");
+        assert!(
+            refusal.contains("NETWARP_DATAPLANE_HOST_PROC_DIR"),
+            "{refusal}"
+        );
+        let env = Environment::decide(&swarm_service(Err("cannot read /host/proc/self".into())));
+        assert_eq!(env.host_pid.answer, Answer::No);
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub event_latency: Histogram,
     pub target_failures: Counter,
+    /// SIGHUP reloads, by result: `applied` or `rejected`.
+    pub config_reloads: Family<Labels, Counter>,
+    /// Restart-only keys that differ between the file and the running
+    /// configuration, as of the last reload.
+    pub config_restart_pending: Gauge,
 }
 
 impl Metrics {
@@ -64,6 +69,8 @@ impl Metrics {
         // 5 ms .. 80 s: Docker's event timestamp to the target's policy in place.
         let event_latency = Histogram::new(exponential_buckets(0.005, 2.0, 15));
         let target_failures = Counter::default();
+        let config_reloads = Family::<Labels, Counter>::default();
+        let config_restart_pending = Gauge::default();
         registry.register(
             "netwarp_build",
             "netwarp's version",
@@ -104,6 +111,16 @@ impl Metrics {
             "Times programming a target failed (retried on the next pass)",
             target_failures.clone(),
         );
+        registry.register(
+            "netwarp_config_reloads",
+            "SIGHUP reloads of the configuration file, by result (applied or rejected)",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "netwarp_config_restart_pending",
+            "Restart-only configuration keys changed in the file but not applied (restart netwarp)",
+            config_restart_pending.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             docker_events,
@@ -112,6 +129,8 @@ impl Metrics {
             reconcile_duration,
             event_latency,
             target_failures,
+            config_reloads,
+            config_restart_pending,
         }
     }
 
@@ -459,6 +478,7 @@ mod tests {
             host_ifindex: Some(7),
             warp_ifindex: None,
             error: None,
+            routed: None,
             caps: Default::default(),
         }
     }
@@ -496,6 +516,7 @@ mod tests {
                 tables: 2,
                 routes: 6002,
             }),
+            ..Published::default()
         };
         let pb = |packets, bytes| PacketsBytes { packets, bytes };
         let counters = HashMap::from([(

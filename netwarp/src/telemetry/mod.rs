@@ -65,6 +65,8 @@ pub struct TargetView {
     /// eBPF: the host-side veth carrying its policy, and the warp's veth.
     pub host_ifindex: Option<u32>,
     pub warp_ifindex: Option<u32>,
+    /// eBPF: why routes in its namespace steer it instead, if they do.
+    pub routed: Option<String>,
     /// The error of this pass, if programming failed.
     pub error: Option<String>,
     /// The bandwidth caps planned for it.
@@ -83,6 +85,21 @@ pub struct Published {
     pub guards: Vec<GuardView>,
     /// routes: what the host guard holds, as last written.
     pub host_guard: Option<GuardCounts>,
+    /// SIGHUP reloads since start, and what the last one did.
+    pub reloads: u64,
+    pub last_reload: Option<ReloadView>,
+}
+
+/// What one SIGHUP reload did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadView {
+    pub at: SystemTime,
+    /// Live keys whose value changed: applied from the next pass on.
+    pub applied: Vec<String>,
+    /// Restart-only keys whose value changed: the running value is kept.
+    pub needs_restart: Vec<String>,
+    /// Why the file was rejected (nothing changed), if it was.
+    pub error: Option<String>,
 }
 
 /// One bridge guard: the network it covers and its bridge interface.
@@ -214,6 +231,27 @@ impl Telemetry {
         self.metrics.docker_connected.set(0);
     }
 
+    /// Records a reload and shows it at once: a rejected file starts no pass.
+    pub fn reloaded(&mut self, reload: ReloadView) {
+        let result = if reload.error.is_some() {
+            "rejected"
+        } else {
+            "applied"
+        };
+        (self.metrics.config_reloads)
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+        if reload.error.is_none() {
+            let pending = i64::try_from(reload.needs_restart.len()).unwrap_or(i64::MAX);
+            self.metrics.config_restart_pending.set(pending);
+        }
+        self.published.send_modify(|published| {
+            let published = Arc::make_mut(published);
+            published.reloads += 1;
+            published.last_reload = Some(reload);
+        });
+    }
+
     /// Publishes the outcome of a pass.
     pub fn publish(&mut self, outcome: PassOutcome<'_>) {
         let PassOutcome {
@@ -254,7 +292,8 @@ impl Telemetry {
                     let interface = interfaces.get(&plan.id);
                     TargetView {
                         plan: plan.clone(),
-                        host_ifindex: interface.map(|i| i.host_ifindex),
+                        host_ifindex: interface.map(|i| i.host_ifindex).filter(|i| *i != 0),
+                        routed: interface.and_then(|i| i.routed.clone()),
                         warp_ifindex: interface.map(|i| i.warp_ifindex).filter(|i| *i != 0),
                         error: failures.get(&plan.id).cloned(),
                         caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),
@@ -263,6 +302,8 @@ impl Telemetry {
                 .collect(),
             guards,
             host_guard,
+            reloads: self.published.borrow().reloads,
+            last_reload: self.published.borrow().last_reload.clone(),
         };
         self.published.send_replace(Arc::new(published));
     }

@@ -30,6 +30,9 @@ pub struct StatusDoc {
     pub metrics_listen: Option<String>,
     pub control_socket: String,
     pub reconcile: ReconcileStatus,
+    /// SIGHUP reloads of the configuration file.
+    #[serde(default)]
+    pub config: ConfigStatus,
     pub warps: Vec<WarpStatus>,
     pub targets: Vec<TargetStatus>,
     /// routes: what netwarp holds in the host's namespace for its bridge
@@ -64,6 +67,24 @@ pub struct ReconcileStatus {
     pub passes: u64,
     pub last_finished_unix_seconds: Option<f64>,
     pub last_duration_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// Reloads since start, rejected ones included.
+    pub reloads: u64,
+    pub last_reload: Option<ReloadStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub unix_seconds: Option<f64>,
+    /// Live keys that changed: applied from the next pass on.
+    pub applied: Vec<String>,
+    /// Restart-only keys that changed: running values kept until a restart.
+    pub needs_restart: Vec<String>,
+    /// Why the file was rejected (the running configuration is kept).
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +125,11 @@ pub struct TargetStatus {
     pub caps: Caps,
     /// The error of the last pass if programming this target failed.
     pub error: Option<String>,
+    /// eBPF: why routes in its namespace steer it instead of the eBPF
+    /// policy (its veth's peer is not in the host namespace: an overlay
+    /// network); null when the eBPF policy carries it.
+    #[serde(default)]
+    pub routed: Option<String>,
     /// eBPF: the host-side veth holding the policy and the warp's veth.
     pub host_ifindex: Option<u32>,
     pub host_interface: Option<String>,
@@ -168,11 +194,17 @@ pub fn build(
         control_socket: info.control_socket.display().to_string(),
         reconcile: ReconcileStatus {
             passes: published.pass,
-            last_finished_unix_seconds: published
-                .finished_at
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64()),
+            last_finished_unix_seconds: published.finished_at.and_then(unix_seconds),
             last_duration_seconds: published.duration.map(|d| d.as_secs_f64()),
+        },
+        config: ConfigStatus {
+            reloads: published.reloads,
+            last_reload: published.last_reload.as_ref().map(|r| ReloadStatus {
+                unix_seconds: unix_seconds(r.at),
+                applied: r.applied.clone(),
+                needs_restart: r.needs_restart.clone(),
+                error: r.error.clone(),
+            }),
         },
         warps: published
             .warps
@@ -245,6 +277,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
             .collect(),
         caps: caps(&view.caps),
         error: view.error.clone(),
+        routed: view.routed.clone(),
         host_ifindex: view.host_ifindex,
         host_interface: view
             .host_ifindex
@@ -252,6 +285,10 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         warp_ifindex: view.warp_ifindex,
         counters,
     }
+}
+
+fn unix_seconds(at: std::time::SystemTime) -> Option<f64> {
+    at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -287,6 +324,7 @@ mod tests {
             plan: plan.clone(),
             host_ifindex: None,
             warp_ifindex: None,
+            routed: None,
             error: Some("boom".into()),
             caps: crate::model::Caps::default(),
         };

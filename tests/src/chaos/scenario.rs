@@ -5,17 +5,17 @@
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
-use aya::maps::HashMap as BpfHashMap;
+use netwarp::dataplane::mac::MacAddr;
 use netwarp_common::{
     ACTION_BLOCK, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAP, GUARDS_MAP,
-    GuardAllowKey, RATE_BUCKETS_MAP, RATE_SLOTS_MAP, WARP_PEERS_MAP, WarpPeerKey,
+    GuardAllowKey, RATE_BUCKETS_MAP, RATE_SLOTS_MAP, RateBuckets, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
     CONVERGE, LeakSink,
     pins::{
-        expect_one_netwarp_program, interface_ifindex, map_keys_u32, open_map, parse_mac,
-        read_policies, read_rule_sets,
+        expect_one_netwarp_program, hash_rows, interface_ifindex, map_keys_u32, read_policies,
+        read_rule_sets,
     },
     unique_prefix_octet,
 };
@@ -227,9 +227,7 @@ impl Scenario {
         }
         // The warp program's peers: while steered, the target's addresses
         // on the warp's veth, pointing at the target's veth; else none.
-        let peers: BpfHashMap<_, WarpPeerKey, u32> =
-            BpfHashMap::try_from(open_map(pins, WARP_PEERS_MAP)?)?;
-        let peers: Vec<(WarpPeerKey, u32)> = peers.iter().filter_map(Result::ok).collect();
+        let peers: Vec<(WarpPeerKey, u32)> = hash_rows(pins, WARP_PEERS_MAP)?;
         let mut want_links = Vec::new();
         if expect == Expect::Steered {
             let warp = self.warp.as_ref().context("no warp")?;
@@ -254,8 +252,8 @@ impl Scenario {
                     policy.warp_ifindex
                 );
             }
-            let mac = parse_mac(&self.warp_mac()?)?;
-            if policy.warp_mac != mac {
+            let mac: MacAddr = self.warp_mac()?.parse()?;
+            if policy.warp_mac != mac.0 {
                 bail!(
                     "policy warp MAC {:02x?}, the warp's is {mac:02x?}",
                     policy.warp_mac
@@ -286,8 +284,13 @@ impl Scenario {
             expect_one_netwarp_program(&veth, direction)?;
         }
         // No caps in this scenario: the rate maps stay empty.
-        for name in [RATE_SLOTS_MAP, RATE_BUCKETS_MAP] {
-            let entries = map_keys_u32(pins, name)?;
+        for (name, entries) in [
+            (RATE_SLOTS_MAP, map_keys_u32::<u32>(pins, RATE_SLOTS_MAP)?),
+            (
+                RATE_BUCKETS_MAP,
+                map_keys_u32::<RateBuckets>(pins, RATE_BUCKETS_MAP)?,
+            ),
+        ] {
             if !entries.is_empty() {
                 bail!("orphaned entries in {name}: {entries:?}");
             }
@@ -353,20 +356,17 @@ impl Scenario {
     fn check_guard(&self, pins: &Path) -> anyhow::Result<u32> {
         let bridge = self.network.bridge()?;
         let bridge_ifindex = interface_ifindex(&bridge)?;
-        let guards: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(open_map(pins, GUARDS_MAP)?)?;
-        let guards: Vec<(u32, u32)> = guards.iter().filter_map(Result::ok).collect();
+        let guards: Vec<(u32, u32)> = hash_rows(pins, GUARDS_MAP)?;
         let [(guarded, rule_set)] = guards[..] else {
             bail!("bridge guards {guards:?}, expected one for {bridge} ({bridge_ifindex})");
         };
         if guarded != bridge_ifindex {
             bail!("the guard is on ifindex {guarded}, the network's bridge is {bridge_ifindex}");
         }
-        let allow: BpfHashMap<_, GuardAllowKey, u8> =
-            BpfHashMap::try_from(open_map(pins, GUARD_ALLOW_MAP)?)?;
+        let allow: Vec<(GuardAllowKey, u8)> = hash_rows(pins, GUARD_ALLOW_MAP)?;
         let mut allowed: Vec<String> = allow
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| match k.kind {
+            .into_iter()
+            .map(|(k, _)| match k.kind {
                 GUARD_ALLOW_IPV4 => {
                     std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&k.addr[..4]).expect("four bytes"))
                         .to_string()

@@ -23,3 +23,16 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
             .into_owned(),
     )
 }
+
+/// Whether the host interface `host_ifindex` is the peer of the veth
+/// `container_ifindex`: its `iflink` (sysfs, of the network namespace
+/// netwarp runs in, the host's) names that veth. A veth's peer ifindex is
+/// numbered in the peer's own namespace, so a peer in another namespace
+/// (an overlay network's) can share its number with an unrelated host
+/// interface; this cross-check tells them apart.
+pub fn is_host_peer_of(host_ifindex: u32, container_ifindex: u32) -> bool {
+    interface_name(host_ifindex)
+        .and_then(|name| std::fs::read_to_string(format!("/sys/class/net/{name}/iflink")).ok())
+        .and_then(|iflink| iflink.trim().parse::<u32>().ok())
+        == Some(container_ifindex)
+}

@@ -29,7 +29,7 @@ mod warp;
 
 pub use error::EbpfError;
 pub use hooks::Hook;
-pub use interfaces::{interface_index, interface_name};
+pub use interfaces::{interface_index, interface_name, is_host_peer_of};
 pub use loader::ProgramLogger;
 pub use maps::{CpuSum, InterfaceTraffic, PinnedMaps, RateSlot, cpu_sum, interface_traffic};
 pub use warp::warp_peer_key;

@@ -13,7 +13,7 @@ use crate::{
         ebpf::{
             EbpfDataplane, ProgramLogger,
             compile::{CompiledPrefix, compile, guard_allow_keys},
-            interface_index, interface_name, warp_peer_key,
+            interface_index, interface_name, is_host_peer_of, warp_peer_key,
         },
         mac::MacAddr,
         routes::{RoutesError, desired_state, diff},
@@ -70,7 +70,14 @@ pub struct EbpfPlane {
     unreleased: HashSet<u32>,
     /// A target was written this pass: stale warp rows may be left.
     wrote: bool,
+    /// Targets steered by routes in their namespace instead, with why.
+    routed: HashMap<String, String>,
 }
+
+/// Why a target in eBPF mode is steered by routes, for status.
+const ROUTED_REASON: &str = "its veth's peer is not in the host namespace (an overlay \
+     network): steered by routes in its namespace; the warp's untunnelled forwards are not \
+     dropped there";
 
 impl EbpfPlane {
     pub fn new(ebpf: EbpfDataplane) -> Self {
@@ -84,6 +91,7 @@ impl EbpfPlane {
             departed_caps: Vec::new(),
             unreleased: HashSet::new(),
             wrote: false,
+            routed: HashMap::new(),
         }
     }
 
@@ -104,15 +112,25 @@ impl EbpfPlane {
 
     /// The interfaces each programmed target uses, for status and metrics.
     pub fn interfaces(&self) -> HashMap<String, TargetInterfaces> {
+        let routed = (self.routed.iter()).map(|(id, reason)| {
+            let interfaces = TargetInterfaces {
+                routed: Some(reason.clone()),
+                ..TargetInterfaces::default()
+            };
+            (id.clone(), interfaces)
+        });
         (self.targets.iter())
+            .filter(|(id, _)| !self.routed.contains_key(*id))
             .map(|(id, t)| {
                 let interfaces = TargetInterfaces {
                     host_ifindex: t.host_ifindex,
                     warp_ifindex: t.warp_ifindex,
                     warp_ports: t.warp_ports.clone(),
+                    routed: None,
                 };
                 (id.clone(), interfaces)
             })
+            .chain(routed)
             .collect()
     }
 
@@ -141,22 +159,51 @@ impl EbpfPlane {
             return Ok(false);
         };
         let namespace = scope.owned(pid, short_id(&target.id)).await?;
+        let ends = match target.mac_on_network.as_deref() {
+            Some(mac) => Some(namespace.veth_ends_by_mac(mac).await?.ok_or_else(|| {
+                TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
+            })?),
+            None => None,
+        };
+        // A veth whose peer is not in the host's namespace (an overlay
+        // network's task, whose peer sits in the overlay's namespace) has no
+        // host interface to carry the policy: routes in the target's own
+        // namespace steer it instead, as in the routes dataplane.
+        let routed = ends.is_some_and(|(inner, outer)| !is_host_peer_of(outer, inner));
+        if routed != self.routed.contains_key(&target.id) {
+            info!(
+                routed,
+                "the target's veth peer is {}in the host namespace",
+                if routed { "not " } else { "" }
+            );
+        }
+        if routed {
+            self.routed
+                .insert(target.id.clone(), ROUTED_REASON.to_owned());
+        } else {
+            self.routed.remove(&target.id);
+        }
         // The tc drop is silent, so blocked prefixes also get prohibit routes
         // in the target's namespace: senders fail at once with EACCES, and the
         // block holds on every interface, even one netwarp cannot identify.
-        let blocked: Vec<_> = (target.entries.iter())
-            .filter(|e| e.action == Action::Block)
+        let routed_entries: Vec<_> = (target.entries.iter())
+            .filter(|e| routed || e.action == Action::Block)
             .copied()
             .collect();
-        let route_changes = diff(&namespace.installed().await?, &desired_state(&blocked))
-            .map_err(RoutesError::from)?;
+        let route_changes = diff(
+            &namespace.installed().await?,
+            &desired_state(&routed_entries),
+        )
+        .map_err(RoutesError::from)?;
         if !route_changes.is_empty() {
-            namespace.apply(&route_changes, None).await?;
+            let via = routed.then_some(target.mac_on_network.as_deref()).flatten();
+            namespace.apply(&route_changes, via).await?;
         }
-        let host_ifindex = match target.mac_on_network.as_deref() {
-            Some(mac) => namespace.peer_ifindex_by_mac(mac).await?.ok_or_else(|| {
-                TargetError::Endpoint(format!("no veth with MAC {mac} in the target's namespace"))
-            })?,
+        if routed {
+            return Ok(!route_changes.is_empty());
+        }
+        let host_ifindex = match ends {
+            Some((_, outer)) => outer,
             // The network is unknown now (e.g. the warp was disconnected): the
             // veth that was steered gets the block, so no stale steering row
             // outlives the plan. The prohibit routes above hold it meanwhile.
@@ -312,6 +359,7 @@ impl EbpfPlane {
             .collect();
         departed.append(&mut self.departed_caps);
         departed.extend(self.unreleased.drain());
+        self.routed.retain(|id, _| seen.contains(id));
         // A target whose veth vanished (deleted, or the container is
         // between namespaces) holds nothing live: its policy and pins go.
         let settled = &mut self.settled;

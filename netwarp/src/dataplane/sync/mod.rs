@@ -38,6 +38,9 @@ pub struct TargetInterfaces {
     pub warp_ifindex: u32,
     /// The warp's veths that know it (all the warp's networks).
     pub warp_ports: Vec<u32>,
+    /// Why it is steered by routes in its namespace instead (no host-side
+    /// veth to carry its policy), if it is.
+    pub routed: Option<String>,
 }
 
 /// Why one target could not be programmed.
