@@ -73,8 +73,9 @@ pub fn unique_guard_priority() -> u32 {
     6_000 + 3 * ((std::process::id().wrapping_mul(37) + n) % 8_000)
 }
 
-/// Deletes the host guard rules at a daemon's three priorities (which a
-/// stopped daemon keeps, to fail closed); bounded in count.
+/// Deletes the host guard rules at a daemon's three priorities and the
+/// routes of its guard tables (which a stopped daemon keeps, to fail
+/// closed); bounded in count.
 pub fn remove_host_guard_rules(first: u32) {
     for family in ["-4", "-6"] {
         for priority in first..first + 3 {
@@ -93,6 +94,45 @@ pub fn remove_host_guard_rules(first: u32) {
             }
         }
     }
+    // Then the tables those rules looked up.
+    let mut tables: Vec<(&str, u32)> = guard_table_routes(first)
+        .into_iter()
+        .map(|(family, table, _)| (family, table))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for (family, table) in tables {
+        let table = table.to_string();
+        let _ = crate::command::output(
+            "ip",
+            &[family, "route", "flush", "table", &table, "proto", "87"],
+        );
+    }
+}
+
+/// The host's routes in the guard tables of the daemon whose first guard
+/// priority is `first`: family, table, and the route as `ip` prints it.
+pub fn guard_table_routes(first: u32) -> Vec<(&'static str, u32, String)> {
+    let start = 0x5700_0000u32 + first * 0x1000;
+    let tables = start..start + 0x1000;
+    let mut routes = Vec::new();
+    for family in ["-4", "-6"] {
+        let shown = crate::command::run(
+            "ip",
+            &[family, "route", "show", "table", "all", "proto", "87"],
+        )
+        .unwrap_or_default();
+        for line in shown.lines() {
+            let table = (line.split_whitespace())
+                .skip_while(|w| *w != "table")
+                .nth(1)
+                .and_then(|t| t.parse().ok());
+            if let Some(table) = table.filter(|t| tables.contains(t)) {
+                routes.push((family, table, line.to_owned()));
+            }
+        }
+    }
+    routes
 }
 
 /// A daemon config for `labels` with `rules_toml` appended: the test's own
@@ -277,6 +317,20 @@ impl Daemon {
     pub fn restart(&mut self, signal: i32) -> anyhow::Result<()> {
         self.stop(signal)?;
         self.spawn()
+    }
+
+    /// The first of the daemon's three host guard priorities.
+    pub fn guard_priority(&self) -> u32 {
+        self.guard_priority
+    }
+
+    /// The host's routes (both families) in the daemon's guard tables, as
+    /// `ip route` prints them.
+    pub fn host_guard_routes(&self) -> Vec<String> {
+        guard_table_routes(self.guard_priority)
+            .into_iter()
+            .map(|(_, _, route)| route)
+            .collect()
     }
 
     /// The running daemon's pid, if it runs.

@@ -47,11 +47,11 @@ pub fn unlabelled_state(container: &Container) -> anyhow::Result<String> {
 /// and their daemons add and remove host guard rules. [`host_changes`]
 /// therefore leaves out exactly that churn: netwarp's tagged guard rules
 /// (`proto 87` with an `iif`, or the guard's `nop`: what netwarp may own on
-/// the host), the kernel's own `proto kernel` routes (they follow
+/// the host) and the routes of its guard tables, the kernel's own `proto kernel` routes (they follow
 /// addresses), and untagged lines on `br-*`/`veth*` interfaces or on
 /// interfaces that did not exist both before and after. What a host
 /// namespace wrongly programmed as a target's would show (rules at
-/// priority 10000 looking up table 20055, routes in table 20055, qdiscs or
+/// priority 10000 looking up a target table, routes in one, qdiscs or
 /// programs on the host's own interfaces) is always kept.
 #[derive(Clone, Debug)]
 pub struct HostState {
@@ -61,14 +61,32 @@ pub struct HostState {
 }
 
 fn tagged(line: &str) -> bool {
-    line.contains("proto 87") || line.contains("20055")
+    line.contains("proto 87") || tables(line).any(is_target_table)
 }
 
-/// A host guard rule of some netwarp daemon (this test's or another's).
+/// The tables a rule looks up or a route sits in.
+fn tables(line: &str) -> impl Iterator<Item = u32> + '_ {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let tables: Vec<u32> = (words.windows(2))
+        .filter(|pair| matches!(pair[0], "lookup" | "table"))
+        .filter_map(|pair| pair[1].parse().ok())
+        .collect();
+    tables.into_iter()
+}
+
+fn is_target_table(table: u32) -> bool {
+    netwarp::dataplane::tables::TARGET_TABLES.contains(&table)
+        || table == netwarp::dataplane::tables::LEGACY_TARGET_TABLE
+}
+
+/// A host guard rule or guard-table route of some netwarp daemon (this
+/// test's or another's).
 fn guard_rule(line: &str) -> bool {
     line.contains("proto 87")
-        && !line.contains("lookup 20055")
-        && (line.contains(" iif ") || line.trim_end().ends_with("nop proto 87"))
+        && !tables(line).any(is_target_table)
+        && (line.contains(" iif ")
+            || line.trim_end().ends_with("nop proto 87")
+            || tables(line).any(|t| netwarp::dataplane::host_guard::ALL_GUARD_TABLES.contains(&t)))
 }
 
 /// The host's state now; fails when a view cannot be read.
@@ -215,7 +233,9 @@ mod tests {
             &[
                 base[0],
                 "-4 6003:\tfrom all iif br-0123 to 203.0.113.0/24 prohibit proto 87",
+                "-4 6004:\tfrom all iif br-0123 lookup 1485963264 proto 87",
                 "-4 6005:\tfrom all nop proto 87",
+                "-4 prohibit 203.0.113.0/24 table 1485963264 proto 87",
                 "-4 172.30.0.0/16 dev br-0123 proto kernel scope link src 172.30.0.1",
                 base[1],
             ],
@@ -226,15 +246,15 @@ mod tests {
         let written = host(
             &[
                 base[0],
-                "-4 10000:\tfrom all to 0.0.0.0/0 lookup 20055 proto 87",
+                "-4 10000:\tfrom all lookup 1314324480 proto 87",
                 base[1],
-                "-4 prohibit default table 20055 proto 87 metric 1024",
+                "-4 prohibit default table 1314324480 proto 87 metric 1024",
             ],
             &qdisc,
         );
         let changed = host_changes(&before, &written);
         assert!(changed.contains("+ -4 10000:"), "{changed}");
-        assert!(changed.contains("table 20055"), "{changed}");
+        assert!(changed.contains("table 1314324480"), "{changed}");
         let shaped = host(base, &[("eth0", "qdisc tbf 8001: root rate 10Mbit\n")]);
         assert!(host_changes(&before, &shaped).starts_with("on eth0:"));
     }

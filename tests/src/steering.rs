@@ -12,8 +12,12 @@ use crate::{
 pub const REMOTE: &str = "203.0.113.1";
 /// Global rules that steer REMOTE's prefix.
 pub const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\n";
-/// netwarp's routing table, as `ip` prints it.
-pub const TABLE: &str = "20055";
+/// The first of netwarp's routing tables in a target namespace, as `ip`
+/// prints it: the table of a target with one selector group.
+pub const TABLE: &str = "1314324480";
+/// The priority of netwarp's rules in a target namespace, as `ip rule`
+/// prints it.
+pub const RULE_PRIORITY: &str = "10000:";
 
 /// The warp's command (`sh -c`): own REMOTE and serve "hello" on tcp 8080
 /// and 9090 of it.
@@ -91,17 +95,49 @@ pub fn connect_error(container: &Container, port: u16) -> String {
     }
 }
 
-/// netwarp's entries in a container: its rules and its table.
+/// netwarp's entries in a container: its IPv4 rules and the routes of
+/// the tables they look up.
 pub fn owned_state(container: &Container) -> String {
-    let rules = container.ip(&["rule", "show"]).unwrap_or_default();
-    let rules: Vec<&str> = rules
+    let (rules, routes) = netwarp_entries(container, "-4").unwrap_or_default();
+    format!("{}\n--\n{}", rules.join("\n"), routes.join("\n"))
+}
+
+/// netwarp's rules of one family (`-4` or `-6`) in a container (priority
+/// 10000, protocol 87), one per line, and the routes of the tables they
+/// look up, each `ROUTE` with its table's rules in order.
+pub fn netwarp_entries(
+    container: &Container,
+    family: &str,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let rules: Vec<String> = container
+        .ip(&[family, "rule", "show"])?
         .lines()
-        .filter(|l| l.contains(&format!("lookup {TABLE}")))
+        .filter(|l| l.starts_with(RULE_PRIORITY) && l.contains("proto 87"))
+        .map(|l| l.replace('\t', " "))
         .collect();
-    let routes = container
-        .ip(&["route", "show", "table", TABLE])
-        .unwrap_or_default();
-    format!("{}\n--\n{}", rules.join("\n"), routes.trim())
+    let mut routes = Vec::new();
+    for table in rules.iter().filter_map(|l| looked_up(l)) {
+        let shown = match container.ip(&[family, "route", "show", "table", table]) {
+            Ok(shown) => shown,
+            // The table exists only while it holds a route.
+            Err(e) if e.to_string().contains("does not exist") => String::new(),
+            Err(e) => return Err(e),
+        };
+        routes.extend(
+            shown
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("{} ", l.trim())),
+        );
+    }
+    Ok((rules, routes))
+}
+
+/// The table a rule line looks up.
+pub fn looked_up(rule: &str) -> Option<&str> {
+    rule.split_whitespace()
+        .skip_while(|w| *w != "lookup")
+        .nth(1)
 }
 
 /// What `full_routing` reads: the rules, the routes of every table, and the

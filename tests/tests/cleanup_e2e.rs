@@ -81,6 +81,12 @@ fn cleanup_removes_everything(mode: &str) {
         target_before,
         "{mode}: nothing was programmed"
     );
+    if mode == "routes" {
+        assert!(
+            !daemon.host_guard_routes().is_empty(),
+            "the host guard's table holds no route"
+        );
+    }
     daemon.stop(libc::SIGTERM).expect("stopping");
 
     let binary = netwarp_binary();
@@ -103,6 +109,11 @@ fn cleanup_removes_everything(mode: &str) {
         ),
         target_before,
         "{mode}: netwarp entries remain"
+    );
+    assert_eq!(
+        daemon.host_guard_routes(),
+        Vec::<String>::new(),
+        "{mode}: the host guard's routes remain"
     );
     assert!(
         !daemon.pin_dir().exists(),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use netwarp::{
-    dataplane::host_guard::{program_host_guards, remove_host_guards},
+    dataplane::host_guard::{GuardWrite, program_host_guards, remove_host_guards},
     model::parse_rules,
     plan::{Action, Entry, GuardPlan},
 };
@@ -43,7 +43,12 @@ impl HostRules {
         Self { runtime, handle }
     }
 
+    /// Whether anything changed.
     fn program(&self, guards: &[(String, &GuardPlan)]) -> bool {
+        self.write(guards).changes > 0
+    }
+
+    fn write(&self, guards: &[(String, &GuardPlan)]) -> GuardWrite {
         self.runtime
             .block_on(program_host_guards(&self.handle, guards))
             .expect("programming the host guards")
@@ -72,7 +77,9 @@ fn plan(labels: &[&str], sources: &[&str]) -> GuardPlan {
 }
 
 /// The rules at the guard's priorities (5000-5002), as `ip rule show`
-/// prints them, with one family's rules apart from the other's.
+/// prints them, with one family's rules apart from the other's. A
+/// `lookup TABLE` shows what the table holds instead of its id:
+/// `lookup [prohibit 203.0.113.0/24, ...]`.
 fn guard_rules(netns: &Netns) -> (BTreeSet<String>, BTreeSet<String>) {
     let show = |family: &str| {
         run("ip", &["-n", netns.name(), family, "rule", "show"])
@@ -83,10 +90,67 @@ fn guard_rules(netns: &Netns) -> (BTreeSet<String>, BTreeSet<String>) {
                     .iter()
                     .any(|p| line.starts_with(p))
             })
-            .map(|line| line.replace('\t', " "))
+            .map(|line| {
+                let line = line.replace('\t', " ");
+                match line.split_once(" lookup ") {
+                    Some((head, tail)) => {
+                        let (table, rest) = tail.split_once(' ').unwrap_or((tail, ""));
+                        let held = table_routes(netns, family, table).join(", ");
+                        format!("{head} lookup [{held}] {rest}")
+                            .trim_end()
+                            .to_string()
+                    }
+                    None => line,
+                }
+            })
             .collect()
     };
     (show("-4"), show("-6"))
+}
+
+/// A table's routes of one family, `TYPE PREFIX` each, sorted.
+fn table_routes(netns: &Netns, family: &str, table: &str) -> Vec<String> {
+    let mut routes: Vec<String> = run(
+        "ip",
+        &["-n", netns.name(), family, "route", "show", "table", table],
+    )
+    .expect("ip route show table")
+    .lines()
+    .map(|line| {
+        line.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+    .collect();
+    routes.sort();
+    routes
+}
+
+/// How many routes carry netwarp's protocol tag (87) in any table.
+fn netwarp_routes(netns: &Netns) -> usize {
+    ["-4", "-6"]
+        .iter()
+        .map(|family| {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    netns.name(),
+                    family,
+                    "route",
+                    "show",
+                    "table",
+                    "all",
+                    "proto",
+                    "87",
+                ],
+            )
+            .expect("ip route show table all")
+            .lines()
+            .count()
+        })
+        .sum()
 }
 
 fn lines(lines: &[String]) -> BTreeSet<String> {
@@ -122,6 +186,40 @@ fn host_guard_rules_are_programmed_diffed_and_removed() {
     )
     .expect("adding a foreign rule");
     let foreign = format!("5001: from all to 203.0.113.0/24 iif {bridge} prohibit");
+    // Strays with netwarp's tag: an earlier version's per-prefix rule, and
+    // a route in a guard table no rule looks up.
+    run(
+        "ip",
+        &[
+            "rule",
+            "add",
+            "pref",
+            "5001",
+            "iif",
+            &bridge,
+            "to",
+            "10.200.9.0/24",
+            "prohibit",
+            "proto",
+            "87",
+        ],
+    )
+    .expect("adding a stray rule");
+    let stray_table = (0x5838_8000u32 + 7).to_string();
+    run(
+        "ip",
+        &[
+            "route",
+            "add",
+            "prohibit",
+            "10.200.8.0/24",
+            "table",
+            &stray_table,
+            "proto",
+            "87",
+        ],
+    )
+    .expect("adding a stray route");
 
     let rules = HostRules::open();
     let first = plan(
@@ -142,17 +240,19 @@ fn host_guard_rules_are_programmed_diffed_and_removed() {
             format!("5000: from 172.30.0.3 iif {bridge} goto 5002 proto 87"),
             format!("5000: from 172.31.0.2 iif {missing} [detached] goto 5002 proto 87"),
             foreign.clone(),
-            format!("5001: from all to 203.0.113.0/24 iif {bridge} prohibit proto 87"),
+            format!("5001: from all iif {bridge} lookup [prohibit 203.0.113.0/24] proto 87"),
             format!(
-                "5001: from all to 198.51.100.0/24 iif {bridge} ipproto tcp dport 443 prohibit proto 87"
+                "5001: from all iif {bridge} ipproto tcp dport 443 lookup [prohibit 198.51.100.0/24] proto 87"
             ),
             format!(
-                "5001: from all to 198.51.100.0/24 iif {bridge} ipproto udp dport 5000-5100 prohibit proto 87"
+                "5001: from all iif {bridge} ipproto udp dport 5000-5100 lookup [prohibit 198.51.100.0/24] proto 87"
             ),
             format!(
-                "5001: from all to 198.51.100.0/24 iif {bridge} ipproto icmp prohibit proto 87"
+                "5001: from all iif {bridge} ipproto icmp lookup [prohibit 198.51.100.0/24] proto 87"
             ),
-            format!("5001: from all to 192.0.2.0/24 iif {missing} [detached] prohibit proto 87"),
+            format!(
+                "5001: from all iif {missing} [detached] lookup [prohibit 192.0.2.0/24] proto 87"
+            ),
             "5002: from all nop proto 87".into(),
         ])
     );
@@ -160,9 +260,14 @@ fn host_guard_rules_are_programmed_diffed_and_removed() {
         v6,
         lines(&[
             format!("5000: from fd00:30::2 iif {bridge} goto 5002 proto 87"),
-            format!("5001: from all to 2001:db8::/32 iif {bridge} prohibit proto 87"),
+            format!("5001: from all iif {bridge} lookup [prohibit 2001:db8::/32] proto 87"),
             "5002: from all nop proto 87".into(),
         ])
+    );
+    assert_eq!(
+        netwarp_routes(netns),
+        6,
+        "one route per prefix and group; the stray route is gone"
     );
 
     // A source leaves and a prefix changes: only the difference moves.
@@ -178,45 +283,94 @@ fn host_guard_rules_are_programmed_diffed_and_removed() {
         format!("5000: from 172.30.0.2 iif {bridge} goto 5002 proto 87"),
         format!("5000: from 172.31.0.2 iif {missing} [detached] goto 5002 proto 87"),
         foreign.clone(),
-        format!("5001: from all to 203.0.112.0/23 iif {bridge} prohibit proto 87"),
+        format!("5001: from all iif {bridge} lookup [prohibit 203.0.112.0/23] proto 87"),
         format!(
-            "5001: from all to 198.51.100.0/24 iif {bridge} ipproto tcp dport 443 prohibit proto 87"
+            "5001: from all iif {bridge} ipproto tcp dport 443 lookup [prohibit 198.51.100.0/24] proto 87"
         ),
         format!(
-            "5001: from all to 198.51.100.0/24 iif {bridge} ipproto udp dport 5000-5100 prohibit proto 87"
+            "5001: from all iif {bridge} ipproto udp dport 5000-5100 lookup [prohibit 198.51.100.0/24] proto 87"
         ),
-        format!("5001: from all to 198.51.100.0/24 iif {bridge} ipproto icmp prohibit proto 87"),
-        format!("5001: from all to 192.0.2.0/24 iif {missing} [detached] prohibit proto 87"),
+        format!(
+            "5001: from all iif {bridge} ipproto icmp lookup [prohibit 198.51.100.0/24] proto 87"
+        ),
+        format!("5001: from all iif {missing} [detached] lookup [prohibit 192.0.2.0/24] proto 87"),
         "5002: from all nop proto 87".into(),
     ]);
     let guards = [(bridge.clone(), &second), (missing.clone(), &elsewhere)];
-    assert!(rules.program(&guards));
+    let written = rules.write(&guards);
+    // delete allow, put route, delete route.
+    assert_eq!(written.changes, 3, "{written:?}");
     assert_eq!(guard_rules(netns), (second_v4.clone(), v6.clone()));
     assert!(!rules.program(&guards), "a converged guard changes nothing");
 
-    // A stale all-protocol block listed after three kept narrower ones: a
-    // rule delete removes the first rule its set fields fit, a kept one,
-    // unless netwarp moves those behind it first (pass after pass, this
-    // would take four; a call makes at most two).
+    // One more prefix in a group is one more route, no rule.
     let wider = plan(
         &[
-            "203.0.112.0/23,2001:db8::/32",
+            "203.0.112.0/23,2001:db8::/32,10.200.0.0/24",
             "198.51.100.0/24,tcp:443,udp:5000-5100",
             "198.51.100.0/24,icmp",
-            "198.51.100.0/24",
         ],
         &["172.30.0.2", "fd00:30::2"],
     );
-    assert!(rules.program(&[(bridge.clone(), &wider), (missing.clone(), &elsewhere)]));
-    assert_eq!(guard_rules(netns).0.len(), second_v4.len() + 1);
+    let written = rules.write(&[(bridge.clone(), &wider), (missing.clone(), &elsewhere)]);
+    assert_eq!(written.changes, 1, "{written:?}");
+    let (wider_v4, _) = guard_rules(netns);
+    assert!(wider_v4.contains(&format!(
+        "5001: from all iif {bridge} lookup [prohibit 10.200.0.0/24, prohibit 203.0.112.0/23] proto 87"
+    )));
+    assert_eq!(wider_v4.len(), second_v4.len());
     assert!(rules.program(&guards));
     assert_eq!(guard_rules(netns), (second_v4.clone(), v6.clone()));
-    assert!(!rules.program(&guards));
 
+    let held = rules.write(&guards).held;
     let ours = second_v4.len() - 1 + v6.len();
-    assert_eq!(rules.remove(), ours, "every netwarp rule, counted once");
+    assert_eq!((held.rules, held.tables, held.routes), (ours, 6, 6));
+    assert_eq!(netwarp_routes(netns), held.routes);
+    assert_eq!(
+        rules.remove(),
+        ours + held.routes,
+        "every netwarp rule and route, counted once"
+    );
     assert_eq!(guard_rules(netns), (lines(&[foreign]), BTreeSet::new()));
+    assert_eq!(netwarp_routes(netns), 0);
     assert_eq!(rules.remove(), 0);
+}
+
+/// A label of thousands of prefixes costs the host thousands of routes
+/// in the guard's tables and a fixed handful of rules.
+#[test]
+fn a_large_label_keeps_the_hosts_rule_list_short() {
+    let test = "a_large_label_keeps_the_hosts_rule_list_short";
+    skip_if!(test, skip::missing_root());
+    const PREFIXES: usize = 3000;
+
+    let host = EnteredNetns::enter("nwg").expect("entering a test netns");
+    let netns = host.netns();
+    let bridge = unique_name("br-");
+    // Test-only ranges inside 10.200.0.0/16, a /32 each.
+    let label: Vec<String> = (0..PREFIXES)
+        .map(|i| format!("10.200.{}.{}/32", i / 256, i % 256))
+        .collect();
+    let guard = plan(&[&label.join(",")], &["172.30.0.2"]);
+    let mut forwarded = guard.clone();
+    forwarded.forwarded = guard
+        .entries
+        .iter()
+        .map(|entry| ("172.30.0.9".parse().unwrap(), *entry))
+        .collect();
+    let rules = HostRules::open();
+    let written = rules.write(&[(bridge.clone(), &forwarded)]);
+    let (v4, v6) = guard_rules(netns);
+    // allow, lookup, lookup from the warp's target, nop.
+    assert_eq!(v4.len(), 4, "{v4:?}");
+    assert!(v6.is_empty());
+    assert_eq!(written.held.rules, 4);
+    assert_eq!(written.held.tables, 2);
+    assert_eq!(written.held.routes, 2 * PREFIXES);
+    assert_eq!(netwarp_routes(netns), 2 * PREFIXES);
+    assert!(!rules.program(&[(bridge.clone(), &forwarded)]));
+    assert_eq!(rules.remove(), 4 + 2 * PREFIXES);
+    assert_eq!(netwarp_routes(netns), 0);
 }
 
 /// What a TCP connect to a closed port says about the path.

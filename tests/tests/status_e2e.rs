@@ -185,6 +185,21 @@ fn status_matches_the_programmed_state(mode: &str) {
         .metrics_address(Duration::from_secs(5))
         .expect("metrics address");
     assert_eq!(status["metrics_listen"], json!(metrics.to_string()));
+    // routes: the bridge guard holds one lookup rule per selector group
+    // (all traffic, tcp:8080), the warp's allow and the nop, and one
+    // prohibit route per group; eBPF writes no host rules.
+    let host_guard = match mode {
+        "routes" => json!({"rules": 4, "tables": 2, "routes": 2}),
+        _ => json!(null),
+    };
+    assert_eq!(status["host_guard"], host_guard, "{mode}: {status:#}");
+    if mode == "routes" {
+        let (_, scrape) = netwarp_tests::observe::scrape(metrics).expect("a scrape");
+        assert!(
+            scrape.lines().any(|l| l == "netwarp_host_guard_rules 4"),
+            "{scrape}"
+        );
+    }
     // The warp terminates what it gets (it owns the destination), so it
     // forwards nothing untunnelled: eBPF counts 0 drops; routes keeps no
     // such counter.
@@ -248,7 +263,7 @@ fn status_matches_the_programmed_state(mode: &str) {
     if mode == "routes" {
         let rules = narrow.ip(&["rule", "show"]).expect("ip rule");
         assert!(
-            rules.contains("ipproto tcp dport 8080 lookup 20055"),
+            rules.contains(&format!("ipproto tcp dport 8080 lookup {TABLE}")),
             "{rules}"
         );
     }

@@ -129,6 +129,14 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
             .map_or("off".to_owned(), |a| format!("http://{a}/metrics"))
     );
 
+    if let Some(guard) = &doc.host_guard {
+        let _ = writeln!(
+            out,
+            "host guard: {} rules, {} tables, {} routes",
+            guard.rules, guard.tables, guard.routes
+        );
+    }
+
     let _ = writeln!(out, "\nWARPS ({})", doc.warps.len());
     let rows: Vec<Vec<String>> = doc
         .warps
@@ -340,7 +348,7 @@ mod tests {
     use super::*;
     use crate::telemetry::{
         counters::Drops,
-        status::{DockerStatus, ReconcileStatus, RuleStatus, WarpStatus},
+        status::{DockerStatus, HostGuardStatus, ReconcileStatus, RuleStatus, WarpStatus},
     };
 
     fn doc() -> StatusDoc {
@@ -436,7 +444,31 @@ mod tests {
                     counters: None,
                 },
             ],
+            host_guard: None,
         }
+    }
+
+    #[test]
+    fn routes_mode_shows_what_the_host_guard_holds() {
+        let mut doc = doc();
+        doc.mode = "routes".into();
+        doc.host_guard = Some(HostGuardStatus {
+            rules: 4,
+            tables: 2,
+            routes: 6002,
+        });
+        let text = render(&doc, 1002.5);
+        assert!(
+            text.contains("\nhost guard: 4 rules, 2 tables, 6002 routes\n"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["host_guard"]["rules"], 4);
+        // Older daemons send no host_guard.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("host_guard");
+        let parsed: StatusDoc = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.host_guard, None);
     }
 
     #[test]

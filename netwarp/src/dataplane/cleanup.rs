@@ -1,6 +1,7 @@
 //! `netwarp cleanup`: removes netwarp's entries from every running
-//! container, the host's guard rules and qdiscs, and the eBPF pins. Other
-//! entries are only read, never touched.
+//! container (its rules, and the routes of its tables), the host's guard
+//! rules, the routes of its guard tables and its qdiscs, and the eBPF
+//! pins. Other entries are only read, never touched.
 
 use tracing::{error, info};
 
@@ -9,7 +10,7 @@ use super::{
     host_guard::{remove_host_guards, set_guard_priority},
     netns::{NamespaceClaims, NamespaceHandle, set_host_proc_dir},
     qdisc::remove_every_tbf,
-    routes::{OwnedState, RoutesError, diff},
+    routes::{Desired, RoutesError, diff},
 };
 use crate::{
     config::Config,
@@ -80,16 +81,20 @@ async fn clean_container(
 ) -> Result<usize, CapsError> {
     let namespace = NamespaceHandle::open_owned(pid, claims, container.short_id()).await?;
     let installed = namespace.installed().await?;
-    let changes = diff(&installed, &OwnedState::default());
+    let changes = diff(&installed, &Desired::default()).map_err(RoutesError::from)?;
     if !changes.is_empty() {
         namespace.apply(&changes, None).await?;
     }
     let qdiscs = remove_every_tbf(namespace.netlink_handle()?).await?;
-    Ok(changes.delete_rules.len() + changes.delete_routes.len() + qdiscs)
+    Ok(changes.delete_rules.len()
+        + changes.delete_strays.len()
+        + changes.delete_routes.len()
+        + qdiscs)
 }
 
 /// Ingress caps' qdiscs sit on host-side veths; guard rules in the host's
-/// rule list. Returns the number of failures (0 or 1).
+/// rule list, and their prefixes in the guard's tables. Returns the number
+/// of failures (0 or 1).
 async fn clean_host() -> usize {
     let removed = async {
         let (connection, handle, _) =
@@ -104,15 +109,15 @@ async fn clean_host() -> usize {
     .await;
     match removed {
         Ok((0, 0)) => 0,
-        Ok((qdiscs, rules)) => {
+        Ok((qdiscs, guard)) => {
             info!(
                 qdiscs,
-                rules, "removed netwarp's qdiscs and guard rules from the host"
+                guard, "removed netwarp's qdiscs, guard rules and guard routes from the host"
             );
             0
         }
         Err(e) => {
-            error!(error = %e, "removing netwarp's qdiscs and guard rules from the host failed");
+            error!(error = %e, "removing netwarp's qdiscs and guard entries from the host failed");
             1
         }
     }

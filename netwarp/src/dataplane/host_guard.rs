@@ -1,5 +1,6 @@
-//! The bridge guard of the `routes` dataplane: policy rules in the host's
-//! own network namespace, through rtnetlink.
+//! The bridge guard of the `routes` dataplane: policy rules and
+//! netwarp-owned routing tables in the host's own network namespace,
+//! through rtnetlink.
 //!
 //! A target that (re)starts sends before netwarp has programmed its
 //! namespace; its routed traffic enters the host through its network's
@@ -7,11 +8,20 @@
 //!
 //! ```text
 //! 5000: iif BRIDGE from ALLOWED/32 goto 5002      (one per allowed source)
-//! 5001: iif BRIDGE to PREFIX [ipproto P] [dport R] prohibit   (one per entry)
-//! 5001: iif BRIDGE from TARGET to PREFIX [ipproto P] [dport R] prohibit
+//! 5001: iif BRIDGE [ipproto P] [dport R] lookup GUARD_TABLE
+//!                                   (one per selector group)
+//! 5001: iif BRIDGE from TARGET [ipproto P] [dport R] lookup GUARD_TABLE
 //!                                   (a warp's untunnelled forwards, see below)
 //! 5002: nop                                        (the goto's landing point)
 //! ```
+//!
+//! Each `lookup` rule has a table of its own (one per bridge, source and
+//! selector group) holding the group's prefixes as `prohibit` routes: a
+//! packet to one of them is refused, any other finds no route there and
+//! goes on to the host's next rule (see [`super::tables`]). So the host's
+//! rule list, which the kernel walks for every routed packet, holds a
+//! handful of rules per guarded network however many prefixes the labels
+//! list.
 //!
 //! Every network a warp is on (its tunnel's network too) also refuses its
 //! targets' addresses as sources toward their prefixes: a VPN client whose
@@ -25,10 +35,21 @@
 //!
 //! Ownership: netwarp's rules carry the protocol tag
 //! [`NETWARP_PROTOCOL`](super::policy_rule::NETWARP_PROTOCOL)
-//! and one of the three guard priorities; netwarp lists and removes exactly
-//! those, and nothing else.
+//! and one of the three guard priorities; its routes carry the same tag in
+//! a table of [`guard_tables`]: `0x57000000 + first priority * 0x1000`,
+//! 4096 ids (`0x58388000`-`0x58388fff` for the default 5000), far from the
+//! ids others use (`main` 254, Tailscale 52, wg-quick 51820, Docker none)
+//! and apart for each netwarp instance (each has its own priorities).
+//! netwarp lists and removes exactly those, and nothing else.
 
-use std::{cmp::Reverse, collections::BTreeSet, fmt, net::IpAddr, sync::OnceLock};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    ops::RangeInclusive,
+    sync::OnceLock,
+};
 
 use rtnetlink::{
     Handle,
@@ -37,8 +58,13 @@ use rtnetlink::{
 use tracing::{debug, warn};
 
 use super::{
-    policy_rule::OwnedRule,
-    policy_rule::{TaggedRule, dump_rules, match_selector, match_source, tagged_rule},
+    policy_rule::{
+        OwnedRule, Selector, TaggedRule, dump_rules, match_selector, match_source, tagged_rule,
+    },
+    tables::{
+        RouteAction, TablesExhausted, allocate, dump_owned_routes, route_delete_message,
+        route_message,
+    },
 };
 use crate::{model::Cidr, plan::GuardPlan};
 
@@ -69,7 +95,7 @@ pub fn allow_priority() -> u32 {
     *GUARD_PRIORITY.get_or_init(|| DEFAULT_GUARD_PRIORITY)
 }
 
-/// The guard's `prohibit` rules, right after the allowed sources.
+/// The guard's `lookup` rules, right after the allowed sources.
 pub fn block_priority() -> u32 {
     allow_priority() + 1
 }
@@ -82,16 +108,30 @@ pub fn continue_priority() -> u32 {
     allow_priority() + 2
 }
 
+const GUARD_TABLE_BASE: u32 = 0x5700_0000;
+const GUARD_TABLES_PER_INSTANCE: u32 = 0x1000;
+
+/// Every id a guard of any priority could use (1..=32763 configured).
+pub const ALL_GUARD_TABLES: RangeInclusive<u32> = GUARD_TABLE_BASE..=0x5eff_ffff;
+
+/// The host routing tables this instance's guard owns, derived from its
+/// first priority so instances never share one.
+pub fn guard_tables() -> RangeInclusive<u32> {
+    let first =
+        GUARD_TABLE_BASE.saturating_add(allow_priority().saturating_mul(GUARD_TABLES_PER_INSTANCE));
+    first..=first.saturating_add(GUARD_TABLES_PER_INSTANCE - 1)
+}
+
 /// How many dump-diff-apply passes one call makes: one does it, unless
 /// someone else changed the rules between the dump and the changes.
 const MAX_PASSES: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGuardError {
-    #[error("netlink rule dump in the host namespace failed: {0}")]
+    #[error("netlink rule or route dump in the host namespace failed: {0}")]
     Dump(#[source] rtnetlink::Error),
     #[error(
-        "{failed} host guard rule change(s) failed in the host namespace; the first, \
+        "{failed} host guard change(s) failed in the host namespace; the first, \
          `{operation}`: {source}"
     )]
     Apply {
@@ -102,6 +142,8 @@ pub enum HostGuardError {
     },
     #[error("host guard rules still differ after {passes} passes: {remaining}")]
     NotConverged { passes: usize, remaining: String },
+    #[error("host guard: {0}")]
+    Tables(#[from] TablesExhausted),
 }
 
 /// One guard rule netwarp owns on the host.
@@ -109,11 +151,13 @@ pub enum HostGuardError {
 pub enum HostRule {
     /// `iif BRIDGE from SOURCE goto` the continue priority.
     Allow { bridge: String, source: IpAddr },
-    /// `iif BRIDGE [from SOURCE] to DEST [ipproto P] [dport RANGE] prohibit`.
+    /// `iif BRIDGE [from SOURCE] [ipproto P] [dport RANGE] lookup TABLE`;
+    /// the table holds the group's prefixes as `prohibit` routes.
     Block {
         bridge: String,
         source: Option<IpAddr>,
-        selector: OwnedRule,
+        selector: Selector,
+        table: u32,
     },
     /// The `nop` the allow rules of one family jump to.
     Continue { ipv6: bool },
@@ -123,7 +167,7 @@ impl HostRule {
     fn ipv6(&self) -> bool {
         match self {
             Self::Allow { source, .. } => source.is_ipv6(),
-            Self::Block { selector, .. } => selector.destination.is_ipv6(),
+            Self::Block { selector, .. } => selector.ipv6,
             Self::Continue { ipv6 } => *ipv6,
         }
     }
@@ -145,8 +189,9 @@ impl HostRule {
                 bridge,
                 source,
                 selector,
+                table,
             } => {
-                let mut message = tagged_rule(self.ipv6(), block_priority(), RuleAction::Prohibit);
+                let mut message = tagged_rule(self.ipv6(), block_priority(), RuleAction::ToTable);
                 message
                     .attributes
                     .push(RuleAttribute::Iifname(bridge.clone()));
@@ -154,6 +199,7 @@ impl HostRule {
                     match_source(&mut message, host_prefix(*source));
                 }
                 match_selector(&mut message, selector);
+                message.attributes.push(RuleAttribute::Table(*table));
                 message
             }
             Self::Continue { ipv6 } => tagged_rule(*ipv6, continue_priority(), RuleAction::Nop),
@@ -169,9 +215,9 @@ impl HostRule {
         if !(allow_priority()..=continue_priority()).contains(&priority) {
             return None;
         }
-        let matches_all = tagged.selector.destination.prefix_len() == 0
-            && tagged.selector.ip_proto.is_none()
-            && tagged.selector.ports.is_none();
+        let group = tagged.group();
+        let matches_all = group.is_some_and(|g| g.ip_proto.is_none() && g.ports.is_none());
+        let table = tagged.table.filter(|t| guard_tables().contains(t));
         // Which of the three: 0 allow, 1 block, 2 continue.
         let parsed = match (
             priority - allow_priority(),
@@ -189,14 +235,18 @@ impl HostRule {
                     source: source.addr(),
                 })
             }
-            (1, RuleAction::Prohibit, Some(bridge), source)
+            (1, RuleAction::ToTable, Some(bridge), source)
                 if source.is_none_or(|s| s == host_prefix(s.addr())) =>
             {
-                Ok(Self::Block {
-                    bridge,
-                    source: source.map(|s| s.addr()),
-                    selector: tagged.selector,
-                })
+                match (group, table) {
+                    (Some(selector), Some(table)) => Ok(Self::Block {
+                        bridge,
+                        source: source.map(|s| s.addr()),
+                        selector,
+                        table,
+                    }),
+                    _ => Err(()),
+                }
             }
             (2, RuleAction::Nop, None, None) if matches_all => {
                 Ok(Self::Continue { ipv6: tagged.ipv6 })
@@ -222,19 +272,13 @@ impl fmt::Display for HostRule {
                 bridge,
                 source,
                 selector,
+                table,
             } => {
                 write!(f, "{}: ", block_priority())?;
                 if let Some(source) = source {
                     write!(f, "from {} ", host_prefix(*source))?;
                 }
-                write!(f, "to {} iif {bridge}", selector.destination)?;
-                if let Some(proto) = selector.ip_proto {
-                    write!(f, " ipproto {proto}")?;
-                }
-                if let Some(ports) = selector.ports {
-                    write!(f, " dport {ports}")?;
-                }
-                f.write_str(" prohibit")
+                write!(f, "iif {bridge}{selector} lookup {table:#x}")
             }
             Self::Continue { ipv6 } => write!(
                 f,
@@ -251,46 +295,67 @@ fn host_prefix(addr: IpAddr) -> Cidr {
     Cidr::new(addr, len).expect("a full-length prefix has no host bits")
 }
 
-/// The host rules that enforce `guards` (bridge name, plan). Every entry
-/// is blocked whatever its action (a guard only blocks); an allowed source
-/// gets a rule only in a family the bridge blocks something in. A bridge
-/// name no interface could have is skipped, so it cannot fail the others.
-pub fn desired_host_rules(guards: &[(String, &GuardPlan)]) -> BTreeSet<HostRule> {
-    let mut rules = BTreeSet::new();
+/// Which lookup rule a prefix belongs to: one table each.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuardKey {
+    pub bridge: String,
+    pub source: Option<IpAddr>,
+    pub selector: Selector,
+}
+
+/// What `guards` need, before tables are assigned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuardGroups {
+    /// Each lookup rule's prefixes.
+    pub blocks: BTreeMap<GuardKey, BTreeSet<Cidr>>,
+    /// The allow and continue rules.
+    pub others: BTreeSet<HostRule>,
+}
+
+/// Groups `guards` (bridge name, plan). Every entry is blocked whatever
+/// its action (a guard only blocks); an allowed source gets a rule only in
+/// a family the bridge blocks something in. A bridge name no interface
+/// could have is skipped, so it cannot fail the others.
+pub fn guard_groups(guards: &[(String, &GuardPlan)]) -> GuardGroups {
+    let mut groups = GuardGroups::default();
     for (bridge, plan) in guards {
         if !is_valid_ifname(bridge) {
             warn!(%bridge, network = %plan.network, "not an interface name; no host guard");
             continue;
         }
+        let mut add = |source: Option<IpAddr>, rule: &OwnedRule| {
+            let key = GuardKey {
+                bridge: bridge.clone(),
+                source,
+                selector: Selector::of(rule),
+            };
+            groups
+                .blocks
+                .entry(key)
+                .or_default()
+                .insert(rule.destination);
+        };
         let mut blocked_families = BTreeSet::new();
         for entry in &plan.entries {
             blocked_families.insert(entry.rule.destination.is_ipv6());
-            rules.insert(HostRule::Block {
-                bridge: bridge.clone(),
-                source: None,
-                selector: OwnedRule::from_rule(&entry.rule),
-            });
+            add(None, &OwnedRule::from_rule(&entry.rule));
         }
         for (source, entry) in &plan.forwarded {
-            rules.insert(HostRule::Block {
-                bridge: bridge.clone(),
-                source: Some(*source),
-                selector: OwnedRule::from_rule(&entry.rule),
-            });
+            add(Some(*source), &OwnedRule::from_rule(&entry.rule));
         }
         for source in &plan.allowed_sources {
             if blocked_families.contains(&source.is_ipv6()) {
-                rules.insert(HostRule::Allow {
+                groups.others.insert(HostRule::Allow {
                     bridge: bridge.clone(),
                     source: *source,
                 });
-                rules.insert(HostRule::Continue {
+                groups.others.insert(HostRule::Continue {
                     ipv6: source.is_ipv6(),
                 });
             }
         }
     }
-    rules
+    groups
 }
 
 /// The kernel's `dev_valid_name`: 1 to 15 bytes, not `.` or `..`, no `/`,
@@ -303,40 +368,132 @@ fn is_valid_ifname(name: &str) -> bool {
         && !name.chars().any(char::is_whitespace)
 }
 
-/// The guard rules found on the host.
+/// The host's guard, as wanted or as found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuardState {
+    pub rules: BTreeSet<HostRule>,
+    /// `prohibit` routes, by table and destination.
+    pub routes: BTreeSet<(u32, Cidr)>,
+}
+
+/// How much of the host the guard holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardCounts {
+    pub rules: usize,
+    pub tables: usize,
+    pub routes: usize,
+}
+
+impl GuardState {
+    pub fn counts(&self) -> GuardCounts {
+        let tables: BTreeSet<u32> = (self.rules.iter())
+            .filter_map(|rule| match rule {
+                HostRule::Block { table, .. } => Some(*table),
+                _ => None,
+            })
+            .collect();
+        GuardCounts {
+            rules: self.rules.len(),
+            tables: tables.len(),
+            routes: self.routes.len(),
+        }
+    }
+}
+
+/// `groups` with tables: a lookup rule keeps the table its installed rule
+/// uses; a new one gets the lowest free id of [`guard_tables`].
+pub fn desired_guard(
+    groups: &GuardGroups,
+    installed: &InstalledGuard,
+) -> Result<GuardState, TablesExhausted> {
+    let claimed: Vec<(GuardKey, u32)> = (installed.rules.iter())
+        .filter_map(|rule| match rule {
+            HostRule::Block {
+                bridge,
+                source,
+                selector,
+                table,
+            } => Some((
+                GuardKey {
+                    bridge: bridge.clone(),
+                    source: *source,
+                    selector: *selector,
+                },
+                *table,
+            )),
+            _ => None,
+        })
+        .collect();
+    let reserved: BTreeSet<u32> = installed.routes.keys().map(|(t, _)| *t).collect();
+    let wanted: BTreeSet<GuardKey> = groups.blocks.keys().cloned().collect();
+    let tables = allocate(&claimed, &reserved, &wanted, guard_tables())?;
+    let mut state = GuardState {
+        rules: groups.others.clone(),
+        routes: BTreeSet::new(),
+    };
+    for (key, prefixes) in &groups.blocks {
+        let table = tables[key];
+        state.rules.insert(HostRule::Block {
+            bridge: key.bridge.clone(),
+            source: key.source,
+            selector: key.selector,
+            table,
+        });
+        state
+            .routes
+            .extend(prefixes.iter().map(|prefix| (table, *prefix)));
+    }
+    Ok(state)
+}
+
+/// The guard found on the host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstalledGuard {
     pub rules: BTreeSet<HostRule>,
     /// Rules with netwarp's tag and a guard priority but a shape netwarp
     /// does not write (say, from another version): removed.
     pub strays: Vec<RuleMessage>,
+    /// netwarp's routes in the guard's tables, whatever their type (one
+    /// not `prohibit` is replaced).
+    pub routes: BTreeMap<(u32, Cidr), RouteAction>,
 }
 
-/// One change to the host's rules.
+/// One change to the host's rules or the guard's tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Adds (or replaces in place) a `prohibit` route.
+    PutRoute(u32, Cidr),
     Add(HostRule),
     Delete(HostRule),
     DeleteStray(RuleMessage),
+    DeleteRoute(u32, Cidr),
 }
 
 impl Step {
-    /// Whether this step may let through what was blocked: skipped once an
-    /// add failed, so a half-applied change stays closed.
+    /// Whether this step may let through what was blocked: skipped once a
+    /// tightening step failed, so a half-applied change stays closed.
     fn loosens(&self) -> bool {
         matches!(
             self,
-            Self::Delete(HostRule::Block { .. }) | Self::DeleteStray(_)
+            Self::Delete(HostRule::Block { .. }) | Self::DeleteStray(_) | Self::DeleteRoute(..)
         )
+    }
+
+    fn tightens(&self) -> bool {
+        matches!(self, Self::Add(_) | Self::PutRoute(..))
     }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::PutRoute(table, dst) => {
+                write!(f, "route replace prohibit {dst} table {table:#x}")
+            }
             Self::Add(rule) => write!(f, "rule add {rule}"),
             Self::Delete(rule) => write!(f, "rule del {rule}"),
             Self::DeleteStray(message) => write!(f, "rule del (stray) {message:?}"),
+            Self::DeleteRoute(table, dst) => write!(f, "route del {dst} table {table:#x}"),
         }
     }
 }
@@ -344,22 +501,23 @@ impl fmt::Display for Step {
 /// The steps that turn `installed` into `desired`, in the order to apply.
 ///
 /// Tightening comes before loosening, so the host never blocks less than
-/// both the old and the new guard: landing points and new blocks first,
-/// then allowed sources that are no longer allowed go, then new ones come,
-/// then old blocks go, landing points last.
+/// both the old and the new guard: the tables' new routes first (a table
+/// no rule looks up yet is inert), then landing points and new lookup
+/// rules, then allowed sources that are no longer allowed go, then new
+/// ones come, then old lookup rules go, landing points after them, and
+/// the routes no table needs any more last.
 ///
 /// A rule delete is a pattern match: it removes the first rule (in the
 /// kernel's order) that its set fields fit, and an unset protocol or port
-/// range fits any. Deleting a stale `to P prohibit` could remove a kept
-/// `to P ipproto tcp dport 443 prohibit` listed before it instead. So each
-/// kept rule a stale block's delete could hit is first deleted and added
-/// again, which moves it behind the stale one, whose delete then hits
-/// itself; meanwhile the stale rule, broader, still blocks what the kept
-/// one does. Stale blocks go narrowest first, so no stale rule is in the
-/// way of a broader one's delete either.
-pub fn diff(installed: &InstalledGuard, desired: &BTreeSet<HostRule>) -> Vec<Step> {
+/// range fits any. Every lookup rule has a table of its own, which the
+/// delete names, so this only matters if two rules share a table (a
+/// tampered host): then each kept rule a stale one's delete could hit is
+/// first deleted and added again, which moves it behind the stale one,
+/// whose delete then hits itself. Stale rules go narrowest first.
+pub fn diff(installed: &InstalledGuard, desired: &GuardState) -> Vec<Step> {
     let added = |kind: fn(&HostRule) -> bool| {
         desired
+            .rules
             .difference(&installed.rules)
             .filter(move |rule| kind(rule))
             .cloned()
@@ -368,14 +526,18 @@ pub fn diff(installed: &InstalledGuard, desired: &BTreeSet<HostRule>) -> Vec<Ste
     let stale = |kind: fn(&HostRule) -> bool| {
         installed
             .rules
-            .difference(desired)
+            .difference(&desired.rules)
             .filter(move |rule| kind(rule))
     };
     let is_allow = |rule: &HostRule| matches!(rule, HostRule::Allow { .. });
     let is_block = |rule: &HostRule| matches!(rule, HostRule::Block { .. });
     let is_continue = |rule: &HostRule| matches!(rule, HostRule::Continue { .. });
 
-    let mut steps: Vec<Step> = added(is_continue).chain(added(is_block)).collect();
+    let mut steps: Vec<Step> = (desired.routes.iter())
+        .filter(|key| installed.routes.get(key) != Some(&RouteAction::Prohibit))
+        .map(|(table, dst)| Step::PutRoute(*table, *dst))
+        .collect();
+    steps.extend(added(is_continue).chain(added(is_block)));
     steps.extend(stale(is_allow).cloned().map(Step::Delete));
     steps.extend(added(is_allow));
     let mut stale_blocks: Vec<&HostRule> = stale(is_block).collect();
@@ -383,7 +545,7 @@ pub fn diff(installed: &InstalledGuard, desired: &BTreeSet<HostRule>) -> Vec<Ste
     for stale_block in stale_blocks {
         let mut in_the_way: Vec<&HostRule> = installed
             .rules
-            .intersection(desired)
+            .intersection(&desired.rules)
             .filter(|kept| delete_fits(stale_block, kept))
             .collect();
         in_the_way.sort_by_key(|rule| Reverse(specificity(rule)));
@@ -395,11 +557,16 @@ pub fn diff(installed: &InstalledGuard, desired: &BTreeSet<HostRule>) -> Vec<Ste
     }
     steps.extend(installed.strays.iter().cloned().map(Step::DeleteStray));
     steps.extend(stale(is_continue).cloned().map(Step::Delete));
+    steps.extend(
+        (installed.routes.keys())
+            .filter(|key| !desired.routes.contains(key))
+            .map(|(table, dst)| Step::DeleteRoute(*table, *dst)),
+    );
     steps
 }
 
 /// How much a rule's delete pins down beyond its kind, bridge and
-/// destination: a source, a port range, a protocol.
+/// table: a source, a port range, a protocol.
 fn specificity(rule: &HostRule) -> (bool, bool, bool) {
     match rule {
         HostRule::Block {
@@ -421,16 +588,19 @@ fn delete_fits(pattern: &HostRule, rule: &HostRule) -> bool {
                 bridge: pattern_bridge,
                 source: pattern_source,
                 selector: pattern,
+                table: pattern_table,
             },
             HostRule::Block {
                 bridge,
                 source,
                 selector,
+                table,
             },
         ) => {
             pattern_bridge == bridge
+                && pattern_table == table
+                && pattern.ipv6 == selector.ipv6
                 && pattern_source.is_none_or(|s| *source == Some(s))
-                && pattern.destination == selector.destination
                 && pattern
                     .ip_proto
                     .is_none_or(|p| selector.ip_proto == Some(p))
@@ -440,10 +610,18 @@ fn delete_fits(pattern: &HostRule, rule: &HostRule) -> bool {
     }
 }
 
+/// What one programming call did and what the guard holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardWrite {
+    /// Changes the kernel made.
+    pub changes: usize,
+    pub held: GuardCounts,
+}
+
 /// Programs the host guards for `guards` (bridge name, plan) in the
 /// namespace of `handle` (the host's), level-triggered: adds what is
-/// missing, removes netwarp's guard rules that are not wanted, and leaves
-/// every other rule alone. Returns whether anything changed.
+/// missing, removes netwarp's guard rules and routes that are not wanted,
+/// and leaves every other rule and route alone.
 ///
 /// A bridge that does not exist yet is no error: the kernel keeps a rule
 /// naming a missing `iif` (`[detached]`) and applies it once the device
@@ -451,17 +629,17 @@ fn delete_fits(pattern: &HostRule, rule: &HostRule) -> bool {
 pub async fn program_host_guards(
     handle: &Handle,
     guards: &[(String, &GuardPlan)],
-) -> Result<bool, HostGuardError> {
-    Ok(converge(handle, &desired_host_rules(guards)).await? > 0)
+) -> Result<GuardWrite, HostGuardError> {
+    converge(handle, &guard_groups(guards)).await
 }
 
-/// Removes every guard rule netwarp owns on the host (`netwarp cleanup`);
-/// returns how many it removed.
+/// Removes every guard rule and route netwarp owns on the host (`netwarp
+/// cleanup`); returns how many it removed.
 pub async fn remove_host_guards(handle: &Handle) -> Result<usize, HostGuardError> {
-    converge(handle, &BTreeSet::new()).await
+    Ok(converge(handle, &GuardGroups::default()).await?.changes)
 }
 
-/// Reads the guard rules netwarp owns on the host, both families.
+/// Reads the guard rules and routes netwarp owns on the host, both families.
 pub async fn installed_host_guards(handle: &Handle) -> Result<InstalledGuard, HostGuardError> {
     let mut installed = InstalledGuard::default();
     for rule in dump_rules(handle).await.map_err(HostGuardError::Dump)? {
@@ -473,23 +651,36 @@ pub async fn installed_host_guards(handle: &Handle) -> Result<InstalledGuard, Ho
             None => {}
         }
     }
+    let tables = guard_tables();
+    installed.routes = dump_owned_routes(handle, |t| tables.contains(&t))
+        .await
+        .map_err(HostGuardError::Dump)?;
     Ok(installed)
 }
 
-/// Dump, diff and apply until nothing differs; returns how many changes
-/// the kernel made.
-async fn converge(handle: &Handle, desired: &BTreeSet<HostRule>) -> Result<usize, HostGuardError> {
+/// Dump, diff and apply until nothing differs.
+async fn converge(handle: &Handle, groups: &GuardGroups) -> Result<GuardWrite, HostGuardError> {
     let mut applied = 0;
     for _ in 0..MAX_PASSES {
-        let steps = diff(&installed_host_guards(handle).await?, desired);
+        let installed = installed_host_guards(handle).await?;
+        let desired = desired_guard(groups, &installed)?;
+        let steps = diff(&installed, &desired);
         if steps.is_empty() {
-            return Ok(applied);
+            return Ok(GuardWrite {
+                changes: applied,
+                held: desired.counts(),
+            });
         }
         applied += apply(handle, &steps).await?;
     }
-    let remaining = diff(&installed_host_guards(handle).await?, desired);
+    let installed = installed_host_guards(handle).await?;
+    let desired = desired_guard(groups, &installed)?;
+    let remaining = diff(&installed, &desired);
     if remaining.is_empty() {
-        return Ok(applied);
+        return Ok(GuardWrite {
+            changes: applied,
+            held: desired.counts(),
+        });
     }
     Err(HostGuardError::NotConverged {
         passes: MAX_PASSES,
@@ -502,19 +693,26 @@ async fn converge(handle: &Handle, desired: &BTreeSet<HostRule>) -> Result<usize
 }
 
 /// Applies `steps` in order; a failed step does not stop the others,
-/// except that nothing loosens after a failed add. Returns how many
-/// changes the kernel made.
+/// except that nothing loosens after a failed tightening step. Returns how
+/// many changes the kernel made.
 async fn apply(handle: &Handle, steps: &[Step]) -> Result<usize, HostGuardError> {
     let mut applied = 0;
     let mut failures = Vec::new();
-    let mut add_failed = false;
+    let mut tightening_failed = false;
     for step in steps {
-        if add_failed && step.loosens() {
-            warn!(%step, "skipped: an earlier host guard rule add failed");
+        if tightening_failed && step.loosens() {
+            warn!(%step, "skipped: an earlier host guard change that blocks failed");
             continue;
         }
         debug!(%step, "host guard");
         let result = match step {
+            Step::PutRoute(table, dst) => {
+                (handle.route())
+                    .add(route_message(*table, *dst, RouteAction::Prohibit, None))
+                    .replace()
+                    .execute()
+                    .await
+            }
             Step::Add(rule) => {
                 let mut request = handle.rule().add();
                 *request.message_mut() = rule.message();
@@ -522,22 +720,30 @@ async fn apply(handle: &Handle, steps: &[Step]) -> Result<usize, HostGuardError>
             }
             Step::Delete(rule) => handle.rule().del(rule.message()).execute().await,
             Step::DeleteStray(message) => handle.rule().del(message.clone()).execute().await,
+            Step::DeleteRoute(table, dst) => {
+                (handle.route())
+                    .del(route_delete_message(*table, *dst))
+                    .execute()
+                    .await
+            }
         };
         // Someone else's change between our dump and this step: the
         // kernel already is as this step wanted.
         let benign = |e: &rtnetlink::Error| {
-            let errno = match step {
-                Step::Add(_) => libc::EEXIST,
-                _ => libc::ENOENT,
+            let errnos: &[i32] = match step {
+                Step::Add(_) => &[libc::EEXIST],
+                Step::PutRoute(..) => &[],
+                Step::DeleteRoute(..) => &[libc::ESRCH, libc::ENOENT],
+                _ => &[libc::ENOENT],
             };
-            matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+            matches!(e, rtnetlink::Error::NetlinkError(m) if errnos.iter().any(|errno| m.raw_code() == -errno))
         };
         match result {
             Ok(()) => applied += 1,
             Err(e) if benign(&e) => debug!(%step, "already done"),
             Err(e) => {
-                warn!(%step, error = %e, "host guard rule change failed");
-                add_failed |= matches!(step, Step::Add(_));
+                warn!(%step, error = %e, "host guard change failed");
+                tightening_failed |= step.tightens();
                 failures.push((step.to_string(), e));
             }
         }
@@ -561,6 +767,9 @@ mod tests {
         plan::{Action, Entry},
     };
 
+    /// The default priority's first guard table.
+    const T0: u32 = 0x5838_8000;
+
     fn plan(rules: &str, sources: &[&str]) -> GuardPlan {
         GuardPlan {
             network: "net".into(),
@@ -570,65 +779,147 @@ mod tests {
         }
     }
 
-    fn shown(rules: &BTreeSet<HostRule>) -> Vec<String> {
-        rules.iter().map(ToString::to_string).collect()
+    fn fresh(guards: &[(String, &GuardPlan)]) -> GuardState {
+        desired_guard(&guard_groups(guards), &InstalledGuard::default()).unwrap()
+    }
+
+    fn shown(state: &GuardState) -> Vec<String> {
+        state.rules.iter().map(ToString::to_string).collect()
+    }
+
+    fn routes(state: &GuardState) -> Vec<String> {
+        (state.routes.iter())
+            .map(|(table, dst)| format!("{dst} table {table:#x}"))
+            .collect()
+    }
+
+    /// What the kernel holds after `steps`.
+    fn applied(installed: &InstalledGuard, steps: &[Step]) -> InstalledGuard {
+        let mut state = installed.clone();
+        for step in steps {
+            match step {
+                Step::PutRoute(table, dst) => {
+                    state.routes.insert((*table, *dst), RouteAction::Prohibit);
+                }
+                Step::Add(rule) => {
+                    state.rules.insert(rule.clone());
+                }
+                Step::Delete(rule) => {
+                    state.rules.remove(rule);
+                }
+                Step::DeleteStray(message) => state.strays.retain(|m| m != message),
+                Step::DeleteRoute(table, dst) => {
+                    state.routes.remove(&(*table, *dst));
+                }
+            }
+        }
+        state
+    }
+
+    fn installed(state: &GuardState) -> InstalledGuard {
+        applied(
+            &InstalledGuard::default(),
+            &diff(&InstalledGuard::default(), state),
+        )
     }
 
     #[test]
-    fn a_guard_allows_its_sources_then_blocks_each_selector() {
-        let guard = plan("203.0.113.0/24,tcp:443,udp:5000-5100,icmp", &["172.20.0.4"]);
-        let rules = desired_host_rules(&[("br-0123456789ab".into(), &guard)]);
+    fn the_default_tables_sit_far_from_everyone_elses() {
+        let tables = guard_tables();
+        assert_eq!(tables, T0..=T0 + 0xfff);
+        for common in [52, 253, 254, 255, 0x4e57, 51820] {
+            assert!(!tables.contains(&common), "{common}");
+        }
+    }
+
+    #[test]
+    fn a_guard_allows_its_sources_then_looks_up_one_table_per_selector() {
+        let guard = plan(
+            "203.0.113.0/24,198.51.100.0/24,tcp:443,udp:5000-5100,icmp",
+            &["172.20.0.4"],
+        );
+        let state = fresh(&[("br-0123456789ab".into(), &guard)]);
         assert_eq!(
-            shown(&rules),
+            shown(&state),
             [
                 "5000: from 172.20.0.4/32 iif br-0123456789ab goto 5002",
-                "5001: to 203.0.113.0/24 iif br-0123456789ab ipproto 1 prohibit",
-                "5001: to 203.0.113.0/24 iif br-0123456789ab ipproto 6 dport 443 prohibit",
-                "5001: to 203.0.113.0/24 iif br-0123456789ab ipproto 17 dport 5000-5100 prohibit",
+                "5001: iif br-0123456789ab ipproto 1 lookup 0x58388000",
+                "5001: iif br-0123456789ab ipproto 6 dport 443 lookup 0x58388001",
+                "5001: iif br-0123456789ab ipproto 17 dport 5000-5100 lookup 0x58388002",
                 "5002: nop (inet)",
             ]
         );
+        assert_eq!(state.routes.len(), 6);
+        assert_eq!(
+            state.counts(),
+            GuardCounts {
+                rules: 5,
+                tables: 3,
+                routes: 6
+            }
+        );
+    }
+
+    #[test]
+    fn a_large_label_costs_routes_not_rules() {
+        let label: Vec<String> = (0..3000)
+            .map(|i| format!("10.{}.{}.{}/32", 200 + i / 65536, i / 256 % 256, i % 256))
+            .chain(["2001:db8::/32".into(), "tcp:443".into()])
+            .collect();
+        let guard = plan(&label.join(","), &["172.20.0.4"]);
+        let state = fresh(&[("br-a".into(), &guard)]);
+        assert_eq!(state.counts().rules, 4, "{:?}", shown(&state));
+        assert_eq!(state.counts().routes, 3001);
     }
 
     #[test]
     fn ipv6_blocks_use_icmpv6_and_allow_only_sources_of_a_blocked_family() {
         let guard = plan("2001:db8::/32,icmp", &["172.20.0.4", "fd00::4"]);
-        let rules = desired_host_rules(&[("br-a".into(), &guard)]);
+        let state = fresh(&[("br-a".into(), &guard)]);
         assert_eq!(
-            shown(&rules),
+            shown(&state),
             [
                 "5000: from fd00::4/128 iif br-a goto 5002",
-                "5001: to 2001:db8::/32 iif br-a ipproto 58 prohibit",
+                "5001: iif br-a ipproto 58 lookup 0x58388000",
                 "5002: nop (inet6)",
             ]
         );
+        assert_eq!(routes(&state), ["2001:db8::/32 table 0x58388000"]);
     }
 
     #[test]
     fn a_guard_without_allowed_sources_needs_no_landing_point() {
         let guard = plan("0.0.0.0/0", &[]);
-        let rules = desired_host_rules(&[("br-a".into(), &guard)]);
-        assert_eq!(shown(&rules), ["5001: to 0.0.0.0/0 iif br-a prohibit"]);
+        let state = fresh(&[("br-a".into(), &guard)]);
+        assert_eq!(shown(&state), ["5001: iif br-a lookup 0x58388000"]);
+        assert_eq!(routes(&state), ["0.0.0.0/0 table 0x58388000"]);
     }
 
     #[test]
     fn bridges_are_guarded_apart_and_an_impossible_name_is_skipped() {
         let a = plan("203.0.113.0/24", &["172.20.0.4"]);
         let b = plan("198.51.100.0/24", &["172.21.0.4"]);
-        let rules = desired_host_rules(&[
+        let state = fresh(&[
             ("br-a".into(), &a),
             ("a-name-far-too-long".into(), &b),
             ("br b".into(), &b),
             ("br-b".into(), &b),
         ]);
         assert_eq!(
-            shown(&rules),
+            shown(&state),
             [
                 "5000: from 172.20.0.4/32 iif br-a goto 5002",
                 "5000: from 172.21.0.4/32 iif br-b goto 5002",
-                "5001: to 203.0.113.0/24 iif br-a prohibit",
-                "5001: to 198.51.100.0/24 iif br-b prohibit",
+                "5001: iif br-a lookup 0x58388000",
+                "5001: iif br-b lookup 0x58388001",
                 "5002: nop (inet)",
+            ]
+        );
+        assert_eq!(
+            routes(&state),
+            [
+                "203.0.113.0/24 table 0x58388000",
+                "198.51.100.0/24 table 0x58388001"
             ]
         );
     }
@@ -639,7 +930,7 @@ mod tests {
             "0.0.0.0/0,203.0.113.0/24,2001:db8::/32,tcp:8000-8100,icmp",
             &["172.20.0.4", "fd00::4"],
         );
-        for rule in desired_host_rules(&[("br-a".into(), &guard)]) {
+        for rule in fresh(&[("br-a".into(), &guard)]).rules {
             assert_eq!(
                 HostRule::parse(&rule.message()),
                 Some(Ok(rule.clone())),
@@ -662,47 +953,59 @@ mod tests {
         let mut stray = HostRule::Continue { ipv6: false }.message();
         stray.attributes.push(RuleAttribute::Iifname("br-a".into()));
         assert_eq!(HostRule::parse(&stray), Some(Err(())));
-    }
-
-    fn installed(rules: &BTreeSet<HostRule>) -> InstalledGuard {
-        InstalledGuard {
-            rules: rules.clone(),
-            strays: vec![],
-        }
+        // An earlier version's per-prefix prohibit rule.
+        let mut per_prefix = tagged_rule(false, block_priority(), RuleAction::Prohibit);
+        per_prefix
+            .attributes
+            .push(RuleAttribute::Iifname("br-a".into()));
+        per_prefix.header.dst_len = 24;
+        per_prefix
+            .attributes
+            .push(RuleAttribute::Destination("203.0.113.0".parse().unwrap()));
+        assert_eq!(HostRule::parse(&per_prefix), Some(Err(())));
+        // A lookup outside the guard's tables.
+        let mut elsewhere = block("203.0.113.0/24").message();
+        elsewhere
+            .attributes
+            .retain(|a| !matches!(a, RuleAttribute::Table(_)));
+        elsewhere.attributes.push(RuleAttribute::Table(254));
+        assert_eq!(HostRule::parse(&elsewhere), Some(Err(())));
     }
 
     #[test]
-    fn diff_is_empty_when_converged() {
-        let guard = plan("203.0.113.0/24,tcp:443", &["172.20.0.4"]);
-        let rules = desired_host_rules(&[("br-a".into(), &guard)]);
-        assert_eq!(diff(&installed(&rules), &rules), vec![]);
+    fn diff_is_empty_when_converged_and_tables_are_readopted() {
+        let guard = plan("203.0.113.0/24,198.51.100.0/24,tcp:443", &["172.20.0.4"]);
+        let groups = guard_groups(&[("br-a".into(), &guard)]);
+        let first = desired_guard(&groups, &InstalledGuard::default()).unwrap();
+        let host = installed(&first);
+        // A restarted daemon finds the same tables.
+        let again = desired_guard(&groups, &host).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(diff(&host, &again), vec![]);
     }
 
     #[test]
     fn diff_tightens_before_it_loosens() {
-        let old = desired_host_rules(&[(
-            "br-a".into(),
-            &plan("203.0.113.0/24", &["172.20.0.4", "172.20.0.5"]),
-        )]);
-        let new = desired_host_rules(&[(
-            "br-a".into(),
-            &plan("203.0.112.0/23", &["172.20.0.5", "172.20.0.6"]),
-        )]);
-        let mut from = installed(&old);
+        let old = plan("203.0.113.0/24", &["172.20.0.4", "172.20.0.5"]);
+        let new = plan("203.0.112.0/23", &["172.20.0.5", "172.20.0.6"]);
+        let mut host = installed(&fresh(&[("br-a".into(), &old)]));
         let stray = HostRule::Continue { ipv6: true }.message();
-        from.strays.push(stray.clone());
-        let steps: Vec<String> = diff(&from, &new).iter().map(ToString::to_string).collect();
+        host.strays.push(stray.clone());
+        let desired = desired_guard(&guard_groups(&[("br-a".into(), &new)]), &host).unwrap();
+        let steps = diff(&host, &desired);
+        let shown: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert_eq!(
-            steps,
+            shown,
             [
-                "rule add 5001: to 203.0.112.0/23 iif br-a prohibit",
+                "route replace prohibit 203.0.112.0/23 table 0x58388000",
                 "rule del 5000: from 172.20.0.4/32 iif br-a goto 5002",
                 "rule add 5000: from 172.20.0.6/32 iif br-a goto 5002",
-                "rule del 5001: to 203.0.113.0/24 iif br-a prohibit",
                 &format!("rule del (stray) {stray:?}"),
+                "route del 203.0.113.0/24 table 0x58388000",
             ]
         );
-        let gone: Vec<String> = diff(&installed(&new), &BTreeSet::new())
+        let host = applied(&host, &steps);
+        let gone: Vec<String> = diff(&host, &GuardState::default())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -711,30 +1014,80 @@ mod tests {
             [
                 "rule del 5000: from 172.20.0.5/32 iif br-a goto 5002",
                 "rule del 5000: from 172.20.0.6/32 iif br-a goto 5002",
-                "rule del 5001: to 203.0.112.0/23 iif br-a prohibit",
+                "rule del 5001: iif br-a lookup 0x58388000",
                 "rule del 5002: nop (inet)",
+                "route del 203.0.112.0/23 table 0x58388000",
             ]
         );
-        let first: Vec<String> = diff(&InstalledGuard::default(), &new)
+        let first: Vec<String> = diff(&InstalledGuard::default(), &desired)
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(first[0], "rule add 5002: nop (inet)");
+        assert_eq!(
+            first[..2],
+            [
+                "route replace prohibit 203.0.112.0/23 table 0x58388000",
+                "rule add 5002: nop (inet)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_selector_gets_a_new_table_before_the_old_rule_goes() {
+        let old = plan("203.0.113.0/24", &[]);
+        let new = plan("203.0.113.0/24,tcp:443", &[]);
+        let host = installed(&fresh(&[("br-a".into(), &old)]));
+        let desired = desired_guard(&guard_groups(&[("br-a".into(), &new)]), &host).unwrap();
+        let shown: Vec<String> = diff(&host, &desired)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "route replace prohibit 203.0.113.0/24 table 0x58388001",
+                "rule add 5001: iif br-a ipproto 6 dport 443 lookup 0x58388001",
+                "rule del 5001: iif br-a lookup 0x58388000",
+                "route del 203.0.113.0/24 table 0x58388000",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_route_of_another_type_in_a_guard_table_is_replaced() {
+        let guard = plan("203.0.113.0/24", &[]);
+        let desired = fresh(&[("br-a".into(), &guard)]);
+        let mut host = installed(&desired);
+        let key = (T0, "203.0.113.0/24".parse().unwrap());
+        host.routes
+            .insert(key, RouteAction::Via("192.0.2.1".parse().unwrap()));
+        assert_eq!(diff(&host, &desired), vec![Step::PutRoute(key.0, key.1)]);
     }
 
     fn block(label: &str) -> HostRule {
         HostRule::Block {
             bridge: "br-a".into(),
             source: None,
-            selector: OwnedRule::from_rule(&parse_rules(label).unwrap()[0]),
+            selector: Selector::of(&OwnedRule::from_rule(&parse_rules(label).unwrap()[0])),
+            table: T0,
         }
     }
 
     fn block_from(source: &str, label: &str) -> HostRule {
+        let HostRule::Block {
+            bridge,
+            selector,
+            table,
+            ..
+        } = block(label)
+        else {
+            unreachable!()
+        };
         HostRule::Block {
-            bridge: "br-a".into(),
+            bridge,
             source: Some(source.parse().unwrap()),
-            selector: OwnedRule::from_rule(&parse_rules(label).unwrap()[0]),
+            selector,
+            table,
         }
     }
 
@@ -748,26 +1101,32 @@ mod tests {
                     "172.20.0.3".parse().unwrap(),
                     blocked("203.0.113.0/24,tcp:443"),
                 ),
+                (
+                    "172.20.0.3".parse().unwrap(),
+                    blocked("198.51.100.0/24,tcp:443"),
+                ),
                 ("fd00:20::3".parse().unwrap(), blocked("2001:db8::/32")),
             ]
             .into(),
             ..GuardPlan::default()
         };
-        let rules = desired_host_rules(&[("br-outer".into(), &guard)]);
+        let state = fresh(&[("br-outer".into(), &guard)]);
         assert_eq!(
-            shown(&rules),
+            shown(&state),
             [
-                "5001: from 172.20.0.3/32 to 203.0.113.0/24 iif br-outer ipproto 6 dport 443 prohibit",
-                "5001: from fd00:20::3/128 to 2001:db8::/32 iif br-outer prohibit",
+                "5001: from 172.20.0.3/32 iif br-outer ipproto 6 dport 443 lookup 0x58388000",
+                "5001: from fd00:20::3/128 iif br-outer lookup 0x58388001",
             ]
         );
-        for rule in &rules {
+        assert_eq!(state.routes.len(), 3);
+        for rule in &state.rules {
             assert_eq!(HostRule::parse(&rule.message()), Some(Ok(rule.clone())));
         }
     }
 
     #[test]
-    fn a_stale_block_delete_cannot_take_a_kept_sourced_block() {
+    fn a_stale_delete_cannot_take_a_kept_rule_sharing_its_table() {
+        // Two rules looking up one table only happen on a tampered host.
         let sourced = block_from("172.20.0.3", "203.0.113.0/24");
         assert!(delete_fits(&block("203.0.113.0/24"), &sourced));
         assert!(!delete_fits(&sourced, &block("203.0.113.0/24")));
@@ -775,67 +1134,51 @@ mod tests {
             &block_from("172.20.0.9", "203.0.113.0/24"),
             &sourced
         ));
+        let HostRule::Block { table, .. } = &sourced else {
+            unreachable!()
+        };
+        let mut other_table = block("203.0.113.0/24");
+        if let HostRule::Block { table: t, .. } = &mut other_table {
+            *t = table + 1;
+        }
+        assert!(!delete_fits(&other_table, &sourced));
         let mut from = InstalledGuard::default();
         from.rules
             .extend([block("203.0.113.0/24"), sourced.clone()]);
-        let steps: Vec<String> = diff(&from, &[sourced].into())
+        let desired = GuardState {
+            rules: [sourced].into(),
+            routes: BTreeSet::new(),
+        };
+        let steps: Vec<String> = diff(&from, &desired)
             .iter()
             .map(ToString::to_string)
             .collect();
-        let rule = "5001: from 172.20.0.3/32 to 203.0.113.0/24 iif br-a prohibit";
+        let rule = "5001: from 172.20.0.3/32 iif br-a lookup 0x58388000";
         assert_eq!(
             steps,
             [
                 format!("rule del {rule}"),
                 format!("rule add {rule}"),
-                "rule del 5001: to 203.0.113.0/24 iif br-a prohibit".to_owned(),
+                "rule del 5001: iif br-a lookup 0x58388000".to_owned(),
             ]
         );
     }
 
     #[test]
-    fn kept_rules_a_stale_delete_could_hit_move_behind_it_first() {
-        let tcp_443 = block("203.0.113.0/24,tcp:443");
-        let udp_range = block("203.0.113.0/24,udp:5000-5100");
-        let kept = [tcp_443.clone(), udp_range, block("198.51.100.0/24")];
-        let stale = [block("203.0.113.0/24"), block("203.0.113.0/24,tcp")];
-        let mut from = InstalledGuard::default();
-        from.rules.extend(kept.iter().chain(&stale).cloned());
-        let steps: Vec<String> = diff(&from, &kept.into_iter().collect())
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let rule = |suffix: &str| format!("5001: to 203.0.113.0/24 iif br-a {suffix}prohibit");
-        assert_eq!(
-            steps,
-            [
-                format!("rule del {}", rule("ipproto 6 dport 443 ")),
-                format!("rule add {}", rule("ipproto 6 dport 443 ")),
-                format!("rule del {}", rule("ipproto 6 ")),
-                format!("rule del {}", rule("ipproto 6 dport 443 ")),
-                format!("rule add {}", rule("ipproto 6 dport 443 ")),
-                format!("rule del {}", rule("ipproto 17 dport 5000-5100 ")),
-                format!("rule add {}", rule("ipproto 17 dport 5000-5100 ")),
-                format!("rule del {}", rule("")),
-            ]
-        );
-        assert!(delete_fits(&block("203.0.113.0/24,tcp"), &tcp_443));
-        assert!(!delete_fits(&tcp_443, &block("203.0.113.0/24,tcp")));
-        assert!(!delete_fits(&block("198.51.100.0/24"), &tcp_443));
-    }
-
-    #[test]
-    fn only_loosening_steps_wait_for_failed_adds() {
+    fn only_loosening_steps_wait_for_failed_tightening() {
         let block = block("203.0.113.0/24");
         let allow = HostRule::Allow {
             bridge: "br-a".into(),
             source: "172.20.0.4".parse().unwrap(),
         };
+        let dst: Cidr = "203.0.113.0/24".parse().unwrap();
         assert!(Step::Delete(block.clone()).loosens());
         assert!(Step::DeleteStray(block.message()).loosens());
+        assert!(Step::DeleteRoute(T0, dst).loosens());
         assert!(!Step::Delete(allow.clone()).loosens());
         assert!(!Step::Add(allow).loosens());
         assert!(!Step::Add(block).loosens());
+        assert!(Step::PutRoute(T0, dst).tightens() && !Step::PutRoute(T0, dst).loosens());
     }
 
     #[test]

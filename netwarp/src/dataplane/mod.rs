@@ -12,3 +12,4 @@ pub mod qdisc;
 pub mod routes;
 pub mod settled;
 pub mod sync;
+pub mod tables;

@@ -45,6 +45,8 @@ pub enum NetnsError {
          NamespaceHandle::open_owned"
     )]
     ReadOnly { pid: u32 },
+    #[error(transparent)]
+    Tables(#[from] super::tables::TablesExhausted),
     #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
     Netlink {
         pid: u32,

@@ -18,7 +18,7 @@ use crate::model::{Cidr, PortRange, Rule};
 
 /// The route (and rule) protocol id that tags netwarp's entries.
 pub const NETWARP_PROTOCOL: u8 = 0x57;
-/// A policy rule netwarp owns: `to DEST [ipproto P [dport RANGE]] lookup NETWARP_TABLE`.
+/// One plan entry's match: `to DEST [ipproto P [dport RANGE]]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OwnedRule {
     pub destination: Cidr,
@@ -36,6 +36,39 @@ impl OwnedRule {
                 .map(|p| p.ip_proto(rule.destination.is_ipv6())),
             ports: rule.ports,
         }
+    }
+}
+
+/// A match without a destination, shared by every prefix of one selector
+/// group: netwarp writes one rule per group, and the group's prefixes as
+/// routes in the table that rule looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    pub ipv6: bool,
+    pub ip_proto: Option<u8>,
+    pub ports: Option<PortRange>,
+}
+
+impl Selector {
+    pub fn of(rule: &OwnedRule) -> Self {
+        Self {
+            ipv6: rule.destination.is_ipv6(),
+            ip_proto: rule.ip_proto,
+            ports: rule.ports,
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    /// As `ip rule` writes it (numeric protocols); empty for all traffic.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(proto) = self.ip_proto {
+            write!(f, " ipproto {proto}")?;
+        }
+        if let Some(ports) = self.ports {
+            write!(f, " dport {ports}")?;
+        }
+        Ok(())
     }
 }
 
@@ -69,15 +102,8 @@ pub(crate) fn tagged_rule(ipv6: bool, priority: u32, action: RuleAction) -> Rule
     message
 }
 
-/// Adds `to DEST [ipproto P] [dport RANGE]`.
-pub(crate) fn match_selector(message: &mut RuleMessage, selector: &OwnedRule) {
-    message.header.dst_len = selector.destination.prefix_len();
-    // A /0 has no address attribute, as `ip rule` writes it.
-    if selector.destination.prefix_len() > 0 {
-        message
-            .attributes
-            .push(RuleAttribute::Destination(selector.destination.addr()));
-    }
+/// Adds `[ipproto P] [dport RANGE]` (any destination).
+pub(crate) fn match_selector(message: &mut RuleMessage, selector: &Selector) {
     if let Some(proto) = selector.ip_proto {
         message
             .attributes
@@ -116,6 +142,13 @@ pub(crate) struct TaggedRule {
     pub source: Option<Cidr>,
     /// The destination is `0/0` of the rule's family for `to all`.
     pub selector: OwnedRule,
+}
+
+impl TaggedRule {
+    /// The selector group of a rule `to all`; `None` if it has a destination.
+    pub(crate) fn group(&self) -> Option<Selector> {
+        (self.selector.destination.prefix_len() == 0).then(|| Selector::of(&self.selector))
+    }
 }
 
 impl TaggedRule {

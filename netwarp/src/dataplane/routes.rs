@@ -1,80 +1,93 @@
-//! The `routes` dataplane: policy rules and a netwarp-owned routing table
+//! The `routes` dataplane: policy rules and netwarp-owned routing tables
 //! inside each target's network namespace, through rtnetlink.
 //!
-//! Ownership is explicit: every route sits in [`NETWARP_TABLE`] with route
-//! protocol [`NETWARP_PROTOCOL`]; every rule has priority
-//! [`NETWARP_RULE_PRIORITY`] and the same protocol. netwarp lists and removes
-//! exactly those, and nothing else.
+//! A target's plan entries are grouped by selector (family, ip protocol,
+//! port range; all traffic is one group). Each group gets a table of its
+//! own holding one route per prefix (`via` the warp, or `prohibit`), and
+//! ONE rule `[ipproto P] [dport R] lookup TABLE` at
+//! [`NETWARP_RULE_PRIORITY`]. A lookup that finds no route falls through to
+//! the next rule (see [`super::tables`]), so unsteered destinations still
+//! use `main`. A label of thousands of prefixes costs thousands of routes
+//! and a handful of rules.
+//!
+//! Ownership is explicit: every route carries protocol
+//! [`NETWARP_PROTOCOL`] in a table of [`TARGET_TABLES`]; every rule has
+//! priority [`NETWARP_RULE_PRIORITY`] and the same protocol. netwarp lists
+//! and removes exactly those, and nothing else.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use futures_util::TryStreamExt as _;
-use rtnetlink::{
-    RouteMessageBuilder,
-    packet_route::{
-        AddressFamily,
-        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
-        rule::{RuleAction, RuleAttribute, RuleMessage},
-    },
-};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
 pub use super::{
     mac::parse_mac,
-    policy_rule::{NETWARP_PROTOCOL, OwnedRule},
+    policy_rule::{NETWARP_PROTOCOL, OwnedRule, Selector},
+    tables::{LEGACY_TARGET_TABLE, RouteAction, TARGET_TABLES, TablesExhausted},
 };
 use super::{
     netns::{NamespaceHandle, NetnsError, already_done},
     policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule},
+    tables::{allocate, dump_owned_routes, route_delete_message, route_message},
 };
 use crate::{
     model::Cidr,
     plan::{Action, Entry},
 };
 
-/// netwarp's routing table in each target's namespace.
-pub const NETWARP_TABLE: u32 = 0x4e57;
 /// The priority of netwarp's policy rules: before `main` (32766).
 pub const NETWARP_RULE_PRIORITY: u32 = 10_000;
 
 /// Errors of the routes dataplane: those of the namespace work it does.
 pub type RoutesError = NetnsError;
 
-/// What a route in netwarp's table does.
+/// One of netwarp's rules in a namespace: `[ipproto P] [dport R] lookup TABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RouteAction {
-    Via(IpAddr),
-    /// A prohibit route: senders get EACCES at once, nothing leaves.
-    Prohibit,
+pub struct GroupRule {
+    pub selector: Selector,
+    pub table: u32,
 }
 
 /// Everything netwarp owns in one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OwnedState {
-    pub routes: BTreeMap<Cidr, RouteAction>,
-    pub rules: BTreeSet<OwnedRule>,
+    /// By table and destination.
+    pub routes: BTreeMap<(u32, Cidr), RouteAction>,
+    pub rules: BTreeSet<GroupRule>,
+    /// Rules with netwarp's tag and priority in a shape it does not write
+    /// (an earlier version's `to PREFIX lookup 0x4e57`, say): removed.
+    pub strays: Vec<RuleMessage>,
 }
 
-/// The kernel state that enforces a target's plan entries.
-pub fn desired_state(entries: &[Entry]) -> OwnedState {
-    let mut state = OwnedState::default();
+/// What a target's plan entries need: each selector group's routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub groups: BTreeMap<Selector, BTreeMap<Cidr, RouteAction>>,
+}
+
+/// Groups a target's entries by selector. A destination gets one action
+/// in every group it is in: blocking wins if two entries ever disagree.
+pub fn desired_state(entries: &[Entry]) -> Desired {
+    let mut actions: BTreeMap<Cidr, RouteAction> = BTreeMap::new();
     for entry in entries {
-        let rule = entry.rule;
         let action = match entry.action {
             Action::Via(ip) => RouteAction::Via(ip),
             Action::Block => RouteAction::Prohibit,
         };
-        // Blocking wins if two rules to one destination ever disagree.
-        state
-            .routes
-            .entry(rule.destination)
+        actions
+            .entry(entry.rule.destination)
             .and_modify(|a| *a = (*a).max(action))
             .or_insert(action);
-        state.rules.insert(OwnedRule::from_rule(&rule));
     }
-    state
+    let mut desired = Desired::default();
+    for entry in entries {
+        let destination = entry.rule.destination;
+        desired
+            .groups
+            .entry(Selector::of(&OwnedRule::from_rule(&entry.rule)))
+            .or_default()
+            .insert(destination, actions[&destination]);
+    }
+    desired
 }
 
 /// The changes that turn `installed` into `desired`.
@@ -82,10 +95,11 @@ pub fn desired_state(entries: &[Entry]) -> OwnedState {
 pub struct Changes {
     /// Routes to add or replace in place (never delete-then-add, which
     /// would open a window for a leak).
-    pub put_routes: Vec<(Cidr, RouteAction)>,
-    pub add_rules: Vec<OwnedRule>,
-    pub delete_rules: Vec<OwnedRule>,
-    pub delete_routes: Vec<Cidr>,
+    pub put_routes: Vec<(u32, Cidr, RouteAction)>,
+    pub add_rules: Vec<GroupRule>,
+    pub delete_rules: Vec<GroupRule>,
+    pub delete_strays: Vec<RuleMessage>,
+    pub delete_routes: Vec<(u32, Cidr)>,
 }
 
 impl Changes {
@@ -93,64 +107,73 @@ impl Changes {
         self.put_routes.is_empty()
             && self.add_rules.is_empty()
             && self.delete_rules.is_empty()
+            && self.delete_strays.is_empty()
             && self.delete_routes.is_empty()
     }
 }
 
-pub fn diff(installed: &OwnedState, desired: &OwnedState) -> Changes {
-    Changes {
-        put_routes: desired
-            .routes
-            .iter()
-            .filter(|(dst, action)| installed.routes.get(dst) != Some(action))
-            .map(|(d, a)| (*d, *a))
+/// The changes, with each group's table: the one its installed rule looks
+/// up, or the lowest free id of [`TARGET_TABLES`].
+pub fn diff(installed: &OwnedState, desired: &Desired) -> Result<Changes, TablesExhausted> {
+    let claimed: Vec<(Selector, u32)> = (installed.rules.iter())
+        .map(|r| (r.selector, r.table))
+        .collect();
+    let reserved: BTreeSet<u32> = installed.routes.keys().map(|(t, _)| *t).collect();
+    let wanted: BTreeSet<Selector> = desired.groups.keys().copied().collect();
+    let tables = allocate(&claimed, &reserved, &wanted, TARGET_TABLES)?;
+    let rules: BTreeSet<GroupRule> = (tables.iter())
+        .map(|(selector, table)| GroupRule {
+            selector: *selector,
+            table: *table,
+        })
+        .collect();
+    let routes: BTreeMap<(u32, Cidr), RouteAction> = (desired.groups.iter())
+        .flat_map(|(selector, routes)| {
+            let table = tables[selector];
+            routes.iter().map(move |(dst, a)| ((table, *dst), *a))
+        })
+        .collect();
+    Ok(Changes {
+        put_routes: (routes.iter())
+            .filter(|(key, action)| installed.routes.get(key) != Some(action))
+            .map(|((table, dst), a)| (*table, *dst, *a))
             .collect(),
-        add_rules: desired
-            .rules
-            .difference(&installed.rules)
+        add_rules: rules.difference(&installed.rules).copied().collect(),
+        delete_rules: installed.rules.difference(&rules).copied().collect(),
+        delete_strays: installed.strays.clone(),
+        delete_routes: (installed.routes.keys())
+            .filter(|key| !routes.contains_key(key))
             .copied()
             .collect(),
-        delete_rules: installed
-            .rules
-            .difference(&desired.rules)
-            .copied()
-            .collect(),
-        delete_routes: installed
-            .routes
-            .keys()
-            .filter(|d| !desired.routes.contains_key(d))
-            .copied()
-            .collect(),
-    }
+    })
+}
+
+fn owned_table(table: u32) -> bool {
+    TARGET_TABLES.contains(&table) || table == LEGACY_TARGET_TABLE
 }
 
 impl NamespaceHandle {
     /// Reads netwarp's own routes and rules, and nothing else.
     pub async fn installed(&self) -> Result<OwnedState, RoutesError> {
-        let mut state = OwnedState::default();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut query = RouteMessage::default();
-            query.header.address_family = family;
-            let routes: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(self.netlink("route dump"))?;
-            for route in routes {
-                if let Some((dst, action)) = parse_owned_route(&route) {
-                    state.routes.insert(dst, action);
-                }
-            }
-        }
+        let routes = dump_owned_routes(&self.handle, owned_table)
+            .await
+            .map_err(self.netlink("route dump"))?;
+        let mut state = OwnedState {
+            routes,
+            ..OwnedState::default()
+        };
         let rules = dump_rules(&self.handle)
             .await
             .map_err(self.netlink("rule dump"))?;
-        state
-            .rules
-            .extend(rules.iter().filter_map(parse_owned_rule));
+        for rule in rules {
+            match parse_owned_rule(&rule) {
+                Some(Ok(ours)) => {
+                    state.rules.insert(ours);
+                }
+                Some(Err(())) => state.strays.push(rule),
+                None => {}
+            }
+        }
         Ok(state)
     }
 
@@ -162,15 +185,14 @@ impl NamespaceHandle {
             Some(mac) => self.ifindex_by_mac(mac).await?,
             None => None,
         };
-        for (dst, action) in &changes.put_routes {
-            let message = route_message(*dst, *action, oif);
+        for (table, dst, action) in &changes.put_routes {
             handle
                 .route()
-                .add(message)
+                .add(route_message(*table, *dst, *action, oif))
                 .replace()
                 .execute()
                 .await
-                .map_err(self.netlink(format!("route replace {dst} {action:?}")))?;
+                .map_err(self.netlink(format!("route replace {dst} {action:?} table {table}")))?;
         }
         for rule in &changes.add_rules {
             let mut request = handle.rule().add();
@@ -190,100 +212,54 @@ impl NamespaceHandle {
                 .or_else(already_done(&[libc::ENOENT]))
                 .map_err(self.netlink(format!("rule del {rule:?}")))?;
         }
-        for dst in &changes.delete_routes {
-            let message = route_message(*dst, RouteAction::Prohibit, None);
-            let mut message = message;
-            // Delete by table, destination and protocol, whatever the type.
-            message.header.kind = RouteType::Unspec;
+        for stray in &changes.delete_strays {
+            handle
+                .rule()
+                .del(stray.clone())
+                .execute()
+                .await
+                .or_else(already_done(&[libc::ENOENT]))
+                .map_err(self.netlink(format!("rule del (stray) {stray:?}")))?;
+        }
+        for (table, dst) in &changes.delete_routes {
             handle
                 .route()
-                .del(message)
+                .del(route_delete_message(*table, *dst))
                 .execute()
                 .await
                 .or_else(already_done(&[libc::ESRCH, libc::ENOENT]))
-                .map_err(self.netlink(format!("route del {dst}")))?;
+                .map_err(self.netlink(format!("route del {dst} table {table}")))?;
         }
         Ok(())
     }
 }
 
-fn route_message(dst: Cidr, action: RouteAction, oif: Option<u32>) -> RouteMessage {
-    let builder = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dst.addr(), dst.prefix_len())
-        .expect("a Cidr is always a valid prefix")
-        .table_id(NETWARP_TABLE)
-        .protocol(RouteProtocol::Other(NETWARP_PROTOCOL));
-    let builder = match action {
-        RouteAction::Via(gateway) => {
-            let builder = builder
-                .gateway(gateway)
-                .expect("planner keeps gateway and destination in one family")
-                .kind(RouteType::Unicast);
-            match oif {
-                Some(index) => builder.output_interface(index),
-                None => builder,
-            }
-        }
-        RouteAction::Prohibit => builder.kind(RouteType::Prohibit),
-    };
-    builder.build()
-}
-
-fn parse_owned_route(route: &RouteMessage) -> Option<(Cidr, RouteAction)> {
-    if route.header.protocol != RouteProtocol::Other(NETWARP_PROTOCOL) {
-        return None;
-    }
-    let table = route
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(route.header.table));
-    if table != NETWARP_TABLE {
-        return None;
-    }
-    let addr = |a: &RouteAddress| match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    };
-    let dst_addr = route.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(d) => addr(d),
-        _ => None,
-    });
-    let dst_addr = dst_addr.unwrap_or(match route.header.address_family {
-        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    });
-    let dst = Cidr::new(dst_addr, route.header.destination_prefix_length).ok()?;
-    let action = match route.header.kind {
-        RouteType::Prohibit => RouteAction::Prohibit,
-        _ => RouteAction::Via(route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(g) => addr(g),
-            _ => None,
-        })?),
-    };
-    Some((dst, action))
-}
-
-fn rule_message(rule: &OwnedRule) -> RuleMessage {
+fn rule_message(rule: &GroupRule) -> RuleMessage {
     let mut message = tagged_rule(
-        rule.destination.is_ipv6(),
+        rule.selector.ipv6,
         NETWARP_RULE_PRIORITY,
         RuleAction::ToTable,
     );
-    message.attributes.push(RuleAttribute::Table(NETWARP_TABLE));
-    match_selector(&mut message, rule);
+    message.attributes.push(RuleAttribute::Table(rule.table));
+    match_selector(&mut message, &rule.selector);
     message
 }
 
-fn parse_owned_rule(rule: &RuleMessage) -> Option<OwnedRule> {
+/// `None` for a rule that is not netwarp's; `Some(Err(()))` for one with
+/// netwarp's tag and priority in a shape it does not write.
+fn parse_owned_rule(rule: &RuleMessage) -> Option<Result<GroupRule, ()>> {
     let tagged = TaggedRule::parse(rule)?;
-    let owned =
-        tagged.priority == Some(NETWARP_RULE_PRIORITY) && tagged.table == Some(NETWARP_TABLE);
-    owned.then_some(tagged.selector)
+    if tagged.priority != Some(NETWARP_RULE_PRIORITY) {
+        return None;
+    }
+    let shape = (tagged.action == RuleAction::ToTable)
+        .then_some(())
+        .and(tagged.table.filter(|t| TARGET_TABLES.contains(t)))
+        .filter(|_| tagged.source.is_none() && tagged.iif.is_none());
+    Some(match (shape, tagged.group()) {
+        (Some(table), Some(selector)) => Ok(GroupRule { selector, table }),
+        _ => Err(()),
+    })
 }
 
 #[cfg(test)]
@@ -299,70 +275,129 @@ mod tests {
         Action::Via(ip.parse().unwrap())
     }
 
-    #[test]
-    fn one_route_per_destination_and_one_rule_per_selector() {
-        let state = desired_state(&entries(
-            "203.0.113.0/24,tcp:443,udp:5000-5100",
-            via("172.20.0.2"),
-        ));
-        assert_eq!(state.routes.len(), 1);
-        assert_eq!(state.rules.len(), 2);
-        let protos: Vec<Option<u8>> = state.rules.iter().map(|r| r.ip_proto).collect();
-        assert_eq!(protos, [Some(6), Some(17)]);
+    fn first() -> u32 {
+        *TARGET_TABLES.start()
+    }
+
+    /// What `changes` leave installed, as the kernel would.
+    fn applied(installed: &OwnedState, changes: &Changes) -> OwnedState {
+        let mut state = installed.clone();
+        for (table, dst, action) in &changes.put_routes {
+            state.routes.insert((*table, *dst), *action);
+        }
+        state.rules.extend(&changes.add_rules);
+        for rule in &changes.delete_rules {
+            state.rules.remove(rule);
+        }
+        state.strays.clear();
+        for key in &changes.delete_routes {
+            state.routes.remove(key);
+        }
+        state
     }
 
     #[test]
-    fn rules_and_routes_survive_a_netlink_round_trip() {
-        let state = desired_state(&entries(
-            "203.0.113.0/24,2001:db8::/32,tcp:8000-8100",
+    fn one_rule_per_selector_group_whatever_the_prefix_count() {
+        let label: Vec<String> = (0..3000)
+            .map(|i| format!("10.{}.{}.0/24", 200 + i / 256 % 2, i % 256))
+            .chain(["tcp:443".into(), "udp:5000-5100".into()])
+            .collect();
+        let desired = desired_state(&entries(&label.join(","), via("172.20.0.2")));
+        let changes = diff(&OwnedState::default(), &desired).unwrap();
+        // 512 distinct /24s, each in both selector groups.
+        assert_eq!(changes.add_rules.len(), 2);
+        assert_eq!(changes.put_routes.len(), 2 * 512);
+        let protos: Vec<Option<u8>> = (changes.add_rules.iter())
+            .map(|r| r.selector.ip_proto)
+            .collect();
+        assert_eq!(protos, [Some(6), Some(17)]);
+        let tables: BTreeSet<u32> = changes.add_rules.iter().map(|r| r.table).collect();
+        assert_eq!(tables, [first(), first() + 1].into());
+    }
+
+    #[test]
+    fn families_and_selectors_are_separate_groups_and_blocking_wins() {
+        let mut mixed = entries("203.0.113.0/24,2001:db8::/32", via("172.20.0.2"));
+        mixed.extend(entries("203.0.113.0/24,tcp:443", Action::Block));
+        let desired = desired_state(&mixed);
+        assert_eq!(desired.groups.len(), 3);
+        for routes in desired.groups.values() {
+            let (dst, action) = routes.iter().next().unwrap();
+            if !dst.is_ipv6() {
+                assert_eq!(*action, RouteAction::Prohibit, "{dst}");
+            }
+        }
+    }
+
+    #[test]
+    fn rules_survive_a_netlink_round_trip_and_other_shapes_are_strays() {
+        let desired = desired_state(&entries(
+            "203.0.113.0/24,2001:db8::/32,tcp:8000-8100,icmp",
             Action::Block,
         ));
-        for rule in &state.rules {
-            assert_eq!(parse_owned_rule(&rule_message(rule)), Some(*rule));
+        let changes = diff(&OwnedState::default(), &desired).unwrap();
+        assert_eq!(changes.add_rules.len(), 4, "tcp and icmp, per family");
+        for rule in &changes.add_rules {
+            assert_eq!(parse_owned_rule(&rule_message(rule)), Some(Ok(*rule)));
         }
-        for (dst, action) in &state.routes {
-            let mut message = route_message(*dst, *action, Some(3));
-            message
-                .attributes
-                .push(RouteAttribute::Table(NETWARP_TABLE));
-            assert_eq!(parse_owned_route(&message), Some((*dst, *action)));
-        }
-        let default = desired_state(&entries("0.0.0.0/0", via("172.20.0.2")));
-        let rule = default.rules.first().unwrap();
-        assert_eq!(parse_owned_rule(&rule_message(rule)), Some(*rule));
-    }
-
-    #[test]
-    fn foreign_entries_are_never_ours() {
-        let mut rule = rule_message(&OwnedRule {
-            destination: "192.0.2.0/24".parse().unwrap(),
-            ip_proto: None,
-            ports: None,
+        let all = GroupRule {
+            selector: Selector {
+                ipv6: false,
+                ip_proto: None,
+                ports: None,
+            },
+            table: first(),
+        };
+        assert_eq!(parse_owned_rule(&rule_message(&all)), Some(Ok(all)));
+        // An earlier version's per-prefix rule into its single table.
+        let mut legacy = rule_message(&GroupRule {
+            table: LEGACY_TARGET_TABLE,
+            ..all
         });
-        rule.attributes
+        legacy.header.dst_len = 24;
+        legacy
+            .attributes
+            .push(RuleAttribute::Destination("203.0.113.0".parse().unwrap()));
+        assert_eq!(parse_owned_rule(&legacy), Some(Err(())));
+        let mut foreign = rule_message(&all);
+        foreign
+            .attributes
             .retain(|a| !matches!(a, RuleAttribute::Protocol(_)));
-        rule.attributes
-            .push(RuleAttribute::Protocol(RouteProtocol::Boot));
-        assert_eq!(parse_owned_rule(&rule), None);
-        let mut route = route_message("192.0.2.0/24".parse().unwrap(), RouteAction::Prohibit, None);
-        route.header.protocol = RouteProtocol::Static;
-        assert_eq!(parse_owned_route(&route), None);
+        assert_eq!(parse_owned_rule(&foreign), None);
     }
 
     #[test]
-    fn diff_is_empty_when_converged() {
-        let state = desired_state(&entries("203.0.113.0/24,tcp:443", via("172.20.0.2")));
-        assert!(diff(&state, &state).is_empty());
+    fn diff_is_empty_when_converged_and_tables_are_readopted() {
+        let desired = desired_state(&entries(
+            "203.0.113.0/24,198.51.100.0/24,tcp:443,udp",
+            via("172.20.0.2"),
+        ));
+        let installed = applied(
+            &OwnedState::default(),
+            &diff(&OwnedState::default(), &desired).unwrap(),
+        );
+        assert_eq!(installed.rules.len(), 2);
+        assert_eq!(installed.routes.len(), 4);
+        // A restarted daemon reads the same tables back.
+        assert!(diff(&installed, &desired).unwrap().is_empty());
     }
 
     #[test]
     fn a_warp_going_down_replaces_routes_in_place() {
         let up = desired_state(&entries("203.0.113.0/24,tcp:443", via("172.20.0.2")));
         let down = desired_state(&entries("203.0.113.0/24,tcp:443", Action::Block));
-        let changes = diff(&up, &down);
+        let installed = applied(
+            &OwnedState::default(),
+            &diff(&OwnedState::default(), &up).unwrap(),
+        );
+        let changes = diff(&installed, &down).unwrap();
         assert_eq!(
             changes.put_routes,
-            vec![("203.0.113.0/24".parse().unwrap(), RouteAction::Prohibit)]
+            vec![(
+                first(),
+                "203.0.113.0/24".parse().unwrap(),
+                RouteAction::Prohibit
+            )]
         );
         assert!(
             changes.add_rules.is_empty()
@@ -372,19 +407,39 @@ mod tests {
     }
 
     #[test]
-    fn stale_entries_are_removed() {
+    fn stale_entries_strays_and_legacy_routes_are_removed() {
         let old = desired_state(&entries("203.0.113.0/24,tcp:443", via("172.20.0.2")));
+        let mut installed = applied(
+            &OwnedState::default(),
+            &diff(&OwnedState::default(), &old).unwrap(),
+        );
+        let legacy_route = (LEGACY_TARGET_TABLE, "192.0.2.0/24".parse().unwrap());
+        installed.routes.insert(legacy_route, RouteAction::Prohibit);
+        installed.strays.push(RuleMessage::default());
         let new = desired_state(&entries("198.51.100.0/24", via("172.20.0.2")));
-        let changes = diff(&old, &new);
+        let changes = diff(&installed, &new).unwrap();
+        // The new group may not reuse the old group's table: its rule goes
+        // only after the new one is in.
+        let new_table = first() + 1;
+        assert_eq!(
+            changes.put_routes,
+            vec![(
+                new_table,
+                "198.51.100.0/24".parse().unwrap(),
+                RouteAction::Via("172.20.0.2".parse().unwrap())
+            )]
+        );
+        assert_eq!(changes.add_rules.len(), 1);
+        assert_eq!(changes.add_rules[0].table, new_table);
+        assert_eq!(changes.delete_rules.len(), 1);
+        assert_eq!(changes.delete_strays.len(), 1);
         assert_eq!(
             changes.delete_routes,
-            vec!["203.0.113.0/24".parse().unwrap()]
+            vec![legacy_route, (first(), "203.0.113.0/24".parse().unwrap())]
         );
-        assert_eq!(changes.delete_rules.len(), 1);
-        assert_eq!(changes.add_rules.len(), 1);
-        assert_eq!(changes.put_routes.len(), 1);
-        let cleared = diff(&new, &OwnedState::default());
+        let cleared = diff(&applied(&installed, &changes), &Desired::default()).unwrap();
         assert_eq!(cleared.delete_rules.len(), 1);
         assert_eq!(cleared.delete_routes.len(), 1);
+        assert!(cleared.put_routes.is_empty() && cleared.add_rules.is_empty());
     }
 }

@@ -172,6 +172,7 @@ impl Reconciler {
         self.telemetry.publish(PassOutcome {
             plan: &plan,
             guards: self.guard_views.clone(),
+            host_guard: self.dataplane.host_guard_counts(),
             interfaces: self.dataplane.interfaces(),
             failures,
             duration: started.elapsed(),

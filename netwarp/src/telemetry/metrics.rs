@@ -127,7 +127,7 @@ impl Metrics {
         registry.register(
             "netwarp_programming_failures",
             "Times programming failed (retried on the next pass), by object (target, guard, caps) \
-             and reason (namespace, interface, netlink, map_full, map, attach, load, compile, conflict)",
+             and reason (namespace, interface, netlink, map_full, map, attach, load, compile, conflict, tables)",
             programming_failures.clone(),
         );
         Self {
@@ -411,6 +411,24 @@ impl Collector for ScrapeCollector {
             "1 while the warp container runs and is healthy or has no healthcheck, else 0",
             &warps,
         )?;
+        if let Some(held) = published.host_guard {
+            for (name, help, value) in [
+                (
+                    "netwarp_host_guard_rules",
+                    "routes: netwarp's policy rules in the host's namespace (bridge guards)",
+                    held.rules,
+                ),
+                (
+                    "netwarp_host_guard_routes",
+                    "routes: prohibit routes in netwarp's host guard tables",
+                    held.routes,
+                ),
+            ] {
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(value).encode(metric)?;
+            }
+        }
         if let Some(at) = published.finished_at {
             let seconds = at
                 .duration_since(std::time::UNIX_EPOCH)
@@ -524,6 +542,11 @@ mod tests {
                 network: "n".into(),
                 bridge: "br-0123456789ab".into(),
             }],
+            host_guard: Some(crate::dataplane::host_guard::GuardCounts {
+                rules: 4,
+                tables: 2,
+                routes: 6002,
+            }),
             ..Published::default()
         };
         let pb = |packets, bytes| PacketsBytes { packets, bytes };
@@ -611,6 +634,8 @@ mod tests {
             "netwarp_warp_untunnelled_dropped_bytes_total{warp=\"warp-a\"} 490",
             "netwarp_build_info{version=\"",
             "netwarp_dataplane_info{mode=\"ebpf\"} 1",
+            "netwarp_host_guard_rules 4",
+            "netwarp_host_guard_routes 6002",
             "netwarp_container_transmit_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 1000",
             "netwarp_container_receive_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 20",
             "netwarp_container_steered_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 5",

@@ -29,6 +29,7 @@ use tracing::{Span, debug, info, info_span};
 
 use crate::{
     config::{Config, DataplaneMode},
+    dataplane::host_guard::GuardCounts,
     model::short_id,
     plan::{Plan, TargetPlan},
 };
@@ -92,6 +93,8 @@ pub struct Published {
     pub targets: Vec<TargetView>,
     /// The bridge guards of this pass.
     pub guards: Vec<GuardView>,
+    /// routes: what the host guard holds, as last written.
+    pub host_guard: Option<GuardCounts>,
     /// SIGHUP reloads since start, and what the last one did.
     pub reloads: u64,
     pub last_reload: Option<ReloadView>,
@@ -269,6 +272,7 @@ impl Telemetry {
         let PassOutcome {
             plan,
             guards,
+            host_guard,
             interfaces,
             failures,
             duration,
@@ -312,6 +316,7 @@ impl Telemetry {
                 })
                 .collect(),
             guards,
+            host_guard,
             reloads: self.published.borrow().reloads,
             last_reload: self.published.borrow().last_reload.clone(),
         };
@@ -323,6 +328,8 @@ impl Telemetry {
 pub struct PassOutcome<'a> {
     pub plan: &'a Plan,
     pub guards: Vec<GuardView>,
+    /// routes: what the host guard holds, as last written.
+    pub host_guard: Option<GuardCounts>,
     /// The eBPF interfaces, by target id: host veth, warp veth.
     pub interfaces: HashMap<String, TargetInterfaces>,
     /// Why a target's last programming failed, by target id.
@@ -425,6 +432,7 @@ pub(crate) mod tests {
         telemetry.publish(PassOutcome {
             plan: &plan,
             guards: Vec::new(),
+            host_guard: None,
             interfaces: HashMap::from([(
                 app.clone(),
                 TargetInterfaces {

@@ -35,6 +35,23 @@ pub struct StatusDoc {
     pub config: ConfigStatus,
     pub warps: Vec<WarpStatus>,
     pub targets: Vec<TargetStatus>,
+    /// routes: what netwarp holds in the host's namespace for its bridge
+    /// guards, as last written; null in the eBPF dataplane and before the
+    /// first write.
+    #[serde(default)]
+    pub host_guard: Option<HostGuardStatus>,
+}
+
+/// netwarp's entries in the host's rule list and its guard tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostGuardStatus {
+    /// Policy rules: the kernel walks the host's list for every routed
+    /// packet, so this stays a handful per guarded network.
+    pub rules: usize,
+    pub tables: usize,
+    /// `prohibit` routes in the guard tables, one per guarded prefix and
+    /// selector group.
+    pub routes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -218,6 +235,11 @@ pub fn build(
             .iter()
             .map(|t| target_status(t, counters.get(&t.plan.id).copied()))
             .collect(),
+        host_guard: published.host_guard.map(|held| HostGuardStatus {
+            rules: held.rules,
+            tables: held.tables,
+            routes: held.routes,
+        }),
     }
 }
 

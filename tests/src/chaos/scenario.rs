@@ -24,7 +24,6 @@ use crate::{
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     isolation::unlabelled_state,
-    steering::TABLE,
 };
 
 /// The probe loop a target runs as its main process: one ping every
@@ -157,7 +156,11 @@ impl Scenario {
         let (rules, routes) = netwarp_entries(&self.target)?;
         match self.mode.as_str() {
             "routes" => {
-                expect_lines(&rules, &[&format!("to {}", self.prefix)], "rules")?;
+                // One rule for the prefix's selector group, none per prefix.
+                expect_lines(&rules, &["lookup"], "rules")?;
+                if rules.iter().any(|r| r.contains(" to ")) {
+                    bail!("a rule names a destination: {rules:?}");
+                }
                 let route = match &warp_ip {
                     Some(ip) => format!("{} via {ip} ", self.prefix),
                     None => format!("prohibit {} ", self.prefix),
@@ -173,7 +176,11 @@ impl Scenario {
                         expect_lines(&routes, &[], "routes")?;
                     }
                     Expect::Blocked => {
-                        expect_lines(&rules, &[&format!("to {}", self.prefix)], "rules")?;
+                        // One rule for the prefix's selector group, none per prefix.
+                        expect_lines(&rules, &["lookup"], "rules")?;
+                        if rules.iter().any(|r| r.contains(" to ")) {
+                            bail!("a rule names a destination: {rules:?}");
+                        }
                         expect_lines(&routes, &[&format!("prohibit {} ", self.prefix)], "routes")?;
                     }
                 }
@@ -302,10 +309,21 @@ impl Scenario {
                 l.contains(&format!("iif {bridge} ")) || l.ends_with(&format!("iif {bridge}"))
             })
             .collect();
-        let blocks: Vec<&&str> = ours.iter().filter(|l| l.contains("prohibit")).collect();
-        if blocks.len() != 1 || !blocks[0].contains(&format!("to {}", self.prefix)) {
+        // One lookup rule, whose table refuses the prefix.
+        let blocks: Vec<&&str> = ours.iter().filter(|l| l.contains("lookup")).collect();
+        let refused = match blocks.as_slice() {
+            [block] => match crate::steering::looked_up(block) {
+                Some(table) => run("ip", &["-4", "route", "show", "table", table])?,
+                None => String::new(),
+            },
+            _ => String::new(),
+        };
+        if !refused
+            .lines()
+            .any(|l| l.trim() == format!("prohibit {} proto 87", self.prefix))
+        {
             bail!(
-                "host guard blocks {blocks:?}, expected one for {}",
+                "host guard blocks {blocks:?} (table: {refused:?}), expected one for {}",
                 self.prefix
             );
         }
@@ -501,27 +519,10 @@ pub fn start_warp_at(
     crate::steering::run_warp(name, network, &script, extra)
 }
 
-/// netwarp's rules (those that look up its table) and its table's routes
-/// in a container's namespace, one per line.
+/// netwarp's IPv4 rules and the routes of the tables they look up in a
+/// container's namespace, one per line.
 pub fn netwarp_entries(container: &Container) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let rules = container.ip(&["rule", "show"])?;
-    let rules = rules
-        .lines()
-        .filter(|l| l.contains(&format!("lookup {TABLE}")))
-        .map(str::to_owned)
-        .collect();
-    let routes = match container.ip(&["route", "show", "table", TABLE]) {
-        Ok(routes) => routes,
-        // The table exists only while it holds a route.
-        Err(e) if e.to_string().contains("does not exist") => String::new(),
-        Err(e) => return Err(e),
-    };
-    let routes = routes
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{} ", l.trim()))
-        .collect();
-    Ok((rules, routes))
+    crate::steering::netwarp_entries(container, "-4")
 }
 
 /// Exactly one line per needle, each containing its needle.

@@ -16,7 +16,7 @@ use crate::{
             interface_index, interface_name, is_host_peer_of, warp_peer_key,
         },
         mac::MacAddr,
-        routes::{desired_state, diff},
+        routes::{RoutesError, desired_state, diff},
         settled::Settled,
     },
     model::short_id,
@@ -197,7 +197,8 @@ impl EbpfPlane {
         let route_changes = diff(
             &namespace.installed().await?,
             &desired_state(&routed_entries),
-        );
+        )
+        .map_err(RoutesError::from)?;
         if !route_changes.is_empty() {
             let via = routed.then_some(target.mac_on_network.as_deref()).flatten();
             namespace.apply(&route_changes, via).await?;

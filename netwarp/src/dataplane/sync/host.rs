@@ -5,22 +5,33 @@ use tracing::{info, warn};
 
 use super::FailureReason;
 use crate::{
-    dataplane::host_guard::{program_host_guards, remove_host_guards},
+    dataplane::host_guard::{GuardCounts, program_host_guards, remove_host_guards},
     plan::GuardPlan,
 };
 
-/// A netlink socket in the host's namespace, opened on first use.
+/// A netlink socket in the host's namespace, opened on first use, and
+/// what the guard last wrote through it.
 #[derive(Default)]
-pub struct HostNetlink(Option<rtnetlink::Handle>);
+pub struct HostNetlink {
+    handle: Option<rtnetlink::Handle>,
+    /// What the host guard holds after its last successful write.
+    held: Option<GuardCounts>,
+}
 
 impl HostNetlink {
     pub fn handle(&mut self) -> Result<&mut rtnetlink::Handle, String> {
-        if self.0.is_none() {
+        if self.handle.is_none() {
             let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
             tokio::spawn(connection);
-            self.0 = Some(handle);
+            self.handle = Some(handle);
         }
-        Ok(self.0.as_mut().expect("just set"))
+        Ok(self.handle.as_mut().expect("just set"))
+    }
+
+    /// The host guard's rules, tables and routes as last written; `None`
+    /// before the first successful write.
+    pub fn guard_counts(&self) -> Option<GuardCounts> {
+        self.held
     }
 
     /// Brings the host's guard rules to the plan (the rules are diffed
@@ -37,8 +48,19 @@ impl HostNetlink {
             }
         };
         match program_host_guards(handle, guards).await {
-            Ok(true) => info!(guards = guards.len(), "host guard rules written"),
-            Ok(false) => {}
+            Ok(written) => {
+                if written.changes > 0 {
+                    info!(
+                        guards = guards.len(),
+                        changes = written.changes,
+                        rules = written.held.rules,
+                        tables = written.held.tables,
+                        routes = written.held.routes,
+                        "host guard written"
+                    );
+                }
+                self.held = Some(written.held);
+            }
             Err(e) => {
                 warn!(error = %e, "programming the host guard rules failed; will retry on the next reconcile");
                 return Err(FailureReason::Netlink);
@@ -54,7 +76,10 @@ impl HostNetlink {
         };
         match remove_host_guards(handle).await {
             Ok(0) => {}
-            Ok(removed) => info!(removed, "removed the host guard rules of a routes-mode run"),
+            Ok(removed) => {
+                self.held = None;
+                info!(removed, "removed the host guard rules of a routes-mode run");
+            }
             Err(e) => warn!(error = %e, "removing old host guard rules failed"),
         }
     }

@@ -79,10 +79,12 @@ pub enum FailureReason {
     Compile,
     /// A cap conflicts with a qdisc netwarp did not make.
     Conflict,
+    /// netwarp's range of routing tables has no free id for a selector.
+    Tables,
 }
 
 impl FailureReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Namespace,
         Self::Interface,
         Self::Netlink,
@@ -92,6 +94,7 @@ impl FailureReason {
         Self::Load,
         Self::Compile,
         Self::Conflict,
+        Self::Tables,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +108,7 @@ impl FailureReason {
             Self::Load => "load",
             Self::Compile => "compile",
             Self::Conflict => "conflict",
+            Self::Tables => "tables",
         }
     }
 
@@ -115,6 +119,7 @@ impl FailureReason {
             | NetnsError::HostNamespace { .. }
             | NetnsError::NamespaceClaimed { .. }
             | NetnsError::ReadOnly { .. } => Self::Namespace,
+            NetnsError::Tables(_) => Self::Tables,
         }
     }
 
@@ -386,6 +391,16 @@ impl Dataplane {
             Self::Routes(plane) => plane.finish_pass(seen),
             Self::Ebpf(_) => {}
             Self::DryRun(dry) => dry.finish_pass(seen),
+        }
+    }
+
+    /// What the routes dataplane's host guard holds (rules, tables,
+    /// routes) after its last write, for status and metrics; `None` in the
+    /// other dataplanes and before the first write.
+    pub fn host_guard_counts(&self) -> Option<crate::dataplane::host_guard::GuardCounts> {
+        match self {
+            Self::Routes(plane) => plane.caps.host.guard_counts(),
+            _ => None,
         }
     }
 

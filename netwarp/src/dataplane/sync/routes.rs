@@ -105,14 +105,14 @@ async fn write_target(scope: &mut PassScope, target: &TargetPlan) -> Result<bool
     };
     let namespace = scope.owned(pid, short_id(&target.id)).await?;
     let installed = namespace.installed().await?;
-    let changes = diff(&installed, &desired_state(&target.entries));
+    let changes = diff(&installed, &desired_state(&target.entries))?;
     if changes.is_empty() {
         return Ok(false);
     }
     info!(
         put_routes = changes.put_routes.len(),
         add_rules = changes.add_rules.len(),
-        delete_rules = changes.delete_rules.len(),
+        delete_rules = changes.delete_rules.len() + changes.delete_strays.len(),
         delete_routes = changes.delete_routes.len(),
         "applying changes"
     );
