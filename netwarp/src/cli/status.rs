@@ -357,6 +357,7 @@ mod tests {
                     warp: "warp-vpn".into(),
                     state: "steered".into(),
                     reason: None,
+                    reason_kind: None,
                     shares_namespace_of: None,
                     network: Some("front".into()),
                     next_hop_v4: Some("172.18.0.2".into()),
@@ -390,6 +391,7 @@ mod tests {
                     warp: "warp-gone".into(),
                     state: "blocked".into(),
                     reason: Some("warp container warp-gone does not exist".into()),
+                    reason_kind: Some("warp".into()),
                     shares_namespace_of: None,
                     network: None,
                     next_hop_v4: None,
@@ -403,6 +405,7 @@ mod tests {
                     counters: None,
                 },
             ],
+            maps: Vec::new(),
         }
     }
 

@@ -56,7 +56,8 @@ struct TargetsDone {
 }
 
 impl Reconciler {
-    pub fn new(settings: PlanSettings, dataplane: Dataplane) -> Self {
+    pub fn new(mut settings: PlanSettings, dataplane: Dataplane) -> Self {
+        settings.rule_capacity = dataplane.rule_capacity();
         Self {
             inventory: Inventory::new(&settings),
             settings,
@@ -79,7 +80,8 @@ impl Reconciler {
     }
 
     /// New planner settings (a reload); the next pass re-inspects everything.
-    pub fn update_settings(&mut self, settings: PlanSettings) {
+    pub fn update_settings(&mut self, mut settings: PlanSettings) {
+        settings.rule_capacity = self.dataplane.rule_capacity();
         self.inventory = Inventory::new(&settings);
         self.settings = settings;
         self.verify_next = true;
@@ -153,6 +155,7 @@ impl Reconciler {
             plan: &plan,
             guards: self.guard_views.clone(),
             interfaces: self.dataplane.interfaces(),
+            maps: self.dataplane.map_use(),
             failures: done.failures,
             duration: started.elapsed(),
         });

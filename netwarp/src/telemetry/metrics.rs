@@ -319,15 +319,38 @@ impl Collector for ScrapeCollector {
                 let mut labels = target_labels(t);
                 labels.push(("warp", t.plan.warp.clone()));
                 labels.push(("state", t.plan.state.name().to_owned()));
+                if let TargetState::Blocked(reason) | TargetState::Bypassed(reason) = &t.plan.state
+                {
+                    labels.push(("reason", reason.kind().to_owned()));
+                }
                 (labels, 1)
             })
             .collect();
         gauge_family(
             &mut encoder,
             "netwarp_target_state",
-            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, refused)",
+            "1 for each target, labelled with its warp, its state (steered, blocked, bypassed, \
+             refused) and, while blocked or bypassed, the kind of reason (capacity, \
+             too_many_prefixes, configuration, warp)",
             &states,
         )?;
+        for (name, help, pick) in [
+            (
+                "netwarp_map_entries",
+                "Entries netwarp wrote in each eBPF map (ebpf dataplane)",
+                (|m: &super::MapUse| m.entries) as fn(&super::MapUse) -> usize,
+            ),
+            (
+                "netwarp_map_capacity",
+                "Capacity of each eBPF map (ebpf dataplane); the rule tries' is dataplane.ebpf_rules_capacity",
+                |m: &super::MapUse| m.capacity,
+            ),
+        ] {
+            let rows: Vec<(Labels, i64)> = (published.maps.iter())
+                .map(|m| (vec![("map", m.map.to_owned())], pick(m) as i64))
+                .collect();
+            gauge_family(&mut encoder, name, help, &rows)?;
+        }
         let by_state: Vec<(Labels, i64)> = TargetState::NAMES
             .into_iter()
             .map(|state| {
@@ -473,6 +496,11 @@ mod tests {
                 network: "n".into(),
                 bridge: "br-0123456789ab".into(),
             }],
+            maps: vec![crate::telemetry::MapUse {
+                map: "NETWARP_RULES_V4",
+                entries: 3,
+                capacity: 512,
+            }],
         };
         let pb = |packets, bytes| PacketsBytes { packets, bytes };
         let counters = HashMap::from([(
@@ -565,7 +593,9 @@ mod tests {
             "netwarp_container_dropped_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rate\"} 300",
             "netwarp_container_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"warp_down\"} 1",
             "netwarp_container_shaper_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",direction=\"ingress\"} 5",
-            "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\"} 1",
+            "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\",reason=\"warp\"} 1",
+            "netwarp_map_entries{map=\"NETWARP_RULES_V4\"} 3",
+            "netwarp_map_capacity{map=\"NETWARP_RULES_V4\"} 512",
             "netwarp_targets{state=\"steered\"} 1",
             "netwarp_bridge_guard_dropped_packets_total{network=\"n\",bridge=\"br-0123456789ab\"} 7",
             "netwarp_warp_up{warp=\"warp-a\"} 0",

@@ -52,7 +52,7 @@ pub struct WarpView {
     pub ports: Vec<u32>,
 }
 
-pub use crate::dataplane::sync::TargetInterfaces;
+pub use crate::dataplane::sync::{MapUse, TargetInterfaces};
 
 pub use crate::plan::WarpState;
 
@@ -80,6 +80,8 @@ pub struct Published {
     pub targets: Vec<TargetView>,
     /// The bridge guards of this pass.
     pub guards: Vec<GuardView>,
+    /// How full each eBPF map is (empty for the other dataplanes).
+    pub maps: Vec<MapUse>,
 }
 
 /// One bridge guard: the network it covers and its bridge interface.
@@ -217,6 +219,7 @@ impl Telemetry {
             plan,
             guards,
             interfaces,
+            maps,
             failures,
             duration,
         } = outcome;
@@ -258,6 +261,7 @@ impl Telemetry {
                 })
                 .collect(),
             guards,
+            maps,
         };
         self.published.send_replace(Arc::new(published));
     }
@@ -269,6 +273,8 @@ pub struct PassOutcome<'a> {
     pub guards: Vec<GuardView>,
     /// The eBPF interfaces, by target id: host veth, warp veth.
     pub interfaces: HashMap<String, TargetInterfaces>,
+    /// How full each eBPF map is.
+    pub maps: Vec<MapUse>,
     /// Why a target failed this pass, by target id.
     pub failures: HashMap<String, String>,
     pub duration: Duration,
@@ -319,6 +325,8 @@ mod tests {
             global_rules: Vec::new(),
             on_warp_down: OnWarpDown::Block,
             caps: CapSettings::default(),
+            max_prefixes_per_target: 4096,
+            rule_capacity: None,
         }
     }
 
@@ -375,6 +383,7 @@ mod tests {
                     ..TargetInterfaces::default()
                 },
             )]),
+            maps: Vec::new(),
             failures: HashMap::from([(app, "boom".to_owned())]),
             duration: Duration::from_millis(3),
         });

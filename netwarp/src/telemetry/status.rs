@@ -32,6 +32,16 @@ pub struct StatusDoc {
     pub reconcile: ReconcileStatus,
     pub warps: Vec<WarpStatus>,
     pub targets: Vec<TargetStatus>,
+    /// eBPF: how full each map netwarp writes is; empty for routes.
+    #[serde(default)]
+    pub maps: Vec<MapStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatus {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,6 +86,10 @@ pub struct TargetStatus {
     /// Why it is blocked, bypassed or refused, and for a target in another
     /// target's namespace how that one serves it; null while steered.
     pub reason: Option<String>,
+    /// While blocked or bypassed, the kind of reason: capacity,
+    /// too_many_prefixes, configuration or warp.
+    #[serde(default)]
+    pub reason_kind: Option<String>,
     /// The target whose namespace this one runs in (`--network
     /// container:X`, same warp and rules), which is the one programmed.
     #[serde(default)]
@@ -174,6 +188,13 @@ pub fn build(
             .iter()
             .map(|t| target_status(t, counters.get(&t.plan.id).copied()))
             .collect(),
+        maps: (published.maps.iter())
+            .map(|m| MapStatus {
+                map: m.map.to_owned(),
+                entries: m.entries,
+                capacity: m.capacity,
+            })
+            .collect(),
     }
 }
 
@@ -206,6 +227,10 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         warp: plan.warp.clone(),
         state: state.to_owned(),
         reason,
+        reason_kind: match &plan.state {
+            TargetState::Blocked(r) | TargetState::Bypassed(r) => Some(r.kind().to_owned()),
+            _ => None,
+        },
         shares_namespace_of: plan.shares_namespace_of.clone(),
         network,
         next_hop_v4: v4,

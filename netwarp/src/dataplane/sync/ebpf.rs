@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use netwarp_common::{GuardAllowKey, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
-use super::{PassScope, TargetError, TargetInterfaces, caps::CapsState};
+use super::{MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState};
 use crate::{
     dataplane::{
         ebpf::{
@@ -20,7 +20,7 @@ use crate::{
         settled::Settled,
     },
     model::short_id,
-    plan::{Action, GuardPlan, TargetPlan, TargetState},
+    plan::{Action, GuardPlan, RuleCapacity, TargetPlan, TargetState},
 };
 
 /// What the eBPF dataplane holds for one target.
@@ -114,6 +114,29 @@ impl EbpfPlane {
                 (id.clone(), interfaces)
             })
             .collect()
+    }
+
+    /// The rule tries' capacity, as loaded.
+    pub fn rule_capacity(&self) -> RuleCapacity {
+        let (v4, v6) = self.ebpf.rules_capacity();
+        RuleCapacity {
+            v4: v4 as usize,
+            v6: v6 as usize,
+        }
+    }
+
+    /// How full each map is, from what was written.
+    pub fn map_use(&self) -> Vec<MapUse> {
+        (self
+            .ebpf
+            .map_use(self.targets.len(), self.guards.len())
+            .into_iter())
+        .map(|(map, entries, capacity)| MapUse {
+            map,
+            entries,
+            capacity,
+        })
+        .collect()
     }
 
     /// Brings one target's eBPF policy to its plan. Returns whether

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     config::DataplaneMode,
     model::World,
-    plan::{CapEnforcement, CapPlan, GuardPlan, TargetPlan},
+    plan::{CapEnforcement, CapPlan, GuardPlan, RuleCapacity, TargetPlan},
 };
 
 /// What the eBPF dataplane tied one target to.
@@ -38,6 +38,14 @@ pub struct TargetInterfaces {
     pub warp_ifindex: u32,
     /// The warp's veths that know it (all the warp's networks).
     pub warp_ports: Vec<u32>,
+}
+
+/// How full one eBPF map is, from what the dataplane wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUse {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 /// Why one target could not be programmed.
@@ -275,6 +283,23 @@ impl Dataplane {
         match self {
             Self::Ebpf(plane) => plane.interfaces(),
             _ => HashMap::new(),
+        }
+    }
+
+    /// The rule tries' capacity the planner admits targets against; only
+    /// the eBPF dataplane has one.
+    pub fn rule_capacity(&self) -> Option<RuleCapacity> {
+        match self {
+            Self::Ebpf(plane) => Some(plane.rule_capacity()),
+            _ => None,
+        }
+    }
+
+    /// How full each eBPF map is, for status and metrics.
+    pub fn map_use(&self) -> Vec<MapUse> {
+        match self {
+            Self::Ebpf(plane) => plane.map_use(),
+            _ => Vec::new(),
         }
     }
 }
