@@ -318,7 +318,7 @@ mod tests {
         let candidates = [
             candidate("aaa-heavy", 32, &[("net", &heavy)]),
             candidate("zzz-small", 2, &[("net", "203.0.113.0/24,198.51.100.0/24")]),
-            candidate("mmm-small", 1, &[("net", "192.0.2.0/24")]),
+            candidate("mmm-small", 1, &[("net", "10.201.250.0/24")]),
         ];
         // Alone it fits: 32 own + 32 guard + a switch of 32.
         assert!(admit_rows(CAPACITY, &[], &candidates[..1]).is_empty());
