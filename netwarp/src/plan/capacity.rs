@@ -162,7 +162,7 @@ pub fn admit_rows(
                 .filter(|d| !guard.is_some_and(|g| g.contains(*d)));
             let new = Rows::of(new);
             added = added.plus(new);
-            largest = largest.max(guard.map_or(Rows::default(), |g| Rows::of(g)).plus(new));
+            largest = largest.max(guard.map_or(Rows::default(), Rows::of).plus(new));
         }
         let wanted = used
             .minus(candidate.fallback)
