@@ -88,46 +88,60 @@ fn held_closed(heavy: &Container, neighbour: Option<&str>) {
     );
 }
 
-#[test]
-fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf() {
-    let test = "a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf";
-    skip_if!(test, skip::missing_docker());
+/// A warp, a heavy target listing `heavy` prefixes, an ordinary target
+/// steering REMOTE's prefix, all on one network, and a daemon in `mode`
+/// with `env`; returns once the ordinary target is steered.
+struct World {
+    warp_ip: String,
+    heavy: Container,
+    ordinary: Container,
+    daemon: Daemon,
+    // Dropped last: the containers leave the network first.
+    _warp: Container,
+    _network: DockerNetwork,
+}
+
+fn start(mode: &str, heavy: usize, env: &[(&str, &str)]) -> World {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwc").expect("network");
     let warp_name = labels.warp_name("gw");
     let warp = start_warp(&warp_name, &network, &[]);
     let warp_ip = warp.ipv4(&network).expect("the warp's address");
-    // 201 rows of its own and 201 in the guard: more than a 300-entry trie
-    // holds next to the ordinary target and a switch's headroom.
-    let heavy = start_target(
-        "nwh",
-        &network,
-        &[
-            labels.target_label(&warp_name),
-            labels.rules_label(&heavy_rules(200)),
-        ],
-    );
-    let ordinary = start_target(
-        "nwo",
-        &network,
-        &[
-            labels.target_label(&warp_name),
-            labels.rules_label("203.0.113.0/24"),
-        ],
-    );
-    let daemon = Daemon::start_with_env(
-        &labels,
-        "ebpf",
-        "",
-        &[("NETWARP_DATAPLANE_EBPF_RULES_CAPACITY", "300")],
-    )
-    .expect("daemon");
+    let target = |prefix, rules: &str| {
+        let labels = [labels.target_label(&warp_name), labels.rules_label(rules)];
+        start_target(prefix, &network, &labels)
+    };
+    let heavy = target("nwh", &heavy_rules(heavy));
+    let ordinary = target("nwo", "203.0.113.0/24");
+    let daemon = Daemon::start_with_env(&labels, mode, "", env).expect("daemon");
     assert!(
         eventually(CONVERGE, || reaches(&ordinary, 8080)),
-        "the ordinary target was never steered; log:\n{}",
+        "{mode}: the ordinary target was never steered; log:\n{}",
         daemon.log()
     );
-    let reported = blocked_for(&daemon, &heavy, "capacity");
+    World {
+        warp_ip,
+        heavy,
+        ordinary,
+        daemon,
+        _warp: warp,
+        _network: network,
+    }
+}
+
+#[test]
+fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf() {
+    let test = "a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf";
+    skip_if!(test, skip::missing_docker());
+    // 201 rows of its own and 201 in the guard: more than a 300-entry trie
+    // holds next to the ordinary target and a switch's headroom.
+    let world = start(
+        "ebpf",
+        200,
+        &[("NETWARP_DATAPLANE_EBPF_RULES_CAPACITY", "300")],
+    );
+    let (heavy, ordinary, daemon) = (&world.heavy, &world.ordinary, &world.daemon);
+    let reported = blocked_for(daemon, heavy, "capacity");
     let reason = reported["reason"].as_str().expect("a reason");
     for needle in [
         "NETWARP_RULES_V4",
@@ -137,14 +151,14 @@ fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf
         assert!(reason.contains(needle), "`{needle}` not in: {reason}");
     }
     assert_eq!(reported["error"], Value::Null, "{reported:#}");
-    held_closed(&heavy, Some(&warp_ip));
+    held_closed(heavy, Some(&world.warp_ip));
     assert_eq!(
-        state_metric(&daemon, &heavy, "blocked", Some("capacity")),
+        state_metric(daemon, heavy, "blocked", Some("capacity")),
         1.0
     );
-    assert_eq!(state_metric(&daemon, &ordinary, "steered", None), 1.0);
+    assert_eq!(state_metric(daemon, ordinary, "steered", None), 1.0);
     // The map use, in status and metrics, stays within the capacity.
-    let status = status_json(&daemon).expect("status");
+    let status = status_json(daemon).expect("status");
     let v4 = (status["maps"].as_array().into_iter().flatten())
         .find(|m| m["map"] == "NETWARP_RULES_V4")
         .unwrap_or_else(|| panic!("no NETWARP_RULES_V4 in {status:#}"));
@@ -167,39 +181,13 @@ fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf
 fn a_target_over_the_prefix_limit_is_blocked_entirely_routes() {
     let test = "a_target_over_the_prefix_limit_is_blocked_entirely_routes";
     skip_if!(test, skip::missing_docker());
-    let labels = TestLabels::unique();
-    let network = DockerNetwork::create_internal_steerable("nwl").expect("network");
-    let warp_name = labels.warp_name("gw");
-    let _warp = start_warp(&warp_name, &network, &[]);
-    let heavy = start_target(
-        "nwh",
-        &network,
-        &[
-            labels.target_label(&warp_name),
-            labels.rules_label(&heavy_rules(60)),
-        ],
-    );
-    let ordinary = start_target(
-        "nwo",
-        &network,
-        &[
-            labels.target_label(&warp_name),
-            labels.rules_label("203.0.113.0/24"),
-        ],
-    );
-    let daemon = Daemon::start_with_env(
-        &labels,
+    let world = start(
         "routes",
-        "",
+        60,
         &[("NETWARP_LIMITS_MAX_PREFIXES_PER_TARGET", "50")],
-    )
-    .expect("daemon");
-    assert!(
-        eventually(CONVERGE, || reaches(&ordinary, 8080)),
-        "the ordinary target was never steered; log:\n{}",
-        daemon.log()
     );
-    let reported = blocked_for(&daemon, &heavy, "too_many_prefixes");
+    let (heavy, daemon) = (&world.heavy, &world.daemon);
+    let reported = blocked_for(daemon, heavy, "too_many_prefixes");
     let reason = reported["reason"].as_str().expect("a reason");
     for needle in [
         "61 destination prefixes",
@@ -213,9 +201,9 @@ fn a_target_over_the_prefix_limit_is_blocked_entirely_routes() {
         .filter_map(|r| r["rule"].as_str())
         .collect();
     assert_eq!(rules, ["0.0.0.0/0", "::/0"], "{reported:#}");
-    held_closed(&heavy, None);
+    held_closed(heavy, None);
     assert_eq!(
-        state_metric(&daemon, &heavy, "blocked", Some("too_many_prefixes")),
+        state_metric(daemon, heavy, "blocked", Some("too_many_prefixes")),
         1.0
     );
 }

@@ -277,8 +277,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{Container, Endpoint, Health, NetworkMode},
-        plan::{plan, tests::settings},
+        model::Container,
+        plan::{
+            plan,
+            tests::{self, settings},
+        },
     };
 
     fn cidrs(text: &str) -> BTreeSet<Cidr> {
@@ -373,28 +376,8 @@ mod tests {
         assert_eq!(refused["a"].map, "NETWARP_RULES_V6");
     }
 
-    fn endpoint(v4: &str) -> Endpoint {
-        Endpoint {
-            ipv4: Some(v4.parse().unwrap()),
-            mac: Some(format!("02:42:{v4}")),
-            ..Endpoint::default()
-        }
-    }
-
     fn container(name: &str, labels: &[(&str, &str)], ip: &str) -> Container {
-        Container {
-            id: format!("id-{name}"),
-            name: name.into(),
-            running: true,
-            health: Health::None,
-            pid: Some(100),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            networks: [("net".to_string(), endpoint(ip))].into(),
-            network_mode: NetworkMode::Own,
-        }
+        tests::container(name, labels, &[("net", tests::endpoint(ip, None))])
     }
 
     fn world(heavy: &str) -> World {

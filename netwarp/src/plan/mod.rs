@@ -812,7 +812,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
+    pub(super) fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
         Endpoint {
             ipv4: Some(v4.parse().unwrap()),
             ipv6: v6.map(|v| v.parse().unwrap()),
@@ -821,7 +821,11 @@ pub(crate) mod tests {
         }
     }
 
-    fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, Endpoint)]) -> Container {
+    pub(super) fn container(
+        name: &str,
+        labels: &[(&str, &str)],
+        networks: &[(&str, Endpoint)],
+    ) -> Container {
         Container {
             id: format!("id-{name}"),
             name: name.into(),
