@@ -162,6 +162,22 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
     for target in &doc.targets {
         details(&mut out, target);
     }
+    if !doc.maps.is_empty() {
+        let _ = writeln!(out, "\nMAPS ({})", doc.maps.len());
+        let rows: Vec<Vec<String>> = (doc.maps.iter())
+            .map(|m| {
+                let percent = 100.0 * m.entries as f64 / m.capacity.max(1) as f64;
+                let used = format!("{percent:.1}%");
+                vec![
+                    m.map.clone(),
+                    m.entries.to_string(),
+                    m.capacity.to_string(),
+                    used,
+                ]
+            })
+            .collect();
+        table(&mut out, &["MAP", "ENTRIES", "CAPACITY", "USED"], &rows);
+    }
     out
 }
 
@@ -316,7 +332,7 @@ mod tests {
     use super::*;
     use crate::telemetry::{
         counters::Drops,
-        status::{DockerStatus, ReconcileStatus, RuleStatus, WarpStatus},
+        status::{DockerStatus, MapStatus, ReconcileStatus, RuleStatus, WarpStatus},
     };
 
     fn doc() -> StatusDoc {
@@ -439,6 +455,20 @@ db (bbbbbbbbbbbb):
   caps: none
 ";
         assert_eq!(text, expected, "got:\n{text}");
+    }
+
+    #[test]
+    fn map_use_is_listed_in_ebpf_mode() {
+        let mut doc = doc();
+        doc.maps = vec![MapStatus {
+            map: "NETWARP_RULES_V4".into(),
+            entries: 3,
+            capacity: 300,
+        }];
+        let text = render(&doc, 1002.5);
+        let expected = "\nMAPS (1)\nMAP               ENTRIES  CAPACITY  USED\n\
+                        NETWARP_RULES_V4  3        300       1.0%\n";
+        assert!(text.ends_with(expected), "got:\n{text}");
     }
 
     #[test]
