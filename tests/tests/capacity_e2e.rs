@@ -170,6 +170,14 @@ fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf
         Exposition::scrape(daemon.metrics_address(CONVERGE).expect("metrics")).expect("scrape");
     let capacity = metrics.value("netwarp_map_capacity", &[("map", "NETWARP_RULES_V4")]);
     assert_eq!(capacity.expect("capacity gauge"), 300.0);
+    // The guard was programmed: it was never crowded out.
+    let log = daemon.log();
+    assert!(log.contains("bridge guard written"), "{log}");
+    assert!(
+        !daemon.log().contains("programming the bridge guard failed"),
+        "{}",
+        daemon.log()
+    );
     assert!(
         !daemon.log().contains("bpf_map_update_elem failed"),
         "a write hit the trie's limit:\n{}",
