@@ -10,6 +10,12 @@
 
 use std::time::Duration;
 
+use aya::maps::lpm_trie::Key;
+use netwarp::dataplane::ebpf::PinnedMaps;
+use netwarp_common::{
+    ACTION_BLOCK, POLICY_MAP, REASON_POLICY, RULE_SET_BITS, RULES_V4_MAP, RuleKeyV4, RuleValue,
+    TargetPolicy,
+};
 use netwarp_tests::{
     command::output,
     daemon::{Daemon, TestLabels, eventually},
@@ -152,6 +158,25 @@ fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf
     }
     assert_eq!(reported["error"], Value::Null, "{reported:#}");
     held_closed(heavy, Some(&world.warp_ip));
+    // Its veth holds the catch-all too, read straight from the kernel: any
+    // address finds a block row, counted as policy (a limit), not as a warp
+    // that is down.
+    let (host_ifindex, _) = heavy.host_veth().expect("the heavy target's veth");
+    let maps = PinnedMaps::new(daemon.pin_dir());
+    let policy: TargetPolicy = (maps.get(POLICY_MAP, &host_ifindex))
+        .expect("the policy map")
+        .expect("a policy on the heavy target's veth");
+    let trie = (maps.lpm_trie::<RuleKeyV4, RuleValue>(RULES_V4_MAP)).expect("the v4 rules");
+    let any: std::net::Ipv4Addr = world.warp_ip.parse().expect("an address");
+    let key = RuleKeyV4 {
+        rule_set: policy.rule_set.to_be_bytes(),
+        addr: any.octets(),
+    };
+    let row = (trie.get(&Key::new(RULE_SET_BITS + 32, key), 0)).expect("a catch-all row");
+    assert_eq!(
+        (row.action, row.block_reason),
+        (ACTION_BLOCK, REASON_POLICY)
+    );
     assert_eq!(
         state_metric(daemon, heavy, "blocked", Some("capacity")),
         1.0

@@ -113,6 +113,11 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
+    /// Blocked entirely by a limit (prefixes, capacity), not by its warp.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::TooManyPrefixes { .. } | Self::Capacity { .. })
+    }
+
     /// A short name for metrics: `capacity` and `too_many_prefixes` for
     /// the limits, `warp` for everything about the warp, `rules`.
     pub fn kind(&self) -> &'static str {

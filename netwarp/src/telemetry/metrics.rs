@@ -223,7 +223,8 @@ impl Collector for ScrapeCollector {
             (
                 "netwarp_container_dropped_bytes",
                 "Bytes dropped at the container's veth, by reason: warp_down (fail closed), \
-                 policy (no warp address of the family), rate (bandwidth cap); ebpf dataplane",
+                 policy (no warp address of the family, or blocked entirely by a limit), \
+                 rate (bandwidth cap); ebpf dataplane",
                 true,
             ),
             (

@@ -438,9 +438,15 @@ async fn desired_target(
         host_ifindex,
         warp_ifindex: warp.ifindex,
         warp_mac: warp.mac,
+        // Drops count as policy while steered (a family the warp has no
+        // address for) or blocked by a limit; otherwise the warp is down.
         rows: compile(
             &target.entries,
-            matches!(target.state, TargetState::Steered { .. }),
+            match &target.state {
+                TargetState::Steered { .. } => true,
+                TargetState::Blocked(reason) => reason.is_limit(),
+                _ => false,
+            },
         )?,
         warp_ports: warp.ports,
         peers,
