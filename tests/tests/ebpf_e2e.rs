@@ -444,5 +444,23 @@ fn a_restart_resizes_the_rule_tries_and_carries_their_rows() {
         .map(|(map, entries, _)| (map, entries))
         .collect();
     assert_eq!(used, [("NETWARP_RULES_V4", 2), ("NETWARP_RULES_V6", 1)]);
-    second.remove_policy(target).expect("removing the policy");
+    drop(second);
+    // Too small for the live rows and a switch of the largest set (2 + 2):
+    // refused, naming the fix, before anything is unpinned.
+    let error = EbpfDataplane::load_pinned_logging(&dir.0, false, 3)
+        .err()
+        .expect("a trie too small for the pinned rows is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("holds 2 rows") && message.contains("at least 4"),
+        "{message}"
+    );
+    assert_eq!(capacity(netwarp_common::RULES_V4_MAP), 4096);
+    let mut third = EbpfDataplane::load_pinned_logging(&dir.0, false, 4096).expect("load");
+    assert_eq!(
+        third.installed_rule_set(live).unwrap(),
+        sorted,
+        "the refused resize changed the rows"
+    );
+    third.remove_policy(target).expect("removing the policy");
 }

@@ -72,6 +72,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
 /// it: the policies and guards that name them keep holding meanwhile.
 fn retire_incompatible_pins(pin_dir: &Path, rules_capacity: u32) -> Result<CarriedRows, EbpfError> {
     let mut carried = CarriedRows::default();
+    let mut retire = Vec::new();
     for (name, key_size, value_size) in map_layouts() {
         let path = pin_dir.join(name);
         let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
@@ -94,18 +95,51 @@ fn retire_incompatible_pins(pin_dir: &Path, rules_capacity: u32) -> Result<Carri
                 configured = rules_capacity,
                 "resizing a rule trie to its configured capacity; its rows are carried over"
             );
+            // Checked before anything is unpinned: a trie too small for
+            // the live sets (and one switch) would never let a set change.
             if name == RULES_V4_MAP {
                 carried.v4 = read_trie(&path, name)?;
+                fits(name, &carried.v4, |k| k.rule_set, rules_capacity)?;
             } else {
                 carried.v6 = read_trie(&path, name)?;
+                fits(name, &carried.v6, |k| k.rule_set, rules_capacity)?;
             }
         } else {
             continue;
         }
+        retire.push(path);
+    }
+    for path in retire {
         // Left in place, the loader would reuse it as it is.
         std::fs::remove_file(&path).map_err(|source| EbpfError::PinDir { path, source })?;
     }
     Ok(carried)
+}
+
+/// Whether `rows` fit a trie of `capacity` with room to switch their
+/// largest rule set.
+fn fits<K: Pod>(
+    map: &'static str,
+    rows: &[(Key<K>, RuleValue)],
+    rule_set: fn(&K) -> [u8; 4],
+    capacity: u32,
+) -> Result<(), EbpfError> {
+    let mut sets: std::collections::HashMap<[u8; 4], usize> = std::collections::HashMap::new();
+    for (key, _) in rows {
+        *sets.entry(rule_set(&key.data())).or_default() += 1;
+    }
+    let largest = sets.into_values().max().unwrap_or(0);
+    let needed = rows.len() + largest;
+    if needed > capacity as usize {
+        return Err(EbpfError::RulesCapacity {
+            map,
+            rows: rows.len(),
+            largest,
+            capacity,
+            needed,
+        });
+    }
+    Ok(())
 }
 
 /// Rows of the rule tries being resized, by family.
@@ -116,8 +150,7 @@ struct CarriedRows {
 }
 
 impl CarriedRows {
-    /// Writes the rows into the new tries. A trie made smaller than its
-    /// rows keeps what fits; the first pass rewrites every set anyway.
+    /// Writes the rows into the new tries (which [`fits`] checked).
     fn write(self, ebpf: &mut Ebpf) -> Result<(), EbpfError> {
         write_trie(ebpf, RULES_V4_MAP, self.v4)?;
         write_trie(ebpf, RULES_V6_MAP, self.v6)
@@ -150,7 +183,7 @@ fn write_trie<K: Pod>(
                 written,
                 total,
                 error = %e,
-                "the resized rule trie cannot take every carried row; the first pass rewrites them"
+                "the resized rule trie did not take every carried row; the first pass rewrites them"
             );
             break;
         }
