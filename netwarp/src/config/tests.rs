@@ -348,3 +348,16 @@ fn limits_come_from_their_section() {
     assert_eq!(config.plan_settings().max_prefixes_per_target, 300);
     assert_eq!(config.ebpf_rules_capacity, 512);
 }
+
+#[test]
+fn the_planner_names_the_limit_keys_as_the_table_does() {
+    // Its block reasons tell the operator which key to raise.
+    assert_eq!(
+        super::keys::MAX_PREFIXES.name,
+        crate::plan::MAX_PREFIXES_KEY
+    );
+    assert_eq!(
+        super::keys::EBPF_RULES_CAPACITY.name,
+        crate::plan::RULES_CAPACITY_KEY
+    );
+}

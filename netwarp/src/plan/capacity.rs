@@ -23,6 +23,8 @@ use crate::model::{Cidr, Rule, World};
 
 /// The configuration key of the tries' capacity.
 pub const RULES_CAPACITY_KEY: &str = "dataplane.ebpf_rules_capacity";
+/// The configuration key of the per-target prefix limit.
+pub const MAX_PREFIXES_KEY: &str = "limits.max_prefixes_per_target";
 
 /// The rule tries' names, as the dataplane and metrics call them.
 const RULES_V4_MAP: &str = netwarp_common::RULES_V4_MAP;

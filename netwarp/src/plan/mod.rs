@@ -12,7 +12,7 @@ mod caps;
 mod guard;
 mod warp;
 
-pub use capacity::{RULES_CAPACITY_KEY, RuleCapacity};
+pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use guard::{GuardPlan, plan_guards};
 pub use warp::{WarpPlan, WarpState};
@@ -118,8 +118,9 @@ impl BlockReason {
         matches!(self, Self::TooManyPrefixes { .. } | Self::Capacity { .. })
     }
 
-    /// A short name for metrics: `capacity` and `too_many_prefixes` for
-    /// the limits, `warp` for everything about the warp, `rules`.
+    /// A short name for status and metrics: `capacity` and
+    /// `too_many_prefixes` for the limits, `configuration` for a bad label,
+    /// `warp` for everything about the warp.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::TooManyPrefixes { .. } => "too_many_prefixes",
@@ -421,9 +422,6 @@ pub struct Plan {
     /// Every warp-named container and every warp a target names, by name.
     pub warps: Vec<WarpPlan>,
 }
-
-/// The configuration key of the per-target prefix limit.
-pub const MAX_PREFIXES_KEY: &str = "limits.max_prefixes_per_target";
 
 /// Computes every running target's desired policy.
 pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
