@@ -20,6 +20,8 @@ fn settings() -> PlanSettings {
         global_rules: parse_rules("192.0.2.0/24").expect("rules"),
         on_warp_down: OnWarpDown::Block,
         caps: CapSettings::default(),
+        max_prefixes_per_target: 4096,
+        rule_capacity: None,
     }
 }
 

@@ -572,3 +572,72 @@ fn a_pinned_link_of_a_vanished_interface_is_not_adopted() {
     drop(peer);
     drop(host);
 }
+
+/// A restart with another `dataplane.ebpf_rules_capacity` recreates the
+/// pinned rule tries at the new size, and the rows an earlier run wrote
+/// are carried into them: the live policy keeps its rows throughout.
+#[test]
+fn a_restart_resizes_the_rule_tries_and_carries_their_rows() {
+    use netwarp::{
+        dataplane::ebpf::compile::compile,
+        model::parse_rules,
+        plan::{Action, Entry},
+    };
+    let test = "a_restart_resizes_the_rule_tries_and_carries_their_rows";
+    skip_if!(test, skip::missing_root());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwr")));
+    let (warp, target) = (900_012, 900_013);
+    let mac = [2, 0, 0, 0, 0, 2];
+    let rules = "203.0.113.0/24,198.51.100.0/24,2001:db8::/32";
+    let entries = Entry::all(&parse_rules(rules).unwrap(), Action::Block);
+    let rows = compile(&entries, false).unwrap();
+    let capacity = |name: &str| {
+        aya::maps::MapInfo::from_pin(dir.0.join(name))
+            .expect("a pinned trie")
+            .max_entries()
+    };
+    {
+        let mut first = EbpfDataplane::load_pinned_logging(&dir.0, false, 1024).expect("load");
+        assert_eq!(first.rules_capacity(), (1024, 1024));
+        first.set_policy(target, warp, mac, &rows).expect("policy");
+    }
+    assert_eq!(capacity(netwarp_common::RULES_V4_MAP), 1024);
+    let mut second =
+        EbpfDataplane::load_pinned_logging(&dir.0, false, 4096).expect("the resizing load");
+    assert_eq!(second.rules_capacity(), (4096, 4096));
+    assert_eq!(capacity(netwarp_common::RULES_V4_MAP), 4096);
+    assert_eq!(capacity(netwarp_common::RULES_V6_MAP), 4096);
+    let live = second.policy(target).unwrap().expect("the policy").rule_set;
+    let mut sorted = rows.clone();
+    sorted.sort_by_key(|r| r.destination);
+    assert_eq!(
+        second.installed_rule_set(live).unwrap(),
+        sorted,
+        "the rows did not survive the resize"
+    );
+    let used: Vec<(&str, usize)> = (second.map_use(1, 0).into_iter())
+        .filter(|(map, _, _)| map.starts_with("NETWARP_RULES"))
+        .map(|(map, entries, _)| (map, entries))
+        .collect();
+    assert_eq!(used, [("NETWARP_RULES_V4", 2), ("NETWARP_RULES_V6", 1)]);
+    drop(second);
+    // Too small for the live rows and a switch of the largest set (2 + 2):
+    // refused, naming the fix, before anything is unpinned.
+    let error = EbpfDataplane::load_pinned_logging(&dir.0, false, 3)
+        .err()
+        .expect("a trie too small for the pinned rows is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("holds 2 rows") && message.contains("at least 4"),
+        "{message}"
+    );
+    assert_eq!(capacity(netwarp_common::RULES_V4_MAP), 4096);
+    let mut third = EbpfDataplane::load_pinned_logging(&dir.0, false, 4096).expect("load");
+    assert_eq!(
+        third.installed_rule_set(live).unwrap(),
+        sorted,
+        "the refused resize changed the rows"
+    );
+    third.remove_policy(target).expect("removing the policy");
+}

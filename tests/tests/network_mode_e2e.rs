@@ -330,8 +330,8 @@ fn route_and_rule_changes_repeat_when_already_there_or_gone() {
             let left = diff(&installed, &desired).expect("tables");
             assert!(left.is_empty(), "attempt {attempt}: {left:?}");
         }
-        let remove = diff(&namespace.installed().await.unwrap(), &Desired::default())
-            .expect("tables");
+        let remove =
+            diff(&namespace.installed().await.unwrap(), &Desired::default()).expect("tables");
         assert!(!remove.delete_rules.is_empty() && !remove.delete_routes.is_empty());
         for attempt in 0..2 {
             namespace

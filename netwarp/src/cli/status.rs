@@ -184,6 +184,22 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
     for target in &doc.targets {
         details(&mut out, target);
     }
+    if !doc.maps.is_empty() {
+        let _ = writeln!(out, "\nMAPS ({})", doc.maps.len());
+        let rows: Vec<Vec<String>> = (doc.maps.iter())
+            .map(|m| {
+                let percent = 100.0 * m.entries as f64 / m.capacity.max(1) as f64;
+                let used = format!("{percent:.1}%");
+                vec![
+                    m.map.clone(),
+                    m.entries.to_string(),
+                    m.capacity.to_string(),
+                    used,
+                ]
+            })
+            .collect();
+        table(&mut out, &["MAP", "ENTRIES", "CAPACITY", "USED"], &rows);
+    }
     out
 }
 
@@ -348,7 +364,9 @@ mod tests {
     use super::*;
     use crate::telemetry::{
         counters::Drops,
-        status::{DockerStatus, HostGuardStatus, ReconcileStatus, RuleStatus, WarpStatus},
+        status::{
+            DockerStatus, HostGuardStatus, MapStatus, ReconcileStatus, RuleStatus, WarpStatus,
+        },
     };
 
     fn doc() -> StatusDoc {
@@ -391,6 +409,7 @@ mod tests {
                     state: "steered".into(),
                     planned_state: Some("steered".into()),
                     reason: None,
+                    reason_kind: None,
                     shares_namespace_of: None,
                     network: Some("front".into()),
                     next_hop_v4: Some("172.18.0.2".into()),
@@ -428,6 +447,7 @@ mod tests {
                     state: "failed".into(),
                     planned_state: Some("blocked".into()),
                     reason: Some("warp container warp-gone does not exist".into()),
+                    reason_kind: Some("warp".into()),
                     shares_namespace_of: None,
                     network: None,
                     next_hop_v4: None,
@@ -445,6 +465,7 @@ mod tests {
                 },
             ],
             host_guard: None,
+            maps: Vec::new(),
         }
     }
 
@@ -531,6 +552,20 @@ db (bbbbbbbbbbbb):
   caps: none
 ";
         assert_eq!(text, expected, "got:\n{text}");
+    }
+
+    #[test]
+    fn map_use_is_listed_in_ebpf_mode() {
+        let mut doc = doc();
+        doc.maps = vec![MapStatus {
+            map: "NETWARP_RULES_V4".into(),
+            entries: 3,
+            capacity: 300,
+        }];
+        let text = render(&doc, 1002.5);
+        let expected = "\nMAPS (1)\nMAP               ENTRIES  CAPACITY  USED\n\
+                        NETWARP_RULES_V4  3        300       1.0%\n";
+        assert!(text.ends_with(expected), "got:\n{text}");
     }
 
     #[test]

@@ -91,12 +91,18 @@ keys! {
     HOST_PROC_DIR = "dataplane.host_proc_dir", "NETWARP_DATAPLANE_HOST_PROC_DIR", "/proc",
         Restart, flag -,
         "The host's /proc, where targets' PID/ns/net are opened; in a container without `pid: host` (a Swarm service), mount the host's /proc elsewhere (e.g. /host/proc) and name it here";
+    EBPF_RULES_CAPACITY = "dataplane.ebpf_rules_capacity", "NETWARP_DATAPLANE_EBPF_RULES_CAPACITY", "262144",
+        Restart, flag -,
+        "ebpf: entries of each rule trie (IPv4 and IPv6), shared by every target's rules, the bridge guards and one switch's second copy; allocated only as used";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         Restart, flag "resync-interval-secs",
         "Seconds between full resyncs, the safety net behind events";
     HOST_GUARD_PRIORITY = "dataplane.host_guard_priority", "NETWARP_DATAPLANE_HOST_GUARD_PRIORITY", "5000",
         Restart, flag -,
         "routes: first of the three host policy-rule priorities of the bridge guard (must be free; distinct per netwarp instance)";
+    MAX_PREFIXES = "limits.max_prefixes_per_target", "NETWARP_LIMITS_MAX_PREFIXES_PER_TARGET", "4096",
+        Live, flag "max-prefixes-per-target",
+        "Most destination prefixes one target's rules may list; a target over it is blocked entirely";
     RATE_ENFORCEMENT = "rate_limits.enforcement", "NETWARP_RATE_LIMITS_ENFORCEMENT", "shaper",
         Live, flag -,
         "shaper (a tbf qdisc per interface, TCP-friendly) or policer (the BPF token bucket; ebpf dataplane only)";

@@ -161,6 +161,7 @@ const SECTIONS: &[&str] = &[
     "docker",
     "logging",
     "dataplane",
+    "limits",
     "metrics",
     "rate_limits",
     "control",

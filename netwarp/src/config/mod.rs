@@ -106,6 +106,10 @@ pub struct Config {
     /// Where host pids are visible: `/proc`, or the host's /proc mounted
     /// into netwarp's container.
     pub host_proc_dir: PathBuf,
+    /// ebpf: the entries of each rule trie (one per address family).
+    pub ebpf_rules_capacity: u32,
+    /// The most destination prefixes one target's rules may list.
+    pub max_prefixes_per_target: usize,
     pub log_level: String,
     pub log_format: LogFormat,
     /// The Prometheus endpoint; `None` when `metrics.listen = "off"`.
@@ -241,6 +245,28 @@ impl Config {
                 format!("`{host_proc_dir}` is not an absolute path"),
             ));
         }
+        let capacity = value(&keys::EBPF_RULES_CAPACITY)?;
+        let ebpf_rules_capacity = capacity
+            .0
+            .as_integer(keys::EBPF_RULES_CAPACITY.name, &capacity.1)?;
+        // Below a few dozen rows not even the guards fit; above 2^24 the
+        // kernel's memory accounting, not this bound, is the real limit.
+        if !(64..=16_777_216).contains(&ebpf_rules_capacity) {
+            return Err(invalid(
+                &capacity.1,
+                keys::EBPF_RULES_CAPACITY.name,
+                format!("{ebpf_rules_capacity} is outside 64..=16777216 entries"),
+            ));
+        }
+        let max = value(&keys::MAX_PREFIXES)?;
+        let max_prefixes_per_target = max.0.as_integer(keys::MAX_PREFIXES.name, &max.1)?;
+        if !(1..=1_048_576).contains(&max_prefixes_per_target) {
+            return Err(invalid(
+                &max.1,
+                keys::MAX_PREFIXES.name,
+                format!("{max_prefixes_per_target} is outside 1..=1048576 prefixes"),
+            ));
+        }
         let level = value(&keys::LOG_LEVEL)?;
         let log_level = text(&keys::LOG_LEVEL, level.clone())?;
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
@@ -358,6 +384,8 @@ impl Config {
             host_guard_priority: guard_priority as u32,
             bpf_pin_dir: bpf_pin_dir.into(),
             host_proc_dir: host_proc_dir.into(),
+            ebpf_rules_capacity: ebpf_rules_capacity as u32,
+            max_prefixes_per_target: max_prefixes_per_target as usize,
             log_level,
             log_format,
             metrics_listen,
@@ -376,6 +404,9 @@ impl Config {
             global_rules: self.routing_rules.clone(),
             on_warp_down: self.on_warp_down,
             caps: self.caps.clone(),
+            max_prefixes_per_target: self.max_prefixes_per_target,
+            // Filled by the pass from the dataplane it drives.
+            rule_capacity: None,
         }
     }
 }

@@ -104,12 +104,20 @@ mod tests {
             &[("dataplane.host_proc_dir", "/host/proc")],
         ),
         (
+            "dataplane.ebpf_rules_capacity",
+            &[("dataplane.ebpf_rules_capacity", "512")],
+        ),
+        (
             "dataplane.resync_interval_secs",
             &[("dataplane.resync_interval_secs", "7")],
         ),
         (
             "dataplane.host_guard_priority",
             &[("dataplane.host_guard_priority", "6000")],
+        ),
+        (
+            "limits.max_prefixes_per_target",
+            &[("limits.max_prefixes_per_target", "100")],
         ),
         (
             "rate_limits.enforcement",
@@ -196,6 +204,18 @@ mod tests {
         let running = Config::resolve(&[]).unwrap();
         let reloaded = running.reload(&changed("dataplane.host_guard_priority"));
         assert_eq!(reloaded.needs_restart, ["dataplane.host_guard_priority"]);
+    }
+
+    #[test]
+    fn the_prefix_limit_is_live_and_the_trie_capacity_needs_a_restart() {
+        // The limit is the planner's alone; the tries are sized at load.
+        let running = Config::resolve(&[]).unwrap();
+        let reloaded = running.reload(&changed("limits.max_prefixes_per_target"));
+        assert_eq!(reloaded.applied, ["limits.max_prefixes_per_target"]);
+        assert_eq!(reloaded.settings.max_prefixes_per_target, 100);
+        let reloaded = running.reload(&changed("dataplane.ebpf_rules_capacity"));
+        assert_eq!(reloaded.needs_restart, ["dataplane.ebpf_rules_capacity"]);
+        assert_eq!(reloaded.settings, running.plan_settings());
     }
 
     #[test]

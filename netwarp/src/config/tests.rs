@@ -31,6 +31,8 @@ fn defaults_are_documented_values() {
     );
     assert!(config.routing_rules.is_empty());
     assert_eq!(config.caps, CapSettings::default());
+    assert_eq!(config.max_prefixes_per_target, 4096);
+    assert_eq!(config.ebpf_rules_capacity, 262_144);
     assert!(
         config
             .effective
@@ -153,6 +155,14 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         (
             "[dataplane]\nresync_interval_secs = \"often\"",
             "config file /etc/netwarp.toml: key `dataplane.resync_interval_secs`: expected an integer, found string",
+        ),
+        (
+            "[limits]\nmax_prefixes_per_target = 0",
+            "config file /etc/netwarp.toml: key `limits.max_prefixes_per_target`: 0 is outside 1..=1048576 prefixes",
+        ),
+        (
+            "[dataplane]\nebpf_rules_capacity = 10",
+            "config file /etc/netwarp.toml: key `dataplane.ebpf_rules_capacity`: 10 is outside 64..=16777216 entries",
         ),
         (
             "[logging]\nlevel = \"loud\"",
@@ -326,4 +336,28 @@ fn dry_run_mode_and_its_record_file() {
     assert!(err.contains("dataplane.dry_run_record"), "{err}");
     assert!(err.contains("only meaningful"), "{err}");
     assert_eq!(resolve(&[]).unwrap().dry_run_record, None);
+}
+
+#[test]
+fn limits_come_from_their_section() {
+    let config = resolve(&[file(
+        "[limits]\nmax_prefixes_per_target = 300\n[dataplane]\nebpf_rules_capacity = 512",
+    )])
+    .unwrap();
+    assert_eq!(config.max_prefixes_per_target, 300);
+    assert_eq!(config.plan_settings().max_prefixes_per_target, 300);
+    assert_eq!(config.ebpf_rules_capacity, 512);
+}
+
+#[test]
+fn the_planner_names_the_limit_keys_as_the_table_does() {
+    // Its block reasons tell the operator which key to raise.
+    assert_eq!(
+        super::keys::MAX_PREFIXES.name,
+        crate::plan::MAX_PREFIXES_KEY
+    );
+    assert_eq!(
+        super::keys::EBPF_RULES_CAPACITY.name,
+        crate::plan::RULES_CAPACITY_KEY
+    );
 }

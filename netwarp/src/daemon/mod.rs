@@ -130,7 +130,11 @@ fn choose_dataplane(config: &Config) -> Result<Dataplane, DaemonError> {
         }
         DataplaneMode::Ebpf => {
             privileges::require(EBPF_CAPABILITIES)?;
-            let ebpf = EbpfDataplane::load_pinned_logging(&config.bpf_pin_dir, debug_logs(config))?;
+            let ebpf = EbpfDataplane::load_pinned_logging(
+                &config.bpf_pin_dir,
+                debug_logs(config),
+                config.ebpf_rules_capacity,
+            )?;
             Ok(Dataplane::ebpf(ebpf))
         }
     }
@@ -147,7 +151,11 @@ fn choose_automatically(config: &Config) -> Dataplane {
         info!(missing = %names.join(", "), "dataplane auto: using routes, eBPF lacks capabilities");
         return Dataplane::routes();
     }
-    match EbpfDataplane::load_pinned_logging(&config.bpf_pin_dir, debug_logs(config)) {
+    match EbpfDataplane::load_pinned_logging(
+        &config.bpf_pin_dir,
+        debug_logs(config),
+        config.ebpf_rules_capacity,
+    ) {
         Ok(ebpf) => {
             info!(pins = %config.bpf_pin_dir.display(), "dataplane auto: using ebpf");
             Dataplane::ebpf(ebpf)

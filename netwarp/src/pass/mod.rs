@@ -61,7 +61,8 @@ struct TargetsDone {
 }
 
 impl Reconciler {
-    pub fn new(settings: PlanSettings, dataplane: Dataplane) -> Self {
+    pub fn new(mut settings: PlanSettings, dataplane: Dataplane) -> Self {
+        settings.rule_capacity = dataplane.rule_capacity();
         Self {
             inventory: Inventory::new(&settings),
             settings,
@@ -85,7 +86,8 @@ impl Reconciler {
     }
 
     /// New planner settings (a reload); the next pass re-inspects everything.
-    pub fn update_settings(&mut self, settings: PlanSettings) {
+    pub fn update_settings(&mut self, mut settings: PlanSettings) {
+        settings.rule_capacity = self.dataplane.rule_capacity();
         self.inventory = Inventory::new(&settings);
         self.settings = settings;
         self.verify_next = true;
@@ -174,6 +176,7 @@ impl Reconciler {
             guards: self.guard_views.clone(),
             host_guard: self.dataplane.host_guard_counts(),
             interfaces: self.dataplane.interfaces(),
+            maps: self.dataplane.map_use(),
             failures,
             duration: started.elapsed(),
         });

@@ -24,8 +24,11 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Action, Entry, PlanSettings, find_warp, is_warp_by_name, plan_target};
-use crate::model::{Endpoint, NetworkMode, World};
+use super::{
+    Action, BlockReason, Entry, PlanSettings, TargetPlan, TargetState, find_warp, is_warp_by_name,
+    plan_target,
+};
+use crate::model::{Container, Endpoint, NetworkMode, World};
 
 /// The guard of one Docker network.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -52,16 +55,42 @@ pub struct GuardPlan {
 /// something to steer or block, or the target's warp; sorted by network
 /// name.
 pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
+    plan_guards_except(world, settings, &BTreeSet::new())
+}
+
+/// What each target container (running or not) adds to the guards of its
+/// networks: the same entries it gets (or would get when it starts). A
+/// bypassed target adds nothing, and neither does one blocked entirely
+/// (over the prefix limit): its catch-all entries would block every other
+/// container of the network.
+pub(super) fn contributions<'a>(
+    world: &'a World,
+    settings: &PlanSettings,
+) -> Vec<(&'a Container, TargetPlan)> {
+    (world.containers.iter())
+        .filter_map(|container| {
+            let warp = container.labels.get(&settings.target_label)?;
+            let target = plan_target(world, settings, container, warp.trim());
+            let everything = matches!(
+                &target.state,
+                TargetState::Blocked(BlockReason::TooManyPrefixes { .. })
+            );
+            (!target.entries.is_empty() && !everything).then_some((container, target))
+        })
+        .collect()
+}
+
+/// Like [`plan_guards`], without the contributions of the `excluded`
+/// containers (refused for capacity: they are blocked on their own).
+pub(super) fn plan_guards_except(
+    world: &World,
+    settings: &PlanSettings,
+    excluded: &BTreeSet<String>,
+) -> Vec<GuardPlan> {
     let mut guards: BTreeMap<String, GuardPlan> = BTreeMap::new();
     let mut forwarded = Vec::new();
-    for container in &world.containers {
-        let Some(warp) = container.labels.get(&settings.target_label) else {
-            continue;
-        };
-        // The same entries the target gets (or would get when it starts):
-        // a bypassed target contributes nothing.
-        let target = plan_target(world, settings, container, warp.trim());
-        if target.entries.is_empty() {
+    for (container, target) in contributions(world, settings) {
+        if excluded.contains(&container.id) {
             continue;
         }
         for (network, endpoint) in &container.networks {

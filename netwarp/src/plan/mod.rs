@@ -7,10 +7,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+mod capacity;
 mod caps;
 mod guard;
 mod warp;
 
+pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use guard::{GuardPlan, plan_guards};
 pub use warp::{WarpPlan, WarpState};
@@ -40,6 +42,11 @@ pub struct PlanSettings {
     pub global_rules: Vec<Rule>,
     pub on_warp_down: OnWarpDown,
     pub caps: CapSettings,
+    /// The most destination prefixes one target's rules may list.
+    pub max_prefixes_per_target: usize,
+    /// The eBPF rule tries' entries per family, which targets are admitted
+    /// against; `None` when the dataplane has no such bound (routes, dry-run).
+    pub rule_capacity: Option<RuleCapacity>,
 }
 
 /// Why a target is not steered.
@@ -89,6 +96,39 @@ pub enum BlockReason {
         value: String,
         error: RuleError,
     },
+    /// The rules list more destination prefixes than
+    /// `limits.max_prefixes_per_target`: everything is blocked.
+    TooManyPrefixes {
+        count: usize,
+        limit: usize,
+    },
+    /// The eBPF rule trie of a family has no room for the target's rows
+    /// (and what it adds to its networks' guards): everything is blocked.
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        used: usize,
+        capacity: usize,
+    },
+}
+
+impl BlockReason {
+    /// Blocked entirely by a limit (prefixes, capacity), not by its warp.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::TooManyPrefixes { .. } | Self::Capacity { .. })
+    }
+
+    /// A short name for status and metrics: `capacity` and
+    /// `too_many_prefixes` for the limits, `configuration` for a bad label,
+    /// `warp` for everything about the warp.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TooManyPrefixes { .. } => "too_many_prefixes",
+            Self::Capacity { .. } => "capacity",
+            Self::InvalidRules { .. } | Self::EmptyWarpName { .. } => "configuration",
+            _ => "warp",
+        }
+    }
 }
 
 impl fmt::Display for BlockReason {
@@ -152,6 +192,25 @@ impl fmt::Display for BlockReason {
                 value,
                 error,
             } => write!(f, "label {label}=`{value}` is invalid: {error}"),
+            Self::TooManyPrefixes { count, limit } => write!(
+                f,
+                "its rules list {count} destination prefixes, more than the limit of {limit} \
+                 ({MAX_PREFIXES_KEY}), so all its traffic is blocked; merge the prefixes into \
+                 fewer, shorter ones, split the rules across containers, or raise \
+                 {MAX_PREFIXES_KEY}"
+            ),
+            Self::Capacity {
+                map,
+                needed,
+                used,
+                capacity,
+            } => write!(
+                f,
+                "capacity: the eBPF map {map} cannot take the {needed} entries this target \
+                 needs (its rules and its networks' guards): {used} of {capacity} are in use \
+                 or reserved, so all its traffic is blocked; raise {RULES_CAPACITY_KEY} \
+                 (restart) or give it fewer prefixes"
+            ),
         }
     }
 }
@@ -376,11 +435,13 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
         })
         .collect();
     targets.sort_by(|a, b| a.id.cmp(&b.id));
+    // Refuses, in eBPF mode, the targets the rule tries cannot hold.
+    let guards = capacity::admit(world, settings, &mut targets);
     Plan {
         warps: warp::plan_warps(world, settings, &targets),
         targets,
         caps: caps::plan_caps(world, settings),
-        guards: plan_guards(world, settings),
+        guards,
     }
 }
 
@@ -438,6 +499,16 @@ fn plan_target(
         Ok(rules) => rules,
         Err(reason) => return blocked(plan, settings, &settings.global_rules, reason),
     };
+    let count = capacity::distinct_destinations(&rules);
+    if count > settings.max_prefixes_per_target {
+        // Only the target's MAC is needed: its veth gets the block.
+        plan.mac_on_network = match resolve_warp(world, settings, target, warp) {
+            Ok(resolved) => resolved.target_mac,
+            Err((_, mac)) => mac,
+        };
+        let limit = settings.max_prefixes_per_target;
+        return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
+    }
     match resolve_warp(world, settings, target, warp) {
         Ok(resolved) => {
             plan.mac_on_network = resolved.target_mac;
@@ -739,10 +810,12 @@ pub(crate) mod tests {
             global_rules: parse_rules(rules).unwrap(),
             on_warp_down: OnWarpDown::Block,
             caps: CapSettings::default(),
+            max_prefixes_per_target: 4096,
+            rule_capacity: None,
         }
     }
 
-    fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
+    pub(super) fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
         Endpoint {
             ipv4: Some(v4.parse().unwrap()),
             ipv6: v6.map(|v| v.parse().unwrap()),
@@ -751,7 +824,11 @@ pub(crate) mod tests {
         }
     }
 
-    fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, Endpoint)]) -> Container {
+    pub(super) fn container(
+        name: &str,
+        labels: &[(&str, &str)],
+        networks: &[(&str, Endpoint)],
+    ) -> Container {
         Container {
             id: format!("id-{name}"),
             name: name.into(),

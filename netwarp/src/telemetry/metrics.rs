@@ -262,7 +262,8 @@ impl Collector for ScrapeCollector {
             (
                 "netwarp_container_dropped_bytes",
                 "Bytes dropped at the container's veth, by reason: warp_down (fail closed), \
-                 policy (no warp address of the family), rate (bandwidth cap); ebpf dataplane",
+                 policy (no warp address of the family, or blocked entirely by a limit), \
+                 rate (bandwidth cap); ebpf dataplane",
                 true,
             ),
             (
@@ -358,14 +359,21 @@ impl Collector for ScrapeCollector {
                 let mut labels = target_labels(t);
                 labels.push(("warp", t.plan.warp.clone()));
                 labels.push(("state", super::status::state_name(t).to_owned()));
+                if t.failure.is_none()
+                    && let TargetState::Blocked(reason) | TargetState::Bypassed(reason) =
+                        &t.plan.state
+                {
+                    labels.push(("reason", reason.kind().to_owned()));
+                }
                 (labels, 1)
             })
             .collect();
         gauge_family(
             &mut encoder,
             "netwarp_target_state",
-            "1 for each target, labelled with its warp and its state (steered, blocked, bypassed, \
-             refused, or failed: its last programming failed)",
+            "1 for each target, labelled with its warp, its state (steered, blocked, bypassed, \
+             refused, or failed: its last programming failed) and, while blocked or bypassed, the \
+             kind of reason (capacity, too_many_prefixes, configuration, warp)",
             &states,
         )?;
         let held: Vec<(Labels, i64)> = (published.targets.iter())
@@ -378,6 +386,23 @@ impl Collector for ScrapeCollector {
              traffic closed, 0 if that cannot be told",
             &held,
         )?;
+        for (name, help, pick) in [
+            (
+                "netwarp_map_entries",
+                "Entries netwarp wrote in each eBPF map (ebpf dataplane)",
+                (|m: &super::MapUse| m.entries) as fn(&super::MapUse) -> usize,
+            ),
+            (
+                "netwarp_map_capacity",
+                "Capacity of each eBPF map (ebpf dataplane); the rule tries' is dataplane.ebpf_rules_capacity",
+                |m: &super::MapUse| m.capacity,
+            ),
+        ] {
+            let rows: Vec<(Labels, i64)> = (published.maps.iter())
+                .map(|m| (vec![("map", m.map.to_owned())], pick(m) as i64))
+                .collect();
+            gauge_family(&mut encoder, name, help, &rows)?;
+        }
         let by_state: Vec<(Labels, i64)> = (TargetState::NAMES.into_iter())
             .chain(["failed"])
             .map(|state| {
@@ -547,6 +572,11 @@ mod tests {
                 tables: 2,
                 routes: 6002,
             }),
+            maps: vec![crate::telemetry::MapUse {
+                map: "NETWARP_RULES_V4",
+                entries: 3,
+                capacity: 512,
+            }],
             ..Published::default()
         };
         let pb = |packets, bytes| PacketsBytes { packets, bytes };
@@ -642,7 +672,9 @@ mod tests {
             "netwarp_container_dropped_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rate\"} 300",
             "netwarp_container_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"warp_down\"} 1",
             "netwarp_container_shaper_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",direction=\"ingress\"} 5",
-            "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\"} 1",
+            "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\",reason=\"warp\"} 1",
+            "netwarp_map_entries{map=\"NETWARP_RULES_V4\"} 3",
+            "netwarp_map_capacity{map=\"NETWARP_RULES_V4\"} 512",
             "netwarp_targets{state=\"steered\"} 1",
             "netwarp_bridge_guard_dropped_packets_total{network=\"n\",bridge=\"br-0123456789ab\"} 7",
             "netwarp_warp_up{warp=\"warp-a\"} 0",

@@ -53,7 +53,7 @@ pub struct WarpView {
     pub ports: Vec<u32>,
 }
 
-pub use crate::dataplane::sync::{FailureReason, TargetInterfaces};
+pub use crate::dataplane::sync::{FailureReason, MapUse, TargetInterfaces};
 
 pub use crate::plan::WarpState;
 
@@ -93,6 +93,8 @@ pub struct Published {
     pub targets: Vec<TargetView>,
     /// The bridge guards of this pass.
     pub guards: Vec<GuardView>,
+    /// How full each eBPF map is (empty for the other dataplanes).
+    pub maps: Vec<MapUse>,
     /// routes: what the host guard holds, as last written.
     pub host_guard: Option<GuardCounts>,
     /// SIGHUP reloads since start, and what the last one did.
@@ -274,6 +276,7 @@ impl Telemetry {
             guards,
             host_guard,
             interfaces,
+            maps,
             failures,
             duration,
         } = outcome;
@@ -319,6 +322,7 @@ impl Telemetry {
             host_guard,
             reloads: self.published.borrow().reloads,
             last_reload: self.published.borrow().last_reload.clone(),
+            maps,
         };
         self.published.send_replace(Arc::new(published));
     }
@@ -332,6 +336,8 @@ pub struct PassOutcome<'a> {
     pub host_guard: Option<GuardCounts>,
     /// The eBPF interfaces, by target id: host veth, warp veth.
     pub interfaces: HashMap<String, TargetInterfaces>,
+    /// How full each eBPF map is.
+    pub maps: Vec<MapUse>,
     /// Why a target's last programming failed, by target id.
     pub failures: HashMap<String, TargetFailure>,
     pub duration: Duration,
@@ -383,6 +389,8 @@ pub(crate) mod tests {
             global_rules: Vec::new(),
             on_warp_down: OnWarpDown::Block,
             caps: CapSettings::default(),
+            max_prefixes_per_target: 4096,
+            rule_capacity: None,
         }
     }
 
@@ -440,6 +448,7 @@ pub(crate) mod tests {
                     ..TargetInterfaces::default()
                 },
             )]),
+            maps: Vec::new(),
             failures: HashMap::from([(
                 app,
                 TargetFailure {

@@ -40,6 +40,9 @@ pub struct StatusDoc {
     /// first write.
     #[serde(default)]
     pub host_guard: Option<HostGuardStatus>,
+    /// eBPF: how full each map netwarp writes is; empty for routes.
+    #[serde(default)]
+    pub maps: Vec<MapStatus>,
 }
 
 /// netwarp's entries in the host's rule list and its guard tables.
@@ -52,6 +55,13 @@ pub struct HostGuardStatus {
     /// `prohibit` routes in the guard tables, one per guarded prefix and
     /// selector group.
     pub routes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatus {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,6 +128,10 @@ pub struct TargetStatus {
     /// Why it is blocked, bypassed or refused, and for a target in another
     /// target's namespace how that one serves it; null while steered.
     pub reason: Option<String>,
+    /// While blocked or bypassed, the kind of reason: capacity,
+    /// too_many_prefixes, configuration or warp.
+    #[serde(default)]
+    pub reason_kind: Option<String>,
     /// The target whose namespace this one runs in (`--network
     /// container:X`, same warp and rules), which is the one programmed.
     #[serde(default)]
@@ -240,6 +254,13 @@ pub fn build(
             tables: held.tables,
             routes: held.routes,
         }),
+        maps: (published.maps.iter())
+            .map(|m| MapStatus {
+                map: m.map.to_owned(),
+                entries: m.entries,
+                capacity: m.capacity,
+            })
+            .collect(),
     }
 }
 
@@ -282,6 +303,10 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         state: state.to_owned(),
         planned_state: Some(plan.state.name().to_owned()),
         reason,
+        reason_kind: match &plan.state {
+            TargetState::Blocked(r) | TargetState::Bypassed(r) => Some(r.kind().to_owned()),
+            _ => None,
+        },
         shares_namespace_of: plan.shares_namespace_of.clone(),
         network,
         next_hop_v4: v4,

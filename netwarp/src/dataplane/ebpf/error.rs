@@ -43,6 +43,18 @@ pub enum EbpfError {
     },
     #[error("pinning a link at {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
+    #[error(
+        "the pinned rule trie {map} holds {rows} rows (its largest rule set {largest}), more \
+         than dataplane.ebpf_rules_capacity = {capacity} holds with room to switch a set; \
+         raise it to at least {needed}, or run `netwarp cleanup` to start from empty tries"
+    )]
+    RulesCapacity {
+        map: &'static str,
+        rows: usize,
+        largest: usize,
+        capacity: u32,
+        needed: usize,
+    },
     #[error("map `{map}`: {source}")]
     Map {
         map: &'static str,

@@ -4,7 +4,14 @@
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{
+        Map, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::SchedClassifier,
+};
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, POLICY_MAP, RATE_BUCKETS_MAP,
     RATE_SLOTS_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue,
@@ -12,7 +19,11 @@ use netwarp_common::{
     WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
 };
 
-use super::{error::EbpfError, hooks::Hook};
+use super::{
+    error::EbpfError,
+    hooks::Hook,
+    maps::{lpm_trie, map_error},
+};
 
 /// The object built from `netwarp-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] =
@@ -55,12 +66,19 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
 /// build creates them afresh; the controller then rewrites their contents
 /// (counters restart). Programs still attached keep their old maps until
 /// the adopted links switch to the new programs.
-fn retire_incompatible_pins(pin_dir: &Path) -> Result<(), EbpfError> {
+///
+/// A rule trie pinned with another capacity is replaced too, but its rows
+/// are returned, to be written into the new trie before any program uses
+/// it: the policies and guards that name them keep holding meanwhile.
+fn retire_incompatible_pins(pin_dir: &Path, rules_capacity: u32) -> Result<CarriedRows, EbpfError> {
+    let mut carried = CarriedRows::default();
+    let mut retire = Vec::new();
     for (name, key_size, value_size) in map_layouts() {
         let path = pin_dir.join(name);
         let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
             continue;
         };
+        let is_rules = name == RULES_V4_MAP || name == RULES_V6_MAP;
         if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
             tracing::warn!(
                 map = name,
@@ -70,8 +88,104 @@ fn retire_incompatible_pins(pin_dir: &Path) -> Result<(), EbpfError> {
                 value_size,
                 "a pinned map has an older layout; replacing it (its contents are rebuilt)"
             );
-            // Left in place, the loader would fail on the mismatch.
-            std::fs::remove_file(&path).map_err(|source| EbpfError::PinDir { path, source })?;
+        } else if is_rules && info.max_entries() != rules_capacity {
+            tracing::info!(
+                map = name,
+                pinned = info.max_entries(),
+                configured = rules_capacity,
+                "resizing a rule trie to its configured capacity; its rows are carried over"
+            );
+            // Checked before anything is unpinned: a trie too small for
+            // the live sets (and one switch) would never let a set change.
+            if name == RULES_V4_MAP {
+                carried.v4 = read_trie(&path, name)?;
+                fits(name, &carried.v4, |k| k.rule_set, rules_capacity)?;
+            } else {
+                carried.v6 = read_trie(&path, name)?;
+                fits(name, &carried.v6, |k| k.rule_set, rules_capacity)?;
+            }
+        } else {
+            continue;
+        }
+        retire.push(path);
+    }
+    for path in retire {
+        // Left in place, the loader would reuse it as it is.
+        std::fs::remove_file(&path).map_err(|source| EbpfError::PinDir { path, source })?;
+    }
+    Ok(carried)
+}
+
+/// Whether `rows` fit a trie of `capacity` with room to switch their
+/// largest rule set.
+fn fits<K: Pod>(
+    map: &'static str,
+    rows: &[(Key<K>, RuleValue)],
+    rule_set: fn(&K) -> [u8; 4],
+    capacity: u32,
+) -> Result<(), EbpfError> {
+    let mut sets: std::collections::HashMap<[u8; 4], usize> = std::collections::HashMap::new();
+    for (key, _) in rows {
+        *sets.entry(rule_set(&key.data())).or_default() += 1;
+    }
+    let largest = sets.into_values().max().unwrap_or(0);
+    let needed = rows.len() + largest;
+    if needed > capacity as usize {
+        return Err(EbpfError::RulesCapacity {
+            map,
+            rows: rows.len(),
+            largest,
+            capacity,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// Rows of the rule tries being resized, by family.
+#[derive(Default)]
+struct CarriedRows {
+    v4: Vec<(Key<RuleKeyV4>, RuleValue)>,
+    v6: Vec<(Key<RuleKeyV6>, RuleValue)>,
+}
+
+impl CarriedRows {
+    /// Writes the rows into the new tries (which [`fits`] checked).
+    fn write(self, ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+        write_trie(ebpf, RULES_V4_MAP, self.v4)?;
+        write_trie(ebpf, RULES_V6_MAP, self.v6)
+    }
+}
+
+fn read_trie<K: Pod>(
+    path: &Path,
+    name: &'static str,
+) -> Result<Vec<(Key<K>, RuleValue)>, EbpfError> {
+    let trie: LpmTrie<MapData, K, RuleValue> = MapData::from_pin(path)
+        .and_then(Map::from_map_data)
+        .and_then(LpmTrie::try_from)
+        .map_err(map_error(name))?;
+    // A row removed while listing is simply not carried.
+    Ok(trie.iter().filter_map(Result::ok).collect())
+}
+
+fn write_trie<K: Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    rows: Vec<(Key<K>, RuleValue)>,
+) -> Result<(), EbpfError> {
+    let total = rows.len();
+    let mut trie = lpm_trie::<K, RuleValue>(ebpf, name)?;
+    for (written, (key, value)) in rows.into_iter().enumerate() {
+        if let Err(e) = trie.insert(&key, value, 0) {
+            tracing::warn!(
+                map = name,
+                written,
+                total,
+                error = %e,
+                "the resized rule trie did not take every carried row; the first pass rewrites them"
+            );
+            break;
         }
     }
     Ok(())
@@ -88,9 +202,19 @@ fn program_log_level(debug_logs: bool) -> u8 {
 }
 
 /// Loads the object with private maps (no pin directory) or with its maps
-/// pinned under `pin_dir`, reusing maps an earlier run pinned there.
-pub(super) fn load_object(pin_dir: Option<&Path>, debug_logs: bool) -> Result<Ebpf, EbpfError> {
+/// pinned under `pin_dir`, reusing maps an earlier run pinned there. Each
+/// rule trie gets `rules_capacity` entries.
+pub(super) fn load_object(
+    pin_dir: Option<&Path>,
+    debug_logs: bool,
+    rules_capacity: u32,
+) -> Result<Ebpf, EbpfError> {
     let mut loader = EbpfLoader::new();
+    // No preallocation: a trie's nodes are allocated as rows go in, so the
+    // capacity is a ceiling, not memory taken up front.
+    loader.map_max_entries(RULES_V4_MAP, rules_capacity);
+    loader.map_max_entries(RULES_V6_MAP, rules_capacity);
+    let mut carried = CarriedRows::default();
     if let Some(pin_dir) = pin_dir {
         let pin_error = |source: std::io::Error| EbpfError::PinDir {
             path: pin_dir.to_owned(),
@@ -99,14 +223,16 @@ pub(super) fn load_object(pin_dir: Option<&Path>, debug_logs: bool) -> Result<Eb
         std::fs::create_dir_all(pin_dir.join("links")).map_err(pin_error)?;
         std::fs::set_permissions(pin_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(pin_error)?;
-        retire_incompatible_pins(pin_dir)?;
+        carried = retire_incompatible_pins(pin_dir, rules_capacity)?;
         for (name, _, _) in map_layouts() {
             loader.map_pin_path(name, pin_dir.join(name));
         }
     }
     let level = program_log_level(debug_logs);
     loader.override_global(aya_log::LEVEL, &level, true);
-    Ok(loader.load(PROGRAMS_OBJECT)?)
+    let mut ebpf = loader.load(PROGRAMS_OBJECT)?;
+    carried.write(&mut ebpf)?;
+    Ok(ebpf)
 }
 
 /// Opens the programs' log (before they load: they need its map) and

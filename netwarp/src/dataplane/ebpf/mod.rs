@@ -47,9 +47,11 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use netwarp_common::{
-    GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, POLICY_MAP, PROG_TC_BRIDGE_GUARD,
-    PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RateBuckets, TRAFFIC_MAP, TargetPolicy,
-    TrafficCounters, VERDICTS_MAP, VerdictCounters, WarpPeerKey,
+    GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
+    GuardAllowKey, POLICY_MAP, POLICY_MAP_CAPACITY, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER,
+    RATE_BUCKETS_MAP, RULES_MAP_CAPACITY, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TRAFFIC_MAP,
+    TargetPolicy, TrafficCounters, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP,
+    WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -66,6 +68,8 @@ pub struct EbpfDataplane {
     rate_slots: Rows<RateSlot>,
     /// Cap slots whose buckets were written (or adopted).
     bucket_slots: BTreeSet<u32>,
+    /// The entries of the IPv4 and IPv6 rule tries, as loaded.
+    rules_capacity: (u32, u32),
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
 }
@@ -74,7 +78,7 @@ impl EbpfDataplane {
     /// Loads every program with private maps and logs off; nothing is
     /// attached yet. Everything goes away with this value (tests, probes).
     pub fn load() -> Result<Self, EbpfError> {
-        Self::with_object(loader::load_object(None, false)?, None)
+        Self::with_object(loader::load_object(None, false, RULES_MAP_CAPACITY)?, None)
     }
 
     /// Loads the programs with their maps pinned under `pin_dir` (reusing
@@ -83,14 +87,20 @@ impl EbpfDataplane {
     /// blocking never stop across a restart. Pins of vanished interfaces
     /// are removed.
     pub fn load_pinned(pin_dir: &Path) -> Result<Self, EbpfError> {
-        Self::load_pinned_logging(pin_dir, false)
+        Self::load_pinned_logging(pin_dir, false, RULES_MAP_CAPACITY)
     }
 
-    /// Like [`Self::load_pinned`]; with `debug_logs` the programs send
-    /// debug records (drops and why) through aya-log.
-    pub fn load_pinned_logging(pin_dir: &Path, debug_logs: bool) -> Result<Self, EbpfError> {
+    /// Like [`Self::load_pinned`], with `rules_capacity` entries in each
+    /// rule trie (a trie pinned with another capacity is resized, its rows
+    /// carried over); with `debug_logs` the programs send debug records
+    /// (drops and why) through aya-log.
+    pub fn load_pinned_logging(
+        pin_dir: &Path,
+        debug_logs: bool,
+        rules_capacity: u32,
+    ) -> Result<Self, EbpfError> {
         Self::with_object(
-            loader::load_object(Some(pin_dir), debug_logs)?,
+            loader::load_object(Some(pin_dir), debug_logs, rules_capacity)?,
             Some(pin_dir),
         )
     }
@@ -107,7 +117,17 @@ impl EbpfDataplane {
         )?
         .into_keys()
         .collect();
+        let capacity = |name| -> Result<u32, EbpfError> {
+            let map = ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
+            let info = match map {
+                aya::maps::Map::LpmTrie(data) => data.info(),
+                _ => return Err(EbpfError::MissingMap(name)),
+            };
+            Ok(info.map_err(map_error(name))?.max_entries())
+        };
+        let rules_capacity = (capacity(RULES_V4_MAP)?, capacity(RULES_V6_MAP)?);
         Ok(Self {
+            rules_capacity,
             rule_sets: RuleSets::adopt(&mut ebpf)?,
             guard_allow: Rows::adopt(&mut ebpf)?,
             warp_peers: Rows::adopt(&mut ebpf)?,
@@ -117,6 +137,35 @@ impl EbpfDataplane {
             ebpf,
             logger,
         })
+    }
+
+    /// The entries of the IPv4 and IPv6 rule tries, as the kernel made them.
+    pub fn rules_capacity(&self) -> (u32, u32) {
+        self.rules_capacity
+    }
+
+    /// How full each map netwarp writes is, from what it wrote (no scan):
+    /// `(map, entries, capacity)`. `policies` and `guards` are counted by
+    /// the caller, which knows the targets and guards it programmed.
+    pub fn map_use(&self, policies: usize, guards: usize) -> Vec<(&'static str, usize, usize)> {
+        let (v4, v6) = self.rule_sets.rows_per_family();
+        let widen = |n: u32| n as usize;
+        vec![
+            (RULES_V4_MAP, v4, widen(self.rules_capacity.0)),
+            (RULES_V6_MAP, v6, widen(self.rules_capacity.1)),
+            (POLICY_MAP, policies, widen(POLICY_MAP_CAPACITY)),
+            (GUARDS_MAP, guards, widen(GUARDS_MAP_CAPACITY)),
+            (
+                GUARD_ALLOW_MAP,
+                self.guard_allow.written().len(),
+                widen(GUARD_ALLOW_MAP_CAPACITY),
+            ),
+            (
+                WARP_PEERS_MAP,
+                self.warp_peers.written().len(),
+                widen(WARP_PEERS_MAP_CAPACITY),
+            ),
+        ]
     }
 
     /// The reader of the programs' log records, for the daemon to poll;

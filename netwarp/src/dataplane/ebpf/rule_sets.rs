@@ -47,6 +47,18 @@ impl RuleSets {
         Ok(Self { written })
     }
 
+    /// The rows written (or adopted) in each trie, IPv4 then IPv6: what
+    /// the kernel holds, without a scan.
+    pub(super) fn rows_per_family(&self) -> (usize, usize) {
+        let (mut v4, mut v6) = (0, 0);
+        for rows in self.written.values() {
+            let ipv6 = rows.keys().filter(|d| d.is_ipv6()).count();
+            v6 += ipv6;
+            v4 += rows.len() - ipv6;
+        }
+        (v4, v6)
+    }
+
     /// The rows written (or adopted) under `rule_set`, by destination.
     pub(super) fn rows(&self, rule_set: u32) -> Vec<CompiledPrefix> {
         (self.written.get(&rule_set).into_iter().flatten())

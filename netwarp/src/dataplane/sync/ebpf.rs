@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use netwarp_common::{GuardAllowKey, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
-use super::{FailureReason, PassScope, TargetError, TargetInterfaces, caps::CapsState};
+use super::{FailureReason, MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState};
 use crate::{
     dataplane::{
         ebpf::{
@@ -20,7 +20,7 @@ use crate::{
         settled::Settled,
     },
     model::short_id,
-    plan::{Action, GuardPlan, TargetPlan, TargetState},
+    plan::{Action, GuardPlan, RuleCapacity, TargetPlan, TargetState},
 };
 
 /// What the eBPF dataplane holds for one target.
@@ -136,6 +136,29 @@ impl EbpfPlane {
             })
             .chain(routed)
             .collect()
+    }
+
+    /// The rule tries' capacity, as loaded.
+    pub fn rule_capacity(&self) -> RuleCapacity {
+        let (v4, v6) = self.ebpf.rules_capacity();
+        RuleCapacity {
+            v4: v4 as usize,
+            v6: v6 as usize,
+        }
+    }
+
+    /// How full each map is, from what was written.
+    pub fn map_use(&self) -> Vec<MapUse> {
+        (self
+            .ebpf
+            .map_use(self.targets.len(), self.guards.len())
+            .into_iter())
+        .map(|(map, entries, capacity)| MapUse {
+            map,
+            entries,
+            capacity,
+        })
+        .collect()
     }
 
     /// Brings one target's eBPF policy to its plan. Returns whether
@@ -491,9 +514,15 @@ async fn desired_target(
         host_ifindex,
         warp_ifindex: warp.ifindex,
         warp_mac: warp.mac,
+        // Drops count as policy while steered (a family the warp has no
+        // address for) or blocked by a limit; otherwise the warp is down.
         rows: compile(
             &target.entries,
-            matches!(target.state, TargetState::Steered { .. }),
+            match &target.state {
+                TargetState::Steered { .. } => true,
+                TargetState::Blocked(reason) => reason.is_limit(),
+                _ => false,
+            },
         )?,
         warp_ports: warp.ports,
         peers,

@@ -27,7 +27,7 @@ use super::{
 use crate::{
     config::DataplaneMode,
     model::World,
-    plan::{CapEnforcement, CapPlan, GuardPlan, TargetPlan},
+    plan::{CapEnforcement, CapPlan, GuardPlan, RuleCapacity, TargetPlan},
 };
 
 /// What the eBPF dataplane tied one target to.
@@ -42,6 +42,14 @@ pub struct TargetInterfaces {
     /// Why it is steered by routes in its namespace instead (no host-side
     /// veth to carry its policy), if it is.
     pub routed: Option<String>,
+}
+
+/// How full one eBPF map is, from what the dataplane wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUse {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 /// Why one target could not be programmed.
@@ -125,9 +133,10 @@ impl FailureReason {
 
     pub fn of_ebpf(e: &EbpfError) -> Self {
         match e {
-            EbpfError::Load(_) | EbpfError::MissingProgram(_) | EbpfError::MissingMap(_) => {
-                Self::Load
-            }
+            EbpfError::Load(_)
+            | EbpfError::MissingProgram(_)
+            | EbpfError::MissingMap(_)
+            | EbpfError::RulesCapacity { .. } => Self::Load,
             EbpfError::Program { .. }
             | EbpfError::Attach { .. }
             | EbpfError::PinDir { .. }
@@ -409,6 +418,23 @@ impl Dataplane {
         match self {
             Self::Ebpf(plane) => plane.interfaces(),
             _ => HashMap::new(),
+        }
+    }
+
+    /// The rule tries' capacity the planner admits targets against; only
+    /// the eBPF dataplane has one.
+    pub fn rule_capacity(&self) -> Option<RuleCapacity> {
+        match self {
+            Self::Ebpf(plane) => Some(plane.rule_capacity()),
+            _ => None,
+        }
+    }
+
+    /// How full each eBPF map is, for status and metrics.
+    pub fn map_use(&self) -> Vec<MapUse> {
+        match self {
+            Self::Ebpf(plane) => plane.map_use(),
+            _ => Vec::new(),
         }
     }
 }
