@@ -21,7 +21,7 @@ use crate::{
     docker,
     inventory::Inventory,
     model::{World, short_id},
-    plan::{Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, plan},
+    plan::{Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, TargetState, plan},
     telemetry::{GuardView, PassOutcome, TargetFailure, Telemetry},
 };
 
@@ -362,7 +362,9 @@ fn named_by_events(
     pending.keys().cloned().chain(targets).collect()
 }
 
-/// The order a pass serves its targets in: those events named, then those
+/// The order a pass serves its targets in: first those refused for room
+/// (capacity, prefix limit), whose sets shrink to a catch-all and free the
+/// room the others were admitted into; then those events named, then those
 /// the last pass left when it stopped early (in the order it left them, so
 /// none is overtaken forever), then the rest, cheapest (fewest entries)
 /// first, so a few heavy writes hold up no ordinary target.
@@ -374,11 +376,14 @@ fn pass_order<'a>(
     let owed: HashMap<&str, usize> = (owed.iter().enumerate())
         .map(|(i, id)| (id.as_str(), i))
         .collect();
+    let refused_for_room =
+        |t: &TargetPlan| matches!(&t.state, TargetState::Blocked(reason) if reason.is_limit());
     let mut order: Vec<&TargetPlan> = targets.iter().collect();
     order.sort_by_cached_key(|t| match owed.get(t.id.as_str()) {
-        _ if named(&t.id) => (0, 0),
-        Some(position) => (1, *position),
-        None => (2, t.entries.len()),
+        _ if refused_for_room(t) => (0, 0),
+        _ if named(&t.id) => (1, 0),
+        Some(position) => (2, *position),
+        None => (3, t.entries.len()),
     });
     order
 }
@@ -416,6 +421,7 @@ mod tests {
     use super::*;
     use crate::{
         model::{Container, Endpoint, parse_rules},
+        plan::BlockReason,
         telemetry::tests::settings,
     };
 
@@ -473,6 +479,15 @@ mod tests {
         assert_eq!(names(&order), ["heavy", "other", "light"]);
         let order = pass_order(&plan.targets, |id| id == "id-light", &owed);
         assert_eq!(names(&order), ["light", "heavy", "other"]);
+    }
+
+    #[test]
+    fn targets_refused_for_room_are_written_first_to_free_it() {
+        let mut plan = plan(&world(), &settings());
+        let heavy = plan.targets.iter_mut().find(|t| t.name == "heavy").unwrap();
+        heavy.state = TargetState::Blocked(BlockReason::TooManyPrefixes { count: 3, limit: 2 });
+        let order = pass_order(&plan.targets, |id| id == "id-light", &[]);
+        assert_eq!(names(&order), ["heavy", "light", "other"]);
     }
 
     #[test]
