@@ -1,0 +1,758 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::model::Endpoint;
+
+/// Settings with the default labels and `rules` as the global rules.
+pub(super) fn settings(rules: &str) -> PlanSettings {
+    PlanSettings {
+        warp_name_pattern: "warp-*".into(),
+        target_label: "netwarp.target".into(),
+        network_label: "netwarp.network".into(),
+        rules_label: "netwarp.rules".into(),
+        global_rules: parse_rules(rules).unwrap(),
+        on_warp_down: OnWarpDown::Block,
+        caps: CapSettings::default(),
+        max_prefixes_per_target: 4096,
+        rule_capacity: None,
+    }
+}
+
+pub(super) fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
+    Endpoint {
+        ipv4: Some(v4.parse().unwrap()),
+        ipv6: v6.map(|v| v.parse().unwrap()),
+        mac: Some(format!("02:42:{v4}")),
+        network_id: None,
+    }
+}
+
+pub(super) fn container(
+    name: &str,
+    labels: &[(&str, &str)],
+    networks: &[(&str, Endpoint)],
+) -> Container {
+    Container {
+        id: format!("id-{name}"),
+        name: name.into(),
+        running: true,
+        health: Health::None,
+        pid: Some(100),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        networks: networks
+            .iter()
+            .map(|(n, e)| (n.to_string(), e.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        network_mode: NetworkMode::Own,
+    }
+}
+
+fn warp() -> Container {
+    container("warp-vpn", &[], &[("net", endpoint("172.20.0.2", None))])
+}
+
+fn target(labels: &[(&str, &str)]) -> Container {
+    let mut all = vec![("netwarp.target", "warp-vpn")];
+    all.extend_from_slice(labels);
+    container("app", &all, &[("net", endpoint("172.20.0.3", None))])
+}
+
+fn only_target(world: &World, settings: &PlanSettings) -> TargetPlan {
+    let plan = plan(world, settings);
+    assert_eq!(plan.targets.len(), 1, "{plan:?}");
+    plan.targets.into_iter().next().unwrap()
+}
+
+fn via(ip: &str) -> Action {
+    Action::Via(ip.parse().unwrap())
+}
+
+#[test]
+fn steers_global_rules_through_the_warp() {
+    let world = World {
+        containers: vec![warp(), target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert_eq!(
+        t.state,
+        TargetState::Steered {
+            network: "net".into(),
+            via_v4: Some("172.20.0.2".parse().unwrap()),
+            via_v6: None
+        }
+    );
+    assert_eq!(t.entries.len(), 1);
+    assert_eq!(t.entries[0].action, via("172.20.0.2"));
+    assert_eq!(t.mac_on_network.as_deref(), Some("02:42:172.20.0.3"));
+}
+
+/// A task container of the Swarm service `service`, as Swarm names it.
+fn swarm_task(service: &str, task: &str, ip: &str) -> Container {
+    container(
+        &format!("{service}.1.{task}"),
+        &[(SWARM_SERVICE_LABEL, service)],
+        &[("net", endpoint(ip, None))],
+    )
+}
+
+#[test]
+fn a_swarm_service_name_finds_its_task_and_the_pattern_matches_the_service() {
+    let mut settings = settings("203.0.113.0/24");
+    settings.warp_name_pattern = "vpn_warp*".into();
+    let mut target = target(&[]);
+    target
+        .labels
+        .insert("netwarp.target".into(), "vpn_warp".into());
+    let world = World {
+        containers: vec![swarm_task("vpn_warp", "x7k2", "172.20.0.7"), target.clone()],
+    };
+    let t = only_target(&world, &settings);
+    assert_eq!(t.entries[0].action, via("172.20.0.7"), "{t:?}");
+
+    // A task of a service outside the pattern is no warp.
+    let other = World {
+        containers: vec![swarm_task("vpn_other", "x7k2", "172.20.0.7"), {
+            let mut t = target.clone();
+            t.labels.insert("netwarp.target".into(), "vpn_other".into());
+            t
+        }],
+    };
+    assert_eq!(
+        only_target(&other, &settings).state,
+        TargetState::Blocked(BlockReason::WarpNameMismatch {
+            warp: "vpn_other.1.x7k2".into(),
+            pattern: "vpn_warp*".into(),
+        })
+    );
+}
+
+#[test]
+fn of_several_swarm_tasks_a_running_one_is_chosen_and_a_name_beats_a_service() {
+    let mut exited = swarm_task("warp-svc", "a111", "172.20.0.7");
+    exited.running = false;
+    let running = swarm_task("warp-svc", "b222", "172.20.0.8");
+    let world = World {
+        containers: vec![exited.clone(), running.clone()],
+    };
+    assert_eq!(find_warp(&world, "warp-svc"), Some(&running));
+    let mut both_running = exited.clone();
+    both_running.running = true;
+    let world = World {
+        containers: vec![running.clone(), both_running.clone()],
+    };
+    assert_eq!(
+        find_warp(&world, "warp-svc"),
+        Some(&both_running),
+        "first by name"
+    );
+    let named = container("warp-svc", &[], &[("net", endpoint("172.20.0.9", None))]);
+    let world = World {
+        containers: vec![running, named.clone()],
+    };
+    assert_eq!(find_warp(&world, "warp-svc"), Some(&named));
+    assert_eq!(find_warp(&world, "warp-none"), None);
+}
+
+#[test]
+fn a_swarm_warp_guards_its_other_networks_for_its_targets() {
+    let mut target = target(&[]);
+    target
+        .labels
+        .insert("netwarp.target".into(), "warp-svc".into());
+    let mut warp = swarm_task("warp-svc", "x7k2", "172.20.0.7");
+    warp.networks
+        .insert("outer".into(), endpoint("172.30.0.7", None));
+    warp.labels.insert("netwarp.network".into(), "net".into());
+    let world = World {
+        containers: vec![warp, target],
+    };
+    let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+    let outer = guards.iter().find(|g| g.network == "outer");
+    assert!(
+        outer.is_some_and(|g| g
+            .forwarded
+            .iter()
+            .any(|(source, _)| *source == "172.20.0.3".parse::<IpAddr>().unwrap())),
+        "the target's address is not blocked as a source on the warp's other network: \
+         {guards:?}"
+    );
+}
+
+#[test]
+fn unlabelled_and_stopped_containers_are_not_targets() {
+    let plain = container("plain", &[], &[("net", endpoint("172.20.0.9", None))]);
+    let mut stopped = target(&[]);
+    stopped.running = false;
+    let world = World {
+        containers: vec![warp(), plain, stopped],
+    };
+    assert!(plan(&world, &settings("203.0.113.0/24")).targets.is_empty());
+}
+
+#[test]
+fn rules_label_overrides_the_global_rules() {
+    let world = World {
+        containers: vec![
+            warp(),
+            target(&[("netwarp.rules", "198.51.100.0/24,tcp:443,udp:5000-5100")]),
+        ],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    let rules: Vec<String> = t.entries.iter().map(|e| e.rule.to_string()).collect();
+    assert_eq!(
+        rules,
+        ["198.51.100.0/24 tcp:443", "198.51.100.0/24 udp:5000-5100"]
+    );
+}
+
+#[test]
+fn a_missing_warp_blocks() {
+    let world = World {
+        containers: vec![target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert_eq!(
+        t.state,
+        TargetState::Blocked(BlockReason::WarpMissing {
+            warp: "warp-vpn".into()
+        })
+    );
+    assert_eq!(t.entries.len(), 1);
+    assert_eq!(t.entries[0].action, Action::Block);
+}
+
+#[test]
+fn a_stopped_warp_blocks_and_keeps_the_target_mac() {
+    let mut w = warp();
+    w.running = false;
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert!(matches!(
+        t.state,
+        TargetState::Blocked(BlockReason::WarpNotRunning { .. })
+    ));
+    assert!(t.entries.iter().all(|e| e.action == Action::Block));
+    assert!(t.mac_on_network.is_some());
+}
+
+#[test]
+fn an_unhealthy_warp_counts_as_down() {
+    let mut w = warp();
+    w.health = Health::Unhealthy;
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert!(matches!(
+        t.state,
+        TargetState::Blocked(BlockReason::WarpUnhealthy { .. })
+    ));
+}
+
+#[test]
+fn a_healthy_warp_or_one_without_a_healthcheck_is_up() {
+    for health in [Health::None, Health::Healthy] {
+        let mut w = warp();
+        w.health = health;
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        assert!(matches!(t.state, TargetState::Steered { .. }), "{health:?}");
+    }
+}
+
+#[test]
+fn a_starting_warp_counts_as_down() {
+    let mut w = warp();
+    w.health = Health::Starting;
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert!(matches!(
+        t.state,
+        TargetState::Blocked(BlockReason::WarpStarting { .. })
+    ));
+    assert!(t.entries.iter().all(|e| e.action == Action::Block));
+    assert_eq!(
+        TargetState::Blocked(BlockReason::WarpStarting {
+            warp: "warp-vpn".into()
+        }),
+        t.state,
+    );
+}
+
+#[test]
+fn bypass_leaves_traffic_alone_while_the_warp_is_down() {
+    let mut s = settings("203.0.113.0/24");
+    s.on_warp_down = OnWarpDown::Bypass;
+    let world = World {
+        containers: vec![target(&[])],
+    };
+    let t = only_target(&world, &s);
+    assert!(matches!(
+        t.state,
+        TargetState::Bypassed(BlockReason::WarpMissing { .. })
+    ));
+    assert!(t.entries.is_empty());
+}
+
+#[test]
+fn ambiguous_networks_block_and_name_every_network() {
+    let w = container(
+        "warp-vpn",
+        &[],
+        &[
+            ("front", endpoint("172.21.0.2", None)),
+            ("net", endpoint("172.20.0.2", None)),
+        ],
+    );
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    let TargetState::Blocked(reason) = &t.state else {
+        panic!("{t:?}")
+    };
+    assert_eq!(
+        reason.to_string(),
+        "warp container warp-vpn is on several networks (front, net); set the label \
+         netwarp.network on it to choose one"
+    );
+}
+
+#[test]
+fn the_network_label_resolves_the_ambiguity() {
+    let w = container(
+        "warp-vpn",
+        &[("netwarp.network", "net")],
+        &[
+            ("front", endpoint("172.21.0.2", None)),
+            ("net", endpoint("172.20.0.2", None)),
+        ],
+    );
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert_eq!(t.entries[0].action, via("172.20.0.2"));
+}
+
+#[test]
+fn a_network_label_naming_a_foreign_network_blocks() {
+    let w = container(
+        "warp-vpn",
+        &[("netwarp.network", "elsewhere")],
+        &[("net", endpoint("172.20.0.2", None))],
+    );
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert!(matches!(
+        t.state,
+        TargetState::Blocked(BlockReason::UnknownNetwork { .. })
+    ));
+}
+
+#[test]
+fn a_target_off_the_warps_network_blocks() {
+    let app = container(
+        "app",
+        &[("netwarp.target", "warp-vpn")],
+        &[("other", endpoint("172.30.0.3", None))],
+    );
+    let world = World {
+        containers: vec![warp(), app],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert!(matches!(
+        t.state,
+        TargetState::Blocked(BlockReason::NotOnNetwork { .. })
+    ));
+}
+
+#[test]
+fn ipv6_rules_block_when_the_warp_has_no_ipv6_address() {
+    let world = World {
+        containers: vec![warp(), target(&[])],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24,2001:db8::/32"));
+    let actions: Vec<(String, Action)> = t
+        .entries
+        .iter()
+        .map(|e| (e.rule.destination.to_string(), e.action))
+        .collect();
+    assert!(actions.contains(&("203.0.113.0/24".into(), via("172.20.0.2"))));
+    assert!(actions.contains(&("2001:db8::/32".into(), Action::Block)));
+}
+
+#[test]
+fn ipv6_rules_steer_when_the_warp_has_ipv6() {
+    let w = container(
+        "warp-vpn",
+        &[],
+        &[("net", endpoint("172.20.0.2", Some("fd00:20::2")))],
+    );
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let t = only_target(&world, &settings("2001:db8::/32"));
+    assert_eq!(t.entries[0].action, via("fd00:20::2"));
+}
+
+#[test]
+fn a_warp_outside_the_name_pattern_is_refused() {
+    let w = container("vpn", &[], &[("net", endpoint("172.20.0.2", None))]);
+    let app = container(
+        "app",
+        &[("netwarp.target", "vpn")],
+        &[("net", endpoint("172.20.0.3", None))],
+    );
+    let world = World {
+        containers: vec![w, app],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert!(matches!(
+        t.state,
+        TargetState::Blocked(BlockReason::WarpNameMismatch { .. })
+    ));
+}
+
+#[test]
+fn malformed_labels_block_on_the_global_rules_and_name_the_label() {
+    let cases = [
+        (
+            "netwarp.rules",
+            "203.0.113.0/33",
+            "label netwarp.rules=`203.0.113.0/33` is invalid: `203.0.113.0/33`: prefix length 33 is longer than 32",
+        ),
+        (
+            "netwarp.rules",
+            "203.0.113.0/24,tcp:9000-80",
+            "label netwarp.rules=`203.0.113.0/24,tcp:9000-80` is invalid: port range `9000-80` is empty: its start is above its end",
+        ),
+        (
+            "netwarp.rules",
+            "203.0.113.0/24,gre",
+            "label netwarp.rules=`203.0.113.0/24,gre` is invalid: unknown protocol `gre` (expected tcp, udp or icmp)",
+        ),
+        (
+            "netwarp.target",
+            " ",
+            "label netwarp.target is empty; set it to the warp container's name",
+        ),
+    ];
+    for (label, value, message) in cases {
+        let app = container(
+            "app",
+            &[("netwarp.target", "warp-vpn"), (label, value)],
+            &[("net", endpoint("172.20.0.3", None))],
+        );
+        let world = World {
+            containers: vec![warp(), app],
+        };
+        let t = only_target(&world, &settings("192.0.2.0/24"));
+        let TargetState::Blocked(reason) = &t.state else {
+            panic!("{label}={value}: {t:?}")
+        };
+        assert_eq!(reason.to_string(), message);
+        assert_eq!(t.entries.len(), 1, "{label}={value}");
+        assert_eq!(t.entries[0].action, Action::Block);
+    }
+}
+
+#[test]
+fn one_bad_target_does_not_affect_another() {
+    let bad = container(
+        "bad",
+        &[
+            ("netwarp.target", "warp-vpn"),
+            ("netwarp.rules", "nonsense"),
+        ],
+        &[("net", endpoint("172.20.0.4", None))],
+    );
+    let world = World {
+        containers: vec![warp(), bad, target(&[])],
+    };
+    let plan = plan(&world, &settings("203.0.113.0/24"));
+    assert_eq!(plan.targets.len(), 2);
+    let good = plan.targets.iter().find(|t| t.name == "app").unwrap();
+    assert!(matches!(good.state, TargetState::Steered { .. }));
+}
+
+#[test]
+fn a_recreated_warp_with_a_new_ip_is_followed() {
+    let mut w = warp();
+    let world = World {
+        containers: vec![w.clone(), target(&[])],
+    };
+    let before = only_target(&world, &settings("203.0.113.0/24"));
+    w.networks
+        .insert("net".into(), endpoint("172.20.0.7", None));
+    let world = World {
+        containers: vec![w, target(&[])],
+    };
+    let after = only_target(&world, &settings("203.0.113.0/24"));
+    assert_eq!(before.entries[0].action, via("172.20.0.2"));
+    assert_eq!(after.entries[0].action, via("172.20.0.7"));
+}
+
+#[test]
+fn planning_is_deterministic_whatever_the_listing_order() {
+    let a = World {
+        containers: vec![warp(), target(&[]), {
+            let mut c = target(&[]);
+            c.id = "id-b".into();
+            c.name = "b".into();
+            c
+        }],
+    };
+    let mut b = a.clone();
+    b.containers.reverse();
+    assert_eq!(
+        plan(&a, &settings("203.0.113.0/24")),
+        plan(&b, &settings("203.0.113.0/24"))
+    );
+}
+
+fn with_mode(mut c: Container, mode: NetworkMode) -> Container {
+    // Docker lists no endpoints for a container in another's namespace.
+    if matches!(mode, NetworkMode::Container(_)) {
+        c.networks.clear();
+    }
+    c.network_mode = mode;
+    c
+}
+
+fn refusal(t: &TargetPlan) -> String {
+    let TargetState::Refused(reason) = &t.state else {
+        panic!("not refused: {t:?}")
+    };
+    reason.to_string()
+}
+
+/// Nothing of a refused target reaches a dataplane.
+fn assert_untouched(t: &TargetPlan) {
+    assert_eq!(t.pid, None, "{t:?}");
+    assert!(t.entries.is_empty(), "{t:?}");
+    assert_eq!(t.mac_on_network, None);
+    assert_eq!(t.warp_pid, None);
+}
+
+#[test]
+fn a_host_network_target_is_refused_and_gets_no_pid() {
+    let app = with_mode(target(&[("netwarp.rules", "0.0.0.0/0")]), NetworkMode::Host);
+    let world = World {
+        containers: vec![warp(), app],
+    };
+    for on_warp_down in [OnWarpDown::Block, OnWarpDown::Bypass] {
+        let mut s = settings("203.0.113.0/24");
+        s.on_warp_down = on_warp_down;
+        let t = only_target(&world, &s);
+        assert_untouched(&t);
+        assert_eq!(t.state.name(), "refused");
+        let reason = refusal(&t);
+        assert!(
+            reason.starts_with("app runs with --network host"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("run it on the warp's Docker network"),
+            "{reason}"
+        );
+        assert!(plan(&world, &s).guards.is_empty(), "no guard for it");
+    }
+}
+
+#[test]
+fn a_target_without_network_has_nothing_to_steer() {
+    let app = with_mode(target(&[]), NetworkMode::NoNetwork);
+    let world = World {
+        containers: vec![warp(), app],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert_untouched(&t);
+    assert_eq!(
+        refusal(&t),
+        "app runs with --network none: it has no network, so there is nothing to steer"
+    );
+}
+
+fn sharing(other: &str, labels: &[(&str, &str)]) -> Container {
+    let mut all = vec![("netwarp.target", "warp-vpn")];
+    all.extend_from_slice(labels);
+    let mut c = container("side", &all, &[]);
+    c.network_mode = NetworkMode::Container(other.into());
+    c
+}
+
+fn find<'a>(plan: &'a Plan, name: &str) -> &'a TargetPlan {
+    plan.targets.iter().find(|t| t.name == name).unwrap()
+}
+
+#[test]
+fn a_target_in_a_steered_targets_namespace_is_served_by_it_once() {
+    // Docker records the owner's full id; a name or prefix works too.
+    for reference in ["id-app", "app", "id-a"] {
+        let world = World {
+            containers: vec![warp(), target(&[]), sharing(reference, &[])],
+        };
+        let p = plan(&world, &settings("203.0.113.0/24"));
+        let owner = find(&p, "app");
+        let side = find(&p, "side");
+        assert!(matches!(owner.state, TargetState::Steered { .. }));
+        assert_eq!(owner.pid, Some(100), "the owner programs the namespace");
+        assert_eq!(side.state, owner.state, "{reference}");
+        assert_eq!(side.entries, owner.entries);
+        assert_eq!(side.pid, None, "never programmed twice");
+        assert_eq!(side.mac_on_network, None);
+        assert_eq!(side.warp_pid, None);
+        assert_eq!(side.shares_namespace_of.as_deref(), Some("app"));
+        assert_eq!(
+            side.sharing_note().as_deref(),
+            Some("shares the namespace of app, which netwarp steers")
+        );
+    }
+    // The same rules given explicitly (in another order) are the same.
+    let world = World {
+        containers: vec![
+            warp(),
+            target(&[("netwarp.rules", "198.51.100.0/24,203.0.113.0/24")]),
+            sharing(
+                "app",
+                &[("netwarp.rules", "203.0.113.0/24, 198.51.100.0/24")],
+            ),
+        ],
+    };
+    let p = plan(&world, &settings("192.0.2.0/24"));
+    assert_eq!(find(&p, "side").shares_namespace_of.as_deref(), Some("app"));
+    // While the warp is down the owner's block serves both.
+    let world = World {
+        containers: vec![target(&[]), sharing("id-app", &[])],
+    };
+    let p = plan(&world, &settings("203.0.113.0/24"));
+    let side = find(&p, "side");
+    assert!(matches!(side.state, TargetState::Blocked(_)));
+    assert_eq!(side.pid, None);
+    assert_eq!(
+        side.sharing_note().as_deref(),
+        Some("shares the namespace of app, which netwarp blocks")
+    );
+}
+
+#[test]
+fn every_other_shared_namespace_is_refused() {
+    let plain = container("plain", &[], &[("net", endpoint("172.20.0.9", None))]);
+    let other_warp = container("warp-b", &[], &[("net", endpoint("172.20.0.8", None))]);
+    let elsewhere = container(
+        "elsewhere",
+        &[("netwarp.target", "warp-b")],
+        &[("net", endpoint("172.20.0.7", None))],
+    );
+    let mut host = target(&[]);
+    host.name = "hosted".into();
+    host.id = "id-hosted".into();
+    host.network_mode = NetworkMode::Host;
+    type Case<'a> = (Container, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (plain.clone(), vec![], "which is not a netwarp target"),
+        (
+            warp(),
+            vec![],
+            "shares the namespace of warp container warp-vpn",
+        ),
+        (
+            elsewhere.clone(),
+            vec![],
+            "which has another warp or other rules",
+        ),
+        (
+            target(&[]),
+            vec![("netwarp.rules", "198.51.100.0/24")],
+            "which has another warp or other rules",
+        ),
+        (
+            target(&[]),
+            vec![("netwarp.rules", "nonsense")],
+            "which has another warp or other rules",
+        ),
+        (host, vec![], "which itself runs with --network host"),
+    ];
+    for (owner, labels, expected) in cases {
+        let reference = owner.id.clone();
+        let world = World {
+            containers: vec![
+                warp(),
+                other_warp.clone(),
+                owner,
+                sharing(&reference, &labels),
+            ],
+        };
+        let p = plan(&world, &settings("203.0.113.0/24"));
+        let side = find(&p, "side");
+        assert_untouched(side);
+        let reason = refusal(side);
+        assert!(reason.contains(expected), "{reason} (want {expected})");
+        assert!(reason.starts_with("side "), "names the container: {reason}");
+    }
+    // A missing or stopped owner.
+    let mut stopped = plain;
+    stopped.running = false;
+    for containers in [vec![warp()], vec![warp(), stopped]] {
+        let mut containers = containers;
+        containers.push(sharing("id-plain", &[]));
+        let p = plan(&World { containers }, &settings("203.0.113.0/24"));
+        let side = find(&p, "side");
+        assert_untouched(side);
+        assert!(
+            refusal(side).contains("id-plain is not running"),
+            "{}",
+            refusal(side)
+        );
+    }
+}
+
+#[test]
+fn a_host_network_warp_is_refused_and_its_targets_block() {
+    for mode in [
+        NetworkMode::Host,
+        NetworkMode::NoNetwork,
+        NetworkMode::Container("x".into()),
+    ] {
+        let w = with_mode(warp(), mode.clone());
+        let world = World {
+            containers: vec![w, target(&[])],
+        };
+        let t = only_target(&world, &settings("203.0.113.0/24"));
+        let TargetState::Blocked(reason) = &t.state else {
+            panic!("{mode:?}: {t:?}")
+        };
+        assert_eq!(
+            *reason,
+            BlockReason::WarpNetworkMode {
+                warp: "warp-vpn".into(),
+                mode: mode.clone()
+            }
+        );
+        assert!(
+            reason
+                .to_string()
+                .starts_with(&format!("warp container warp-vpn runs with --network {mode}, so netwarp refuses it as a warp")),
+            "{reason}"
+        );
+        assert_eq!(t.warp_pid, None, "the warp's namespace is never entered");
+        assert!(t.entries.iter().all(|e| e.action == Action::Block));
+        assert_eq!(
+            t.pid,
+            Some(100),
+            "the target's own namespace gets the block"
+        );
+    }
+}
