@@ -23,6 +23,7 @@ use netwarp_tests::{
         unique_guard_priority,
     },
     docker::{Container, TEST_IMAGE},
+    observe::status_target,
     skip_if,
     steering::{GLOBAL_RULES, REMOTE, owned_state, reaches, warp_script},
     swarm::{Stack, Swarm},
@@ -116,9 +117,7 @@ fn swarm_tasks_are_steered_also_by_netwarp_as_a_global_service() {
         )
         .expect("netwarp status");
         let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-        let entry = status["targets"]
-            .as_array()
-            .and_then(|targets| targets.iter().find(|t| t["name"] == target.name()))
+        let entry = status_target(&status, target.name())
             .unwrap_or_else(|| panic!("{} is not in the status: {status:#}", target.name()));
         assert_eq!(entry["state"], "steered", "{mode}: {entry:#}");
         assert_eq!(entry["warp"], format!("{stack_name}_gw"), "{entry:#}");
@@ -162,9 +161,7 @@ fn swarm_tasks_are_steered_also_by_netwarp_as_a_global_service() {
     )
     .expect("netwarp status in the service's task");
     let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-    let entry = status["targets"]
-        .as_array()
-        .and_then(|targets| targets.iter().find(|t| t["name"] == target.name()))
+    let entry = status_target(&status, target.name())
         .unwrap_or_else(|| panic!("{} is not in the status: {status:#}", target.name()));
     assert_eq!(entry["state"], "steered", "{entry:#}");
     let logs = combined_output("docker", &["logs", &task]);
