@@ -23,8 +23,8 @@ pub struct Args {
     /// Skip `cargo xtask setup`.
     #[arg(long)]
     no_setup: bool,
-    /// Only these sections (comma-separated): paths, convergence, caps, scale,
-    /// wireguard.
+    /// Only these sections (comma-separated): paths, convergence, load, caps,
+    /// scale, wireguard.
     #[arg(long)]
     sections: Option<String>,
 }
