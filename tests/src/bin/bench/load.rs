@@ -253,7 +253,7 @@ fn heavy_labels(params: &Params, mode: &'static str) -> anyhow::Result<HeavyRun>
         heavy.push(target);
         outcomes.push(outcome);
     }
-    let host_rules_running = daemon.host_guard_rule_counts()?;
+    let host_rules_running = settled_host_rules(&daemon)?;
     let states_running = states(&daemon, &heavy);
 
     eprintln!(
@@ -288,7 +288,7 @@ fn heavy_labels(params: &Params, mode: &'static str) -> anyhow::Result<HeavyRun>
     drop(daemon);
     let mut daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, DAEMON_ENV)?;
     let first_pass_ms = first_pass_ms(&daemon, FIRST_PASS_WAIT)?;
-    let host_rules_after_restart = daemon.host_guard_rule_counts()?;
+    let host_rules_after_restart = settled_host_rules(&daemon)?;
     let states_after_restart = states(&daemon, &heavy);
     daemon.stop_and_clean_up()?;
     let left = daemon.host_guard_rule_counts()?;
@@ -377,6 +377,22 @@ fn first_pass_ms(daemon: &Daemon, timeout: Duration) -> anyhow::Result<f64> {
         .find(|l| l.contains("initial reconcile complete"))
         .and_then(|l| log_field(l, "duration_ms")?.parse().ok())
         .context("no duration_ms in `initial reconcile complete`")
+}
+
+/// netwarp's host rules once the count holds still for two seconds (the
+/// routes guard is written after the targets of a pass), for at most
+/// [`HEAVY_WAIT`].
+fn settled_host_rules(daemon: &Daemon) -> anyhow::Result<(usize, usize)> {
+    let deadline = Instant::now() + HEAVY_WAIT;
+    let mut last = daemon.host_guard_rule_counts()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = daemon.host_guard_rule_counts()?;
+        if now == last || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 /// Targets `netwarp status` shows as steered.
