@@ -73,26 +73,46 @@ pub fn unique_guard_priority() -> u32 {
     6_000 + 3 * ((std::process::id().wrapping_mul(37) + n) % 8_000)
 }
 
+/// The priority of each of netwarp's rules (`proto 87`) in the host's
+/// `ip FAMILY rule` listing at the three guard priorities from `first`.
+fn host_guard_rules(family: &str, first: u32) -> anyhow::Result<Vec<u32>> {
+    let rules = crate::command::run("ip", &[family, "rule", "show"])?;
+    Ok(rules
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let priority: u32 = words.next()?.strip_suffix(':')?.parse().ok()?;
+            let tagged = words
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["proto", "87"]);
+            ((first..first + 3).contains(&priority) && tagged).then_some(priority)
+        })
+        .collect())
+}
+
 /// Deletes the host guard rules at a daemon's three priorities and the
 /// routes of its guard tables (which a stopped daemon keeps, to fail
-/// closed); bounded in count.
+/// closed): as many rule deletions as there are rules, in one `ip -batch`
+/// per family, then one flush per table.
 pub fn remove_host_guard_rules(first: u32) {
     for family in ["-4", "-6"] {
-        for priority in first..first + 3 {
-            let priority = priority.to_string();
-            for _ in 0..1_000 {
-                let deleted = crate::command::output(
-                    "ip",
-                    &[
-                        family, "rule", "del", "priority", &priority, "protocol", "87",
-                    ],
-                )
-                .is_ok_and(|out| out.status.success());
-                if !deleted {
-                    break;
-                }
-            }
+        let Ok(priorities) = host_guard_rules(family, first) else {
+            continue;
+        };
+        if priorities.is_empty() {
+            continue;
         }
+        let batch: String = priorities
+            .iter()
+            .map(|p| format!("rule del priority {p} protocol 87\n"))
+            .collect();
+        let file = std::env::temp_dir().join(crate::unique_name("nwr"));
+        if std::fs::write(&file, batch).is_ok() {
+            let path = file.to_string_lossy();
+            crate::command::run_quietly("ip", &[family, "-force", "-batch", &path]);
+        }
+        let _ = std::fs::remove_file(&file);
     }
     // Then the tables those rules looked up.
     let mut tables: Vec<(&str, u32)> = guard_table_routes(first)
@@ -336,6 +356,16 @@ impl Daemon {
     /// The running daemon's pid, if it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// How many rules netwarp holds in the host's namespace at this
+    /// daemon's guard priorities (`proto 87`, routes mode), per family:
+    /// `(IPv4, IPv6)`.
+    pub fn host_guard_rule_counts(&self) -> anyhow::Result<(usize, usize)> {
+        Ok((
+            host_guard_rules("-4", self.guard_priority)?.len(),
+            host_guard_rules("-6", self.guard_priority)?.len(),
+        ))
     }
 
     /// The daemon's private eBPF pin directory.

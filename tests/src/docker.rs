@@ -1,6 +1,8 @@
 //! Docker fixtures: internal networks and containers from the local test
 //! image, each removed on drop.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use anyhow::{Context as _, bail};
 
 use crate::command::{output, run, run_quietly};
@@ -83,7 +85,21 @@ impl DockerNetwork {
     /// traffic that stays on this bridge lets it through; anything leaving
     /// the bridge is still dropped.
     pub fn create_internal_steerable(prefix: &str) -> anyhow::Result<Self> {
-        let mut network = Self::create_internal(prefix)?;
+        Self::create_steerable(prefix, &[])
+    }
+
+    /// [`Self::create_internal_steerable`] with more `docker network
+    /// create` arguments.
+    fn create_steerable(prefix: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let name = crate::unique_name(prefix);
+        let mut args = vec!["network", "create", "--internal"];
+        args.extend_from_slice(extra);
+        args.push(&name);
+        run("docker", &args)?;
+        let mut network = Self {
+            name,
+            forward_rule: None,
+        };
         let bridge = network.bridge()?;
         let rule: Vec<String> = ["DOCKER-USER", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]
             .map(str::to_owned)
@@ -94,6 +110,27 @@ impl DockerNetwork {
         run("iptables", &args)?;
         network.forward_rule = Some(rule);
         Ok(network)
+    }
+
+    /// [`Self::create_internal_steerable`] on a /22 of its own in
+    /// 10.200.0.0/16, a range no host and no other fixture uses: room for
+    /// a thousand containers without taking one of Docker's default pools.
+    /// Docker refuses a subnet that overlaps another network's, so a taken
+    /// /22 (another test's) moves on to the next; bounded.
+    pub fn create_internal_steerable_in_test_range(prefix: &str) -> anyhow::Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let first = std::process::id().wrapping_mul(7) + NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut last_error = None;
+        for attempt in 0..16 {
+            let block = (first + attempt) % 64;
+            let subnet = format!("10.200.{}.0/22", block * 4);
+            match Self::create_steerable(prefix, &["--subnet", &subnet]) {
+                Ok(network) => return Ok(network),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("tried at least once"))
+            .context("no free /22 in 10.200.0.0/16 after 16 tries")
     }
 
     pub fn name(&self) -> &str {

@@ -165,3 +165,50 @@ pub fn try_full_routing(container: &Container) -> anyhow::Result<String> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(views.join("\n"))
 }
+
+/// The test-only range heavy rules labels are drawn from: no host, no
+/// Docker network and no other fixture uses 10.202.0.0/15.
+pub const HEAVY_RANGE: &str = "10.202.0.0/15";
+
+/// A rules label value of `count` distinct /32s for heavy target `index`:
+/// the `count` addresses of [`HEAVY_RANGE`] from `10.202.0.0 + index *
+/// count`, so that no two heavy targets share a prefix (the worst case
+/// for the guard, which merges shared prefixes).
+pub fn heavy_rules(index: u32, count: u32) -> String {
+    const FIRST: u32 = u32::from_be_bytes([10, 202, 0, 0]);
+    assert!(
+        (index + 1) * count <= 1 << 17,
+        "heavy rules beyond {HEAVY_RANGE}: target {index} with {count} prefixes"
+    );
+    (0..count)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(FIRST + index * count + i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts an idle target of `target_label` whose rules label holds
+/// [`heavy_rules`]`(index, count)`. The label is one `docker run`
+/// argument, which Linux caps at 128 KiB (`--label-file` lines are capped
+/// at 64 KiB by the CLI), so about 7,500 /32s at most.
+pub fn start_heavy_target(
+    prefix: &str,
+    network: &DockerNetwork,
+    labels: &crate::daemon::TestLabels,
+    target_label: &str,
+    index: u32,
+    count: u32,
+) -> anyhow::Result<Container> {
+    let rules = labels.rules_label(&heavy_rules(index, count));
+    if rules.len() >= 128 * 1024 {
+        anyhow::bail!(
+            "a rules label of {count} prefixes is {} bytes, over the 128 KiB one argument may hold",
+            rules.len()
+        );
+    }
+    Container::run(
+        prefix,
+        network,
+        &["--label", target_label, "--label", &rules],
+        &["sleep", "3600"],
+    )
+}

@@ -11,7 +11,7 @@ use crate::command::{cargo, run_inherit, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Fewer iterations and shorter runs (under 3 minutes on a set-up machine).
+    /// Fewer iterations and shorter runs (about 4 minutes on a set-up machine).
     #[arg(long)]
     quick: bool,
     /// Write BENCHMARKS.md even for a quick run (full runs always write it).
@@ -23,8 +23,8 @@ pub struct Args {
     /// Skip `cargo xtask setup`.
     #[arg(long)]
     no_setup: bool,
-    /// Only these sections (comma-separated): paths, convergence, caps, scale,
-    /// wireguard.
+    /// Only these sections (comma-separated): paths, convergence, load, caps,
+    /// scale, wireguard.
     #[arg(long)]
     sections: Option<String>,
 }

@@ -87,10 +87,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     cmd.arg("--").args(&args.filters);
     all_succeeded &= run_tests(cmd, &root, &skip_log, &mut totals)?;
 
-    // The steering suite again, against the eBPF dataplane. (The guard
-    // and VPN suites, guard_e2e and vpn_e2e, run each dataplane themselves.)
+    // The steering and heavy-labels suites again, against the eBPF
+    // dataplane. (The guard and VPN suites, guard_e2e and vpn_e2e, run
+    // each dataplane themselves.)
     if runs_docker_suites {
-        println!("\n=== steering end-to-end suite, eBPF dataplane ===");
+        println!("\n=== steering and heavy-labels end-to-end suites, eBPF dataplane ===");
         let mut cmd = cargo();
         cmd.current_dir(&root)
             .args([
@@ -99,6 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "netwarp-tests",
                 "--test",
                 "steering_e2e",
+                "--test",
+                "heavy_labels_e2e",
                 "--",
             ])
             .args(&args.filters)

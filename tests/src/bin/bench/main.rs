@@ -1,7 +1,7 @@
 //! netwarp's benchmarks on real containers, run by `cargo xtask bench`.
 //!
 //! ```text
-//! bench [--quick] [--json PATH] [--markdown PATH] [--sections paths,convergence,caps,scale,wireguard]
+//! bench [--quick] [--json PATH] [--markdown PATH] [--sections paths,convergence,load,caps,scale,wireguard]
 //! bench pingpong-server --port P --size B --seconds S     (inside a container)
 //! bench pingpong-client --addr A:P --size B --warmup W --count N
 //! ```
@@ -13,6 +13,7 @@
 
 mod caps;
 mod convergence;
+mod load;
 mod paths;
 mod report;
 mod wireguard;
@@ -40,7 +41,7 @@ pub struct Section {
     pub goals: Vec<Goal>,
 }
 
-const SECTIONS: [&str; 5] = ["paths", "convergence", "caps", "scale", "wireguard"];
+const SECTIONS: [&str; 6] = ["paths", "convergence", "load", "caps", "scale", "wireguard"];
 
 struct Args {
     quick: bool,
@@ -50,7 +51,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--json PATH] [--markdown PATH] \
-[--sections paths,convergence,caps,scale,wireguard]\n       \
+[--sections paths,convergence,load,caps,scale,wireguard]\n       \
 bench pingpong-server --port P --size B --seconds S\n       \
 bench pingpong-client --addr HOST:PORT --size B --warmup W --count N";
 
@@ -219,6 +220,16 @@ fn bench(args: Args) -> anyhow::Result<bool> {
                     convergence::run_section(50, &["ebpf", "routes"])
                 }
             }
+            "load" => load::run_section(
+                &load::Params {
+                    sizes: if quick { vec![1, 20] } else { vec![1, 50, 200] },
+                    starts: if quick { 10 } else { 30 },
+                    heavy_targets: if quick { 3 } else { 10 },
+                    heavy_prefixes: if quick { 2000 } else { 7000 },
+                    ordinary_starts: if quick { 3 } else { 10 },
+                },
+                &["ebpf", "routes"],
+            ),
             "caps" => caps::run_section(&caps::Params {
                 rates: if quick {
                     vec!["100mbit"]
