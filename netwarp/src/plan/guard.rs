@@ -104,6 +104,12 @@ pub(super) fn plan_guards_except(
         }
         forwarded.push(target);
     }
+    // What each network's guard blocks already, as a set: a warp's
+    // forwards skip those, and a label of thousands of prefixes must not
+    // cost a scan of the guard per prefix.
+    let blocked_by: BTreeMap<String, BTreeSet<Entry>> = (guards.iter())
+        .map(|(network, guard)| (network.clone(), guard.entries.iter().copied().collect()))
+        .collect();
     for target in &forwarded {
         // A warp without a namespace of its own is refused: its targets
         // never reach it, and its "networks" have no bridge to guard.
@@ -113,13 +119,14 @@ pub(super) fn plan_guards_except(
             continue;
         };
         for (network, endpoint) in &warp.networks {
+            let already = blocked_by.get(network);
             let guard = guard_of(&mut guards, network, endpoint);
             for entry in &target.entries {
                 let blocked = Entry {
                     rule: entry.rule,
                     action: Action::Block,
                 };
-                if guard.entries.contains(&blocked) {
+                if already.is_some_and(|set| set.contains(&blocked)) {
                     continue;
                 }
                 let family = entry.rule.destination.is_ipv6();
