@@ -325,6 +325,15 @@ impl EbpfDataplane {
         let diff = self
             .guard_allow
             .diff(|k| k.bridge_ifindex == bridge_ifindex, allowed);
+        if let Some(live) = old {
+            // A guard only blocks, so it changes in place (see
+            // `update_in_place`); new allowed sources go in first, gone
+            // ones out last, as with a switch.
+            self.guard_allow.put(&mut self.ebpf, diff.put)?;
+            (self.rule_sets).update_in_place(&mut self.ebpf, live, rows)?;
+            self.guard_allow.delete(&mut self.ebpf, diff.delete)?;
+            return Ok(());
+        }
         let guard_allow = &mut self.guard_allow;
         self.rule_sets.switch(
             &mut self.ebpf,

@@ -107,6 +107,32 @@ impl RuleSets {
         Ok(rule_set)
     }
 
+    /// Brings the live set `rule_set` to `rows` in place: changed and new
+    /// rows are written first, then the rows no longer wanted removed.
+    /// For a bridge guard, whose rows only ever block: each row changes
+    /// atomically, a row added early only blocks sooner, and its cost is
+    /// the change, not the whole set written twice as a switch would.
+    pub(super) fn update_in_place(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rule_set: u32,
+        rows: &[CompiledPrefix],
+    ) -> Result<(), EbpfError> {
+        let wanted: BTreeMap<Cidr, RuleValue> =
+            rows.iter().map(|r| (r.destination, r.value)).collect();
+        let held = self.written.get(&rule_set);
+        let changed: Vec<CompiledPrefix> = (rows.iter())
+            .filter(|r| held.and_then(|h| h.get(&r.destination)) != Some(&r.value))
+            .cloned()
+            .collect();
+        self.write(ebpf, rule_set, &changed)?;
+        let unwanted: Vec<Cidr> = (self.written.get(&rule_set).into_iter().flatten())
+            .filter(|(destination, _)| !wanted.contains_key(destination))
+            .map(|(destination, _)| *destination)
+            .collect();
+        self.remove_rows(ebpf, rule_set, unwanted)
+    }
+
     fn write(
         &mut self,
         ebpf: &mut Ebpf,
