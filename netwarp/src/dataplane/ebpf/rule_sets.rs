@@ -1,7 +1,9 @@
 //! Rule sets in the LPM tries, switched as a double buffer: a new set goes
 //! in under the owner's other id, one map write makes it live, then the
-//! old set is removed. Policies (owner: a target's veth) and bridge guards
-//! (owner: the bridge) share this switch.
+//! old set is removed. Policies (owner: a target's veth) change this way.
+//! Bridge guards (owner: the bridge) are switched in when first written,
+//! then change in place ([`RuleSets::update_in_place`]): their rows only
+//! block, so no mixture of old and new rows lets anything out.
 
 use std::{
     collections::{BTreeMap, HashMap},
