@@ -73,8 +73,9 @@ pub struct EbpfPlane {
     unreleased: HashSet<u32>,
     /// A target was written this pass: stale warp rows may be left.
     wrote: bool,
-    /// Targets steered by routes in their namespace instead, with why.
-    routed: HashMap<String, String>,
+    /// Targets steered by routes in their namespace instead (see
+    /// [`ROUTED_REASON`]).
+    routed: HashSet<String>,
 }
 
 /// Why a target in eBPF mode is steered by routes, for status.
@@ -95,7 +96,7 @@ impl EbpfPlane {
             departed_caps: Vec::new(),
             unreleased: HashSet::new(),
             wrote: false,
-            routed: HashMap::new(),
+            routed: HashSet::new(),
         }
     }
 
@@ -116,15 +117,15 @@ impl EbpfPlane {
 
     /// The interfaces each programmed target uses, for status and metrics.
     pub fn interfaces(&self) -> HashMap<String, TargetInterfaces> {
-        let routed = (self.routed.iter()).map(|(id, reason)| {
+        let routed = self.routed.iter().map(|id| {
             let interfaces = TargetInterfaces {
-                routed: Some(reason.clone()),
+                routed: Some(ROUTED_REASON.to_owned()),
                 ..TargetInterfaces::default()
             };
             (id.clone(), interfaces)
         });
         (self.targets.iter())
-            .filter(|(id, _)| !self.routed.contains_key(*id))
+            .filter(|(id, _)| !self.routed.contains(*id))
             .map(|(id, t)| {
                 let interfaces = TargetInterfaces {
                     host_ifindex: t.host_ifindex,
@@ -197,7 +198,7 @@ impl EbpfPlane {
         // host interface to carry the policy: routes in the target's own
         // namespace steer it instead, as in the routes dataplane.
         let routed = ends.is_some_and(|(inner, outer)| !is_host_peer_of(outer, inner));
-        if routed != self.routed.contains_key(&target.id) {
+        if routed != self.routed.contains(&target.id) {
             info!(
                 routed,
                 "the target's veth peer is {}in the host namespace",
@@ -205,8 +206,7 @@ impl EbpfPlane {
             );
         }
         if routed {
-            self.routed
-                .insert(target.id.clone(), ROUTED_REASON.to_owned());
+            self.routed.insert(target.id.clone());
         } else {
             self.routed.remove(&target.id);
         }
@@ -409,7 +409,7 @@ impl EbpfPlane {
             .collect();
         departed.append(&mut self.departed_caps);
         departed.extend(self.unreleased.drain());
-        self.routed.retain(|id, _| seen.contains(id));
+        self.routed.retain(|id| seen.contains(id));
         // A target whose veth vanished (deleted, or the container is
         // between namespaces) holds nothing live: its policy and pins go.
         let settled = &mut self.settled;
