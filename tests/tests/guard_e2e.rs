@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    chaos::{LeakSink, guard_drops, guard_installed, start_warp_at, unique_prefix_octet},
+    chaos::{LeakSink, SteeredPrefix, guard_drops, guard_installed, start_warp_at},
     command::run,
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
@@ -42,14 +42,10 @@ fn guard_ready(mode: &str, daemon: &Daemon, bridge: &str) -> bool {
 
 fn guard_holds_the_window(mode: &str) {
     let labels = TestLabels::unique();
-    let octet = unique_prefix_octet();
-    let prefix = format!("198.18.{octet}.0/24");
-    let remote = format!("198.18.{octet}.1");
     let network = DockerNetwork::create_internal_steerable("nwg").expect("network");
     let bridge = network.bridge().expect("bridge");
-    let sink = LeakSink::install(&prefix, std::slice::from_ref(&bridge)).expect("leak sink");
-    sink.self_test(&format!("198.18.{octet}.9"))
-        .expect("sink counts");
+    let (sink, SteeredPrefix { prefix, remote }) =
+        LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
     let warp_name = labels.warp_name("gw");
     let _warp = start_warp_at(&warp_name, &network, &remote, &[]).expect("warp");
     let target_label = labels.target_label(&warp_name);

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    chaos::{LeakSink, start_warp_at, unique_prefix_octet},
+    chaos::{LeakSink, SteeredPrefix, start_warp_at},
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     observe::{status_json, status_target},
@@ -44,14 +44,10 @@ fn heavy_labels_leave_ordinary_targets_steered() {
     skip_if!(test, skip::missing_docker());
     let mode = mode();
     let labels = TestLabels::unique();
-    let octet = unique_prefix_octet();
-    let prefix = format!("198.18.{octet}.0/24");
-    let remote = format!("198.18.{octet}.1");
     let network = DockerNetwork::create_internal_steerable_in_test_range("nwhl").expect("network");
     let bridge = network.bridge().expect("bridge");
-    let sink = LeakSink::install(&prefix, std::slice::from_ref(&bridge)).expect("leak sink");
-    sink.self_test(&format!("198.18.{octet}.9"))
-        .expect("sink counts");
+    let (sink, SteeredPrefix { prefix, remote }) =
+        LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
     let warp_name = labels.warp_name("gw");
     let _warp = start_warp_at(&warp_name, &network, &remote, &[]).expect("warp");
     let target_label = labels.target_label(&warp_name);

@@ -36,7 +36,7 @@ pub use faults::{Counts, FaultWorld, run_all, run_fault};
 pub use pins::{guard_drops, guard_installed};
 pub use report::{FaultResult, ScenarioReport, save_report, save_text};
 pub use scenario::{Expect, Scenario, host_ifindex_by_mac, netwarp_entries, start_warp_at};
-pub use sink::LeakSink;
+pub use sink::{LeakSink, SteeredPrefix};
 
 /// How long a fault may take to converge.
 pub const CONVERGE: Duration = Duration::from_secs(30);

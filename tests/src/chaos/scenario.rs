@@ -12,12 +12,11 @@ use netwarp_common::{
 };
 
 use super::{
-    CONVERGE, LeakSink,
+    CONVERGE, LeakSink, SteeredPrefix,
     pins::{
         expect_one_netwarp_program, hash_rows, interface_ifindex, map_keys_u32, read_policies,
         read_rule_sets,
     },
-    unique_prefix_octet,
 };
 use crate::{
     command::{output, run},
@@ -71,12 +70,9 @@ pub enum Expect {
 impl Scenario {
     pub fn start(mode: &str, restart_policy: bool) -> anyhow::Result<Self> {
         let labels = TestLabels::unique();
-        let octet = unique_prefix_octet();
-        let prefix = format!("198.18.{octet}.0/24");
-        let remote = format!("198.18.{octet}.1");
         let network = DockerNetwork::create_internal_steerable("nwc")?;
-        let sink = LeakSink::install(&prefix, &[network.bridge()?])?;
-        sink.self_test(&format!("198.18.{octet}.9"))?;
+        let (sink, SteeredPrefix { prefix, remote }) =
+            LeakSink::for_unique_prefix(&network.bridge()?)?;
         let after_self_test = sink.baseline();
         let warp_name = labels.warp_name("gw");
         let policy: &[&str] = if restart_policy {

@@ -24,7 +24,28 @@ pub struct LeakSink {
     prefix: String,
 }
 
+/// A unique steered /24 in 198.18.0.0/15 and the warp's address in it.
+pub struct SteeredPrefix {
+    /// `198.18.N.0/24`.
+    pub prefix: String,
+    /// `198.18.N.1`: the warp's own address, the steered destination.
+    pub remote: String,
+}
+
 impl LeakSink {
+    /// A fresh steered prefix with its sink on `bridge`, self-tested, so a
+    /// count of 0 later means "nothing leaked", not "nothing counted".
+    pub fn for_unique_prefix(bridge: &str) -> anyhow::Result<(Self, SteeredPrefix)> {
+        let octet = super::unique_prefix_octet();
+        let steered = SteeredPrefix {
+            prefix: format!("198.18.{octet}.0/24"),
+            remote: format!("198.18.{octet}.1"),
+        };
+        let sink = Self::install(&steered.prefix, &[bridge.to_owned()])?;
+        sink.self_test(&format!("198.18.{octet}.9"))?;
+        Ok((sink, steered))
+    }
+
     /// Routes `prefix` (e.g. 198.18.7.0/24) into a new sink namespace and
     /// lets the bridges in `bridges` forward to it (Docker's isolation
     /// rules would otherwise drop a leak before anything could count it).
