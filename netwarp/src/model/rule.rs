@@ -73,6 +73,16 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         ip.is_ipv6() == self.addr.is_ipv6() && mask(ip, self.prefix_len) == self.addr
     }
+
+    /// The prefix of length `prefix_len` (at most this one's) that
+    /// contains this one.
+    pub fn truncated(&self, prefix_len: u8) -> Self {
+        let prefix_len = prefix_len.min(self.prefix_len);
+        Self {
+            addr: mask(self.addr, prefix_len),
+            prefix_len,
+        }
+    }
 }
 
 fn max_prefix(addr: IpAddr) -> u8 {

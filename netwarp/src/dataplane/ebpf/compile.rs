@@ -72,14 +72,29 @@ pub fn compile(entries: &[Entry], warp_usable: bool) -> Result<Vec<CompiledPrefi
             .and_modify(|a| *a = (*a).max(entry.action))
             .or_insert(entry.action);
     }
+    // Each destination's covering entries are found by looking up its
+    // ancestors at the prefix lengths in use, not by scanning every entry:
+    // a bridge guard holds the union of its network's targets, and a scan
+    // per row made its compile quadratic in that union.
+    let mut by_prefix: BTreeMap<Cidr, Vec<usize>> = BTreeMap::new();
+    let mut lengths: [BTreeSet<u8>; 2] = Default::default();
+    for (index, entry) in entries.iter().enumerate() {
+        let d = entry.rule.destination;
+        by_prefix.entry(d).or_default().push(index);
+        lengths[usize::from(d.is_ipv6())].insert(d.prefix_len());
+    }
     let mut rows = Vec::with_capacity(by_destination.len());
     for (destination, action) in by_destination {
-        let covering = entries.iter().filter(|e| {
-            let d = e.rule.destination;
-            d.is_ipv6() == destination.is_ipv6()
-                && d.prefix_len() <= destination.prefix_len()
-                && d.contains(destination.addr())
-        });
+        let mut covering: Vec<usize> = (lengths[usize::from(destination.is_ipv6())].iter())
+            .take_while(|&&len| len <= destination.prefix_len())
+            .filter_map(|&len| by_prefix.get(&destination.truncated(len)))
+            .flatten()
+            .copied()
+            .collect();
+        // In the entries' order, so a row's selectors do not depend on how
+        // they were found.
+        covering.sort_unstable();
+        let covering = covering.into_iter().map(|index| &entries[index]);
         let mut value = RuleValue {
             action: match action {
                 Action::Via(_) => ACTION_STEER,
@@ -259,5 +274,63 @@ mod tests {
                 count: 9
             }
         );
+    }
+
+    /// The ancestor lookup finds exactly what a scan of every entry finds,
+    /// across nested prefixes, both families and mixed selectors.
+    #[test]
+    fn covering_entries_are_those_a_full_scan_finds() {
+        let mut all = Vec::new();
+        for (i, rules) in [
+            "10.0.0.0/8,udp:53",
+            "10.1.0.0/16,tcp:22",
+            "10.1.2.0/24",
+            "10.1.2.128/25,tcp:443",
+            "10.1.2.129/32,udp:5000-5100",
+            "10.2.0.0/16,tcp:80",
+            "0.0.0.0/0,icmp",
+            "2001:db8::/32,tcp:443",
+            "2001:db8:1::/48",
+            "2001:db8:1:2::/64,udp:53",
+            "10.1.2.0/24,tcp:8080",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let action = if i % 3 == 0 { Action::Block } else { via() };
+            all.extend(entries(rules, action));
+        }
+        let rows = compile(&all, true).unwrap();
+        for row in &rows {
+            let d = row.destination;
+            let scanned: Vec<&Entry> = (all.iter())
+                .filter(|e| {
+                    let c = e.rule.destination;
+                    c.is_ipv6() == d.is_ipv6()
+                        && c.prefix_len() <= d.prefix_len()
+                        && c.contains(d.addr())
+                })
+                .collect();
+            let any = scanned.iter().any(|e| e.rule.protocol.is_none());
+            assert_eq!(row.value.any_protocol == 1, any, "{d}");
+            if !any {
+                let mut want: Vec<(u8, u16, u16)> = Vec::new();
+                for e in &scanned {
+                    let p = e.rule.protocol.unwrap();
+                    let (lo, hi) = e.rule.ports.map_or((0, 0), |r| (r.start, r.end));
+                    let s = (p.ip_proto(d.is_ipv6()), lo, hi);
+                    if !want.contains(&s) {
+                        want.push(s);
+                    }
+                }
+                let got: Vec<(u8, u16, u16)> = row.value.selectors
+                    [..usize::from(row.value.selector_count)]
+                    .iter()
+                    .map(|s| (s.ip_proto, s.port_lo, s.port_hi))
+                    .collect();
+                assert_eq!(got, want, "{d}");
+            }
+        }
+        assert_eq!(rows.len(), 10);
     }
 }
