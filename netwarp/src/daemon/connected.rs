@@ -7,7 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bollard::Docker;
@@ -18,7 +18,8 @@ use tracing::{Instrument as _, debug, error, info, warn};
 use super::{Signals, shutdown};
 use crate::{config::Config, docker, pass::Reconciler, telemetry::ReloadView};
 
-/// Coalescing window: events arriving within it cause one reconcile.
+/// Coalescing window: passes for events start at most this often (see
+/// [`debounce_wait`]).
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Why the event loop stopped.
@@ -104,6 +105,7 @@ pub(super) async fn run_connected(
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: HashMap<String, SystemTime> = HashMap::new();
+    let mut last_pass: Option<Instant> = None;
     let exit = loop {
         tokio::select! {
             _ = resync.tick() => reconciler.resync_all(),
@@ -112,7 +114,10 @@ pub(super) async fn run_connected(
                     break LoopExit::ConnectionLost("the event reader stopped".into());
                 };
                 pending.entry(id).or_insert(at);
-                tokio::time::sleep(DEBOUNCE).await;
+                let wait = debounce_wait(last_pass.map(|t| t.elapsed()));
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 while let Ok((id, at)) = dirty_rx.try_recv() {
                     pending.entry(id).or_insert(at);
                 }
@@ -127,6 +132,7 @@ pub(super) async fn run_connected(
         if overflowed.swap(false, Ordering::Relaxed) {
             reconciler.resync_all();
         }
+        last_pass = Some(Instant::now());
         let span = reconciler.telemetry_mut().next_pass();
         if let Err(e) = reconciler
             .reconcile(client, &mut pending, &|| !dirty_rx.is_empty())
@@ -178,7 +184,31 @@ fn reload_config(running: &Config, reconciler: &mut Reconciler, reload: &Reload)
     info!(applied = ?reloaded.applied, "SIGHUP: configuration reloaded");
 }
 
+/// How long an event waits before its pass. Debounced on the leading
+/// edge: an event after a quiet spell is served at once (a container's
+/// start should not wait for events that are not coming); one that comes
+/// within [`DEBOUNCE`] of the last pass's start waits out the rest, so a
+/// burst still costs at most one pass per [`DEBOUNCE`] plus the passes'
+/// own time.
+fn debounce_wait(since_last_pass: Option<Duration>) -> Duration {
+    since_last_pass.map_or(Duration::ZERO, |since| DEBOUNCE.saturating_sub(since))
+}
+
 fn shutdown_exit(signal: &str) -> LoopExit {
     shutdown(signal);
     LoopExit::Shutdown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_after_a_quiet_spell_is_served_at_once_one_in_a_burst_waits() {
+        assert_eq!(debounce_wait(None), Duration::ZERO);
+        assert_eq!(debounce_wait(Some(DEBOUNCE * 3)), Duration::ZERO);
+        assert_eq!(debounce_wait(Some(DEBOUNCE)), Duration::ZERO);
+        let in_burst = Duration::from_millis(5);
+        assert_eq!(debounce_wait(Some(in_burst)), DEBOUNCE - in_burst);
+    }
 }
