@@ -4,6 +4,7 @@
 //! between namespaces the test creates.
 
 use std::{
+    cell::RefCell,
     collections::BTreeSet,
     io::ErrorKind,
     net::{SocketAddr, TcpStream},
@@ -11,7 +12,7 @@ use std::{
 };
 
 use netwarp::{
-    dataplane::host_guard::{GuardWrite, program_host_guards, remove_host_guards},
+    dataplane::host_guard::{GuardWrite, InstalledGuard, program_host_guards, remove_host_guards},
     model::parse_rules,
     plan::{Action, Entry, GuardPlan},
 };
@@ -26,6 +27,9 @@ use netwarp_tests::{
 struct HostRules {
     runtime: tokio::runtime::Runtime,
     handle: rtnetlink::Handle,
+    /// What the last write left, trusted by the next one as the daemon
+    /// trusts it.
+    known: RefCell<Option<InstalledGuard>>,
 }
 
 impl HostRules {
@@ -40,7 +44,11 @@ impl HostRules {
             tokio::spawn(connection);
             handle
         });
-        Self { runtime, handle }
+        Self {
+            runtime,
+            handle,
+            known: RefCell::new(None),
+        }
     }
 
     /// Whether anything changed.
@@ -48,13 +56,33 @@ impl HostRules {
         self.write(guards).changes > 0
     }
 
+    /// Writes as the daemon does between resyncs: against what the last
+    /// write left, without dumping the host.
     fn write(&self, guards: &[(String, &GuardPlan)]) -> GuardWrite {
-        self.runtime
-            .block_on(program_host_guards(&self.handle, guards))
-            .expect("programming the host guards")
+        let known = self.known.borrow_mut().take();
+        self.write_against(guards, known)
+    }
+
+    /// Writes as a resync does: against a dump of the host.
+    fn verify(&self, guards: &[(String, &GuardPlan)]) -> GuardWrite {
+        self.write_against(guards, None)
+    }
+
+    fn write_against(
+        &self,
+        guards: &[(String, &GuardPlan)],
+        known: Option<InstalledGuard>,
+    ) -> GuardWrite {
+        let (written, installed) = self
+            .runtime
+            .block_on(program_host_guards(&self.handle, guards, known))
+            .expect("programming the host guards");
+        *self.known.borrow_mut() = Some(installed);
+        written
     }
 
     fn remove(&self) -> usize {
+        *self.known.borrow_mut() = None;
         self.runtime
             .block_on(remove_host_guards(&self.handle))
             .expect("removing the host guards")
@@ -322,6 +350,9 @@ fn host_guard_rules_are_programmed_diffed_and_removed() {
     assert!(rules.program(&guards));
     assert_eq!(guard_rules(netns), (second_v4.clone(), v6.clone()));
 
+    // What the writes above trusted is what the host holds.
+    let verified = rules.verify(&guards);
+    assert_eq!(verified.changes, 0, "{verified:?}");
     let held = rules.write(&guards).held;
     let ours = second_v4.len() - 1 + v6.len();
     assert_eq!((held.rules, held.tables, held.routes), (ours, 6, 6));
@@ -369,7 +400,14 @@ fn a_large_label_keeps_the_hosts_rule_list_short() {
     assert_eq!(written.held.routes, 2 * PREFIXES);
     assert_eq!(netwarp_routes(netns), 2 * PREFIXES);
     assert!(!rules.program(&[(bridge.clone(), &forwarded)]));
-    assert_eq!(rules.remove(), 4 + 2 * PREFIXES);
+    // A third of the prefixes dropped, written against what the first
+    // write left (no dump), and checked against the host by a verify.
+    let fewer = plan(&[&label[..2 * PREFIXES / 3].join(",")], &["172.30.0.2"]);
+    let written = rules.write(&[(bridge.clone(), &fewer)]);
+    assert_eq!(written.held.routes, 2 * PREFIXES / 3);
+    assert_eq!(netwarp_routes(netns), 2 * PREFIXES / 3);
+    assert_eq!(rules.verify(&[(bridge.clone(), &fewer)]).changes, 0);
+    assert_eq!(rules.remove(), 3 + 2 * PREFIXES / 3);
     assert_eq!(netwarp_routes(netns), 0);
 }
 

@@ -62,8 +62,8 @@ use super::{
         OwnedRule, Selector, TaggedRule, dump_rules, match_selector, match_source, tagged_rule,
     },
     tables::{
-        RouteAction, TablesExhausted, allocate, dump_owned_routes, route_delete_message,
-        route_message,
+        RouteAction, TablesExhausted, allocate, concurrently, dump_owned_routes,
+        route_delete_message, route_message,
     },
 };
 use crate::{model::Cidr, plan::GuardPlan};
@@ -458,6 +458,19 @@ pub struct InstalledGuard {
     pub routes: BTreeMap<(u32, Cidr), RouteAction>,
 }
 
+impl InstalledGuard {
+    /// What the host holds once every step towards `desired` succeeded.
+    pub fn holding(desired: &GuardState) -> Self {
+        Self {
+            rules: desired.rules.clone(),
+            strays: Vec::new(),
+            routes: (desired.routes.iter())
+                .map(|key| (*key, RouteAction::Prohibit))
+                .collect(),
+        }
+    }
+}
+
 /// One change to the host's rules or the guard's tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -481,6 +494,10 @@ impl Step {
 
     fn tightens(&self) -> bool {
         matches!(self, Self::Add(_) | Self::PutRoute(..))
+    }
+
+    fn is_route(&self) -> bool {
+        matches!(self, Self::PutRoute(..) | Self::DeleteRoute(..))
     }
 }
 
@@ -629,14 +646,18 @@ pub struct GuardWrite {
 pub async fn program_host_guards(
     handle: &Handle,
     guards: &[(String, &GuardPlan)],
-) -> Result<GuardWrite, HostGuardError> {
-    converge(handle, &guard_groups(guards)).await
+    known: Option<InstalledGuard>,
+) -> Result<(GuardWrite, InstalledGuard), HostGuardError> {
+    converge(handle, &guard_groups(guards), known).await
 }
 
 /// Removes every guard rule and route netwarp owns on the host (`netwarp
 /// cleanup`); returns how many it removed.
 pub async fn remove_host_guards(handle: &Handle) -> Result<usize, HostGuardError> {
-    Ok(converge(handle, &GuardGroups::default()).await?.changes)
+    Ok(converge(handle, &GuardGroups::default(), None)
+        .await?
+        .0
+        .changes)
 }
 
 /// Reads the guard rules and routes netwarp owns on the host, both families.
@@ -658,29 +679,50 @@ pub async fn installed_host_guards(handle: &Handle) -> Result<InstalledGuard, Ho
     Ok(installed)
 }
 
-/// Dump, diff and apply until nothing differs.
-async fn converge(handle: &Handle, groups: &GuardGroups) -> Result<GuardWrite, HostGuardError> {
+/// Diff and apply until nothing differs; returns what the host holds.
+///
+/// `known` is what the last successful call returned: trusted instead of a
+/// dump, and a change whose every step the kernel acknowledged is taken as
+/// done without one either, so a guard of many thousand prefixes costs
+/// its changes, not two dumps of the host's routes. Without `known` (the
+/// first write, a resync's verification, after a failure) the host is
+/// dumped, and dumped again after the changes to catch someone else's.
+async fn converge(
+    handle: &Handle,
+    groups: &GuardGroups,
+    known: Option<InstalledGuard>,
+) -> Result<(GuardWrite, InstalledGuard), HostGuardError> {
+    let trusted = known.is_some();
+    let mut installed = match known {
+        Some(known) => known,
+        None => installed_host_guards(handle).await?,
+    };
     let mut applied = 0;
     for _ in 0..MAX_PASSES {
-        let installed = installed_host_guards(handle).await?;
         let desired = desired_guard(groups, &installed)?;
         let steps = diff(&installed, &desired);
         if steps.is_empty() {
-            return Ok(GuardWrite {
+            let write = GuardWrite {
                 changes: applied,
                 held: desired.counts(),
-            });
+            };
+            return Ok((write, installed));
         }
         applied += apply(handle, &steps).await?;
+        installed = if trusted {
+            InstalledGuard::holding(&desired)
+        } else {
+            installed_host_guards(handle).await?
+        };
     }
-    let installed = installed_host_guards(handle).await?;
     let desired = desired_guard(groups, &installed)?;
     let remaining = diff(&installed, &desired);
     if remaining.is_empty() {
-        return Ok(GuardWrite {
+        let write = GuardWrite {
             changes: applied,
             held: desired.counts(),
-        });
+        };
+        return Ok((write, installed));
     }
     Err(HostGuardError::NotConverged {
         passes: MAX_PASSES,
@@ -699,52 +741,35 @@ async fn apply(handle: &Handle, steps: &[Step]) -> Result<usize, HostGuardError>
     let mut applied = 0;
     let mut failures = Vec::new();
     let mut tightening_failed = false;
-    for step in steps {
-        if tightening_failed && step.loosens() {
-            warn!(%step, "skipped: an earlier host guard change that blocks failed");
+    // Route steps in a row go out together (their order among themselves
+    // does not matter); rule steps one at a time, in order.
+    for run in steps.chunk_by(|a, b| a.is_route() && a.loosens() == b.loosens() && b.is_route()) {
+        if tightening_failed && run[0].loosens() {
+            for step in run {
+                warn!(%step, "skipped: an earlier host guard change that blocks failed");
+            }
             continue;
         }
-        debug!(%step, "host guard");
-        let result = match step {
-            Step::PutRoute(table, dst) => {
-                (handle.route())
-                    .add(route_message(*table, *dst, RouteAction::Prohibit, None))
-                    .replace()
-                    .execute()
-                    .await
-            }
-            Step::Add(rule) => {
-                let mut request = handle.rule().add();
-                *request.message_mut() = rule.message();
-                request.execute().await
-            }
-            Step::Delete(rule) => handle.rule().del(rule.message()).execute().await,
-            Step::DeleteStray(message) => handle.rule().del(message.clone()).execute().await,
-            Step::DeleteRoute(table, dst) => {
-                (handle.route())
-                    .del(route_delete_message(*table, *dst))
-                    .execute()
-                    .await
-            }
-        };
-        // Someone else's change between our dump and this step: the
-        // kernel already is as this step wanted.
-        let benign = |e: &rtnetlink::Error| {
-            let errnos: &[i32] = match step {
-                Step::Add(_) => &[libc::EEXIST],
-                Step::PutRoute(..) => &[],
-                Step::DeleteRoute(..) => &[libc::ESRCH, libc::ENOENT],
-                _ => &[libc::ENOENT],
+        for (step, result) in concurrently(run, |step| execute(handle, step)).await {
+            // Someone else's change between our dump and this step: the
+            // kernel already is as this step wanted.
+            let benign = |e: &rtnetlink::Error| {
+                let errnos: &[i32] = match step {
+                    Step::Add(_) => &[libc::EEXIST],
+                    Step::PutRoute(..) => &[],
+                    Step::DeleteRoute(..) => &[libc::ESRCH, libc::ENOENT],
+                    _ => &[libc::ENOENT],
+                };
+                matches!(e, rtnetlink::Error::NetlinkError(m) if errnos.iter().any(|errno| m.raw_code() == -errno))
             };
-            matches!(e, rtnetlink::Error::NetlinkError(m) if errnos.iter().any(|errno| m.raw_code() == -errno))
-        };
-        match result {
-            Ok(()) => applied += 1,
-            Err(e) if benign(&e) => debug!(%step, "already done"),
-            Err(e) => {
-                warn!(%step, error = %e, "host guard change failed");
-                tightening_failed |= step.tightens();
-                failures.push((step.to_string(), e));
+            match result {
+                Ok(()) => applied += 1,
+                Err(e) if benign(&e) => debug!(%step, "already done"),
+                Err(e) => {
+                    warn!(%step, error = %e, "host guard change failed");
+                    tightening_failed |= step.tightens();
+                    failures.push((step.to_string(), e));
+                }
             }
         }
     }
@@ -756,6 +781,32 @@ async fn apply(handle: &Handle, steps: &[Step]) -> Result<usize, HostGuardError>
             operation,
             source,
         }),
+    }
+}
+
+async fn execute(handle: &Handle, step: &Step) -> Result<(), rtnetlink::Error> {
+    debug!(%step, "host guard");
+    match step {
+        Step::PutRoute(table, dst) => {
+            (handle.route())
+                .add(route_message(*table, *dst, RouteAction::Prohibit, None))
+                .replace()
+                .execute()
+                .await
+        }
+        Step::Add(rule) => {
+            let mut request = handle.rule().add();
+            *request.message_mut() = rule.message();
+            request.execute().await
+        }
+        Step::Delete(rule) => handle.rule().del(rule.message()).execute().await,
+        Step::DeleteStray(message) => handle.rule().del(message.clone()).execute().await,
+        Step::DeleteRoute(table, dst) => {
+            (handle.route())
+                .del(route_delete_message(*table, *dst))
+                .execute()
+                .await
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub use super::{
 use super::{
     netns::{NamespaceHandle, NetnsError, already_done},
     policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule},
-    tables::{allocate, dump_owned_routes, route_delete_message, route_message},
+    tables::{allocate, concurrently, dump_owned_routes, route_delete_message, route_message},
 };
 use crate::{
     model::Cidr,
@@ -185,13 +185,15 @@ impl NamespaceHandle {
             Some(mac) => self.ifindex_by_mac(mac).await?,
             None => None,
         };
-        for (table, dst, action) in &changes.put_routes {
-            handle
-                .route()
+        let put = concurrently(changes.put_routes.iter(), |(table, dst, action)| {
+            (handle.route())
                 .add(route_message(*table, *dst, *action, oif))
                 .replace()
                 .execute()
-                .await
+        })
+        .await;
+        for ((table, dst, action), result) in put {
+            result
                 .map_err(self.netlink(format!("route replace {dst} {action:?} table {table}")))?;
         }
         for rule in &changes.add_rules {
@@ -221,12 +223,14 @@ impl NamespaceHandle {
                 .or_else(already_done(&[libc::ENOENT]))
                 .map_err(self.netlink(format!("rule del (stray) {stray:?}")))?;
         }
-        for (table, dst) in &changes.delete_routes {
-            handle
-                .route()
+        let deleted = concurrently(changes.delete_routes.iter(), |(table, dst)| {
+            (handle.route())
                 .del(route_delete_message(*table, *dst))
                 .execute()
-                .await
+        })
+        .await;
+        for ((table, dst), result) in deleted {
+            result
                 .or_else(already_done(&[libc::ESRCH, libc::ENOENT]))
                 .map_err(self.netlink(format!("route del {dst} table {table}")))?;
         }

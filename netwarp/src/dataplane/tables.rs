@@ -22,7 +22,9 @@ use std::{
     ops::RangeInclusive,
 };
 
-use futures_util::TryStreamExt as _;
+use std::future::Future;
+
+use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
@@ -186,6 +188,35 @@ pub(crate) fn parse_owned_route(route: &RouteMessage) -> Option<(u32, Cidr, Rout
         })?),
     };
     Some((table, dst, action))
+}
+
+/// How many route requests one netlink socket has in flight at once: a
+/// table of thousands of prefixes costs a fraction of the round trips of
+/// one request after another, and the socket never holds more than this
+/// many acks.
+pub(crate) const ROUTES_IN_FLIGHT: usize = 64;
+
+/// Runs `request` for every item, [`ROUTES_IN_FLIGHT`] at a time, and
+/// returns each item with its result, in completion order. For route
+/// changes, whose order among themselves does not matter (each names its
+/// own table and prefix); rules, whose order does, go one at a time.
+pub(crate) async fn concurrently<T, F, Fut>(
+    items: impl IntoIterator<Item = T>,
+    request: F,
+) -> Vec<(T, Result<(), rtnetlink::Error>)>
+where
+    T: Clone,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<(), rtnetlink::Error>>,
+{
+    stream::iter(items)
+        .map(|item| {
+            let done = request(item.clone());
+            async move { (item, done.await) }
+        })
+        .buffer_unordered(ROUTES_IN_FLIGHT)
+        .collect()
+        .await
 }
 
 /// netwarp's routes of both families in the tables `owned` accepts.

@@ -5,7 +5,7 @@ use tracing::{info, warn};
 
 use super::FailureReason;
 use crate::{
-    dataplane::host_guard::{GuardCounts, program_host_guards, remove_host_guards},
+    dataplane::host_guard::{GuardCounts, InstalledGuard, program_host_guards, remove_host_guards},
     plan::GuardPlan,
 };
 
@@ -16,6 +16,10 @@ pub struct HostNetlink {
     handle: Option<rtnetlink::Handle>,
     /// What the host guard holds after its last successful write.
     held: Option<GuardCounts>,
+    /// The host's guard rules and routes as last written, trusted by the
+    /// next write instead of a dump; dropped after a failure and for a
+    /// verifying write.
+    installed: Option<InstalledGuard>,
 }
 
 impl HostNetlink {
@@ -35,11 +39,14 @@ impl HostNetlink {
     }
 
     /// Brings the host's guard rules to the plan (the rules are diffed
-    /// against what is installed). Returns whether that succeeded.
+    /// against what is installed: as last written, or as dumped when
+    /// `verify`). Returns whether that succeeded.
     pub async fn program_guards(
         &mut self,
         guards: &[(String, &GuardPlan)],
+        verify: bool,
     ) -> Result<(), FailureReason> {
+        let known = self.installed.take().filter(|_| !verify);
         let handle = match self.handle() {
             Ok(handle) => handle,
             Err(e) => {
@@ -47,8 +54,9 @@ impl HostNetlink {
                 return Err(FailureReason::Netlink);
             }
         };
-        match program_host_guards(handle, guards).await {
-            Ok(written) => {
+        match program_host_guards(handle, guards, known).await {
+            Ok((written, installed)) => {
+                self.installed = Some(installed);
                 if written.changes > 0 {
                     info!(
                         guards = guards.len(),
@@ -71,6 +79,7 @@ impl HostNetlink {
 
     /// Removes host guard rules an earlier routes-mode run left.
     pub async fn remove_guards(&mut self) {
+        self.installed = None;
         let Ok(handle) = self.handle() else {
             return;
         };

@@ -60,7 +60,7 @@ impl RoutesPlane {
         if !verify && self.last_guards.as_ref() == Some(&planned) {
             return Vec::new();
         }
-        let written = self.caps.host.program_guards(guards).await;
+        let written = self.caps.host.program_guards(guards, verify).await;
         self.last_guards = written.is_ok().then_some(planned);
         written.err().into_iter().collect()
     }
@@ -86,7 +86,7 @@ impl RoutesPlane {
             let guards: Vec<(String, &GuardPlan)> = (closed.iter())
                 .map(|(bridge, guard)| (bridge.clone(), guard))
                 .collect();
-            let written = self.caps.host.program_guards(&guards).await;
+            let written = self.caps.host.program_guards(&guards, false).await;
             self.last_guards = written.is_ok().then_some(closed);
         } else {
             self.last_guards = Some(closed);
