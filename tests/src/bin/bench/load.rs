@@ -559,6 +559,14 @@ fn tabulate(
             "of starts",
             1.0,
         ));
+        // Issue 11's start goal, beside heavy labels as without them.
+        goals.push(Goal::below(
+            "load",
+            &format!("{} ordinary start p99 beside heavy ones", run.mode),
+            run.ordinary_start.p99,
+            "ms",
+            60.0,
+        ));
         summary.row(vec![
             run.mode.to_owned(),
             format!("{programmed}/{}", run.targets.len()),
