@@ -76,6 +76,43 @@ pub fn net_namespace_path(pid: u32) -> PathBuf {
     host_proc_dir().join(pid.to_string()).join("ns/net")
 }
 
+/// Runs `create` inside the network namespace of `pid` and returns what it
+/// made: for sockets, which stay bound to the namespace they were created
+/// in wherever they are used afterwards.
+///
+/// setns changes the calling thread, and a tokio worker must never be
+/// moved, so `create` runs on a short-lived dedicated OS thread; the
+/// caller awaits its answer instead of joining it.
+pub async fn inside_namespace<T: Send + 'static>(
+    pid: u32,
+    create: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, NetnsError> {
+    let path = net_namespace_path(pid);
+    let (answer, made) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("netns-{pid}"))
+        .spawn(move || {
+            let made = netns_rs::get_from_path(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|netns| {
+                    netns
+                        .run(|_| create())
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())
+                });
+            let _ = answer.send(made);
+        })
+        .map_err(|e| NetnsError::Netns {
+            pid,
+            reason: e.to_string(),
+        })?;
+    let made = made.await.map_err(|_| NetnsError::Netns {
+        pid,
+        reason: "the namespace thread panicked".into(),
+    })?;
+    made.map_err(|reason| NetnsError::Netns { pid, reason })
+}
+
 /// Treats a netlink change the kernel already reflects as done (e.g.
 /// EEXIST on an add, ENOENT/ESRCH on a delete): someone else's change, or
 /// an earlier partial attempt, got there first, so every change can be
@@ -181,43 +218,18 @@ impl NamespaceHandle {
     /// inside, so a pid reused meanwhile cannot point the check elsewhere.
     async fn enter(pid: u32) -> Result<(Self, NamespaceId), NetnsError> {
         let runtime = tokio::runtime::Handle::current();
-        let path = net_namespace_path(pid);
-        // The worker awaits the thread's answer instead of joining it, so
-        // it serves other tasks meanwhile.
-        let (answer, opened) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("netns-{pid}"))
-            .spawn(move || {
-                let _runtime = runtime.enter();
-                let opened = netns_rs::get_from_path(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|netns| {
-                        netns
-                            .run(|_| {
-                                let id = NamespaceId::of("/proc/thread-self/ns/net")?;
-                                // Refused before the socket exists: nothing can
-                                // be sent into the host's namespace through it.
-                                if id.is_host() {
-                                    return Ok(None);
-                                }
-                                rtnetlink::new_connection().map(|c| Some((c, id)))
-                            })
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())
-                    });
-                let _ = answer.send(opened);
-            })
-            .map_err(|e| NetnsError::Netns {
-                pid,
-                reason: e.to_string(),
-            })?;
-        let opened = opened.await.map_err(|_| NetnsError::Netns {
-            pid,
-            reason: "the namespace thread panicked".into(),
-        })?;
-        let ((connection, handle, _), id) = opened
-            .map_err(|reason| NetnsError::Netns { pid, reason })?
-            .ok_or(NetnsError::HostNamespace { pid })?;
+        let opened = inside_namespace(pid, move || {
+            let _runtime = runtime.enter();
+            let id = NamespaceId::of("/proc/thread-self/ns/net")?;
+            // Refused before the socket exists: nothing can be sent into
+            // the host's namespace through it.
+            if id.is_host() {
+                return Ok(None);
+            }
+            rtnetlink::new_connection().map(|c| Some((c, id)))
+        })
+        .await?;
+        let ((connection, handle, _), id) = opened.ok_or(NetnsError::HostNamespace { pid })?;
         tokio::spawn(connection);
         let namespace = Self {
             pid,

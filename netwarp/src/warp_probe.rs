@@ -1,0 +1,305 @@
+//! Probes of the path through a warp: netwarp checks, from inside the
+//! warp's own namespace, that an address reached through its tunnel
+//! answers, so a warp whose tunnel died silently (its process still runs,
+//! Docker still calls it healthy) can be told apart from a working one.
+//!
+//! A probe is named on the warp container by a label: `tcp:ADDR:PORT` (a
+//! TCP connect; `tcp:[V6]:PORT` for IPv6). The socket is created inside
+//! the warp's namespace on a short-lived thread and connected from the
+//! runtime, so the SYN leaves by the warp's own routes, as the traffic it
+//! carries does. No shell, no external command.
+//!
+//! The verdict is a window: a warp is down when at least `failures` of its
+//! last `window` probes failed, and up again once fewer have; before its
+//! first result it is unknown, which the planner treats as down (doubt
+//! fails closed).
+
+use std::{
+    collections::VecDeque,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use crate::dataplane::netns::{NetnsError, inside_namespace};
+
+/// What a warp's probe checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeSpec {
+    /// A TCP connect to this address from the warp's namespace.
+    Tcp(SocketAddr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeSpecError {
+    #[error(
+        "probe `{0}` is not understood; write tcp:ADDRESS:PORT (e.g. tcp:198.51.100.7:443, \
+         tcp:[2001:db8::7]:443), an address the warp reaches through its tunnel"
+    )]
+    Syntax(String),
+    #[error("probe `{0}`: port 0 cannot be connected to; name the port the address serves")]
+    PortZero(String),
+    #[error(
+        "probe `{0}`: {1} is not an address reached through a tunnel (loopback, unspecified \
+         or multicast); name one behind the tunnel"
+    )]
+    Address(String, IpAddr),
+}
+
+impl FromStr for ProbeSpec {
+    type Err = ProbeSpecError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let syntax = || ProbeSpecError::Syntax(trimmed.to_owned());
+        let (kind, rest) = trimmed.split_once(':').ok_or_else(syntax)?;
+        match kind.to_ascii_lowercase().as_str() {
+            "tcp" => {
+                let address: SocketAddr = rest.parse().map_err(|_| syntax())?;
+                if address.port() == 0 {
+                    return Err(ProbeSpecError::PortZero(trimmed.to_owned()));
+                }
+                let ip = address.ip();
+                if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+                    return Err(ProbeSpecError::Address(trimmed.to_owned(), ip));
+                }
+                Ok(Self::Tcp(address))
+            }
+            _ => Err(syntax()),
+        }
+    }
+}
+
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(address) => write!(f, "tcp:{address}"),
+        }
+    }
+}
+
+/// How often and how strictly probes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// A warp is down when at least this many of its last `window` probes
+    /// failed.
+    pub failures: usize,
+    pub window: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            failures: 3,
+            window: 5,
+        }
+    }
+}
+
+/// What the probes of one warp say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// No result yet: treated as down.
+    Unknown,
+    Up,
+    /// With the last failure's reason.
+    Down {
+        failed: usize,
+        of: usize,
+        last_error: String,
+    },
+}
+
+impl ProbeVerdict {
+    pub fn is_up(&self) -> bool {
+        matches!(self, Self::Up)
+    }
+}
+
+/// The last results of one warp's probe.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeHistory {
+    /// Oldest first; at most `window` long. `Err` holds the reason.
+    results: VecDeque<Result<Duration, String>>,
+}
+
+impl ProbeHistory {
+    pub fn record(&mut self, result: Result<Duration, String>, settings: &ProbeSettings) {
+        self.results.push_back(result);
+        while self.results.len() > settings.window.max(1) {
+            self.results.pop_front();
+        }
+    }
+
+    pub fn verdict(&self, settings: &ProbeSettings) -> ProbeVerdict {
+        if self.results.is_empty() {
+            return ProbeVerdict::Unknown;
+        }
+        let failed = self.results.iter().filter(|r| r.is_err()).count();
+        // A window shorter than `failures` (the first probes) is judged by
+        // what it holds: a warp whose first probe failed is not up.
+        let threshold = settings.failures.max(1).min(self.results.len());
+        if failed >= threshold {
+            let last_error = (self.results.iter().rev())
+                .find_map(|r| r.as_ref().err().cloned())
+                .unwrap_or_default();
+            ProbeVerdict::Down {
+                failed,
+                of: self.results.len(),
+                last_error,
+            }
+        } else {
+            ProbeVerdict::Up
+        }
+    }
+
+    /// The round-trip time of the last successful probe.
+    pub fn last_rtt(&self) -> Option<Duration> {
+        self.results
+            .iter()
+            .rev()
+            .find_map(|r| r.as_ref().ok().copied())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Namespace(#[from] NetnsError),
+    #[error("{spec}: no answer within {timeout:?}")]
+    Timeout { spec: ProbeSpec, timeout: Duration },
+    #[error("{spec}: {source}")]
+    Io {
+        spec: ProbeSpec,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs `spec` once from the namespace of `pid` (the warp's); returns the
+/// round-trip time.
+pub async fn probe_once(
+    pid: u32,
+    spec: ProbeSpec,
+    timeout: Duration,
+) -> Result<Duration, ProbeError> {
+    match spec {
+        ProbeSpec::Tcp(address) => {
+            let socket = inside_namespace(pid, move || match address {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            })
+            .await?;
+            let started = Instant::now();
+            match tokio::time::timeout(timeout, socket.connect(address)).await {
+                Ok(Ok(_stream)) => Ok(started.elapsed()),
+                Ok(Err(source)) => Err(ProbeError::Io { spec, source }),
+                Err(_) => Err(ProbeError::Timeout { spec, timeout }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_what_to_write() {
+        assert_eq!(
+            "tcp:198.51.100.7:443".parse::<ProbeSpec>(),
+            Ok(ProbeSpec::Tcp("198.51.100.7:443".parse().unwrap()))
+        );
+        assert_eq!(
+            " TCP:[2001:db8::7]:443 ".parse::<ProbeSpec>(),
+            Ok(ProbeSpec::Tcp("[2001:db8::7]:443".parse().unwrap()))
+        );
+        assert_eq!(
+            "tcp:[2001:db8::7]:443"
+                .parse::<ProbeSpec>()
+                .unwrap()
+                .to_string(),
+            "tcp:[2001:db8::7]:443"
+        );
+        for bad in [
+            "",
+            "198.51.100.7:443",
+            "udp:198.51.100.7:53",
+            "tcp:198.51.100.7",
+            "tcp:x:1",
+        ] {
+            let error = bad.parse::<ProbeSpec>().unwrap_err().to_string();
+            assert!(error.contains("tcp:ADDRESS:PORT"), "{bad}: {error}");
+        }
+        assert!(matches!(
+            "tcp:198.51.100.7:0".parse::<ProbeSpec>(),
+            Err(ProbeSpecError::PortZero(_))
+        ));
+        assert!(matches!(
+            "tcp:127.0.0.1:443".parse::<ProbeSpec>(),
+            Err(ProbeSpecError::Address(..))
+        ));
+    }
+
+    fn settings() -> ProbeSettings {
+        ProbeSettings {
+            failures: 2,
+            window: 3,
+            ..ProbeSettings::default()
+        }
+    }
+
+    fn history(results: &[bool]) -> ProbeHistory {
+        let mut history = ProbeHistory::default();
+        for (i, ok) in results.iter().enumerate() {
+            let result = if *ok {
+                Ok(Duration::from_millis(i as u64 + 1))
+            } else {
+                Err(format!("failure {i}"))
+            };
+            history.record(result, &settings());
+        }
+        history
+    }
+
+    #[test]
+    fn a_warp_is_down_at_the_threshold_and_up_again_below_it() {
+        let s = settings();
+        assert_eq!(history(&[]).verdict(&s), ProbeVerdict::Unknown);
+        assert!(!ProbeVerdict::Unknown.is_up());
+        assert_eq!(history(&[true]).verdict(&s), ProbeVerdict::Up);
+        // One failure of one: not up (a first probe that fails).
+        assert!(!history(&[false]).verdict(&s).is_up());
+        // One failure of three: still up.
+        assert_eq!(history(&[true, false, true]).verdict(&s), ProbeVerdict::Up);
+        assert_eq!(
+            history(&[true, false, false]).verdict(&s),
+            ProbeVerdict::Down {
+                failed: 2,
+                of: 3,
+                last_error: "failure 2".into()
+            }
+        );
+        // The window slides: two successes after two failures leave one
+        // failure in the last three.
+        assert_eq!(
+            history(&[false, false, true, true]).verdict(&s),
+            ProbeVerdict::Up
+        );
+        assert!(!history(&[false, false, true]).verdict(&s).is_up());
+    }
+
+    #[test]
+    fn the_last_rtt_is_the_last_success() {
+        assert_eq!(
+            history(&[true, true, false]).last_rtt(),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(history(&[false]).last_rtt(), None);
+    }
+}
