@@ -24,6 +24,9 @@ use std::{
 
 use crate::dataplane::netns::{NetnsError, inside_namespace};
 
+mod prober;
+pub use prober::{ProbeReport, ProbedWarp, Prober};
+
 /// What a warp's probe checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProbeSpec {
