@@ -7,7 +7,7 @@ use crate::daemon::{DaemonError, Reload, run_daemon};
 pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
     let reload: Reload = Box::new(move || args.load());
-    super::init_logging(&config);
+    let _log = super::init_logging(&config);
     // In a container without the host's namespaces netwarp would program
     // the wrong namespace or none: refuse before touching anything.
     let environment = crate::probe::environment::Environment::detect(&config.host_proc_dir);

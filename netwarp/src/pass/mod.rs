@@ -182,8 +182,10 @@ impl Reconciler {
         });
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
         let (targets, containers) = (plan.targets.len(), world.containers.len());
+        // One line per pass at info; what happened to each target is at
+        // debug (and its problems at warn, once per change).
         if !complete {
-            debug!(
+            info!(
                 targets,
                 containers, duration_ms, "reconcile stopped early for an event"
             );
@@ -197,7 +199,7 @@ impl Reconciler {
                 "initial reconcile complete"
             );
         } else {
-            debug!(
+            info!(
                 targets,
                 containers,
                 relevant = snapshot.relevant,
@@ -307,7 +309,7 @@ impl Reconciler {
                 "target programmed after event"
             );
         } else if changed {
-            info!("target programmed on resync");
+            debug!("target programmed on resync");
         }
     }
 
