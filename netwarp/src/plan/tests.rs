@@ -137,14 +137,14 @@ fn of_several_swarm_tasks_a_running_one_is_chosen_and_a_name_beats_a_service() {
     let world = World {
         containers: vec![exited.clone(), running.clone()],
     };
-    assert_eq!(find_warp(&world, "warp-svc"), Some(&running));
+    assert_eq!(Index::new(&world).warp("warp-svc"), Some(&running));
     let mut both_running = exited.clone();
     both_running.running = true;
     let world = World {
         containers: vec![running.clone(), both_running.clone()],
     };
     assert_eq!(
-        find_warp(&world, "warp-svc"),
+        Index::new(&world).warp("warp-svc"),
         Some(&both_running),
         "first by name"
     );
@@ -152,8 +152,8 @@ fn of_several_swarm_tasks_a_running_one_is_chosen_and_a_name_beats_a_service() {
     let world = World {
         containers: vec![running, named.clone()],
     };
-    assert_eq!(find_warp(&world, "warp-svc"), Some(&named));
-    assert_eq!(find_warp(&world, "warp-none"), None);
+    assert_eq!(Index::new(&world).warp("warp-svc"), Some(&named));
+    assert_eq!(Index::new(&world).warp("warp-none"), None);
 }
 
 #[test]
