@@ -12,3 +12,4 @@ pub mod plan;
 pub mod privileges;
 pub mod probe;
 pub mod telemetry;
+pub mod wire;

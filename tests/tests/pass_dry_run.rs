@@ -29,7 +29,7 @@ struct Bench {
     /// The fake serves on its own runtime; the pass runs on this one.
     runtime: tokio::runtime::Runtime,
     fake: FakeDocker,
-    client: bollard::Docker,
+    client: docker::Client,
     reconciler: Reconciler,
     faults: DryRunFaults,
     record: PathBuf,

@@ -88,7 +88,7 @@ impl EventReader {
 }
 
 pub(super) async fn run_connected(
-    client: &Docker,
+    client: &docker::Client,
     config: &Config,
     reconciler: &mut Reconciler,
     signals: &mut Signals,

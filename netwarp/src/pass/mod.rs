@@ -13,7 +13,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use bollard::Docker;
+use crate::docker::Client;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
@@ -125,7 +125,7 @@ impl Reconciler {
     /// hold the targets it has not reached yet.
     pub async fn reconcile(
         &mut self,
-        client: &Docker,
+        client: &Client,
         pending: &mut HashMap<String, SystemTime>,
         events_waiting: &dyn Fn() -> bool,
     ) -> Result<(), docker::DockerError> {
@@ -214,7 +214,7 @@ impl Reconciler {
     }
 
     /// Brings the bridge guards to the plan, and remembers them for status.
-    async fn sync_guards(&mut self, client: &Docker, plan: &Plan, scope: &PassScope) {
+    async fn sync_guards(&mut self, client: &Client, plan: &Plan, scope: &PassScope) {
         let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
         let failures = (self.dataplane)
             .sync_guards(scope, &guards, complete, self.initial_pass)

@@ -675,20 +675,29 @@ mod tests {
     #[test]
     fn generated_json_parses_as_bollard_types_and_matches_the_truth() {
         let state = State::generate(&WorldSpec::mix(300));
+        // bollard's full models still read it: the shapes are Docker's.
         let list: Vec<ContainerSummary> = serde_json::from_slice(&state.list_json(false)).unwrap();
         assert_eq!(list.len(), 300 - 6, "exited ones are not listed");
         let all: Vec<ContainerSummary> = serde_json::from_slice(&state.list_json(true)).unwrap();
         assert_eq!(all.len(), 300);
+        for i in 0..300 {
+            let _: ContainerInspectResponse =
+                serde_json::from_slice(&state.inspect_json(i)).unwrap();
+        }
+        // And netwarp's own decoding gives the truth.
+        let mut from_list = Vec::new();
+        netwarp::wire::decode_list(&state.list_json(false), |entry| from_list.push(entry)).unwrap();
         let truth = state.truth();
-        for (c, t) in list.into_iter().zip(&truth.containers) {
-            let (from_list, _) = netwarp::inventory::from_summary(c).unwrap();
+        let all_labels = |_: &str| true;
+        for (entry, t) in from_list.into_iter().zip(&truth.containers) {
+            let (from_list, _) = entry.into_container(&all_labels).unwrap();
             assert_eq!(from_list.networks, t.networks);
             assert_eq!(from_list.labels, t.labels);
             assert_eq!(from_list.name, t.name);
             let i = state.find(&t.id).unwrap();
-            let inspect: ContainerInspectResponse =
+            let inspect: netwarp::wire::Inspect =
                 serde_json::from_slice(&state.inspect_json(i)).unwrap();
-            assert_eq!(netwarp::docker::to_container(inspect).as_ref(), Some(t));
+            assert_eq!(inspect.into_container(&all_labels).as_ref(), Some(t));
         }
         let states = state.expected_states();
         assert_eq!(states.len(), 150);
