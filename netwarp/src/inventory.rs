@@ -34,7 +34,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 pub use crate::wire::Marker;
 use crate::{
     docker::{Client, DockerError},
-    model::{Container, World},
+    model::{Container, Health, World},
     plan::{GuardPlan, PlanSettings, SWARM_SERVICE_LABEL, is_warp_by_name},
     wire::ListEntry,
 };
@@ -82,9 +82,13 @@ pub struct SnapshotStats {
     pub full: bool,
 }
 
+/// What an inspect adds to the list, kept while the marker holds: the
+/// rest of a container comes from each pass's list.
 struct Cached {
     marker: Marker,
-    container: Container,
+    running: bool,
+    health: Health,
+    pid: Option<u32>,
 }
 
 pub struct Inventory {
@@ -225,7 +229,9 @@ impl Inventory {
                                 container.id.clone(),
                                 Cached {
                                     marker,
-                                    container: fresh.clone(),
+                                    running: fresh.running,
+                                    health: fresh.health,
+                                    pid: fresh.pid,
                                 },
                             );
                             containers.push(fresh);
@@ -238,7 +244,7 @@ impl Inventory {
                 }
                 Decision::Cached => {
                     stats.relevant += 1;
-                    let cached = &self.cache[&container.id].container;
+                    let cached = &self.cache[&container.id];
                     // The list is as fresh as it gets for names and
                     // endpoints; the pid and health come from the inspect.
                     containers.push(Container {
@@ -359,7 +365,6 @@ pub fn bridge_interface(id: &str, network: &bollard::models::NetworkInspect) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Health;
 
     const RUNNING: &str = "running";
     const PAUSED: &str = "paused";

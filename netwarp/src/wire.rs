@@ -23,7 +23,7 @@ use serde::{
     de::{DeserializeSeed, SeqAccess, Visitor},
 };
 
-use crate::model::{Container, Endpoint, Health, NetworkMode};
+use crate::model::{Container, Endpoint, Health, NetworkMode, SmallMap};
 
 /// Which labels a container keeps: the planner's own.
 pub type KeepLabel<'a> = &'a dyn Fn(&str) -> bool;
@@ -147,13 +147,10 @@ pub struct Inspect {
     pub network_settings: Option<WireNetworks>,
 }
 
-fn kept_labels(
-    labels: Option<BTreeMap<String, String>>,
-    keep: KeepLabel<'_>,
-) -> BTreeMap<String, String> {
-    let mut labels = labels.unwrap_or_default();
-    labels.retain(|key, _| keep(key));
-    labels
+fn kept_labels(labels: Option<BTreeMap<String, String>>, keep: KeepLabel<'_>) -> SmallMap<String> {
+    (labels.unwrap_or_default().into_iter())
+        .filter(|(key, _)| keep(key))
+        .collect()
 }
 
 fn network_mode(host_config: Option<&WireHostConfig>) -> NetworkMode {

@@ -133,6 +133,7 @@ impl Reconciler {
         let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let plan = plan(&world, &self.settings);
+        let plan_ms = started.elapsed().as_secs_f64() * 1e3 - snapshot_ms;
         let named = named_by_events(&world, &plan, pending);
         let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
         let guards_first = self.initial_pass;
@@ -160,6 +161,7 @@ impl Reconciler {
         self.dataplane.release_departed(&scope, &done.seen);
         self.dataplane.finish_pass(&done.seen);
         pending.clear();
+        let applied_ms = started.elapsed().as_secs_f64() * 1e3;
         let guards = self.dataplane.guards_in_place();
         let failures = (self.failed.iter())
             .map(|(id, (error, reason))| {
@@ -181,6 +183,10 @@ impl Reconciler {
             duration: started.elapsed(),
         });
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Where the pass's time went: list and inspects, planning, the
+        // dataplane, publishing status and metrics.
+        let apply_ms = applied_ms - snapshot_ms - plan_ms;
+        let publish_ms = duration_ms - applied_ms;
         let (targets, containers) = (plan.targets.len(), world.containers.len());
         // One line per pass at info; what happened to each target is at
         // debug (and its problems at warn, once per change).
@@ -195,6 +201,9 @@ impl Reconciler {
                 containers,
                 inspected = snapshot.inspected,
                 snapshot_ms,
+                plan_ms,
+                apply_ms,
+                publish_ms,
                 duration_ms,
                 "initial reconcile complete"
             );
@@ -206,6 +215,9 @@ impl Reconciler {
                 inspected = snapshot.inspected,
                 full = snapshot.full,
                 snapshot_ms,
+                plan_ms,
+                apply_ms,
+                publish_ms,
                 duration_ms,
                 "reconciled"
             );

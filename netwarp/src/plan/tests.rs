@@ -1,7 +1,5 @@
-use std::collections::BTreeMap;
-
 use super::*;
-use crate::model::Endpoint;
+use crate::model::{Endpoint, SmallMap};
 
 /// Settings with the default labels and `rules` as the global rules.
 pub(super) fn settings(rules: &str) -> PlanSettings {
@@ -45,7 +43,7 @@ pub(super) fn container(
         networks: networks
             .iter()
             .map(|(n, e)| (n.to_string(), e.clone()))
-            .collect::<BTreeMap<_, _>>(),
+            .collect(),
         network_mode: NetworkMode::Own,
     }
 }
@@ -525,7 +523,7 @@ fn planning_is_deterministic_whatever_the_listing_order() {
 fn with_mode(mut c: Container, mode: NetworkMode) -> Container {
     // Docker lists no endpoints for a container in another's namespace.
     if matches!(mode, NetworkMode::Container(_)) {
-        c.networks.clear();
+        c.networks = SmallMap::default();
     }
     c.network_mode = mode;
     c

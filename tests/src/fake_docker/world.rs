@@ -325,7 +325,7 @@ impl State {
                     running: true,
                     health: c.health.unwrap_or(Health::None),
                     pid: Some(c.pid),
-                    labels: c.labels.clone(),
+                    labels: c.labels.clone().into_iter().collect(),
                     networks: c
                         .networks
                         .iter()
