@@ -203,6 +203,10 @@ fn to_body(what: &str, value: &impl serde::Serialize) -> Result<Bytes, DockerErr
     })
 }
 
+/// The largest body buffer allocated up front from a Content-Length; a
+/// larger body grows past it as it arrives.
+const MAX_PRESIZED_BODY: usize = 256 << 20;
+
 /// One GET on a fresh HTTP/1.1 connection over `stream`.
 async fn get_over<S>(
     stream: S,
@@ -222,8 +226,19 @@ where
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    // Into one buffer of the announced size, frame by frame: collecting
+    // the frames first and joining them would hold a large list twice.
+    let length = (response.headers().get(hyper::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = response.into_body();
+    let mut buffer = Vec::with_capacity(length.min(MAX_PRESIZED_BODY));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok((status, Bytes::from(buffer)))
 }
 
 /// A query value with everything but RFC 3986's unreserved characters
