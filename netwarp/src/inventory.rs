@@ -26,6 +26,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -38,6 +39,10 @@ use crate::{
     plan::{GuardPlan, PlanSettings, SWARM_SERVICE_LABEL, is_warp_by_name},
     wire::ListEntry,
 };
+
+/// The most pending events a pass serves by listing only the containers
+/// they name; more (a storm) list everything.
+const PARTIAL_MAX: usize = 256;
 
 /// Inspects in flight at once. Docker serves them in parallel; more would
 /// only queue inside dockerd.
@@ -80,6 +85,8 @@ pub struct SnapshotStats {
     pub inspected: usize,
     /// Whether every target and warp was inspected (a full refresh).
     pub full: bool,
+    /// Whether only the containers events named were listed.
+    pub partial: bool,
 }
 
 /// What an inspect adds to the list, kept while the marker holds: the
@@ -101,6 +108,10 @@ pub struct Inventory {
     planner_labels: Vec<String>,
     cache: HashMap<String, Cached>,
     refresh_all: bool,
+    /// The last snapshot, which a pass for a few events patches.
+    world: Option<Arc<World>>,
+    /// The ids of its dormant targets.
+    dormant: HashSet<String>,
     /// Each guarded network's bridge interface (None: not a bridge
     /// network), by network id; ids never change meaning, so no expiry
     /// beyond dropping networks no guard uses.
@@ -126,6 +137,8 @@ impl Inventory {
             ],
             cache: HashMap::new(),
             refresh_all: true,
+            world: None,
+            dormant: HashSet::new(),
             bridges: HashMap::new(),
         }
     }
@@ -138,6 +151,7 @@ impl Inventory {
     /// Drops the cache (after a reconnect, every pid may have changed).
     pub fn forget(&mut self) {
         self.cache.clear();
+        self.world = None;
         self.refresh_all = true;
     }
 
@@ -166,19 +180,47 @@ impl Inventory {
                 .any(|label| container.labels.contains_key(label))
     }
 
+    /// The containers a pass may list alone instead of every container:
+    /// the ones pending events name, when there are few, every name is a
+    /// container id, and the last pass left a snapshot to patch. `None`:
+    /// list everything.
+    fn partial_scope(&self, pending: &HashMap<String, SystemTime>) -> Option<HashSet<String>> {
+        let usable = !self.refresh_all
+            && self.world.is_some()
+            && !pending.is_empty()
+            && pending.len() <= PARTIAL_MAX
+            && pending.keys().all(|id| !id.is_empty());
+        usable.then(|| pending.keys().cloned().collect())
+    }
+
     /// Lists the running containers and inspects what the list lacks, for
     /// the targets and warps that need it. A container that disappears
     /// between the list and its inspect is left out.
+    ///
+    /// When few events are pending (see [`Inventory::partial_scope`]), only
+    /// the containers they name are listed (Docker's `id` filter) and put
+    /// in place of their entries in the last snapshot: a container changes
+    /// only with an event of its own, and everything else is as the last
+    /// pass found it. Every full refresh (the periodic resync, a reconnect,
+    /// lost events) lists everything again.
     pub async fn snapshot(
         &mut self,
         client: &Client,
         pending: &HashMap<String, SystemTime>,
-    ) -> Result<(World, SnapshotStats), DockerError> {
+    ) -> Result<(Arc<World>, SnapshotStats), DockerError> {
+        let named = self.partial_scope(pending);
+        let mut filters = HashMap::new();
+        if let Some(ids) = &named {
+            filters.insert("id".to_owned(), ids.iter().cloned().collect::<Vec<_>>());
+        }
         // Both lists at once; the dormant targets' is small.
         let mut listed: Vec<(Container, Marker)> = Vec::new();
-        let unfiltered = HashMap::new();
-        let running = client.list(false, &unfiltered, |entry| {
-            listed.extend(self.listed_container(entry));
+        let running = client.list(false, &filters, |entry| {
+            // Only what was asked for, should an API not filter by id.
+            let asked = |id: &String| named.as_ref().is_none_or(|named| named.contains(id));
+            if entry.id.as_ref().is_some_and(asked) {
+                listed.extend(self.listed_container(entry));
+            }
         });
         let (running, dormant) = tokio::join!(running, self.dormant_targets(client));
         running?;
@@ -213,6 +255,7 @@ impl Inventory {
             listed: listed.len(),
             inspected: inspected.len(),
             full: self.refresh_all,
+            partial: named.is_some(),
             ..SnapshotStats::default()
         };
         let mut containers = Vec::with_capacity(listed.len());
@@ -256,12 +299,34 @@ impl Inventory {
                 }
             }
         }
-        self.cache.retain(|id, _| present.contains(id));
+        let mut world = match (&named, self.world.take()) {
+            (Some(named), Some(mut last)) => {
+                // The named containers as listed now, the rest as before;
+                // the dormant targets are listed anew either way.
+                let world = Arc::make_mut(&mut last);
+                let dormant = &self.dormant;
+                (world.containers).retain(|c| !named.contains(&c.id) && !dormant.contains(&c.id));
+                present.extend(world.containers.iter().map(|c| c.id.clone()));
+                world.containers.extend(containers);
+                self.cache
+                    .retain(|id, _| !named.contains(id) || present.contains(id));
+                last
+            }
+            _ => {
+                self.cache.retain(|id, _| present.contains(id));
+                Arc::new(World { containers })
+            }
+        };
         self.refresh_all = false;
         // An entry the main list already had is skipped (a container may
         // start between the two calls).
-        containers.extend(dormant.into_iter().filter(|c| !present.contains(&c.id)));
-        Ok((World { containers }, stats))
+        let dormant: Vec<Container> = (dormant.into_iter())
+            .filter(|c| !present.contains(&c.id))
+            .collect();
+        self.dormant = dormant.iter().map(|c| c.id.clone()).collect();
+        Arc::make_mut(&mut world).containers.extend(dormant);
+        self.world = Some(Arc::clone(&world));
+        Ok((world, stats))
     }
 
     /// Targets that exist but do not run, from a list Docker filters.

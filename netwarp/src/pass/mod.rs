@@ -211,9 +211,11 @@ impl Reconciler {
             info!(
                 targets,
                 containers,
+                listed = snapshot.listed,
                 relevant = snapshot.relevant,
                 inspected = snapshot.inspected,
                 full = snapshot.full,
+                partial = snapshot.partial,
                 snapshot_ms,
                 plan_ms,
                 apply_ms,

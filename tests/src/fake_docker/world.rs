@@ -379,13 +379,20 @@ impl State {
         serde_json::to_vec(&list).expect("serializable")
     }
 
-    /// The list with Docker's `label` (key or key=value) and `status`
-    /// (`running`, `exited`, ...) filters applied.
-    pub fn list_json_filtered(&self, all: bool, labels: &[String], statuses: &[String]) -> Vec<u8> {
+    /// The list with Docker's `label` (key or key=value), `status`
+    /// (`running`, `exited`, ...) and `id` (a prefix) filters applied.
+    pub fn list_json_filtered(
+        &self,
+        all: bool,
+        labels: &[String],
+        statuses: &[String],
+        ids: &[String],
+    ) -> Vec<u8> {
         let list: Vec<Summary<'_>> = self
             .containers
             .iter()
             .filter(|c| all || c.running)
+            .filter(|c| ids.is_empty() || ids.iter().any(|id| c.id.starts_with(id.as_str())))
             .filter(|c| {
                 labels.iter().all(|filter| match filter.split_once('=') {
                     Some((key, value)) => c.labels.get(key).is_some_and(|v| v == value),
