@@ -391,7 +391,8 @@ fn a_pass_for_a_few_events_ends_where_a_full_pass_ends() {
     bench.pass(&[]);
     let targets = bench.fake.ids(Role::Target);
     let warps = bench.fake.ids(Role::Warp);
-    let steps: [(&str, &dyn Fn(&FakeDocker)); 5] = [
+    type Change<'a> = &'a dyn Fn(&FakeDocker);
+    let steps: [(&str, Change); 5] = [
         ("a target stops", &|fake| fake.stop(&targets[0])),
         ("a warp stops", &|fake| fake.stop(&warps[0])),
         ("the warp starts", &|fake| fake.start_container(&warps[0])),
