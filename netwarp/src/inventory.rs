@@ -209,6 +209,10 @@ impl Inventory {
         pending: &HashMap<String, SystemTime>,
     ) -> Result<(Arc<World>, SnapshotStats), DockerError> {
         let named = self.partial_scope(pending);
+        if named.is_none() {
+            // Not needed by a full listing: never hold two snapshots.
+            self.world = None;
+        }
         let mut filters = HashMap::new();
         if let Some(ids) = &named {
             filters.insert("id".to_owned(), ids.iter().cloned().collect::<Vec<_>>());
@@ -306,7 +310,6 @@ impl Inventory {
                 let world = Arc::make_mut(&mut last);
                 let dormant = &self.dormant;
                 (world.containers).retain(|c| !named.contains(&c.id) && !dormant.contains(&c.id));
-                present.extend(world.containers.iter().map(|c| c.id.clone()));
                 world.containers.extend(containers);
                 self.cache
                     .retain(|id, _| !named.contains(id) || present.contains(id));
@@ -319,10 +322,22 @@ impl Inventory {
         };
         self.refresh_all = false;
         // An entry the main list already had is skipped (a container may
-        // start between the two calls).
-        let dormant: Vec<Container> = (dormant.into_iter())
-            .filter(|c| !present.contains(&c.id))
-            .collect();
+        // start between the two calls). A partial pass knows the others
+        // from the last snapshot.
+        let dormant: Vec<Container> = match &named {
+            Some(_) if !dormant.is_empty() => {
+                let listed: HashSet<&str> = (world.containers.iter())
+                    .map(|c| c.id.as_str())
+                    .chain(present.iter().map(String::as_str))
+                    .collect();
+                (dormant.into_iter())
+                    .filter(|c| !listed.contains(c.id.as_str()))
+                    .collect()
+            }
+            _ => (dormant.into_iter())
+                .filter(|c| !present.contains(&c.id))
+                .collect(),
+        };
         self.dormant = dormant.iter().map(|c| c.id.clone()).collect();
         Arc::make_mut(&mut world).containers.extend(dormant);
         self.world = Some(Arc::clone(&world));
