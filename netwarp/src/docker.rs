@@ -1,18 +1,22 @@
 //! The Docker side: connecting, snapshotting the containers as domain
 //! types, and the event stream that only ever *triggers* a reconcile.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::HashMap, ops::Deref, path::PathBuf, time::Duration};
 
 use bollard::{
     API_DEFAULT_VERSION, ClientVersion, Docker,
-    models::{ContainerInspectResponse, EndpointSettings, EventMessage, HealthStatusEnum},
-    query_parameters::{EventsOptions, ListContainersOptions},
+    models::EventMessage,
+    query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions},
 };
 use futures_util::Stream;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 
 use crate::{
     config::DockerConnection,
-    model::{Container, Endpoint, Health, NetworkMode, World},
+    model::World,
+    wire::{self, Inspect, ListEntry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,221 @@ pub enum DockerError {
     },
     #[error("listing containers failed: {0}")]
     List(#[source] bollard::errors::Error),
+    #[error("{what} failed: {detail}")]
+    Request { what: String, detail: String },
+    #[error(
+        "{what}: Docker's answer does not have the expected shape: {source}; is the \
+         API version (docker_api_version) one netwarp supports (1.41 or later)?"
+    )]
+    Decode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A Docker connection: bollard's client (connection, API version
+/// negotiation, events, network inspects, TLS), plus plain GETs for the
+/// container list and inspects, whose bodies netwarp decodes itself into
+/// only what it reads (see [`crate::wire`]).
+pub struct Client {
+    docker: Docker,
+    /// Where the plain GETs go; `None` over TLS, where bollard fetches and
+    /// its models are handed to the same decoder.
+    plain: Option<PlainEndpoint>,
+}
+
+enum PlainEndpoint {
+    Unix(PathBuf),
+    /// `host:port`.
+    Tcp(String),
+}
+
+impl Deref for Client {
+    type Target = Docker;
+
+    fn deref(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+impl Client {
+    /// Running containers (`all`: every container), with Docker's
+    /// `filters`, each turned into the domain type as it is decoded.
+    pub async fn list(
+        &self,
+        all: bool,
+        filters: &HashMap<String, Vec<String>>,
+        mut each: impl FnMut(ListEntry),
+    ) -> Result<(), DockerError> {
+        let what = "listing containers";
+        let body = match &self.plain {
+            Some(_) => {
+                let mut query = format!("all={all}");
+                if !filters.is_empty() {
+                    let json =
+                        serde_json::to_string(filters).map_err(|source| DockerError::Decode {
+                            what: what.into(),
+                            source,
+                        })?;
+                    query.push_str("&filters=");
+                    query.push_str(&percent_encode(&json));
+                }
+                match self.get(what, &format!("/containers/json?{query}")).await? {
+                    Some(body) => body,
+                    None => return Err(request_error(what, "404 Not Found")),
+                }
+            }
+            None => {
+                let options = ListContainersOptions {
+                    all,
+                    filters: (!filters.is_empty()).then(|| filters.clone()),
+                    ..Default::default()
+                };
+                let list = (self.docker.list_containers(Some(options)).await)
+                    .map_err(DockerError::List)?;
+                to_body(what, &list)?
+            }
+        };
+        wire::decode_list(&body, &mut each).map_err(|source| DockerError::Decode {
+            what: what.into(),
+            source,
+        })
+    }
+
+    /// One container's inspect; `None` when it no longer exists.
+    pub async fn inspect(&self, id: &str) -> Result<Option<Inspect>, DockerError> {
+        let what = format!("inspecting container {}", crate::model::short_id(id));
+        let body = match &self.plain {
+            Some(_) => match self.get(&what, &format!("/containers/{id}/json")).await? {
+                Some(body) => body,
+                None => return Ok(None),
+            },
+            None => match (self.docker)
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(inspect) => to_body(&what, &inspect)?,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(None),
+                Err(e) => return Err(DockerError::List(e)),
+            },
+        };
+        (serde_json::from_slice(&body).map(Some))
+            .map_err(|source| DockerError::Decode { what, source })
+    }
+
+    /// A plain GET of `path` under the negotiated API version: the body
+    /// of a 2xx answer, `None` for a 404, an error naming `what` for the
+    /// rest.
+    async fn get(&self, what: &str, path: &str) -> Result<Option<Bytes>, DockerError> {
+        let version = self.docker.client_version();
+        let uri = format!(
+            "/v{}.{}{path}",
+            version.major_version, version.minor_version
+        );
+        let request = async {
+            match self.plain.as_ref().expect("plain GETs have an endpoint") {
+                PlainEndpoint::Unix(socket) => {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    get_over(stream, &uri).await
+                }
+                PlainEndpoint::Tcp(address) => {
+                    let stream = tokio::net::TcpStream::connect(address.as_str()).await?;
+                    get_over(stream, &uri).await
+                }
+            }
+        };
+        let timeout = Duration::from_secs(REQUEST_TIMEOUT_SECS);
+        let (status, body) = match tokio::time::timeout(timeout, request).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(request_error(what, &e.to_string())),
+            Err(_) => return Err(request_error(what, "no answer within the request timeout")),
+        };
+        match status.as_u16() {
+            200..=299 => Ok(Some(body)),
+            404 => Ok(None),
+            code => {
+                // Docker's errors are `{"message": "..."}`.
+                let message = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                Err(request_error(
+                    what,
+                    &format!("Docker answered {code}: {message}"),
+                ))
+            }
+        }
+    }
+}
+
+fn request_error(what: &str, detail: &str) -> DockerError {
+    DockerError::Request {
+        what: what.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// What bollard decoded, as Docker's JSON again (over TLS only).
+fn to_body(what: &str, value: &impl serde::Serialize) -> Result<Bytes, DockerError> {
+    (serde_json::to_vec(value).map(Bytes::from)).map_err(|source| DockerError::Decode {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// The largest body buffer allocated up front from a Content-Length; a
+/// larger body grows past it as it arrives.
+const MAX_PRESIZED_BODY: usize = 256 << 20;
+
+/// One GET on a fresh HTTP/1.1 connection over `stream`.
+async fn get_over<S>(
+    stream: S,
+    uri: &str,
+) -> Result<(hyper::StatusCode, Bytes), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Ends with the answer; an error shows in send_request's result.
+        let _ = connection.await;
+    });
+    let request = hyper::Request::get(uri)
+        .header(hyper::header::HOST, "docker")
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    // Into one buffer of the announced size, frame by frame: collecting
+    // the frames first and joining them would hold a large list twice.
+    let length = (response.headers().get(hyper::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = response.into_body();
+    let mut buffer = Vec::with_capacity(length.min(MAX_PRESIZED_BODY));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok((status, Bytes::from(buffer)))
+}
+
+/// A query value with everything but RFC 3986's unreserved characters
+/// percent-encoded.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Request timeout for the Docker API, in seconds.
@@ -59,7 +278,7 @@ const RELEVANT_EVENTS: &[&str] = &[
 pub async fn connect(
     connection: &DockerConnection,
     api_version: Option<(usize, usize)>,
-) -> Result<Docker, DockerError> {
+) -> Result<Client, DockerError> {
     let version = match api_version {
         Some((major_version, minor_version)) => ClientVersion {
             major_version,
@@ -101,7 +320,20 @@ pub async fn connect(
         .ping()
         .await
         .map_err(|source| DockerError::Unreachable { endpoint, source })?;
-    Ok(client)
+    let plain = match connection {
+        DockerConnection::Unix(path) => Some(PlainEndpoint::Unix(path.into())),
+        DockerConnection::Tcp(address) => {
+            let address = (["tcp://", "http://"].iter())
+                .find_map(|scheme| address.strip_prefix(scheme))
+                .unwrap_or(address);
+            Some(PlainEndpoint::Tcp(address.trim_end_matches('/').to_owned()))
+        }
+        DockerConnection::Tls { .. } => None,
+    };
+    Ok(Client {
+        docker: client,
+        plain,
+    })
 }
 
 /// A short description of where Docker is, for messages.
@@ -113,88 +345,21 @@ pub fn describe(connection: &DockerConnection) -> String {
     }
 }
 
-/// Lists the running containers and inspects each one. A container that
-/// disappears between the list and the inspect is simply left out.
-pub async fn snapshot(docker: &Docker) -> Result<World, DockerError> {
-    let summaries = docker
-        .list_containers(Some(ListContainersOptions {
-            all: false,
-            ..Default::default()
-        }))
-        .await
-        .map_err(DockerError::List)?;
-    let mut containers = Vec::with_capacity(summaries.len());
-    for id in summaries.into_iter().filter_map(|s| s.id) {
-        match docker.inspect_container(&id, None).await {
-            Ok(inspect) => containers.extend(to_container(inspect)),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(DockerError::List(e)),
+/// Lists the running containers and inspects each one, keeping every
+/// label. A container that disappears between the list and the inspect is
+/// simply left out.
+pub async fn snapshot(client: &Client) -> Result<World, DockerError> {
+    let mut ids = Vec::new();
+    client
+        .list(false, &HashMap::new(), |entry| ids.extend(entry.id))
+        .await?;
+    let mut containers = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(inspect) = client.inspect(&id).await? {
+            containers.extend(inspect.into_container(&|_| true));
         }
     }
     Ok(World { containers })
-}
-
-/// Turns Docker's inspect output into the domain type.
-pub fn to_container(inspect: ContainerInspectResponse) -> Option<Container> {
-    let id = inspect.id?;
-    let name = inspect
-        .name
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_owned();
-    let state = inspect.state.unwrap_or_default();
-    let health = match state.health.and_then(|h| h.status) {
-        Some(HealthStatusEnum::STARTING) => Health::Starting,
-        Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
-        Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
-        _ => Health::None,
-    };
-    let network_mode = NetworkMode::parse(
-        inspect
-            .host_config
-            .and_then(|h| h.network_mode)
-            .as_deref()
-            .unwrap_or_default(),
-    );
-    let labels = inspect
-        .config
-        .and_then(|c| c.labels)
-        .unwrap_or_default()
-        .into_iter()
-        .collect::<BTreeMap<_, _>>();
-    let networks = inspect
-        .network_settings
-        .and_then(|n| n.networks)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(network, endpoint)| (network, to_endpoint(endpoint)))
-        .collect();
-    Some(Container {
-        id,
-        name,
-        running: state.running.unwrap_or(false) && !state.paused.unwrap_or(false),
-        health,
-        pid: state
-            .pid
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0),
-        labels,
-        networks,
-        network_mode,
-    })
-}
-
-/// Turns one of Docker's endpoint settings (inspect or list) into the domain type.
-pub fn to_endpoint(endpoint: EndpointSettings) -> Endpoint {
-    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-    Endpoint {
-        ipv4: nonempty(endpoint.ip_address).and_then(|s| s.parse().ok()),
-        ipv6: nonempty(endpoint.global_ipv6_address).and_then(|s| s.parse().ok()),
-        mac: nonempty(endpoint.mac_address),
-        network_id: nonempty(endpoint.network_id),
-    }
 }
 
 /// Container and network events that may change the plan. The stream ends
@@ -286,56 +451,11 @@ mod tests {
     }
 
     #[test]
-    fn inspect_output_becomes_a_container() {
-        let json = serde_json::json!({
-            "Id": "0123456789abcdef",
-            "Name": "/warp-vpn",
-            "State": {"Running": true, "Paused": false, "Pid": 4242, "Health": {"Status": "unhealthy"}},
-            "Config": {"Labels": {"netwarp.network": "front"}},
-            "NetworkSettings": {"Networks": {
-                "front": {"IPAddress": "172.20.0.2", "GlobalIPv6Address": "", "MacAddress": "02:42:ac:14:00:02"},
-                "back": {"IPAddress": "172.21.0.2", "GlobalIPv6Address": "fd00::2", "MacAddress": ""}
-            }}
-        });
-        let inspect: ContainerInspectResponse = serde_json::from_value(json).unwrap();
-        let c = to_container(inspect).unwrap();
-        assert_eq!(c.name, "warp-vpn");
-        assert_eq!(c.short_id(), "0123456789ab");
-        assert!(c.running);
-        assert_eq!(c.health, Health::Unhealthy);
-        assert_eq!(c.pid, Some(4242));
+    fn query_values_are_percent_encoded() {
         assert_eq!(
-            c.networks["front"].ipv4,
-            Some("172.20.0.2".parse().unwrap())
+            percent_encode(r#"{"label":["netwarp.target"]}"#),
+            "%7B%22label%22%3A%5B%22netwarp.target%22%5D%7D"
         );
-        assert_eq!(c.networks["front"].ipv6, None);
-        assert_eq!(c.networks["back"].ipv6, Some("fd00::2".parse().unwrap()));
-        assert_eq!(c.networks["back"].mac, None);
-        assert_eq!(c.network_mode, NetworkMode::Own, "no HostConfig");
-    }
-
-    #[test]
-    fn the_network_mode_is_read_from_the_host_config() {
-        for (mode, expected) in [
-            ("host", NetworkMode::Host),
-            ("none", NetworkMode::NoNetwork),
-            (
-                "container:0123abcd",
-                NetworkMode::Container("0123abcd".into()),
-            ),
-            ("bridge", NetworkMode::Own),
-            ("default", NetworkMode::Own),
-            ("my-net", NetworkMode::Own),
-        ] {
-            let inspect: ContainerInspectResponse = serde_json::from_value(serde_json::json!({
-                "Id": "0123456789abcdef", "Name": "/x", "HostConfig": {"NetworkMode": mode}
-            }))
-            .unwrap();
-            assert_eq!(
-                to_container(inspect).unwrap().network_mode,
-                expected,
-                "{mode}"
-            );
-        }
+        assert_eq!(percent_encode("a-b_c.d~e f"), "a-b_c.d~e%20f");
     }
 }

@@ -26,36 +26,27 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::SystemTime,
 };
 
-use bollard::{
-    Docker,
-    models::{ContainerSummary, ContainerSummaryHealthStatusEnum, ContainerSummaryStateEnum},
-    query_parameters::ListContainersOptions,
-};
-use futures_util::{StreamExt as _, stream};
+use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 
+pub use crate::wire::Marker;
 use crate::{
-    docker::{DockerError, to_container, to_endpoint},
-    model::{Container, Health, NetworkMode, World},
-    plan::{GuardPlan, PlanSettings, is_warp_by_name},
+    docker::{Client, DockerError},
+    model::{Container, Health, World},
+    plan::{GuardPlan, PlanSettings, SWARM_SERVICE_LABEL, is_warp_by_name},
+    wire::ListEntry,
 };
+
+/// The most pending events a pass serves by listing only the containers
+/// they name; more (a storm) list everything.
+const PARTIAL_MAX: usize = 256;
 
 /// Inspects in flight at once. Docker serves them in parallel; more would
 /// only queue inside dockerd.
 const INSPECT_CONCURRENCY: usize = 16;
-
-/// What the list says about a container that, when it changes, means a
-/// cached inspect may be stale.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Marker {
-    pub name: String,
-    pub state: Option<ContainerSummaryStateEnum>,
-    pub health: Health,
-    /// Sorted endpoint ids, one per attached network.
-    pub endpoints: Vec<String>,
-}
 
 /// Why a container is (or is not) inspected in this pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,11 +85,17 @@ pub struct SnapshotStats {
     pub inspected: usize,
     /// Whether every target and warp was inspected (a full refresh).
     pub full: bool,
+    /// Whether only the containers events named were listed.
+    pub partial: bool,
 }
 
+/// What an inspect adds to the list, kept while the marker holds: the
+/// rest of a container comes from each pass's list.
 struct Cached {
     marker: Marker,
-    container: Container,
+    running: bool,
+    health: Health,
+    pid: Option<u32>,
 }
 
 pub struct Inventory {
@@ -106,8 +103,15 @@ pub struct Inventory {
     target_label: String,
     /// Cap labels: a capped container needs its pid too.
     cap_labels: [String; 2],
+    /// Every label the planner reads; the others are dropped as the
+    /// responses are decoded.
+    planner_labels: Vec<String>,
     cache: HashMap<String, Cached>,
     refresh_all: bool,
+    /// The last snapshot, which a pass for a few events patches.
+    world: Option<Arc<World>>,
+    /// The ids of its dormant targets.
+    dormant: HashSet<String>,
     /// Each guarded network's bridge interface (None: not a bridge
     /// network), by network id; ids never change meaning, so no expiry
     /// beyond dropping networks no guard uses.
@@ -123,8 +127,18 @@ impl Inventory {
                 settings.caps.egress_label.clone(),
                 settings.caps.ingress_label.clone(),
             ],
+            planner_labels: vec![
+                settings.target_label.clone(),
+                settings.network_label.clone(),
+                settings.rules_label.clone(),
+                settings.caps.egress_label.clone(),
+                settings.caps.ingress_label.clone(),
+                SWARM_SERVICE_LABEL.to_owned(),
+            ],
             cache: HashMap::new(),
             refresh_all: true,
+            world: None,
+            dormant: HashSet::new(),
             bridges: HashMap::new(),
         }
     }
@@ -137,12 +151,23 @@ impl Inventory {
     /// Drops the cache (after a reconnect, every pid may have changed).
     pub fn forget(&mut self) {
         self.cache.clear();
+        self.world = None;
         self.refresh_all = true;
     }
 
     /// Cached inspects, for tests and metrics.
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Whether the planner reads the label `key`.
+    pub fn keeps_label(&self, key: &str) -> bool {
+        self.planner_labels.iter().any(|label| label == key)
+    }
+
+    /// A list entry as the domain type, with the planner's labels only.
+    fn listed_container(&self, entry: ListEntry) -> Option<(Container, Marker)> {
+        entry.into_container(&|key| self.keeps_label(key))
     }
 
     /// Whether the planner needs more than the list for this container.
@@ -155,23 +180,55 @@ impl Inventory {
                 .any(|label| container.labels.contains_key(label))
     }
 
+    /// The containers a pass may list alone instead of every container:
+    /// the ones pending events name, when there are few, every name is a
+    /// container id, and the last pass left a snapshot to patch. `None`:
+    /// list everything.
+    fn partial_scope(&self, pending: &HashMap<String, SystemTime>) -> Option<HashSet<String>> {
+        let usable = !self.refresh_all
+            && self.world.is_some()
+            && !pending.is_empty()
+            && pending.len() <= PARTIAL_MAX
+            && pending.keys().all(|id| !id.is_empty());
+        usable.then(|| pending.keys().cloned().collect())
+    }
+
     /// Lists the running containers and inspects what the list lacks, for
     /// the targets and warps that need it. A container that disappears
     /// between the list and its inspect is left out.
+    ///
+    /// When few events are pending (see [`Inventory::partial_scope`]), only
+    /// the containers they name are listed (Docker's `id` filter) and put
+    /// in place of their entries in the last snapshot: a container changes
+    /// only with an event of its own, and everything else is as the last
+    /// pass found it. Every full refresh (the periodic resync, a reconnect,
+    /// lost events) lists everything again.
     pub async fn snapshot(
         &mut self,
-        client: &Docker,
+        client: &Client,
         pending: &HashMap<String, SystemTime>,
-    ) -> Result<(World, SnapshotStats), DockerError> {
-        let summaries = client
-            .list_containers(Some(ListContainersOptions {
-                all: false,
-                ..Default::default()
-            }))
-            .await
-            .map_err(DockerError::List)?;
-        let listed: Vec<(Container, Marker)> =
-            summaries.into_iter().filter_map(from_summary).collect();
+    ) -> Result<(Arc<World>, SnapshotStats), DockerError> {
+        let named = self.partial_scope(pending);
+        if named.is_none() {
+            // Not needed by a full listing: never hold two snapshots.
+            self.world = None;
+        }
+        let mut filters = HashMap::new();
+        if let Some(ids) = &named {
+            filters.insert("id".to_owned(), ids.iter().cloned().collect::<Vec<_>>());
+        }
+        // Both lists at once; the dormant targets' is small.
+        let mut listed: Vec<(Container, Marker)> = Vec::new();
+        let running = client.list(false, &filters, |entry| {
+            // Only what was asked for, should an API not filter by id.
+            let asked = |id: &String| named.as_ref().is_none_or(|named| named.contains(id));
+            if entry.id.as_ref().is_some_and(asked) {
+                listed.extend(self.listed_container(entry));
+            }
+        });
+        let (running, dormant) = tokio::join!(running, self.dormant_targets(client));
+        running?;
+        let dormant = dormant?;
         let mut decisions = Vec::with_capacity(listed.len());
         let mut to_inspect = Vec::new();
         for (container, marker) in &listed {
@@ -189,26 +246,20 @@ impl Inventory {
         }
         // Each response becomes the small domain type at once: holding
         // thousands of full inspect responses would cost tens of MiB.
+        let keep = |key: &str| self.keeps_label(key);
         let mut inspected: HashMap<String, Option<Container>> = stream::iter(to_inspect)
             .map(|id| async move {
-                match client.inspect_container(&id, None).await {
-                    Ok(inspect) => Ok((id, to_container(inspect))),
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404,
-                        ..
-                    }) => Ok((id, None)),
-                    Err(e) => Err(DockerError::List(e)),
-                }
+                let inspect = client.inspect(&id).await?;
+                Ok::<_, DockerError>((id, inspect.and_then(|i| i.into_container(&keep))))
             })
             .buffer_unordered(INSPECT_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+            .try_collect()
+            .await?;
         let mut stats = SnapshotStats {
             listed: listed.len(),
             inspected: inspected.len(),
             full: self.refresh_all,
+            partial: named.is_some(),
             ..SnapshotStats::default()
         };
         let mut containers = Vec::with_capacity(listed.len());
@@ -225,7 +276,9 @@ impl Inventory {
                                 container.id.clone(),
                                 Cached {
                                     marker,
-                                    container: fresh.clone(),
+                                    running: fresh.running,
+                                    health: fresh.health,
+                                    pid: fresh.pid,
                                 },
                             );
                             containers.push(fresh);
@@ -238,7 +291,7 @@ impl Inventory {
                 }
                 Decision::Cached => {
                     stats.relevant += 1;
-                    let cached = &self.cache[&container.id].container;
+                    let cached = &self.cache[&container.id];
                     // The list is as fresh as it gets for names and
                     // endpoints; the pid and health come from the inspect.
                     containers.push(Container {
@@ -250,20 +303,49 @@ impl Inventory {
                 }
             }
         }
-        self.cache.retain(|id, _| present.contains(id));
+        let mut world = match (&named, self.world.take()) {
+            (Some(named), Some(mut last)) => {
+                // The named containers as listed now, the rest as before;
+                // the dormant targets are listed anew either way.
+                let world = Arc::make_mut(&mut last);
+                let dormant = &self.dormant;
+                (world.containers).retain(|c| !named.contains(&c.id) && !dormant.contains(&c.id));
+                world.containers.extend(containers);
+                self.cache
+                    .retain(|id, _| !named.contains(id) || present.contains(id));
+                last
+            }
+            _ => {
+                self.cache.retain(|id, _| present.contains(id));
+                Arc::new(World { containers })
+            }
+        };
         self.refresh_all = false;
-        containers.extend(self.dormant_targets(client, &present).await?);
-        Ok((World { containers }, stats))
+        // An entry the main list already had is skipped (a container may
+        // start between the two calls). A partial pass knows the others
+        // from the last snapshot.
+        let dormant: Vec<Container> = match &named {
+            Some(_) if !dormant.is_empty() => {
+                let listed: HashSet<&str> = (world.containers.iter())
+                    .map(|c| c.id.as_str())
+                    .chain(present.iter().map(String::as_str))
+                    .collect();
+                (dormant.into_iter())
+                    .filter(|c| !listed.contains(c.id.as_str()))
+                    .collect()
+            }
+            _ => (dormant.into_iter())
+                .filter(|c| !present.contains(&c.id))
+                .collect(),
+        };
+        self.dormant = dormant.iter().map(|c| c.id.clone()).collect();
+        Arc::make_mut(&mut world).containers.extend(dormant);
+        self.world = Some(Arc::clone(&world));
+        Ok((world, stats))
     }
 
-    /// Targets that exist but do not run, from a list Docker filters. Any
-    /// entry the main list already had is skipped (a container may start
-    /// between the two calls).
-    async fn dormant_targets(
-        &self,
-        client: &Docker,
-        present: &HashSet<String>,
-    ) -> Result<Vec<Container>, DockerError> {
+    /// Targets that exist but do not run, from a list Docker filters.
+    async fn dormant_targets(&self, client: &Client) -> Result<Vec<Container>, DockerError> {
         let filters = HashMap::from([
             ("label".to_owned(), vec![self.target_label.clone()]),
             (
@@ -273,22 +355,16 @@ impl Inventory {
                     .to_vec(),
             ),
         ]);
-        let summaries = client
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .map_err(DockerError::List)?;
-        Ok(summaries
-            .into_iter()
-            .filter_map(from_summary)
-            .map(|(container, _)| container)
-            .filter(|c| {
-                !c.running && !present.contains(&c.id) && c.labels.contains_key(&self.target_label)
+        let mut dormant = Vec::new();
+        client
+            .list(true, &filters, |entry| {
+                let container = self.listed_container(entry).map(|(container, _)| container);
+                dormant.extend(
+                    container.filter(|c| !c.running && c.labels.contains_key(&self.target_label)),
+                );
             })
-            .collect())
+            .await?;
+        Ok(dormant)
     }
 
     /// The bridge interface of each guard's network, for the guards whose
@@ -298,7 +374,7 @@ impl Inventory {
     /// one that is no longer needed.
     pub async fn guard_bridges<'a>(
         &mut self,
-        client: &Docker,
+        client: &Client,
         guards: &'a [GuardPlan],
     ) -> (Vec<(String, &'a GuardPlan)>, bool) {
         let mut complete = true;
@@ -349,66 +425,6 @@ impl Inventory {
     }
 }
 
-/// What the list says about one container, as the domain type (without a
-/// pid, and with the health only as a hint), plus its change marker.
-pub fn from_summary(summary: ContainerSummary) -> Option<(Container, Marker)> {
-    let id = summary.id?;
-    // Links add names such as `/other/alias`; the container's own name is
-    // the one without a second slash.
-    let names = summary.names.unwrap_or_default();
-    let name = names
-        .iter()
-        .map(|n| n.trim_start_matches('/'))
-        .find(|n| !n.contains('/'))
-        .or_else(|| names.first().map(|n| n.trim_start_matches('/')))
-        .unwrap_or_default()
-        .to_owned();
-    let health = match summary.health.and_then(|h| h.status) {
-        Some(ContainerSummaryHealthStatusEnum::STARTING) => Health::Starting,
-        Some(ContainerSummaryHealthStatusEnum::HEALTHY) => Health::Healthy,
-        Some(ContainerSummaryHealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
-        _ => health_from_status(summary.status.as_deref().unwrap_or_default()),
-    };
-    let mut endpoints = Vec::new();
-    let networks = summary
-        .network_settings
-        .and_then(|n| n.networks)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(network, endpoint)| {
-            endpoints.push(endpoint.endpoint_id.clone().unwrap_or_default());
-            (network, to_endpoint(endpoint))
-        })
-        .collect();
-    endpoints.sort();
-    // The list has it too, so containers that are never inspected (the
-    // one a target shares a namespace with) are classified as well.
-    let network_mode = NetworkMode::parse(
-        summary
-            .host_config
-            .and_then(|h| h.network_mode)
-            .as_deref()
-            .unwrap_or_default(),
-    );
-    let container = Container {
-        id,
-        name: name.clone(),
-        running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
-        health,
-        pid: None,
-        labels: summary.labels.unwrap_or_default().into_iter().collect(),
-        networks,
-        network_mode,
-    };
-    let marker = Marker {
-        name,
-        state: summary.state,
-        health,
-        endpoints,
-    };
-    Some((container, marker))
-}
-
 /// The host interface of a bridge network: the name its options give, or
 /// Docker's default, `br-` and the first 12 characters of the id.
 pub fn bridge_interface(id: &str, network: &bollard::models::NetworkInspect) -> Option<String> {
@@ -426,30 +442,17 @@ pub fn bridge_interface(id: &str, network: &bollard::models::NetworkInspect) -> 
     })
 }
 
-/// The health in a list entry's human-readable status, such as
-/// `Up 5 minutes (unhealthy)` (the only place it is before API 1.52).
-pub fn health_from_status(status: &str) -> Health {
-    if status.contains("(unhealthy)") {
-        Health::Unhealthy
-    } else if status.contains("(healthy)") {
-        Health::Healthy
-    } else if status.contains("(health: starting)") {
-        Health::Starting
-    } else {
-        Health::None
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use bollard::models::ContainerSummary;
-
     use super::*;
 
-    fn marker(state: ContainerSummaryStateEnum, endpoints: &[&str]) -> Marker {
+    const RUNNING: &str = "running";
+    const PAUSED: &str = "paused";
+
+    fn marker(state: &str, endpoints: &[&str]) -> Marker {
         Marker {
             name: "warp-a".into(),
-            state: Some(state),
+            state: Some(state.into()),
             health: Health::None,
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         }
@@ -457,7 +460,6 @@ mod tests {
 
     #[test]
     fn only_targets_and_warps_are_inspected_and_only_when_needed() {
-        use ContainerSummaryStateEnum::{PAUSED, RUNNING};
         let now = marker(RUNNING, &["e1"]);
         assert_eq!(decide(false, None, &now, true, true), Decision::ListOnly);
         assert_eq!(decide(true, None, &now, false, false), Decision::Inspect);
@@ -494,74 +496,5 @@ mod tests {
                 "{changed:?}"
             );
         }
-    }
-
-    #[test]
-    fn list_entries_become_containers_with_markers() {
-        let json = serde_json::json!({
-            "Id": "0123456789abcdef",
-            "Names": ["/other/alias", "/warp-vpn"],
-            "State": "running",
-            "Status": "Up 3 minutes (unhealthy)",
-            "Labels": {"netwarp.network": "front"},
-            "NetworkSettings": {"Networks": {
-                "front": {"EndpointID": "ep-b", "IPAddress": "172.20.0.2", "GlobalIPv6Address": "", "MacAddress": "02:42:ac:14:00:02"},
-                "back": {"EndpointID": "ep-a", "IPAddress": "172.21.0.2", "GlobalIPv6Address": "fd00::2", "MacAddress": ""}
-            }}
-        });
-        let summary: ContainerSummary = serde_json::from_value(json).unwrap();
-        let (c, m) = from_summary(summary).unwrap();
-        assert_eq!(c.name, "warp-vpn");
-        assert!(c.running);
-        assert_eq!(c.pid, None);
-        assert_eq!(c.health, Health::Unhealthy);
-        assert_eq!(c.labels["netwarp.network"], "front");
-        assert_eq!(
-            c.networks["front"].ipv4,
-            Some("172.20.0.2".parse().unwrap())
-        );
-        assert_eq!(
-            c.networks["front"].mac.as_deref(),
-            Some("02:42:ac:14:00:02")
-        );
-        assert_eq!(c.networks["back"].ipv6, Some("fd00::2".parse().unwrap()));
-        assert_eq!(m.endpoints, ["ep-a", "ep-b"]);
-        assert_eq!(m.state, Some(ContainerSummaryStateEnum::RUNNING));
-        assert_eq!(c.network_mode, NetworkMode::Own);
-
-        let shared: ContainerSummary = serde_json::from_value(serde_json::json!({
-            "Id": "ee", "Names": ["/y"], "State": "running",
-            "HostConfig": {"NetworkMode": "container:0123456789abcdef"}
-        }))
-        .unwrap();
-        let (c, _) = from_summary(shared).unwrap();
-        assert_eq!(
-            c.network_mode,
-            NetworkMode::Container("0123456789abcdef".into())
-        );
-
-        let paused: ContainerSummary = serde_json::from_value(serde_json::json!({
-            "Id": "ff", "Names": ["/x"], "State": "paused", "Status": "Up 1 second (Paused)",
-            "Health": {"Status": "healthy"}
-        }))
-        .unwrap();
-        let (c, m) = from_summary(paused).unwrap();
-        assert!(!c.running);
-        assert_eq!(c.health, Health::Healthy, "the list's own Health wins");
-        assert!(m.endpoints.is_empty());
-    }
-
-    #[test]
-    fn health_hints_in_the_status_text() {
-        assert_eq!(health_from_status("Up 2 hours (healthy)"), Health::Healthy);
-        assert_eq!(
-            health_from_status("Up 2 hours (unhealthy)"),
-            Health::Unhealthy
-        );
-        assert_eq!(
-            health_from_status("Up 1 second (health: starting)"),
-            Health::Starting
-        );
-        assert_eq!(health_from_status("Up 2 hours"), Health::None);
     }
 }

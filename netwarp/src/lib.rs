@@ -13,3 +13,4 @@ pub mod privileges;
 pub mod probe;
 pub mod telemetry;
 pub mod warp_probe;
+pub mod wire;

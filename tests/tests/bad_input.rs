@@ -3,7 +3,7 @@
 //! and cap labels, through the planner) and config keys the unit tests in
 //! netwarp/src/config/tests.rs do not cover. No privileges needed.
 
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
 use netwarp::{
     config::{Config, Layer},
@@ -49,7 +49,7 @@ fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, &str)]) -> 
                     },
                 )
             })
-            .collect::<BTreeMap<_, _>>(),
+            .collect(),
         ..Container::default()
     }
 }

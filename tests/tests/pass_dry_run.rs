@@ -29,7 +29,7 @@ struct Bench {
     /// The fake serves on its own runtime; the pass runs on this one.
     runtime: tokio::runtime::Runtime,
     fake: FakeDocker,
-    client: bollard::Docker,
+    client: docker::Client,
     reconciler: Reconciler,
     faults: DryRunFaults,
     record: PathBuf,
@@ -380,4 +380,50 @@ fn an_ordinary_start_is_programmed_before_heavy_writes_finish() {
         assert!(faults.written().len() > before, "each pass makes progress");
     }
     assert_eq!(Bench::states(&last), bench.fake.expected_states());
+}
+
+/// A pass for a few events lists only the containers they name and
+/// patches the last snapshot; it must end exactly where a full pass over
+/// a fresh listing ends, whatever the events did.
+#[test]
+fn a_pass_for_a_few_events_ends_where_a_full_pass_ends() {
+    let mut bench = Bench::start("partial");
+    bench.pass(&[]);
+    let targets = bench.fake.ids(Role::Target);
+    let warps = bench.fake.ids(Role::Warp);
+    type Change<'a> = &'a dyn Fn(&FakeDocker);
+    let steps: [(&str, Change); 5] = [
+        ("a target stops", &|fake| fake.stop(&targets[0])),
+        ("a warp stops", &|fake| fake.stop(&warps[0])),
+        ("the warp starts", &|fake| fake.start_container(&warps[0])),
+        ("the target starts", &|fake| {
+            fake.start_container(&targets[0])
+        }),
+        ("a warp turns unhealthy", &|fake| {
+            fake.set_health(&warps[1], Health::Unhealthy)
+        }),
+    ];
+    for (step, change) in steps {
+        change(&bench.fake);
+        let named: Vec<&str> = [&targets[0], &warps[0], &warps[1]]
+            .map(String::as_str)
+            .to_vec();
+        let before = bench.fake.counters();
+        let partial = bench.pass(&named);
+        let used = bench.fake.counters().since(&before);
+        assert!(
+            used.inspect <= named.len() as u64,
+            "{step}: only the named containers are inspected ({} inspects)",
+            used.inspect
+        );
+        assert_eq!(
+            Bench::states(&partial),
+            bench.fake.expected_states(),
+            "{step}"
+        );
+        // A full pass over a fresh listing changes nothing.
+        bench.reconciler.resync_all();
+        let full = bench.pass(&[]);
+        assert_eq!(partial.targets, full.targets, "{step}");
+    }
 }

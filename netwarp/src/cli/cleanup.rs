@@ -6,7 +6,7 @@ use crate::dataplane::cleanup::{CleanupError, cleanup};
 
 pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load()?;
-    super::init_logging(&config);
+    let _log = super::init_logging(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -61,7 +61,10 @@ fn missing_privilege(missing: &crate::privileges::MissingCapabilities) -> ExitCo
 }
 
 /// Installs the tracing subscriber in the configured level and format.
-pub fn init_logging(config: &Config) {
+/// Lines go to stderr through a writer thread, so a pass never waits on
+/// the terminal or the journal; the returned guard flushes what is queued
+/// when it is dropped, so hold it until the subcommand returns.
+pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETWARP_LOG").unwrap_or_else(|_| {
         // netwarp_programs: the eBPF programs' aya-log records.
         let level = &config.log_level;
@@ -69,12 +72,19 @@ pub fn init_logging(config: &Config) {
     });
     // Colours only on a terminal: logs in files and journals stay plain.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Not lossy: a full queue makes the logging call wait rather than
+    // drop a line (a warning must never vanish).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("netwarp-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

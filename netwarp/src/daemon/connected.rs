@@ -4,15 +4,15 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use bollard::Docker;
+use bollard::{Docker, models::EventMessage};
 use futures_util::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::{Signals, shutdown};
@@ -31,65 +31,105 @@ pub(super) enum LoopExit {
 /// Re-reads the configuration from the same sources (for SIGHUP).
 pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
+/// The most distinct containers pending at once; past it (a storm over
+/// more containers than a host runs) the ids are dropped and the next pass
+/// re-inspects everything.
+const PENDING_MAX: usize = 65_536;
+
 /// The event reader only forwards "something changed", with the event's
 /// own time for latency measurements; it never carries state.
 struct EventReader {
     /// Ends with the reason the stream stopped.
     task: tokio::task::JoinHandle<String>,
-    /// Container ids events named, with the events' times.
-    dirty: mpsc::Receiver<(String, SystemTime)>,
-    /// Set when an event found the channel full: its id is lost, so the
-    /// next reconcile must re-inspect everything, not only what is pending.
-    overflowed: Arc<AtomicBool>,
+    /// Container ids events named, with the first event's time, coalesced
+    /// as they arrive: a storm grows this by containers, not by events, so
+    /// no event is lost to a full queue while a pass runs.
+    dirty: Arc<Dirty>,
+}
+
+#[derive(Default)]
+struct Dirty {
+    ids: Mutex<HashMap<String, SystemTime>>,
+    /// Set when an id was dropped at [`PENDING_MAX`].
+    overflowed: AtomicBool,
+    arrived: Notify,
+}
+
+impl Dirty {
+    fn add(&self, id: String, at: SystemTime) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.len() >= PENDING_MAX && !ids.contains_key(&id) {
+            self.overflowed.store(true, Ordering::Relaxed);
+        } else {
+            ids.entry(id).or_insert(at);
+        }
+        drop(ids);
+        self.arrived.notify_one();
+    }
+
+    /// Moves every pending id into `pending` (keeping the earlier time).
+    fn drain_into(&self, pending: &mut HashMap<String, SystemTime>) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, at) in ids.drain() {
+            pending.entry(id).or_insert(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        (self.ids.lock().unwrap_or_else(|e| e.into_inner())).is_empty()
+    }
 }
 
 impl EventReader {
     fn spawn(client: &Docker, metrics: crate::telemetry::Metrics) -> Self {
-        let (dirty_tx, dirty) = mpsc::channel::<(String, SystemTime)>(1024);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let overflowed_reader = Arc::clone(&overflowed);
-        let mut events = docker::events(client);
+        let dirty = Arc::new(Dirty::default());
+        let reader_dirty = Arc::clone(&dirty);
+        let events = docker::events(client);
         let task = tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => return e.to_string(),
-                };
-                let kind = event.typ.map(|t| t.to_string()).unwrap_or_default();
-                metrics.docker_event(&kind, event.action.as_deref().unwrap_or_default());
-                // A network event's actor is the network; the container it
-                // concerns is an attribute.
-                let id = event
-                    .actor
-                    .and_then(|a| {
-                        a.attributes
-                            .and_then(|mut attrs| attrs.remove("container"))
-                            .or(a.id)
-                    })
-                    .unwrap_or_default();
-                debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
-                // Docker's own timestamp, so latency covers the whole path.
-                let at = event
-                    .time_nano
-                    .and_then(|n| u64::try_from(n).ok())
-                    .map_or_else(SystemTime::now, |n| UNIX_EPOCH + Duration::from_nanos(n));
-                // A full channel already guarantees a reconcile.
-                if dirty_tx.try_send((id, at)).is_err() {
-                    overflowed_reader.store(true, Ordering::Relaxed);
-                }
-            }
-            "the event stream ended".to_owned()
+            let ended = read(events, &reader_dirty, &metrics).await;
+            // Wakes the loop, which then finds the reader finished.
+            reader_dirty.arrived.notify_one();
+            ended
         });
-        Self {
-            task,
-            dirty,
-            overflowed,
-        }
+        Self { task, dirty }
     }
 }
 
+/// Forwards events until the stream ends; returns why it ended.
+async fn read<S>(mut events: S, dirty: &Dirty, metrics: &crate::telemetry::Metrics) -> String
+where
+    S: futures_util::Stream<Item = Result<EventMessage, bollard::errors::Error>> + Unpin,
+{
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => return e.to_string(),
+        };
+        let kind = event.typ.map(|t| t.to_string()).unwrap_or_default();
+        metrics.docker_event(&kind, event.action.as_deref().unwrap_or_default());
+        // A network event's actor is the network; the container it
+        // concerns is an attribute.
+        let id = event
+            .actor
+            .and_then(|a| {
+                a.attributes
+                    .and_then(|mut attrs| attrs.remove("container"))
+                    .or(a.id)
+            })
+            .unwrap_or_default();
+        debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
+        // Docker's own timestamp, so latency covers the whole path.
+        let at = event
+            .time_nano
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or_else(SystemTime::now, |n| UNIX_EPOCH + Duration::from_nanos(n));
+        dirty.add(id, at);
+    }
+    "the event stream ended".to_owned()
+}
+
 pub(super) async fn run_connected(
-    client: &Docker,
+    client: &docker::Client,
     config: &Config,
     reconciler: &mut Reconciler,
     signals: &mut Signals,
@@ -99,8 +139,7 @@ pub(super) async fn run_connected(
     let metrics = reconciler.telemetry_mut().metrics().clone();
     let EventReader {
         task: reader,
-        dirty: mut dirty_rx,
-        overflowed,
+        dirty,
     } = EventReader::spawn(client, metrics);
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,17 +148,16 @@ pub(super) async fn run_connected(
     let exit = loop {
         tokio::select! {
             _ = resync.tick() => reconciler.resync_all(),
-            event = dirty_rx.recv() => {
-                let Some((id, at)) = event else {
-                    break LoopExit::ConnectionLost("the event reader stopped".into());
-                };
-                pending.entry(id).or_insert(at);
+            () = dirty.arrived.notified() => {
                 let wait = debounce_wait(last_pass.map(|t| t.elapsed()));
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                while let Ok((id, at)) = dirty_rx.try_recv() {
-                    pending.entry(id).or_insert(at);
+                dirty.drain_into(&mut pending);
+                let overflowed = dirty.overflowed.load(Ordering::Relaxed);
+                if pending.is_empty() && !overflowed && !reader.is_finished() {
+                    // A wake-up whose ids an earlier pass already took.
+                    continue;
                 }
             }
             _ = signals.term.recv() => break shutdown_exit("SIGTERM"),
@@ -129,13 +167,13 @@ pub(super) async fn run_connected(
         if reader.is_finished() {
             break LoopExit::ConnectionLost("the event stream ended".into());
         }
-        if overflowed.swap(false, Ordering::Relaxed) {
+        if dirty.overflowed.swap(false, Ordering::Relaxed) {
             reconciler.resync_all();
         }
         last_pass = Some(Instant::now());
         let span = reconciler.telemetry_mut().next_pass();
         if let Err(e) = reconciler
-            .reconcile(client, &mut pending, &|| !dirty_rx.is_empty())
+            .reconcile(client, &mut pending, &|| !dirty.is_empty())
             .instrument(span)
             .await
         {

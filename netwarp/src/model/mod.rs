@@ -1,12 +1,11 @@
 //! Domain types: what netwarp knows about containers, independent of Docker's API.
+mod map;
 mod rate;
 mod rule;
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use map::SmallMap;
 pub use rate::{Cap, Caps, Rate, RateError, default_burst, parse_rate, parse_size};
 pub use rule::{Cidr, PortRange, Protocol, Rule, RuleError, parse_rules};
 
@@ -99,9 +98,10 @@ pub struct Container {
     pub health: Health,
     /// The init process, whose network namespace is the container's.
     pub pid: Option<u32>,
-    pub labels: BTreeMap<String, String>,
+    /// Only the labels the planner reads (see [`crate::inventory`]).
+    pub labels: SmallMap<String>,
     /// Endpoints by network name.
-    pub networks: BTreeMap<String, Endpoint>,
+    pub networks: SmallMap<Endpoint>,
     pub network_mode: NetworkMode,
 }
 

@@ -1,8 +1,9 @@
-//! What the pass logs about classifications, once per change.
+//! What the pass logs about classifications, once per change: a steered
+//! target at debug, a problem (blocked, bypassed, refused) at warn.
 
 use std::collections::HashMap;
 
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::{
     model::short_id,
@@ -24,7 +25,7 @@ impl ChangeLog {
         }
         let id = short_id(&target.id);
         match &target.state {
-            _ if target.shares_namespace_of.is_some() => info!(
+            _ if target.shares_namespace_of.is_some() => debug!(
                 container = %target.name, %id, warp = %target.warp,
                 state = target.state.name(), note = ?target.sharing_note(),
                 "target runs in another target's namespace; that target's policy serves both"
@@ -33,7 +34,7 @@ impl ChangeLog {
                 network,
                 via_v4,
                 via_v6,
-            } => info!(
+            } => debug!(
                 container = %target.name, %id, warp = %target.warp, %network,
                 via_v4 = ?via_v4, via_v6 = ?via_v6, rules = target.entries.len(),
                 "target steered through its warp container"

@@ -13,7 +13,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use bollard::Docker;
+use crate::docker::Client;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
@@ -125,7 +125,7 @@ impl Reconciler {
     /// hold the targets it has not reached yet.
     pub async fn reconcile(
         &mut self,
-        client: &Docker,
+        client: &Client,
         pending: &mut HashMap<String, SystemTime>,
         events_waiting: &dyn Fn() -> bool,
     ) -> Result<(), docker::DockerError> {
@@ -133,6 +133,7 @@ impl Reconciler {
         let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let plan = plan(&world, &self.settings);
+        let plan_ms = started.elapsed().as_secs_f64() * 1e3 - snapshot_ms;
         let named = named_by_events(&world, &plan, pending);
         let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
         let guards_first = self.initial_pass;
@@ -160,6 +161,7 @@ impl Reconciler {
         self.dataplane.release_departed(&scope, &done.seen);
         self.dataplane.finish_pass(&done.seen);
         pending.clear();
+        let applied_ms = started.elapsed().as_secs_f64() * 1e3;
         let guards = self.dataplane.guards_in_place();
         let failures = (self.failed.iter())
             .map(|(id, (error, reason))| {
@@ -181,9 +183,15 @@ impl Reconciler {
             duration: started.elapsed(),
         });
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Where the pass's time went: list and inspects, planning, the
+        // dataplane, publishing status and metrics.
+        let apply_ms = applied_ms - snapshot_ms - plan_ms;
+        let publish_ms = duration_ms - applied_ms;
         let (targets, containers) = (plan.targets.len(), world.containers.len());
+        // One line per pass at info; what happened to each target is at
+        // debug (and its problems at warn, once per change).
         if !complete {
-            debug!(
+            info!(
                 targets,
                 containers, duration_ms, "reconcile stopped early for an event"
             );
@@ -193,17 +201,25 @@ impl Reconciler {
                 containers,
                 inspected = snapshot.inspected,
                 snapshot_ms,
+                plan_ms,
+                apply_ms,
+                publish_ms,
                 duration_ms,
                 "initial reconcile complete"
             );
         } else {
-            debug!(
+            info!(
                 targets,
                 containers,
+                listed = snapshot.listed,
                 relevant = snapshot.relevant,
                 inspected = snapshot.inspected,
                 full = snapshot.full,
+                partial = snapshot.partial,
                 snapshot_ms,
+                plan_ms,
+                apply_ms,
+                publish_ms,
                 duration_ms,
                 "reconciled"
             );
@@ -212,7 +228,7 @@ impl Reconciler {
     }
 
     /// Brings the bridge guards to the plan, and remembers them for status.
-    async fn sync_guards(&mut self, client: &Docker, plan: &Plan, scope: &PassScope) {
+    async fn sync_guards(&mut self, client: &Client, plan: &Plan, scope: &PassScope) {
         let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
         let failures = (self.dataplane)
             .sync_guards(scope, &guards, complete, self.initial_pass)
@@ -307,7 +323,7 @@ impl Reconciler {
                 "target programmed after event"
             );
         } else if changed {
-            info!("target programmed on resync");
+            debug!("target programmed on resync");
         }
     }
 

@@ -18,8 +18,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use super::{Action, BlockReason, Entry, GuardPlan, PlanSettings, TargetPlan, TargetState, guard};
-use crate::model::{Cidr, Rule, World};
+use super::{Action, BlockReason, Entry, PlanSettings, TargetPlan, TargetState, guard};
+use crate::model::{Cidr, Container, Rule};
 
 /// The configuration key of the tries' capacity.
 pub const RULES_CAPACITY_KEY: &str = "dataplane.ebpf_rules_capacity";
@@ -192,25 +192,25 @@ pub fn admit_rows(
     refused
 }
 
-/// In eBPF mode (a capacity is set), refuses the targets that do not fit
-/// (see [`admit_rows`]): blocked entirely, with a [`BlockReason::Capacity`]
-/// naming the trie. Returns the guards of the admitted targets.
-pub(super) fn admit(
-    world: &World,
+/// In eBPF mode (a capacity is set), the target containers that do not
+/// fit (see [`admit_rows`]), by id, from the plans of every target
+/// container (`planned`, see [`super::plan_all`]). None otherwise.
+pub(super) fn refusals(
     settings: &PlanSettings,
-    targets: &mut [TargetPlan],
-) -> Vec<GuardPlan> {
+    planned: &[(&Container, TargetPlan)],
+) -> BTreeMap<String, Refusal> {
     let Some(capacity) = settings.rule_capacity else {
-        return guard::plan_guards(world, settings);
+        return BTreeMap::new();
     };
     let destinations = |entries: &[Entry]| -> BTreeSet<Cidr> {
         entries.iter().map(|e| e.rule.destination).collect()
     };
-    let programmed = |t: &TargetPlan| t.pid.is_some();
+    // A running target's namespace of its own is programmed.
+    let programmed = |(c, t): &&(&Container, TargetPlan)| c.running && t.pid.is_some();
     let catch_all = Rows { v4: 1, v6: 1 };
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
     let mut fixed = Vec::new();
-    for target in targets.iter().filter(|t| programmed(t)) {
+    for (_, target) in planned.iter().filter(programmed) {
         if matches!(
             target.state,
             TargetState::Blocked(BlockReason::TooManyPrefixes { .. })
@@ -230,21 +230,29 @@ pub(super) fn admit(
             },
         );
     }
-    for (container, target) in guard::contributions(world, settings) {
+    for (container, target) in guard::contributions(planned) {
         let candidate = (candidates.entry(container.id.clone())).or_insert_with(|| Candidate {
             id: container.id.clone(),
             own: Rows::default(),
             fallback: Rows::default(),
             guards: BTreeMap::new(),
         });
+        let wanted = destinations(&target.entries);
         for network in container.networks.keys() {
-            candidate
-                .guards
-                .insert(network.clone(), destinations(&target.entries));
+            candidate.guards.insert(network.clone(), wanted.clone());
         }
     }
     let candidates: Vec<Candidate> = candidates.into_values().collect();
-    let refused = admit_rows(capacity, &fixed, &candidates);
+    admit_rows(capacity, &fixed, &candidates)
+}
+
+/// Blocks entirely the `refused` targets, with a [`BlockReason::Capacity`]
+/// naming the trie, and serves a target in a refused target's namespace
+/// as that one is.
+pub(super) fn refuse(targets: &mut [TargetPlan], refused: BTreeMap<String, Refusal>) {
+    if refused.is_empty() {
+        return;
+    }
     let mut owners = BTreeMap::new();
     for target in targets.iter_mut() {
         if let Some(refusal) = refused.get(&target.id) {
@@ -261,7 +269,6 @@ pub(super) fn admit(
             );
         }
     }
-    // A target in a refused target's namespace is served as that one is.
     for target in targets.iter_mut() {
         let owner = target.shares_namespace_of.as_ref();
         if let Some((state, entries)) = owner.and_then(|name| owners.get(name)) {
@@ -269,8 +276,6 @@ pub(super) fn admit(
             target.entries = entries.clone();
         }
     }
-    let excluded: BTreeSet<String> = refused.into_keys().collect();
-    guard::plan_guards_except(world, settings, &excluded)
 }
 
 #[cfg(test)]
@@ -279,7 +284,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::Container,
+        model::World,
         plan::{
             plan,
             tests::{self, settings},

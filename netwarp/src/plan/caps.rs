@@ -140,7 +140,7 @@ fn plan_one(container: &Container, settings: &super::PlanSettings) -> Option<Cap
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use crate::model::SmallMap;
 
     use super::*;
     use crate::{
@@ -172,7 +172,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            networks: BTreeMap::from([
+            networks: SmallMap::from([
                 ("a".to_string(), endpoint("02:00:00:00:00:01")),
                 ("b".to_string(), endpoint("02:00:00:00:00:02")),
             ]),

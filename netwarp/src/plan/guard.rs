@@ -25,8 +25,7 @@ use std::{
 };
 
 use super::{
-    Action, BlockReason, Entry, PlanSettings, TargetPlan, TargetState, find_warp, is_warp_by_name,
-    plan_target,
+    Action, BlockReason, Entry, Index, PlanSettings, TargetPlan, TargetState, is_warp_by_name,
 };
 use crate::model::{Container, Endpoint, NetworkMode, World};
 
@@ -55,42 +54,42 @@ pub struct GuardPlan {
 /// something to steer or block, or the target's warp; sorted by network
 /// name.
 pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
-    plan_guards_except(world, settings, &BTreeSet::new())
+    let index = Index::new(world);
+    let planned = super::plan_all(&index, settings);
+    plan_guards_except(&index, settings, &planned, &BTreeMap::<String, ()>::new())
 }
 
 /// What each target container (running or not) adds to the guards of its
-/// networks: the same entries it gets (or would get when it starts). A
-/// bypassed target adds nothing, and neither does one blocked entirely
-/// (over the prefix limit): its catch-all entries would block every other
-/// container of the network.
-pub(super) fn contributions<'a>(
-    world: &'a World,
-    settings: &PlanSettings,
-) -> Vec<(&'a Container, TargetPlan)> {
-    (world.containers.iter())
-        .filter_map(|container| {
-            let warp = container.labels.get(&settings.target_label)?;
-            let target = plan_target(world, settings, container, warp.trim());
-            let everything = matches!(
-                &target.state,
-                TargetState::Blocked(BlockReason::TooManyPrefixes { .. })
-            );
-            (!target.entries.is_empty() && !everything).then_some((container, target))
-        })
-        .collect()
+/// networks: the same entries it gets (or would get when it starts), from
+/// the plans of every target container. A bypassed target adds nothing,
+/// and neither does one blocked entirely (over the prefix limit): its
+/// catch-all entries would block every other container of the network.
+pub(super) fn contributions<'p, 'a>(
+    planned: &'p [(&'a Container, TargetPlan)],
+) -> impl Iterator<Item = (&'a Container, &'p TargetPlan)> {
+    planned.iter().filter_map(|(container, target)| {
+        let everything = matches!(
+            &target.state,
+            TargetState::Blocked(BlockReason::TooManyPrefixes { .. })
+        );
+        (!target.entries.is_empty() && !everything).then_some((*container, target))
+    })
 }
 
-/// Like [`plan_guards`], without the contributions of the `excluded`
-/// containers (refused for capacity: they are blocked on their own).
-pub(super) fn plan_guards_except(
-    world: &World,
+/// Like [`plan_guards`], from the plans of every target container
+/// (`planned`), without the contributions of the `excluded` containers
+/// (refused for capacity: they are blocked on their own).
+pub(super) fn plan_guards_except<T>(
+    index: &Index<'_>,
     settings: &PlanSettings,
-    excluded: &BTreeSet<String>,
+    planned: &[(&Container, TargetPlan)],
+    excluded: &BTreeMap<String, T>,
 ) -> Vec<GuardPlan> {
+    let world = index.world;
     let mut guards: BTreeMap<String, GuardPlan> = BTreeMap::new();
     let mut forwarded = Vec::new();
-    for (container, target) in contributions(world, settings) {
-        if excluded.contains(&container.id) {
+    for (container, target) in contributions(planned) {
+        if excluded.contains_key(&container.id) {
             continue;
         }
         for (network, endpoint) in &container.networks {
@@ -113,7 +112,7 @@ pub(super) fn plan_guards_except(
     for target in &forwarded {
         // A warp without a namespace of its own is refused: its targets
         // never reach it, and its "networks" have no bridge to guard.
-        let Some(warp) = find_warp(world, &target.warp).filter(|c| {
+        let Some(warp) = index.warp(&target.warp).filter(|c| {
             c.network_mode == NetworkMode::Own && is_warp_by_name(&settings.warp_name_pattern, c)
         }) else {
             continue;

@@ -2,7 +2,10 @@
 //! each target's desired policy. No Docker, no kernel; this is where most
 //! of the unit tests live.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 mod capacity;
 mod caps;
@@ -169,18 +172,20 @@ pub struct Plan {
 
 /// Computes every running target's desired policy.
 pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
-    let mut targets: Vec<TargetPlan> = world
-        .containers
-        .iter()
-        .filter(|c| c.running)
-        .filter_map(|c| {
-            let warp = c.labels.get(&settings.target_label)?;
-            Some(plan_target(world, settings, c, warp.trim()))
-        })
+    let index = Index::new(world);
+    // Every target container, running or not, is planned once: the
+    // running ones are the targets, and all of them feed the guards and
+    // the admission to the rule tries.
+    let planned = plan_all(&index, settings);
+    // In eBPF mode, the targets the rule tries cannot hold.
+    let refused = capacity::refusals(settings, &planned);
+    let guards = guard::plan_guards_except(&index, settings, &planned, &refused);
+    let mut targets: Vec<TargetPlan> = (planned.into_iter())
+        .filter(|(container, _)| container.running)
+        .map(|(_, target)| target)
         .collect();
     targets.sort_by(|a, b| a.id.cmp(&b.id));
-    // Refuses, in eBPF mode, the targets the rule tries cannot hold.
-    let guards = capacity::admit(world, settings, &mut targets);
+    capacity::refuse(&mut targets, refused);
     Plan {
         warps: warp::plan_warps(world, settings, &targets),
         targets,
@@ -189,8 +194,62 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
     }
 }
 
+/// Every container with the target label (running or not) and its plan,
+/// in the snapshot's order.
+fn plan_all<'a>(index: &Index<'a>, settings: &PlanSettings) -> Vec<(&'a Container, TargetPlan)> {
+    (index.world.containers.iter())
+        .filter_map(|c| {
+            let warp = c.labels.get(&settings.target_label)?;
+            Some((c, plan_target(index, settings, c, warp.trim())))
+        })
+        .collect()
+}
+
+/// The snapshot's containers by name and by Swarm service, built once per
+/// plan, so that finding a target's warp is a lookup and not a search
+/// through every container.
+pub struct Index<'a> {
+    pub world: &'a World,
+    by_name: HashMap<&'a str, &'a Container>,
+    /// Of a service's tasks, the one [`Index::warp`] picks.
+    by_service: HashMap<&'a str, &'a Container>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(world: &'a World) -> Self {
+        let mut by_name = HashMap::with_capacity(world.containers.len());
+        let mut by_service: HashMap<&str, &Container> = HashMap::new();
+        for c in &world.containers {
+            by_name.entry(c.name.as_str()).or_insert(c);
+            if let Some(service) = c.labels.get(SWARM_SERVICE_LABEL) {
+                let rank = |c: &'a Container| (!c.running, c.name.as_str());
+                (by_service.entry(service.as_str()))
+                    .and_modify(|best| {
+                        if rank(c) < rank(best) {
+                            *best = c;
+                        }
+                    })
+                    .or_insert(c);
+            }
+        }
+        Self {
+            world,
+            by_name,
+            by_service,
+        }
+    }
+
+    /// The container a target's warp label names: the container of that
+    /// name, or else a task of the Swarm service of that name on this node
+    /// (a global service has one; of several, a running one, then the
+    /// first by name, so that every pass picks the same).
+    pub fn warp(&self, name: &str) -> Option<&'a Container> {
+        (self.by_name.get(name).or_else(|| self.by_service.get(name))).copied()
+    }
+}
+
 fn plan_target(
-    world: &World,
+    index: &Index<'_>,
     settings: &PlanSettings,
     target: &Container,
     warp: &str,
@@ -223,7 +282,7 @@ fn plan_target(
         NetworkMode::Host => return refuse(plan, RefuseReason::HostNetwork { container }),
         NetworkMode::NoNetwork => return refuse(plan, RefuseReason::NoNetwork { container }),
         NetworkMode::Container(reference) => {
-            return match shared_namespace(world, settings, target, warp, reference) {
+            return match shared_namespace(index, settings, target, warp, reference) {
                 // The owner's plan programs the namespace; this one
                 // reports it and hands the dataplane no pid.
                 Ok(owner) => TargetPlan {
@@ -246,14 +305,14 @@ fn plan_target(
     let count = capacity::distinct_destinations(&rules);
     if count > settings.max_prefixes_per_target {
         // Only the target's MAC is needed: its veth gets the block.
-        plan.mac_on_network = match resolve_warp(world, settings, target, warp) {
+        plan.mac_on_network = match resolve_warp(index, settings, target, warp) {
             Ok(resolved) => resolved.target_mac,
             Err((_, mac)) => mac,
         };
         let limit = settings.max_prefixes_per_target;
         return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
     }
-    match resolve_warp(world, settings, target, warp) {
+    match resolve_warp(index, settings, target, warp) {
         Ok(resolved) => {
             plan.mac_on_network = resolved.target_mac;
             plan.warp_pid = resolved.warp_pid;
@@ -317,16 +376,16 @@ fn target_rules(settings: &PlanSettings, target: &Container) -> Result<Vec<Rule>
 /// warp and rules: then that target's plan (which is programmed) is the
 /// answer. Every other owner is refused.
 fn shared_namespace(
-    world: &World,
+    index: &Index<'_>,
     settings: &PlanSettings,
     target: &Container,
     warp: &str,
     reference: &str,
 ) -> Result<TargetPlan, RefuseReason> {
     let container = target.name.clone();
-    let Some(owner) = world
-        .containers
-        .iter()
+    // Rare (only `container:` targets), and a reference may be an id
+    // prefix: a search.
+    let Some(owner) = (index.world.containers.iter())
         .find(|c| c.running && c.id != target.id && c.is_named_by(reference))
     else {
         return Err(RefuseReason::SharesMissing {
@@ -366,7 +425,7 @@ fn shared_namespace(
             rules_label: settings.rules_label.clone(),
         });
     }
-    Ok(plan_target(world, settings, owner, owner_warp.trim()))
+    Ok(plan_target(index, settings, owner, owner_warp.trim()))
 }
 
 fn blocked(
@@ -411,26 +470,8 @@ pub fn is_warp_by_name(pattern: &str, container: &Container) -> bool {
             .is_some_and(|service| glob::matches(pattern, service))
 }
 
-/// The container a target's warp label names: the container of that name,
-/// or else a task of the Swarm service of that name on this node (a global
-/// service has one; of several, a running one, then the first by name, so
-/// that every pass picks the same).
-pub fn find_warp<'a>(world: &'a World, name: &str) -> Option<&'a Container> {
-    world
-        .containers
-        .iter()
-        .find(|c| c.name == name)
-        .or_else(|| {
-            world
-                .containers
-                .iter()
-                .filter(|c| c.labels.get(SWARM_SERVICE_LABEL).is_some_and(|s| s == name))
-                .min_by(|a, b| (!a.running, &a.name).cmp(&(!b.running, &b.name)))
-        })
-}
-
 fn resolve_warp(
-    world: &World,
+    index: &Index<'_>,
     settings: &PlanSettings,
     target: &Container,
     warp_name: &str,
@@ -441,7 +482,7 @@ fn resolve_warp(
             label: settings.target_label.clone(),
         });
     }
-    let Some(warp) = find_warp(world, warp_name) else {
+    let Some(warp) = index.warp(warp_name) else {
         return fail(BlockReason::WarpMissing {
             warp: warp_name.to_owned(),
         });

@@ -1,7 +1,5 @@
-use std::collections::BTreeMap;
-
 use super::*;
-use crate::model::Endpoint;
+use crate::model::{Endpoint, SmallMap};
 
 /// Settings with the default labels and `rules` as the global rules.
 pub(super) fn settings(rules: &str) -> PlanSettings {
@@ -45,7 +43,7 @@ pub(super) fn container(
         networks: networks
             .iter()
             .map(|(n, e)| (n.to_string(), e.clone()))
-            .collect::<BTreeMap<_, _>>(),
+            .collect(),
         network_mode: NetworkMode::Own,
     }
 }
@@ -137,14 +135,14 @@ fn of_several_swarm_tasks_a_running_one_is_chosen_and_a_name_beats_a_service() {
     let world = World {
         containers: vec![exited.clone(), running.clone()],
     };
-    assert_eq!(find_warp(&world, "warp-svc"), Some(&running));
+    assert_eq!(Index::new(&world).warp("warp-svc"), Some(&running));
     let mut both_running = exited.clone();
     both_running.running = true;
     let world = World {
         containers: vec![running.clone(), both_running.clone()],
     };
     assert_eq!(
-        find_warp(&world, "warp-svc"),
+        Index::new(&world).warp("warp-svc"),
         Some(&both_running),
         "first by name"
     );
@@ -152,8 +150,8 @@ fn of_several_swarm_tasks_a_running_one_is_chosen_and_a_name_beats_a_service() {
     let world = World {
         containers: vec![running, named.clone()],
     };
-    assert_eq!(find_warp(&world, "warp-svc"), Some(&named));
-    assert_eq!(find_warp(&world, "warp-none"), None);
+    assert_eq!(Index::new(&world).warp("warp-svc"), Some(&named));
+    assert_eq!(Index::new(&world).warp("warp-none"), None);
 }
 
 #[test]
@@ -525,7 +523,7 @@ fn planning_is_deterministic_whatever_the_listing_order() {
 fn with_mode(mut c: Container, mode: NetworkMode) -> Container {
     // Docker lists no endpoints for a container in another's namespace.
     if matches!(mode, NetworkMode::Container(_)) {
-        c.networks.clear();
+        c.networks = SmallMap::default();
     }
     c.network_mode = mode;
     c

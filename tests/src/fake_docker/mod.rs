@@ -6,7 +6,7 @@
 //! the shapes of API 1.41 (Docker 20.10), with or without a `/v1.xx`
 //! prefix: `/_ping`, `/version` (which offers 1.41, so bollard's
 //! negotiation settles there), `GET /containers/json` (`all=true` too;
-//! `label` and `status` filters honoured), `GET /networks/{id}` (a bridge
+//! `label`, `status` and `id` filters honoured), `GET /networks/{id}` (a bridge
 //! network by id or name),
 //! `GET /containers/{id}/json` (404 with Docker's JSON message when
 //! missing) and a streaming `GET /events` (one JSON object per line with
@@ -510,7 +510,12 @@ fn route(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Response<
                         .unwrap_or_default()
                 };
                 let state = shared.state.lock().expect("state");
-                let body = state.list_json_filtered(all, &values("label"), &values("status"));
+                let body = state.list_json_filtered(
+                    all,
+                    &values("label"),
+                    &values("status"),
+                    &values("id"),
+                );
                 return json(StatusCode::OK, Bytes::from(body));
             }
             let generation = shared.state.lock().expect("state").generation;

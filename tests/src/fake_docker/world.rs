@@ -325,7 +325,7 @@ impl State {
                     running: true,
                     health: c.health.unwrap_or(Health::None),
                     pid: Some(c.pid),
-                    labels: c.labels.clone(),
+                    labels: c.labels.clone().into_iter().collect(),
                     networks: c
                         .networks
                         .iter()
@@ -379,13 +379,20 @@ impl State {
         serde_json::to_vec(&list).expect("serializable")
     }
 
-    /// The list with Docker's `label` (key or key=value) and `status`
-    /// (`running`, `exited`, ...) filters applied.
-    pub fn list_json_filtered(&self, all: bool, labels: &[String], statuses: &[String]) -> Vec<u8> {
+    /// The list with Docker's `label` (key or key=value), `status`
+    /// (`running`, `exited`, ...) and `id` (a prefix) filters applied.
+    pub fn list_json_filtered(
+        &self,
+        all: bool,
+        labels: &[String],
+        statuses: &[String],
+        ids: &[String],
+    ) -> Vec<u8> {
         let list: Vec<Summary<'_>> = self
             .containers
             .iter()
             .filter(|c| all || c.running)
+            .filter(|c| ids.is_empty() || ids.iter().any(|id| c.id.starts_with(id.as_str())))
             .filter(|c| {
                 labels.iter().all(|filter| match filter.split_once('=') {
                     Some((key, value)) => c.labels.get(key).is_some_and(|v| v == value),
@@ -675,20 +682,29 @@ mod tests {
     #[test]
     fn generated_json_parses_as_bollard_types_and_matches_the_truth() {
         let state = State::generate(&WorldSpec::mix(300));
+        // bollard's full models still read it: the shapes are Docker's.
         let list: Vec<ContainerSummary> = serde_json::from_slice(&state.list_json(false)).unwrap();
         assert_eq!(list.len(), 300 - 6, "exited ones are not listed");
         let all: Vec<ContainerSummary> = serde_json::from_slice(&state.list_json(true)).unwrap();
         assert_eq!(all.len(), 300);
+        for i in 0..300 {
+            let _: ContainerInspectResponse =
+                serde_json::from_slice(&state.inspect_json(i)).unwrap();
+        }
+        // And netwarp's own decoding gives the truth.
+        let mut from_list = Vec::new();
+        netwarp::wire::decode_list(&state.list_json(false), |entry| from_list.push(entry)).unwrap();
         let truth = state.truth();
-        for (c, t) in list.into_iter().zip(&truth.containers) {
-            let (from_list, _) = netwarp::inventory::from_summary(c).unwrap();
+        let all_labels = |_: &str| true;
+        for (entry, t) in from_list.into_iter().zip(&truth.containers) {
+            let (from_list, _) = entry.into_container(&all_labels).unwrap();
             assert_eq!(from_list.networks, t.networks);
             assert_eq!(from_list.labels, t.labels);
             assert_eq!(from_list.name, t.name);
             let i = state.find(&t.id).unwrap();
-            let inspect: ContainerInspectResponse =
+            let inspect: netwarp::wire::Inspect =
                 serde_json::from_slice(&state.inspect_json(i)).unwrap();
-            assert_eq!(netwarp::docker::to_container(inspect).as_ref(), Some(t));
+            assert_eq!(inspect.into_container(&all_labels).as_ref(), Some(t));
         }
         let states = state.expected_states();
         assert_eq!(states.len(), 150);

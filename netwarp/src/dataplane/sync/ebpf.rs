@@ -269,7 +269,7 @@ impl EbpfPlane {
             return Ok(false);
         }
         ebpf.set_policy(host, warp, mac, &desired.rows)?;
-        info!(
+        debug!(
             host_ifindex = host,
             warp_ifindex = warp,
             prefixes = desired.rows.len(),

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{FailureReason, PassScope, caps::CapsState};
 use crate::{
@@ -109,7 +109,7 @@ async fn write_target(scope: &mut PassScope, target: &TargetPlan) -> Result<bool
     if changes.is_empty() {
         return Ok(false);
     }
-    info!(
+    debug!(
         put_routes = changes.put_routes.len(),
         add_rules = changes.add_rules.len(),
         delete_rules = changes.delete_rules.len() + changes.delete_strays.len(),

@@ -58,7 +58,9 @@ fn measure(mode: &'static str, iterations: usize) -> anyhow::Result<Convergence>
     let network = DockerNetwork::create_internal_steerable("nwbv")?;
     let warp_name = labels.warp_name("gw");
     let mut warp = start_warp(&warp_name, &network, &[]);
-    let daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, crate::paths::DAEMON_ENV)?;
+    // The classification a reprogramming is timed from is a debug line.
+    let env = [("NETWARP_LOG", "netwarp=info,netwarp::pass=debug")];
+    let daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, &env)?;
     daemon.wait_for_log("connected to Docker", WAIT)?;
     let target_label = labels.target_label(&warp_name);
 
