@@ -36,7 +36,7 @@ pub use crate::wire::Marker;
 use crate::{
     docker::{Client, DockerError},
     model::{Container, Health, World},
-    plan::{GuardPlan, PlanSettings, SWARM_SERVICE_LABEL, is_warp_by_name},
+    plan::{GuardPlan, PlanSettings, is_warp_by_name},
     wire::ListEntry,
 };
 
@@ -127,14 +127,7 @@ impl Inventory {
                 settings.caps.egress_label.clone(),
                 settings.caps.ingress_label.clone(),
             ],
-            planner_labels: vec![
-                settings.target_label.clone(),
-                settings.network_label.clone(),
-                settings.rules_label.clone(),
-                settings.caps.egress_label.clone(),
-                settings.caps.ingress_label.clone(),
-                SWARM_SERVICE_LABEL.to_owned(),
-            ],
+            planner_labels: settings.labels_read(),
             cache: HashMap::new(),
             refresh_all: true,
             world: None,

@@ -51,6 +51,23 @@ pub struct PlanSettings {
     pub rule_capacity: Option<RuleCapacity>,
 }
 
+impl PlanSettings {
+    /// Every container label the planner reads: the inventory keeps these
+    /// and drops the rest as Docker's answers are decoded, so a label the
+    /// planner starts reading must be listed here.
+    pub fn labels_read(&self) -> Vec<String> {
+        vec![
+            self.target_label.clone(),
+            self.network_label.clone(),
+            self.rules_label.clone(),
+            self.caps.egress_label.clone(),
+            self.caps.ingress_label.clone(),
+            self.caps.burst_label.clone(),
+            SWARM_SERVICE_LABEL.to_owned(),
+        ]
+    }
+}
+
 /// The action for one rule's traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
