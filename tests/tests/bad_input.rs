@@ -21,6 +21,7 @@ fn settings() -> PlanSettings {
         on_warp_down: OnWarpDown::Block,
         caps: CapSettings::default(),
         max_prefixes_per_target: 4096,
+        probe_label: "netwarp.probe".into(),
         rule_capacity: None,
     }
 }

@@ -400,6 +400,7 @@ mod tests {
                     packets: 3,
                     bytes: 294,
                 }),
+                probe: None,
             }],
             targets: vec![
                 TargetStatus {

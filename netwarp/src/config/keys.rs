@@ -103,6 +103,21 @@ keys! {
     MAX_PREFIXES = "limits.max_prefixes_per_target", "NETWARP_LIMITS_MAX_PREFIXES_PER_TARGET", "4096",
         Live, flag "max-prefixes-per-target",
         "Most destination prefixes one target's rules may list; a target over it is blocked entirely";
+    PROBE_LABEL = "probes.label", "NETWARP_PROBES_LABEL", "netwarp.probe",
+        Live, flag -,
+        "Label on a warp naming a probe netwarp runs from the warp's namespace, e.g. tcp:198.51.100.7:443; a warp whose probe fails is unusable";
+    PROBE_INTERVAL = "probes.interval_secs", "NETWARP_PROBES_INTERVAL_SECS", "5",
+        Restart, flag -,
+        "Seconds between two probes of a warp";
+    PROBE_TIMEOUT = "probes.timeout_ms", "NETWARP_PROBES_TIMEOUT_MS", "2000",
+        Restart, flag -,
+        "Milliseconds a probe waits for its answer (less than the interval)";
+    PROBE_FAILURES = "probes.failures", "NETWARP_PROBES_FAILURES", "3",
+        Restart, flag -,
+        "A warp is unusable while this many of its last probes.window probes failed";
+    PROBE_WINDOW = "probes.window", "NETWARP_PROBES_WINDOW", "5",
+        Restart, flag -,
+        "How many of a warp's last probes are judged (at least probes.failures, at most 32)";
     RATE_ENFORCEMENT = "rate_limits.enforcement", "NETWARP_RATE_LIMITS_ENFORCEMENT", "shaper",
         Live, flag -,
         "shaper (a tbf qdisc per interface, TCP-friendly) or policer (the BPF token bucket; ebpf dataplane only)";

@@ -163,6 +163,7 @@ const SECTIONS: &[&str] = &[
     "dataplane",
     "limits",
     "metrics",
+    "probes",
     "rate_limits",
     "control",
 ];

@@ -14,6 +14,7 @@ pub use reload::Reloaded;
 use crate::{
     model::{Rate, RateError, Rule, parse_rate, parse_size},
     plan::{CapEnforcement, CapSettings, OnWarpDown, PlanSettings},
+    warp_probe::ProbeSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,9 @@ pub struct Config {
     pub ebpf_rules_capacity: u32,
     /// The most destination prefixes one target's rules may list.
     pub max_prefixes_per_target: usize,
+    /// The label naming a warp's probe.
+    pub probe_label: String,
+    pub probes: ProbeSettings,
     pub log_level: String,
     pub log_format: LogFormat,
     /// The Prometheus endpoint; `None` when `metrics.listen = "off"`.
@@ -324,6 +328,7 @@ impl Config {
         let egress_label = label(&keys::RATE_EGRESS_LABEL)?;
         let ingress_label = label(&keys::RATE_INGRESS_LABEL)?;
         let burst_label = label(&keys::RATE_BURST_LABEL)?;
+        let probe_label = label(&keys::PROBE_LABEL)?;
         let mut optional = |spec: &'static KeySpec, parse: fn(&str) -> Result<u64, RateError>| {
             let v = value(spec)?;
             let s = text(spec, v.clone())?;
@@ -358,6 +363,7 @@ impl Config {
                 ));
             }
         };
+        let probes = probe_settings(&mut value)?;
         let caps = CapSettings {
             enforcement,
             egress_label,
@@ -386,6 +392,8 @@ impl Config {
             host_proc_dir: host_proc_dir.into(),
             ebpf_rules_capacity: ebpf_rules_capacity as u32,
             max_prefixes_per_target: max_prefixes_per_target as usize,
+            probe_label,
+            probes,
             log_level,
             log_format,
             metrics_listen,
@@ -405,10 +413,59 @@ impl Config {
             on_warp_down: self.on_warp_down,
             caps: self.caps.clone(),
             max_prefixes_per_target: self.max_prefixes_per_target,
+            probe_label: self.probe_label.clone(),
             // Filled by the pass from the dataplane it drives.
             rule_capacity: None,
         }
     }
+}
+
+/// The `[probes]` keys, each in its range and consistent with the others.
+fn probe_settings(
+    value: &mut impl FnMut(&'static KeySpec) -> Result<(layer::Value, Origin), ConfigError>,
+) -> Result<ProbeSettings, ConfigError> {
+    let mut integer = |spec: &'static KeySpec, range: std::ops::RangeInclusive<u64>, unit: &str| {
+        let v = value(spec)?;
+        let n = v.0.as_integer(spec.name, &v.1)?;
+        if !range.contains(&n) {
+            return Err(invalid(
+                &v.1,
+                spec.name,
+                format!("{n} is outside {}..={} {unit}", range.start(), range.end()),
+            ));
+        }
+        Ok((n, v.1))
+    };
+    let (interval, _) = integer(&keys::PROBE_INTERVAL, 1..=3600, "seconds")?;
+    let (timeout, timeout_origin) = integer(&keys::PROBE_TIMEOUT, 10..=60_000, "milliseconds")?;
+    let (failures, _) = integer(&keys::PROBE_FAILURES, 1..=32, "probes")?;
+    let (window, window_origin) = integer(&keys::PROBE_WINDOW, 1..=32, "probes")?;
+    if timeout >= interval * 1000 {
+        return Err(invalid(
+            &timeout_origin,
+            keys::PROBE_TIMEOUT.name,
+            format!(
+                "{timeout} ms is not less than {} ({interval} s); a probe must end before the next",
+                keys::PROBE_INTERVAL.name
+            ),
+        ));
+    }
+    if window < failures {
+        return Err(invalid(
+            &window_origin,
+            keys::PROBE_WINDOW.name,
+            format!(
+                "{window} is less than {} ({failures}): no window could hold that many failures",
+                keys::PROBE_FAILURES.name
+            ),
+        ));
+    }
+    Ok(ProbeSettings {
+        interval: Duration::from_secs(interval),
+        timeout: Duration::from_millis(timeout),
+        failures: failures as usize,
+        window: window as usize,
+    })
 }
 
 fn invalid(origin: &Origin, key: &str, reason: String) -> ConfigError {

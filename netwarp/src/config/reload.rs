@@ -119,6 +119,11 @@ mod tests {
             "limits.max_prefixes_per_target",
             &[("limits.max_prefixes_per_target", "100")],
         ),
+        ("probes.label", &[("probes.label", "other.probe")]),
+        ("probes.interval_secs", &[("probes.interval_secs", "9")]),
+        ("probes.timeout_ms", &[("probes.timeout_ms", "900")]),
+        ("probes.failures", &[("probes.failures", "2")]),
+        ("probes.window", &[("probes.window", "7")]),
         (
             "rate_limits.enforcement",
             &[("rate_limits.enforcement", "policer")],

@@ -165,6 +165,22 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
             "config file /etc/netwarp.toml: key `dataplane.ebpf_rules_capacity`: 10 is outside 64..=16777216 entries",
         ),
         (
+            "[probes]\ninterval_secs = 0",
+            "config file /etc/netwarp.toml: key `probes.interval_secs`: 0 is outside 1..=3600 seconds",
+        ),
+        (
+            "[probes]\ninterval_secs = 2\ntimeout_ms = 2000",
+            "config file /etc/netwarp.toml: key `probes.timeout_ms`: 2000 ms is not less than probes.interval_secs (2 s); a probe must end before the next",
+        ),
+        (
+            "[probes]\nfailures = 4\nwindow = 3",
+            "config file /etc/netwarp.toml: key `probes.window`: 3 is less than probes.failures (4): no window could hold that many failures",
+        ),
+        (
+            "[probes]\nlabel = \" \"",
+            "config file /etc/netwarp.toml: key `probes.label`: must not be empty",
+        ),
+        (
             "[logging]\nlevel = \"loud\"",
             "config file /etc/netwarp.toml: key `logging.level`: `loud` is not one of error, warn, info, debug, trace",
         ),

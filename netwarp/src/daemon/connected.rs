@@ -145,6 +145,7 @@ pub(super) async fn run_connected(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: HashMap<String, SystemTime> = HashMap::new();
     let mut last_pass: Option<Instant> = None;
+    let probe_wakeups = reconciler.probe_wakeups();
     let exit = loop {
         tokio::select! {
             _ = resync.tick() => reconciler.resync_all(),
@@ -158,6 +159,13 @@ pub(super) async fn run_connected(
                 if pending.is_empty() && !overflowed && !reader.is_finished() {
                     // A wake-up whose ids an earlier pass already took.
                     continue;
+                }
+            }
+            () = probe_wakeups.notified() => {
+                // A warp's probe verdict changed: its targets are served
+                // first, as for a Docker event naming it.
+                for id in probe_wakeups.drain() {
+                    pending.entry(id).or_insert_with(SystemTime::now);
                 }
             }
             _ = signals.term.recv() => break shutdown_exit("SIGTERM"),

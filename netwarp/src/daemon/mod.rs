@@ -72,8 +72,9 @@ pub async fn run_daemon(config: Config, reload: Reload) -> Result<(), DaemonErro
     let telemetry = Telemetry::start(&config, mode)
         .await
         .map_err(DaemonError::Telemetry)?;
-    let mut reconciler =
-        Reconciler::new(config.plan_settings(), dataplane).with_telemetry(telemetry);
+    let mut reconciler = Reconciler::new(config.plan_settings(), dataplane)
+        .with_telemetry(telemetry)
+        .with_probe_settings(config.probes);
     let mut signals = Signals::install()?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {

@@ -10,6 +10,7 @@ mod log;
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
@@ -20,9 +21,13 @@ use crate::{
     dataplane::sync::{Dataplane, FailureReason, PassScope},
     docker,
     inventory::Inventory,
-    model::{World, short_id},
-    plan::{Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, TargetState, plan},
+    model::{NetworkMode, World, short_id},
+    plan::{
+        Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, TargetState, WarpProbes,
+        is_warp_by_name, plan_probed, probe_spec,
+    },
     telemetry::{GuardView, PassOutcome, TargetFailure, Telemetry},
+    warp_probe::{ProbeSettings, ProbedWarp, Prober, Wakeups},
 };
 
 /// Drives the passes: owns the dataplane, the snapshot's cache of
@@ -50,6 +55,16 @@ pub struct Reconciler {
     guard_views: Vec<GuardView>,
     /// Metrics, and the snapshot `netwarp status` and scrapes read.
     telemetry: Telemetry,
+    /// The warps' probes: started with the first warp that has a probe
+    /// label, and how a verdict's change wakes the event loop.
+    probes: Probes,
+}
+
+/// The prober and what passes need to drive it.
+struct Probes {
+    settings: ProbeSettings,
+    prober: Option<Prober>,
+    wakeups: Arc<Wakeups>,
 }
 
 /// What the targets' part of a pass leaves for the rest.
@@ -74,7 +89,24 @@ impl Reconciler {
             failed: HashMap::new(),
             guard_views: Vec::new(),
             telemetry: Telemetry::disabled(),
+            probes: Probes {
+                settings: ProbeSettings::default(),
+                prober: None,
+                wakeups: Arc::new(Wakeups::default()),
+            },
         }
+    }
+
+    /// How often and how strictly warps' probes run (before the first pass).
+    pub fn with_probe_settings(mut self, settings: ProbeSettings) -> Self {
+        self.probes.settings = settings;
+        self
+    }
+
+    /// Where a warp whose probe verdict changed is announced: the event
+    /// loop waits on it beside Docker's events.
+    pub fn probe_wakeups(&self) -> Arc<Wakeups> {
+        Arc::clone(&self.probes.wakeups)
     }
 
     pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
@@ -132,7 +164,12 @@ impl Reconciler {
         let started = Instant::now();
         let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
-        let plan = plan(&world, &self.settings);
+        let reports = (self.probes.prober.as_ref()).map_or_else(HashMap::new, Prober::verdicts);
+        let verdicts: WarpProbes = (reports.iter())
+            .map(|(id, report)| (id.clone(), report.verdict.clone()))
+            .collect();
+        let plan = plan_probed(&world, &self.settings, &verdicts);
+        self.probe_warps(&world);
         let plan_ms = started.elapsed().as_secs_f64() * 1e3 - snapshot_ms;
         let named = named_by_events(&world, &plan, pending);
         let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
@@ -180,6 +217,7 @@ impl Reconciler {
             interfaces: self.dataplane.interfaces(),
             maps: self.dataplane.map_use(),
             failures,
+            probes: reports,
             duration: started.elapsed(),
         });
         let duration_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -225,6 +263,37 @@ impl Reconciler {
             );
         }
         Ok(())
+    }
+
+    /// Tells the prober which warps to probe: every running warp with a
+    /// readable probe label and a namespace of its own. The prober starts
+    /// with the first such warp.
+    fn probe_warps(&mut self, world: &World) {
+        let warps: Vec<ProbedWarp> = (world.containers.iter())
+            .filter(|c| c.running && c.network_mode == NetworkMode::Own)
+            .filter(|c| is_warp_by_name(&self.settings.warp_name_pattern, c))
+            .filter_map(|c| {
+                let spec = probe_spec(&self.settings, c)?.ok()?;
+                Some(ProbedWarp {
+                    id: c.id.clone(),
+                    pid: c.pid?,
+                    spec,
+                })
+            })
+            .collect();
+        if self.probes.prober.is_none() && warps.is_empty() {
+            return;
+        }
+        let Probes {
+            settings,
+            prober,
+            wakeups,
+        } = &mut self.probes;
+        let prober = prober.get_or_insert_with(|| {
+            let wakeups = Arc::clone(wakeups);
+            Prober::spawn(*settings, move |id| wakeups.push(id))
+        });
+        prober.set_warps(warps);
     }
 
     /// Brings the bridge guards to the plan, and remembers them for status.
@@ -437,7 +506,7 @@ mod tests {
     use super::*;
     use crate::{
         model::{Container, Endpoint, parse_rules},
-        plan::BlockReason,
+        plan::{BlockReason, plan},
         telemetry::tests::settings,
     };
 

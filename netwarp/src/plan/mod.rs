@@ -10,12 +10,14 @@ use std::{
 mod capacity;
 mod caps;
 mod guard;
+mod probe;
 mod reasons;
 mod warp;
 
 pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use guard::{GuardPlan, plan_guards};
+pub use probe::{ProbeCheck, WarpProbes, probe_check, probe_spec};
 pub use reasons::{BlockReason, RefuseReason};
 pub use warp::{WarpPlan, WarpState};
 
@@ -49,6 +51,8 @@ pub struct PlanSettings {
     /// The eBPF rule tries' entries per family, which targets are admitted
     /// against; `None` when the dataplane has no such bound (routes, dry-run).
     pub rule_capacity: Option<RuleCapacity>,
+    /// The label naming a warp's probe.
+    pub probe_label: String,
 }
 
 impl PlanSettings {
@@ -63,6 +67,7 @@ impl PlanSettings {
             self.caps.egress_label.clone(),
             self.caps.ingress_label.clone(),
             self.caps.burst_label.clone(),
+            self.probe_label.clone(),
             SWARM_SERVICE_LABEL.to_owned(),
         ]
     }
@@ -189,7 +194,13 @@ pub struct Plan {
 
 /// Computes every running target's desired policy.
 pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
-    let index = Index::new(world);
+    plan_probed(world, settings, &WarpProbes::new())
+}
+
+/// [`plan`], with what the warps' probes say (by warp container id): a
+/// warp with a probe label is usable only while its probe answers.
+pub fn plan_probed(world: &World, settings: &PlanSettings, probes: &WarpProbes) -> Plan {
+    let index = Index::with_probes(world, probes);
     // Every target container, running or not, is planned once: the
     // running ones are the targets, and all of them feed the guards and
     // the admission to the rule tries.
@@ -204,7 +215,7 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
     targets.sort_by(|a, b| a.id.cmp(&b.id));
     capacity::refuse(&mut targets, refused);
     Plan {
-        warps: warp::plan_warps(world, settings, &targets),
+        warps: warp::plan_warps(world, settings, probes, &targets),
         targets,
         caps: caps::plan_caps(world, settings),
         guards,
@@ -227,12 +238,21 @@ fn plan_all<'a>(index: &Index<'a>, settings: &PlanSettings) -> Vec<(&'a Containe
 /// through every container.
 pub struct Index<'a> {
     pub world: &'a World,
+    /// What the warps' probes say, by warp container id.
+    probes: Option<&'a WarpProbes>,
     by_name: HashMap<&'a str, &'a Container>,
     /// Of a service's tasks, the one [`Index::warp`] picks.
     by_service: HashMap<&'a str, &'a Container>,
 }
 
 impl<'a> Index<'a> {
+    pub fn with_probes(world: &'a World, probes: &'a WarpProbes) -> Self {
+        Self {
+            probes: Some(probes),
+            ..Self::new(world)
+        }
+    }
+
     pub fn new(world: &'a World) -> Self {
         let mut by_name = HashMap::with_capacity(world.containers.len());
         let mut by_service: HashMap<&str, &Container> = HashMap::new();
@@ -251,6 +271,7 @@ impl<'a> Index<'a> {
         }
         Self {
             world,
+            probes: None,
             by_name,
             by_service,
         }
@@ -575,6 +596,13 @@ fn resolve_warp(
             ));
         }
         Health::None | Health::Healthy => {}
+    }
+    // A warp with a probe carries traffic only while its probe answers:
+    // Docker's view says its process runs, not that its tunnel does.
+    let no_probes = WarpProbes::new();
+    let probes = index.probes.unwrap_or(&no_probes);
+    if let Some(reason) = probe_check(settings, probes, warp).reason(settings, &warp.name) {
+        return Err((reason, target_mac));
     }
     let endpoint = &warp.networks[&network];
     let mut warp_macs: Vec<String> = warp

@@ -28,6 +28,25 @@ pub enum BlockReason {
     WarpStarting {
         warp: String,
     },
+    /// The warp has a probe, and it has not answered yet.
+    WarpProbePending {
+        warp: String,
+        probe: String,
+    },
+    /// The warp's probe fails: `failed` of its last `of` probes.
+    WarpProbeFailing {
+        warp: String,
+        probe: String,
+        failed: usize,
+        of: usize,
+        error: String,
+    },
+    /// The warp's probe label cannot be read.
+    WarpProbeInvalid {
+        warp: String,
+        label: String,
+        error: String,
+    },
     /// The warp has no namespace of its own on a Docker network (`host`,
     /// `none`, `container:`): it is refused as a warp.
     WarpNetworkMode {
@@ -107,6 +126,26 @@ impl fmt::Display for BlockReason {
             Self::WarpStarting { warp } => write!(
                 f,
                 "warp container {warp} is starting: its healthcheck has not passed yet"
+            ),
+            Self::WarpProbePending { warp, probe } => write!(
+                f,
+                "warp container {warp}'s probe {probe} has not answered yet"
+            ),
+            Self::WarpProbeFailing {
+                warp,
+                probe,
+                failed,
+                of,
+                error,
+            } => write!(
+                f,
+                "warp container {warp}'s probe {probe} failed {failed} of its last {of} times \
+                 (last: {error}): its tunnel does not carry traffic"
+            ),
+            Self::WarpProbeInvalid { warp, label, error } => write!(
+                f,
+                "label {label} on warp container {warp} is invalid, so the warp is not \
+                 trusted: {error}"
             ),
             Self::WarpNetworkMode { warp, mode } => write!(
                 f,

@@ -12,6 +12,7 @@ pub(super) fn settings(rules: &str) -> PlanSettings {
         on_warp_down: OnWarpDown::Block,
         caps: CapSettings::default(),
         max_prefixes_per_target: 4096,
+        probe_label: "netwarp.probe".into(),
         rule_capacity: None,
     }
 }
@@ -250,6 +251,74 @@ fn an_unhealthy_warp_counts_as_down() {
         t.state,
         TargetState::Blocked(BlockReason::WarpUnhealthy { .. })
     ));
+}
+
+/// A warp with a probe label is usable only while its probe answers:
+/// before any verdict and while it fails, its targets are blocked, with
+/// the probe named; a label that cannot be read is not trusted.
+#[test]
+fn a_probed_warp_is_usable_only_while_its_probe_answers() {
+    use crate::warp_probe::ProbeVerdict;
+    let probed = |label: &str| {
+        let mut w = warp();
+        w.labels.insert("netwarp.probe".into(), label.into());
+        World {
+            containers: vec![w, target(&[])],
+        }
+    };
+    let settings = settings("203.0.113.0/24");
+    let world = probed("tcp:198.51.100.7:443");
+    let state = |verdict: Option<ProbeVerdict>| {
+        let probes: WarpProbes = verdict
+            .into_iter()
+            .map(|v| ("id-warp-vpn".into(), v))
+            .collect();
+        let plan = plan_probed(&world, &settings, &probes);
+        (plan.targets[0].state.clone(), plan.warps[0].state)
+    };
+    let (pending, warp_state) = state(None);
+    assert_eq!(
+        pending,
+        TargetState::Blocked(BlockReason::WarpProbePending {
+            warp: "warp-vpn".into(),
+            probe: "tcp:198.51.100.7:443".into(),
+        })
+    );
+    assert_eq!(warp_state, WarpState::ProbePending);
+    assert_eq!(state(Some(ProbeVerdict::Unknown)).0, pending);
+    let (up, warp_state) = state(Some(ProbeVerdict::Up));
+    assert!(matches!(up, TargetState::Steered { .. }), "{up:?}");
+    assert_eq!(warp_state, WarpState::Up);
+    let (down, warp_state) = state(Some(ProbeVerdict::Down {
+        failed: 3,
+        of: 5,
+        last_error: "no answer within 2s".into(),
+    }));
+    assert_eq!(warp_state, WarpState::ProbeFailing);
+    let TargetState::Blocked(reason) = down else {
+        panic!("{down:?}")
+    };
+    assert_eq!(
+        reason.to_string(),
+        "warp container warp-vpn's probe tcp:198.51.100.7:443 failed 3 of its last 5 times \
+         (last: no answer within 2s): its tunnel does not carry traffic"
+    );
+
+    let invalid = plan_probed(&probed("ping 198.51.100.7"), &settings, &WarpProbes::new());
+    assert_eq!(invalid.warps[0].state, WarpState::ProbeInvalid);
+    let TargetState::Blocked(BlockReason::WarpProbeInvalid { label, error, .. }) =
+        &invalid.targets[0].state
+    else {
+        panic!("{:?}", invalid.targets[0].state)
+    };
+    assert_eq!(label, "netwarp.probe");
+    assert!(error.contains("tcp:ADDRESS:PORT"), "{error}");
+    // Without a probe label, verdicts are not consulted.
+    let unprobed = World {
+        containers: vec![warp(), target(&[])],
+    };
+    let plan = plan_probed(&unprobed, &settings, &WarpProbes::new());
+    assert!(matches!(plan.targets[0].state, TargetState::Steered { .. }));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{PlanSettings, TargetPlan};
+use super::{PlanSettings, ProbeCheck, TargetPlan, WarpProbes, probe_check};
 use crate::{
     glob,
     model::{Container, Health, NetworkMode, World},
@@ -26,6 +26,12 @@ pub enum WarpState {
     /// Runs with `--network host`, `none` or another container's: no
     /// namespace of its own on a Docker network, so refused as a warp.
     Refused,
+    /// Its probe has not answered yet: not usable.
+    ProbePending,
+    /// Its probe fails: its tunnel does not carry traffic.
+    ProbeFailing,
+    /// Its probe label cannot be read: not trusted.
+    ProbeInvalid,
 }
 
 impl WarpState {
@@ -38,6 +44,9 @@ impl WarpState {
             Self::Missing => "missing",
             Self::NotAWarp => "not-a-warp",
             Self::Refused => "refused",
+            Self::ProbePending => "probe-pending",
+            Self::ProbeFailing => "probe-failing",
+            Self::ProbeInvalid => "probe-invalid",
         }
     }
 }
@@ -54,7 +63,7 @@ pub struct WarpPlan {
 }
 
 /// The state of a container as a warp.
-fn classify(settings: &PlanSettings, container: &Container) -> WarpState {
+fn classify(settings: &PlanSettings, probes: &WarpProbes, container: &Container) -> WarpState {
     let matches = glob::matches(&settings.warp_name_pattern, &container.name);
     let own = container.network_mode == NetworkMode::Own;
     match (matches, container.running, container.health) {
@@ -63,12 +72,22 @@ fn classify(settings: &PlanSettings, container: &Container) -> WarpState {
         (true, true, _) if !own => WarpState::Refused,
         (true, true, Health::Unhealthy) => WarpState::Unhealthy,
         (true, true, Health::Starting) => WarpState::Starting,
-        (true, true, _) => WarpState::Up,
+        (true, true, _) => match probe_check(settings, probes, container) {
+            ProbeCheck::Unprobed | ProbeCheck::Up => WarpState::Up,
+            ProbeCheck::Pending(_) => WarpState::ProbePending,
+            ProbeCheck::Down { .. } => WarpState::ProbeFailing,
+            ProbeCheck::Invalid(_) => WarpState::ProbeInvalid,
+        },
     }
 }
 
 /// Every warp-named container and every warp a target names, by name.
-pub fn plan_warps(world: &World, settings: &PlanSettings, targets: &[TargetPlan]) -> Vec<WarpPlan> {
+pub fn plan_warps(
+    world: &World,
+    settings: &PlanSettings,
+    probes: &WarpProbes,
+    targets: &[TargetPlan],
+) -> Vec<WarpPlan> {
     let mut named: BTreeMap<&str, usize> = BTreeMap::new();
     for target in targets {
         *named.entry(target.warp.as_str()).or_default() += 1;
@@ -82,7 +101,7 @@ pub fn plan_warps(world: &World, settings: &PlanSettings, targets: &[TargetPlan]
         let warp = WarpPlan {
             name: container.name.clone(),
             id: Some(container.short_id().to_owned()),
-            state: classify(settings, container),
+            state: classify(settings, probes, container),
             targets: named.get(container.name.as_str()).copied().unwrap_or(0),
         };
         warps.insert(container.name.clone(), warp);

@@ -436,6 +436,55 @@ impl Collector for ScrapeCollector {
             "1 while the warp container runs and is healthy or has no healthcheck, else 0",
             &warps,
         )?;
+        let probed: Vec<(&str, &super::ProbeReport)> = (published.warps.iter())
+            .filter_map(|w| Some((w.name.as_str(), w.probe.as_ref()?)))
+            .collect();
+        let probe_up: Vec<(Labels, i64)> = (probed.iter())
+            .map(|(warp, report)| {
+                (
+                    vec![("warp", (*warp).to_owned())],
+                    i64::from(report.verdict.is_up()),
+                )
+            })
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "netwarp_warp_probe_up",
+            "1 while the warp's probe (its probe label) answers, else 0; warps with a probe only",
+            &probe_up,
+        )?;
+        let probe_counts = |count: fn(&super::ProbeReport) -> u64| -> Vec<(Labels, u64)> {
+            (probed.iter())
+                .map(|(warp, report)| (vec![("warp", (*warp).to_owned())], count(report)))
+                .collect()
+        };
+        counter_family(
+            &mut encoder,
+            "netwarp_warp_probes",
+            "Probes run from the warp's namespace since netwarp started probing it",
+            &probe_counts(|r| r.runs),
+        )?;
+        counter_family(
+            &mut encoder,
+            "netwarp_warp_probe_failures",
+            "Probes of the warp that failed (no answer, refused, no route)",
+            &probe_counts(|r| r.failures),
+        )?;
+        let rtts: Vec<(&str, f64)> = (probed.iter())
+            .filter_map(|(warp, report)| Some((*warp, report.last_rtt?.as_secs_f64())))
+            .collect();
+        if !rtts.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "netwarp_warp_probe_rtt_seconds",
+                "The round-trip time of the warp's last successful probe",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (warp, seconds) in rtts {
+                let labels: Labels = vec![("warp", warp.to_owned())];
+                ConstGauge::new(seconds).encode(metric.encode_family(&labels)?)?;
+            }
+        }
         if let Some(held) = published.host_guard {
             for (name, help, value) in [
                 (
@@ -558,6 +607,7 @@ mod tests {
                 state: WarpState::Missing,
                 targets: 2,
                 ports: Vec::new(),
+                probe: None,
             }],
             targets: vec![
                 target("aaaaaaaaaaaaaaaaaaaa", "app-a", steered),

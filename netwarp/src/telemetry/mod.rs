@@ -51,7 +51,11 @@ pub struct WarpView {
     /// eBPF: its host-side veths that carry the warp program (all its
     /// networks, while a target is steered through it).
     pub ports: Vec<u32>,
+    /// What its probe says, when it has a probe label and has been probed.
+    pub probe: Option<ProbeReport>,
 }
+
+pub use crate::warp_probe::ProbeReport;
 
 pub use crate::dataplane::sync::{FailureReason, MapUse, TargetInterfaces};
 
@@ -278,8 +282,13 @@ impl Telemetry {
             interfaces,
             maps,
             failures,
+            probes,
             duration,
         } = outcome;
+        // Warp views carry short ids.
+        let probes: HashMap<String, ProbeReport> = (probes.into_iter())
+            .map(|(id, report)| (crate::model::short_id(&id).to_owned(), report))
+            .collect();
         self.metrics
             .reconcile_duration
             .observe(duration.as_secs_f64());
@@ -300,6 +309,7 @@ impl Telemetry {
                     ports.sort_unstable();
                     ports.dedup();
                     warp.ports = ports;
+                    warp.probe = (warp.id.as_ref()).and_then(|id| probes.get(id).cloned());
                     warp
                 })
                 .collect(),
@@ -340,6 +350,8 @@ pub struct PassOutcome<'a> {
     pub maps: Vec<MapUse>,
     /// Why a target's last programming failed, by target id.
     pub failures: HashMap<String, TargetFailure>,
+    /// The warps' probe reports, by warp container id.
+    pub probes: HashMap<String, ProbeReport>,
     pub duration: Duration,
 }
 
@@ -367,6 +379,7 @@ pub fn warp_views(plan: &Plan) -> Vec<WarpView> {
             state: warp.state,
             targets: warp.targets,
             ports: Vec::new(),
+            probe: None,
         })
         .collect()
 }
@@ -390,6 +403,7 @@ pub(crate) mod tests {
             on_warp_down: OnWarpDown::Block,
             caps: CapSettings::default(),
             max_prefixes_per_target: 4096,
+            probe_label: "netwarp.probe".into(),
             rule_capacity: None,
         }
     }
@@ -448,6 +462,7 @@ pub(crate) mod tests {
                     ..TargetInterfaces::default()
                 },
             )]),
+            probes: HashMap::new(),
             maps: Vec::new(),
             failures: HashMap::from([(
                 app,

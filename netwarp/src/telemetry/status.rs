@@ -102,7 +102,8 @@ pub struct WarpStatus {
     pub name: String,
     pub id: Option<String>,
     pub up: bool,
-    /// up, starting, unhealthy, not-running, missing, not-a-warp or refused.
+    /// up, starting, unhealthy, not-running, missing, not-a-warp, refused,
+    /// probe-pending, probe-failing or probe-invalid.
     pub state: String,
     pub targets: usize,
     /// eBPF: what the warp forwarded of its targets' steered traffic
@@ -110,6 +111,51 @@ pub struct WarpStatus {
     /// container has no kill switch of its own); null when not guarded.
     #[serde(default)]
     pub untunnelled_drops: Option<PacketsBytes>,
+    /// Its probe, when it has a probe label and has been probed.
+    #[serde(default)]
+    pub probe: Option<WarpProbeStatus>,
+}
+
+/// A warp's probe in status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarpProbeStatus {
+    /// As its label names it, e.g. `tcp:198.51.100.7:443`.
+    pub probe: String,
+    /// up, down or pending (no answer yet).
+    pub state: String,
+    /// The last successful probe's round-trip time, in microseconds.
+    pub rtt_us: Option<u64>,
+    pub runs: u64,
+    pub failures: u64,
+    /// While down: how many of the last probes failed, and the last error.
+    pub failed: Option<usize>,
+    pub of: Option<usize>,
+    pub last_error: Option<String>,
+}
+
+impl WarpProbeStatus {
+    fn of(report: &crate::warp_probe::ProbeReport) -> Self {
+        use crate::warp_probe::ProbeVerdict;
+        let (state, failed, of, last_error) = match &report.verdict {
+            ProbeVerdict::Up => ("up", None, None, None),
+            ProbeVerdict::Unknown => ("pending", None, None, None),
+            ProbeVerdict::Down {
+                failed,
+                of,
+                last_error,
+            } => ("down", Some(*failed), Some(*of), Some(last_error.clone())),
+        };
+        Self {
+            probe: report.spec.to_string(),
+            state: state.to_owned(),
+            rtt_us: (report.last_rtt).map(|rtt| u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX)),
+            runs: report.runs,
+            failures: report.failures,
+            failed,
+            of,
+            last_error,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,6 +288,7 @@ pub fn build(
                 state: w.state.as_str().to_owned(),
                 targets: w.targets,
                 untunnelled_drops: warp_leaks.get(&w.name).copied(),
+                probe: w.probe.as_ref().map(WarpProbeStatus::of),
             })
             .collect(),
         targets: published

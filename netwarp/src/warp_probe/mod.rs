@@ -25,7 +25,7 @@ use std::{
 use crate::dataplane::netns::{NetnsError, inside_namespace};
 
 mod prober;
-pub use prober::{ProbeReport, ProbedWarp, Prober};
+pub use prober::{ProbeReport, ProbedWarp, Prober, Wakeups};
 
 /// What a warp's probe checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

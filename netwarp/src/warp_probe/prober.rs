@@ -37,6 +37,30 @@ pub struct ProbeReport {
     pub failures: u64,
 }
 
+/// The warps whose verdict changed since the event loop last looked, and
+/// the signal that wakes it.
+#[derive(Default)]
+pub struct Wakeups {
+    ids: Mutex<Vec<String>>,
+    notify: Notify,
+}
+
+impl Wakeups {
+    pub fn push(&self, id: &str) {
+        self.ids.lock().expect("wake-ups").push(id.to_owned());
+        self.notify.notify_one();
+    }
+
+    /// Resolves once a warp was pushed (at once if one was meanwhile).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    pub fn drain(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ids.lock().expect("wake-ups"))
+    }
+}
+
 type ProbeFuture = Pin<Box<dyn Future<Output = Result<Duration, String>> + Send>>;
 type ProbeFn = dyn Fn(u32, ProbeSpec, Duration) -> ProbeFuture + Send + Sync;
 
