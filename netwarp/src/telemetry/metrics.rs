@@ -433,7 +433,7 @@ impl Collector for ScrapeCollector {
         gauge_family(
             &mut encoder,
             "netwarp_warp_up",
-            "1 while the warp container runs and is healthy or has no healthcheck, else 0",
+            "1 while the warp container runs, is healthy or has no healthcheck, and its probe (if it has one) answers, else 0",
             &warps,
         )?;
         let probed: Vec<(&str, &super::ProbeReport)> = (published.warps.iter())
