@@ -133,6 +133,7 @@ impl Inventory {
                 settings.rules_label.clone(),
                 settings.caps.egress_label.clone(),
                 settings.caps.ingress_label.clone(),
+                settings.caps.burst_label.clone(),
                 SWARM_SERVICE_LABEL.to_owned(),
             ],
             cache: HashMap::new(),
@@ -456,6 +457,27 @@ mod tests {
             health: Health::None,
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    /// Every label `PlanSettings` names is one the planner reads, and
+    /// must survive the decoding; others are dropped.
+    #[test]
+    fn the_planner_labels_are_kept_and_no_others() {
+        let settings = crate::telemetry::tests::settings();
+        let inventory = Inventory::new(&settings);
+        let caps = &settings.caps;
+        for label in [
+            &settings.target_label,
+            &settings.network_label,
+            &settings.rules_label,
+            &caps.egress_label,
+            &caps.ingress_label,
+            &caps.burst_label,
+        ] {
+            assert!(inventory.keeps_label(label), "{label}");
+        }
+        assert!(inventory.keeps_label(SWARM_SERVICE_LABEL));
+        assert!(!inventory.keeps_label("com.docker.compose.project"));
     }
 
     #[test]
