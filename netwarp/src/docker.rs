@@ -57,6 +57,8 @@ pub enum DockerError {
 /// only what it reads (see [`crate::wire`]).
 pub struct Client {
     docker: Docker,
+    /// Keep-alive connections for the plain GETs.
+    idle: std::sync::Mutex<Vec<Sender>>,
     /// Where the plain GETs go; `None` over TLS, where bollard fetches and
     /// its models are handed to the same decoder.
     plain: Option<PlainEndpoint>,
@@ -153,16 +155,30 @@ impl Client {
             version.major_version, version.minor_version
         );
         let request = async {
-            match self.plain.as_ref().expect("plain GETs have an endpoint") {
-                PlainEndpoint::Unix(socket) => {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    get_over(stream, &uri).await
+            let idle = self.idle_connection();
+            // A kept connection Docker has closed meanwhile fails before
+            // any answer: a GET is repeated on a new one.
+            let (answer, sender) = match idle {
+                Some(mut sender) => match get_over(&mut sender, &uri).await {
+                    Ok(answer) => (answer, sender),
+                    Err(_) => {
+                        let mut sender = self.connect_plain().await?;
+                        (get_over(&mut sender, &uri).await?, sender)
+                    }
+                },
+                None => {
+                    let mut sender = self.connect_plain().await?;
+                    (get_over(&mut sender, &uri).await?, sender)
                 }
-                PlainEndpoint::Tcp(address) => {
-                    let stream = tokio::net::TcpStream::connect(address.as_str()).await?;
-                    get_over(stream, &uri).await
+            };
+            // Kept for the next GET while Docker keeps the connection.
+            if !sender.is_closed() {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE_CONNECTIONS {
+                    idle.push(sender);
                 }
             }
+            Ok::<_, BoxError>(answer)
         };
         let timeout = Duration::from_secs(REQUEST_TIMEOUT_SECS);
         let (status, body) = match tokio::time::timeout(timeout, request).await {
@@ -188,6 +204,51 @@ impl Client {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// Idle keep-alive connections kept for plain GETs: as many as inspects
+/// run at once.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+
+impl Client {
+    /// A kept connection that is still open.
+    fn idle_connection(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// A new HTTP/1.1 connection to the plain endpoint.
+    async fn connect_plain(&self) -> Result<Sender, BoxError> {
+        match self.plain.as_ref().expect("plain GETs have an endpoint") {
+            PlainEndpoint::Unix(socket) => {
+                handshake(tokio::net::UnixStream::connect(socket).await?).await
+            }
+            PlainEndpoint::Tcp(address) => {
+                handshake(tokio::net::TcpStream::connect(address.as_str()).await?).await
+            }
+        }
+    }
+}
+
+async fn handshake<S>(stream: S) -> Result<Sender, BoxError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Ends when the connection closes; an error shows in the next
+        // request's result.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
 fn request_error(what: &str, detail: &str) -> DockerError {
     DockerError::Request {
         what: what.to_owned(),
@@ -207,20 +268,9 @@ fn to_body(what: &str, value: &impl serde::Serialize) -> Result<Bytes, DockerErr
 /// larger body grows past it as it arrives.
 const MAX_PRESIZED_BODY: usize = 256 << 20;
 
-/// One GET on a fresh HTTP/1.1 connection over `stream`.
-async fn get_over<S>(
-    stream: S,
-    uri: &str,
-) -> Result<(hyper::StatusCode, Bytes), Box<dyn std::error::Error + Send + Sync>>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // Ends with the answer; an error shows in send_request's result.
-        let _ = connection.await;
-    });
+/// One GET on an HTTP/1.1 connection.
+async fn get_over(sender: &mut Sender, uri: &str) -> Result<(hyper::StatusCode, Bytes), BoxError> {
+    sender.ready().await?;
     let request = hyper::Request::get(uri)
         .header(hyper::header::HOST, "docker")
         .body(Empty::<Bytes>::new())?;
@@ -332,6 +382,7 @@ pub async fn connect(
     };
     Ok(Client {
         docker: client,
+        idle: std::sync::Mutex::new(Vec::new()),
         plain,
     })
 }

@@ -361,7 +361,8 @@ impl Inventory {
     }
 
     /// The bridge interface of each guard's network, for the guards whose
-    /// network is a bridge network; one network inspect per new network.
+    /// network is a bridge network; one network inspect per new network,
+    /// the new ones concurrently.
     /// A failed inspect skips that guard for this pass, and the returned
     /// flag is then false: the caller must not take a missing guard for
     /// one that is no longer needed.
@@ -371,40 +372,48 @@ impl Inventory {
         guards: &'a [GuardPlan],
     ) -> (Vec<(String, &'a GuardPlan)>, bool) {
         let mut complete = true;
+        // The networks not seen before, inspected at once.
+        let new = (guards.iter())
+            .filter_map(|g| Some((g, g.network_id.as_deref()?)))
+            .filter(|(_, id)| !self.bridges.contains_key(*id));
+        let inspected: Vec<_> = stream::iter(new)
+            .map(|(guard, id)| async move { (guard, id, client.inspect_network(id, None).await) })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        for (guard, id, inspected) in inspected {
+            match inspected {
+                Ok(network) => {
+                    let bridge = bridge_interface(id, &network);
+                    if bridge.is_none() {
+                        tracing::warn!(
+                            network = %guard.network,
+                            driver = network.driver.as_deref().unwrap_or("unknown"),
+                            "this network is not a bridge network; netwarp cannot guard \
+                             the moment before a target on it is programmed"
+                        );
+                    }
+                    self.bridges.insert(id.to_owned(), bridge);
+                }
+                // Ids are never reused: a network that is gone stays gone.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    tracing::warn!(network = %guard.network, "a guarded network no longer exists");
+                    self.bridges.insert(id.to_owned(), None);
+                }
+                // Skipped for this pass.
+                Err(e) => {
+                    tracing::warn!(network = %guard.network, error = %e, "inspecting a guarded network failed; will retry");
+                    complete = false;
+                }
+            }
+        }
         let mut resolved = Vec::with_capacity(guards.len());
         for guard in guards {
             let Some(id) = guard.network_id.as_deref() else {
                 continue;
             };
-            if !self.bridges.contains_key(id) {
-                match client.inspect_network(id, None).await {
-                    Ok(network) => {
-                        let bridge = bridge_interface(id, &network);
-                        if bridge.is_none() {
-                            tracing::warn!(
-                                network = %guard.network,
-                                driver = network.driver.as_deref().unwrap_or("unknown"),
-                                "this network is not a bridge network; netwarp cannot guard \
-                                 the moment before a target on it is programmed"
-                            );
-                        }
-                        self.bridges.insert(id.to_owned(), bridge);
-                    }
-                    // Ids are never reused: a network that is gone stays gone.
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404,
-                        ..
-                    }) => {
-                        tracing::warn!(network = %guard.network, "a guarded network no longer exists");
-                        self.bridges.insert(id.to_owned(), None);
-                    }
-                    Err(e) => {
-                        tracing::warn!(network = %guard.network, error = %e, "inspecting a guarded network failed; will retry");
-                        complete = false;
-                        continue;
-                    }
-                }
-            }
             if let Some(Some(bridge)) = self.bridges.get(id) {
                 resolved.push((bridge.clone(), guard));
             }
@@ -449,6 +458,28 @@ mod tests {
             health: Health::None,
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    /// Every label `PlanSettings` names is one the planner reads, and
+    /// must survive the decoding; others are dropped.
+    #[test]
+    fn the_planner_labels_are_kept_and_no_others() {
+        let settings = crate::telemetry::tests::settings();
+        let inventory = Inventory::new(&settings);
+        let caps = &settings.caps;
+        for label in [
+            &settings.target_label,
+            &settings.network_label,
+            &settings.rules_label,
+            &caps.egress_label,
+            &caps.ingress_label,
+            &caps.burst_label,
+            &settings.probe_label,
+        ] {
+            assert!(inventory.keeps_label(label), "{label}");
+        }
+        assert!(inventory.keeps_label(crate::plan::SWARM_SERVICE_LABEL));
+        assert!(!inventory.keeps_label("com.docker.compose.project"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn planner_label(key: &str) -> bool {
         "netwarp.rules",
         "netwarp.egress",
         "netwarp.ingress",
+        "netwarp.burst",
         "com.docker.swarm.service.name",
     ]
     .contains(&key)
