@@ -404,6 +404,7 @@ mod tests {
             }],
             targets: vec![
                 TargetStatus {
+                    warp_group: Vec::new(),
                     name: "app".into(),
                     id: "aaaaaaaaaaaa".into(),
                     warp: "warp-vpn".into(),
@@ -442,6 +443,7 @@ mod tests {
                     }),
                 },
                 TargetStatus {
+                    warp_group: Vec::new(),
                     name: "db".into(),
                     id: "bbbbbbbbbbbb".into(),
                     warp: "warp-gone".into(),

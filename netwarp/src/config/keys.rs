@@ -103,6 +103,9 @@ keys! {
     MAX_PREFIXES = "limits.max_prefixes_per_target", "NETWARP_LIMITS_MAX_PREFIXES_PER_TARGET", "4096",
         Live, flag "max-prefixes-per-target",
         "Most destination prefixes one target's rules may list; a target over it is blocked entirely";
+    FAILOVER_HOLD_DOWN = "failover.hold_down_secs", "NETWARP_FAILOVER_HOLD_DOWN_SECS", "30",
+        Restart, flag -,
+        "Seconds a recovered warp of a failover group (netwarp.target=warp-a,warp-b) waits before it takes its targets back";
     PROBE_LABEL = "probes.label", "NETWARP_PROBES_LABEL", "netwarp.probe",
         Live, flag -,
         "Label on a warp naming a probe netwarp runs from the warp's namespace, e.g. tcp:198.51.100.7:443; a warp whose probe fails is unusable";

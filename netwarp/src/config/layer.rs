@@ -164,6 +164,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "metrics",
     "probes",
+    "failover",
     "rate_limits",
     "control",
 ];

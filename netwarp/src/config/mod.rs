@@ -114,6 +114,8 @@ pub struct Config {
     /// The label naming a warp's probe.
     pub probe_label: String,
     pub probes: ProbeSettings,
+    /// How long a recovered failover member waits to take traffic back.
+    pub failover_hold_down: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     /// The Prometheus endpoint; `None` when `metrics.listen = "off"`.
@@ -364,6 +366,15 @@ impl Config {
             }
         };
         let probes = probe_settings(&mut value)?;
+        let hold = value(&keys::FAILOVER_HOLD_DOWN)?;
+        let hold_down_secs = hold.0.as_integer(keys::FAILOVER_HOLD_DOWN.name, &hold.1)?;
+        if hold_down_secs > 3600 {
+            return Err(invalid(
+                &hold.1,
+                keys::FAILOVER_HOLD_DOWN.name,
+                format!("{hold_down_secs} is outside 0..=3600 seconds"),
+            ));
+        }
         let caps = CapSettings {
             enforcement,
             egress_label,
@@ -394,6 +405,7 @@ impl Config {
             max_prefixes_per_target: max_prefixes_per_target as usize,
             probe_label,
             probes,
+            failover_hold_down: Duration::from_secs(hold_down_secs),
             log_level,
             log_format,
             metrics_listen,

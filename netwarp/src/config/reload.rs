@@ -120,6 +120,10 @@ mod tests {
             &[("limits.max_prefixes_per_target", "100")],
         ),
         ("probes.label", &[("probes.label", "other.probe")]),
+        (
+            "failover.hold_down_secs",
+            &[("failover.hold_down_secs", "5")],
+        ),
         ("probes.interval_secs", &[("probes.interval_secs", "9")]),
         ("probes.timeout_ms", &[("probes.timeout_ms", "900")]),
         ("probes.failures", &[("probes.failures", "2")]),

@@ -161,6 +161,9 @@ pub(super) async fn run_connected(
                     continue;
                 }
             }
+            // A recovered failover member's hold-down ended: the pass
+            // below moves its targets back.
+            () = sleep_until_deadline(reconciler.next_deadline()) => {}
             () = probe_wakeups.notified() => {
                 // A warp's probe verdict changed: its targets are served
                 // first, as for a Docker event naming it.
@@ -228,6 +231,14 @@ fn reload_config(running: &Config, reconciler: &mut Reconciler, reload: &Reload)
     }
     reconciler.update_settings(reloaded.settings);
     info!(applied = ?reloaded.applied, "SIGHUP: configuration reloaded");
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long an event waits before its pass. Debounced on the leading

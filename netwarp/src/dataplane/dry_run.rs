@@ -319,6 +319,7 @@ mod tests {
             _ => Action::Block,
         };
         TargetPlan {
+            warp_group: Vec::new(),
             id: id.into(),
             name: format!("name-{id}"),
             pid: Some(pid),

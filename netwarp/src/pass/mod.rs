@@ -11,7 +11,7 @@ mod log;
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::docker::Client;
@@ -23,8 +23,8 @@ use crate::{
     inventory::Inventory,
     model::{NetworkMode, World, short_id},
     plan::{
-        Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, TargetState, WarpProbes,
-        is_warp_by_name, plan_probed, probe_spec,
+        Action, CapPlan, Entry, Failover, GuardPlan, Observed, Plan, PlanSettings, TargetPlan,
+        TargetState, WarpState, is_warp_by_name, plan_observed, probe_spec,
     },
     telemetry::{GuardView, PassOutcome, TargetFailure, Telemetry},
     warp_probe::{ProbeSettings, ProbedWarp, Prober, Wakeups},
@@ -58,6 +58,76 @@ pub struct Reconciler {
     /// The warps' probes: started with the first warp that has a probe
     /// label, and how a verdict's change wakes the event loop.
     probes: Probes,
+    /// Failover groups across passes: active members, and since when each
+    /// warp has been usable (a recovered one waits out the hold-down).
+    failover: FailoverState,
+}
+
+struct FailoverState {
+    hold_down: Duration,
+    active: HashMap<String, String>,
+    usable_since: HashMap<String, Instant>,
+    /// No pass has planned yet: every usable warp counts as settled.
+    first: bool,
+}
+
+impl FailoverState {
+    /// What the planner needs: the active members, and the warps usable
+    /// for the whole hold-down (a warp that comes back in this very pass
+    /// is not among them).
+    fn observed(&self) -> Failover {
+        let settled = (self.usable_since.iter())
+            .filter(|(_, since)| since.elapsed() >= self.hold_down)
+            .map(|(name, _)| name.clone())
+            .collect();
+        Failover {
+            active: self.active.clone(),
+            settled: (!self.hold_down.is_zero()).then_some(settled),
+        }
+    }
+
+    /// Learns from a plan: which members are active, which warps became
+    /// usable (and when). Returns how many targets moved to another member.
+    fn learn(&mut self, plan: &Plan) -> u64 {
+        let now = Instant::now();
+        let settled = now.checked_sub(self.hold_down).unwrap_or(now);
+        for warp in &plan.warps {
+            if warp.state == WarpState::Up {
+                let since = if self.first { settled } else { now };
+                self.usable_since.entry(warp.name.clone()).or_insert(since);
+            } else {
+                self.usable_since.remove(&warp.name);
+            }
+        }
+        self.first = false;
+        let mut moved = 0;
+        let mut active = HashMap::new();
+        for target in plan.targets.iter().filter(|t| !t.warp_group.is_empty()) {
+            if !matches!(target.state, TargetState::Steered { .. }) {
+                // Blocked: keep the last active member, so the hold-down
+                // still applies when one comes back.
+                if let Some(last) = self.active.get(&target.id) {
+                    active.insert(target.id.clone(), last.clone());
+                }
+                continue;
+            }
+            if (self.active.get(&target.id)).is_some_and(|last| *last != target.warp) {
+                moved += 1;
+            }
+            active.insert(target.id.clone(), target.warp.clone());
+        }
+        self.active = active;
+        moved
+    }
+
+    /// When the next recovering warp's hold-down ends: a pass is due then,
+    /// to move its targets back.
+    fn next_deadline(&self) -> Option<Instant> {
+        (self.usable_since.values())
+            .map(|since| *since + self.hold_down)
+            .filter(|at| *at > Instant::now())
+            .min()
+    }
 }
 
 /// The prober and what passes need to drive it.
@@ -66,6 +136,10 @@ struct Probes {
     prober: Option<Prober>,
     wakeups: Arc<Wakeups>,
 }
+
+/// How long a recovered failover member waits before it takes traffic
+/// back, unless configured.
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(30);
 
 /// What the targets' part of a pass leaves for the rest.
 struct TargetsDone {
@@ -94,7 +168,26 @@ impl Reconciler {
                 prober: None,
                 wakeups: Arc::new(Wakeups::default()),
             },
+            failover: FailoverState {
+                hold_down: DEFAULT_HOLD_DOWN,
+                active: HashMap::new(),
+                usable_since: HashMap::new(),
+                first: true,
+            },
         }
+    }
+
+    /// How long a recovered warp waits before it takes its group's traffic
+    /// back (before the first pass).
+    pub fn with_failover_hold_down(mut self, hold_down: Duration) -> Self {
+        self.failover.hold_down = hold_down;
+        self
+    }
+
+    /// When a pass is due without any event: a recovered group member's
+    /// hold-down ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.failover.next_deadline()
     }
 
     /// How often and how strictly warps' probes run (before the first pass).
@@ -165,10 +258,17 @@ impl Reconciler {
         let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let reports = (self.probes.prober.as_ref()).map_or_else(HashMap::new, Prober::verdicts);
-        let verdicts: WarpProbes = (reports.iter())
-            .map(|(id, report)| (id.clone(), report.verdict.clone()))
-            .collect();
-        let plan = plan_probed(&world, &self.settings, &verdicts);
+        let observed = Observed {
+            probes: (reports.iter())
+                .map(|(id, report)| (id.clone(), report.verdict.clone()))
+                .collect(),
+            failover: self.failover.observed(),
+        };
+        let plan = plan_observed(&world, &self.settings, &observed);
+        let moved = self.failover.learn(&plan);
+        if moved > 0 {
+            self.telemetry.metrics().failovers.inc_by(moved);
+        }
         self.probe_warps(&world);
         let plan_ms = started.elapsed().as_secs_f64() * 1e3 - snapshot_ms;
         let named = named_by_events(&world, &plan, pending);
@@ -438,9 +538,10 @@ fn named_by_events(
     let ids_by_name: HashMap<&str, &str> = (world.containers.iter())
         .map(|c| (c.name.as_str(), c.id.as_str()))
         .collect();
-    let warp_named = |t: &TargetPlan| {
-        (ids_by_name.get(t.warp.as_str())).is_some_and(|id| pending.contains_key(*id))
-    };
+    let named = |warp: &str| (ids_by_name.get(warp)).is_some_and(|id| pending.contains_key(*id));
+    // A group's target is named by an event about any of its members: the
+    // one that died, or the one that came back.
+    let warp_named = |t: &TargetPlan| named(&t.warp) || t.warp_group.iter().any(|w| named(w));
     let targets = (plan.targets.iter())
         .filter(|t| warp_named(t))
         .map(|t| t.id.clone());

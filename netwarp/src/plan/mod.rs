@@ -3,7 +3,7 @@
 //! of the unit tests live.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -138,8 +138,12 @@ pub struct TargetPlan {
     pub id: String,
     pub name: String,
     pub pid: Option<u32>,
-    /// The warp container named by the target label.
+    /// The warp container carrying the target: the one its label names,
+    /// or of a group, the active one (the first member while none is).
     pub warp: String,
+    /// A failover group's members in priority order, when the label names
+    /// more than one warp; empty otherwise.
+    pub warp_group: Vec<String>,
     pub state: TargetState,
     /// Sorted, without duplicates.
     pub entries: Vec<Entry>,
@@ -200,7 +204,36 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
 /// [`plan`], with what the warps' probes say (by warp container id): a
 /// warp with a probe label is usable only while its probe answers.
 pub fn plan_probed(world: &World, settings: &PlanSettings, probes: &WarpProbes) -> Plan {
-    let index = Index::with_probes(world, probes);
+    let observed = Observed {
+        probes: probes.clone(),
+        failover: Failover::default(),
+    };
+    plan_observed(world, settings, &observed)
+}
+
+/// What passes observe besides Docker's snapshot, and plans depend on:
+/// the probes' verdicts and the failover groups' history.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub probes: WarpProbes,
+    pub failover: Failover,
+}
+
+/// What earlier passes know about failover groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failover {
+    /// Each grouped target's active warp, by target container id.
+    pub active: HashMap<String, String>,
+    /// Warps (by name) usable for at least the hold-down: only these take
+    /// traffic back from a usable active member. `None`: every usable warp
+    /// may (no hold-down).
+    pub settled: Option<HashSet<String>>,
+}
+
+/// [`plan`], with what passes observed (see [`Observed`]).
+pub fn plan_observed(world: &World, settings: &PlanSettings, observed: &Observed) -> Plan {
+    let probes = &observed.probes;
+    let index = Index::observed(world, observed);
     // Every target container, running or not, is planned once: the
     // running ones are the targets, and all of them feed the guards and
     // the admission to the rule tries.
@@ -240,15 +273,18 @@ pub struct Index<'a> {
     pub world: &'a World,
     /// What the warps' probes say, by warp container id.
     probes: Option<&'a WarpProbes>,
+    /// What earlier passes know about failover groups.
+    failover: Option<&'a Failover>,
     by_name: HashMap<&'a str, &'a Container>,
     /// Of a service's tasks, the one [`Index::warp`] picks.
     by_service: HashMap<&'a str, &'a Container>,
 }
 
 impl<'a> Index<'a> {
-    pub fn with_probes(world: &'a World, probes: &'a WarpProbes) -> Self {
+    pub fn observed(world: &'a World, observed: &'a Observed) -> Self {
         Self {
-            probes: Some(probes),
+            probes: Some(&observed.probes),
+            failover: Some(&observed.failover),
             ..Self::new(world)
         }
     }
@@ -272,6 +308,7 @@ impl<'a> Index<'a> {
         Self {
             world,
             probes: None,
+            failover: None,
             by_name,
             by_service,
         }
@@ -292,13 +329,20 @@ fn plan_target(
     target: &Container,
     warp: &str,
 ) -> TargetPlan {
+    let group = warp_group(warp);
+    let primary = group.first().copied().unwrap_or("");
     let mut plan = TargetPlan {
         id: target.id.clone(),
         name: target.name.clone(),
         pid: target.pid,
-        warp: warp.to_owned(),
+        warp: primary.to_owned(),
+        warp_group: if group.len() > 1 {
+            group.iter().map(|name| (*name).to_owned()).collect()
+        } else {
+            Vec::new()
+        },
         state: TargetState::Blocked(BlockReason::WarpMissing {
-            warp: warp.to_owned(),
+            warp: primary.to_owned(),
         }),
         entries: Vec::new(),
         mac_on_network: None,
@@ -343,15 +387,16 @@ fn plan_target(
     let count = capacity::distinct_destinations(&rules);
     if count > settings.max_prefixes_per_target {
         // Only the target's MAC is needed: its veth gets the block.
-        plan.mac_on_network = match resolve_warp(index, settings, target, warp) {
-            Ok(resolved) => resolved.target_mac,
+        plan.mac_on_network = match choose_warp(index, settings, target, &group) {
+            Ok((_, resolved)) => resolved.target_mac,
             Err((_, mac)) => mac,
         };
         let limit = settings.max_prefixes_per_target;
         return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
     }
-    match resolve_warp(index, settings, target, warp) {
-        Ok(resolved) => {
+    match choose_warp(index, settings, target, &group) {
+        Ok((chosen, resolved)) => {
+            plan.warp = chosen.to_owned();
             plan.mac_on_network = resolved.target_mac;
             plan.warp_pid = resolved.warp_pid;
             plan.warp_mac = resolved.warp_mac;
@@ -506,6 +551,71 @@ pub fn is_warp_by_name(pattern: &str, container: &Container) -> bool {
             .labels
             .get(SWARM_SERVICE_LABEL)
             .is_some_and(|service| glob::matches(pattern, service))
+}
+
+/// The warps a target label names: one, or a failover group in priority
+/// order (`warp-a,warp-b`); blanks around names are ignored, repeats kept
+/// once.
+pub fn warp_group(label: &str) -> Vec<&str> {
+    let mut group: Vec<&str> = Vec::new();
+    for name in label.split(',').map(str::trim) {
+        if !group.contains(&name) {
+            group.push(name);
+        }
+    }
+    group
+}
+
+/// The warp that carries a target: for one warp, that warp; for a group,
+/// the first usable member in priority order, except that a member not
+/// usable for the whole hold-down yet does not take the traffic back from
+/// a usable active member (hysteresis against a flapping warp).
+/// Fails closed when no member is usable.
+fn choose_warp<'g>(
+    index: &Index<'_>,
+    settings: &PlanSettings,
+    target: &Container,
+    group: &[&'g str],
+) -> Result<(&'g str, ResolvedWarp), (BlockReason, Option<String>)> {
+    if let [only] = group {
+        return resolve_warp(index, settings, target, only).map(|resolved| (*only, resolved));
+    }
+    if group.iter().any(|name| name.is_empty()) {
+        return Err((
+            BlockReason::EmptyWarpName {
+                label: settings.target_label.clone(),
+            },
+            None,
+        ));
+    }
+    let mut usable = Vec::new();
+    let mut unusable = Vec::new();
+    let mut mac = None;
+    for name in group {
+        match resolve_warp(index, settings, target, name) {
+            Ok(resolved) => usable.push((*name, resolved)),
+            Err((reason, target_mac)) => {
+                mac = mac.or(target_mac);
+                unusable.push(reason.to_string());
+            }
+        }
+    }
+    let failover = index.failover;
+    let active = failover
+        .and_then(|f| f.active.get(&target.id))
+        .map(String::as_str);
+    let active_usable = usable.iter().any(|(name, _)| Some(*name) == active);
+    let ready =
+        |name: &str| failover.is_none_or(|f| f.settled.as_ref().is_none_or(|s| s.contains(name)));
+    (usable.into_iter())
+        .find(|(name, _)| !active_usable || Some(*name) == active || ready(name))
+        .ok_or((
+            BlockReason::NoWarpUsable {
+                warps: group.iter().map(|name| (*name).to_owned()).collect(),
+                reasons: unusable,
+            },
+            mac,
+        ))
 }
 
 fn resolve_warp(

@@ -28,6 +28,12 @@ pub enum BlockReason {
     WarpStarting {
         warp: String,
     },
+    /// No member of the target's failover group is usable.
+    NoWarpUsable {
+        warps: Vec<String>,
+        /// Why, member by member, in priority order.
+        reasons: Vec<String>,
+    },
     /// The warp has a probe, and it has not answered yet.
     WarpProbePending {
         warp: String,
@@ -126,6 +132,12 @@ impl fmt::Display for BlockReason {
             Self::WarpStarting { warp } => write!(
                 f,
                 "warp container {warp} is starting: its healthcheck has not passed yet"
+            ),
+            Self::NoWarpUsable { warps, reasons } => write!(
+                f,
+                "no warp of its group ({}) is usable: {}",
+                warps.join(", "),
+                reasons.join("; ")
             ),
             Self::WarpProbePending { warp, probe } => write!(
                 f,

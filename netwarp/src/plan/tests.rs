@@ -253,6 +253,95 @@ fn an_unhealthy_warp_counts_as_down() {
     ));
 }
 
+/// A failover group: the first usable member carries the traffic; a
+/// member that recovers takes it back only once its hold-down is over
+/// (unless the active one fails meanwhile); none usable fails closed.
+#[test]
+fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
+    let member = |name: &str, ip: &str, running: bool| {
+        let mut w = container(name, &[], &[("net", endpoint(ip, None))]);
+        w.running = running;
+        w
+    };
+    let world = |a_runs: bool, b_runs: bool| World {
+        containers: vec![
+            member("warp-a", "172.20.0.2", a_runs),
+            member("warp-b", "172.20.0.5", b_runs),
+            container(
+                "app",
+                &[("netwarp.target", " warp-a , warp-b ")],
+                &[("net", endpoint("172.20.0.3", None))],
+            ),
+        ],
+    };
+    let settings = settings("203.0.113.0/24");
+    // `settled`: the members usable for the whole hold-down.
+    let chosen = |world: &World, active: Option<&str>, settled: &[&str]| {
+        let observed = Observed {
+            probes: WarpProbes::new(),
+            failover: Failover {
+                active: active
+                    .map(|a| ("id-app".to_owned(), a.to_owned()))
+                    .into_iter()
+                    .collect(),
+                settled: Some(settled.iter().map(|r| (*r).to_owned()).collect()),
+            },
+        };
+        let plan = plan_observed(world, &settings, &observed);
+        let target = plan.targets.into_iter().next().unwrap();
+        assert_eq!(target.warp_group, ["warp-a", "warp-b"]);
+        (target.warp.clone(), target.state)
+    };
+    let steered_via = |(warp, state): (String, TargetState)| match state {
+        TargetState::Steered { via_v4, .. } => (warp, via_v4.map(|v| v.to_string())),
+        other => panic!("{other:?}"),
+    };
+    let both = world(true, true);
+    // No active member yet (a new target, a restarted daemon): the first
+    // usable, settled or not.
+    assert_eq!(
+        steered_via(chosen(&both, None, &[])),
+        ("warp-a".into(), Some("172.20.0.2".into()))
+    );
+    // The primary dies: the backup, in the same pass.
+    let a_down = world(false, true);
+    assert_eq!(
+        steered_via(chosen(&a_down, Some("warp-a"), &["warp-a", "warp-b"])),
+        ("warp-b".into(), Some("172.20.0.5".into()))
+    );
+    // It is back, inside its hold-down: the traffic stays on the backup...
+    assert_eq!(chosen(&both, Some("warp-b"), &["warp-b"]).0, "warp-b");
+    // ...and moves back once the hold-down is over.
+    assert_eq!(
+        chosen(&both, Some("warp-b"), &["warp-a", "warp-b"]).0,
+        "warp-a"
+    );
+    // The backup dies while the primary is still in its hold-down: the
+    // primary, since nothing else is usable.
+    let b_down = world(true, false);
+    assert_eq!(chosen(&b_down, Some("warp-b"), &[]).0, "warp-a");
+    // None usable: fail closed, every member's reason named.
+    let (_, state) = chosen(&world(false, false), Some("warp-a"), &[]);
+    let TargetState::Blocked(reason) = state else {
+        panic!("{state:?}")
+    };
+    assert_eq!(
+        reason.to_string(),
+        "no warp of its group (warp-a, warp-b) is usable: warp container warp-a is not \
+         running; warp container warp-b is not running"
+    );
+    // An empty member name is a configuration error, not a warp.
+    let mut bad = world(true, true);
+    bad.containers[2]
+        .labels
+        .insert("netwarp.target".into(), "warp-a,,warp-b".into());
+    let plan = plan(&bad, &settings);
+    assert!(matches!(
+        plan.targets[0].state,
+        TargetState::Blocked(BlockReason::EmptyWarpName { .. })
+    ));
+}
+
 /// A warp with a probe label is usable only while its probe answers:
 /// before any verdict and while it fails, its targets are blocked, with
 /// the probe named; a label that cannot be read is not trusted.

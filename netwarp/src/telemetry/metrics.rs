@@ -51,6 +51,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub event_latency: Histogram,
     pub target_failures: Counter,
+    /// Targets of a failover group moved from one member to another.
+    pub failovers: Counter,
     /// SIGHUP reloads, by result: `applied` or `rejected`.
     pub config_reloads: Family<Labels, Counter>,
     /// Restart-only keys that differ between the file and the running
@@ -71,6 +73,7 @@ impl Metrics {
         // 5 ms .. 80 s: Docker's event timestamp to the target's policy in place.
         let event_latency = Histogram::new(exponential_buckets(0.005, 2.0, 15));
         let target_failures = Counter::default();
+        let failovers = Counter::default();
         let config_reloads = Family::<Labels, Counter>::default();
         let config_restart_pending = Gauge::default();
         let programming_failures = Family::<Labels, Counter>::default();
@@ -115,6 +118,12 @@ impl Metrics {
             target_failures.clone(),
         );
         registry.register(
+            "netwarp_failovers",
+            "Times a target of a failover group moved to another member (a failover, or the \
+             move back once a recovered member's hold-down ended)",
+            failovers.clone(),
+        );
+        registry.register(
             "netwarp_config_reloads",
             "SIGHUP reloads of the configuration file, by result (applied or rejected)",
             config_reloads.clone(),
@@ -138,6 +147,7 @@ impl Metrics {
             reconcile_duration,
             event_latency,
             target_failures,
+            failovers,
             config_reloads,
             config_restart_pending,
             programming_failures,
@@ -567,6 +577,7 @@ mod tests {
     fn target(id: &str, name: &str, state: TargetState) -> TargetView {
         TargetView {
             plan: TargetPlan {
+                warp_group: Vec::new(),
                 id: id.into(),
                 name: name.into(),
                 pid: Some(1),

@@ -163,7 +163,11 @@ pub struct TargetStatus {
     pub name: String,
     /// Short (12 character) id.
     pub id: String,
+    /// The warp carrying it: of a failover group, the active member.
     pub warp: String,
+    /// A failover group's members in priority order; empty for one warp.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warp_group: Vec<String>,
     /// steered, blocked, bypassed or refused (netwarp does not touch its
     /// namespace: `--network host`, `none`, or another container's), or
     /// failed: its last programming failed (see `error`, `held_closed`).
@@ -347,6 +351,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         name: plan.name.clone(),
         id: short_id(&plan.id).to_owned(),
         warp: plan.warp.clone(),
+        warp_group: plan.warp_group.clone(),
         state: state.to_owned(),
         planned_state: Some(plan.state.name().to_owned()),
         reason,
@@ -399,6 +404,7 @@ mod tests {
     fn a_target_becomes_its_status() {
         let rules = parse_rules("203.0.113.0/24,tcp:443").unwrap();
         let plan = TargetPlan {
+            warp_group: Vec::new(),
             id: "0123456789abcdef".into(),
             name: "app".into(),
             pid: Some(1),
