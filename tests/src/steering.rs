@@ -212,3 +212,46 @@ pub fn start_heavy_target(
         &["sleep", "3600"],
     )
 }
+
+/// A warp's tunnel dead without a sign Docker could see: a TCP port
+/// dropped inside the warp's namespace (what a probe of that port checks),
+/// its process untouched. Alive again on drop.
+pub struct DeadTunnel {
+    pid: String,
+    rule: Vec<String>,
+}
+
+impl DeadTunnel {
+    pub fn kill(warp: &Container, port: u16) -> anyhow::Result<Self> {
+        let dead = Self {
+            pid: warp.pid()?.to_string(),
+            rule: [
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        dead.iptables("-I")?;
+        Ok(dead)
+    }
+
+    fn iptables(&self, action: &str) -> anyhow::Result<String> {
+        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", action];
+        args.extend(self.rule.iter().map(String::as_str));
+        run("nsenter", &args)
+    }
+}
+
+impl Drop for DeadTunnel {
+    fn drop(&mut self) {
+        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", "-D"];
+        args.extend(self.rule.iter().map(String::as_str));
+        crate::command::run_quietly("nsenter", &args);
+    }
+}

@@ -1,8 +1,9 @@
 //! A failover group on real containers, both dataplanes: a target names
 //! two warps in priority order (`netwarp.target=A,B`). `docker kill` of
 //! the active one moves its traffic to the other; the primary's return
-//! moves it back only after the hold-down; nothing reaches the leak sink
-//! meanwhile.
+//! moves it back only after the hold-down; then the primary's tunnel dies
+//! silently (its probed port dropped, its process untouched) and its
+//! probe moves the traffic again; nothing reaches the leak sink meanwhile.
 //!
 //! Each warp answers on tcp 8080 of the steered address with its own
 //! banner, so a connection tells which warp carried it.
@@ -21,7 +22,7 @@ use netwarp_tests::{
     docker::{Container, DockerNetwork},
     observe::{Exposition, status_json, status_target},
     skip, skip_if,
-    steering::run_warp,
+    steering::{DeadTunnel, run_warp},
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -52,17 +53,19 @@ fn failover(mode: &str) {
     let bridge = network.bridge().expect("bridge");
     let (sink, SteeredPrefix { prefix, remote }) =
         LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
-    let start_warp = |tag: &str| {
+    let start_warp = |tag: &str, extra: &[&str]| {
         let name = labels.warp_name(tag);
         let script = format!(
             "ip addr add {remote}/32 dev lo; \
              while true; do echo carried-by-{tag} | nc -l -p 8080; done"
         );
-        let warp = run_warp(&name, &network, &script, &[]).expect("warp");
+        let warp = run_warp(&name, &network, &script, extra).expect("warp");
         (name, warp)
     };
-    let (primary, _primary_warp) = start_warp("a");
-    let (backup, _backup_warp) = start_warp("b");
+    // The primary's probe checks the port it serves through "its tunnel".
+    let probe = format!("netwarp.probe=tcp:{remote}:8080");
+    let (primary, primary_warp) = start_warp("a", &["--label", &probe]);
+    let (backup, _backup_warp) = start_warp("b", &[]);
     let target = Container::run(
         "nwft",
         &network,
@@ -78,13 +81,20 @@ fn failover(mode: &str) {
         &labels,
         mode,
         &format!("[[routing_rules]]\ndestination = \"{prefix}\"\n"),
-        &[("NETWARP_FAILOVER_HOLD_DOWN_SECS", &hold_down)],
+        &[
+            ("NETWARP_FAILOVER_HOLD_DOWN_SECS", &hold_down),
+            ("NETWARP_PROBES_INTERVAL_SECS", "1"),
+            ("NETWARP_PROBES_TIMEOUT_MS", "300"),
+            ("NETWARP_PROBES_FAILURES", "2"),
+            ("NETWARP_PROBES_WINDOW", "3"),
+        ],
     )
     .expect("daemon");
     assert!(
         eventually(CONVERGE, || carried_by(&target, &remote).as_deref()
             == Some("a")),
-        "{mode}: the primary never carried the target"
+        "{mode}: the primary never carried the target; status warp: {:?}",
+        warp_of(&daemon, &target),
     );
     let status = status_json(&daemon).expect("status");
     let entry = status_target(&status, target.name()).expect("the target in status");

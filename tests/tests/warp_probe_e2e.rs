@@ -17,55 +17,21 @@ use std::time::Duration;
 
 use netwarp_tests::{
     chaos::{LeakSink, SteeredPrefix},
-    command::{run, run_quietly},
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     observe::{Exposition, status_json},
     skip, skip_if,
-    steering::run_warp,
+    steering::{DeadTunnel, run_warp},
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
-const PROBE_PORT: &str = "8080";
+const PROBE_PORT: u16 = 8080;
 
 /// One ping, one second at most: whether it was answered.
 fn answered(container: &Container, remote: &str) -> bool {
     container
         .exec(&["ping", "-c", "1", "-W", "1", remote])
         .is_ok()
-}
-
-/// Drops the probe's port in the warp's namespace while it lives.
-struct DeadTunnel {
-    pid: String,
-    rule: [&'static str; 8],
-}
-
-impl DeadTunnel {
-    fn kill(warp: &Container) -> Self {
-        let dead = Self {
-            pid: warp.pid().expect("the warp's pid").to_string(),
-            rule: [
-                "INPUT", "-p", "tcp", "--dport", PROBE_PORT, "-j", "DROP", "-w",
-            ],
-        };
-        dead.iptables("-I").expect("dropping the probe in the warp");
-        dead
-    }
-
-    fn iptables(&self, action: &str) -> anyhow::Result<String> {
-        let mut args = vec!["-t", &self.pid, "-n", "iptables", action];
-        args.extend(self.rule);
-        run("nsenter", &args)
-    }
-}
-
-impl Drop for DeadTunnel {
-    fn drop(&mut self) {
-        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-D"];
-        args.extend(self.rule);
-        run_quietly("nsenter", &args);
-    }
 }
 
 /// The warp's entry in status: its state and its probe's state.
@@ -144,7 +110,7 @@ fn silent_death(mode: &str) {
 
     // The tunnel dies silently: Docker still says the warp runs.
     let leaked = sink.packets();
-    let dead = DeadTunnel::kill(&warp);
+    let dead = DeadTunnel::kill(&warp, PROBE_PORT).expect("dropping the probe in the warp");
     assert!(
         eventually(CONVERGE, || target_state(&daemon, &target).is_some_and(
             |(state, reason)| state == "blocked" && reason.contains("probe")

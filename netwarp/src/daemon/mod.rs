@@ -74,7 +74,8 @@ pub async fn run_daemon(config: Config, reload: Reload) -> Result<(), DaemonErro
         .map_err(DaemonError::Telemetry)?;
     let mut reconciler = Reconciler::new(config.plan_settings(), dataplane)
         .with_telemetry(telemetry)
-        .with_probe_settings(config.probes);
+        .with_probe_settings(config.probes)
+        .with_failover_hold_down(config.failover_hold_down);
     let mut signals = Signals::install()?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
