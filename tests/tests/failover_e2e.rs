@@ -139,6 +139,23 @@ fn failover(mode: &str) {
         "{mode}: moved back after {:?}, inside the {HOLD_DOWN_SECS} s hold-down",
         back.elapsed()
     );
+
+    // The primary's tunnel dies silently: Docker still says it runs, its
+    // probe says otherwise, and the backup takes over.
+    let dead = DeadTunnel::kill(&primary_warp, 8080).expect("a silent death");
+    assert!(
+        eventually(CONVERGE, || carried_by(&target, &remote).as_deref()
+            == Some("b")),
+        "{mode}: a silently dead primary kept the target; status warp: {:?}",
+        warp_of(&daemon, &target)
+    );
+    drop(dead);
+    assert!(
+        eventually(CONVERGE, || carried_by(&target, &remote).as_deref()
+            == Some("a")),
+        "{mode}: the primary never took the traffic back once its probe answered"
+    );
+
     assert_eq!(
         sink.packets(),
         leaked,
@@ -149,7 +166,7 @@ fn failover(mode: &str) {
         .expect("a scrape")
         .value("netwarp_failovers_total", &[])
         .expect("the failover counter");
-    assert!(failovers >= 2.0, "{mode}: {failovers} failovers counted");
+    assert!(failovers >= 4.0, "{mode}: {failovers} failovers counted");
 }
 
 #[test]
