@@ -63,7 +63,7 @@ fn failover(mode: &str) {
         (name, warp)
     };
     // The primary's probe checks the port it serves through "its tunnel".
-    let probe = format!("netwarp.probe=tcp:{remote}:8080");
+    let probe = format!("netwarp.probe=tcp:{remote}:8080@lo");
     let (primary, primary_warp) = start_warp("a", &["--label", &probe]);
     let (backup, _backup_warp) = start_warp("b", &[]);
     let target = Container::run(

@@ -63,7 +63,7 @@ fn silent_death(mode: &str) {
     let (sink, SteeredPrefix { prefix, remote }) =
         LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
     let warp_name = labels.warp_name("gw");
-    let probe_label = format!("netwarp.probe=tcp:{remote}:{PROBE_PORT}");
+    let probe_label = format!("netwarp.probe=tcp:{remote}:{PROBE_PORT}@lo");
     // The warp serves the probed port on its loopback address, as a
     // resolver or web server behind a real tunnel would answer.
     let script = format!(

@@ -38,7 +38,7 @@ fn a_probe_connects_from_inside_the_warps_namespace() {
     let spec: ProbeSpec = format!("tcp:{ADDRESS}:{PORT}").parse().unwrap();
     let timeout = Duration::from_millis(500);
     let runtime = runtime();
-    let probe = || runtime.block_on(probe_once(warp.pid(), spec, timeout));
+    let probe = || runtime.block_on(probe_once(warp.pid(), spec.clone(), timeout));
 
     // Served: the address exists only in the namespace, so an answer
     // proves the connect was made from there.
@@ -71,11 +71,32 @@ fn a_probe_connects_from_inside_the_warps_namespace() {
         other => panic!("a dropped probe must time out: {other:?}"),
     }
 
+    // Bound to the tunnel's interface: the probe leaves by it or not at
+    // all. Through lo (where the address is) it is dropped like the rest;
+    // through an interface that does not exist (a tunnel that is down) it
+    // fails at once, without a packet sent anywhere else.
+    let through = |interface: &str| -> ProbeSpec {
+        format!("tcp:{ADDRESS}:{PORT}@{interface}").parse().unwrap()
+    };
+    match runtime.block_on(probe_once(warp.pid(), through("lo"), timeout)) {
+        Err(ProbeError::Timeout { .. }) => {}
+        other => panic!("a probe through lo must meet the same drop: {other:?}"),
+    }
+    match runtime.block_on(probe_once(warp.pid(), through("wg-missing"), timeout)) {
+        Err(ProbeError::Io { source, .. }) => {
+            assert!(
+                source.to_string().contains("no interface wg-missing"),
+                "{source}"
+            )
+        }
+        other => panic!("a probe through a missing interface must fail: {other:?}"),
+    }
+
     // A pid that is gone: the namespace cannot be entered, said plainly.
     let gone = warp.pid();
     drop(warp);
     let error = runtime
-        .block_on(probe_once(gone, spec, timeout))
+        .block_on(probe_once(gone, spec.clone(), timeout))
         .expect_err("no namespace");
     assert!(
         error

@@ -28,17 +28,22 @@ mod prober;
 pub use prober::{ProbeReport, ProbedWarp, Prober, Wakeups};
 
 /// What a warp's probe checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ProbeSpec {
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeSpec {
     /// A TCP connect to this address from the warp's namespace.
-    Tcp(SocketAddr),
+    pub address: SocketAddr,
+    /// `@IFACE`: the probe leaves only by this interface (the tunnel's,
+    /// e.g. wg0), so a VPN client whose tunnel is down cannot answer it by
+    /// its default route; a missing interface fails the probe.
+    pub interface: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeSpecError {
     #[error(
-        "probe `{0}` is not understood; write tcp:ADDRESS:PORT (e.g. tcp:198.51.100.7:443, \
-         tcp:[2001:db8::7]:443), an address the warp reaches through its tunnel"
+        "probe `{0}` is not understood; write tcp:ADDRESS:PORT[@TUNNEL] (e.g. \
+         tcp:198.51.100.7:443@wg0, tcp:[2001:db8::7]:443), an address the warp reaches \
+         through its tunnel, and that tunnel's interface"
     )]
     Syntax(String),
     #[error("probe `{0}`: port 0 cannot be connected to; name the port the address serves")]
@@ -57,6 +62,20 @@ impl FromStr for ProbeSpec {
         let trimmed = text.trim();
         let syntax = || ProbeSpecError::Syntax(trimmed.to_owned());
         let (kind, rest) = trimmed.split_once(':').ok_or_else(syntax)?;
+        let (rest, interface) = match rest.rsplit_once('@') {
+            // An interface name as the kernel takes it: 1 to 15 bytes, no
+            // slash, colon or whitespace.
+            Some((rest, name))
+                if !name.is_empty()
+                    && name.len() < 16
+                    && !name.contains(['/', ':'])
+                    && !name.contains(char::is_whitespace) =>
+            {
+                (rest, Some(name.to_owned()))
+            }
+            Some(_) => return Err(syntax()),
+            None => (rest, None),
+        };
         match kind.to_ascii_lowercase().as_str() {
             "tcp" => {
                 let address: SocketAddr = rest.parse().map_err(|_| syntax())?;
@@ -67,7 +86,7 @@ impl FromStr for ProbeSpec {
                 if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
                     return Err(ProbeSpecError::Address(trimmed.to_owned(), ip));
                 }
-                Ok(Self::Tcp(address))
+                Ok(Self { address, interface })
             }
             _ => Err(syntax()),
         }
@@ -76,8 +95,10 @@ impl FromStr for ProbeSpec {
 
 impl fmt::Display for ProbeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(address) => write!(f, "tcp:{address}"),
+        write!(f, "tcp:{}", self.address)?;
+        match &self.interface {
+            Some(interface) => write!(f, "@{interface}"),
+            None => Ok(()),
         }
     }
 }
@@ -191,20 +212,41 @@ pub async fn probe_once(
     spec: ProbeSpec,
     timeout: Duration,
 ) -> Result<Duration, ProbeError> {
-    match spec {
-        ProbeSpec::Tcp(address) => {
-            let socket = inside_namespace(pid, move || match address {
-                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-            })
-            .await?;
-            let started = Instant::now();
-            match tokio::time::timeout(timeout, socket.connect(address)).await {
-                Ok(Ok(_stream)) => Ok(started.elapsed()),
-                Ok(Err(source)) => Err(ProbeError::Io { spec, source }),
-                Err(_) => Err(ProbeError::Timeout { spec, timeout }),
+    let address = spec.address;
+    let interface = spec.interface.clone();
+    let socket = inside_namespace(pid, move || {
+        let socket = match address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }?;
+        if let Some(interface) = &interface {
+            // Bound inside the namespace, where the name means the warp's
+            // interface.
+            socket.bind_device(Some(interface.as_bytes()))?;
+        }
+        Ok(socket)
+    })
+    .await
+    .map_err(|e| match e {
+        // The tunnel's interface is gone: a failed probe, not a fault.
+        NetnsError::Netns { reason, .. }
+            if spec.interface.is_some() && reason.contains("No such device") =>
+        {
+            ProbeError::Io {
+                spec: spec.clone(),
+                source: std::io::Error::other(format!(
+                    "no interface {}",
+                    spec.interface.as_deref().unwrap_or("")
+                )),
             }
         }
+        e => ProbeError::Namespace(e),
+    })?;
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, socket.connect(address)).await {
+        Ok(Ok(_stream)) => Ok(started.elapsed()),
+        Ok(Err(source)) => Err(ProbeError::Io { spec, source }),
+        Err(_) => Err(ProbeError::Timeout { spec, timeout }),
     }
 }
 
@@ -214,27 +256,33 @@ mod tests {
 
     #[test]
     fn specs_parse_and_bad_ones_say_what_to_write() {
+        let spec = |address: &str, interface: Option<&str>| ProbeSpec {
+            address: address.parse().unwrap(),
+            interface: interface.map(str::to_owned),
+        };
         assert_eq!(
             "tcp:198.51.100.7:443".parse::<ProbeSpec>(),
-            Ok(ProbeSpec::Tcp("198.51.100.7:443".parse().unwrap()))
+            Ok(spec("198.51.100.7:443", None))
         );
         assert_eq!(
             " TCP:[2001:db8::7]:443 ".parse::<ProbeSpec>(),
-            Ok(ProbeSpec::Tcp("[2001:db8::7]:443".parse().unwrap()))
+            Ok(spec("[2001:db8::7]:443", None))
         );
         assert_eq!(
-            "tcp:[2001:db8::7]:443"
-                .parse::<ProbeSpec>()
-                .unwrap()
-                .to_string(),
-            "tcp:[2001:db8::7]:443"
+            "tcp:198.51.100.7:443@wg0".parse::<ProbeSpec>(),
+            Ok(spec("198.51.100.7:443", Some("wg0")))
         );
+        for text in ["tcp:[2001:db8::7]:443", "tcp:198.51.100.7:443@tun0"] {
+            assert_eq!(text.parse::<ProbeSpec>().unwrap().to_string(), text);
+        }
         for bad in [
             "",
             "198.51.100.7:443",
             "udp:198.51.100.7:53",
             "tcp:198.51.100.7",
             "tcp:x:1",
+            "tcp:198.51.100.7:443@",
+            "tcp:198.51.100.7:443@a-name-far-too-long",
         ] {
             let error = bad.parse::<ProbeSpec>().unwrap_err().to_string();
             assert!(error.contains("tcp:ADDRESS:PORT"), "{bad}: {error}");

@@ -158,7 +158,7 @@ impl Prober {
         (shared.warps.iter())
             .map(|(id, probed)| {
                 let report = ProbeReport {
-                    spec: probed.warp.spec,
+                    spec: probed.warp.spec.clone(),
                     verdict: probed.history.verdict(&self.settings),
                     last_rtt: probed.history.last_rtt(),
                     runs: probed.runs,
@@ -196,13 +196,15 @@ async fn run(
                 // The probe's own timeout bounds it; this one bounds a
                 // namespace entry that hangs.
                 let bound = settings.timeout * 2;
-                let result =
-                    match tokio::time::timeout(bound, probe(warp.pid, warp.spec, settings.timeout))
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(format!("{}: no answer within {bound:?}", warp.spec)),
-                    };
+                let result = match tokio::time::timeout(
+                    bound,
+                    probe(warp.pid, warp.spec.clone(), settings.timeout),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("{}: no answer within {bound:?}", warp.spec)),
+                };
                 (warp, result)
             }
         }))

@@ -1,7 +1,7 @@
 //! netwarp's benchmarks on real containers, run by `cargo xtask bench`.
 //!
 //! ```text
-//! bench [--quick] [--json PATH] [--markdown PATH] [--sections paths,convergence,load,caps,scale,wireguard]
+//! bench [--quick] [--json PATH] [--markdown PATH] [--sections paths,convergence,load,failover,caps,scale,wireguard]
 //! bench pingpong-server --port P --size B --seconds S     (inside a container)
 //! bench pingpong-client --addr A:P --size B --warmup W --count N
 //! ```
@@ -13,6 +13,7 @@
 
 mod caps;
 mod convergence;
+mod failover;
 mod load;
 mod paths;
 mod report;
@@ -41,7 +42,15 @@ pub struct Section {
     pub goals: Vec<Goal>,
 }
 
-const SECTIONS: [&str; 6] = ["paths", "convergence", "load", "caps", "scale", "wireguard"];
+const SECTIONS: [&str; 7] = [
+    "paths",
+    "convergence",
+    "load",
+    "failover",
+    "caps",
+    "scale",
+    "wireguard",
+];
 
 struct Args {
     quick: bool,
@@ -51,7 +60,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: bench [--quick] [--json PATH] [--markdown PATH] \
-[--sections paths,convergence,load,caps,scale,wireguard]\n       \
+[--sections paths,convergence,load,failover,caps,scale,wireguard]\n       \
 bench pingpong-server --port P --size B --seconds S\n       \
 bench pingpong-client --addr HOST:PORT --size B --warmup W --count N";
 
@@ -227,6 +236,13 @@ fn bench(args: Args) -> anyhow::Result<bool> {
                     heavy_targets: if quick { 3 } else { 10 },
                     heavy_prefixes: if quick { 2000 } else { 7000 },
                     ordinary_starts: if quick { 3 } else { 10 },
+                },
+                &["ebpf", "routes"],
+            ),
+            "failover" => failover::run_section(
+                &failover::Params {
+                    kills: if quick { 5 } else { 20 },
+                    silent_deaths: if quick { 3 } else { 10 },
                 },
                 &["ebpf", "routes"],
             ),
