@@ -9,6 +9,7 @@ pub mod container;
 pub mod cpu;
 pub mod daemon;
 pub mod docker;
+pub mod fastpath;
 pub mod fake_docker;
 pub mod iperf;
 pub mod isolation;

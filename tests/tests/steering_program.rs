@@ -660,3 +660,20 @@ privileged_test!(
         );
     }
 );
+
+privileged_test!(timed_runs_steer_and_pass_as_single_runs_do, {
+    // The bench's BPF_PROG_TEST_RUN timing: the verdicts must be the real
+    // ones (a redirect and a pass), or the timing measures the wrong path.
+    let timings = netwarp_tests::fastpath::time_from_container(10_000).expect("timing");
+    for t in &timings {
+        eprintln!("{}: {:.1} ns per run", t.packet, t.ns_per_run);
+    }
+    let verdicts: Vec<(&str, i32)> = timings.iter().map(|t| (t.packet, t.verdict)).collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("steered", netwarp_tests::fastpath::TC_ACT_REDIRECT),
+            ("no rule", netwarp_tests::fastpath::PASS)
+        ]
+    );
+});

@@ -482,12 +482,40 @@ impl EbpfDataplane {
         self.test_run(PROG_TC_BRIDGE_GUARD, ifindex, packet)
     }
 
+    /// Runs the from-container program `repeat` times on `packet` (as
+    /// [`Self::test_run_from_container`]) and returns its verdict and the
+    /// kernel's average time per run: a repeatable per-packet cost that
+    /// excludes the stats' clock reads. Each run counts as a packet.
+    pub fn time_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration), EbpfError> {
+        let (verdict, _, per_run) =
+            self.test_run_repeat(PROG_TC_FROM_CONTAINER, ifindex, packet, repeat)?;
+        Ok((verdict, per_run))
+    }
+
     fn test_run(
         &mut self,
         program_name: &'static str,
         ifindex: u32,
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), EbpfError> {
+        let (verdict, out, _) = self.test_run_repeat(program_name, ifindex, packet, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// BPF_PROG_TEST_RUN of `program_name`, `repeat` times: the verdict,
+    /// the packet as the last run left it, the average duration per run.
+    fn test_run_repeat(
+        &mut self,
+        program_name: &'static str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, Vec<u8>, std::time::Duration), EbpfError> {
         // A __sk_buff prefix up to and including `ifindex` (offset 40); the
         // kernel requires every other field in it to be zero.
         let mut ctx = [0u8; 44];
@@ -499,6 +527,7 @@ impl EbpfDataplane {
                 data_in: Some(packet),
                 data_out: Some(&mut data_out),
                 ctx_in: Some(&ctx),
+                repeat: repeat.max(1),
                 ..TestRunOptions::new()
             })
             .map_err(|source| EbpfError::Program {
@@ -506,7 +535,7 @@ impl EbpfDataplane {
                 source,
             })?;
         data_out.truncate(result.data_size_out as usize);
-        Ok((result.return_value as i32, data_out))
+        Ok((result.return_value as i32, data_out, result.duration))
     }
 }
 
