@@ -67,26 +67,30 @@ impl TrafficCounters {
     }
 }
 
-/// Name of the hash map holding each target's [`TargetPolicy`] by the
-/// ifindex of its host-side veth.
-pub const POLICY_MAP: &str = "NETWARP_POLICY";
+/// Names of maps earlier releases pinned and this one no longer uses: the
+/// policy and rate slot rows, now in the [`IfaceState`] rows (carried
+/// over at load).
+pub const RETIRED_POLICY_MAP: &str = "NETWARP_POLICY";
+pub const RETIRED_RATE_SLOTS_MAP: &str = "NETWARP_RATE_SLOTS";
 /// Names of the LPM tries holding [`RuleValue`]s by [`RuleKeyV4`] / [`RuleKeyV6`].
 pub const RULES_V4_MAP: &str = "NETWARP_RULES_V4";
 pub const RULES_V6_MAP: &str = "NETWARP_RULES_V6";
 /// Name of the per-CPU hash map of [`VerdictCounters`] by ifindex.
 pub const VERDICTS_MAP: &str = "NETWARP_VERDICTS";
 
-/// Maximum number of targets, and of rule prefixes per address family.
+/// Maximum number of targets (beyond the state array), and of rule
+/// prefixes per address family.
 pub const POLICY_MAP_CAPACITY: u32 = 16_384;
 pub const RULES_MAP_CAPACITY: u32 = 65_536;
 /// Protocol selectors one destination prefix can carry.
 pub const MAX_SELECTORS: usize = 8;
 
-/// A target's policy: which rule set is live and where steered packets go.
+/// A target's policy: which rule set is live and where steered packets go
+/// (the policy part of its [`IfaceState`] row).
 ///
 /// `rule_set` prefixes every key of the target's rules in the LPM tries.
 /// The controller writes a complete new rule set under a fresh id, then
-/// swaps this one value, so the data path never sees a half-written set.
+/// rewrites the state row, so the data path never sees a half-written set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetPolicy {
@@ -96,6 +100,83 @@ pub struct TargetPolicy {
     /// The warp container's MAC on the shared network.
     pub warp_mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// Names of the data path's one lookup per packet: each host-side veth's
+/// [`IfaceState`], in an array indexed by ifindex (below
+/// [`IFACE_ARRAY_SIZE`]) and, for larger ifindexes, a hash map by ifindex.
+/// The controller derives every row from the policy and rate slot maps
+/// (its records); the programs read only these.
+pub const IFACES_MAP: &str = "NETWARP_IFACES";
+pub const IFACES_HIGH_MAP: &str = "NETWARP_IFACES_HIGH";
+/// Ifindexes the arrays cover (the state array and the low verdict array).
+pub const IFACE_ARRAY_SIZE: u32 = 16_384;
+
+/// [`IfaceState::flags`]: the interface is a target with a policy
+/// (`rule_set`, `warp_ifindex` and `warp_mac` hold it).
+pub const IFACE_POLICY: u16 = 1;
+/// [`IfaceState::flags`]: the interface is capped (`cap_slot` holds its slot).
+pub const IFACE_CAPPED: u16 = 2;
+
+/// Everything the container programs need about their interface, in one
+/// value. A zero row (no flags) is an interface netwarp does not program:
+/// its packets pass, as with no policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceState {
+    pub rule_set: u32,
+    pub warp_ifindex: u32,
+    pub warp_mac: [u8; 6],
+    pub flags: u16,
+    pub cap_slot: u32,
+    pub _pad: u32,
+}
+
+impl IfaceState {
+    /// The row for an interface with `policy` and/or `cap_slot`.
+    pub const fn of(policy: Option<TargetPolicy>, cap_slot: Option<u32>) -> Self {
+        let mut state = Self {
+            rule_set: 0,
+            warp_ifindex: 0,
+            warp_mac: [0; 6],
+            flags: 0,
+            cap_slot: 0,
+            _pad: 0,
+        };
+        if let Some(p) = policy {
+            state.rule_set = p.rule_set;
+            state.warp_ifindex = p.warp_ifindex;
+            state.warp_mac = p.warp_mac;
+            state.flags |= IFACE_POLICY;
+        }
+        if let Some(slot) = cap_slot {
+            state.cap_slot = slot;
+            state.flags |= IFACE_CAPPED;
+        }
+        state
+    }
+
+    /// The policy this row holds, if any.
+    pub const fn policy(&self) -> Option<TargetPolicy> {
+        if self.flags & IFACE_POLICY == 0 {
+            return None;
+        }
+        Some(TargetPolicy {
+            rule_set: self.rule_set,
+            warp_ifindex: self.warp_ifindex,
+            warp_mac: self.warp_mac,
+            _pad: [0; 2],
+        })
+    }
+
+    /// The cap slot this row holds, if capped.
+    pub const fn cap_slot(&self) -> Option<u32> {
+        if self.flags & IFACE_CAPPED == 0 {
+            None
+        } else {
+            Some(self.cap_slot)
+        }
+    }
 }
 
 /// LPM key data for IPv4: the rule set id, then the address (network
@@ -187,11 +268,10 @@ impl VerdictCounters {
     }
 }
 
-/// Name of the hash map giving each capped host-side interface (by
-/// ifindex) its container's cap slot, and of the hash map holding the
-/// [`RateBuckets`] by slot. A container on several networks has one veth
-/// per network; all of them share its slot, so the cap is per container.
-pub const RATE_SLOTS_MAP: &str = "NETWARP_RATE_SLOTS";
+/// Name of the hash map holding the [`RateBuckets`] by cap slot (each
+/// capped interface's [`IfaceState`] names its container's slot). A
+/// container on several networks has one veth per network; all of them
+/// share its slot, so the cap is per container.
 pub const RATE_BUCKETS_MAP: &str = "NETWARP_RATE_BUCKETS";
 
 /// Fixed-point shift of [`TokenBucket::ns_per_byte`].
@@ -298,6 +378,7 @@ mod user {
     unsafe impl aya::Pod for super::TrafficCounters {}
     // SAFETY: as above; explicit `_pad` fields leave no implicit padding.
     unsafe impl aya::Pod for super::TargetPolicy {}
+    unsafe impl aya::Pod for super::IfaceState {}
     unsafe impl aya::Pod for super::RuleKeyV4 {}
     unsafe impl aya::Pod for super::RuleKeyV6 {}
     unsafe impl aya::Pod for super::RuleValue {}
@@ -316,6 +397,7 @@ mod tests {
         assert_eq!(size_of::<TrafficKey>(), 8);
         assert_eq!(size_of::<TrafficCounters>(), 16);
         assert_eq!(size_of::<TargetPolicy>(), 16);
+        assert_eq!(size_of::<IfaceState>(), 24);
         assert_eq!(size_of::<RuleKeyV4>(), 8);
         assert_eq!(size_of::<RuleKeyV6>(), 20);
         assert_eq!(size_of::<Selector>(), 6);

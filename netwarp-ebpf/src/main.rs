@@ -15,17 +15,17 @@ mod programs {
         bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::{bpf_ktime_get_ns, bpf_redirect},
         macros::{classifier, map},
-        maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+        maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
     };
     use aya_log_ebpf::debug;
     use netwarp_common::{
         ACTION_BLOCK, ACTION_STEER, Direction, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC,
-        GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, MAX_SELECTORS,
-        NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS,
-        RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY,
-        TargetPolicy, TokenBucket, TrafficCounters, TrafficKey, VerdictCounters,
-        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+        GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, IFACE_ARRAY_SIZE,
+        IFACE_CAPPED, IFACE_POLICY, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
+        POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets,
+        RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY, TokenBucket, TrafficCounters,
+        TrafficKey, VerdictCounters, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
     };
 
     /// Packets and bytes per host-side interface and direction.
@@ -33,10 +33,16 @@ mod programs {
     static NETWARP_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
         PerCpuHashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
 
-    /// Each target's policy, by the ifindex of its host-side veth. Keyed by
-    /// interface, so a container cannot pick a policy by spoofing addresses.
-    #[map(name = "NETWARP_POLICY")]
-    static NETWARP_POLICY: HashMap<u32, TargetPolicy> =
+    /// Each host-side veth's state (policy, warp, cap slot), by ifindex:
+    /// the container programs' one lookup. Keyed by interface, so a
+    /// container cannot pick a policy by spoofing addresses. An array
+    /// lookup is inlined by the verifier into a bounds check and an add.
+    #[map(name = "NETWARP_IFACES")]
+    static NETWARP_IFACES: Array<IfaceState> = Array::with_max_entries(IFACE_ARRAY_SIZE, 0);
+
+    /// The same for ifindexes beyond the array.
+    #[map(name = "NETWARP_IFACES_HIGH")]
+    static NETWARP_IFACES_HIGH: HashMap<u32, IfaceState> =
         HashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
 
     /// Flag the kernel requires on LPM tries.
@@ -53,11 +59,6 @@ mod programs {
     #[map(name = "NETWARP_VERDICTS")]
     static NETWARP_VERDICTS: PerCpuHashMap<u32, VerdictCounters> =
         PerCpuHashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
-
-    /// Each capped interface's cap slot (its container's), by ifindex.
-    #[map(name = "NETWARP_RATE_SLOTS")]
-    static NETWARP_RATE_SLOTS: HashMap<u32, u32> =
-        HashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
 
     /// Each container's token buckets, by cap slot. Shared by every CPU:
     /// a cap is one budget, however the packets are spread.
@@ -112,20 +113,57 @@ mod programs {
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::FromContainer);
-        if !within_cap(&ctx, Direction::FromContainer) {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let Some(state) = iface_state(ifindex) else {
+            return PASS;
+        };
+        if state.flags & IFACE_CAPPED != 0
+            && !within_cap(&ctx, ifindex, state.cap_slot, Direction::FromContainer)
+        {
             return TC_ACT_SHOT;
         }
-        try_steer(&ctx).unwrap_or(PASS)
+        if state.flags & IFACE_POLICY == 0 {
+            return PASS;
+        }
+        try_steer(&ctx, ifindex, state).unwrap_or(PASS)
     }
 
     /// tc egress on a container's host-side veth: what the container receives.
     #[classifier]
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
         count(&ctx, Direction::ToContainer);
-        if !within_cap(&ctx, Direction::ToContainer) {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        if let Some(state) = iface_state(ifindex)
+            && state.flags & IFACE_CAPPED != 0
+            && !within_cap(&ctx, ifindex, state.cap_slot, Direction::ToContainer)
+        {
             return TC_ACT_SHOT;
         }
         PASS
+    }
+
+    /// The state row of a host-side veth: the array's for small ifindexes
+    /// (a zero row when netwarp wrote none), the hash map's beyond it.
+    /// The controller rewrites a row in place, without a lock: a packet
+    /// racing the write may see fields of both rows, each of which is a
+    /// complete, valid state (its rule sets stay installed until after
+    /// the write), so it is steered or dropped by one or the other.
+    #[inline(always)]
+    fn iface_state(ifindex: u32) -> Option<&'static IfaceState> {
+        if ifindex < IFACE_ARRAY_SIZE {
+            NETWARP_IFACES.get(ifindex)
+        } else {
+            // SAFETY: read-only use of a value the controller replaces whole.
+            unsafe { NETWARP_IFACES_HIGH.get(&ifindex) }
+        }
+    }
+
+    /// The policy of the target whose host-side veth is `ifindex`.
+    #[inline(always)]
+    fn policy_of(ifindex: u32) -> Option<&'static IfaceState> {
+        iface_state(ifindex).filter(|s| s.flags & IFACE_POLICY != 0)
     }
 
     /// tc ingress on a Docker network's bridge: what its containers send to
@@ -223,7 +261,7 @@ mod programs {
         key.addr = destination;
         // SAFETY: read-only lookups of values the controller writes whole.
         if let Some(target) = unsafe { NETWARP_WARP_PEERS.get(&key) }
-            && let Some(policy) = unsafe { NETWARP_POLICY.get(target) }
+            && let Some(policy) = policy_of(*target)
             && policy.warp_ifindex == ifindex
         {
             // SAFETY: a plain helper call; it only records the target.
@@ -232,8 +270,7 @@ mod programs {
         key.addr = source;
         // SAFETY: as above.
         let target = unsafe { NETWARP_WARP_PEERS.get(&key) }?;
-        // SAFETY: as above.
-        let policy = unsafe { NETWARP_POLICY.get(target) }?;
+        let policy = policy_of(*target)?;
         matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
         add_traffic(&NETWARP_WARP_LEAKS, &ifindex, u64::from(ctx.len()));
         debug!(ctx, "untunnelled forward dropped: warp ifindex {}", ifindex);
@@ -261,14 +298,8 @@ mod programs {
     /// 64 KiB offload packet) is never starved; the debt it leaves is paid
     /// before the next one passes, so the long-run rate holds.
     #[inline(always)]
-    fn within_cap(ctx: &TcContext, direction: Direction) -> bool {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        // SAFETY: read-only use of a value the controller writes whole.
-        let Some(slot) = (unsafe { NETWARP_RATE_SLOTS.get(&ifindex) }) else {
-            return true;
-        };
-        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(slot) else {
+    fn within_cap(ctx: &TcContext, ifindex: u32, slot: u32, direction: Direction) -> bool {
+        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(&slot) else {
             return true;
         };
         // SAFETY: the pointer is into a live map value; fields are plain u64.
@@ -377,11 +408,7 @@ mod programs {
     /// Unparseable or truncated packets pass: they are not steerable traffic
     /// and the kernel drops malformed IP itself.
     #[inline(always)]
-    fn try_steer(ctx: &TcContext) -> Option<i32> {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        // SAFETY: read-only use of a value the controller replaces whole.
-        let policy = unsafe { NETWARP_POLICY.get(&ifindex) }?;
+    fn try_steer(ctx: &TcContext, ifindex: u32, policy: &IfaceState) -> Option<i32> {
         let rule_set = policy.rule_set.to_be_bytes();
         let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
         let rule = matching_rule(ctx, ethertype, rule_set)?;

@@ -367,11 +367,11 @@ fn the_shapers_drops_are_exported() {
     drop(warp);
 }
 
-/// Whether the daemon's pinned slot map caps host interface `ifindex`.
+/// Whether the daemon's pinned state row caps host interface `ifindex`.
 fn policer_caps(daemon: &Daemon, ifindex: u32) -> bool {
     PinnedMaps::new(daemon.pin_dir())
-        .get::<u32, u32>(netwarp_common::RATE_SLOTS_MAP, &ifindex)
-        .is_ok_and(|slot| slot.is_some())
+        .iface_state(ifindex)
+        .is_ok_and(|state| state.cap_slot().is_some())
 }
 
 /// A SIGHUP that switches `rate_limits.enforcement` moves a container's

@@ -8,8 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::Pod;
 use netwarp::dataplane::ebpf::PinnedMaps;
 use netwarp_common::{
-    GUARD_DROPS_MAP, GUARDS_MAP, POLICY_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
-    TrafficCounters,
+    GUARD_DROPS_MAP, GUARDS_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy, TrafficCounters,
 };
 
 /// Every row of a pinned hash map.
@@ -55,8 +54,19 @@ pub(super) fn interface_ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(index.trim().parse()?)
 }
 
+/// Every target's policy, from the pinned state rows.
 pub(super) fn read_policies(pins: &Path) -> anyhow::Result<Vec<(u32, TargetPolicy)>> {
-    hash_rows(pins, POLICY_MAP)
+    Ok((PinnedMaps::new(pins).iface_states()?.into_iter())
+        .filter_map(|(ifindex, state)| Some((ifindex, state.policy()?)))
+        .collect())
+}
+
+/// Every capped interface, from the pinned state rows.
+pub(super) fn read_capped(pins: &Path) -> anyhow::Result<Vec<u32>> {
+    Ok((PinnedMaps::new(pins).iface_states()?.into_iter())
+        .filter(|(_, state)| state.cap_slot().is_some())
+        .map(|(ifindex, _)| ifindex)
+        .collect())
 }
 
 /// Every (rule set, value) row in both rule tries.

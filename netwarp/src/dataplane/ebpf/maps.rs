@@ -17,8 +17,9 @@ use aya::{
     },
 };
 use netwarp_common::{
-    Direction, GUARD_ALLOW_MAP, GuardAllowKey, RATE_SLOTS_MAP, TRAFFIC_MAP, TrafficCounters,
-    TrafficKey, VerdictCounters, WARP_PEERS_MAP, WarpPeerKey,
+    Direction, GUARD_ALLOW_MAP, GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP,
+    IfaceState, TRAFFIC_MAP, TrafficCounters, TrafficKey, VerdictCounters, WARP_PEERS_MAP,
+    WarpPeerKey,
 };
 
 use super::error::EbpfError;
@@ -221,6 +222,22 @@ impl PinnedMaps {
         lookup(&self.hash_map(name)?, name, key)
     }
 
+    /// One interface's state row (zero when netwarp programs none).
+    pub fn iface_state(&self, ifindex: u32) -> Result<IfaceState, EbpfError> {
+        if ifindex < IFACE_ARRAY_SIZE {
+            let array: aya::maps::Array<MapData, IfaceState> = self.open(IFACES_MAP)?;
+            return array.get(&ifindex, 0).map_err(map_error(IFACES_MAP));
+        }
+        Ok(self.get(IFACES_HIGH_MAP, &ifindex)?.unwrap_or_default())
+    }
+
+    /// Every non-zero state row, by ifindex (a scan of the array).
+    pub fn iface_states(&self) -> Result<BTreeMap<u32, IfaceState>, EbpfError> {
+        let mut rows = read_all(&self.hash_map(IFACES_HIGH_MAP)?, IFACES_HIGH_MAP)?;
+        rows.extend(super::state::non_zero_rows(&self.open(IFACES_MAP)?)?);
+        Ok(rows)
+    }
+
     /// One entry of a pinned per-CPU map, summed over all CPUs.
     pub fn sum<K: Pod, V: CpuSum>(&self, name: &'static str, key: &K) -> Result<V, EbpfError> {
         cpu_sum(&self.counters(name)?, key).map_err(map_error(name))
@@ -260,25 +277,6 @@ impl Row for (WarpPeerKey, u32) {
     }
     fn value(&self) -> u32 {
         self.1
-    }
-}
-
-/// A capped host-side interface and its cap slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateSlot {
-    pub ifindex: u32,
-    pub slot: u32,
-}
-
-impl Row for RateSlot {
-    const MAP: &'static str = RATE_SLOTS_MAP;
-    type Key = u32;
-    type Value = u32;
-    fn key(&self) -> u32 {
-        self.ifindex
-    }
-    fn value(&self) -> u32 {
-        self.slot
     }
 }
 

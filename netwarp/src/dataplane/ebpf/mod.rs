@@ -25,15 +25,14 @@ mod links;
 mod loader;
 pub mod maps;
 mod rule_sets;
+mod state;
 mod warp;
 
 pub use error::EbpfError;
 pub use hooks::Hook;
 pub use interfaces::{interface_index, interface_name, is_host_peer_of};
 pub use loader::ProgramLogger;
-pub use maps::{
-    CpuSum, InterfaceTraffic, PinnedMaps, RateSlot, cpu_sum, interface_traffic, map_is_full,
-};
+pub use maps::{CpuSum, InterfaceTraffic, PinnedMaps, cpu_sum, interface_traffic, map_is_full};
 pub use warp::warp_peer_key;
 
 use std::{
@@ -48,10 +47,10 @@ use aya::{
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
-    GuardAllowKey, POLICY_MAP, POLICY_MAP_CAPACITY, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER,
-    RATE_BUCKETS_MAP, RULES_MAP_CAPACITY, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TRAFFIC_MAP,
-    TargetPolicy, TrafficCounters, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP,
-    WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+    GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
+    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY,
+    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TRAFFIC_MAP, TargetPolicy, TrafficCounters,
+    VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -65,7 +64,8 @@ pub struct EbpfDataplane {
     rule_sets: RuleSets,
     guard_allow: Rows<GuardAllowKey>,
     warp_peers: Rows<(WarpPeerKey, u32)>,
-    rate_slots: Rows<RateSlot>,
+    /// Each programmed interface's state row: policy and cap slot.
+    states: state::States,
     /// Cap slots whose buckets were written (or adopted).
     bucket_slots: BTreeSet<u32>,
     /// The entries of the IPv4 and IPv6 rule tries, as loaded.
@@ -108,6 +108,9 @@ impl EbpfDataplane {
     /// Loads the programs, adopts pinned links, and records what the maps
     /// hold (one scan each), so later writes and deletes are targeted.
     fn with_object(mut ebpf: Ebpf, pin_dir: Option<&Path>) -> Result<Self, EbpfError> {
+        // Before the adopted links switch to these programs: the state
+        // rows they read must already hold every policy.
+        let states = state::States::adopt(&mut ebpf)?;
         let logger = loader::load_programs(&mut ebpf)?;
         let mut links = links::Links::new(pin_dir);
         links.adopt_pinned(&mut ebpf)?;
@@ -131,7 +134,7 @@ impl EbpfDataplane {
             rule_sets: RuleSets::adopt(&mut ebpf)?,
             guard_allow: Rows::adopt(&mut ebpf)?,
             warp_peers: Rows::adopt(&mut ebpf)?,
-            rate_slots: Rows::adopt(&mut ebpf)?,
+            states,
             bucket_slots,
             links,
             ebpf,
@@ -153,7 +156,11 @@ impl EbpfDataplane {
         vec![
             (RULES_V4_MAP, v4, widen(self.rules_capacity.0)),
             (RULES_V6_MAP, v6, widen(self.rules_capacity.1)),
-            (POLICY_MAP, policies, widen(POLICY_MAP_CAPACITY)),
+            (
+                IFACES_MAP,
+                policies,
+                widen(IFACE_ARRAY_SIZE.max(POLICY_MAP_CAPACITY)),
+            ),
             (GUARDS_MAP, guards, widen(GUARDS_MAP_CAPACITY)),
             (
                 GUARD_ALLOW_MAP,
@@ -249,7 +256,9 @@ impl EbpfDataplane {
         warp_mac: [u8; 6],
         rows: &[CompiledPrefix],
     ) -> Result<(), EbpfError> {
-        let old = self.policy(ifindex)?.map(|p| p.rule_set);
+        let installed = state::read(&mut self.ebpf, ifindex)?;
+        let old = installed.policy().map(|p| p.rule_set);
+        let states = &mut self.states;
         self.rule_sets
             .switch(&mut self.ebpf, ifindex, old, rows, |ebpf, rule_set| {
                 let policy = TargetPolicy {
@@ -258,32 +267,40 @@ impl EbpfDataplane {
                     warp_mac,
                     _pad: [0; 2],
                 };
-                hash_map(ebpf, POLICY_MAP)?
-                    .insert(ifindex, policy, 0)
-                    .map_err(map_error(POLICY_MAP))
+                states.put(
+                    ebpf,
+                    ifindex,
+                    IfaceState::of(Some(policy), installed.cap_slot()),
+                )
             })?;
         Ok(())
     }
 
     /// Removes a target's policy and its rows; its traffic is then only counted.
     pub fn remove_policy(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        let Some(old) = self.policy(ifindex)? else {
+        let installed = state::read(&mut self.ebpf, ifindex)?;
+        let Some(old) = installed.policy() else {
             return Ok(());
         };
-        remove_key::<TargetPolicy>(&mut self.ebpf, POLICY_MAP, ifindex)?;
+        self.states.put(
+            &mut self.ebpf,
+            ifindex,
+            IfaceState::of(None, installed.cap_slot()),
+        )?;
         self.rule_sets.remove(&mut self.ebpf, old.rule_set)
     }
 
-    /// The interfaces that have a policy.
+    /// The interfaces that have a policy (as written or adopted).
     pub fn policy_ifindexes(&mut self) -> Result<Vec<u32>, EbpfError> {
-        hash_map::<u32, TargetPolicy>(&mut self.ebpf, POLICY_MAP)?
-            .keys()
-            .collect::<Result<Vec<u32>, MapError>>()
-            .map_err(map_error(POLICY_MAP))
+        Ok((self.states.written().iter())
+            .filter(|(_, s)| s.policy().is_some())
+            .map(|(ifindex, _)| *ifindex)
+            .collect())
     }
 
+    /// A target's policy, as the kernel holds it.
     pub fn policy(&mut self, ifindex: u32) -> Result<Option<TargetPolicy>, EbpfError> {
-        lookup(&hash_map(&mut self.ebpf, POLICY_MAP)?, POLICY_MAP, &ifindex)
+        Ok(state::read(&mut self.ebpf, ifindex)?.policy())
     }
 
     /// Whether a target's installed policy is exactly this one (so a
@@ -429,15 +446,24 @@ impl EbpfDataplane {
             .insert(slot, buckets, 0)
             .map_err(map_error(RATE_BUCKETS_MAP))?;
         self.bucket_slots.insert(slot);
-        let rows = ifindexes.iter().map(|&ifindex| (ifindex, slot));
-        self.rate_slots.put(&mut self.ebpf, rows)
+        for &ifindex in ifindexes {
+            self.states.update(&mut self.ebpf, ifindex, |state| {
+                *state = IfaceState::of(state.policy(), Some(slot));
+            })?;
+        }
+        Ok(())
     }
 
     /// Uncaps interfaces and removes the buckets of slots no interface uses.
     pub fn remove_caps(&mut self, ifindexes: &[u32]) -> Result<(), EbpfError> {
-        self.rate_slots
-            .delete(&mut self.ebpf, ifindexes.iter().copied())?;
-        let used: BTreeSet<u32> = self.rate_slots.written().values().copied().collect();
+        for &ifindex in ifindexes {
+            self.states.update(&mut self.ebpf, ifindex, |state| {
+                *state = IfaceState::of(state.policy(), None);
+            })?;
+        }
+        let used: BTreeSet<u32> = (self.states.written().values())
+            .filter_map(IfaceState::cap_slot)
+            .collect();
         let unused: Vec<u32> = self.bucket_slots.difference(&used).copied().collect();
         for slot in unused {
             remove_key::<RateBuckets>(&mut self.ebpf, RATE_BUCKETS_MAP, slot)?;
@@ -448,7 +474,9 @@ impl EbpfDataplane {
 
     /// Every capped interface and its slot, as written.
     pub fn cap_slots(&mut self) -> Result<HashMap<u32, u32>, EbpfError> {
-        Ok(self.rate_slots.written().clone().into_iter().collect())
+        Ok((self.states.written().iter())
+            .filter_map(|(ifindex, s)| Some((*ifindex, s.cap_slot()?)))
+            .collect())
     }
 
     /// The buckets of one cap slot, as the programs left them.
