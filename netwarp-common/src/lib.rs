@@ -5,17 +5,11 @@
 //! layout byte for byte.
 #![no_std]
 
-/// Name of the per-CPU hash map holding [`TrafficCounters`] by [`TrafficKey`].
-pub const TRAFFIC_MAP: &str = "NETWARP_TRAFFIC";
-
 /// Program names, as the loader looks them up in the object.
 pub const PROG_TC_FROM_CONTAINER: &str = "netwarp_tc_from_container";
 pub const PROG_TC_TO_CONTAINER: &str = "netwarp_tc_to_container";
 pub const PROG_TC_BRIDGE_GUARD: &str = "netwarp_tc_bridge_guard";
 pub const PROG_TC_FROM_WARP: &str = "netwarp_tc_from_warp";
-
-/// Maximum number of interfaces the traffic map can track at once.
-pub const TRAFFIC_MAP_CAPACITY: u32 = 16_384;
 
 /// Direction of traffic relative to the container, not the host.
 ///
@@ -30,26 +24,9 @@ pub enum Direction {
     ToContainer = 1,
 }
 
-/// Key of the traffic map: one entry per host-side interface and direction.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TrafficKey {
-    pub ifindex: u32,
-    /// A [`Direction`] as `u32`.
-    pub direction: u32,
-}
-
-impl TrafficKey {
-    pub const fn new(ifindex: u32, direction: Direction) -> Self {
-        Self {
-            ifindex,
-            direction: direction as u32,
-        }
-    }
-}
-
-/// Value of the traffic map (per CPU): packets and bytes as tc sees them,
-/// i.e. `skb->len`, which includes the Ethernet header.
+/// Packets and bytes (per CPU in the programs' maps): what a bridge guard
+/// or a warp veth's program dropped, as tc sees it (`skb->len`, which
+/// includes the Ethernet header).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficCounters {
@@ -69,13 +46,17 @@ impl TrafficCounters {
 
 /// Names of maps earlier releases pinned and this one no longer uses: the
 /// policy and rate slot rows, now in the [`IfaceState`] rows (carried
-/// over at load).
+/// over at load), and the per-interface traffic counters (the veths' own
+/// statistics give them).
 pub const RETIRED_POLICY_MAP: &str = "NETWARP_POLICY";
 pub const RETIRED_RATE_SLOTS_MAP: &str = "NETWARP_RATE_SLOTS";
+pub const RETIRED_TRAFFIC_MAP: &str = "NETWARP_TRAFFIC";
 /// Names of the LPM tries holding [`RuleValue`]s by [`RuleKeyV4`] / [`RuleKeyV6`].
 pub const RULES_V4_MAP: &str = "NETWARP_RULES_V4";
 pub const RULES_V6_MAP: &str = "NETWARP_RULES_V6";
-/// Name of the per-CPU hash map of [`VerdictCounters`] by ifindex.
+/// Names of the per-CPU maps of [`VerdictCounters`] by ifindex: an array
+/// for ifindexes below [`IFACE_ARRAY_SIZE`], a hash map for the rest.
+pub const VERDICTS_LOW_MAP: &str = "NETWARP_VERDICTS_LOW";
 pub const VERDICTS_MAP: &str = "NETWARP_VERDICTS";
 
 /// Maximum number of targets (beyond the state array), and of rule
@@ -373,8 +354,7 @@ mod user {
     unsafe impl aya::Pod for super::WarpPeerKey {}
     // SAFETY: repr(C), integers and a byte array, no padding (24 bytes).
     unsafe impl aya::Pod for super::GuardAllowKey {}
-    // SAFETY: both types are repr(C), made only of integers, and have no padding.
-    unsafe impl aya::Pod for super::TrafficKey {}
+    // SAFETY: repr(C), made only of integers, and has no padding.
     unsafe impl aya::Pod for super::TrafficCounters {}
     // SAFETY: as above; explicit `_pad` fields leave no implicit padding.
     unsafe impl aya::Pod for super::TargetPolicy {}
@@ -394,7 +374,6 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<TrafficKey>(), 8);
         assert_eq!(size_of::<TrafficCounters>(), 16);
         assert_eq!(size_of::<TargetPolicy>(), 16);
         assert_eq!(size_of::<IfaceState>(), 24);

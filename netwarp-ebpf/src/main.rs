@@ -15,7 +15,7 @@ mod programs {
         bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::{bpf_ktime_get_ns, bpf_redirect},
         macros::{classifier, map},
-        maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+        maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
     };
     use aya_log_ebpf::debug;
@@ -24,14 +24,9 @@ mod programs {
         GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, IFACE_ARRAY_SIZE,
         IFACE_CAPPED, IFACE_POLICY, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
         POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets,
-        RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY, TokenBucket, TrafficCounters,
-        TrafficKey, VerdictCounters, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+        RuleKeyV4, RuleKeyV6, RuleValue, TokenBucket, TrafficCounters, VerdictCounters,
+        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
     };
-
-    /// Packets and bytes per host-side interface and direction.
-    #[map(name = "NETWARP_TRAFFIC")]
-    static NETWARP_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
-        PerCpuHashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
 
     /// Each host-side veth's state (policy, warp, cap slot), by ifindex:
     /// the container programs' one lookup. Keyed by interface, so a
@@ -55,6 +50,14 @@ mod programs {
     #[map(name = "NETWARP_RULES_V6")]
     static NETWARP_RULES_V6: LpmTrie<RuleKeyV6, RuleValue> =
         LpmTrie::with_max_entries(RULES_MAP_CAPACITY, BPF_F_NO_PREALLOC);
+
+    /// What the programs alone can count (steered, dropped by reason), per
+    /// target and CPU, by ifindex: an array below [`IFACE_ARRAY_SIZE`]
+    /// (inlined lookup, no insert), a hash map beyond it. Packets and
+    /// bytes the veth's own statistics give are not counted here.
+    #[map(name = "NETWARP_VERDICTS_LOW")]
+    static NETWARP_VERDICTS_LOW: PerCpuArray<VerdictCounters> =
+        PerCpuArray::with_max_entries(IFACE_ARRAY_SIZE, 0);
 
     #[map(name = "NETWARP_VERDICTS")]
     static NETWARP_VERDICTS: PerCpuHashMap<u32, VerdictCounters> =
@@ -112,7 +115,6 @@ mod programs {
     /// tc ingress on a container's host-side veth: what the container sends.
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
-        count(&ctx, Direction::FromContainer);
         // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         let Some(state) = iface_state(ifindex) else {
@@ -132,7 +134,6 @@ mod programs {
     /// tc egress on a container's host-side veth: what the container receives.
     #[classifier]
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
-        count(&ctx, Direction::ToContainer);
         // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         if let Some(state) = iface_state(ifindex)
@@ -150,14 +151,18 @@ mod programs {
     /// racing the write may see fields of both rows, each of which is a
     /// complete, valid state (its rule sets stay installed until after
     /// the write), so it is steered or dropped by one or the other.
+    ///
+    /// The array lookup comes first and alone (it misses only beyond the
+    /// array's end): two lookups behind one branch would be merged by the
+    /// compiler into one call with a variable map, which the verifier
+    /// cannot inline.
     #[inline(always)]
     fn iface_state(ifindex: u32) -> Option<&'static IfaceState> {
-        if ifindex < IFACE_ARRAY_SIZE {
-            NETWARP_IFACES.get(ifindex)
-        } else {
-            // SAFETY: read-only use of a value the controller replaces whole.
-            unsafe { NETWARP_IFACES_HIGH.get(&ifindex) }
+        if let Some(state) = NETWARP_IFACES.get(ifindex) {
+            return Some(state);
         }
+        // SAFETY: read-only use of a value the controller replaces whole.
+        unsafe { NETWARP_IFACES_HIGH.get(&ifindex) }
     }
 
     /// The policy of the target whose host-side veth is `ifindex`.
@@ -187,22 +192,22 @@ mod programs {
             kind: GUARD_ALLOW_MAC,
             addr: [0; 16],
         };
-        let mac: [u8; 6] = ctx.load(6).ok()?;
+        let mac: [u8; 6] = read(ctx, 6)?;
         allow.addr[..6].copy_from_slice(&mac);
         if allowed(&allow) {
             return None;
         }
-        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         match ethertype {
             ETH_P_IP => {
-                let source: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
+                let source: [u8; 4] = read(ctx, ETH_HLEN + 12)?;
                 allow.kind = GUARD_ALLOW_IPV4;
                 allow.addr = [0; 16];
                 allow.addr[..4].copy_from_slice(&source);
             }
             ETH_P_IPV6 => {
                 allow.kind = GUARD_ALLOW_IPV6;
-                allow.addr = ctx.load(ETH_HLEN + 8).ok()?;
+                allow.addr = read(ctx, ETH_HLEN + 8)?;
             }
             _ => return None,
         }
@@ -234,7 +239,7 @@ mod programs {
     fn try_from_warp(ctx: &TcContext) -> Option<i32> {
         // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let mut key = WarpPeerKey {
             warp_ifindex: ifindex,
             family: 0,
@@ -245,15 +250,15 @@ mod programs {
                 key.family = GUARD_ALLOW_IPV4;
                 let mut source = [0u8; 16];
                 let mut destination = [0u8; 16];
-                source[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12).ok()?);
-                destination[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16).ok()?);
+                source[..4].copy_from_slice(&read::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
+                destination[..4].copy_from_slice(&read::<[u8; 4]>(ctx, ETH_HLEN + 16)?);
                 (source, destination)
             }
             ETH_P_IPV6 => {
                 key.family = GUARD_ALLOW_IPV6;
                 (
-                    ctx.load::<[u8; 16]>(ETH_HLEN + 8).ok()?,
-                    ctx.load::<[u8; 16]>(ETH_HLEN + 24).ok()?,
+                    read::<[u8; 16]>(ctx, ETH_HLEN + 8)?,
+                    read::<[u8; 16]>(ctx, ETH_HLEN + 24)?,
                 )
             }
             _ => return None,
@@ -364,21 +369,21 @@ mod programs {
     fn segment_header_len(ctx: &TcContext) -> u64 {
         // IPv4 with a TCP header carrying timestamps: the common case.
         const FALLBACK: u64 = 52;
-        let Ok(ethertype) = ctx.load::<u16>(12) else {
+        let Some(ethertype) = read::<u16>(ctx, 12) else {
             return FALLBACK;
         };
         let (ip_len, ip_proto) = match u16::from_be(ethertype) {
             ETH_P_IP => {
-                let Ok(version_ihl) = ctx.load::<u8>(ETH_HLEN) else {
+                let Some(version_ihl) = read::<u8>(ctx, ETH_HLEN) else {
                     return FALLBACK;
                 };
-                let Ok(proto) = ctx.load::<u8>(ETH_HLEN + 9) else {
+                let Some(proto) = read::<u8>(ctx, ETH_HLEN + 9) else {
                     return FALLBACK;
                 };
                 (usize::from(version_ihl & 0x0f) * 4, proto)
             }
             ETH_P_IPV6 => {
-                let Ok(proto) = ctx.load::<u8>(ETH_HLEN + 6) else {
+                let Some(proto) = read::<u8>(ctx, ETH_HLEN + 6) else {
                     return FALLBACK;
                 };
                 (40, proto)
@@ -396,6 +401,23 @@ mod programs {
         ip_len as u64 + l4_len
     }
 
+    /// Reads a `T` at `offset` of the packet: straight from its linear
+    /// data when it lies there (direct packet access, no helper call), by
+    /// `bpf_skb_load_bytes` otherwise (headers beyond the linear part).
+    ///
+    /// `offset` must be a constant: the verifier proves direct accesses
+    /// only through a fixed offset from `data`, and with a variable one
+    /// the compiler folds the access size into it, so nothing is proven.
+    #[inline(always)]
+    fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+        let start = ctx.data();
+        if start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+            // SAFETY: the bytes lie within [data, data_end), checked above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
+        ctx.load(offset).ok()
+    }
+
     /// What the parser found: the L4 protocol, the destination port when it
     /// could be read, and whether this is a non-first fragment (no L4 header).
     struct Flow {
@@ -410,7 +432,7 @@ mod programs {
     #[inline(always)]
     fn try_steer(ctx: &TcContext, ifindex: u32, policy: &IfaceState) -> Option<i32> {
         let rule_set = policy.rule_set.to_be_bytes();
-        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let rule = matching_rule(ctx, ethertype, rule_set)?;
         let bytes = u64::from(ctx.len());
         match rule.action {
@@ -471,14 +493,14 @@ mod programs {
 
     #[inline(always)]
     fn parse_ipv4(ctx: &TcContext) -> Option<([u8; 4], Flow)> {
-        let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let version_ihl: u8 = read(ctx, ETH_HLEN)?;
         let header_len = usize::from(version_ihl & 0x0f) * 4;
         if header_len < 20 {
             return None;
         }
-        let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
-        let ip_proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-        let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
+        let frag: u16 = u16::from_be(read(ctx, ETH_HLEN + 6)?);
+        let ip_proto: u8 = read(ctx, ETH_HLEN + 9)?;
+        let dst: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
         // Only the first fragment (offset 0) carries the L4 header.
         let first_fragment = frag & 0x1fff == 0;
         let dport = if first_fragment {
@@ -498,8 +520,8 @@ mod programs {
 
     #[inline(always)]
     fn parse_ipv6(ctx: &TcContext) -> Option<([u8; 16], Flow)> {
-        let mut next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
-        let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).ok()?;
+        let mut next: u8 = read(ctx, ETH_HLEN + 6)?;
+        let dst: [u8; 16] = read(ctx, ETH_HLEN + 24)?;
         let mut offset = ETH_HLEN + 40;
         let mut first_fragment = true;
         for _ in 0..MAX_EXT_HEADERS {
@@ -539,12 +561,22 @@ mod programs {
         ))
     }
 
+    /// The destination port of a TCP or UDP header at `offset`. The common
+    /// offsets (IPv4 without options, IPv6 without extension headers) are
+    /// read directly; others through `bpf_skb_load_bytes`.
     #[inline(always)]
     fn l4_dport(ctx: &TcContext, offset: usize, ip_proto: u8) -> Option<u16> {
-        match ip_proto {
-            IPPROTO_TCP | IPPROTO_UDP => ctx.load::<u16>(offset + 2).ok().map(u16::from_be),
-            _ => None,
+        const V4: usize = ETH_HLEN + 20;
+        const V6: usize = ETH_HLEN + 40;
+        if ip_proto != IPPROTO_TCP && ip_proto != IPPROTO_UDP {
+            return None;
         }
+        let port = match offset {
+            V4 => read::<u16>(ctx, V4 + 2)?,
+            V6 => read::<u16>(ctx, V6 + 2)?,
+            _ => ctx.load::<u16>(offset + 2).ok()?,
+        };
+        Some(u16::from_be(port))
     }
 
     /// Whether the rule's selectors take this flow. A non-first fragment has
@@ -610,23 +642,25 @@ mod programs {
                 }
             }
         };
+        // As in `iface_state`: the array alone first.
+        if let Some(counters) = NETWARP_VERDICTS_LOW.get_ptr_mut(ifindex) {
+            add(counters);
+            return;
+        }
         if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
             add(counters);
             return;
         }
         let zero = VerdictCounters::default();
         let _ = NETWARP_VERDICTS.insert(&ifindex, &zero, u64::from(BPF_NOEXIST));
+        // As in `iface_state`: the array alone first.
+        if let Some(counters) = NETWARP_VERDICTS_LOW.get_ptr_mut(ifindex) {
+            add(counters);
+            return;
+        }
         if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
             add(counters);
         }
-    }
-
-    #[inline(always)]
-    fn count(ctx: &TcContext, direction: Direction) {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let key = TrafficKey::new(ifindex, direction);
-        add_traffic(&NETWARP_TRAFFIC, &key, u64::from(ctx.len()));
     }
 
     /// Adds one packet of `bytes` to `key`'s per-CPU counters, creating

@@ -19,7 +19,6 @@ use std::{
 };
 
 use netwarp::dataplane::ebpf::PinnedMaps;
-use netwarp_common::VerdictCounters;
 use netwarp_tests::{
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork, HOST_TOOLS},
@@ -77,7 +76,7 @@ fn set_rate_limit(daemon: &Daemon, key: &str, value: &str) {
 /// The rate-drop counters of a host interface, from the daemon's pins.
 fn rate_drops(daemon: &Daemon, ifindex: u32) -> u64 {
     PinnedMaps::new(daemon.pin_dir())
-        .sum::<u32, VerdictCounters>(netwarp_common::VERDICTS_MAP, &ifindex)
+        .verdicts(ifindex)
         .map_or(0, |sum| sum.rate_packets)
 }
 

@@ -18,10 +18,10 @@ use aya::{
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, IFACES_HIGH_MAP, IFACES_MAP,
-    IfaceState, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP, RULES_V4_MAP,
-    RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP, TargetPolicy,
-    TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP, WARP_PEERS_MAP,
-    WarpPeerKey,
+    IfaceState, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP, RETIRED_TRAFFIC_MAP,
+    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
+    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP,
+    WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
@@ -44,7 +44,6 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>();
     [
-        (TRAFFIC_MAP, size_of::<TrafficKey>(), counters),
         (IFACES_MAP, size_of::<u32>(), size_of::<IfaceState>()),
         (IFACES_HIGH_MAP, size_of::<u32>(), size_of::<IfaceState>()),
         (
@@ -58,6 +57,11 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
             size_of::<RuleValue>(),
         ),
         (VERDICTS_MAP, size_of::<u32>(), size_of::<VerdictCounters>()),
+        (
+            VERDICTS_LOW_MAP,
+            size_of::<u32>(),
+            size_of::<VerdictCounters>(),
+        ),
         (RATE_BUCKETS_MAP, size_of::<u32>(), size_of::<RateBuckets>()),
         (GUARDS_MAP, size_of::<u32>(), size_of::<u32>()),
         (GUARD_ALLOW_MAP, size_of::<GuardAllowKey>(), 1),
@@ -176,7 +180,8 @@ impl CarriedRows {
 
 /// The policy and rate slot rows an earlier release pinned in maps of
 /// their own, as state rows, so its targets stay steered and capped from
-/// the first packet these programs see; and the pins, to retire.
+/// the first packet these programs see; and the pins of every map it
+/// pinned that this build no longer uses, to retire.
 fn read_retired_states(
     pin_dir: &Path,
 ) -> Result<(BTreeMap<u32, IfaceState>, Vec<PathBuf>), EbpfError> {
@@ -200,6 +205,10 @@ fn read_retired_states(
     if slots_pin.exists() {
         slots.extend(rows::<u32>(&slots_pin, RETIRED_RATE_SLOTS_MAP)?);
         retired.push(slots_pin);
+    }
+    let traffic_pin = pin_dir.join(RETIRED_TRAFFIC_MAP);
+    if traffic_pin.exists() {
+        retired.push(traffic_pin);
     }
     let states = (policies.keys().chain(slots.keys()))
         .map(|ifindex| {

@@ -12,19 +12,19 @@ use std::{
 use aya::{
     Ebpf, Pod,
     maps::{
-        HashMap as BpfHashMap, Map, MapData, MapError, PerCpuHashMap,
+        HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use netwarp_common::{
-    Direction, GUARD_ALLOW_MAP, GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP,
-    IfaceState, TRAFFIC_MAP, TrafficCounters, TrafficKey, VerdictCounters, WARP_PEERS_MAP,
-    WarpPeerKey,
+    GUARD_ALLOW_MAP, GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP, IfaceState,
+    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::error::EbpfError;
 
-/// Packets and bytes seen on one host-side interface, per direction.
+/// Packets and bytes seen on one host-side interface, per direction (its
+/// statistics: received on the host side is what the container sent).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InterfaceTraffic {
     pub from_container: TrafficCounters,
@@ -132,6 +132,12 @@ impl CpuSum for VerdictCounters {
 /// A per-CPU counter map, typed.
 pub type CounterMap<T, K, V> = PerCpuHashMap<T, K, V>;
 
+/// The pinned verdict maps: the array, and the hash map beyond it.
+pub type VerdictMaps = (
+    PerCpuArray<MapData, VerdictCounters>,
+    CounterMap<MapData, u32, VerdictCounters>,
+);
+
 /// One key's entry of a per-CPU map, summed over all CPUs (zero when absent).
 pub fn cpu_sum<T: Borrow<MapData>, K: Pod, V: CpuSum>(
     map: &CounterMap<T, K, V>,
@@ -144,18 +150,21 @@ pub fn cpu_sum<T: Borrow<MapData>, K: Pod, V: CpuSum>(
     }
 }
 
-/// Both directions of one interface from the traffic map.
-pub fn interface_traffic<T: Borrow<MapData>>(
-    map: &CounterMap<T, TrafficKey, TrafficCounters>,
+/// The verdict counters of the target whose host-side veth is `ifindex`,
+/// summed over all CPUs: from the per-CPU array (`low`) for small
+/// ifindexes, from the per-CPU hash map (`high`) beyond it.
+pub fn verdict_sum<A: Borrow<MapData>, H: Borrow<MapData>>(
+    low: &PerCpuArray<A, VerdictCounters>,
+    high: &CounterMap<H, u32, VerdictCounters>,
     ifindex: u32,
-) -> Result<InterfaceTraffic, EbpfError> {
-    let read = |direction| {
-        cpu_sum(map, &TrafficKey::new(ifindex, direction)).map_err(map_error(TRAFFIC_MAP))
-    };
-    Ok(InterfaceTraffic {
-        from_container: read(Direction::FromContainer)?,
-        to_container: read(Direction::ToContainer)?,
-    })
+) -> Result<VerdictCounters, EbpfError> {
+    if ifindex >= IFACE_ARRAY_SIZE {
+        return cpu_sum(high, &ifindex).map_err(map_error(VERDICTS_MAP));
+    }
+    let per_cpu = low.get(&ifindex, 0).map_err(map_error(VERDICTS_LOW_MAP))?;
+    Ok(per_cpu
+        .iter()
+        .fold(VerdictCounters::default(), |sum, c| sum.plus(*c)))
 }
 
 /// One of the dataplane's own per-CPU maps, for reading.
@@ -236,6 +245,17 @@ impl PinnedMaps {
         let mut rows = read_all(&self.hash_map(IFACES_HIGH_MAP)?, IFACES_HIGH_MAP)?;
         rows.extend(super::state::non_zero_rows(&self.open(IFACES_MAP)?)?);
         Ok(rows)
+    }
+
+    /// Both verdict maps, to read many targets with [`verdict_sum`].
+    pub fn verdict_maps(&self) -> Result<VerdictMaps, EbpfError> {
+        Ok((self.open(VERDICTS_LOW_MAP)?, self.counters(VERDICTS_MAP)?))
+    }
+
+    /// One target's verdict counters, summed over all CPUs.
+    pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
+        let (low, high) = self.verdict_maps()?;
+        verdict_sum(&low, &high, ifindex)
     }
 
     /// One entry of a pinned per-CPU map, summed over all CPUs.

@@ -32,7 +32,9 @@ pub use error::EbpfError;
 pub use hooks::Hook;
 pub use interfaces::{interface_index, interface_name, is_host_peer_of};
 pub use loader::ProgramLogger;
-pub use maps::{CpuSum, InterfaceTraffic, PinnedMaps, cpu_sum, interface_traffic, map_is_full};
+pub use maps::{
+    CpuSum, InterfaceTraffic, PinnedMaps, VerdictMaps, cpu_sum, map_is_full, verdict_sum,
+};
 pub use warp::warp_peer_key;
 
 use std::{
@@ -49,7 +51,7 @@ use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
     GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
     PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY,
-    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TRAFFIC_MAP, TargetPolicy, TrafficCounters,
+    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP,
     VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
 };
 
@@ -226,14 +228,12 @@ impl EbpfDataplane {
             .attach(&mut self.ebpf, bridge_ifindex, Hook::BridgeGuard)
     }
 
-    /// Reads the counters of one interface, summed over all CPUs.
-    pub fn traffic(&self, ifindex: u32) -> Result<InterfaceTraffic, EbpfError> {
-        interface_traffic(&counter_map(&self.ebpf, TRAFFIC_MAP)?, ifindex)
-    }
-
     /// Steered and blocked packets and bytes of one target, over all CPUs.
     pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
-        self.counter_sum(VERDICTS_MAP, ifindex)
+        let name = VERDICTS_LOW_MAP;
+        let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
+        let low = aya::maps::PerCpuArray::try_from(map).map_err(map_error(name))?;
+        verdict_sum(&low, &counter_map(&self.ebpf, VERDICTS_MAP)?, ifindex)
     }
 
     /// What a bridge's guard dropped, over all CPUs.

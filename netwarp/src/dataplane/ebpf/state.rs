@@ -9,9 +9,14 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{
+        Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    },
 };
-use netwarp_common::{IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP, IfaceState};
+use netwarp_common::{
+    IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP, IfaceState, VERDICTS_LOW_MAP, VERDICTS_MAP,
+    VerdictCounters,
+};
 
 use super::{
     error::EbpfError,
@@ -52,6 +57,11 @@ impl States {
         ifindex: u32,
         state: IfaceState,
     ) -> Result<(), EbpfError> {
+        if self.get(ifindex) == IfaceState::default() && state != IfaceState::default() {
+            // A newly programmed interface counts from zero, whatever an
+            // earlier interface with its ifindex left.
+            zero_verdicts(ebpf, ifindex)?;
+        }
         write(ebpf, ifindex, state)?;
         if state == IfaceState::default() {
             self.written.remove(&ifindex);
@@ -77,6 +87,31 @@ impl States {
         }
         self.put(ebpf, ifindex, state)
     }
+}
+
+/// Clears the verdict counters of `ifindex` on every CPU.
+fn zero_verdicts(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
+    if ifindex >= IFACE_ARRAY_SIZE {
+        let mut map: PerCpuHashMap<&mut MapData, u32, VerdictCounters> = typed(ebpf, VERDICTS_MAP)?;
+        return match map.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if already_gone(&e) => Ok(()),
+            Err(e) => Err(map_error(VERDICTS_MAP)(e)),
+        };
+    }
+    let cpus_error = |io_error| {
+        map_error(VERDICTS_LOW_MAP)(MapError::SyscallError(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error,
+        }))
+    };
+    let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| cpus_error(e))?;
+    let zeros =
+        PerCpuValues::try_from(vec![VerdictCounters::default(); nr_cpus]).map_err(cpus_error)?;
+    let mut array: PerCpuArray<&mut MapData, VerdictCounters> = typed(ebpf, VERDICTS_LOW_MAP)?;
+    array
+        .set(ifindex, zeros, 0)
+        .map_err(map_error(VERDICTS_LOW_MAP))
 }
 
 /// The row of `ifindex` as the kernel holds it (zero when none).
