@@ -28,8 +28,9 @@ fn mode() -> String {
 }
 
 /// What the eBPF dataplane has programmed for a target: the programs
-/// attached through TCX to its host veth (exactly one per direction, or
-/// something was attached twice) and the daemon's pinned links.
+/// attached through TCX to its host veth (one from-container program, and
+/// a to-container one only under an ingress cap; more means something was
+/// attached twice) and the daemon's pinned links.
 fn ebpf_state(target: &Container, daemon: &Daemon) -> String {
     let (_, veth) = target.host_veth().expect("host veth");
     let programs = netwarp_tests::tcx::tcx_programs(&veth);

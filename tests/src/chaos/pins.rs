@@ -37,13 +37,21 @@ pub fn guard_installed(pins: &Path, bridge: &str) -> anyhow::Result<bool> {
 /// Exactly one netwarp program attached through TCX to `interface` in
 /// `direction` ("Ingress" or "Egress").
 pub(super) fn expect_one_netwarp_program(interface: &str, direction: &str) -> anyhow::Result<()> {
+    expect_netwarp_programs(interface, direction, 1)
+}
+
+pub(super) fn expect_no_netwarp_program(interface: &str, direction: &str) -> anyhow::Result<()> {
+    expect_netwarp_programs(interface, direction, 0)
+}
+
+fn expect_netwarp_programs(interface: &str, direction: &str, want: usize) -> anyhow::Result<()> {
     let netwarp = crate::tcx::tcx_programs(interface)
         .iter()
         // The kernel keeps 15 characters of a program's name.
         .filter(|(d, p)| *d == direction && crate::tcx::program_name(p).starts_with("netwarp_tc"))
         .count();
-    if netwarp != 1 {
-        bail!("{netwarp} netwarp programs on {interface} {direction}, expected 1");
+    if netwarp != want {
+        bail!("{netwarp} netwarp programs on {interface} {direction}, expected {want}");
     }
     Ok(())
 }

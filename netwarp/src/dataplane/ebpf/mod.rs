@@ -68,8 +68,10 @@ pub struct EbpfDataplane {
     warp_peers: Rows<(WarpPeerKey, u32)>,
     /// Each programmed interface's state row: policy and cap slot.
     states: state::States,
-    /// Cap slots whose buckets were written (or adopted).
-    bucket_slots: BTreeSet<u32>,
+    /// Cap slots whose buckets were written (or adopted),
+    /// and whether each caps what its container receives (which needs the
+    /// to-container program).
+    bucket_slots: BTreeMap<u32, bool>,
     /// The entries of the IPv4 and IPv6 rule tries, as loaded.
     rules_capacity: (u32, u32),
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
@@ -120,7 +122,8 @@ impl EbpfDataplane {
             &hash_map::<u32, RateBuckets>(&mut ebpf, RATE_BUCKETS_MAP)?,
             RATE_BUCKETS_MAP,
         )?
-        .into_keys()
+        .into_iter()
+        .map(|(slot, buckets)| (slot, caps_ingress(&buckets)))
         .collect();
         let capacity = |name| -> Result<u32, EbpfError> {
             let map = ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
@@ -188,20 +191,38 @@ impl EbpfDataplane {
         self.links.ifindexes(Hook::FromContainer)
     }
 
-    /// Attaches the programs to both directions of a container's host-side
-    /// interface. Attaching twice is a no-op.
+    /// Attaches the programs a container's host-side interface needs (see
+    /// [`Self::attach_ifindex`]). Attaching twice is a no-op.
     pub fn attach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
         let ifindex = interface_index(interface)
             .ok_or_else(|| EbpfError::NoInterfaceNamed(interface.to_owned()))?;
         self.attach_ifindex(ifindex)
     }
 
-    /// Attaches the programs to the host interface with `ifindex`.
+    /// Attaches the programs the host interface with `ifindex` needs: the
+    /// from-container program always; the to-container program only while
+    /// a cap limits what the container receives (its only work), and it
+    /// is detached otherwise. Idempotent; each call also repairs.
     pub fn attach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        for hook in Hook::CONTAINER {
-            self.links.attach(&mut self.ebpf, ifindex, hook)?;
+        self.links
+            .attach(&mut self.ebpf, ifindex, Hook::FromContainer)?;
+        self.sync_to_container(ifindex)
+    }
+
+    /// Attaches or detaches the to-container program of `ifindex` to match
+    /// its state row: attached exactly while its cap slot caps ingress.
+    fn sync_to_container(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let needed = (self.states.get(ifindex).cap_slot())
+            .is_some_and(|slot| self.bucket_slots.get(&slot) == Some(&true));
+        if needed {
+            self.links
+                .attach(&mut self.ebpf, ifindex, Hook::ToContainer)
+        } else if self.links.holds(ifindex, Hook::ToContainer) {
+            self.links
+                .detach(&mut self.ebpf, ifindex, Hook::ToContainer)
+        } else {
+            Ok(())
         }
-        Ok(())
     }
 
     /// Detaches the programs from an interface, if they are attached, and
@@ -445,11 +466,13 @@ impl EbpfDataplane {
         hash_map(&mut self.ebpf, RATE_BUCKETS_MAP)?
             .insert(slot, buckets, 0)
             .map_err(map_error(RATE_BUCKETS_MAP))?;
-        self.bucket_slots.insert(slot);
+        self.bucket_slots.insert(slot, caps_ingress(&buckets));
         for &ifindex in ifindexes {
             self.states.update(&mut self.ebpf, ifindex, |state| {
                 *state = IfaceState::of(state.policy(), Some(slot));
             })?;
+            // After the row: the program finds the cap from its first packet.
+            self.sync_to_container(ifindex)?;
         }
         Ok(())
     }
@@ -460,11 +483,15 @@ impl EbpfDataplane {
             self.states.update(&mut self.ebpf, ifindex, |state| {
                 *state = IfaceState::of(state.policy(), None);
             })?;
+            self.sync_to_container(ifindex)?;
         }
         let used: BTreeSet<u32> = (self.states.written().values())
             .filter_map(IfaceState::cap_slot)
             .collect();
-        let unused: Vec<u32> = self.bucket_slots.difference(&used).copied().collect();
+        let unused: Vec<u32> = (self.bucket_slots.keys())
+            .filter(|slot| !used.contains(slot))
+            .copied()
+            .collect();
         for slot in unused {
             remove_key::<RateBuckets>(&mut self.ebpf, RATE_BUCKETS_MAP, slot)?;
             self.bucket_slots.remove(&slot);
@@ -565,6 +592,11 @@ impl EbpfDataplane {
         data_out.truncate(result.data_size_out as usize);
         Ok((result.return_value as i32, data_out, result.duration))
     }
+}
+
+/// Whether these buckets cap what the container receives.
+fn caps_ingress(buckets: &RateBuckets) -> bool {
+    buckets.ingress.ns_per_byte != 0
 }
 
 /// Removes one key of a `u32`-keyed hash map; a key already gone is fine.
