@@ -403,7 +403,10 @@ fn tabulate(
         "3. Per-packet cost of the eBPF programs",
         "kernel BPF stats (bpf_stats_enabled, restored afterwards) over one 1-stream iperf3 \
          run plus one ping-pong run in ebpf mode, daemon at info level: run_time_ns / run_cnt. A packet is one skb: \
-         a GSO/GRO super-packet counts once. The stats' own clock reads are included.",
+         a GSO/GRO super-packet counts once. The stats' own clock reads are included. \
+         Steered and unsteered packets (ACKs, ARP) are mixed; see 3b for each kind. The \
+         to-container program is attached only under an ingress cap, so an uncapped \
+         target lists none.",
         &[
             "program",
             "run_cnt",
@@ -469,12 +472,19 @@ fn tabulate(
         ));
     }
     for c in &costs {
+        // The to-container program has one job (an ingress cap); on an
+        // uncapped target, as here, it is not attached at all.
+        let goal = if c.program.starts_with("netwarp_tc_to_c") {
+            50.0
+        } else {
+            100.0
+        };
         goals.push(Goal::at_most(
             "bpf cost",
             &c.program,
             c.ns_per_packet,
             "ns/packet",
-            100.0,
+            goal,
         ));
     }
     Section {
