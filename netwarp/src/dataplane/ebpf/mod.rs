@@ -1,9 +1,11 @@
 //! The eBPF dataplane: loads netwarp's tc programs, attaches them to
 //! host-side veths, writes each target's policy and reads the counters.
 //!
-//! The program on a target's veth counts, then steers matching packets to
-//! the warp's veth (rewriting the destination MAC) or drops them while the
-//! warp is unusable. Interfaces without a policy are only counted.
+//! The program on a target's veth finds the veth's state row (see
+//! [`state`]), then steers matching packets to the warp's veth (rewriting
+//! the destination MAC) or drops them while the warp is unusable, counting
+//! only those verdicts. Interfaces without a policy are left alone; their
+//! packets and bytes are the veth's own statistics.
 //!
 //! The program on a guarded network's bridge (ingress: what containers
 //! send to be routed) drops traffic to the network's steered prefixes from
@@ -15,8 +17,9 @@
 //!
 //! Parts: [`loader`] (object, pinned maps), [`hooks`] (where each program
 //! hangs), [`links`] (attachments by interface and hook), [`maps`] (typed access, the read-only
-//! [`PinnedMaps`] view, the diffing row writer), [`rule_sets`] (the
-//! double-buffer switch of policies and guards).
+//! [`PinnedMaps`] view, the diffing row writer), [`state`] (each veth's
+//! state row), [`rule_sets`] (the double-buffer switch of policies and
+//! guards).
 pub mod compile;
 mod error;
 mod hooks;
