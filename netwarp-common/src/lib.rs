@@ -389,6 +389,24 @@ mod tests {
     }
 
     #[test]
+    fn a_state_row_holds_a_policy_and_a_cap_slot_independently() {
+        let policy = TargetPolicy {
+            rule_set: 7,
+            warp_ifindex: 3,
+            warp_mac: [2, 0, 0, 0, 0, 1],
+            _pad: [0; 2],
+        };
+        let both = IfaceState::of(Some(policy), Some(0));
+        assert_eq!((both.policy(), both.cap_slot()), (Some(policy), Some(0)));
+        // Slot 0 is a slot: the flag, not the value, says capped.
+        assert_eq!(IfaceState::of(None, Some(0)).cap_slot(), Some(0));
+        assert_eq!(IfaceState::of(None, Some(0)).policy(), None);
+        assert_eq!(IfaceState::of(Some(policy), None).cap_slot(), None);
+        // No policy and no cap is the zero row: an interface left alone.
+        assert_eq!(IfaceState::of(None, None), IfaceState::default());
+    }
+
+    #[test]
     fn counters_fold_saturating() {
         let a = TrafficCounters {
             packets: u64::MAX,
