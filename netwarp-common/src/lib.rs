@@ -84,24 +84,29 @@ pub struct TargetPolicy {
 }
 
 /// Names of the data path's one lookup per packet: each host-side veth's
-/// [`IfaceState`], in an array indexed by ifindex (below
-/// [`IFACE_ARRAY_SIZE`]) and, for larger ifindexes, a hash map by ifindex.
-/// The controller derives every row from the policy and rate slot maps
-/// (its records); the programs read only these.
+/// [`IfaceState`], in an array at its ifindex's slot (the low bits,
+/// [`IFACE_SLOT_MASK`]), tagged with the ifindex; a veth whose slot
+/// another live veth holds has its row in a hash map by ifindex instead.
+/// Ifindexes only grow on a busy host, so a slot, not the ifindex itself,
+/// keeps nearly every veth on the array.
 pub const IFACES_MAP: &str = "NETWARP_IFACES";
 pub const IFACES_HIGH_MAP: &str = "NETWARP_IFACES_HIGH";
-/// Ifindexes the arrays cover (the state array and the low verdict array).
+/// Slots of the state array and of the verdict array (a power of two).
 pub const IFACE_ARRAY_SIZE: u32 = 16_384;
+/// An ifindex's slot: `ifindex & IFACE_SLOT_MASK`.
+pub const IFACE_SLOT_MASK: u32 = IFACE_ARRAY_SIZE - 1;
 
 /// [`IfaceState::flags`]: the interface is a target with a policy
 /// (`rule_set`, `warp_ifindex` and `warp_mac` hold it).
 pub const IFACE_POLICY: u16 = 1;
 /// [`IfaceState::flags`]: the interface is capped (`cap_slot` holds its slot).
 pub const IFACE_CAPPED: u16 = 2;
+/// [`IfaceState::flags`]: the row lives in the hash map (its verdicts too).
+pub const IFACE_IN_HASH: u16 = 4;
 
 /// Everything the container programs need about their interface, in one
-/// value. A zero row (no flags) is an interface netwarp does not program:
-/// its packets pass, as with no policy.
+/// value. No row (or a zero row: no flags) is an interface netwarp does
+/// not program: its packets pass, as with no policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceState {
@@ -110,7 +115,9 @@ pub struct IfaceState {
     pub warp_mac: [u8; 6],
     pub flags: u16,
     pub cap_slot: u32,
-    pub _pad: u32,
+    /// The interface this row is for (0 in a free slot); set where the row
+    /// is placed, as is [`IFACE_IN_HASH`].
+    pub ifindex: u32,
 }
 
 impl IfaceState {
@@ -122,7 +129,7 @@ impl IfaceState {
             warp_mac: [0; 6],
             flags: 0,
             cap_slot: 0,
-            _pad: 0,
+            ifindex: 0,
         };
         if let Some(p) = policy {
             state.rule_set = p.rule_set;
@@ -134,6 +141,24 @@ impl IfaceState {
             state.cap_slot = slot;
             state.flags |= IFACE_CAPPED;
         }
+        state
+    }
+
+    /// This row as placed for `ifindex`, in the array or the hash map.
+    pub const fn placed(self, ifindex: u32, in_hash: bool) -> Self {
+        let mut state = self;
+        state.ifindex = ifindex;
+        if in_hash {
+            state.flags |= IFACE_IN_HASH;
+        }
+        state
+    }
+
+    /// This row without its placement: what the controller compares.
+    pub const fn unplaced(self) -> Self {
+        let mut state = self;
+        state.ifindex = 0;
+        state.flags &= !IFACE_IN_HASH;
         state
     }
 
@@ -404,6 +429,13 @@ mod tests {
         assert_eq!(IfaceState::of(Some(policy), None).cap_slot(), None);
         // No policy and no cap is the zero row: an interface left alone.
         assert_eq!(IfaceState::of(None, None), IfaceState::default());
+        // Placement is not part of what is compared.
+        let placed = both.placed(20_000, true);
+        assert_eq!(
+            (placed.ifindex, placed.flags & IFACE_IN_HASH),
+            (20_000, IFACE_IN_HASH)
+        );
+        assert_eq!(placed.unplaced(), both);
     }
 
     #[test]

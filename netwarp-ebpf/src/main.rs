@@ -22,20 +22,21 @@ mod programs {
     use netwarp_common::{
         ACTION_BLOCK, ACTION_STEER, Direction, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC,
         GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, IFACE_ARRAY_SIZE,
-        IFACE_CAPPED, IFACE_POLICY, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
-        POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets,
-        RuleKeyV4, RuleKeyV6, RuleValue, TokenBucket, TrafficCounters, VerdictCounters,
-        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+        IFACE_CAPPED, IFACE_IN_HASH, IFACE_POLICY, IFACE_SLOT_MASK, IfaceState, MAX_SELECTORS,
+        NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS,
+        RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TokenBucket,
+        TrafficCounters, VerdictCounters, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
     };
 
-    /// Each host-side veth's state (policy, warp, cap slot), by ifindex:
-    /// the container programs' one lookup. Keyed by interface, so a
-    /// container cannot pick a policy by spoofing addresses. An array
-    /// lookup is inlined by the verifier into a bounds check and an add.
+    /// Each host-side veth's state (policy, warp, cap slot), at its
+    /// ifindex's slot (the low bits) and tagged with the ifindex: the
+    /// container programs' one lookup. Keyed by interface, so a container
+    /// cannot pick a policy by spoofing addresses. An array lookup is
+    /// inlined by the verifier into a bounds check and an add.
     #[map(name = "NETWARP_IFACES")]
     static NETWARP_IFACES: Array<IfaceState> = Array::with_max_entries(IFACE_ARRAY_SIZE, 0);
 
-    /// The same for ifindexes beyond the array.
+    /// The same, by ifindex, for a veth whose slot another one holds.
     #[map(name = "NETWARP_IFACES_HIGH")]
     static NETWARP_IFACES_HIGH: HashMap<u32, IfaceState> =
         HashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
@@ -52,8 +53,8 @@ mod programs {
         LpmTrie::with_max_entries(RULES_MAP_CAPACITY, BPF_F_NO_PREALLOC);
 
     /// What the programs alone can count (steered, dropped by reason), per
-    /// target and CPU, by ifindex: an array below [`IFACE_ARRAY_SIZE`]
-    /// (inlined lookup, no insert), a hash map beyond it. Packets and
+    /// target and CPU: in an array at the target's state slot (inlined
+    /// lookup, no insert), by ifindex in a hash map for a state row there. Packets and
     /// bytes the veth's own statistics give are not counted here.
     #[map(name = "NETWARP_VERDICTS_LOW")]
     static NETWARP_VERDICTS_LOW: PerCpuArray<VerdictCounters> =
@@ -120,15 +121,13 @@ mod programs {
         let Some(state) = iface_state(ifindex) else {
             return PASS;
         };
-        if state.flags & IFACE_CAPPED != 0
-            && !within_cap(&ctx, ifindex, state.cap_slot, Direction::FromContainer)
-        {
+        if state.flags & IFACE_CAPPED != 0 && !within_cap(&ctx, state, Direction::FromContainer) {
             return TC_ACT_SHOT;
         }
         if state.flags & IFACE_POLICY == 0 {
             return PASS;
         }
-        try_steer(&ctx, ifindex, state).unwrap_or(PASS)
+        try_steer(&ctx, state).unwrap_or(PASS)
     }
 
     /// tc egress on a container's host-side veth: what the container receives.
@@ -138,27 +137,29 @@ mod programs {
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         if let Some(state) = iface_state(ifindex)
             && state.flags & IFACE_CAPPED != 0
-            && !within_cap(&ctx, ifindex, state.cap_slot, Direction::ToContainer)
+            && !within_cap(&ctx, state, Direction::ToContainer)
         {
             return TC_ACT_SHOT;
         }
         PASS
     }
 
-    /// The state row of a host-side veth: the array's for small ifindexes
-    /// (a zero row when netwarp wrote none), the hash map's beyond it.
-    /// The controller rewrites a row in place, without a lock: a packet
-    /// racing the write may see fields of both rows, each of which is a
-    /// complete, valid state (its rule sets stay installed until after
-    /// the write), so it is steered or dropped by one or the other.
+    /// The state row of a host-side veth: the array's at its slot when
+    /// tagged with its ifindex, else the hash map's (none: netwarp does not
+    /// program it). The controller rewrites a row in place, without a
+    /// lock: a packet racing the write may see fields of both rows, each
+    /// of which is a complete, valid state (its rule sets stay installed
+    /// until after the write), so it is steered or dropped by one or the
+    /// other. A slot changes hands only once its veth's row is cleared.
     ///
-    /// The array lookup comes first and alone (it misses only beyond the
-    /// array's end): two lookups behind one branch would be merged by the
-    /// compiler into one call with a variable map, which the verifier
-    /// cannot inline.
+    /// The array lookup comes first and alone: two lookups behind one
+    /// branch would be merged by the compiler into one call with a
+    /// variable map, which the verifier cannot inline.
     #[inline(always)]
     fn iface_state(ifindex: u32) -> Option<&'static IfaceState> {
-        if let Some(state) = NETWARP_IFACES.get(ifindex) {
+        if let Some(state) = NETWARP_IFACES.get(ifindex & IFACE_SLOT_MASK)
+            && state.ifindex == ifindex
+        {
             return Some(state);
         }
         // SAFETY: read-only use of a value the controller replaces whole.
@@ -303,8 +304,9 @@ mod programs {
     /// 64 KiB offload packet) is never starved; the debt it leaves is paid
     /// before the next one passes, so the long-run rate holds.
     #[inline(always)]
-    fn within_cap(ctx: &TcContext, ifindex: u32, slot: u32, direction: Direction) -> bool {
-        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(&slot) else {
+    fn within_cap(ctx: &TcContext, state: &IfaceState, direction: Direction) -> bool {
+        let ifindex = state.ifindex;
+        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(&state.cap_slot) else {
             return true;
         };
         // SAFETY: the pointer is into a live map value; fields are plain u64.
@@ -326,7 +328,7 @@ mod programs {
         // SAFETY: as above.
         let next = unsafe { core::ptr::read_volatile(next_ns) };
         if next > now {
-            count_verdict(ifindex, u64::from(ctx.len()), Verdict::Rate);
+            count_verdict(state, u64::from(ctx.len()), Verdict::Rate);
             debug!(
                 ctx,
                 "cap drop: ifindex {} direction {}", ifindex, direction as u32
@@ -430,7 +432,8 @@ mod programs {
     /// Unparseable or truncated packets pass: they are not steerable traffic
     /// and the kernel drops malformed IP itself.
     #[inline(always)]
-    fn try_steer(ctx: &TcContext, ifindex: u32, policy: &IfaceState) -> Option<i32> {
+    fn try_steer(ctx: &TcContext, policy: &IfaceState) -> Option<i32> {
+        let ifindex = policy.ifindex;
         let rule_set = policy.rule_set.to_be_bytes();
         let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let rule = matching_rule(ctx, ethertype, rule_set)?;
@@ -438,7 +441,7 @@ mod programs {
         match rule.action {
             ACTION_STEER => {
                 ctx.store(0, &policy.warp_mac, 0).ok()?;
-                count_verdict(ifindex, bytes, Verdict::Steered);
+                count_verdict(policy, bytes, Verdict::Steered);
                 // SAFETY: a plain helper call; it only records the target.
                 Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
             }
@@ -448,7 +451,7 @@ mod programs {
                 } else {
                     Verdict::Policy
                 };
-                count_verdict(ifindex, bytes, verdict);
+                count_verdict(policy, bytes, verdict);
                 debug!(
                     ctx,
                     "blocked: ifindex {} reason {}", ifindex, rule.block_reason
@@ -618,7 +621,8 @@ mod programs {
     }
 
     #[inline(always)]
-    fn count_verdict(ifindex: u32, bytes: u64, verdict: Verdict) {
+    fn count_verdict(state: &IfaceState, bytes: u64, verdict: Verdict) {
+        let ifindex = state.ifindex;
         let add = |counters: *mut VerdictCounters| {
             // SAFETY: a per-CPU value; only this CPU writes it while we run.
             unsafe {
@@ -642,8 +646,14 @@ mod programs {
                 }
             }
         };
-        // As in `iface_state`: the array alone first.
-        if let Some(counters) = NETWARP_VERDICTS_LOW.get_ptr_mut(ifindex) {
+        // As in `iface_state`: the array alone first. A row in the hash
+        // map counts there: its index is past the array's end.
+        let slot = if state.flags & IFACE_IN_HASH == 0 {
+            ifindex & IFACE_SLOT_MASK
+        } else {
+            u32::MAX
+        };
+        if let Some(counters) = NETWARP_VERDICTS_LOW.get_ptr_mut(slot) {
             add(counters);
             return;
         }
@@ -653,11 +663,6 @@ mod programs {
         }
         let zero = VerdictCounters::default();
         let _ = NETWARP_VERDICTS.insert(&ifindex, &zero, u64::from(BPF_NOEXIST));
-        // As in `iface_state`: the array alone first.
-        if let Some(counters) = NETWARP_VERDICTS_LOW.get_ptr_mut(ifindex) {
-            add(counters);
-            return;
-        }
         if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
             add(counters);
         }

@@ -680,3 +680,39 @@ privileged_test!(timed_runs_steer_and_pass_as_single_runs_do, {
         ]
     );
 });
+
+privileged_test!(a_target_whose_slot_is_taken_is_served_from_the_hash_map, {
+    // Two ifindexes with one state slot: the first written (a fake
+    // ifindex, never run: BPF_PROG_TEST_RUN needs a real device) holds
+    // it, so loopback's row goes to the hash map; each keeps its own
+    // policy and counters, and a row never moves.
+    let holder = TARGET_IFINDEX + netwarp_common::IFACE_ARRAY_SIZE;
+    let mut dp = EbpfDataplane::load().expect("loading the programs");
+    let policy = |dp: &mut EbpfDataplane, ifindex, action| {
+        let entries = Entry::all(&parse_rules("203.0.113.0/24").expect("rules"), action);
+        let rows = compile(&entries, false).expect("compile");
+        dp.set_policy(ifindex, WARP_IFINDEX, WARP_MAC, &rows)
+            .expect("a policy");
+    };
+    policy(&mut dp, holder, Action::Block);
+    policy(&mut dp, TARGET_IFINDEX, steer());
+    let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+    assert_eq!(verdict(&mut dp, &packet), TC_ACT_REDIRECT);
+    let steered = |dp: &EbpfDataplane| {
+        dp.verdicts(TARGET_IFINDEX)
+            .expect("verdicts")
+            .steered_packets
+    };
+    assert_eq!(steered(&dp), 1);
+    assert_eq!(dp.verdicts(holder).expect("verdicts"), Default::default());
+    // The holder goes; loopback stays where it is, still served, its
+    // counters kept through a rewrite of its policy.
+    dp.remove_policy(holder).expect("removing");
+    assert_eq!(dp.policy(holder).expect("policy"), None);
+    assert_eq!(verdict(&mut dp, &packet), TC_ACT_REDIRECT);
+    policy(&mut dp, TARGET_IFINDEX, Action::Block);
+    assert_eq!(verdict(&mut dp, &packet), TC_ACT_SHOT);
+    assert_eq!(steered(&dp), 2);
+    dp.remove_policy(TARGET_IFINDEX).expect("removing");
+    assert_eq!(verdict(&mut dp, &packet), PASS);
+});

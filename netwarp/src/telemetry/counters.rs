@@ -270,7 +270,7 @@ async fn read_ebpf(
     maps: &PinnedMaps,
     targets: &[TargetView],
 ) -> Result<HashMap<String, Counters>, EbpfError> {
-    let (low, high) = maps.verdict_maps()?;
+    let verdict_maps = maps.verdict_maps()?;
     let stats = match host_link_traffic().await {
         Ok(stats) => stats,
         Err(e) => {
@@ -290,7 +290,7 @@ async fn read_ebpf(
         else {
             continue;
         };
-        let verdict = verdict_sum(&low, &high, ifindex)?;
+        let verdict = verdict_sum(&verdict_maps, ifindex)?;
         out.insert(
             target.plan.id.clone(),
             Counters {

@@ -12,12 +12,12 @@ use std::{
 use aya::{
     Ebpf, Pod,
     maps::{
-        HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use netwarp_common::{
-    GUARD_ALLOW_MAP, GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP, IfaceState,
+    GUARD_ALLOW_MAP, GuardAllowKey, IFACE_SLOT_MASK, IFACES_HIGH_MAP, IFACES_MAP, IfaceState,
     TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WarpPeerKey,
 };
 
@@ -132,10 +132,12 @@ impl CpuSum for VerdictCounters {
 /// A per-CPU counter map, typed.
 pub type CounterMap<T, K, V> = PerCpuHashMap<T, K, V>;
 
-/// The pinned verdict maps: the array, and the hash map beyond it.
-pub type VerdictMaps = (
-    PerCpuArray<MapData, VerdictCounters>,
-    CounterMap<MapData, u32, VerdictCounters>,
+/// The maps a target's verdict counters are read from: the state array
+/// (which says where they are), the per-CPU array and the per-CPU hash map.
+pub type VerdictMaps<T> = (
+    Array<T, IfaceState>,
+    PerCpuArray<T, VerdictCounters>,
+    CounterMap<T, u32, VerdictCounters>,
 );
 
 /// One key's entry of a per-CPU map, summed over all CPUs (zero when absent).
@@ -151,17 +153,18 @@ pub fn cpu_sum<T: Borrow<MapData>, K: Pod, V: CpuSum>(
 }
 
 /// The verdict counters of the target whose host-side veth is `ifindex`,
-/// summed over all CPUs: from the per-CPU array (`low`) for small
-/// ifindexes, from the per-CPU hash map (`high`) beyond it.
-pub fn verdict_sum<A: Borrow<MapData>, H: Borrow<MapData>>(
-    low: &PerCpuArray<A, VerdictCounters>,
-    high: &CounterMap<H, u32, VerdictCounters>,
+/// summed over all CPUs: from the per-CPU array at its slot while its
+/// state row holds that slot, else from the per-CPU hash map.
+pub fn verdict_sum<T: Borrow<MapData>>(
+    (states, low, high): &VerdictMaps<T>,
     ifindex: u32,
 ) -> Result<VerdictCounters, EbpfError> {
-    if ifindex >= IFACE_ARRAY_SIZE {
+    let slot = ifindex & IFACE_SLOT_MASK;
+    let holder = states.get(&slot, 0).map_err(map_error(IFACES_MAP))?.ifindex;
+    if holder != ifindex {
         return cpu_sum(high, &ifindex).map_err(map_error(VERDICTS_MAP));
     }
-    let per_cpu = low.get(&ifindex, 0).map_err(map_error(VERDICTS_LOW_MAP))?;
+    let per_cpu = low.get(&slot, 0).map_err(map_error(VERDICTS_LOW_MAP))?;
     Ok(per_cpu
         .iter()
         .fold(VerdictCounters::default(), |sum, c| sum.plus(*c)))
@@ -231,31 +234,43 @@ impl PinnedMaps {
         lookup(&self.hash_map(name)?, name, key)
     }
 
-    /// One interface's state row (zero when netwarp programs none).
+    /// One interface's state row, without its placement (zero when
+    /// netwarp programs none).
     pub fn iface_state(&self, ifindex: u32) -> Result<IfaceState, EbpfError> {
-        if ifindex < IFACE_ARRAY_SIZE {
-            let array: aya::maps::Array<MapData, IfaceState> = self.open(IFACES_MAP)?;
-            return array.get(&ifindex, 0).map_err(map_error(IFACES_MAP));
+        let array: Array<MapData, IfaceState> = self.open(IFACES_MAP)?;
+        let row = (array.get(&(ifindex & IFACE_SLOT_MASK), 0)).map_err(map_error(IFACES_MAP))?;
+        if row.ifindex == ifindex {
+            return Ok(row.unplaced());
         }
-        Ok(self.get(IFACES_HIGH_MAP, &ifindex)?.unwrap_or_default())
+        let row: Option<IfaceState> = self.get(IFACES_HIGH_MAP, &ifindex)?;
+        Ok(row.map(IfaceState::unplaced).unwrap_or_default())
     }
 
-    /// Every non-zero state row, by ifindex (a scan of the array).
+    /// Every state row, by ifindex, without placement (a scan of the array).
     pub fn iface_states(&self) -> Result<BTreeMap<u32, IfaceState>, EbpfError> {
-        let mut rows = read_all(&self.hash_map(IFACES_HIGH_MAP)?, IFACES_HIGH_MAP)?;
-        rows.extend(super::state::non_zero_rows(&self.open(IFACES_MAP)?)?);
+        let mut rows: BTreeMap<u32, IfaceState> = read_all(
+            &self.hash_map::<u32, IfaceState>(IFACES_HIGH_MAP)?,
+            IFACES_HIGH_MAP,
+        )?
+        .into_iter()
+        .map(|(ifindex, row)| (ifindex, row.unplaced()))
+        .collect();
+        rows.extend(super::state::array_rows(&self.open(IFACES_MAP)?)?);
         Ok(rows)
     }
 
-    /// Both verdict maps, to read many targets with [`verdict_sum`].
-    pub fn verdict_maps(&self) -> Result<VerdictMaps, EbpfError> {
-        Ok((self.open(VERDICTS_LOW_MAP)?, self.counters(VERDICTS_MAP)?))
+    /// The verdict maps, to read many targets with [`verdict_sum`].
+    pub fn verdict_maps(&self) -> Result<VerdictMaps<MapData>, EbpfError> {
+        Ok((
+            self.open(IFACES_MAP)?,
+            self.open(VERDICTS_LOW_MAP)?,
+            self.counters(VERDICTS_MAP)?,
+        ))
     }
 
     /// One target's verdict counters, summed over all CPUs.
     pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
-        let (low, high) = self.verdict_maps()?;
-        verdict_sum(&low, &high, ifindex)
+        verdict_sum(&self.verdict_maps()?, ifindex)
     }
 
     /// One entry of a pinned per-CPU map, summed over all CPUs.

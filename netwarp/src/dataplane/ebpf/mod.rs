@@ -254,10 +254,14 @@ impl EbpfDataplane {
 
     /// Steered and blocked packets and bytes of one target, over all CPUs.
     pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
-        let name = VERDICTS_LOW_MAP;
-        let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
-        let low = aya::maps::PerCpuArray::try_from(map).map_err(map_error(name))?;
-        verdict_sum(&low, &counter_map(&self.ebpf, VERDICTS_MAP)?, ifindex)
+        let map = |name| self.ebpf.map(name).ok_or(EbpfError::MissingMap(name));
+        let maps = (
+            aya::maps::Array::try_from(map(IFACES_MAP)?).map_err(map_error(IFACES_MAP))?,
+            (aya::maps::PerCpuArray::try_from(map(VERDICTS_LOW_MAP)?))
+                .map_err(map_error(VERDICTS_LOW_MAP))?,
+            counter_map(&self.ebpf, VERDICTS_MAP)?,
+        );
+        verdict_sum(&maps, ifindex)
     }
 
     /// What a bridge's guard dropped, over all CPUs.

@@ -1,7 +1,8 @@
 //! The per-interface state rows the container programs look up, one per
 //! host-side veth netwarp programs: the target's policy and its cap slot.
-//! Small ifindexes index an array (the verifier inlines its lookup), the
-//! rest a hash map. These rows are the only record of policies and cap
+//! A row sits in an array at its ifindex's slot, tagged with the ifindex
+//! (the verifier inlines the lookup), or, when another veth holds that
+//! slot, in a hash map by ifindex. These rows are the only record of policies and cap
 //! slots: the controller keeps what it wrote (adopted by one scan at load)
 //! and reads single rows back to compare.
 
@@ -14,7 +15,7 @@ use aya::{
     },
 };
 use netwarp_common::{
-    IFACE_ARRAY_SIZE, IFACES_HIGH_MAP, IFACES_MAP, IfaceState, VERDICTS_LOW_MAP, VERDICTS_MAP,
+    IFACE_SLOT_MASK, IFACES_HIGH_MAP, IFACES_MAP, IfaceState, VERDICTS_LOW_MAP, VERDICTS_MAP,
     VerdictCounters,
 };
 
@@ -32,12 +33,15 @@ pub(super) struct States {
 impl States {
     /// Adopts what the maps hold: one scan of the array and the hash map.
     pub(super) fn adopt(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        let mut written = read_all(
+        let mut written: BTreeMap<u32, IfaceState> = read_all(
             &hash_map::<u32, IfaceState>(ebpf, IFACES_HIGH_MAP)?,
             IFACES_HIGH_MAP,
-        )?;
+        )?
+        .into_iter()
+        .map(|(ifindex, row)| (ifindex, row.unplaced()))
+        .collect();
         let array: Array<&mut MapData, IfaceState> = typed(ebpf, IFACES_MAP)?;
-        written.extend(non_zero_rows(&array)?);
+        written.extend(array_rows(&array)?);
         Ok(Self { written })
     }
 
@@ -57,12 +61,13 @@ impl States {
         ifindex: u32,
         state: IfaceState,
     ) -> Result<(), EbpfError> {
+        let slot = placement(ebpf, ifindex)?;
         if self.get(ifindex) == IfaceState::default() && state != IfaceState::default() {
             // A newly programmed interface counts from zero, whatever an
-            // earlier interface with its ifindex left.
-            zero_verdicts(ebpf, ifindex)?;
+            // earlier interface in its place left.
+            zero_verdicts(ebpf, ifindex, slot)?;
         }
-        write(ebpf, ifindex, state)?;
+        write_at(ebpf, ifindex, state, slot)?;
         if state == IfaceState::default() {
             self.written.remove(&ifindex);
         } else {
@@ -89,16 +94,35 @@ impl States {
     }
 }
 
-/// Clears the verdict counters of `ifindex` on every CPU.
-fn zero_verdicts(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
-    if ifindex >= IFACE_ARRAY_SIZE {
+/// Where `ifindex`'s row goes: its array slot when already its own, or
+/// free and the row is not in the hash map; None (the hash map)
+/// otherwise. A row never moves, so neither do its verdict counters.
+fn placement(ebpf: &mut Ebpf, ifindex: u32) -> Result<Option<u32>, EbpfError> {
+    let slot = ifindex & IFACE_SLOT_MASK;
+    let array: Array<&mut MapData, IfaceState> = typed(ebpf, IFACES_MAP)?;
+    let holder = array.get(&slot, 0).map_err(map_error(IFACES_MAP))?.ifindex;
+    if holder == ifindex {
+        return Ok(Some(slot));
+    }
+    if holder != 0 {
+        return Ok(None);
+    }
+    let map = hash_map::<u32, IfaceState>(ebpf, IFACES_HIGH_MAP)?;
+    let in_hash = super::maps::lookup(&map, IFACES_HIGH_MAP, &ifindex)?.is_some();
+    Ok((!in_hash).then_some(slot))
+}
+
+/// Clears the verdict counters of `ifindex` on every CPU, where its row
+/// is placed (`slot`, or the hash map).
+fn zero_verdicts(ebpf: &mut Ebpf, ifindex: u32, slot: Option<u32>) -> Result<(), EbpfError> {
+    let Some(slot) = slot else {
         let mut map: PerCpuHashMap<&mut MapData, u32, VerdictCounters> = typed(ebpf, VERDICTS_MAP)?;
         return match map.remove(&ifindex) {
             Ok(()) => Ok(()),
             Err(e) if already_gone(&e) => Ok(()),
             Err(e) => Err(map_error(VERDICTS_MAP)(e)),
         };
-    }
+    };
     let cpus_error = |io_error| {
         map_error(VERDICTS_LOW_MAP)(MapError::SyscallError(aya::sys::SyscallError {
             call: "nr_cpus",
@@ -110,31 +134,51 @@ fn zero_verdicts(ebpf: &mut Ebpf, ifindex: u32) -> Result<(), EbpfError> {
         PerCpuValues::try_from(vec![VerdictCounters::default(); nr_cpus]).map_err(cpus_error)?;
     let mut array: PerCpuArray<&mut MapData, VerdictCounters> = typed(ebpf, VERDICTS_LOW_MAP)?;
     array
-        .set(ifindex, zeros, 0)
+        .set(slot, zeros, 0)
         .map_err(map_error(VERDICTS_LOW_MAP))
 }
 
-/// The row of `ifindex` as the kernel holds it (zero when none).
+/// The row of `ifindex` as the kernel holds it, without its placement
+/// (zero when none).
 pub(super) fn read(ebpf: &mut Ebpf, ifindex: u32) -> Result<IfaceState, EbpfError> {
-    if ifindex < IFACE_ARRAY_SIZE {
-        let array: Array<&mut MapData, IfaceState> = typed(ebpf, IFACES_MAP)?;
-        return array.get(&ifindex, 0).map_err(map_error(IFACES_MAP));
+    let array: Array<&mut MapData, IfaceState> = typed(ebpf, IFACES_MAP)?;
+    let row = (array.get(&(ifindex & IFACE_SLOT_MASK), 0)).map_err(map_error(IFACES_MAP))?;
+    if row.ifindex == ifindex {
+        return Ok(row.unplaced());
     }
     let map = hash_map::<u32, IfaceState>(ebpf, IFACES_HIGH_MAP)?;
-    Ok(super::maps::lookup(&map, IFACES_HIGH_MAP, &ifindex)?.unwrap_or_default())
+    let row = super::maps::lookup(&map, IFACES_HIGH_MAP, &ifindex)?;
+    Ok(row.map(IfaceState::unplaced).unwrap_or_default())
 }
 
-/// Writes one row: in place in the array, or as one hash map update (a
-/// zero row is deleted there).
+/// Writes one row where it goes (see [`placement`]): in place in the
+/// array, or as one hash map update; a zero row frees its slot or is
+/// deleted.
 pub(super) fn write(ebpf: &mut Ebpf, ifindex: u32, state: IfaceState) -> Result<(), EbpfError> {
-    if ifindex < IFACE_ARRAY_SIZE {
+    let slot = placement(ebpf, ifindex)?;
+    write_at(ebpf, ifindex, state, slot)
+}
+
+fn write_at(
+    ebpf: &mut Ebpf,
+    ifindex: u32,
+    state: IfaceState,
+    slot: Option<u32>,
+) -> Result<(), EbpfError> {
+    let clear = state == IfaceState::default();
+    if let Some(slot) = slot {
+        let row = if clear {
+            IfaceState::default()
+        } else {
+            state.placed(ifindex, false)
+        };
         let mut array: Array<&mut MapData, IfaceState> = typed(ebpf, IFACES_MAP)?;
-        return array.set(ifindex, state, 0).map_err(map_error(IFACES_MAP));
+        array.set(slot, row, 0).map_err(map_error(IFACES_MAP))?;
     }
     let mut map: BpfHashMap<&mut MapData, u32, IfaceState> = hash_map(ebpf, IFACES_HIGH_MAP)?;
-    if state != IfaceState::default() {
+    if slot.is_none() && !clear {
         return map
-            .insert(ifindex, state, 0)
+            .insert(ifindex, state.placed(ifindex, true), 0)
             .map_err(map_error(IFACES_HIGH_MAP));
     }
     match map.remove(&ifindex) {
@@ -144,15 +188,16 @@ pub(super) fn write(ebpf: &mut Ebpf, ifindex: u32, state: IfaceState) -> Result<
     }
 }
 
-/// The non-zero rows of a state array, by index.
-pub(super) fn non_zero_rows<T: std::borrow::Borrow<MapData>>(
+/// The rows of a state array, by the ifindex each is tagged with, without
+/// their placement.
+pub(super) fn array_rows<T: std::borrow::Borrow<MapData>>(
     array: &Array<T, IfaceState>,
 ) -> Result<BTreeMap<u32, IfaceState>, EbpfError> {
     let mut rows = BTreeMap::new();
-    for (index, row) in array.iter().enumerate() {
+    for row in array.iter() {
         let row = row.map_err(map_error(IFACES_MAP))?;
-        if row != IfaceState::default() {
-            rows.insert(index as u32, row);
+        if row.ifindex != 0 {
+            rows.insert(row.ifindex, row.unplaced());
         }
     }
     Ok(rows)
