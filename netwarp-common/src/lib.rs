@@ -5,17 +5,11 @@
 //! layout byte for byte.
 #![no_std]
 
-/// Name of the per-CPU hash map holding [`TrafficCounters`] by [`TrafficKey`].
-pub const TRAFFIC_MAP: &str = "NETWARP_TRAFFIC";
-
 /// Program names, as the loader looks them up in the object.
 pub const PROG_TC_FROM_CONTAINER: &str = "netwarp_tc_from_container";
 pub const PROG_TC_TO_CONTAINER: &str = "netwarp_tc_to_container";
 pub const PROG_TC_BRIDGE_GUARD: &str = "netwarp_tc_bridge_guard";
 pub const PROG_TC_FROM_WARP: &str = "netwarp_tc_from_warp";
-
-/// Maximum number of interfaces the traffic map can track at once.
-pub const TRAFFIC_MAP_CAPACITY: u32 = 16_384;
 
 /// Direction of traffic relative to the container, not the host.
 ///
@@ -30,26 +24,9 @@ pub enum Direction {
     ToContainer = 1,
 }
 
-/// Key of the traffic map: one entry per host-side interface and direction.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TrafficKey {
-    pub ifindex: u32,
-    /// A [`Direction`] as `u32`.
-    pub direction: u32,
-}
-
-impl TrafficKey {
-    pub const fn new(ifindex: u32, direction: Direction) -> Self {
-        Self {
-            ifindex,
-            direction: direction as u32,
-        }
-    }
-}
-
-/// Value of the traffic map (per CPU): packets and bytes as tc sees them,
-/// i.e. `skb->len`, which includes the Ethernet header.
+/// Packets and bytes (per CPU in the programs' maps): what a bridge guard
+/// or a warp veth's program dropped, as tc sees it (`skb->len`, which
+/// includes the Ethernet header).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficCounters {
@@ -67,26 +44,34 @@ impl TrafficCounters {
     }
 }
 
-/// Name of the hash map holding each target's [`TargetPolicy`] by the
-/// ifindex of its host-side veth.
-pub const POLICY_MAP: &str = "NETWARP_POLICY";
+/// Names of maps earlier releases pinned and this one no longer uses: the
+/// policy and rate slot rows, now in the [`IfaceState`] rows (carried
+/// over at load), and the per-interface traffic counters (the veths' own
+/// statistics give them).
+pub const RETIRED_POLICY_MAP: &str = "NETWARP_POLICY";
+pub const RETIRED_RATE_SLOTS_MAP: &str = "NETWARP_RATE_SLOTS";
+pub const RETIRED_TRAFFIC_MAP: &str = "NETWARP_TRAFFIC";
 /// Names of the LPM tries holding [`RuleValue`]s by [`RuleKeyV4`] / [`RuleKeyV6`].
 pub const RULES_V4_MAP: &str = "NETWARP_RULES_V4";
 pub const RULES_V6_MAP: &str = "NETWARP_RULES_V6";
-/// Name of the per-CPU hash map of [`VerdictCounters`] by ifindex.
+/// Names of the per-CPU maps of [`VerdictCounters`] by ifindex: an array
+/// for ifindexes below [`IFACE_ARRAY_SIZE`], a hash map for the rest.
+pub const VERDICTS_LOW_MAP: &str = "NETWARP_VERDICTS_LOW";
 pub const VERDICTS_MAP: &str = "NETWARP_VERDICTS";
 
-/// Maximum number of targets, and of rule prefixes per address family.
+/// Maximum number of targets (beyond the state array), and of rule
+/// prefixes per address family.
 pub const POLICY_MAP_CAPACITY: u32 = 16_384;
 pub const RULES_MAP_CAPACITY: u32 = 65_536;
 /// Protocol selectors one destination prefix can carry.
 pub const MAX_SELECTORS: usize = 8;
 
-/// A target's policy: which rule set is live and where steered packets go.
+/// A target's policy: which rule set is live and where steered packets go
+/// (the policy part of its [`IfaceState`] row).
 ///
 /// `rule_set` prefixes every key of the target's rules in the LPM tries.
 /// The controller writes a complete new rule set under a fresh id, then
-/// swaps this one value, so the data path never sees a half-written set.
+/// rewrites the state row, so the data path never sees a half-written set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetPolicy {
@@ -96,6 +81,108 @@ pub struct TargetPolicy {
     /// The warp container's MAC on the shared network.
     pub warp_mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// Names of the data path's one lookup per packet: each host-side veth's
+/// [`IfaceState`], in an array at its ifindex's slot (the low bits,
+/// [`IFACE_SLOT_MASK`]), tagged with the ifindex; a veth whose slot
+/// another live veth holds has its row in a hash map by ifindex instead.
+/// Ifindexes only grow on a busy host, so a slot, not the ifindex itself,
+/// keeps nearly every veth on the array.
+pub const IFACES_MAP: &str = "NETWARP_IFACES";
+pub const IFACES_HIGH_MAP: &str = "NETWARP_IFACES_HIGH";
+/// Slots of the state array and of the verdict array (a power of two).
+pub const IFACE_ARRAY_SIZE: u32 = 16_384;
+/// An ifindex's slot: `ifindex & IFACE_SLOT_MASK`.
+pub const IFACE_SLOT_MASK: u32 = IFACE_ARRAY_SIZE - 1;
+
+/// [`IfaceState::flags`]: the interface is a target with a policy
+/// (`rule_set`, `warp_ifindex` and `warp_mac` hold it).
+pub const IFACE_POLICY: u16 = 1;
+/// [`IfaceState::flags`]: the interface is capped (`cap_slot` holds its slot).
+pub const IFACE_CAPPED: u16 = 2;
+/// [`IfaceState::flags`]: the row lives in the hash map (its verdicts too).
+pub const IFACE_IN_HASH: u16 = 4;
+
+/// Everything the container programs need about their interface, in one
+/// value. No row (or a zero row: no flags) is an interface netwarp does
+/// not program: its packets pass, as with no policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceState {
+    pub rule_set: u32,
+    pub warp_ifindex: u32,
+    pub warp_mac: [u8; 6],
+    pub flags: u16,
+    pub cap_slot: u32,
+    /// The interface this row is for (0 in a free slot); set where the row
+    /// is placed, as is [`IFACE_IN_HASH`].
+    pub ifindex: u32,
+}
+
+impl IfaceState {
+    /// The row for an interface with `policy` and/or `cap_slot`.
+    pub const fn of(policy: Option<TargetPolicy>, cap_slot: Option<u32>) -> Self {
+        let mut state = Self {
+            rule_set: 0,
+            warp_ifindex: 0,
+            warp_mac: [0; 6],
+            flags: 0,
+            cap_slot: 0,
+            ifindex: 0,
+        };
+        if let Some(p) = policy {
+            state.rule_set = p.rule_set;
+            state.warp_ifindex = p.warp_ifindex;
+            state.warp_mac = p.warp_mac;
+            state.flags |= IFACE_POLICY;
+        }
+        if let Some(slot) = cap_slot {
+            state.cap_slot = slot;
+            state.flags |= IFACE_CAPPED;
+        }
+        state
+    }
+
+    /// This row as placed for `ifindex`, in the array or the hash map.
+    pub const fn placed(self, ifindex: u32, in_hash: bool) -> Self {
+        let mut state = self;
+        state.ifindex = ifindex;
+        if in_hash {
+            state.flags |= IFACE_IN_HASH;
+        }
+        state
+    }
+
+    /// This row without its placement: what the controller compares.
+    pub const fn unplaced(self) -> Self {
+        let mut state = self;
+        state.ifindex = 0;
+        state.flags &= !IFACE_IN_HASH;
+        state
+    }
+
+    /// The policy this row holds, if any.
+    pub const fn policy(&self) -> Option<TargetPolicy> {
+        if self.flags & IFACE_POLICY == 0 {
+            return None;
+        }
+        Some(TargetPolicy {
+            rule_set: self.rule_set,
+            warp_ifindex: self.warp_ifindex,
+            warp_mac: self.warp_mac,
+            _pad: [0; 2],
+        })
+    }
+
+    /// The cap slot this row holds, if capped.
+    pub const fn cap_slot(&self) -> Option<u32> {
+        if self.flags & IFACE_CAPPED == 0 {
+            None
+        } else {
+            Some(self.cap_slot)
+        }
+    }
 }
 
 /// LPM key data for IPv4: the rule set id, then the address (network
@@ -187,11 +274,10 @@ impl VerdictCounters {
     }
 }
 
-/// Name of the hash map giving each capped host-side interface (by
-/// ifindex) its container's cap slot, and of the hash map holding the
-/// [`RateBuckets`] by slot. A container on several networks has one veth
-/// per network; all of them share its slot, so the cap is per container.
-pub const RATE_SLOTS_MAP: &str = "NETWARP_RATE_SLOTS";
+/// Name of the hash map holding the [`RateBuckets`] by cap slot (each
+/// capped interface's [`IfaceState`] names its container's slot). A
+/// container on several networks has one veth per network; all of them
+/// share its slot, so the cap is per container.
 pub const RATE_BUCKETS_MAP: &str = "NETWARP_RATE_BUCKETS";
 
 /// Fixed-point shift of [`TokenBucket::ns_per_byte`].
@@ -293,11 +379,11 @@ mod user {
     unsafe impl aya::Pod for super::WarpPeerKey {}
     // SAFETY: repr(C), integers and a byte array, no padding (24 bytes).
     unsafe impl aya::Pod for super::GuardAllowKey {}
-    // SAFETY: both types are repr(C), made only of integers, and have no padding.
-    unsafe impl aya::Pod for super::TrafficKey {}
+    // SAFETY: repr(C), made only of integers, and has no padding.
     unsafe impl aya::Pod for super::TrafficCounters {}
     // SAFETY: as above; explicit `_pad` fields leave no implicit padding.
     unsafe impl aya::Pod for super::TargetPolicy {}
+    unsafe impl aya::Pod for super::IfaceState {}
     unsafe impl aya::Pod for super::RuleKeyV4 {}
     unsafe impl aya::Pod for super::RuleKeyV6 {}
     unsafe impl aya::Pod for super::RuleValue {}
@@ -313,9 +399,9 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(size_of::<TrafficKey>(), 8);
         assert_eq!(size_of::<TrafficCounters>(), 16);
         assert_eq!(size_of::<TargetPolicy>(), 16);
+        assert_eq!(size_of::<IfaceState>(), 24);
         assert_eq!(size_of::<RuleKeyV4>(), 8);
         assert_eq!(size_of::<RuleKeyV6>(), 20);
         assert_eq!(size_of::<Selector>(), 6);
@@ -325,6 +411,31 @@ mod tests {
         assert_eq!(size_of::<RateBuckets>(), 48);
         assert_eq!(size_of::<GuardAllowKey>(), 24);
         assert_eq!(size_of::<WarpPeerKey>(), 24);
+    }
+
+    #[test]
+    fn a_state_row_holds_a_policy_and_a_cap_slot_independently() {
+        let policy = TargetPolicy {
+            rule_set: 7,
+            warp_ifindex: 3,
+            warp_mac: [2, 0, 0, 0, 0, 1],
+            _pad: [0; 2],
+        };
+        let both = IfaceState::of(Some(policy), Some(0));
+        assert_eq!((both.policy(), both.cap_slot()), (Some(policy), Some(0)));
+        // Slot 0 is a slot: the flag, not the value, says capped.
+        assert_eq!(IfaceState::of(None, Some(0)).cap_slot(), Some(0));
+        assert_eq!(IfaceState::of(None, Some(0)).policy(), None);
+        assert_eq!(IfaceState::of(Some(policy), None).cap_slot(), None);
+        // No policy and no cap is the zero row: an interface left alone.
+        assert_eq!(IfaceState::of(None, None), IfaceState::default());
+        // Placement is not part of what is compared.
+        let placed = both.placed(20_000, true);
+        assert_eq!(
+            (placed.ifindex, placed.flags & IFACE_IN_HASH),
+            (20_000, IFACE_IN_HASH)
+        );
+        assert_eq!(placed.unplaced(), both);
     }
 
     #[test]

@@ -15,28 +15,30 @@ mod programs {
         bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::{bpf_ktime_get_ns, bpf_redirect},
         macros::{classifier, map},
-        maps::{HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+        maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
     };
     use aya_log_ebpf::debug;
     use netwarp_common::{
         ACTION_BLOCK, ACTION_STEER, Direction, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC,
-        GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, MAX_SELECTORS,
+        GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, IFACE_ARRAY_SIZE,
+        IFACE_CAPPED, IFACE_IN_HASH, IFACE_POLICY, IFACE_SLOT_MASK, IfaceState, MAX_SELECTORS,
         NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS,
-        RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TRAFFIC_MAP_CAPACITY,
-        TargetPolicy, TokenBucket, TrafficCounters, TrafficKey, VerdictCounters,
-        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+        RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TokenBucket,
+        TrafficCounters, VerdictCounters, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
     };
 
-    /// Packets and bytes per host-side interface and direction.
-    #[map(name = "NETWARP_TRAFFIC")]
-    static NETWARP_TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
-        PerCpuHashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
+    /// Each host-side veth's state (policy, warp, cap slot), at its
+    /// ifindex's slot (the low bits) and tagged with the ifindex: the
+    /// container programs' one lookup. Keyed by interface, so a container
+    /// cannot pick a policy by spoofing addresses. An array lookup is
+    /// inlined by the verifier into a bounds check and an add.
+    #[map(name = "NETWARP_IFACES")]
+    static NETWARP_IFACES: Array<IfaceState> = Array::with_max_entries(IFACE_ARRAY_SIZE, 0);
 
-    /// Each target's policy, by the ifindex of its host-side veth. Keyed by
-    /// interface, so a container cannot pick a policy by spoofing addresses.
-    #[map(name = "NETWARP_POLICY")]
-    static NETWARP_POLICY: HashMap<u32, TargetPolicy> =
+    /// The same, by ifindex, for a veth whose slot another one holds.
+    #[map(name = "NETWARP_IFACES_HIGH")]
+    static NETWARP_IFACES_HIGH: HashMap<u32, IfaceState> =
         HashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
 
     /// Flag the kernel requires on LPM tries.
@@ -50,14 +52,17 @@ mod programs {
     static NETWARP_RULES_V6: LpmTrie<RuleKeyV6, RuleValue> =
         LpmTrie::with_max_entries(RULES_MAP_CAPACITY, BPF_F_NO_PREALLOC);
 
+    /// What the programs alone can count (steered, dropped by reason), per
+    /// target and CPU: in an array at the target's state slot (inlined
+    /// lookup, no insert), by ifindex in a hash map for a state row there. Packets and
+    /// bytes the veth's own statistics give are not counted here.
+    #[map(name = "NETWARP_VERDICTS_LOW")]
+    static NETWARP_VERDICTS_LOW: PerCpuArray<VerdictCounters> =
+        PerCpuArray::with_max_entries(IFACE_ARRAY_SIZE, 0);
+
     #[map(name = "NETWARP_VERDICTS")]
     static NETWARP_VERDICTS: PerCpuHashMap<u32, VerdictCounters> =
         PerCpuHashMap::with_max_entries(POLICY_MAP_CAPACITY, 0);
-
-    /// Each capped interface's cap slot (its container's), by ifindex.
-    #[map(name = "NETWARP_RATE_SLOTS")]
-    static NETWARP_RATE_SLOTS: HashMap<u32, u32> =
-        HashMap::with_max_entries(TRAFFIC_MAP_CAPACITY, 0);
 
     /// Each container's token buckets, by cap slot. Shared by every CPU:
     /// a cap is one budget, however the packets are spread.
@@ -111,21 +116,60 @@ mod programs {
     /// tc ingress on a container's host-side veth: what the container sends.
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
-        count(&ctx, Direction::FromContainer);
-        if !within_cap(&ctx, Direction::FromContainer) {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let Some(state) = iface_state(ifindex) else {
+            return PASS;
+        };
+        if state.flags & IFACE_CAPPED != 0 && !within_cap(&ctx, state, Direction::FromContainer) {
             return TC_ACT_SHOT;
         }
-        try_steer(&ctx).unwrap_or(PASS)
+        if state.flags & IFACE_POLICY == 0 {
+            return PASS;
+        }
+        try_steer(&ctx, state).unwrap_or(PASS)
     }
 
     /// tc egress on a container's host-side veth: what the container receives.
     #[classifier]
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
-        count(&ctx, Direction::ToContainer);
-        if !within_cap(&ctx, Direction::ToContainer) {
+        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        if let Some(state) = iface_state(ifindex)
+            && state.flags & IFACE_CAPPED != 0
+            && !within_cap(&ctx, state, Direction::ToContainer)
+        {
             return TC_ACT_SHOT;
         }
         PASS
+    }
+
+    /// The state row of a host-side veth: the array's at its slot when
+    /// tagged with its ifindex, else the hash map's (none: netwarp does not
+    /// program it). The controller rewrites a row in place, without a
+    /// lock: a packet racing the write may see fields of both rows, each
+    /// of which is a complete, valid state (its rule sets stay installed
+    /// until after the write), so it is steered or dropped by one or the
+    /// other. A slot changes hands only once its veth's row is cleared.
+    ///
+    /// The array lookup comes first and alone: two lookups behind one
+    /// branch would be merged by the compiler into one call with a
+    /// variable map, which the verifier cannot inline.
+    #[inline(always)]
+    fn iface_state(ifindex: u32) -> Option<&'static IfaceState> {
+        if let Some(state) = NETWARP_IFACES.get(ifindex & IFACE_SLOT_MASK)
+            && state.ifindex == ifindex
+        {
+            return Some(state);
+        }
+        // SAFETY: read-only use of a value the controller replaces whole.
+        unsafe { NETWARP_IFACES_HIGH.get(&ifindex) }
+    }
+
+    /// The policy of the target whose host-side veth is `ifindex`.
+    #[inline(always)]
+    fn policy_of(ifindex: u32) -> Option<&'static IfaceState> {
+        iface_state(ifindex).filter(|s| s.flags & IFACE_POLICY != 0)
     }
 
     /// tc ingress on a Docker network's bridge: what its containers send to
@@ -149,22 +193,22 @@ mod programs {
             kind: GUARD_ALLOW_MAC,
             addr: [0; 16],
         };
-        let mac: [u8; 6] = ctx.load(6).ok()?;
+        let mac: [u8; 6] = read(ctx, 6)?;
         allow.addr[..6].copy_from_slice(&mac);
         if allowed(&allow) {
             return None;
         }
-        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         match ethertype {
             ETH_P_IP => {
-                let source: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
+                let source: [u8; 4] = read(ctx, ETH_HLEN + 12)?;
                 allow.kind = GUARD_ALLOW_IPV4;
                 allow.addr = [0; 16];
                 allow.addr[..4].copy_from_slice(&source);
             }
             ETH_P_IPV6 => {
                 allow.kind = GUARD_ALLOW_IPV6;
-                allow.addr = ctx.load(ETH_HLEN + 8).ok()?;
+                allow.addr = read(ctx, ETH_HLEN + 8)?;
             }
             _ => return None,
         }
@@ -196,7 +240,7 @@ mod programs {
     fn try_from_warp(ctx: &TcContext) -> Option<i32> {
         // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let mut key = WarpPeerKey {
             warp_ifindex: ifindex,
             family: 0,
@@ -207,15 +251,15 @@ mod programs {
                 key.family = GUARD_ALLOW_IPV4;
                 let mut source = [0u8; 16];
                 let mut destination = [0u8; 16];
-                source[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 12).ok()?);
-                destination[..4].copy_from_slice(&ctx.load::<[u8; 4]>(ETH_HLEN + 16).ok()?);
+                source[..4].copy_from_slice(&read::<[u8; 4]>(ctx, ETH_HLEN + 12)?);
+                destination[..4].copy_from_slice(&read::<[u8; 4]>(ctx, ETH_HLEN + 16)?);
                 (source, destination)
             }
             ETH_P_IPV6 => {
                 key.family = GUARD_ALLOW_IPV6;
                 (
-                    ctx.load::<[u8; 16]>(ETH_HLEN + 8).ok()?,
-                    ctx.load::<[u8; 16]>(ETH_HLEN + 24).ok()?,
+                    read::<[u8; 16]>(ctx, ETH_HLEN + 8)?,
+                    read::<[u8; 16]>(ctx, ETH_HLEN + 24)?,
                 )
             }
             _ => return None,
@@ -223,7 +267,7 @@ mod programs {
         key.addr = destination;
         // SAFETY: read-only lookups of values the controller writes whole.
         if let Some(target) = unsafe { NETWARP_WARP_PEERS.get(&key) }
-            && let Some(policy) = unsafe { NETWARP_POLICY.get(target) }
+            && let Some(policy) = policy_of(*target)
             && policy.warp_ifindex == ifindex
         {
             // SAFETY: a plain helper call; it only records the target.
@@ -232,8 +276,7 @@ mod programs {
         key.addr = source;
         // SAFETY: as above.
         let target = unsafe { NETWARP_WARP_PEERS.get(&key) }?;
-        // SAFETY: as above.
-        let policy = unsafe { NETWARP_POLICY.get(target) }?;
+        let policy = policy_of(*target)?;
         matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
         add_traffic(&NETWARP_WARP_LEAKS, &ifindex, u64::from(ctx.len()));
         debug!(ctx, "untunnelled forward dropped: warp ifindex {}", ifindex);
@@ -261,14 +304,9 @@ mod programs {
     /// 64 KiB offload packet) is never starved; the debt it leaves is paid
     /// before the next one passes, so the long-run rate holds.
     #[inline(always)]
-    fn within_cap(ctx: &TcContext, direction: Direction) -> bool {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        // SAFETY: read-only use of a value the controller writes whole.
-        let Some(slot) = (unsafe { NETWARP_RATE_SLOTS.get(&ifindex) }) else {
-            return true;
-        };
-        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(slot) else {
+    fn within_cap(ctx: &TcContext, state: &IfaceState, direction: Direction) -> bool {
+        let ifindex = state.ifindex;
+        let Some(buckets) = NETWARP_RATE_BUCKETS.get_ptr_mut(&state.cap_slot) else {
             return true;
         };
         // SAFETY: the pointer is into a live map value; fields are plain u64.
@@ -290,7 +328,7 @@ mod programs {
         // SAFETY: as above.
         let next = unsafe { core::ptr::read_volatile(next_ns) };
         if next > now {
-            count_verdict(ifindex, u64::from(ctx.len()), Verdict::Rate);
+            count_verdict(state, u64::from(ctx.len()), Verdict::Rate);
             debug!(
                 ctx,
                 "cap drop: ifindex {} direction {}", ifindex, direction as u32
@@ -333,21 +371,21 @@ mod programs {
     fn segment_header_len(ctx: &TcContext) -> u64 {
         // IPv4 with a TCP header carrying timestamps: the common case.
         const FALLBACK: u64 = 52;
-        let Ok(ethertype) = ctx.load::<u16>(12) else {
+        let Some(ethertype) = read::<u16>(ctx, 12) else {
             return FALLBACK;
         };
         let (ip_len, ip_proto) = match u16::from_be(ethertype) {
             ETH_P_IP => {
-                let Ok(version_ihl) = ctx.load::<u8>(ETH_HLEN) else {
+                let Some(version_ihl) = read::<u8>(ctx, ETH_HLEN) else {
                     return FALLBACK;
                 };
-                let Ok(proto) = ctx.load::<u8>(ETH_HLEN + 9) else {
+                let Some(proto) = read::<u8>(ctx, ETH_HLEN + 9) else {
                     return FALLBACK;
                 };
                 (usize::from(version_ihl & 0x0f) * 4, proto)
             }
             ETH_P_IPV6 => {
-                let Ok(proto) = ctx.load::<u8>(ETH_HLEN + 6) else {
+                let Some(proto) = read::<u8>(ctx, ETH_HLEN + 6) else {
                     return FALLBACK;
                 };
                 (40, proto)
@@ -365,6 +403,23 @@ mod programs {
         ip_len as u64 + l4_len
     }
 
+    /// Reads a `T` at `offset` of the packet: straight from its linear
+    /// data when it lies there (direct packet access, no helper call), by
+    /// `bpf_skb_load_bytes` otherwise (headers beyond the linear part).
+    ///
+    /// `offset` must be a constant: the verifier proves direct accesses
+    /// only through a fixed offset from `data`, and with a variable one
+    /// the compiler folds the access size into it, so nothing is proven.
+    #[inline(always)]
+    fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+        let start = ctx.data();
+        if start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
+            // SAFETY: the bytes lie within [data, data_end), checked above.
+            return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        }
+        ctx.load(offset).ok()
+    }
+
     /// What the parser found: the L4 protocol, the destination port when it
     /// could be read, and whether this is a non-first fragment (no L4 header).
     struct Flow {
@@ -377,19 +432,16 @@ mod programs {
     /// Unparseable or truncated packets pass: they are not steerable traffic
     /// and the kernel drops malformed IP itself.
     #[inline(always)]
-    fn try_steer(ctx: &TcContext) -> Option<i32> {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        // SAFETY: read-only use of a value the controller replaces whole.
-        let policy = unsafe { NETWARP_POLICY.get(&ifindex) }?;
+    fn try_steer(ctx: &TcContext, policy: &IfaceState) -> Option<i32> {
+        let ifindex = policy.ifindex;
         let rule_set = policy.rule_set.to_be_bytes();
-        let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+        let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let rule = matching_rule(ctx, ethertype, rule_set)?;
         let bytes = u64::from(ctx.len());
         match rule.action {
             ACTION_STEER => {
                 ctx.store(0, &policy.warp_mac, 0).ok()?;
-                count_verdict(ifindex, bytes, Verdict::Steered);
+                count_verdict(policy, bytes, Verdict::Steered);
                 // SAFETY: a plain helper call; it only records the target.
                 Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
             }
@@ -399,7 +451,7 @@ mod programs {
                 } else {
                     Verdict::Policy
                 };
-                count_verdict(ifindex, bytes, verdict);
+                count_verdict(policy, bytes, verdict);
                 debug!(
                     ctx,
                     "blocked: ifindex {} reason {}", ifindex, rule.block_reason
@@ -444,14 +496,14 @@ mod programs {
 
     #[inline(always)]
     fn parse_ipv4(ctx: &TcContext) -> Option<([u8; 4], Flow)> {
-        let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+        let version_ihl: u8 = read(ctx, ETH_HLEN)?;
         let header_len = usize::from(version_ihl & 0x0f) * 4;
         if header_len < 20 {
             return None;
         }
-        let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
-        let ip_proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-        let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
+        let frag: u16 = u16::from_be(read(ctx, ETH_HLEN + 6)?);
+        let ip_proto: u8 = read(ctx, ETH_HLEN + 9)?;
+        let dst: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
         // Only the first fragment (offset 0) carries the L4 header.
         let first_fragment = frag & 0x1fff == 0;
         let dport = if first_fragment {
@@ -471,8 +523,8 @@ mod programs {
 
     #[inline(always)]
     fn parse_ipv6(ctx: &TcContext) -> Option<([u8; 16], Flow)> {
-        let mut next: u8 = ctx.load(ETH_HLEN + 6).ok()?;
-        let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).ok()?;
+        let mut next: u8 = read(ctx, ETH_HLEN + 6)?;
+        let dst: [u8; 16] = read(ctx, ETH_HLEN + 24)?;
         let mut offset = ETH_HLEN + 40;
         let mut first_fragment = true;
         for _ in 0..MAX_EXT_HEADERS {
@@ -512,12 +564,22 @@ mod programs {
         ))
     }
 
+    /// The destination port of a TCP or UDP header at `offset`. The common
+    /// offsets (IPv4 without options, IPv6 without extension headers) are
+    /// read directly; others through `bpf_skb_load_bytes`.
     #[inline(always)]
     fn l4_dport(ctx: &TcContext, offset: usize, ip_proto: u8) -> Option<u16> {
-        match ip_proto {
-            IPPROTO_TCP | IPPROTO_UDP => ctx.load::<u16>(offset + 2).ok().map(u16::from_be),
-            _ => None,
+        const V4: usize = ETH_HLEN + 20;
+        const V6: usize = ETH_HLEN + 40;
+        if ip_proto != IPPROTO_TCP && ip_proto != IPPROTO_UDP {
+            return None;
         }
+        let port = match offset {
+            V4 => read::<u16>(ctx, V4 + 2)?,
+            V6 => read::<u16>(ctx, V6 + 2)?,
+            _ => ctx.load::<u16>(offset + 2).ok()?,
+        };
+        Some(u16::from_be(port))
     }
 
     /// Whether the rule's selectors take this flow. A non-first fragment has
@@ -559,7 +621,8 @@ mod programs {
     }
 
     #[inline(always)]
-    fn count_verdict(ifindex: u32, bytes: u64, verdict: Verdict) {
+    fn count_verdict(state: &IfaceState, bytes: u64, verdict: Verdict) {
+        let ifindex = state.ifindex;
         let add = |counters: *mut VerdictCounters| {
             // SAFETY: a per-CPU value; only this CPU writes it while we run.
             unsafe {
@@ -583,6 +646,17 @@ mod programs {
                 }
             }
         };
+        // As in `iface_state`: the array alone first. A row in the hash
+        // map counts there: its index is past the array's end.
+        let slot = if state.flags & IFACE_IN_HASH == 0 {
+            ifindex & IFACE_SLOT_MASK
+        } else {
+            u32::MAX
+        };
+        if let Some(counters) = NETWARP_VERDICTS_LOW.get_ptr_mut(slot) {
+            add(counters);
+            return;
+        }
         if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
             add(counters);
             return;
@@ -592,14 +666,6 @@ mod programs {
         if let Some(counters) = NETWARP_VERDICTS.get_ptr_mut(&ifindex) {
             add(counters);
         }
-    }
-
-    #[inline(always)]
-    fn count(ctx: &TcContext, direction: Direction) {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let key = TrafficKey::new(ifindex, direction);
-        add_traffic(&NETWARP_TRAFFIC, &key, u64::from(ctx.len()));
     }
 
     /// Adds one packet of `bytes` to `key`'s per-CPU counters, creating

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod daemon;
 pub mod docker;
 pub mod fake_docker;
+pub mod fastpath;
 pub mod iperf;
 pub mod isolation;
 pub mod netns;

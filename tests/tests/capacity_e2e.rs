@@ -13,8 +13,7 @@ use std::time::Duration;
 use aya::maps::lpm_trie::Key;
 use netwarp::dataplane::ebpf::PinnedMaps;
 use netwarp_common::{
-    ACTION_BLOCK, POLICY_MAP, REASON_POLICY, RULE_SET_BITS, RULES_V4_MAP, RuleKeyV4, RuleValue,
-    TargetPolicy,
+    ACTION_BLOCK, REASON_POLICY, RULE_SET_BITS, RULES_V4_MAP, RuleKeyV4, RuleValue, TargetPolicy,
 };
 use netwarp_tests::{
     command::output,
@@ -163,8 +162,9 @@ fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf
     // that is down.
     let (host_ifindex, _) = heavy.host_veth().expect("the heavy target's veth");
     let maps = PinnedMaps::new(daemon.pin_dir());
-    let policy: TargetPolicy = (maps.get(POLICY_MAP, &host_ifindex))
-        .expect("the policy map")
+    let policy: TargetPolicy = (maps.iface_state(host_ifindex))
+        .expect("the state map")
+        .policy()
         .expect("a policy on the heavy target's veth");
     let trie = (maps.lpm_trie::<RuleKeyV4, RuleValue>(RULES_V4_MAP)).expect("the v4 rules");
     let any: std::net::Ipv4Addr = world.warp_ip.parse().expect("an address");

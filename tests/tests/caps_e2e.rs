@@ -19,7 +19,6 @@ use std::{
 };
 
 use netwarp::dataplane::ebpf::PinnedMaps;
-use netwarp_common::VerdictCounters;
 use netwarp_tests::{
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork, HOST_TOOLS},
@@ -77,7 +76,7 @@ fn set_rate_limit(daemon: &Daemon, key: &str, value: &str) {
 /// The rate-drop counters of a host interface, from the daemon's pins.
 fn rate_drops(daemon: &Daemon, ifindex: u32) -> u64 {
     PinnedMaps::new(daemon.pin_dir())
-        .sum::<u32, VerdictCounters>(netwarp_common::VERDICTS_MAP, &ifindex)
+        .verdicts(ifindex)
         .map_or(0, |sum| sum.rate_packets)
 }
 
@@ -367,11 +366,11 @@ fn the_shapers_drops_are_exported() {
     drop(warp);
 }
 
-/// Whether the daemon's pinned slot map caps host interface `ifindex`.
+/// Whether the daemon's pinned state row caps host interface `ifindex`.
 fn policer_caps(daemon: &Daemon, ifindex: u32) -> bool {
     PinnedMaps::new(daemon.pin_dir())
-        .get::<u32, u32>(netwarp_common::RATE_SLOTS_MAP, &ifindex)
-        .is_ok_and(|slot| slot.is_some())
+        .iface_state(ifindex)
+        .is_ok_and(|state| state.cap_slot().is_some())
 }
 
 /// A SIGHUP that switches `rate_limits.enforcement` moves a container's

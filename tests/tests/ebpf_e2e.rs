@@ -81,8 +81,8 @@ fn sigkill_under_live_traffic_keeps_steering_and_blocking() {
     let programs_before = tcx_programs(&steered_veth);
     assert_eq!(
         programs_before.len(),
-        2,
-        "one program per direction: {programs_before:?}"
+        1,
+        "uncapped: the from-container program only: {programs_before:?}"
     );
 
     // 200 echoes over ~10 s from each target while the daemon is killed
@@ -148,7 +148,7 @@ fn foreign_tc_programs_keep_running() {
         &network,
         &[labels.target_label(&labels.warp_name("gw"))],
     );
-    let (ifindex, veth) = target.host_veth().expect("veth");
+    let (_, veth) = target.host_veth().expect("veth");
 
     // A program netwarp did not create, attached first: a separate load of
     // the counters, with its own private maps.
@@ -157,7 +157,11 @@ fn foreign_tc_programs_keep_running() {
         .attach_counters(&veth)
         .expect("attaching the foreign program");
     let foreign_ids: Vec<u32> = tcx_programs(&veth).into_iter().map(|(_, id)| id).collect();
-    assert_eq!(foreign_ids.len(), 2);
+    assert_eq!(
+        foreign_ids.len(),
+        1,
+        "an uncapped interface gets one program"
+    );
 
     let daemon = Daemon::start(&labels, "ebpf", GLOBAL_RULES).expect("daemon");
     assert!(
@@ -167,29 +171,29 @@ fn foreign_tc_programs_keep_running() {
     let after: Vec<u32> = tcx_programs(&veth).into_iter().map(|(_, id)| id).collect();
     assert_eq!(
         after.len(),
-        4,
-        "netwarp's two programs beside the foreign two"
+        2,
+        "netwarp's from-container program beside the foreign one (uncapped: no \
+         to-container program)"
     );
     assert!(
         foreign_ids.iter().all(|id| after.contains(id)),
         "a foreign program was detached"
     );
 
-    // Traffic netwarp leaves alone still reaches the foreign program.
+    // Traffic netwarp leaves alone still reaches the foreign program: the
+    // kernel's run count of the foreign from-container program grows.
+    let _stats = tcx::BpfStats::enable().expect("enabling the kernel's BPF stats");
     let warp_ip = warp.ipv4(&network).expect("warp ip");
-    let still_runs = |foreign: &EbpfDataplane| {
-        let before = foreign
-            .traffic(ifindex)
-            .expect("foreign counters")
-            .from_container
-            .packets;
+    let foreign_runs = || {
+        (tcx::program_stats(&veth).into_iter())
+            .filter(|p| foreign_ids.contains(&p.id))
+            .map(|p| p.run_count)
+            .sum::<u64>()
+    };
+    let still_runs = |_: &EbpfDataplane| {
+        let before = foreign_runs();
         let _ = target.exec(&["ping", "-c", "3", "-i", "0.1", "-W", "1", &warp_ip]);
-        foreign
-            .traffic(ifindex)
-            .expect("foreign counters")
-            .from_container
-            .packets
-            >= before + 3
+        foreign_runs() >= before + 3
     };
     assert!(
         still_runs(&foreign),
@@ -501,7 +505,11 @@ fn a_pin_made_after_the_load_is_adopted_not_attached_twice() {
         early.attach_ifindex(ifindex).expect("attaching");
     }
     let attached = tcx_programs(&veth.host);
-    assert_eq!(attached.len(), 2, "one program per direction: {attached:?}");
+    assert_eq!(
+        attached.len(),
+        1,
+        "uncapped: the from-container program only: {attached:?}"
+    );
     late.attach_ifindex(ifindex)
         .expect("attaching where a pin exists adopts it");
     late.attach_ifindex(ifindex)
@@ -509,7 +517,7 @@ fn a_pin_made_after_the_load_is_adopted_not_attached_twice() {
     let adopted = tcx_programs(&veth.host);
     assert_eq!(
         adopted.len(),
-        2,
+        1,
         "nothing attached beside the pin: {adopted:?}"
     );
     late.detach_ifindex(ifindex).expect("detaching");
@@ -565,7 +573,11 @@ fn a_pinned_link_of_a_vanished_interface_is_not_adopted() {
     assert_eq!(tcx_programs(&live.host), [], "nothing runs there yet");
     dataplane.attach_ifindex(ifindex).expect("attaching");
     let attached = tcx_programs(&live.host);
-    assert_eq!(attached.len(), 2, "one program per direction: {attached:?}");
+    assert_eq!(
+        attached.len(),
+        1,
+        "uncapped: the from-container program only: {attached:?}"
+    );
     dataplane.detach_ifindex(ifindex).expect("detaching");
     drop(dataplane);
     drop(live);
@@ -640,4 +652,113 @@ fn a_restart_resizes_the_rule_tries_and_carries_their_rows() {
         "the refused resize changed the rows"
     );
     third.remove_policy(target).expect("removing the policy");
+}
+
+/// An earlier release's pinned policy and rate slot rows are carried into
+/// the state rows at load and their pins retired: its targets stay steered
+/// and capped from the first packet the new programs see.
+#[test]
+fn rows_pinned_by_an_earlier_release_are_carried_into_the_state_rows() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use netwarp_common::{RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP, TargetPolicy};
+    let test = "rows_pinned_by_an_earlier_release_are_carried_into_the_state_rows";
+    skip_if!(test, skip::missing_root());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwc")));
+    std::fs::create_dir_all(&dir.0).expect("pin dir");
+    let (policies, slots) = (
+        dir.0.join(RETIRED_POLICY_MAP),
+        dir.0.join(RETIRED_RATE_SLOTS_MAP),
+    );
+    pin_hash_map(&policies, 4, std::mem::size_of::<TargetPolicy>() as u32);
+    pin_hash_map(&slots, 4, 4);
+    let open = |path: &std::path::Path| {
+        Map::from_map_data(MapData::from_pin(path).expect("the pin")).expect("a map")
+    };
+    let policy = TargetPolicy {
+        rule_set: 7,
+        warp_ifindex: 3,
+        warp_mac: [2, 0, 0, 0, 0, 1],
+        _pad: [0; 2],
+    };
+    // One ifindex in the state array, one beyond it.
+    let (low, high) = (5u32, netwarp_common::IFACE_ARRAY_SIZE + 5);
+    let mut old_policies: BpfHashMap<_, u32, TargetPolicy> =
+        BpfHashMap::try_from(open(&policies)).expect("the policy map");
+    old_policies.insert(low, policy, 0).expect("a policy row");
+    old_policies.insert(high, policy, 0).expect("a policy row");
+    let mut old_slots: BpfHashMap<_, u32, u32> =
+        BpfHashMap::try_from(open(&slots)).expect("the slot map");
+    old_slots.insert(low, 9, 0).expect("a slot row");
+    drop((old_policies, old_slots));
+
+    let mut dataplane = EbpfDataplane::load_pinned(&dir.0).expect("loading over the old pins");
+    assert_eq!(dataplane.policy(low).unwrap(), Some(policy));
+    assert_eq!(dataplane.policy(high).unwrap(), Some(policy));
+    assert_eq!(
+        dataplane.cap_slots().unwrap(),
+        std::collections::HashMap::from([(low, 9)])
+    );
+    assert!(
+        !policies.exists() && !slots.exists(),
+        "the retired pins are removed"
+    );
+    drop(dataplane);
+}
+
+/// The to-container program hangs on a target's veth only while a cap
+/// limits what the container receives (its only work), and goes with
+/// that cap; every step is idempotent.
+#[test]
+fn the_to_container_program_follows_the_ingress_cap() {
+    use netwarp_common::{RateBuckets, TokenBucket};
+    use netwarp_tests::netns::{EnteredNetns, Netns, Veth};
+    let test = "the_to_container_program_follows_the_ingress_cap";
+    skip_if!(test, skip::missing_root());
+    let host = EnteredNetns::enter("nwia").expect("entering a test netns");
+    let peer = Netns::create("nwip").expect("peer netns");
+    let veth = Veth::create(&peer).expect("veth");
+    let ifindex = veth.host_ifindex().expect("ifindex");
+    let mut dataplane = EbpfDataplane::load().expect("loading");
+    let directions = || {
+        let mut d: Vec<&str> = (tcx_programs(&veth.host).into_iter())
+            .map(|(direction, _)| direction)
+            .collect();
+        d.sort();
+        d
+    };
+    let cap = TokenBucket::new(1_000_000, 10_000);
+    let ingress = RateBuckets {
+        egress: TokenBucket::default(),
+        ingress: cap,
+    };
+    let egress_only = RateBuckets {
+        egress: cap,
+        ingress: TokenBucket::default(),
+    };
+    dataplane.attach_ifindex(ifindex).expect("attaching");
+    assert_eq!(directions(), ["Ingress"], "uncapped");
+    for _ in 0..2 {
+        (dataplane.set_caps(1, &[ifindex], ingress)).expect("an ingress cap");
+        dataplane.attach_ifindex(ifindex).expect("attaching again");
+        assert_eq!(directions(), ["Egress", "Ingress"], "ingress capped");
+    }
+    (dataplane.set_caps(1, &[ifindex], egress_only)).expect("an egress cap");
+    assert_eq!(directions(), ["Ingress"], "only egress capped");
+    (dataplane.set_caps(1, &[ifindex], ingress)).expect("an ingress cap");
+    assert_eq!(directions(), ["Egress", "Ingress"]);
+    for _ in 0..2 {
+        dataplane.remove_caps(&[ifindex]).expect("uncapping");
+        assert_eq!(directions(), ["Ingress"], "uncapped again");
+    }
+    dataplane.detach_ifindex(ifindex).expect("detaching");
+    assert!(
+        eventually(Duration::from_secs(5), || directions().is_empty()),
+        "{:?}",
+        directions()
+    );
+    drop(dataplane);
+    drop(veth);
+    drop(peer);
+    drop(host);
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use aya::maps::lpm_trie::Key;
 use netwarp::dataplane::ebpf::PinnedMaps;
 use netwarp_common::{
-    ACTION_BLOCK, ACTION_STEER, POLICY_MAP, RULE_SET_BITS, RULES_V4_MAP, RuleKeyV4, RuleValue,
-    TargetPolicy,
+    ACTION_BLOCK, ACTION_STEER, RULE_SET_BITS, RULES_V4_MAP, RuleKeyV4, RuleValue, TargetPolicy,
 };
 use netwarp_tests::{
     command::{output, run},
@@ -46,8 +45,9 @@ fn mac_on(container: &Container, network: &DockerNetwork) -> String {
 /// The pinned policy of a host veth, read straight from the kernel.
 fn pinned_policy(daemon: &Daemon, ifindex: u32) -> Option<TargetPolicy> {
     PinnedMaps::new(daemon.pin_dir())
-        .get(POLICY_MAP, &ifindex)
-        .expect("the policy map")
+        .iface_state(ifindex)
+        .expect("the state map")
+        .policy()
 }
 
 /// The pinned rule for REMOTE in a policy's live rule set.

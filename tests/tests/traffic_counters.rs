@@ -1,7 +1,12 @@
-//! The eBPF traffic counters, attached through TCX to a real host-side veth,
-//! count exactly what crosses it.
+//! The traffic counters netwarp reports for a host-side veth (its kernel
+//! statistics, read through rtnetlink) count exactly what crosses it, with
+//! netwarp's programs attached to it through TCX.
 
-use netwarp::dataplane::ebpf::{EbpfDataplane, InterfaceTraffic};
+use netwarp::{
+    dataplane::ebpf::{EbpfDataplane, InterfaceTraffic},
+    telemetry::counters::host_link_traffic,
+};
+use netwarp_common::TrafficCounters;
 use netwarp_tests::{
     command::run,
     docker::{Container, DockerNetwork, HOST_TOOLS},
@@ -18,6 +23,31 @@ const ECHOES: u64 = 20;
 /// listener reports flooded to every port), add a few small frames.
 const SLACK_PACKETS: u64 = 12;
 const SLACK_FRAME: u64 = 128;
+
+/// The counters of host interface `ifindex` (in the calling thread's
+/// namespace), as netwarp's metrics read them.
+fn traffic(ifindex: u32) -> InterfaceTraffic {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let stats = runtime
+        .block_on(host_link_traffic())
+        .expect("dumping the links");
+    *stats.get(&ifindex).expect("the veth's statistics")
+}
+
+/// What crossed between two readings.
+fn since(after: InterfaceTraffic, before: InterfaceTraffic) -> InterfaceTraffic {
+    let minus = |a: TrafficCounters, b: TrafficCounters| TrafficCounters {
+        packets: a.packets - b.packets,
+        bytes: a.bytes - b.bytes,
+    };
+    InterfaceTraffic {
+        from_container: minus(after.from_container, before.from_container),
+        to_container: minus(after.to_container, before.to_container),
+    }
+}
 
 fn assert_echo_counts(traffic: &InterfaceTraffic) {
     for (direction, counters) in [
@@ -84,11 +114,7 @@ fn counts_ping_on_a_plain_veth_pair() {
         .attach_counters(&veth.host)
         .expect("attaching the counters");
     let ifindex = veth.host_ifindex().expect("host ifindex");
-    assert_eq!(
-        dataplane.traffic(ifindex).expect("reading counters"),
-        InterfaceTraffic::default(),
-        "nothing crossed the veth yet"
-    );
+    let before = traffic(ifindex);
 
     let args = ping_args("192.0.2.1");
     let mut command = vec!["busybox"];
@@ -98,7 +124,7 @@ fn counts_ping_on_a_plain_veth_pair() {
         .expect("ping from the container netns");
     assert!(out.contains(&format!("{ECHOES} packets received")), "{out}");
 
-    assert_echo_counts(&dataplane.traffic(ifindex).expect("reading counters"));
+    assert_echo_counts(&since(traffic(ifindex), before));
     drop(dataplane);
     drop(veth);
     drop(container);
@@ -120,14 +146,15 @@ fn counts_traffic_between_real_containers() {
     dataplane
         .attach_counters(&ifname)
         .expect("attaching the counters");
+    let before = traffic(ifindex);
 
     // Exact frame counts with ICMP echoes of a known size.
     let args = ping_args(&server_ip);
     let command: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = client.exec(&command).expect("ping between containers");
     assert!(out.contains(&format!("{ECHOES} packets received")), "{out}");
-    let after_ping = dataplane.traffic(ifindex).expect("reading counters");
-    assert_echo_counts(&after_ping);
+    let after_ping = traffic(ifindex);
+    assert_echo_counts(&since(after_ping, before));
 
     // A bounded TCP transfer. iperf3 counts what it wrote ("sent") and
     // what the server read ("received"); the server may stop reading before
@@ -175,13 +202,13 @@ fn counts_traffic_between_real_containers() {
     );
     // Let the counters settle for at most 5 s: the kernel may still be
     // sending after iperf3 exits.
-    let mut after_tcp = dataplane.traffic(ifindex).expect("reading counters");
+    let mut after_tcp = traffic(ifindex);
     for _ in 0..50 {
         if after_tcp.from_container.bytes - after_ping.from_container.bytes >= received {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        after_tcp = dataplane.traffic(ifindex).expect("reading counters");
+        after_tcp = traffic(ifindex);
     }
     let counted = after_tcp.from_container.bytes - after_ping.from_container.bytes;
     println!("counted {counted} bytes from the client");

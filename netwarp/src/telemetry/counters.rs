@@ -1,30 +1,32 @@
 //! Per-container counters, read by the metrics and status readers at
 //! request time, never by the controller.
 //!
-//! - `ebpf` mode: the readers open netwarp's *pinned* maps by path
-//!   ([`PinnedMaps`]) and get their own file descriptors on the same
-//!   kernel maps. The controller owns its `EbpfDataplane` mutably; sharing
-//!   that would need a lock the controller could wait on. Per-CPU map
-//!   lookups take no lock the data path or the controller holds, so a
-//!   scrape and a reconcile never wait for each other, and the numbers are
-//!   as fresh as the scrape.
-//! - `routes` mode: nothing of netwarp's sits on the data path, so the
-//!   counters are the kernel's own statistics of the target's host-side
-//!   veth (IFLA_STATS64 through rtnetlink in the host namespace). The veth
+//! - Sent and received packets and bytes, in both modes, are the kernel's
+//!   own statistics of the target's host-side veth (IFLA_STATS64 through
+//!   rtnetlink in the host namespace): the programs do not count them
+//!   again on the data path.
+//! - `ebpf` mode: what only the programs know (steered, dropped by
+//!   reason) is read from netwarp's *pinned* maps by path ([`PinnedMaps`]),
+//!   with the readers' own file descriptors on the same kernel maps. The
+//!   controller owns its `EbpfDataplane` mutably; sharing that would need a
+//!   lock the controller could wait on. Per-CPU map lookups take no lock
+//!   the data path or the controller holds, so a scrape and a reconcile
+//!   never wait for each other, and the numbers are as fresh as the scrape.
+//! - `routes` mode: nothing of netwarp's sits on the data path. The veth
 //!   is found once per (pid, MAC) from inside the target's namespace and
 //!   cached. There are no steered or drop counters in this mode: prohibit
 //!   routes refuse packets inside the container's own stack.
 //!
-//! Both count frames including the Ethernet header: BPF sees `skb->len` at
-//! tc on the host veth, and veth statistics count the same length.
+//! Both count frames including the Ethernet header: veth statistics count
+//! `skb->len` as the programs see it at tc on the host veth. The veth
+//! counts what the container sends as it arrives (before netwarp's
+//! program drops any of it) and what it receives once delivered (after a
+//! cap's policer dropped what it drops).
 
 use std::{collections::HashMap, path::Path, sync::Mutex};
 
 use futures_util::TryStreamExt as _;
-use netwarp_common::{
-    GUARD_DROPS_MAP, TRAFFIC_MAP, TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
-    WARP_LEAKS_MAP,
-};
+use netwarp_common::{GUARD_DROPS_MAP, TrafficCounters, VerdictCounters, WARP_LEAKS_MAP};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
@@ -35,7 +37,7 @@ use crate::{
     dataplane::{
         ebpf::{
             EbpfError, InterfaceTraffic, PinnedMaps, cpu_sum, interface_index, interface_name,
-            interface_traffic,
+            verdict_sum,
         },
         netns::NamespaceHandle,
         qdisc::tbf_drops,
@@ -196,7 +198,7 @@ impl CounterReader {
 
     async fn read_traffic(&self, targets: &[TargetView]) -> HashMap<String, Counters> {
         match self {
-            Self::Ebpf { maps } => match read_ebpf(maps, targets) {
+            Self::Ebpf { maps } => match read_ebpf(maps, targets).await {
                 Ok(counters) => counters,
                 Err(e) => {
                     debug!(error = %e, "reading the pinned eBPF counters failed");
@@ -264,25 +266,31 @@ async fn read_shaper_drops(targets: &[TargetView]) -> HashMap<String, ShaperDrop
     out
 }
 
-fn read_ebpf(
+async fn read_ebpf(
     maps: &PinnedMaps,
     targets: &[TargetView],
 ) -> Result<HashMap<String, Counters>, EbpfError> {
-    let traffic = maps.counters::<TrafficKey, TrafficCounters>(TRAFFIC_MAP)?;
-    let verdicts = maps.counters::<u32, VerdictCounters>(VERDICTS_MAP)?;
+    let verdict_maps = maps.verdict_maps()?;
+    let stats = match host_link_traffic().await {
+        Ok(stats) => stats,
+        Err(e) => {
+            debug!(error = %e, "dumping the host's links failed");
+            return Ok(HashMap::new());
+        }
+    };
     let mut out = HashMap::new();
     for target in targets {
         let Some(ifindex) = target.host_ifindex else {
             continue;
         };
-        let InterfaceTraffic {
+        let Some(&InterfaceTraffic {
             from_container: tx,
             to_container: rx,
-        } = interface_traffic(&traffic, ifindex)?;
-        let verdict = cpu_sum(&verdicts, &ifindex).map_err(|source| EbpfError::Map {
-            map: VERDICTS_MAP,
-            source,
-        })?;
+        }) = stats.get(&ifindex)
+        else {
+            continue;
+        };
+        let verdict = verdict_sum(&verdict_maps, ifindex)?;
         out.insert(
             target.plan.id.clone(),
             Counters {
@@ -341,7 +349,7 @@ async fn read_links(
     if wanted.is_empty() {
         return HashMap::new();
     }
-    let stats = match host_link_stats().await {
+    let stats = match host_link_traffic().await {
         Ok(stats) => stats,
         Err(e) => {
             debug!(error = %e, "dumping the host's links failed");
@@ -352,18 +360,11 @@ async fn read_links(
         .into_iter()
         .filter_map(|(id, ifindex)| {
             let s = stats.get(&ifindex)?;
-            // The host end receives what the container sends.
             Some((
                 id,
                 Counters {
-                    tx: PacketsBytes {
-                        packets: s.0.packets,
-                        bytes: s.0.bytes,
-                    },
-                    rx: PacketsBytes {
-                        packets: s.1.packets,
-                        bytes: s.1.bytes,
-                    },
+                    tx: s.from_container.into(),
+                    rx: s.to_container.into(),
                     steered: None,
                     dropped: None,
                     shaper_drops: None,
@@ -379,9 +380,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// (received, transmitted) of every link in the daemon's (host) namespace.
-async fn host_link_stats()
--> Result<HashMap<u32, (PacketsBytes, PacketsBytes)>, Box<dyn std::error::Error + Send + Sync>> {
+/// The statistics of every link in the caller's (the host's) namespace,
+/// by ifindex, as container traffic: a host-side veth receives what its
+/// container sends.
+pub async fn host_link_traffic()
+-> Result<HashMap<u32, InterfaceTraffic>, Box<dyn std::error::Error + Send + Sync>> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(connection);
     let links: Result<Vec<LinkMessage>, _> = handle.link().get().execute().try_collect().await;
@@ -394,16 +397,16 @@ async fn host_link_stats()
         }) {
             out.insert(
                 link.header.index,
-                (
-                    PacketsBytes {
+                InterfaceTraffic {
+                    from_container: TrafficCounters {
                         packets: stats.rx_packets,
                         bytes: stats.rx_bytes,
                     },
-                    PacketsBytes {
+                    to_container: TrafficCounters {
                         packets: stats.tx_packets,
                         bytes: stats.tx_bytes,
                     },
-                ),
+                },
             );
         }
     }

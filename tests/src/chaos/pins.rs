@@ -8,8 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::Pod;
 use netwarp::dataplane::ebpf::PinnedMaps;
 use netwarp_common::{
-    GUARD_DROPS_MAP, GUARDS_MAP, POLICY_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
-    TrafficCounters,
+    GUARD_DROPS_MAP, GUARDS_MAP, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy, TrafficCounters,
 };
 
 /// Every row of a pinned hash map.
@@ -38,13 +37,21 @@ pub fn guard_installed(pins: &Path, bridge: &str) -> anyhow::Result<bool> {
 /// Exactly one netwarp program attached through TCX to `interface` in
 /// `direction` ("Ingress" or "Egress").
 pub(super) fn expect_one_netwarp_program(interface: &str, direction: &str) -> anyhow::Result<()> {
+    expect_netwarp_programs(interface, direction, 1)
+}
+
+pub(super) fn expect_no_netwarp_program(interface: &str, direction: &str) -> anyhow::Result<()> {
+    expect_netwarp_programs(interface, direction, 0)
+}
+
+fn expect_netwarp_programs(interface: &str, direction: &str, want: usize) -> anyhow::Result<()> {
     let netwarp = crate::tcx::tcx_programs(interface)
         .iter()
         // The kernel keeps 15 characters of a program's name.
         .filter(|(d, p)| *d == direction && crate::tcx::program_name(p).starts_with("netwarp_tc"))
         .count();
-    if netwarp != 1 {
-        bail!("{netwarp} netwarp programs on {interface} {direction}, expected 1");
+    if netwarp != want {
+        bail!("{netwarp} netwarp programs on {interface} {direction}, expected {want}");
     }
     Ok(())
 }
@@ -55,8 +62,19 @@ pub(super) fn interface_ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(index.trim().parse()?)
 }
 
+/// Every target's policy, from the pinned state rows.
 pub(super) fn read_policies(pins: &Path) -> anyhow::Result<Vec<(u32, TargetPolicy)>> {
-    hash_rows(pins, POLICY_MAP)
+    Ok((PinnedMaps::new(pins).iface_states()?.into_iter())
+        .filter_map(|(ifindex, state)| Some((ifindex, state.policy()?)))
+        .collect())
+}
+
+/// Every capped interface, from the pinned state rows.
+pub(super) fn read_capped(pins: &Path) -> anyhow::Result<Vec<u32>> {
+    Ok((PinnedMaps::new(pins).iface_states()?.into_iter())
+        .filter(|(_, state)| state.cap_slot().is_some())
+        .map(|(ifindex, _)| ifindex)
+        .collect())
 }
 
 /// Every (rule set, value) row in both rule tries.

@@ -8,14 +8,14 @@ use anyhow::{Context as _, bail};
 use netwarp::dataplane::mac::MacAddr;
 use netwarp_common::{
     ACTION_BLOCK, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAP, GUARDS_MAP,
-    GuardAllowKey, RATE_BUCKETS_MAP, RATE_SLOTS_MAP, RateBuckets, WARP_PEERS_MAP, WarpPeerKey,
+    GuardAllowKey, RATE_BUCKETS_MAP, RateBuckets, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
     CONVERGE, LeakSink, SteeredPrefix,
     pins::{
-        expect_one_netwarp_program, hash_rows, interface_ifindex, map_keys_u32, read_policies,
-        read_rule_sets,
+        expect_no_netwarp_program, expect_one_netwarp_program, hash_rows, interface_ifindex,
+        map_keys_u32, read_capped, read_policies, read_rule_sets,
     },
 };
 use crate::{
@@ -267,8 +267,8 @@ impl Scenario {
         if expect == Expect::Blocked && !peers.is_empty() {
             bail!("warp peers {peers:?} while the target is blocked, expected none");
         }
+        // No caps: no to-container (egress) program.
         want_links.extend([
-            format!("{target_ifindex}-egress"),
             format!("{target_ifindex}-ingress"),
             format!("{bridge_ifindex}-guard"),
         ]);
@@ -276,12 +276,11 @@ impl Scenario {
         if links != want_links {
             bail!("link pins {links:?}, expected {want_links:?}");
         }
-        for direction in ["Ingress", "Egress"] {
-            expect_one_netwarp_program(&veth, direction)?;
-        }
+        expect_one_netwarp_program(&veth, "Ingress")?;
+        expect_no_netwarp_program(&veth, "Egress")?;
         // No caps in this scenario: the rate maps stay empty.
         for (name, entries) in [
-            (RATE_SLOTS_MAP, map_keys_u32::<u32>(pins, RATE_SLOTS_MAP)?),
+            ("capped state rows", read_capped(pins)?),
             (
                 RATE_BUCKETS_MAP,
                 map_keys_u32::<RateBuckets>(pins, RATE_BUCKETS_MAP)?,

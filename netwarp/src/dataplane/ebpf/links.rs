@@ -48,6 +48,11 @@ impl Links {
             .collect()
     }
 
+    /// Whether `hook` is attached to `ifindex` (by this process or adopted).
+    pub(super) fn holds(&self, ifindex: u32, hook: Hook) -> bool {
+        self.held.contains_key(&(ifindex, hook))
+    }
+
     /// Adopts the links pinned by an earlier run: each switches atomically
     /// to this build's program, so steering and blocking never stop across
     /// a restart. Pins of vanished interfaces, and unusable ones, are removed.

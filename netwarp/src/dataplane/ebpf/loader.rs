@@ -2,7 +2,11 @@
 //! under the pin directory, so they outlive the daemon), and the
 //! retirement of pins an older build left with another layout.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
@@ -13,10 +17,11 @@ use aya::{
     programs::SchedClassifier,
 };
 use netwarp_common::{
-    GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, POLICY_MAP, RATE_BUCKETS_MAP,
-    RATE_SLOTS_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue,
-    TRAFFIC_MAP, TargetPolicy, TrafficCounters, TrafficKey, VERDICTS_MAP, VerdictCounters,
-    WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
+    GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, IFACES_HIGH_MAP, IFACES_MAP,
+    IfaceState, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP, RETIRED_TRAFFIC_MAP,
+    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
+    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP,
+    WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
@@ -39,8 +44,8 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>();
     [
-        (TRAFFIC_MAP, size_of::<TrafficKey>(), counters),
-        (POLICY_MAP, size_of::<u32>(), size_of::<TargetPolicy>()),
+        (IFACES_MAP, size_of::<u32>(), size_of::<IfaceState>()),
+        (IFACES_HIGH_MAP, size_of::<u32>(), size_of::<IfaceState>()),
         (
             RULES_V4_MAP,
             4 + size_of::<RuleKeyV4>(),
@@ -52,7 +57,11 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
             size_of::<RuleValue>(),
         ),
         (VERDICTS_MAP, size_of::<u32>(), size_of::<VerdictCounters>()),
-        (RATE_SLOTS_MAP, size_of::<u32>(), size_of::<u32>()),
+        (
+            VERDICTS_LOW_MAP,
+            size_of::<u32>(),
+            size_of::<VerdictCounters>(),
+        ),
         (RATE_BUCKETS_MAP, size_of::<u32>(), size_of::<RateBuckets>()),
         (GUARDS_MAP, size_of::<u32>(), size_of::<u32>()),
         (GUARD_ALLOW_MAP, size_of::<GuardAllowKey>(), 1),
@@ -147,14 +156,67 @@ fn fits<K: Pod>(
 struct CarriedRows {
     v4: Vec<(Key<RuleKeyV4>, RuleValue)>,
     v6: Vec<(Key<RuleKeyV6>, RuleValue)>,
+    /// State rows built from an earlier release's policy and rate slot
+    /// maps, with the pins to remove once they are written.
+    states: (BTreeMap<u32, IfaceState>, Vec<PathBuf>),
 }
 
 impl CarriedRows {
-    /// Writes the rows into the new tries (which [`fits`] checked).
+    /// Writes the rows into the new maps (the tries were checked by
+    /// [`fits`]), then removes the retired pins they came from.
     fn write(self, ebpf: &mut Ebpf) -> Result<(), EbpfError> {
         write_trie(ebpf, RULES_V4_MAP, self.v4)?;
-        write_trie(ebpf, RULES_V6_MAP, self.v6)
+        write_trie(ebpf, RULES_V6_MAP, self.v6)?;
+        let (states, retired) = self.states;
+        for (ifindex, state) in states {
+            super::state::write(ebpf, ifindex, state)?;
+        }
+        for path in retired {
+            std::fs::remove_file(&path).map_err(|source| EbpfError::PinDir { path, source })?;
+        }
+        Ok(())
     }
+}
+
+/// The policy and rate slot rows an earlier release pinned in maps of
+/// their own, as state rows, so its targets stay steered and capped from
+/// the first packet these programs see; and the pins of every map it
+/// pinned that this build no longer uses, to retire.
+fn read_retired_states(
+    pin_dir: &Path,
+) -> Result<(BTreeMap<u32, IfaceState>, Vec<PathBuf>), EbpfError> {
+    fn rows<V: Pod>(path: &Path, name: &'static str) -> Result<Vec<(u32, V)>, EbpfError> {
+        let map: aya::maps::HashMap<MapData, u32, V> = MapData::from_pin(path)
+            .and_then(Map::from_map_data)
+            .and_then(aya::maps::HashMap::try_from)
+            .map_err(map_error(name))?;
+        // A row removed while listing is simply not carried.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+    let mut policies = BTreeMap::new();
+    let mut slots = BTreeMap::new();
+    let mut retired = Vec::new();
+    let policy_pin = pin_dir.join(RETIRED_POLICY_MAP);
+    if policy_pin.exists() {
+        policies.extend(rows::<TargetPolicy>(&policy_pin, RETIRED_POLICY_MAP)?);
+        retired.push(policy_pin);
+    }
+    let slots_pin = pin_dir.join(RETIRED_RATE_SLOTS_MAP);
+    if slots_pin.exists() {
+        slots.extend(rows::<u32>(&slots_pin, RETIRED_RATE_SLOTS_MAP)?);
+        retired.push(slots_pin);
+    }
+    let traffic_pin = pin_dir.join(RETIRED_TRAFFIC_MAP);
+    if traffic_pin.exists() {
+        retired.push(traffic_pin);
+    }
+    let states = (policies.keys().chain(slots.keys()))
+        .map(|ifindex| {
+            let state = IfaceState::of(policies.get(ifindex).copied(), slots.get(ifindex).copied());
+            (*ifindex, state)
+        })
+        .collect();
+    Ok((states, retired))
 }
 
 fn read_trie<K: Pod>(
@@ -224,6 +286,7 @@ pub(super) fn load_object(
         std::fs::set_permissions(pin_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(pin_error)?;
         carried = retire_incompatible_pins(pin_dir, rules_capacity)?;
+        carried.states = read_retired_states(pin_dir)?;
         for (name, _, _) in map_layouts() {
             loader.map_pin_path(name, pin_dir.join(name));
         }

@@ -12,18 +12,19 @@ use std::{
 use aya::{
     Ebpf, Pod,
     maps::{
-        HashMap as BpfHashMap, Map, MapData, MapError, PerCpuHashMap,
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use netwarp_common::{
-    Direction, GUARD_ALLOW_MAP, GuardAllowKey, RATE_SLOTS_MAP, TRAFFIC_MAP, TrafficCounters,
-    TrafficKey, VerdictCounters, WARP_PEERS_MAP, WarpPeerKey,
+    GUARD_ALLOW_MAP, GuardAllowKey, IFACE_SLOT_MASK, IFACES_HIGH_MAP, IFACES_MAP, IfaceState,
+    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::error::EbpfError;
 
-/// Packets and bytes seen on one host-side interface, per direction.
+/// Packets and bytes seen on one host-side interface, per direction (its
+/// statistics: received on the host side is what the container sent).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InterfaceTraffic {
     pub from_container: TrafficCounters,
@@ -131,6 +132,14 @@ impl CpuSum for VerdictCounters {
 /// A per-CPU counter map, typed.
 pub type CounterMap<T, K, V> = PerCpuHashMap<T, K, V>;
 
+/// The maps a target's verdict counters are read from: the state array
+/// (which says where they are), the per-CPU array and the per-CPU hash map.
+pub type VerdictMaps<T> = (
+    Array<T, IfaceState>,
+    PerCpuArray<T, VerdictCounters>,
+    CounterMap<T, u32, VerdictCounters>,
+);
+
 /// One key's entry of a per-CPU map, summed over all CPUs (zero when absent).
 pub fn cpu_sum<T: Borrow<MapData>, K: Pod, V: CpuSum>(
     map: &CounterMap<T, K, V>,
@@ -143,18 +152,22 @@ pub fn cpu_sum<T: Borrow<MapData>, K: Pod, V: CpuSum>(
     }
 }
 
-/// Both directions of one interface from the traffic map.
-pub fn interface_traffic<T: Borrow<MapData>>(
-    map: &CounterMap<T, TrafficKey, TrafficCounters>,
+/// The verdict counters of the target whose host-side veth is `ifindex`,
+/// summed over all CPUs: from the per-CPU array at its slot while its
+/// state row holds that slot, else from the per-CPU hash map.
+pub fn verdict_sum<T: Borrow<MapData>>(
+    (states, low, high): &VerdictMaps<T>,
     ifindex: u32,
-) -> Result<InterfaceTraffic, EbpfError> {
-    let read = |direction| {
-        cpu_sum(map, &TrafficKey::new(ifindex, direction)).map_err(map_error(TRAFFIC_MAP))
-    };
-    Ok(InterfaceTraffic {
-        from_container: read(Direction::FromContainer)?,
-        to_container: read(Direction::ToContainer)?,
-    })
+) -> Result<VerdictCounters, EbpfError> {
+    let slot = ifindex & IFACE_SLOT_MASK;
+    let holder = states.get(&slot, 0).map_err(map_error(IFACES_MAP))?.ifindex;
+    if holder != ifindex {
+        return cpu_sum(high, &ifindex).map_err(map_error(VERDICTS_MAP));
+    }
+    let per_cpu = low.get(&slot, 0).map_err(map_error(VERDICTS_LOW_MAP))?;
+    Ok(per_cpu
+        .iter()
+        .fold(VerdictCounters::default(), |sum, c| sum.plus(*c)))
 }
 
 /// One of the dataplane's own per-CPU maps, for reading.
@@ -221,6 +234,45 @@ impl PinnedMaps {
         lookup(&self.hash_map(name)?, name, key)
     }
 
+    /// One interface's state row, without its placement (zero when
+    /// netwarp programs none).
+    pub fn iface_state(&self, ifindex: u32) -> Result<IfaceState, EbpfError> {
+        let array: Array<MapData, IfaceState> = self.open(IFACES_MAP)?;
+        let row = (array.get(&(ifindex & IFACE_SLOT_MASK), 0)).map_err(map_error(IFACES_MAP))?;
+        if row.ifindex == ifindex {
+            return Ok(row.unplaced());
+        }
+        let row: Option<IfaceState> = self.get(IFACES_HIGH_MAP, &ifindex)?;
+        Ok(row.map(IfaceState::unplaced).unwrap_or_default())
+    }
+
+    /// Every state row, by ifindex, without placement (a scan of the array).
+    pub fn iface_states(&self) -> Result<BTreeMap<u32, IfaceState>, EbpfError> {
+        let mut rows: BTreeMap<u32, IfaceState> = read_all(
+            &self.hash_map::<u32, IfaceState>(IFACES_HIGH_MAP)?,
+            IFACES_HIGH_MAP,
+        )?
+        .into_iter()
+        .map(|(ifindex, row)| (ifindex, row.unplaced()))
+        .collect();
+        rows.extend(super::state::array_rows(&self.open(IFACES_MAP)?)?);
+        Ok(rows)
+    }
+
+    /// The verdict maps, to read many targets with [`verdict_sum`].
+    pub fn verdict_maps(&self) -> Result<VerdictMaps<MapData>, EbpfError> {
+        Ok((
+            self.open(IFACES_MAP)?,
+            self.open(VERDICTS_LOW_MAP)?,
+            self.counters(VERDICTS_MAP)?,
+        ))
+    }
+
+    /// One target's verdict counters, summed over all CPUs.
+    pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
+        verdict_sum(&self.verdict_maps()?, ifindex)
+    }
+
     /// One entry of a pinned per-CPU map, summed over all CPUs.
     pub fn sum<K: Pod, V: CpuSum>(&self, name: &'static str, key: &K) -> Result<V, EbpfError> {
         cpu_sum(&self.counters(name)?, key).map_err(map_error(name))
@@ -260,25 +312,6 @@ impl Row for (WarpPeerKey, u32) {
     }
     fn value(&self) -> u32 {
         self.1
-    }
-}
-
-/// A capped host-side interface and its cap slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateSlot {
-    pub ifindex: u32,
-    pub slot: u32,
-}
-
-impl Row for RateSlot {
-    const MAP: &'static str = RATE_SLOTS_MAP;
-    type Key = u32;
-    type Value = u32;
-    fn key(&self) -> u32 {
-        self.ifindex
-    }
-    fn value(&self) -> u32 {
-        self.slot
     }
 }
 

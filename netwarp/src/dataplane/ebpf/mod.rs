@@ -1,9 +1,11 @@
 //! The eBPF dataplane: loads netwarp's tc programs, attaches them to
 //! host-side veths, writes each target's policy and reads the counters.
 //!
-//! The program on a target's veth counts, then steers matching packets to
-//! the warp's veth (rewriting the destination MAC) or drops them while the
-//! warp is unusable. Interfaces without a policy are only counted.
+//! The program on a target's veth finds the veth's state row (see
+//! [`state`]), then steers matching packets to the warp's veth (rewriting
+//! the destination MAC) or drops them while the warp is unusable, counting
+//! only those verdicts. Interfaces without a policy are left alone; their
+//! packets and bytes are the veth's own statistics.
 //!
 //! The program on a guarded network's bridge (ingress: what containers
 //! send to be routed) drops traffic to the network's steered prefixes from
@@ -15,8 +17,9 @@
 //!
 //! Parts: [`loader`] (object, pinned maps), [`hooks`] (where each program
 //! hangs), [`links`] (attachments by interface and hook), [`maps`] (typed access, the read-only
-//! [`PinnedMaps`] view, the diffing row writer), [`rule_sets`] (the
-//! double-buffer switch of policies and guards).
+//! [`PinnedMaps`] view, the diffing row writer), [`state`] (each veth's
+//! state row), [`rule_sets`] (the double-buffer switch of policies and
+//! guards).
 pub mod compile;
 mod error;
 mod hooks;
@@ -25,6 +28,7 @@ mod links;
 mod loader;
 pub mod maps;
 mod rule_sets;
+mod state;
 mod warp;
 
 pub use error::EbpfError;
@@ -32,7 +36,7 @@ pub use hooks::Hook;
 pub use interfaces::{interface_index, interface_name, is_host_peer_of};
 pub use loader::ProgramLogger;
 pub use maps::{
-    CpuSum, InterfaceTraffic, PinnedMaps, RateSlot, cpu_sum, interface_traffic, map_is_full,
+    CpuSum, InterfaceTraffic, PinnedMaps, VerdictMaps, cpu_sum, map_is_full, verdict_sum,
 };
 pub use warp::warp_peer_key;
 
@@ -48,10 +52,10 @@ use aya::{
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
-    GuardAllowKey, POLICY_MAP, POLICY_MAP_CAPACITY, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER,
-    RATE_BUCKETS_MAP, RULES_MAP_CAPACITY, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TRAFFIC_MAP,
-    TargetPolicy, TrafficCounters, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP,
-    WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+    GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
+    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY,
+    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP,
+    VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -65,9 +69,12 @@ pub struct EbpfDataplane {
     rule_sets: RuleSets,
     guard_allow: Rows<GuardAllowKey>,
     warp_peers: Rows<(WarpPeerKey, u32)>,
-    rate_slots: Rows<RateSlot>,
-    /// Cap slots whose buckets were written (or adopted).
-    bucket_slots: BTreeSet<u32>,
+    /// Each programmed interface's state row: policy and cap slot.
+    states: state::States,
+    /// Cap slots whose buckets were written (or adopted),
+    /// and whether each caps what its container receives (which needs the
+    /// to-container program).
+    bucket_slots: BTreeMap<u32, bool>,
     /// The entries of the IPv4 and IPv6 rule tries, as loaded.
     rules_capacity: (u32, u32),
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
@@ -108,6 +115,9 @@ impl EbpfDataplane {
     /// Loads the programs, adopts pinned links, and records what the maps
     /// hold (one scan each), so later writes and deletes are targeted.
     fn with_object(mut ebpf: Ebpf, pin_dir: Option<&Path>) -> Result<Self, EbpfError> {
+        // Before the adopted links switch to these programs: the state
+        // rows they read must already hold every policy.
+        let states = state::States::adopt(&mut ebpf)?;
         let logger = loader::load_programs(&mut ebpf)?;
         let mut links = links::Links::new(pin_dir);
         links.adopt_pinned(&mut ebpf)?;
@@ -115,7 +125,8 @@ impl EbpfDataplane {
             &hash_map::<u32, RateBuckets>(&mut ebpf, RATE_BUCKETS_MAP)?,
             RATE_BUCKETS_MAP,
         )?
-        .into_keys()
+        .into_iter()
+        .map(|(slot, buckets)| (slot, caps_ingress(&buckets)))
         .collect();
         let capacity = |name| -> Result<u32, EbpfError> {
             let map = ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
@@ -131,7 +142,7 @@ impl EbpfDataplane {
             rule_sets: RuleSets::adopt(&mut ebpf)?,
             guard_allow: Rows::adopt(&mut ebpf)?,
             warp_peers: Rows::adopt(&mut ebpf)?,
-            rate_slots: Rows::adopt(&mut ebpf)?,
+            states,
             bucket_slots,
             links,
             ebpf,
@@ -153,7 +164,11 @@ impl EbpfDataplane {
         vec![
             (RULES_V4_MAP, v4, widen(self.rules_capacity.0)),
             (RULES_V6_MAP, v6, widen(self.rules_capacity.1)),
-            (POLICY_MAP, policies, widen(POLICY_MAP_CAPACITY)),
+            (
+                IFACES_MAP,
+                policies,
+                widen(IFACE_ARRAY_SIZE.max(POLICY_MAP_CAPACITY)),
+            ),
             (GUARDS_MAP, guards, widen(GUARDS_MAP_CAPACITY)),
             (
                 GUARD_ALLOW_MAP,
@@ -179,20 +194,38 @@ impl EbpfDataplane {
         self.links.ifindexes(Hook::FromContainer)
     }
 
-    /// Attaches the programs to both directions of a container's host-side
-    /// interface. Attaching twice is a no-op.
+    /// Attaches the programs a container's host-side interface needs (see
+    /// [`Self::attach_ifindex`]). Attaching twice is a no-op.
     pub fn attach_counters(&mut self, interface: &str) -> Result<(), EbpfError> {
         let ifindex = interface_index(interface)
             .ok_or_else(|| EbpfError::NoInterfaceNamed(interface.to_owned()))?;
         self.attach_ifindex(ifindex)
     }
 
-    /// Attaches the programs to the host interface with `ifindex`.
+    /// Attaches the programs the host interface with `ifindex` needs: the
+    /// from-container program always; the to-container program only while
+    /// a cap limits what the container receives (its only work), and it
+    /// is detached otherwise. Idempotent; each call also repairs.
     pub fn attach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        for hook in Hook::CONTAINER {
-            self.links.attach(&mut self.ebpf, ifindex, hook)?;
+        self.links
+            .attach(&mut self.ebpf, ifindex, Hook::FromContainer)?;
+        self.sync_to_container(ifindex)
+    }
+
+    /// Attaches or detaches the to-container program of `ifindex` to match
+    /// its state row: attached exactly while its cap slot caps ingress.
+    fn sync_to_container(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let needed = (self.states.get(ifindex).cap_slot())
+            .is_some_and(|slot| self.bucket_slots.get(&slot) == Some(&true));
+        if needed {
+            self.links
+                .attach(&mut self.ebpf, ifindex, Hook::ToContainer)
+        } else if self.links.holds(ifindex, Hook::ToContainer) {
+            self.links
+                .detach(&mut self.ebpf, ifindex, Hook::ToContainer)
+        } else {
+            Ok(())
         }
-        Ok(())
     }
 
     /// Detaches the programs from an interface, if they are attached, and
@@ -219,14 +252,16 @@ impl EbpfDataplane {
             .attach(&mut self.ebpf, bridge_ifindex, Hook::BridgeGuard)
     }
 
-    /// Reads the counters of one interface, summed over all CPUs.
-    pub fn traffic(&self, ifindex: u32) -> Result<InterfaceTraffic, EbpfError> {
-        interface_traffic(&counter_map(&self.ebpf, TRAFFIC_MAP)?, ifindex)
-    }
-
     /// Steered and blocked packets and bytes of one target, over all CPUs.
     pub fn verdicts(&self, ifindex: u32) -> Result<VerdictCounters, EbpfError> {
-        self.counter_sum(VERDICTS_MAP, ifindex)
+        let map = |name| self.ebpf.map(name).ok_or(EbpfError::MissingMap(name));
+        let maps = (
+            aya::maps::Array::try_from(map(IFACES_MAP)?).map_err(map_error(IFACES_MAP))?,
+            (aya::maps::PerCpuArray::try_from(map(VERDICTS_LOW_MAP)?))
+                .map_err(map_error(VERDICTS_LOW_MAP))?,
+            counter_map(&self.ebpf, VERDICTS_MAP)?,
+        );
+        verdict_sum(&maps, ifindex)
     }
 
     /// What a bridge's guard dropped, over all CPUs.
@@ -249,7 +284,9 @@ impl EbpfDataplane {
         warp_mac: [u8; 6],
         rows: &[CompiledPrefix],
     ) -> Result<(), EbpfError> {
-        let old = self.policy(ifindex)?.map(|p| p.rule_set);
+        let installed = state::read(&mut self.ebpf, ifindex)?;
+        let old = installed.policy().map(|p| p.rule_set);
+        let states = &mut self.states;
         self.rule_sets
             .switch(&mut self.ebpf, ifindex, old, rows, |ebpf, rule_set| {
                 let policy = TargetPolicy {
@@ -258,32 +295,40 @@ impl EbpfDataplane {
                     warp_mac,
                     _pad: [0; 2],
                 };
-                hash_map(ebpf, POLICY_MAP)?
-                    .insert(ifindex, policy, 0)
-                    .map_err(map_error(POLICY_MAP))
+                states.put(
+                    ebpf,
+                    ifindex,
+                    IfaceState::of(Some(policy), installed.cap_slot()),
+                )
             })?;
         Ok(())
     }
 
     /// Removes a target's policy and its rows; its traffic is then only counted.
     pub fn remove_policy(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        let Some(old) = self.policy(ifindex)? else {
+        let installed = state::read(&mut self.ebpf, ifindex)?;
+        let Some(old) = installed.policy() else {
             return Ok(());
         };
-        remove_key::<TargetPolicy>(&mut self.ebpf, POLICY_MAP, ifindex)?;
+        self.states.put(
+            &mut self.ebpf,
+            ifindex,
+            IfaceState::of(None, installed.cap_slot()),
+        )?;
         self.rule_sets.remove(&mut self.ebpf, old.rule_set)
     }
 
-    /// The interfaces that have a policy.
+    /// The interfaces that have a policy (as written or adopted).
     pub fn policy_ifindexes(&mut self) -> Result<Vec<u32>, EbpfError> {
-        hash_map::<u32, TargetPolicy>(&mut self.ebpf, POLICY_MAP)?
-            .keys()
-            .collect::<Result<Vec<u32>, MapError>>()
-            .map_err(map_error(POLICY_MAP))
+        Ok((self.states.written().iter())
+            .filter(|(_, s)| s.policy().is_some())
+            .map(|(ifindex, _)| *ifindex)
+            .collect())
     }
 
+    /// A target's policy, as the kernel holds it.
     pub fn policy(&mut self, ifindex: u32) -> Result<Option<TargetPolicy>, EbpfError> {
-        lookup(&hash_map(&mut self.ebpf, POLICY_MAP)?, POLICY_MAP, &ifindex)
+        Ok(state::read(&mut self.ebpf, ifindex)?.policy())
     }
 
     /// Whether a target's installed policy is exactly this one (so a
@@ -428,17 +473,32 @@ impl EbpfDataplane {
         hash_map(&mut self.ebpf, RATE_BUCKETS_MAP)?
             .insert(slot, buckets, 0)
             .map_err(map_error(RATE_BUCKETS_MAP))?;
-        self.bucket_slots.insert(slot);
-        let rows = ifindexes.iter().map(|&ifindex| (ifindex, slot));
-        self.rate_slots.put(&mut self.ebpf, rows)
+        self.bucket_slots.insert(slot, caps_ingress(&buckets));
+        for &ifindex in ifindexes {
+            self.states.update(&mut self.ebpf, ifindex, |state| {
+                *state = IfaceState::of(state.policy(), Some(slot));
+            })?;
+            // After the row: the program finds the cap from its first packet.
+            self.sync_to_container(ifindex)?;
+        }
+        Ok(())
     }
 
     /// Uncaps interfaces and removes the buckets of slots no interface uses.
     pub fn remove_caps(&mut self, ifindexes: &[u32]) -> Result<(), EbpfError> {
-        self.rate_slots
-            .delete(&mut self.ebpf, ifindexes.iter().copied())?;
-        let used: BTreeSet<u32> = self.rate_slots.written().values().copied().collect();
-        let unused: Vec<u32> = self.bucket_slots.difference(&used).copied().collect();
+        for &ifindex in ifindexes {
+            self.states.update(&mut self.ebpf, ifindex, |state| {
+                *state = IfaceState::of(state.policy(), None);
+            })?;
+            self.sync_to_container(ifindex)?;
+        }
+        let used: BTreeSet<u32> = (self.states.written().values())
+            .filter_map(IfaceState::cap_slot)
+            .collect();
+        let unused: Vec<u32> = (self.bucket_slots.keys())
+            .filter(|slot| !used.contains(slot))
+            .copied()
+            .collect();
         for slot in unused {
             remove_key::<RateBuckets>(&mut self.ebpf, RATE_BUCKETS_MAP, slot)?;
             self.bucket_slots.remove(&slot);
@@ -448,7 +508,9 @@ impl EbpfDataplane {
 
     /// Every capped interface and its slot, as written.
     pub fn cap_slots(&mut self) -> Result<HashMap<u32, u32>, EbpfError> {
-        Ok(self.rate_slots.written().clone().into_iter().collect())
+        Ok((self.states.written().iter())
+            .filter_map(|(ifindex, s)| Some((*ifindex, s.cap_slot()?)))
+            .collect())
     }
 
     /// The buckets of one cap slot, as the programs left them.
@@ -482,12 +544,40 @@ impl EbpfDataplane {
         self.test_run(PROG_TC_BRIDGE_GUARD, ifindex, packet)
     }
 
+    /// Runs the from-container program `repeat` times on `packet` (as
+    /// [`Self::test_run_from_container`]) and returns its verdict and the
+    /// kernel's average time per run: a repeatable per-packet cost that
+    /// excludes the stats' clock reads. Each run counts as a packet.
+    pub fn time_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration), EbpfError> {
+        let (verdict, _, per_run) =
+            self.test_run_repeat(PROG_TC_FROM_CONTAINER, ifindex, packet, repeat)?;
+        Ok((verdict, per_run))
+    }
+
     fn test_run(
         &mut self,
         program_name: &'static str,
         ifindex: u32,
         packet: &[u8],
     ) -> Result<(i32, Vec<u8>), EbpfError> {
+        let (verdict, out, _) = self.test_run_repeat(program_name, ifindex, packet, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// BPF_PROG_TEST_RUN of `program_name`, `repeat` times: the verdict,
+    /// the packet as the last run left it, the average duration per run.
+    fn test_run_repeat(
+        &mut self,
+        program_name: &'static str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, Vec<u8>, std::time::Duration), EbpfError> {
         // A __sk_buff prefix up to and including `ifindex` (offset 40); the
         // kernel requires every other field in it to be zero.
         let mut ctx = [0u8; 44];
@@ -499,6 +589,7 @@ impl EbpfDataplane {
                 data_in: Some(packet),
                 data_out: Some(&mut data_out),
                 ctx_in: Some(&ctx),
+                repeat: repeat.max(1),
                 ..TestRunOptions::new()
             })
             .map_err(|source| EbpfError::Program {
@@ -506,8 +597,13 @@ impl EbpfDataplane {
                 source,
             })?;
         data_out.truncate(result.data_size_out as usize);
-        Ok((result.return_value as i32, data_out))
+        Ok((result.return_value as i32, data_out, result.duration))
     }
+}
+
+/// Whether these buckets cap what the container receives.
+fn caps_ingress(buckets: &RateBuckets) -> bool {
+    buckets.ingress.ns_per_byte != 0
 }
 
 /// Removes one key of a `u32`-keyed hash map; a key already gone is fine.
