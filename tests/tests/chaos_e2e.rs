@@ -10,6 +10,10 @@
 //! restarts. dockerd restarts are left out of the short run: they would
 //! stop every other test's containers, and docker_restart_e2e covers them.
 //!
+//! `chaos_failover_*` run a two-warp failover group's faults
+//! (`netwarp_tests::chaos::failover`): the primary killed, flapping,
+//! silently dead (found by its probe), both members down; 0 leaked.
+//!
 //! `chaos_vpn_*` run the WireGuard faults (`netwarp_tests::chaos::vpn`):
 //! the tunnel's server killed and restored, the warp's tunnel interface
 //! deleted, the warp restarted while its server is down, and a warp
@@ -26,6 +30,17 @@ fn chaos_in(mode: &str) {
     let report = chaos::run_all(mode, counts).expect("the chaos scenario runs");
     chaos::save_report(&format!("chaos-{mode}"), &report);
     judge(mode, &report);
+}
+
+fn chaos_failover_in(mode: &str) {
+    let counts = Counts::from_env();
+    let report = chaos::failover::run_all(mode, counts).expect("the failover chaos scenario runs");
+    chaos::save_report(&format!("chaos-failover-{mode}"), &report);
+    judge(&format!("{mode}, failover group"), &report);
+    assert_eq!(
+        report.leaked_packets, 0,
+        "{mode}: leaked over the whole failover scenario"
+    );
 }
 
 fn chaos_vpn_in(mode: &str) {
@@ -67,6 +82,18 @@ fn judge(mode: &str, report: &ScenarioReport) {
         report.probes_delivered > 0,
         "{mode}: no probe was ever delivered through the warp"
     );
+}
+
+#[test]
+fn chaos_failover_routes() {
+    skip_if!("chaos_failover_routes", skip::missing_docker());
+    chaos_failover_in("routes");
+}
+
+#[test]
+fn chaos_failover_ebpf() {
+    skip_if!("chaos_failover_ebpf", skip::missing_docker());
+    chaos_failover_in("ebpf");
 }
 
 #[test]

@@ -23,11 +23,13 @@ const WITNESS_JSON: &str = "witness.json";
 
 /// The chaos scenarios chaos_e2e saves (`<file>.json` in `report_dir()`),
 /// with the label of their rows in the report.
-const SCENARIOS: [(&str, &str); 4] = [
+const SCENARIOS: [(&str, &str); 6] = [
     ("chaos-routes", "routes"),
     ("chaos-ebpf", "ebpf"),
     ("chaos-vpn-routes", "routes, WireGuard warp"),
     ("chaos-vpn-ebpf", "ebpf, WireGuard warp"),
+    ("chaos-failover-routes", "routes, failover group"),
+    ("chaos-failover-ebpf", "ebpf, failover group"),
 ];
 
 /// The guarantee the suite checks, and its limits, as RELIABILITY.md
@@ -366,7 +368,7 @@ fn render(dir: &Path, passed: bool, short: bool) -> anyhow::Result<String> {
              {} / failed {} ({:.1}% delivered, blocked periods included); unlabelled \
              container unchanged: {}; daemon peak RSS {} KiB; {:.0} s",
             report["leaked_packets"],
-            if file.starts_with("chaos-vpn") {
+            if file.starts_with("chaos-vpn") || file.starts_with("chaos-failover") {
                 "over the whole scenario"
             } else {
                 "after the first reconcile"

@@ -27,6 +27,8 @@ pub struct Counts {
     pub pin_delete: u32,
     /// The WireGuard warp's faults (see [`super::vpn`]), each.
     pub vpn_tunnel_faults: u32,
+    /// The failover group's faults (see [`super::failover`]), each.
+    pub failover: u32,
 }
 
 impl Counts {
@@ -41,6 +43,7 @@ impl Counts {
         veth_delete: 1,
         pin_delete: 1,
         vpn_tunnel_faults: 1,
+        failover: 2,
     };
     /// `cargo xtask chaos`.
     pub const FULL: Self = Self {
@@ -52,6 +55,7 @@ impl Counts {
         veth_delete: 5,
         pin_delete: 5,
         vpn_tunnel_faults: 5,
+        failover: 20,
     };
 
     /// FULL when `NETWARP_CHAOS=full`, else SHORT; without dockerd

@@ -18,12 +18,14 @@
 //! Modules: [`sink`] (the leak sink), [`scenario`] (the world and its
 //! checks against the plan), [`faults`] (the table of faults and how each
 //! is run), [`vpn`] (the same faults' counterpart with a real WireGuard
-//! warp), [`report`] (what is saved for RELIABILITY.md), [`pins`] (reading
+//! warp), [`failover`] (a two-warp failover group under member kills,
+//! flaps and silent deaths), [`report`] (what is saved for RELIABILITY.md), [`pins`] (reading
 //! the daemon's pinned maps), [`dockerd`] (the dockerd restart fault).
 
 use std::time::Duration;
 
 pub mod dockerd;
+pub mod failover;
 pub mod faults;
 pub mod pins;
 pub mod report;
