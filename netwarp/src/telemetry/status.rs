@@ -112,7 +112,7 @@ pub struct WarpStatus {
     #[serde(default)]
     pub untunnelled_drops: Option<PacketsBytes>,
     /// Its probe, when it has a probe label and has been probed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<WarpProbeStatus>,
 }
 
