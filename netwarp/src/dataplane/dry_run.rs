@@ -169,7 +169,9 @@ pub struct DryRunDataplane {
     faults: DryRunFaults,
     /// The guards "written", by network.
     guards: HashMap<String, GuardPlan>,
-    programmed: BTreeMap<String, DryRunTarget>,
+    /// What is "programmed", by container id: each target as its JSON in
+    /// the record, so writing the record serializes none of them again.
+    programmed: BTreeMap<String, Box<str>>,
     /// The plans last "programmed", as a real dataplane remembers them.
     settled: Settled<TargetPlan>,
     visits: BTreeMap<String, u64>,
@@ -194,6 +196,11 @@ impl DryRunDataplane {
         Self { faults, ..self }
     }
 
+    /// Whether [`DryRunDataplane::program`] would skip `target`.
+    pub fn settled(&self, target: &TargetPlan, verify: bool) -> bool {
+        self.settled.unchanged(&target.id, target, verify)
+    }
+
     /// "Programs" one target. Returns whether anything changed. Unless
     /// `verify`, an unchanged plan is skipped, as a real dataplane skips
     /// the kernel for it. A target the faults name fails and keeps what
@@ -204,7 +211,9 @@ impl DryRunDataplane {
         }
         *self.visits.entry(target.id.clone()).or_default() += 1;
         self.unwritten = true;
-        let desired = DryRunTarget::from_plan(target);
+        let desired = serde_json::to_string(&DryRunTarget::from_plan(target))
+            .expect("a DryRunTarget serializes")
+            .into_boxed_str();
         let changed = self.programmed.get(&target.id) != Some(&desired);
         let mut faults = self.faults.lock();
         if faults.failing.contains(&target.name) {
@@ -278,26 +287,24 @@ impl DryRunDataplane {
         }
     }
 
-    /// What is "programmed" now, by container id.
-    pub fn programmed(&self) -> &BTreeMap<String, DryRunTarget> {
-        &self.programmed
-    }
-
     fn write_record(&self, path: &Path) -> io::Result<()> {
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            simulation: &'a str,
-            passes: u64,
-            targets: &'a BTreeMap<String, DryRunTarget>,
-            visits: &'a BTreeMap<String, u64>,
+        // A [`DryRunRecord`]'s JSON, its targets as they were serialized.
+        let targets: usize = self.programmed.values().map(|t| t.len() + 70).sum();
+        let mut json = Vec::with_capacity(targets + 80 * self.visits.len() + 200);
+        json.extend_from_slice(b"{\"simulation\":");
+        serde_json::to_writer(&mut json, SIMULATION_NOTE).map_err(io::Error::other)?;
+        json.extend_from_slice(format!(",\"passes\":{},\"targets\":{{", self.passes).as_bytes());
+        for (i, (id, target)) in self.programmed.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            serde_json::to_writer(&mut json, id).map_err(io::Error::other)?;
+            json.push(b':');
+            json.extend_from_slice(target.as_bytes());
         }
-        let json = serde_json::to_vec(&Borrowed {
-            simulation: SIMULATION_NOTE,
-            passes: self.passes,
-            targets: &self.programmed,
-            visits: &self.visits,
-        })
-        .map_err(io::Error::other)?;
+        json.extend_from_slice(b"},\"visits\":");
+        serde_json::to_writer(&mut json, &self.visits).map_err(io::Error::other)?;
+        json.push(b'}');
         // Write then rename, so a reader never sees half a record.
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, json)?;
@@ -370,6 +377,11 @@ mod tests {
         assert_eq!(faults.written(), ["a", "b"]);
         dry.finish_pass(&["a".to_string(), "b".to_string()].into());
         let record = read_record(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            serde_json::to_vec(&record).unwrap(),
+            "the record is a DryRunRecord's JSON"
+        );
         assert_eq!(record.visits["a"], 2, "a verifying pass checks");
         assert_eq!(
             record.visits["b"], 2,

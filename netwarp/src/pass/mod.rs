@@ -350,6 +350,12 @@ impl Reconciler {
             }
             served_owed |= is_owed;
             done.seen.insert(target.id.clone());
+            if self.dataplane.settled(scope, target) {
+                // Programmed as planned and not to be verified: nothing to
+                // do, log or time (its classification was logged with the
+                // plan it settled with; no event named it).
+                continue;
+            }
             let span = info_span!("target", container = %target.name, id = %short_id(&target.id));
             self.changes.classification(target);
             let programmed = (self.dataplane.sync_target(scope, target))

@@ -58,7 +58,7 @@ pub struct EbpfPlane {
     /// What was last written per target.
     targets: HashMap<String, EbpfTarget>,
     /// The plans that produced `targets`, to skip unchanged ones.
-    settled: Settled<TargetPlan>,
+    pub(super) settled: Settled<TargetPlan>,
     /// Each bridge guard last written, by bridge ifindex.
     guards: HashMap<u32, EbpfGuard>,
     /// The guard plans last written in full, to skip unchanged ones.

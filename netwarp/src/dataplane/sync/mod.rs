@@ -278,6 +278,18 @@ impl Dataplane {
         }
     }
 
+    /// Whether [`Dataplane::sync_target`] would skip `target`: its plan is
+    /// the one last programmed and the scope does not verify it. A pass
+    /// skips such a target without building anything for it (no span).
+    pub fn settled(&self, scope: &PassScope, target: &TargetPlan) -> bool {
+        let verify = scope.verifies(&target.id);
+        match self {
+            Self::Routes(plane) => plane.settled.unchanged(&target.id, target, verify),
+            Self::Ebpf(plane) => plane.settled.unchanged(&target.id, target, verify),
+            Self::DryRun(dry) => dry.settled(target, verify),
+        }
+    }
+
     /// Brings one target to its plan. Returns whether anything changed.
     /// Unless the scope verifies it, a target whose plan is the one last
     /// programmed costs nothing: no netlink, no namespace switch, no map

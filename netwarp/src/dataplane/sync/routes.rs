@@ -18,7 +18,7 @@ use crate::{
 #[derive(Default)]
 pub struct RoutesPlane {
     /// The target plans last programmed.
-    settled: Settled<TargetPlan>,
+    pub(super) settled: Settled<TargetPlan>,
     /// The guards last programmed, by bridge; `None` until a write
     /// succeeded (or after one failed).
     last_guards: Option<Vec<(String, GuardPlan)>>,
