@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(
             record.targets,
             expected_targets(&Plan {
-                targets: vec![target("a", steered(), 12)],
+                targets: vec![target("a", steered(), 12).into()],
                 ..Plan::default()
             })
         );

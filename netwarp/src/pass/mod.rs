@@ -460,7 +460,7 @@ fn named_by_events(
 /// none is overtaken forever), then the rest, cheapest (fewest entries)
 /// first, so a few heavy writes hold up no ordinary target.
 fn pass_order<'a>(
-    targets: &'a [TargetPlan],
+    targets: &'a [Arc<TargetPlan>],
     named: impl Fn(&str) -> bool,
     owed: &[String],
 ) -> Vec<&'a TargetPlan> {
@@ -469,7 +469,7 @@ fn pass_order<'a>(
         .collect();
     let refused_for_room =
         |t: &TargetPlan| matches!(&t.state, TargetState::Blocked(reason) if reason.is_limit());
-    let mut order: Vec<&TargetPlan> = targets.iter().collect();
+    let mut order: Vec<&TargetPlan> = targets.iter().map(|t| &**t).collect();
     order.sort_by_cached_key(|t| match owed.get(t.id.as_str()) {
         _ if refused_for_room(t) => (0, 0),
         _ if named(&t.id) => (1, 0),
@@ -576,7 +576,8 @@ mod tests {
     fn targets_refused_for_room_are_written_first_to_free_it() {
         let mut plan = plan(&world(), &settings());
         let heavy = plan.targets.iter_mut().find(|t| t.name == "heavy").unwrap();
-        heavy.state = TargetState::Blocked(BlockReason::TooManyPrefixes { count: 3, limit: 2 });
+        Arc::make_mut(heavy).state =
+            TargetState::Blocked(BlockReason::TooManyPrefixes { count: 3, limit: 2 });
         let order = pass_order(&plan.targets, |id| id == "id-light", &[]);
         assert_eq!(names(&order), ["heavy", "light", "other"]);
     }

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 mod capacity;
@@ -183,7 +184,9 @@ impl TargetPlan {
 /// The plan for every running target, sorted by container id.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Plan {
-    pub targets: Vec<TargetPlan>,
+    /// Shared, not copied, with the published status and the dataplanes'
+    /// records of what they programmed.
+    pub targets: Vec<Arc<TargetPlan>>,
     /// Every running container with a cap, sorted by container id.
     pub caps: Vec<CapPlan>,
     /// One bridge guard per network that carries a target, by network name.
@@ -216,7 +219,7 @@ pub fn plan_probed(world: &World, settings: &PlanSettings, probes: &WarpProbes) 
     capacity::refuse(&mut targets, refused);
     Plan {
         warps: warp::plan_warps(world, settings, probes, &targets),
-        targets,
+        targets: targets.into_iter().map(Arc::new).collect(),
         caps: caps::plan_caps(world, settings),
         guards,
     }

@@ -62,7 +62,7 @@ fn target(labels: &[(&str, &str)]) -> Container {
 fn only_target(world: &World, settings: &PlanSettings) -> TargetPlan {
     let plan = plan(world, settings);
     assert_eq!(plan.targets.len(), 1, "{plan:?}");
-    plan.targets.into_iter().next().unwrap()
+    Arc::unwrap_or_clone(plan.targets.into_iter().next().unwrap())
 }
 
 fn via(ip: &str) -> Action {
