@@ -441,14 +441,16 @@ fn named_by_events(
     plan: &Plan,
     pending: &HashMap<String, SystemTime>,
 ) -> HashSet<String> {
-    let ids_by_name: HashMap<&str, &str> = (world.containers.iter())
-        .map(|c| (c.name.as_str(), c.id.as_str()))
+    if pending.is_empty() {
+        return HashSet::new();
+    }
+    // The names of the containers named (a few), not an index of all.
+    let names: HashSet<&str> = (world.containers.iter())
+        .filter(|c| pending.contains_key(&c.id))
+        .map(|c| c.name.as_str())
         .collect();
-    let warp_named = |t: &TargetPlan| {
-        (ids_by_name.get(t.warp.as_str())).is_some_and(|id| pending.contains_key(*id))
-    };
     let targets = (plan.targets.iter())
-        .filter(|t| warp_named(t))
+        .filter(|t| !names.is_empty() && names.contains(t.warp.as_str()))
         .map(|t| t.id.clone());
     pending.keys().cloned().chain(targets).collect()
 }
