@@ -256,7 +256,7 @@ impl DryRunDataplane {
 
     /// Ends a pass: forgets targets not `seen` in it (they left) and writes
     /// the record if anything changed.
-    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+    pub fn finish_pass(&mut self, seen: &crate::model::IdSet) {
         let before = self.programmed.len();
         self.programmed.retain(|id, _| seen.contains(id));
         self.visits.retain(|id, _| seen.contains(id));
@@ -375,7 +375,7 @@ mod tests {
             "then an unchanged plan is skipped"
         );
         assert_eq!(faults.written(), ["a", "b"]);
-        dry.finish_pass(&["a".to_string(), "b".to_string()].into());
+        dry.finish_pass(&["a".to_string(), "b".to_string()].into_iter().collect());
         let record = read_record(&path).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -406,7 +406,7 @@ mod tests {
         faults.fail_target("name-a", true);
         let failed = dry.program(&target("a", steered(), 13), false).unwrap_err();
         assert_eq!(failed.reason(), FailureReason::MapFull, "{failed}");
-        dry.finish_pass(&["a".to_string()].into());
+        dry.finish_pass(&["a".to_string()].into_iter().collect());
         let record = read_record(&path).unwrap();
         assert_eq!(record.passes, 2);
         assert_eq!(record.targets.len(), 1);

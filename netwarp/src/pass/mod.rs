@@ -21,7 +21,7 @@ use crate::{
     dataplane::sync::{Dataplane, FailureReason, PassScope},
     docker,
     inventory::Inventory,
-    model::{NetworkMode, World, short_id},
+    model::{IdSet, NetworkMode, World, short_id},
     plan::{
         Action, CapPlan, Entry, GuardPlan, Plan, PlanSettings, TargetPlan, TargetState, WarpProbes,
         is_warp_by_name, plan_probed, probe_spec,
@@ -69,7 +69,7 @@ struct Probes {
 
 /// What the targets' part of a pass leaves for the rest.
 struct TargetsDone {
-    seen: HashSet<String>,
+    seen: IdSet,
     /// An event arrived: these targets (in order) were left for the next
     /// pass, which follows at once.
     left: Option<Vec<String>>,
@@ -331,7 +331,7 @@ impl Reconciler {
         let continuing = order.iter().any(|t| owed.contains(t.id.as_str()));
         let mut served_owed = false;
         let mut done = TargetsDone {
-            seen: HashSet::new(),
+            seen: IdSet::default(),
             left: None,
         };
         for (i, target) in order.iter().enumerate() {
@@ -436,13 +436,9 @@ impl Reconciler {
 
 /// The containers the pending events named, and the targets whose warp
 /// they named: these are served first and checked against the kernel.
-fn named_by_events(
-    world: &World,
-    plan: &Plan,
-    pending: &HashMap<String, SystemTime>,
-) -> HashSet<String> {
+fn named_by_events(world: &World, plan: &Plan, pending: &HashMap<String, SystemTime>) -> IdSet {
     if pending.is_empty() {
-        return HashSet::new();
+        return IdSet::default();
     }
     // The names of the containers named (a few), not an index of all.
     let names: HashSet<&str> = (world.containers.iter())

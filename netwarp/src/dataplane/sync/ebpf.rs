@@ -402,7 +402,7 @@ impl EbpfPlane {
     /// target that merely failed this pass keeps its policy (fail closed).
     /// An ordinary pass (not `verify`) releases only what it knows left,
     /// without scanning the maps or the interfaces.
-    pub fn release_departed(&mut self, seen: &HashSet<String>, verify: bool) {
+    pub fn release_departed(&mut self, seen: &crate::model::IdSet, verify: bool) {
         let mut departed: Vec<u32> = (self.targets.iter())
             .filter(|(id, _)| !seen.contains(*id))
             .map(|(_, t)| t.host_ifindex)

@@ -1,8 +1,6 @@
 //! The routes dataplane: policy routes and rules in each target's
 //! namespace, guard rules in the host's, tbf qdiscs for caps.
 
-use std::collections::HashSet;
-
 use tracing::debug;
 
 use super::{FailureReason, PassScope, caps::CapsState};
@@ -94,7 +92,7 @@ impl RoutesPlane {
     }
 
     /// Forgets the targets that left.
-    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+    pub fn finish_pass(&mut self, seen: &crate::model::IdSet) {
         self.settled.retain(|id| seen.contains(id));
     }
 }
