@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io,
+    io::{self, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -173,7 +173,7 @@ pub struct DryRunDataplane {
     /// the record, so writing the record serializes none of them again.
     programmed: BTreeMap<String, Box<str>>,
     /// The plans last "programmed", as a real dataplane remembers them.
-    settled: Settled<TargetPlan>,
+    settled: Settled<Arc<TargetPlan>>,
     visits: BTreeMap<String, u64>,
     passes: u64,
     changed_this_pass: usize,
@@ -197,7 +197,7 @@ impl DryRunDataplane {
     }
 
     /// Whether [`DryRunDataplane::program`] would skip `target`.
-    pub fn settled(&self, target: &TargetPlan, verify: bool) -> bool {
+    pub fn settled(&self, target: &Arc<TargetPlan>, verify: bool) -> bool {
         self.settled.unchanged(&target.id, target, verify)
     }
 
@@ -205,7 +205,7 @@ impl DryRunDataplane {
     /// `verify`, an unchanged plan is skipped, as a real dataplane skips
     /// the kernel for it. A target the faults name fails and keeps what
     /// it had, as a real dataplane keeps the previous policy.
-    pub fn program(&mut self, target: &TargetPlan, verify: bool) -> Result<bool, TargetError> {
+    pub fn program(&mut self, target: &Arc<TargetPlan>, verify: bool) -> Result<bool, TargetError> {
         if self.settled.unchanged(&target.id, target, verify) {
             return Ok(false);
         }
@@ -288,26 +288,26 @@ impl DryRunDataplane {
     }
 
     fn write_record(&self, path: &Path) -> io::Result<()> {
-        // A [`DryRunRecord`]'s JSON, its targets as they were serialized.
-        let targets: usize = self.programmed.values().map(|t| t.len() + 70).sum();
-        let mut json = Vec::with_capacity(targets + 80 * self.visits.len() + 200);
-        json.extend_from_slice(b"{\"simulation\":");
-        serde_json::to_writer(&mut json, SIMULATION_NOTE).map_err(io::Error::other)?;
-        json.extend_from_slice(format!(",\"passes\":{},\"targets\":{{", self.passes).as_bytes());
+        // A [`DryRunRecord`]'s JSON, its targets as they were serialized,
+        // streamed to the file (never the whole record in memory). Written
+        // then renamed, so a reader never sees half a record.
+        let tmp = path.with_extension("tmp");
+        let mut out = io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+        out.write_all(b"{\"simulation\":")?;
+        serde_json::to_writer(&mut out, SIMULATION_NOTE)?;
+        write!(out, ",\"passes\":{},\"targets\":{{", self.passes)?;
         for (i, (id, target)) in self.programmed.iter().enumerate() {
             if i > 0 {
-                json.push(b',');
+                out.write_all(b",")?;
             }
-            serde_json::to_writer(&mut json, id).map_err(io::Error::other)?;
-            json.push(b':');
-            json.extend_from_slice(target.as_bytes());
+            serde_json::to_writer(&mut out, id)?;
+            out.write_all(b":")?;
+            out.write_all(target.as_bytes())?;
         }
-        json.extend_from_slice(b"},\"visits\":");
-        serde_json::to_writer(&mut json, &self.visits).map_err(io::Error::other)?;
-        json.push(b'}');
-        // Write then rename, so a reader never sees half a record.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, json)?;
+        out.write_all(b"},\"visits\":")?;
+        serde_json::to_writer(&mut out, &self.visits)?;
+        out.write_all(b"}")?;
+        out.into_inner().map_err(io::IntoInnerError::into_error)?;
         std::fs::rename(&tmp, path)
     }
 }
@@ -320,12 +320,12 @@ mod tests {
         plan::{BlockReason, Entry},
     };
 
-    fn target(id: &str, state: TargetState, pid: u32) -> TargetPlan {
+    fn target(id: &str, state: TargetState, pid: u32) -> Arc<TargetPlan> {
         let action = match &state {
             TargetState::Steered { via_v4, .. } => Action::Via(via_v4.unwrap().into()),
             _ => Action::Block,
         };
-        TargetPlan {
+        Arc::new(TargetPlan {
             id: id.into(),
             name: format!("name-{id}"),
             pid: Some(pid),
@@ -338,7 +338,7 @@ mod tests {
             warp_macs: Vec::new(),
             addresses: Vec::new(),
             shares_namespace_of: None,
-        }
+        })
     }
 
     fn steered() -> TargetState {
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(
             record.targets,
             expected_targets(&Plan {
-                targets: vec![target("a", steered(), 12).into()],
+                targets: vec![target("a", steered(), 12)],
                 ..Plan::default()
             })
         );

@@ -461,13 +461,13 @@ fn pass_order<'a>(
     targets: &'a [Arc<TargetPlan>],
     named: impl Fn(&str) -> bool,
     owed: &[String],
-) -> Vec<&'a TargetPlan> {
+) -> Vec<&'a Arc<TargetPlan>> {
     let owed: HashMap<&str, usize> = (owed.iter().enumerate())
         .map(|(i, id)| (id.as_str(), i))
         .collect();
     let refused_for_room =
         |t: &TargetPlan| matches!(&t.state, TargetState::Blocked(reason) if reason.is_limit());
-    let mut order: Vec<&TargetPlan> = targets.iter().map(|t| &**t).collect();
+    let mut order: Vec<&Arc<TargetPlan>> = targets.iter().collect();
     order.sort_by_cached_key(|t| match owed.get(t.id.as_str()) {
         _ if refused_for_room(t) => (0, 0),
         _ if named(&t.id) => (1, 0),
@@ -551,7 +551,7 @@ mod tests {
         }
     }
 
-    fn names(order: &[&TargetPlan]) -> Vec<String> {
+    fn names(order: &[&Arc<TargetPlan>]) -> Vec<String> {
         order.iter().map(|t| t.name.clone()).collect()
     }
 

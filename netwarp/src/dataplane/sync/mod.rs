@@ -281,7 +281,7 @@ impl Dataplane {
     /// Whether [`Dataplane::sync_target`] would skip `target`: its plan is
     /// the one last programmed and the scope does not verify it. A pass
     /// skips such a target without building anything for it (no span).
-    pub fn settled(&self, scope: &PassScope, target: &TargetPlan) -> bool {
+    pub fn settled(&self, scope: &PassScope, target: &Arc<TargetPlan>) -> bool {
         let verify = scope.verifies(&target.id);
         match self {
             Self::Routes(plane) => plane.settled.unchanged(&target.id, target, verify),
@@ -297,7 +297,7 @@ impl Dataplane {
     pub async fn sync_target(
         &mut self,
         scope: &mut PassScope,
-        target: &TargetPlan,
+        target: &Arc<TargetPlan>,
     ) -> Result<bool, TargetError> {
         match self {
             Self::Routes(plane) => Ok(plane.sync_target(scope, target).await?),
