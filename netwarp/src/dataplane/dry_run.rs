@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io,
+    io::{self, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -169,9 +169,11 @@ pub struct DryRunDataplane {
     faults: DryRunFaults,
     /// The guards "written", by network.
     guards: HashMap<String, GuardPlan>,
-    programmed: BTreeMap<String, DryRunTarget>,
+    /// What is "programmed", by container id: each target as its JSON in
+    /// the record, so writing the record serializes none of them again.
+    programmed: BTreeMap<String, Box<str>>,
     /// The plans last "programmed", as a real dataplane remembers them.
-    settled: Settled<TargetPlan>,
+    settled: Settled<Arc<TargetPlan>>,
     visits: BTreeMap<String, u64>,
     passes: u64,
     changed_this_pass: usize,
@@ -194,17 +196,24 @@ impl DryRunDataplane {
         Self { faults, ..self }
     }
 
+    /// Whether [`DryRunDataplane::program`] would skip `target`.
+    pub fn settled(&self, target: &Arc<TargetPlan>, verify: bool) -> bool {
+        self.settled.unchanged(&target.id, target, verify)
+    }
+
     /// "Programs" one target. Returns whether anything changed. Unless
     /// `verify`, an unchanged plan is skipped, as a real dataplane skips
     /// the kernel for it. A target the faults name fails and keeps what
     /// it had, as a real dataplane keeps the previous policy.
-    pub fn program(&mut self, target: &TargetPlan, verify: bool) -> Result<bool, TargetError> {
+    pub fn program(&mut self, target: &Arc<TargetPlan>, verify: bool) -> Result<bool, TargetError> {
         if self.settled.unchanged(&target.id, target, verify) {
             return Ok(false);
         }
         *self.visits.entry(target.id.clone()).or_default() += 1;
         self.unwritten = true;
-        let desired = DryRunTarget::from_plan(target);
+        let desired = serde_json::to_string(&DryRunTarget::from_plan(target))
+            .expect("a DryRunTarget serializes")
+            .into_boxed_str();
         let changed = self.programmed.get(&target.id) != Some(&desired);
         let mut faults = self.faults.lock();
         if faults.failing.contains(&target.name) {
@@ -247,7 +256,7 @@ impl DryRunDataplane {
 
     /// Ends a pass: forgets targets not `seen` in it (they left) and writes
     /// the record if anything changed.
-    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+    pub fn finish_pass(&mut self, seen: &crate::model::IdSet) {
         let before = self.programmed.len();
         self.programmed.retain(|id, _| seen.contains(id));
         self.visits.retain(|id, _| seen.contains(id));
@@ -278,29 +287,27 @@ impl DryRunDataplane {
         }
     }
 
-    /// What is "programmed" now, by container id.
-    pub fn programmed(&self) -> &BTreeMap<String, DryRunTarget> {
-        &self.programmed
-    }
-
     fn write_record(&self, path: &Path) -> io::Result<()> {
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            simulation: &'a str,
-            passes: u64,
-            targets: &'a BTreeMap<String, DryRunTarget>,
-            visits: &'a BTreeMap<String, u64>,
-        }
-        let json = serde_json::to_vec(&Borrowed {
-            simulation: SIMULATION_NOTE,
-            passes: self.passes,
-            targets: &self.programmed,
-            visits: &self.visits,
-        })
-        .map_err(io::Error::other)?;
-        // Write then rename, so a reader never sees half a record.
+        // A [`DryRunRecord`]'s JSON, its targets as they were serialized,
+        // streamed to the file (never the whole record in memory). Written
+        // then renamed, so a reader never sees half a record.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, json)?;
+        let mut out = io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+        out.write_all(b"{\"simulation\":")?;
+        serde_json::to_writer(&mut out, SIMULATION_NOTE)?;
+        write!(out, ",\"passes\":{},\"targets\":{{", self.passes)?;
+        for (i, (id, target)) in self.programmed.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut out, id)?;
+            out.write_all(b":")?;
+            out.write_all(target.as_bytes())?;
+        }
+        out.write_all(b"},\"visits\":")?;
+        serde_json::to_writer(&mut out, &self.visits)?;
+        out.write_all(b"}")?;
+        out.into_inner().map_err(io::IntoInnerError::into_error)?;
         std::fs::rename(&tmp, path)
     }
 }
@@ -313,12 +320,12 @@ mod tests {
         plan::{BlockReason, Entry},
     };
 
-    fn target(id: &str, state: TargetState, pid: u32) -> TargetPlan {
+    fn target(id: &str, state: TargetState, pid: u32) -> Arc<TargetPlan> {
         let action = match &state {
             TargetState::Steered { via_v4, .. } => Action::Via(via_v4.unwrap().into()),
             _ => Action::Block,
         };
-        TargetPlan {
+        Arc::new(TargetPlan {
             warp_group: Vec::new(),
             id: id.into(),
             name: format!("name-{id}"),
@@ -332,7 +339,7 @@ mod tests {
             warp_macs: Vec::new(),
             addresses: Vec::new(),
             shares_namespace_of: None,
-        }
+        })
     }
 
     fn steered() -> TargetState {
@@ -369,8 +376,13 @@ mod tests {
             "then an unchanged plan is skipped"
         );
         assert_eq!(faults.written(), ["a", "b"]);
-        dry.finish_pass(&["a".to_string(), "b".to_string()].into());
+        dry.finish_pass(&["a".to_string(), "b".to_string()].into_iter().collect());
         let record = read_record(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            serde_json::to_vec(&record).unwrap(),
+            "the record is a DryRunRecord's JSON"
+        );
         assert_eq!(record.visits["a"], 2, "a verifying pass checks");
         assert_eq!(
             record.visits["b"], 2,
@@ -395,7 +407,7 @@ mod tests {
         faults.fail_target("name-a", true);
         let failed = dry.program(&target("a", steered(), 13), false).unwrap_err();
         assert_eq!(failed.reason(), FailureReason::MapFull, "{failed}");
-        dry.finish_pass(&["a".to_string()].into());
+        dry.finish_pass(&["a".to_string()].into_iter().collect());
         let record = read_record(&path).unwrap();
         assert_eq!(record.passes, 2);
         assert_eq!(record.targets.len(), 1);

@@ -4,17 +4,17 @@
 //! the next pass (which repairs what raced with it, such as a container's
 //! interface still being set up), and a failure is retried.
 
-use std::collections::HashMap;
+use crate::model::IdMap;
 
 #[derive(Debug)]
 pub struct Settled<P> {
-    plans: HashMap<String, P>,
+    plans: IdMap<P>,
 }
 
 impl<P> Default for Settled<P> {
     fn default() -> Self {
         Self {
-            plans: HashMap::new(),
+            plans: IdMap::default(),
         }
     }
 }

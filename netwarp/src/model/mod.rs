@@ -3,7 +3,15 @@ mod map;
 mod rate;
 mod rule;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+/// Sets and maps of container ids on a pass's hot paths (thousands of
+/// lookups per pass): a fast seeded hash instead of SipHash.
+pub type IdSet = HashSet<String, foldhash::fast::RandomState>;
+pub type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 pub use map::SmallMap;
 pub use rate::{Cap, Caps, Rate, RateError, default_burst, parse_rate, parse_size};

@@ -1,7 +1,7 @@
 //! What the pass logs about classifications, once per change: a steered
 //! target at debug, a problem (blocked, bypassed, refused) at warn.
 
-use std::collections::HashMap;
+use crate::model::IdMap;
 
 use tracing::{debug, warn};
 
@@ -14,8 +14,8 @@ use crate::{
 /// classification is logged when it changes, not on every resync.
 #[derive(Default)]
 pub struct ChangeLog {
-    states: HashMap<String, TargetState>,
-    cap_problems: HashMap<String, Vec<String>>,
+    states: IdMap<TargetState>,
+    cap_problems: IdMap<Vec<String>>,
 }
 
 impl ChangeLog {

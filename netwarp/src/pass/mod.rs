@@ -21,7 +21,7 @@ use crate::{
     dataplane::sync::{Dataplane, FailureReason, PassScope},
     docker,
     inventory::Inventory,
-    model::{NetworkMode, World, short_id},
+    model::{IdSet, NetworkMode, World, short_id},
     plan::{
         Action, CapPlan, Entry, Failover, GuardPlan, Observed, Plan, PlanSettings, TargetPlan,
         TargetState, WarpState, is_warp_by_name, plan_observed, probe_spec,
@@ -143,7 +143,7 @@ pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(30);
 
 /// What the targets' part of a pass leaves for the rest.
 struct TargetsDone {
-    seen: HashSet<String>,
+    seen: IdSet,
     /// An event arrived: these targets (in order) were left for the next
     /// pass, which follows at once.
     left: Option<Vec<String>>,
@@ -431,7 +431,7 @@ impl Reconciler {
         let continuing = order.iter().any(|t| owed.contains(t.id.as_str()));
         let mut served_owed = false;
         let mut done = TargetsDone {
-            seen: HashSet::new(),
+            seen: IdSet::default(),
             left: None,
         };
         for (i, target) in order.iter().enumerate() {
@@ -450,6 +450,12 @@ impl Reconciler {
             }
             served_owed |= is_owed;
             done.seen.insert(target.id.clone());
+            if self.dataplane.settled(scope, target) {
+                // Programmed as planned and not to be verified: nothing to
+                // do, log or time (its classification was logged with the
+                // plan it settled with; no event named it).
+                continue;
+            }
             let span = info_span!("target", container = %target.name, id = %short_id(&target.id));
             self.changes.classification(target);
             let programmed = (self.dataplane.sync_target(scope, target))
@@ -530,20 +536,22 @@ impl Reconciler {
 
 /// The containers the pending events named, and the targets whose warp
 /// they named: these are served first and checked against the kernel.
-fn named_by_events(
-    world: &World,
-    plan: &Plan,
-    pending: &HashMap<String, SystemTime>,
-) -> HashSet<String> {
-    let ids_by_name: HashMap<&str, &str> = (world.containers.iter())
-        .map(|c| (c.name.as_str(), c.id.as_str()))
+fn named_by_events(world: &World, plan: &Plan, pending: &HashMap<String, SystemTime>) -> IdSet {
+    if pending.is_empty() {
+        return IdSet::default();
+    }
+    // The names of the containers named (a few), not an index of all.
+    let names: HashSet<&str> = (world.containers.iter())
+        .filter(|c| pending.contains_key(&c.id))
+        .map(|c| c.name.as_str())
         .collect();
-    let named = |warp: &str| (ids_by_name.get(warp)).is_some_and(|id| pending.contains_key(*id));
     // A group's target is named by an event about any of its members: the
     // one that died, or the one that came back.
-    let warp_named = |t: &TargetPlan| named(&t.warp) || t.warp_group.iter().any(|w| named(w));
+    let warp_named = |t: &TargetPlan| {
+        names.contains(t.warp.as_str()) || t.warp_group.iter().any(|w| names.contains(w.as_str()))
+    };
     let targets = (plan.targets.iter())
-        .filter(|t| warp_named(t))
+        .filter(|t| !names.is_empty() && warp_named(t))
         .map(|t| t.id.clone());
     pending.keys().cloned().chain(targets).collect()
 }
@@ -555,16 +563,16 @@ fn named_by_events(
 /// none is overtaken forever), then the rest, cheapest (fewest entries)
 /// first, so a few heavy writes hold up no ordinary target.
 fn pass_order<'a>(
-    targets: &'a [TargetPlan],
+    targets: &'a [Arc<TargetPlan>],
     named: impl Fn(&str) -> bool,
     owed: &[String],
-) -> Vec<&'a TargetPlan> {
+) -> Vec<&'a Arc<TargetPlan>> {
     let owed: HashMap<&str, usize> = (owed.iter().enumerate())
         .map(|(i, id)| (id.as_str(), i))
         .collect();
     let refused_for_room =
         |t: &TargetPlan| matches!(&t.state, TargetState::Blocked(reason) if reason.is_limit());
-    let mut order: Vec<&TargetPlan> = targets.iter().collect();
+    let mut order: Vec<&Arc<TargetPlan>> = targets.iter().collect();
     order.sort_by_cached_key(|t| match owed.get(t.id.as_str()) {
         _ if refused_for_room(t) => (0, 0),
         _ if named(&t.id) => (1, 0),
@@ -648,7 +656,7 @@ mod tests {
         }
     }
 
-    fn names(order: &[&TargetPlan]) -> Vec<String> {
+    fn names(order: &[&Arc<TargetPlan>]) -> Vec<String> {
         order.iter().map(|t| t.name.clone()).collect()
     }
 
@@ -671,7 +679,8 @@ mod tests {
     fn targets_refused_for_room_are_written_first_to_free_it() {
         let mut plan = plan(&world(), &settings());
         let heavy = plan.targets.iter_mut().find(|t| t.name == "heavy").unwrap();
-        heavy.state = TargetState::Blocked(BlockReason::TooManyPrefixes { count: 3, limit: 2 });
+        Arc::make_mut(heavy).state =
+            TargetState::Blocked(BlockReason::TooManyPrefixes { count: 3, limit: 2 });
         let order = pass_order(&plan.targets, |id| id == "id-light", &[]);
         assert_eq!(names(&order), ["heavy", "light", "other"]);
     }

@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 mod capacity;
@@ -187,7 +188,9 @@ impl TargetPlan {
 /// The plan for every running target, sorted by container id.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Plan {
-    pub targets: Vec<TargetPlan>,
+    /// Shared, not copied, with the published status and the dataplanes'
+    /// records of what they programmed.
+    pub targets: Vec<Arc<TargetPlan>>,
     /// Every running container with a cap, sorted by container id.
     pub caps: Vec<CapPlan>,
     /// One bridge guard per network that carries a target, by network name.
@@ -249,7 +252,7 @@ pub fn plan_observed(world: &World, settings: &PlanSettings, observed: &Observed
     capacity::refuse(&mut targets, refused);
     Plan {
         warps: warp::plan_warps(world, settings, probes, &targets),
-        targets,
+        targets: targets.into_iter().map(Arc::new).collect(),
         caps: caps::plan_caps(world, settings),
         guards,
     }

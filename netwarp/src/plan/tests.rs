@@ -62,7 +62,7 @@ fn target(labels: &[(&str, &str)]) -> Container {
 fn only_target(world: &World, settings: &PlanSettings) -> TargetPlan {
     let plan = plan(world, settings);
     assert_eq!(plan.targets.len(), 1, "{plan:?}");
-    plan.targets.into_iter().next().unwrap()
+    Arc::unwrap_or_clone(plan.targets.into_iter().next().unwrap())
 }
 
 fn via(ip: &str) -> Action {
@@ -290,7 +290,7 @@ fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
         let plan = plan_observed(world, &settings, &observed);
         let target = plan.targets.into_iter().next().unwrap();
         assert_eq!(target.warp_group, ["warp-a", "warp-b"]);
-        (target.warp.clone(), target.state)
+        (target.warp.clone(), target.state.clone())
     };
     let steered_via = |(warp, state): (String, TargetState)| match state {
         TargetState::Steered { via_v4, .. } => (warp, via_v4.map(|v| v.to_string())),

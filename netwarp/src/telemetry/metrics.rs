@@ -590,7 +590,8 @@ mod tests {
                 warp_macs: Vec::new(),
                 addresses: Vec::new(),
                 shares_namespace_of: None,
-            },
+            }
+            .into(),
             host_ifindex: Some(7),
             warp_ifindex: None,
             routed: None,

@@ -65,7 +65,8 @@ pub use crate::plan::WarpState;
 /// whether programming it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetView {
-    pub plan: TargetPlan,
+    /// Shared with the pass's plan.
+    pub plan: Arc<TargetPlan>,
     /// eBPF: the host-side veth carrying its policy, and the warp's veth.
     pub host_ifindex: Option<u32>,
     pub warp_ifindex: Option<u32>,
@@ -294,6 +295,14 @@ impl Telemetry {
             .observe(duration.as_secs_f64());
         let caps: HashMap<&str, crate::model::Caps> =
             plan.caps.iter().map(|c| (c.id.as_str(), c.caps)).collect();
+        // The warp-side ports of each warp's targets (eBPF only).
+        let mut ports_of: HashMap<&str, Vec<u32>> = HashMap::new();
+        for target in &plan.targets {
+            if let Some(interface) = interfaces.get(&target.id) {
+                (ports_of.entry(target.warp.as_str()).or_default())
+                    .extend(interface.warp_ports.iter().copied());
+            }
+        }
         let published = Published {
             pass: self.pass,
             finished_at: Some(SystemTime::now()),
@@ -301,11 +310,10 @@ impl Telemetry {
             warps: warp_views(plan)
                 .into_iter()
                 .map(|mut warp| {
-                    let mut ports: Vec<u32> = (plan.targets.iter())
-                        .filter(|t| t.warp == warp.name)
-                        .filter_map(|t| interfaces.get(&t.id))
-                        .flat_map(|i| i.warp_ports.iter().copied())
-                        .collect();
+                    let mut ports = ports_of
+                        .get(warp.name.as_str())
+                        .cloned()
+                        .unwrap_or_default();
                     ports.sort_unstable();
                     ports.dedup();
                     warp.ports = ports;
@@ -319,7 +327,7 @@ impl Telemetry {
                 .map(|plan| {
                     let interface = interfaces.get(&plan.id);
                     TargetView {
-                        plan: plan.clone(),
+                        plan: Arc::clone(plan),
                         host_ifindex: interface.map(|i| i.host_ifindex).filter(|i| *i != 0),
                         routed: interface.and_then(|i| i.routed.clone()),
                         warp_ifindex: interface.map(|i| i.warp_ifindex).filter(|i| *i != 0),

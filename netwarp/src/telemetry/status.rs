@@ -423,7 +423,7 @@ mod tests {
             shares_namespace_of: None,
         };
         let view = TargetView {
-            plan: plan.clone(),
+            plan: plan.clone().into(),
             host_ifindex: None,
             warp_ifindex: None,
             routed: None,
@@ -489,7 +489,8 @@ mod tests {
                 }),
                 entries: Entry::all(&rules, Action::Block),
                 ..plan
-            },
+            }
+            .into(),
             ..view
         };
         let status = target_status(&blocked, None);

@@ -2,7 +2,10 @@
 //! host-side veth, the warp program and its peer rows, bridge guards and
 //! token-bucket caps. Remembers what it wrote, to skip unchanged rewrites.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use netwarp_common::{GuardAllowKey, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
@@ -58,7 +61,7 @@ pub struct EbpfPlane {
     /// What was last written per target.
     targets: HashMap<String, EbpfTarget>,
     /// The plans that produced `targets`, to skip unchanged ones.
-    settled: Settled<TargetPlan>,
+    pub(super) settled: Settled<Arc<TargetPlan>>,
     /// Each bridge guard last written, by bridge ifindex.
     guards: HashMap<u32, EbpfGuard>,
     /// The guard plans last written in full, to skip unchanged ones.
@@ -167,7 +170,7 @@ impl EbpfPlane {
     pub async fn sync_target(
         &mut self,
         scope: &mut PassScope,
-        target: &TargetPlan,
+        target: &Arc<TargetPlan>,
     ) -> Result<bool, TargetError> {
         if (self.settled).unchanged(&target.id, target, scope.verifies(&target.id)) {
             return Ok(false);
@@ -402,7 +405,7 @@ impl EbpfPlane {
     /// target that merely failed this pass keeps its policy (fail closed).
     /// An ordinary pass (not `verify`) releases only what it knows left,
     /// without scanning the maps or the interfaces.
-    pub fn release_departed(&mut self, seen: &HashSet<String>, verify: bool) {
+    pub fn release_departed(&mut self, seen: &crate::model::IdSet, verify: bool) {
         let mut departed: Vec<u32> = (self.targets.iter())
             .filter(|(id, _)| !seen.contains(*id))
             .map(|(_, t)| t.host_ifindex)

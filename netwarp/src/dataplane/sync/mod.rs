@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     config::DataplaneMode,
-    model::World,
+    model::{IdSet, World},
     plan::{CapEnforcement, CapPlan, GuardPlan, RuleCapacity, TargetPlan},
 };
 
@@ -181,7 +181,7 @@ pub struct PassScope {
     pub verify: bool,
     /// Containers an event named (and targets whose warp it named): they
     /// are checked against the kernel even in an ordinary pass.
-    named: HashSet<String>,
+    named: IdSet,
     /// Each namespace is written for one container per pass, and the
     /// host's never (`NamespaceHandle` refuses it).
     claims: NamespaceClaims,
@@ -194,7 +194,7 @@ pub struct PassScope {
 }
 
 impl PassScope {
-    pub fn new(verify: bool, named: HashSet<String>) -> Self {
+    pub fn new(verify: bool, named: IdSet) -> Self {
         Self {
             verify,
             named,
@@ -278,6 +278,18 @@ impl Dataplane {
         }
     }
 
+    /// Whether [`Dataplane::sync_target`] would skip `target`: its plan is
+    /// the one last programmed and the scope does not verify it. A pass
+    /// skips such a target without building anything for it (no span).
+    pub fn settled(&self, scope: &PassScope, target: &Arc<TargetPlan>) -> bool {
+        let verify = scope.verifies(&target.id);
+        match self {
+            Self::Routes(plane) => plane.settled.unchanged(&target.id, target, verify),
+            Self::Ebpf(plane) => plane.settled.unchanged(&target.id, target, verify),
+            Self::DryRun(dry) => dry.settled(target, verify),
+        }
+    }
+
     /// Brings one target to its plan. Returns whether anything changed.
     /// Unless the scope verifies it, a target whose plan is the one last
     /// programmed costs nothing: no netlink, no namespace switch, no map
@@ -285,7 +297,7 @@ impl Dataplane {
     pub async fn sync_target(
         &mut self,
         scope: &mut PassScope,
-        target: &TargetPlan,
+        target: &Arc<TargetPlan>,
     ) -> Result<bool, TargetError> {
         match self {
             Self::Routes(plane) => Ok(plane.sync_target(scope, target).await?),
@@ -387,7 +399,7 @@ impl Dataplane {
     }
 
     /// Releases what targets that left (not `seen` this pass) held.
-    pub fn release_departed(&mut self, scope: &PassScope, seen: &HashSet<String>) {
+    pub fn release_departed(&mut self, scope: &PassScope, seen: &IdSet) {
         if let Self::Ebpf(plane) = self {
             plane.release_departed(seen, scope.verify);
         }
@@ -395,7 +407,7 @@ impl Dataplane {
 
     /// Ends a pass: targets that left are forgotten (the dry-run record is
     /// written here).
-    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+    pub fn finish_pass(&mut self, seen: &IdSet) {
         match self {
             Self::Routes(plane) => plane.finish_pass(seen),
             Self::Ebpf(_) => {}

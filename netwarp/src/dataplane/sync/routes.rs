@@ -1,7 +1,7 @@
 //! The routes dataplane: policy routes and rules in each target's
 //! namespace, guard rules in the host's, tbf qdiscs for caps.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 
 use tracing::debug;
 
@@ -18,7 +18,7 @@ use crate::{
 #[derive(Default)]
 pub struct RoutesPlane {
     /// The target plans last programmed.
-    settled: Settled<TargetPlan>,
+    pub(super) settled: Settled<Arc<TargetPlan>>,
     /// The guards last programmed, by bridge; `None` until a write
     /// succeeded (or after one failed).
     last_guards: Option<Vec<(String, GuardPlan)>>,
@@ -31,7 +31,7 @@ impl RoutesPlane {
     pub async fn sync_target(
         &mut self,
         scope: &mut PassScope,
-        target: &TargetPlan,
+        target: &Arc<TargetPlan>,
     ) -> Result<bool, RoutesError> {
         if (self.settled).unchanged(&target.id, target, scope.verifies(&target.id)) {
             return Ok(false);
@@ -94,7 +94,7 @@ impl RoutesPlane {
     }
 
     /// Forgets the targets that left.
-    pub fn finish_pass(&mut self, seen: &HashSet<String>) {
+    pub fn finish_pass(&mut self, seen: &crate::model::IdSet) {
         self.settled.retain(|id| seen.contains(id));
     }
 }
