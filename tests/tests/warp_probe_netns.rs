@@ -91,6 +91,22 @@ fn a_probe_connects_from_inside_the_warps_namespace() {
         }
         other => panic!("a probe through a missing interface must fail: {other:?}"),
     }
+    // An interface the host has and the warp's namespace has not is
+    // missing too: the name means the warp's interface.
+    let host_only = std::fs::read_dir("/sys/class/net")
+        .expect("the host's interfaces")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find(|name| name != "lo")
+        .expect("a host interface besides lo");
+    match runtime.block_on(probe_once(warp.pid(), through(&host_only), timeout)) {
+        Err(ProbeError::Io { source, .. }) => assert!(
+            source
+                .to_string()
+                .contains(&format!("no interface {host_only}")),
+            "{source}"
+        ),
+        other => panic!("{host_only} is the host's, not the warp's: {other:?}"),
+    }
 
     // A pid that is gone: the namespace cannot be entered, said plainly.
     let gone = warp.pid();

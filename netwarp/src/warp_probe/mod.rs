@@ -213,35 +213,23 @@ pub async fn probe_once(
     timeout: Duration,
 ) -> Result<Duration, ProbeError> {
     let address = spec.address;
-    let interface = spec.interface.clone();
-    let socket = inside_namespace(pid, move || {
-        let socket = match address {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }?;
-        if let Some(interface) = &interface {
-            // Bound inside the namespace, where the name means the warp's
-            // interface.
-            socket.bind_device(Some(interface.as_bytes()))?;
-        }
-        Ok(socket)
+    let socket = inside_namespace(pid, move || match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     })
-    .await
-    .map_err(|e| match e {
-        // The tunnel's interface is gone: a failed probe, not a fault.
-        NetnsError::Netns { reason, .. }
-            if spec.interface.is_some() && reason.contains("No such device") =>
-        {
-            ProbeError::Io {
-                spec: spec.clone(),
-                source: std::io::Error::other(format!(
-                    "no interface {}",
-                    spec.interface.as_deref().unwrap_or("")
-                )),
-            }
+    .await?;
+    if let Some(interface) = &spec.interface {
+        // The kernel looks the name up in the socket's namespace (the
+        // warp's), whichever thread asks.
+        if let Err(e) = socket.bind_device(Some(interface.as_bytes())) {
+            // The tunnel's interface is gone: a failed probe, not a fault.
+            let source = match e.raw_os_error() {
+                Some(libc::ENODEV) => std::io::Error::other(format!("no interface {interface}")),
+                _ => e,
+            };
+            return Err(ProbeError::Io { spec, source });
         }
-        e => ProbeError::Namespace(e),
-    })?;
+    }
     let started = Instant::now();
     match tokio::time::timeout(timeout, socket.connect(address)).await {
         Ok(Ok(_stream)) => Ok(started.elapsed()),
