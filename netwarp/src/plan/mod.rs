@@ -201,17 +201,7 @@ pub struct Plan {
 
 /// Computes every running target's desired policy.
 pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
-    plan_probed(world, settings, &WarpProbes::new())
-}
-
-/// [`plan`], with what the warps' probes say (by warp container id): a
-/// warp with a probe label is usable only while its probe answers.
-pub fn plan_probed(world: &World, settings: &PlanSettings, probes: &WarpProbes) -> Plan {
-    let observed = Observed {
-        probes: probes.clone(),
-        failover: Failover::default(),
-    };
-    plan_observed(world, settings, &observed)
+    plan_observed(world, settings, &Observed::default())
 }
 
 /// What passes observe besides Docker's snapshot, and plans depend on:

@@ -342,6 +342,15 @@ fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
     ));
 }
 
+/// A plan with what the warps' probes say and no failover history.
+fn plan_probed(world: &World, settings: &PlanSettings, probes: &WarpProbes) -> Plan {
+    let observed = Observed {
+        probes: probes.clone(),
+        failover: Failover::default(),
+    };
+    plan_observed(world, settings, &observed)
+}
+
 /// A warp with a probe label is usable only while its probe answers:
 /// before any verdict and while it fails, its targets are blocked, with
 /// the probe named; a label that cannot be read is not trusted.
