@@ -213,32 +213,29 @@ pub fn start_heavy_target(
     )
 }
 
-/// A warp's tunnel dead without a sign Docker could see: a TCP port
-/// dropped inside the warp's namespace (what a probe of that port checks),
-/// its process untouched. Alive again on drop.
-pub struct DeadTunnel {
+/// An iptables rule of the test's inside a container's namespace,
+/// inserted first in its chain, tagged with a unique comment so that its
+/// counter can be read; deleted on drop (and with the namespace).
+pub struct NamespaceRule {
     pid: String,
+    /// Chain first, then the match and target, the comment last.
     rule: Vec<String>,
 }
 
-impl DeadTunnel {
-    pub fn kill(warp: &Container, port: u16) -> anyhow::Result<Self> {
-        let dead = Self {
-            pid: warp.pid()?.to_string(),
-            rule: [
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "DROP",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+impl NamespaceRule {
+    /// Inserts `chain` + `rule` (e.g. `["-p", "tcp", "-j", "DROP"]`) in
+    /// the namespace of `container`.
+    pub fn insert(container: &Container, chain: &str, rule: &[&str]) -> anyhow::Result<Self> {
+        let mut full = vec![chain.to_owned()];
+        full.extend(rule.iter().map(|s| (*s).to_owned()));
+        let comment = crate::unique_name("nwrule");
+        full.extend(["-m", "comment", "--comment", &comment].map(str::to_owned));
+        let inserted = Self {
+            pid: container.pid()?.to_string(),
+            rule: full,
         };
-        dead.iptables("-I")?;
-        Ok(dead)
+        inserted.iptables("-I")?;
+        Ok(inserted)
     }
 
     fn iptables(&self, action: &str) -> anyhow::Result<String> {
@@ -246,12 +243,46 @@ impl DeadTunnel {
         args.extend(self.rule.iter().map(String::as_str));
         run("nsenter", &args)
     }
+
+    /// The packets the rule matched so far.
+    pub fn packets(&self) -> anyhow::Result<u64> {
+        let chain = self.rule[0].as_str();
+        let listing = run(
+            "nsenter",
+            &[
+                "-t", &self.pid, "-n", "iptables", "-w", "-L", chain, "-v", "-x", "-n",
+            ],
+        )?;
+        let comment = self.rule.last().expect("the comment");
+        listing
+            .lines()
+            .find(|l| l.contains(comment.as_str()))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("rule {comment} is not listed:\n{listing}"))
+    }
 }
 
-impl Drop for DeadTunnel {
+impl Drop for NamespaceRule {
     fn drop(&mut self) {
         let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", "-D"];
         args.extend(self.rule.iter().map(String::as_str));
         crate::command::run_quietly("nsenter", &args);
+    }
+}
+
+/// A warp's tunnel dead without a sign Docker could see: a TCP port
+/// dropped inside the warp's namespace (what a probe of that port checks),
+/// its process untouched. Alive again on drop.
+pub struct DeadTunnel {
+    _dropped: NamespaceRule,
+}
+
+impl DeadTunnel {
+    pub fn kill(warp: &Container, port: u16) -> anyhow::Result<Self> {
+        let port = port.to_string();
+        let rule = ["-p", "tcp", "--dport", port.as_str(), "-j", "DROP"];
+        Ok(Self {
+            _dropped: NamespaceRule::insert(warp, "INPUT", &rule)?,
+        })
     }
 }

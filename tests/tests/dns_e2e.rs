@@ -20,63 +20,25 @@ use std::time::Duration;
 
 use netwarp_tests::{
     chaos::{LeakSink, SteeredPrefix, start_warp_at},
-    command::{run, run_quietly},
+    command::run,
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     observe::{status_json, status_target},
     skip, skip_if,
+    steering::NamespaceRule,
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// An iptables rule in a container's namespace that counts UDP queries to
-/// `upstream`:53; removed with the container's namespace, and by drop.
-struct QueryCounter {
-    pid: String,
-    rule: Vec<String>,
+/// Counts UDP queries to `upstream`:53 reaching `warp` (an accepting
+/// iptables rule in its namespace).
+fn query_counter(warp: &Container, upstream: &str) -> NamespaceRule {
+    let rule = ["-d", upstream, "-p", "udp", "--dport", "53", "-j", "ACCEPT"];
+    NamespaceRule::insert(warp, "INPUT", &rule).expect("a query counter in the warp")
 }
 
-impl QueryCounter {
-    fn install(warp: &Container, upstream: &str) -> Self {
-        let pid = warp.pid().expect("the warp's pid").to_string();
-        let rule: Vec<String> = [
-            "INPUT", "-d", upstream, "-p", "udp", "--dport", "53", "-j", "ACCEPT",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let counter = Self { pid, rule };
-        counter.iptables("-I").expect("a query counter in the warp");
-        counter
-    }
-
-    fn iptables(&self, action: &str) -> anyhow::Result<String> {
-        let mut args = vec!["-t", &self.pid, "-n", "iptables", action];
-        args.extend(self.rule.iter().map(String::as_str));
-        run("nsenter", &args)
-    }
-
-    fn queries(&self) -> u64 {
-        let listing = run(
-            "nsenter",
-            &[
-                "-t", &self.pid, "-n", "iptables", "-L", "INPUT", "-v", "-x", "-n",
-            ],
-        )
-        .expect("iptables -L in the warp");
-        listing
-            .lines()
-            .find(|l| l.contains("udp dpt:53"))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .expect("the query counter is listed")
-    }
-}
-
-impl Drop for QueryCounter {
-    fn drop(&mut self) {
-        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-D"];
-        args.extend(self.rule.iter().map(String::as_str));
-        run_quietly("nsenter", &args);
-    }
+fn counted(counter: &NamespaceRule) -> u64 {
+    counter.packets().expect("the query counter")
 }
 
 /// One lookup through the embedded resolver; its answer does not matter
@@ -128,7 +90,7 @@ fn lookups(
         LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
     let warp_name = labels.warp_name("gw");
     let warp = start_warp_at(&warp_name, &network, &remote, &[]).expect("warp");
-    let counter = QueryCounter::install(&warp, &remote);
+    let counter = query_counter(&warp, &remote);
     let target = Container::run(
         "nwdt",
         &network,
@@ -155,11 +117,11 @@ fn lookups(
         eventually(CONVERGE, || programmed(&target, &daemon, &remote)),
         "{mode}: the target was never programmed"
     );
-    let (queries, leaked) = (counter.queries(), sink.packets());
+    let (queries, leaked) = (counted(&counter), sink.packets());
     for _ in 0..3 {
         look_up(&target);
     }
-    (counter.queries() - queries, sink.packets() - leaked)
+    (counted(&counter) - queries, sink.packets() - leaked)
 }
 
 /// One ping to the warp's address answered: the target is steered.
