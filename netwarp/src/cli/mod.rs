@@ -60,6 +60,9 @@ fn missing_privilege(missing: &crate::privileges::MissingCapabilities) -> ExitCo
     ExitCode::from(EXIT_MISSING_PRIVILEGE)
 }
 
+/// Lines queued for the log writer thread before a logging call waits.
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Installs the tracing subscriber in the configured level and format.
 /// Lines go to stderr through a writer thread, so a pass never waits on
 /// the terminal or the journal; the returned guard flushes what is queued
@@ -73,9 +76,13 @@ pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGu
     // Colours only on a terminal: logs in files and journals stay plain.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Not lossy: a full queue makes the logging call wait rather than
-    // drop a line (a warning must never vanish).
+    // drop a line (a warning must never vanish). The queue is allocated
+    // whole up front (32 bytes a line): the default 128,000 lines would
+    // be 4 MiB, resident for the daemon's life, for a backlog a writer
+    // thread drains in milliseconds.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("netwarp-log")
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
