@@ -35,8 +35,8 @@ use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 pub use crate::wire::Marker;
 use crate::{
     docker::{Client, DockerError},
-    model::{Container, Health, World},
-    plan::{GuardPlan, PlanSettings, is_warp_by_name},
+    model::{Container, Health, IdSet, World},
+    plan::{Changes, GuardPlan, PlanSettings, is_warp_by_name},
     wire::ListEntry,
 };
 
@@ -111,7 +111,7 @@ pub struct Inventory {
     /// The last snapshot, which a pass for a few events patches.
     world: Option<Arc<World>>,
     /// The ids of its dormant targets.
-    dormant: HashSet<String>,
+    dormant: IdSet,
     /// Each guarded network's bridge interface (None: not a bridge
     /// network), by network id; ids never change meaning, so no expiry
     /// beyond dropping networks no guard uses.
@@ -131,7 +131,7 @@ impl Inventory {
             cache: HashMap::new(),
             refresh_all: true,
             world: None,
-            dormant: HashSet::new(),
+            dormant: IdSet::default(),
             bridges: HashMap::new(),
         }
     }
@@ -177,7 +177,7 @@ impl Inventory {
     /// the ones pending events name, when there are few, every name is a
     /// container id, and the last pass left a snapshot to patch. `None`:
     /// list everything.
-    fn partial_scope(&self, pending: &HashMap<String, SystemTime>) -> Option<HashSet<String>> {
+    fn partial_scope(&self, pending: &HashMap<String, SystemTime>) -> Option<IdSet> {
         let usable = !self.refresh_all
             && self.world.is_some()
             && !pending.is_empty()
@@ -195,12 +195,13 @@ impl Inventory {
     /// in place of their entries in the last snapshot: a container changes
     /// only with an event of its own, and everything else is as the last
     /// pass found it. Every full refresh (the periodic resync, a reconnect,
-    /// lost events) lists everything again.
+    /// lost events) lists everything again. The [`Changes`] say which
+    /// containers may differ from the last snapshot, for the planner.
     pub async fn snapshot(
         &mut self,
         client: &Client,
         pending: &HashMap<String, SystemTime>,
-    ) -> Result<(Arc<World>, SnapshotStats), DockerError> {
+    ) -> Result<(Arc<World>, SnapshotStats, Changes), DockerError> {
         let named = self.partial_scope(pending);
         if named.is_none() {
             // Not needed by a full listing: never hold two snapshots.
@@ -296,13 +297,25 @@ impl Inventory {
                 }
             }
         }
+        // What differs from the last snapshot: everything after a full
+        // listing; else the containers listed anew and the dormant
+        // targets, as they were and as they are.
+        let mut changes = Changes::All;
         let mut world = match (&named, self.world.take()) {
             (Some(named), Some(mut last)) => {
                 // The named containers as listed now, the rest as before;
                 // the dormant targets are listed anew either way.
+                changes = Changes::none();
                 let world = Arc::make_mut(&mut last);
                 let dormant = &self.dormant;
-                (world.containers).retain(|c| !named.contains(&c.id) && !dormant.contains(&c.id));
+                (world.containers).retain(|c| {
+                    let kept = !named.contains(&c.id) && !dormant.contains(&c.id);
+                    if !kept {
+                        changes.note(c);
+                    }
+                    kept
+                });
+                containers.iter().for_each(|c| changes.note(c));
                 world.containers.extend(containers);
                 self.cache
                     .retain(|id, _| !named.contains(id) || present.contains(id));
@@ -331,10 +344,11 @@ impl Inventory {
                 .filter(|c| !present.contains(&c.id))
                 .collect(),
         };
+        dormant.iter().for_each(|c| changes.note(c));
         self.dormant = dormant.iter().map(|c| c.id.clone()).collect();
         Arc::make_mut(&mut world).containers.extend(dormant);
         self.world = Some(Arc::clone(&world));
-        Ok((world, stats))
+        Ok((world, stats, changes))
     }
 
     /// Targets that exist but do not run, from a list Docker filters.

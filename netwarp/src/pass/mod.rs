@@ -23,8 +23,8 @@ use crate::{
     inventory::Inventory,
     model::{IdSet, NetworkMode, World, short_id},
     plan::{
-        Action, CapPlan, Entry, Failover, GuardPlan, Observed, Plan, PlanSettings, TargetPlan,
-        TargetState, WarpState, is_warp_by_name, plan_observed, probe_spec,
+        Action, CapPlan, Entry, Failover, GuardPlan, Observed, Plan, PlanCache, PlanSettings,
+        TargetPlan, TargetState, WarpState, is_warp_by_name, plan_cached, probe_spec,
     },
     telemetry::{GuardView, PassOutcome, TargetFailure, Telemetry},
     warp_probe::{ProbeSettings, ProbedWarp, Prober, Wakeups},
@@ -38,6 +38,9 @@ pub struct Reconciler {
     changes: log::ChangeLog,
     /// The container snapshot, with its cache of inspects.
     inventory: Inventory,
+    /// The last plan's target plans, which the next reuses where nothing
+    /// they depend on changed.
+    plan_cache: PlanCache,
     /// No pass has completed since the last (re)connect.
     initial_pass: bool,
     /// The next pass checks everything against the kernel: the first, the
@@ -154,6 +157,7 @@ impl Reconciler {
         settings.rule_capacity = dataplane.rule_capacity();
         Self {
             inventory: Inventory::new(&settings),
+            plan_cache: PlanCache::default(),
             settings,
             dataplane,
             changes: log::ChangeLog::default(),
@@ -255,7 +259,7 @@ impl Reconciler {
         events_waiting: &dyn Fn() -> bool,
     ) -> Result<(), docker::DockerError> {
         let started = Instant::now();
-        let (world, snapshot) = self.inventory.snapshot(client, pending).await?;
+        let (world, snapshot, changes) = self.inventory.snapshot(client, pending).await?;
         let snapshot_ms = started.elapsed().as_secs_f64() * 1e3;
         let reports = (self.probes.prober.as_ref()).map_or_else(HashMap::new, Prober::verdicts);
         let observed = Observed {
@@ -264,7 +268,13 @@ impl Reconciler {
                 .collect(),
             failover: self.failover.observed(),
         };
-        let plan = plan_observed(&world, &self.settings, &observed);
+        let plan = plan_cached(
+            &world,
+            &self.settings,
+            &observed,
+            &changes,
+            &mut self.plan_cache,
+        );
         let moved = self.failover.learn(&plan);
         if moved > 0 {
             self.telemetry.metrics().failovers.inc_by(moved);
@@ -427,7 +437,8 @@ impl Reconciler {
         events_waiting: &dyn Fn() -> bool,
     ) -> TargetsDone {
         let order = pass_order(&plan.targets, |id| scope.named(id), &self.owed);
-        let owed: HashSet<&str> = self.owed.iter().map(String::as_str).collect();
+        let owed: HashSet<&str, foldhash::fast::RandomState> =
+            self.owed.iter().map(String::as_str).collect();
         let continuing = order.iter().any(|t| owed.contains(t.id.as_str()));
         let mut served_owed = false;
         let mut done = TargetsDone {
@@ -540,9 +551,11 @@ fn named_by_events(world: &World, plan: &Plan, pending: &HashMap<String, SystemT
     if pending.is_empty() {
         return IdSet::default();
     }
-    // The names of the containers named (a few), not an index of all.
-    let names: HashSet<&str> = (world.containers.iter())
-        .filter(|c| pending.contains_key(&c.id))
+    // The names of the containers named (a few), not an index of all;
+    // the ids in a fast-hash set, as every container is looked up.
+    let ids: IdSet = pending.keys().cloned().collect();
+    let names: HashSet<&str, foldhash::fast::RandomState> = (world.containers.iter())
+        .filter(|c| ids.contains(&c.id))
         .map(|c| c.name.as_str())
         .collect();
     // A group's target is named by an event about any of its members: the
@@ -553,7 +566,7 @@ fn named_by_events(world: &World, plan: &Plan, pending: &HashMap<String, SystemT
     let targets = (plan.targets.iter())
         .filter(|t| !names.is_empty() && warp_named(t))
         .map(|t| t.id.clone());
-    pending.keys().cloned().chain(targets).collect()
+    ids.into_iter().chain(targets).collect()
 }
 
 /// The order a pass serves its targets in: first those refused for room
@@ -567,7 +580,7 @@ fn pass_order<'a>(
     named: impl Fn(&str) -> bool,
     owed: &[String],
 ) -> Vec<&'a Arc<TargetPlan>> {
-    let owed: HashMap<&str, usize> = (owed.iter().enumerate())
+    let owed: HashMap<&str, usize, foldhash::fast::RandomState> = (owed.iter().enumerate())
         .map(|(i, id)| (id.as_str(), i))
         .collect();
     let refused_for_room =

@@ -16,6 +16,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use super::{Action, BlockReason, Entry, PlanSettings, TargetPlan, TargetState, guard};
@@ -197,7 +198,7 @@ pub fn admit_rows(
 /// container (`planned`, see [`super::plan_all`]). None otherwise.
 pub(super) fn refusals(
     settings: &PlanSettings,
-    planned: &[(&Container, TargetPlan)],
+    planned: &[(&Container, Arc<TargetPlan>)],
 ) -> BTreeMap<String, Refusal> {
     let Some(capacity) = settings.rule_capacity else {
         return BTreeMap::new();
@@ -206,7 +207,7 @@ pub(super) fn refusals(
         entries.iter().map(|e| e.rule.destination).collect()
     };
     // A running target's namespace of its own is programmed.
-    let programmed = |(c, t): &&(&Container, TargetPlan)| c.running && t.pid.is_some();
+    let programmed = |(c, t): &&(&Container, Arc<TargetPlan>)| c.running && t.pid.is_some();
     let catch_all = Rows { v4: 1, v6: 1 };
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
     let mut fixed = Vec::new();
@@ -249,7 +250,7 @@ pub(super) fn refusals(
 /// Blocks entirely the `refused` targets, with a [`BlockReason::Capacity`]
 /// naming the trie, and serves a target in a refused target's namespace
 /// as that one is.
-pub(super) fn refuse(targets: &mut [TargetPlan], refused: BTreeMap<String, Refusal>) {
+pub(super) fn refuse(targets: &mut [Arc<TargetPlan>], refused: BTreeMap<String, Refusal>) {
     if refused.is_empty() {
         return;
     }
@@ -262,7 +263,7 @@ pub(super) fn refuse(targets: &mut [TargetPlan], refused: BTreeMap<String, Refus
                 used: refusal.used,
                 capacity: refusal.capacity,
             };
-            *target = block_everything(target.clone(), reason);
+            *target = Arc::new(block_everything((**target).clone(), reason));
             owners.insert(
                 target.name.clone(),
                 (target.state.clone(), target.entries.clone()),
@@ -272,6 +273,7 @@ pub(super) fn refuse(targets: &mut [TargetPlan], refused: BTreeMap<String, Refus
     for target in targets.iter_mut() {
         let owner = target.shares_namespace_of.as_ref();
         if let Some((state, entries)) = owner.and_then(|name| owners.get(name)) {
+            let target = Arc::make_mut(target);
             target.state = state.clone();
             target.entries = entries.clone();
         }

@@ -22,6 +22,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use super::{
@@ -55,7 +56,7 @@ pub struct GuardPlan {
 /// name.
 pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
     let index = Index::new(world);
-    let planned = super::plan_all(&index, settings);
+    let planned = super::plan_all(&index, settings, None);
     plan_guards_except(&index, settings, &planned, &BTreeMap::<String, ()>::new())
 }
 
@@ -65,14 +66,14 @@ pub fn plan_guards(world: &World, settings: &PlanSettings) -> Vec<GuardPlan> {
 /// and neither does one blocked entirely (over the prefix limit): its
 /// catch-all entries would block every other container of the network.
 pub(super) fn contributions<'p, 'a>(
-    planned: &'p [(&'a Container, TargetPlan)],
+    planned: &'p [(&'a Container, Arc<TargetPlan>)],
 ) -> impl Iterator<Item = (&'a Container, &'p TargetPlan)> {
     planned.iter().filter_map(|(container, target)| {
         let everything = matches!(
             &target.state,
             TargetState::Blocked(BlockReason::TooManyPrefixes { .. })
         );
-        (!target.entries.is_empty() && !everything).then_some((*container, target))
+        (!target.entries.is_empty() && !everything).then_some((*container, &**target))
     })
 }
 
@@ -82,33 +83,34 @@ pub(super) fn contributions<'p, 'a>(
 pub(super) fn plan_guards_except<T>(
     index: &Index<'_>,
     settings: &PlanSettings,
-    planned: &[(&Container, TargetPlan)],
+    planned: &[(&Container, Arc<TargetPlan>)],
     excluded: &BTreeMap<String, T>,
 ) -> Vec<GuardPlan> {
     let world = index.world;
     let mut guards: BTreeMap<String, GuardPlan> = BTreeMap::new();
+    // What each network's guard blocks, as a set: thousands of targets
+    // mostly repeat the same few rules, and a warp's forwards skip what
+    // the guard blocks already (a label of thousands of prefixes must not
+    // cost a scan of the guard per prefix).
+    let mut blocked_by: BTreeMap<String, BTreeSet<Entry>> = BTreeMap::new();
     let mut forwarded = Vec::new();
     for (container, target) in contributions(planned) {
         if excluded.contains_key(&container.id) {
             continue;
         }
         for (network, endpoint) in &container.networks {
-            let guard = guard_of(&mut guards, network, endpoint);
-            guard
-                .entries
-                .extend(target.entries.iter().map(|entry| Entry {
-                    rule: entry.rule,
-                    action: Action::Block,
-                }));
+            guard_of(&mut guards, network, endpoint);
+            let blocked = match blocked_by.get_mut(network.as_str()) {
+                Some(blocked) => blocked,
+                None => blocked_by.entry(network.clone()).or_default(),
+            };
+            blocked.extend(target.entries.iter().map(|entry| Entry {
+                rule: entry.rule,
+                action: Action::Block,
+            }));
         }
         forwarded.push(target);
     }
-    // What each network's guard blocks already, as a set: a warp's
-    // forwards skip those, and a label of thousands of prefixes must not
-    // cost a scan of the guard per prefix.
-    let blocked_by: BTreeMap<String, BTreeSet<Entry>> = (guards.iter())
-        .map(|(network, guard)| (network.clone(), guard.entries.iter().copied().collect()))
-        .collect();
     for target in &forwarded {
         // A warp without a namespace of its own is refused: its targets
         // never reach it, and its "networks" have no bridge to guard.
@@ -158,8 +160,10 @@ pub(super) fn plan_guards_except<T>(
     guards
         .into_values()
         .map(|mut guard| {
-            guard.entries.sort();
-            guard.entries.dedup();
+            // Sorted, without duplicates.
+            guard.entries = (blocked_by.remove(guard.network.as_str()))
+                .map(|blocked| blocked.into_iter().collect())
+                .unwrap_or_default();
             guard
         })
         .collect()
@@ -172,12 +176,16 @@ fn guard_of<'a>(
     network: &str,
     endpoint: &Endpoint,
 ) -> &'a mut GuardPlan {
-    let guard = guards
-        .entry(network.to_owned())
-        .or_insert_with(|| GuardPlan {
+    // Looked up before it is created: a key to insert is an allocation,
+    // and thousands of targets share a few networks.
+    if !guards.contains_key(network) {
+        let guard = GuardPlan {
             network: network.to_owned(),
             ..GuardPlan::default()
-        });
+        };
+        guards.insert(network.to_owned(), guard);
+    }
+    let guard = guards.get_mut(network).expect("inserted above");
     if guard.network_id.is_none() {
         guard.network_id.clone_from(&endpoint.network_id);
     }

@@ -24,7 +24,9 @@ pub use warp::{WarpPlan, WarpState};
 
 use crate::{
     glob,
-    model::{Container, Health, NetworkMode, Rule, World, parse_rules, short_reference},
+    model::{
+        Container, Health, IdMap, IdSet, NetworkMode, Rule, World, parse_rules, short_reference,
+    },
 };
 
 /// What to do with a target's matching traffic while its warp is unusable.
@@ -206,7 +208,7 @@ pub fn plan(world: &World, settings: &PlanSettings) -> Plan {
 
 /// What passes observe besides Docker's snapshot, and plans depend on:
 /// the probes' verdicts and the failover groups' history.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub probes: WarpProbes,
     pub failover: Failover,
@@ -223,41 +225,169 @@ pub struct Failover {
     pub settled: Option<HashSet<String>>,
 }
 
+/// Which containers of a snapshot may differ from the snapshot the last
+/// plan was made from, as the inventory knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Changes {
+    /// Any of them (a full listing, or no plan before).
+    #[default]
+    All,
+    /// Only these: the containers listed anew, added or gone.
+    Only {
+        /// Their ids.
+        ids: IdSet,
+        /// Their names and Swarm service names, before and after: a
+        /// target whose warp label names none of these resolves its warps
+        /// to the same containers as before.
+        names: HashSet<String>,
+    },
+}
+
+impl Changes {
+    /// Nothing changed yet; [`Changes::note`] adds what did.
+    pub fn none() -> Self {
+        Self::Only {
+            ids: IdSet::default(),
+            names: HashSet::new(),
+        }
+    }
+
+    /// `container` (as it is now, or as it was) may have changed.
+    pub fn note(&mut self, container: &Container) {
+        if let Self::Only { ids, names } = self {
+            ids.insert(container.id.clone());
+            names.insert(container.name.clone());
+            if let Some(service) = container.labels.get(SWARM_SERVICE_LABEL) {
+                names.insert(service.clone());
+            }
+        }
+    }
+
+    /// Whether the plan of `target`, whose warp label is `warp`, is the
+    /// last plan's: neither it nor any warp its label names changed, and
+    /// it runs in a namespace of its own (the plan of a target in another
+    /// container's namespace is that container's).
+    fn keeps_plan(&self, target: &Container, warp: &str) -> bool {
+        match self {
+            Self::All => false,
+            Self::Only { ids, names } => {
+                !ids.contains(&target.id)
+                    && target.network_mode == NetworkMode::Own
+                    && warp_group(warp).iter().all(|name| !names.contains(*name))
+            }
+        }
+    }
+}
+
+/// The last plan's target plans, for the next plan to reuse: a target
+/// whose container and warps did not change (see [`Changes`]), planned
+/// with the same settings and observations, has the same plan, and an
+/// equal plan keeps the last one's allocation. Unchanged targets then
+/// cost a lookup instead of a plan, and status, the dataplane's records
+/// and the plans share one copy of each target's plan.
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    /// Every target container's plan (running or not) before admission to
+    /// the rule tries, by container id.
+    plans: IdMap<Arc<TargetPlan>>,
+    /// What they were planned with.
+    made_with: Option<(PlanSettings, Observed)>,
+}
+
 /// [`plan`], with what passes observed (see [`Observed`]).
 pub fn plan_observed(world: &World, settings: &PlanSettings, observed: &Observed) -> Plan {
+    plan_cached(
+        world,
+        settings,
+        observed,
+        &Changes::All,
+        &mut PlanCache::default(),
+    )
+}
+
+/// [`plan_observed`], reusing what `cache` holds from the last plan for
+/// the targets `changes` leaves out, and keeping this plan's targets in
+/// it for the next. The result is the same as [`plan_observed`]'s.
+pub fn plan_cached(
+    world: &World,
+    settings: &PlanSettings,
+    observed: &Observed,
+    changes: &Changes,
+    cache: &mut PlanCache,
+) -> Plan {
     let probes = &observed.probes;
     let index = Index::observed(world, observed);
+    let same_inputs =
+        (cache.made_with.as_ref()).is_some_and(|(s, o)| s == settings && o == observed);
+    let reuse = Reuse {
+        plans: &cache.plans,
+        changes: if same_inputs { changes } else { &Changes::All },
+    };
     // Every target container, running or not, is planned once: the
     // running ones are the targets, and all of them feed the guards and
     // the admission to the rule tries.
-    let planned = plan_all(&index, settings);
+    let planned = plan_all(&index, settings, Some(reuse));
+    cache.plans = (planned.iter())
+        .map(|(container, target)| (container.id.clone(), Arc::clone(target)))
+        .collect();
+    if !same_inputs {
+        cache.made_with = Some((settings.clone(), observed.clone()));
+    }
     // In eBPF mode, the targets the rule tries cannot hold.
     let refused = capacity::refusals(settings, &planned);
     let guards = guard::plan_guards_except(&index, settings, &planned, &refused);
-    let mut targets: Vec<TargetPlan> = (planned.into_iter())
+    let mut targets: Vec<Arc<TargetPlan>> = (planned.into_iter())
         .filter(|(container, _)| container.running)
         .map(|(_, target)| target)
         .collect();
-    targets.sort_by(|a, b| a.id.cmp(&b.id));
+    // Ids are unique.
+    targets.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     capacity::refuse(&mut targets, refused);
     Plan {
         warps: warp::plan_warps(world, settings, probes, &targets),
-        targets: targets.into_iter().map(Arc::new).collect(),
+        targets,
         caps: caps::plan_caps(world, settings),
         guards,
     }
 }
 
+/// The last plan's target plans, and which of them still hold.
+#[derive(Clone, Copy)]
+struct Reuse<'c> {
+    plans: &'c IdMap<Arc<TargetPlan>>,
+    changes: &'c Changes,
+}
+
 /// Every container with the target label (running or not) and its plan,
-/// in the snapshot's order.
-fn plan_all<'a>(index: &Index<'a>, settings: &PlanSettings) -> Vec<(&'a Container, TargetPlan)> {
+/// in the snapshot's order; with `reuse`, the last plan's where it holds,
+/// or where the new one equals it.
+fn plan_all<'a>(
+    index: &Index<'a>,
+    settings: &PlanSettings,
+    reuse: Option<Reuse<'_>>,
+) -> Vec<(&'a Container, Arc<TargetPlan>)> {
     (index.world.containers.iter())
         .filter_map(|c| {
-            let warp = c.labels.get(&settings.target_label)?;
-            Some((c, plan_target(index, settings, c, warp.trim())))
+            let warp = c.labels.get(&settings.target_label)?.trim();
+            let last = reuse.and_then(|r| Some((r.plans.get(&c.id)?, r.changes)));
+            let target = match last {
+                Some((last, changes)) if changes.keeps_plan(c, warp) => Arc::clone(last),
+                _ => {
+                    let fresh = plan_target(index, settings, c, warp);
+                    match last {
+                        Some((last, _)) if **last == fresh => Arc::clone(last),
+                        _ => Arc::new(fresh),
+                    }
+                }
+            };
+            Some((c, target))
         })
         .collect()
 }
+
+/// Containers by name, with a fast hash: built from every container on
+/// every plan.
+type NameMap<'a> = HashMap<&'a str, &'a Container, foldhash::fast::RandomState>;
 
 /// The snapshot's containers by name and by Swarm service, built once per
 /// plan, so that finding a target's warp is a lookup and not a search
@@ -268,9 +398,9 @@ pub struct Index<'a> {
     probes: Option<&'a WarpProbes>,
     /// What earlier passes know about failover groups.
     failover: Option<&'a Failover>,
-    by_name: HashMap<&'a str, &'a Container>,
+    by_name: NameMap<'a>,
     /// Of a service's tasks, the one [`Index::warp`] picks.
-    by_service: HashMap<&'a str, &'a Container>,
+    by_service: NameMap<'a>,
 }
 
 impl<'a> Index<'a> {
@@ -283,8 +413,9 @@ impl<'a> Index<'a> {
     }
 
     pub fn new(world: &'a World) -> Self {
-        let mut by_name = HashMap::with_capacity(world.containers.len());
-        let mut by_service: HashMap<&str, &Container> = HashMap::new();
+        let mut by_name =
+            NameMap::with_capacity_and_hasher(world.containers.len(), Default::default());
+        let mut by_service = NameMap::default();
         for c in &world.containers {
             by_name.entry(c.name.as_str()).or_insert(c);
             if let Some(service) = c.labels.get(SWARM_SERVICE_LABEL) {

@@ -921,3 +921,119 @@ fn a_host_network_warp_is_refused_and_its_targets_block() {
         );
     }
 }
+
+/// Two warps with a target each, a target of a warp that is missing, and
+/// an unrelated container.
+fn cached_world() -> World {
+    let on = |ip: &str| [("net", endpoint(ip, None))];
+    World {
+        containers: vec![
+            container("warp-a", &[], &on("172.20.0.2")),
+            container("warp-b", &[], &on("172.20.0.3")),
+            container("app-a", &[("netwarp.target", "warp-a")], &on("172.20.0.10")),
+            container("app-b", &[("netwarp.target", "warp-b")], &on("172.20.0.11")),
+            container("app-c", &[("netwarp.target", "warp-c")], &on("172.20.0.12")),
+            container("other", &[], &on("172.20.0.20")),
+        ],
+    }
+}
+
+/// `before` changed into `after` (the containers of `changed`, by name,
+/// as they were and as they are), planned with the cache of `before`'s plan.
+fn replan(before: &World, after: &World, changed: &[&str]) -> (Plan, Plan) {
+    let settings = settings("203.0.113.0/24");
+    let observed = Observed::default();
+    let mut cache = PlanCache::default();
+    let first = plan_cached(before, &settings, &observed, &Changes::All, &mut cache);
+    let mut changes = Changes::none();
+    for c in (before.containers.iter()).chain(&after.containers) {
+        if changed.contains(&c.name.as_str()) {
+            changes.note(c);
+        }
+    }
+    let second = plan_cached(after, &settings, &observed, &changes, &mut cache);
+    assert_eq!(second, plan(after, &settings), "the cache changes no plan");
+    (first, second)
+}
+
+fn shared(first: &Plan, second: &Plan, name: &str) -> bool {
+    let find = |plan: &Plan| Arc::clone(plan.targets.iter().find(|t| t.name == name).unwrap());
+    Arc::ptr_eq(&find(first), &find(second))
+}
+
+#[test]
+fn a_cached_plan_is_reused_only_where_nothing_it_depends_on_changed() {
+    let before = cached_world();
+    // Nothing changed: every plan is the last one's.
+    let (first, second) = replan(&before, &before, &[]);
+    for name in ["app-a", "app-b", "app-c"] {
+        assert!(shared(&first, &second, name), "{name}");
+    }
+
+    // warp-a moved to another address: its target is planned again.
+    let mut after = cached_world();
+    after.containers[0].networks = [("net".to_owned(), endpoint("172.20.0.9", None))].into();
+    let (first, second) = replan(&before, &after, &["warp-a"]);
+    assert!(!shared(&first, &second, "app-a"));
+    assert!(shared(&first, &second, "app-b"));
+
+    // A warp of the missing name appears: its target is steered now.
+    let mut after = cached_world();
+    (after.containers).push(container(
+        "warp-c",
+        &[],
+        &[("net", endpoint("172.20.0.4", None))],
+    ));
+    let (_, second) = replan(&before, &after, &["warp-c"]);
+    let app_c = second.targets.iter().find(|t| t.name == "app-c").unwrap();
+    assert!(
+        matches!(app_c.state, TargetState::Steered { .. }),
+        "{app_c:?}"
+    );
+
+    // warp-b is gone (as it was is all a change knows of it).
+    let mut after = cached_world();
+    after.containers.remove(1);
+    let (_, second) = replan(&before, &after, &["warp-b"]);
+    let app_b = second.targets.iter().find(|t| t.name == "app-b").unwrap();
+    assert!(matches!(app_b.state, TargetState::Blocked(_)), "{app_b:?}");
+
+    // A target stopped: it is no longer a running target.
+    let mut after = cached_world();
+    after.containers[2].running = false;
+    let (_, second) = replan(&before, &after, &["app-a"]);
+    assert!(!second.targets.iter().any(|t| t.name == "app-a"));
+}
+
+#[test]
+fn a_plan_equal_to_the_last_keeps_its_allocation_even_after_a_full_listing() {
+    let settings = settings("203.0.113.0/24");
+    let observed = Observed::default();
+    let mut cache = PlanCache::default();
+    let world = cached_world();
+    let first = plan_cached(&world, &settings, &observed, &Changes::All, &mut cache);
+    let second = plan_cached(&world, &settings, &observed, &Changes::All, &mut cache);
+    assert_eq!(first, second);
+    assert!(shared(&first, &second, "app-a"));
+}
+
+#[test]
+fn new_settings_or_observations_plan_every_target_again() {
+    let world = cached_world();
+    let observed = Observed::default();
+    let mut cache = PlanCache::default();
+    let old = settings("203.0.113.0/24");
+    plan_cached(&world, &old, &observed, &Changes::All, &mut cache);
+    let new = settings("198.51.100.0/24");
+    let replanned = plan_cached(&world, &new, &observed, &Changes::none(), &mut cache);
+    assert_eq!(replanned, plan(&world, &new));
+    let probing = Observed {
+        failover: Failover {
+            settled: Some(HashSet::new()),
+            ..Failover::default()
+        },
+        ..Observed::default()
+    };
+    let replanned = plan_cached(&world, &new, &probing, &Changes::none(), &mut cache);
+    assert_eq!(replanned, plan_observed(&world, &new, &probing));
+}

@@ -86,7 +86,7 @@ pub fn plan_warps(
     world: &World,
     settings: &PlanSettings,
     probes: &WarpProbes,
-    targets: &[TargetPlan],
+    targets: &[std::sync::Arc<TargetPlan>],
 ) -> Vec<WarpPlan> {
     let mut named: BTreeMap<&str, usize> = BTreeMap::new();
     for target in targets {
