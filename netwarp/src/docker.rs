@@ -100,10 +100,8 @@ impl Client {
                     query.push_str("&filters=");
                     query.push_str(&percent_encode(&json));
                 }
-                match self.get(what, &format!("/containers/json?{query}")).await? {
-                    Some(body) => body,
-                    None => return Err(request_error(what, "404 Not Found")),
-                }
+                let path = format!("/containers/json?{query}");
+                return self.get_list(what, &path, each).await;
             }
             None => {
                 let options = ListContainersOptions {
@@ -149,58 +147,190 @@ impl Client {
     /// of a 2xx answer, `None` for a 404, an error naming `what` for the
     /// rest.
     async fn get(&self, what: &str, path: &str) -> Result<Option<Bytes>, DockerError> {
-        let version = self.docker.client_version();
-        let uri = format!(
-            "/v{}.{}{path}",
-            version.major_version, version.minor_version
-        );
+        let uri = self.uri(path);
         let request = async {
-            let idle = self.idle_connection();
-            // A kept connection Docker has closed meanwhile fails before
-            // any answer: a GET is repeated on a new one.
-            let (answer, sender) = match idle {
-                Some(mut sender) => match get_over(&mut sender, &uri).await {
-                    Ok(answer) => (answer, sender),
-                    Err(_) => {
-                        let mut sender = self.connect_plain().await?;
-                        (get_over(&mut sender, &uri).await?, sender)
-                    }
-                },
-                None => {
-                    let mut sender = self.connect_plain().await?;
-                    (get_over(&mut sender, &uri).await?, sender)
-                }
-            };
-            // Kept for the next GET while Docker keeps the connection.
-            if !sender.is_closed() {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE_CONNECTIONS {
-                    idle.push(sender);
-                }
-            }
-            Ok::<_, BoxError>(answer)
+            let (response, sender) = self.request(&uri).await?;
+            let status = response.status();
+            let body = read_body(response).await?;
+            self.keep(sender);
+            Ok::<_, BoxError>((status, body))
         };
-        let timeout = Duration::from_secs(REQUEST_TIMEOUT_SECS);
-        let (status, body) = match tokio::time::timeout(timeout, request).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(request_error(what, &e.to_string())),
-            Err(_) => return Err(request_error(what, "no answer within the request timeout")),
-        };
+        let (status, body) = within_timeout(what, request).await?;
         match status.as_u16() {
             200..=299 => Ok(Some(body)),
             404 => Ok(None),
-            code => {
-                // Docker's errors are `{"message": "..."}`.
-                let message = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-                Err(request_error(
-                    what,
-                    &format!("Docker answered {code}: {message}"),
-                ))
+            _ => Err(status_error(what, status, &body)),
+        }
+    }
+
+    /// A GET of a container list, each entry decoded as the body arrives
+    /// and handed to `each` (see [`decode_streamed`]).
+    async fn get_list(
+        &self,
+        what: &str,
+        path: &str,
+        each: impl FnMut(ListEntry),
+    ) -> Result<(), DockerError> {
+        let uri = self.uri(path);
+        let request = async {
+            let (response, sender) =
+                (self.request(&uri).await).map_err(|e| request_error(what, &e.to_string()))?;
+            let status = response.status();
+            if !status.is_success() {
+                let body =
+                    (read_body(response).await).map_err(|e| request_error(what, &e.to_string()))?;
+                return Err(status_error(what, status, &body));
+            }
+            decode_streamed(what, response.into_body(), each).await?;
+            self.keep(sender);
+            Ok(())
+        };
+        let timeout = Duration::from_secs(REQUEST_TIMEOUT_SECS);
+        (tokio::time::timeout(timeout, request).await)
+            .unwrap_or_else(|_| Err(request_error(what, "no answer within the request timeout")))
+    }
+
+    /// `path` under the negotiated API version.
+    fn uri(&self, path: &str) -> String {
+        let version = self.docker.client_version();
+        format!(
+            "/v{}.{}{path}",
+            version.major_version, version.minor_version
+        )
+    }
+
+    /// Sends a GET on a kept connection, or a new one: the answer with its
+    /// body still to read, and the connection, for [`Client::keep`] once
+    /// the body is read.
+    async fn request(
+        &self,
+        uri: &str,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Sender), BoxError> {
+        // A kept connection Docker has closed meanwhile fails before any
+        // answer: a GET is repeated on a new one.
+        if let Some(mut sender) = self.idle_connection()
+            && let Ok(response) = send_get(&mut sender, uri).await
+        {
+            return Ok((response, sender));
+        }
+        let mut sender = self.connect_plain().await?;
+        let response = send_get(&mut sender, uri).await?;
+        Ok((response, sender))
+    }
+
+    /// Keeps a connection whose answer was read for the next GET, while
+    /// Docker keeps it open.
+    fn keep(&self, sender: Sender) {
+        if !sender.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_CONNECTIONS {
+                idle.push(sender);
             }
         }
+    }
+}
+
+/// `request` within the request timeout; an error names `what`.
+async fn within_timeout<T>(
+    what: &str,
+    request: impl Future<Output = Result<T, impl std::fmt::Display>>,
+) -> Result<T, DockerError> {
+    let timeout = Duration::from_secs(REQUEST_TIMEOUT_SECS);
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(request_error(what, &e.to_string())),
+        Err(_) => Err(request_error(what, "no answer within the request timeout")),
+    }
+}
+
+/// A non-2xx answer as an error: Docker's errors are `{"message": "..."}`.
+fn status_error(what: &str, status: hyper::StatusCode, body: &[u8]) -> DockerError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    request_error(
+        what,
+        &format!("Docker answered {}: {message}", status.as_u16()),
+    )
+}
+
+/// Body chunks in flight between the connection and the list decoder.
+const STREAM_CHUNKS: usize = 2;
+/// Decoded entries in flight between the decoder and the caller.
+const STREAM_ENTRIES: usize = 256;
+
+/// Decodes a list `body` while it arrives: the decoder (serde_json, which
+/// reads synchronously) runs on a blocking thread and reads the chunks as
+/// the connection yields them, and each entry comes back to `each` on
+/// this task. Only a few chunks and entries are in flight at once, never
+/// the whole body.
+async fn decode_streamed<B>(
+    what: &str,
+    mut body: B,
+    mut each: impl FnMut(ListEntry),
+) -> Result<(), DockerError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (chunks, chunks_out) = tokio::sync::mpsc::channel::<Bytes>(STREAM_CHUNKS);
+    let (entries_in, mut entries) = tokio::sync::mpsc::channel::<ListEntry>(STREAM_ENTRIES);
+    let decoder = tokio::task::spawn_blocking(move || {
+        let body = ChunkReader {
+            chunks: chunks_out,
+            current: Bytes::new(),
+        };
+        // A closed channel: the caller is gone, and the rest is moot.
+        wire::decode_list_from(body, |entry| {
+            let _ = entries_in.blocking_send(entry);
+        })
+    });
+    let pump = async move {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            // The decoder stopped early: its error says why.
+            if let Ok(data) = frame.into_data()
+                && chunks.send(data).await.is_err()
+            {
+                break;
+            }
+        }
+        // Dropping `chunks` ends the body for the decoder.
+        Ok::<_, String>(())
+    };
+    let consume = async {
+        while let Some(entry) = entries.recv().await {
+            each(entry);
+        }
+    };
+    let (pumped, ()) = tokio::join!(pump, consume);
+    let decoded = (decoder.await).map_err(|e| request_error(what, &e.to_string()))?;
+    pumped.map_err(|e| request_error(what, &e))?;
+    decoded.map_err(|source| DockerError::Decode {
+        what: what.into(),
+        source,
+    })
+}
+
+/// The body chunks a connection yields, as a blocking reader.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                // The end of the body.
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
@@ -268,16 +398,22 @@ fn to_body(what: &str, value: &impl serde::Serialize) -> Result<Bytes, DockerErr
 /// larger body grows past it as it arrives.
 const MAX_PRESIZED_BODY: usize = 256 << 20;
 
-/// One GET on an HTTP/1.1 connection.
-async fn get_over(sender: &mut Sender, uri: &str) -> Result<(hyper::StatusCode, Bytes), BoxError> {
+/// Sends one GET on an HTTP/1.1 connection; the body is still to read.
+async fn send_get(
+    sender: &mut Sender,
+    uri: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, BoxError> {
     sender.ready().await?;
     let request = hyper::Request::get(uri)
         .header(hyper::header::HOST, "docker")
         .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
+    Ok(sender.send_request(request).await?)
+}
+
+/// An answer's whole body.
+async fn read_body(response: hyper::Response<hyper::body::Incoming>) -> Result<Bytes, BoxError> {
     // Into one buffer of the announced size, frame by frame: collecting
-    // the frames first and joining them would hold a large list twice.
+    // the frames first and joining them would hold a large body twice.
     let length = (response.headers().get(hyper::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(0);
@@ -288,7 +424,7 @@ async fn get_over(sender: &mut Sender, uri: &str) -> Result<(hyper::StatusCode, 
             buffer.extend_from_slice(&data);
         }
     }
-    Ok((status, Bytes::from(buffer)))
+    Ok(Bytes::from(buffer))
 }
 
 /// A query value with everything but RFC 3986's unreserved characters
@@ -499,6 +635,61 @@ mod tests {
         assert!(delays[11] >= Duration::from_millis(2500));
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    const LIST: &str = include_str!("wire/fixtures/list-1.52.json");
+
+    type Frame = Result<hyper::body::Frame<Bytes>, String>;
+    type Chunked =
+        http_body_util::StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Frame>>>;
+
+    /// `body` in chunks of `step` bytes, then `end` (an error) if given.
+    fn chunked(body: &str, step: usize, end: Option<&str>) -> Chunked {
+        let mut frames: Vec<Frame> = (body.as_bytes().chunks(step))
+            .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        frames.extend(end.map(|e| Err(e.to_owned())));
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    fn ids(body: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        wire::decode_list(body.as_bytes(), |e| ids.extend(e.id)).unwrap();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_list_is_decoded_as_its_chunks_arrive() {
+        for step in [1, 5, 1 << 16] {
+            let mut listed = Vec::new();
+            decode_streamed("listing", chunked(LIST, step, None), |e| {
+                listed.extend(e.id)
+            })
+            .await
+            .unwrap();
+            assert!(!listed.is_empty());
+            assert_eq!(listed, ids(LIST), "{step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_cut_short_or_malformed_says_which() {
+        let cut = &LIST[..LIST.len() / 2];
+        let error = decode_streamed("listing", chunked(cut, 9, Some("connection reset")), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, DockerError::Request { detail, .. } if detail == "connection reset"),
+            "{error}"
+        );
+        let error = decode_streamed("listing", chunked(cut, 9, None), |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DockerError::Decode { .. }), "{error}");
+        let error = decode_streamed("listing", chunked("[{\"Id\": 5}]", 3, None), |_| {})
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("invalid type"), "{error}");
     }
 
     #[test]

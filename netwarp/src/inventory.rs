@@ -30,7 +30,7 @@ use std::{
     time::SystemTime,
 };
 
-use futures_util::{StreamExt as _, TryStreamExt as _, stream};
+use futures_util::{StreamExt as _, stream};
 
 pub use crate::wire::Marker;
 use crate::{
@@ -211,13 +211,17 @@ impl Inventory {
         if let Some(ids) = &named {
             filters.insert("id".to_owned(), ids.iter().cloned().collect::<Vec<_>>());
         }
-        // Both lists at once; the dormant targets' is small.
-        let mut listed: Vec<(Container, Marker)> = Vec::new();
+        // Both lists at once; the dormant targets' is small. Only a target
+        // or warp keeps its change marker: the others are never inspected.
+        let mut listed: Vec<(Container, Option<Marker>)> = Vec::new();
         let running = client.list(false, &filters, |entry| {
             // Only what was asked for, should an API not filter by id.
             let asked = |id: &String| named.as_ref().is_none_or(|named| named.contains(id));
-            if entry.id.as_ref().is_some_and(asked) {
-                listed.extend(self.listed_container(entry));
+            if entry.id.as_ref().is_some_and(asked)
+                && let Some((container, marker)) = self.listed_container(entry)
+            {
+                let marker = self.is_relevant(&container).then_some(marker);
+                listed.push((container, marker));
             }
         });
         let (running, dormant) = tokio::join!(running, self.dormant_targets(client));
@@ -225,65 +229,76 @@ impl Inventory {
         let dormant = dormant?;
         let mut decisions = Vec::with_capacity(listed.len());
         let mut to_inspect = Vec::new();
-        for (container, marker) in &listed {
-            let decision = decide(
-                self.is_relevant(container),
-                self.cache.get(&container.id).map(|c| &c.marker),
-                marker,
-                pending.contains_key(&container.id),
-                self.refresh_all,
-            );
+        for (i, (container, marker)) in listed.iter().enumerate() {
+            let decision = match marker {
+                None => Decision::ListOnly,
+                Some(marker) => decide(
+                    true,
+                    self.cache.get(&container.id).map(|c| &c.marker),
+                    marker,
+                    pending.contains_key(&container.id),
+                    self.refresh_all,
+                ),
+            };
             if decision == Decision::Inspect {
-                to_inspect.push(container.id.clone());
+                to_inspect.push((i, container.id.clone()));
             }
             decisions.push(decision);
         }
-        // Each response becomes the small domain type at once: holding
-        // thousands of full inspect responses would cost tens of MiB.
+        // Each response becomes the small domain type at once, and takes
+        // the place of the listed container: holding thousands of full
+        // inspect responses, or two copies of each container, would cost
+        // tens of MiB.
         let keep = |key: &str| self.keeps_label(key);
-        let mut inspected: HashMap<String, Option<Container>> = stream::iter(to_inspect)
-            .map(|id| async move {
+        let mut gone = vec![false; listed.len()];
+        let mut inspected = 0;
+        let mut responses = stream::iter(to_inspect)
+            .map(|(i, id)| async move {
                 let inspect = client.inspect(&id).await?;
-                Ok::<_, DockerError>((id, inspect.and_then(|i| i.into_container(&keep))))
+                Ok::<_, DockerError>((i, inspect.and_then(|i| i.into_container(&keep))))
             })
-            .buffer_unordered(INSPECT_CONCURRENCY)
-            .try_collect()
-            .await?;
+            .buffer_unordered(INSPECT_CONCURRENCY);
+        while let Some(response) = responses.next().await {
+            let (i, fresh) = response?;
+            inspected += 1;
+            match fresh {
+                Some(fresh) => listed[i].0 = fresh,
+                // Gone since the list.
+                None => gone[i] = true,
+            }
+        }
+        drop(responses);
         let mut stats = SnapshotStats {
             listed: listed.len(),
-            inspected: inspected.len(),
+            inspected,
             full: self.refresh_all,
             partial: named.is_some(),
             ..SnapshotStats::default()
         };
         let mut containers = Vec::with_capacity(listed.len());
-        let mut present = HashSet::with_capacity(listed.len());
-        for ((container, marker), decision) in listed.into_iter().zip(decisions) {
+        let mut present = IdSet::with_capacity_and_hasher(listed.len(), Default::default());
+        let outcomes = decisions.into_iter().zip(gone);
+        for ((container, marker), (decision, gone)) in listed.into_iter().zip(outcomes) {
             present.insert(container.id.clone());
-            match decision {
-                Decision::ListOnly => containers.push(container),
-                Decision::Inspect => {
+            match (decision, marker) {
+                (Decision::Inspect, _) if gone => {
                     stats.relevant += 1;
-                    match inspected.remove(&container.id).flatten() {
-                        Some(fresh) => {
-                            self.cache.insert(
-                                container.id.clone(),
-                                Cached {
-                                    marker,
-                                    running: fresh.running,
-                                    health: fresh.health,
-                                    pid: fresh.pid,
-                                },
-                            );
-                            containers.push(fresh);
-                        }
-                        // Gone since the list.
-                        None => {
-                            self.cache.remove(&container.id);
-                        }
-                    }
+                    self.cache.remove(&container.id);
                 }
-                Decision::Cached => {
+                (Decision::Inspect, Some(marker)) => {
+                    stats.relevant += 1;
+                    self.cache.insert(
+                        container.id.clone(),
+                        Cached {
+                            marker,
+                            running: container.running,
+                            health: container.health,
+                            pid: container.pid,
+                        },
+                    );
+                    containers.push(container);
+                }
+                (Decision::Cached, _) => {
                     stats.relevant += 1;
                     let cached = &self.cache[&container.id];
                     // The list is as fresh as it gets for names and
@@ -295,6 +310,8 @@ impl Inventory {
                         ..container
                     });
                 }
+                // Unrelated (only targets and warps have a marker).
+                (Decision::ListOnly | Decision::Inspect, _) => containers.push(container),
             }
         }
         // What differs from the last snapshot: everything after a full

@@ -4,8 +4,9 @@
 //! them for thousands of containers costs more than everything netwarp
 //! does with them. Here every field netwarp does not read is skipped by
 //! the decoder, labels are kept only when the planner reads them, and a
-//! list is turned into domain containers one entry at a time, so its
-//! body and a full decoded copy are never alive together.
+//! list is turned into domain containers one entry at a time as its body
+//! arrives, so neither the whole body nor a full decoded copy is ever
+//! held.
 //!
 //! The shapes are those of API 1.41 (Docker 20.10) to the current API:
 //! the list's `Health` object is new in 1.52 (before, the health is only in
@@ -269,6 +270,17 @@ pub fn health_from_status(status: &str) -> Health {
 /// it is read.
 pub fn decode_list(body: &[u8], each: impl FnMut(ListEntry)) -> Result<(), serde_json::Error> {
     let mut decoder = serde_json::Deserializer::from_slice(body);
+    EachEntry(each).deserialize(&mut decoder)?;
+    decoder.end()
+}
+
+/// [`decode_list`] for a body read from `body` as it arrives: a list of
+/// thousands of containers is megabytes, and is never held whole.
+pub fn decode_list_from(
+    body: impl std::io::Read,
+    each: impl FnMut(ListEntry),
+) -> Result<(), serde_json::Error> {
+    let mut decoder = serde_json::Deserializer::from_reader(std::io::BufReader::new(body));
     EachEntry(each).deserialize(&mut decoder)?;
     decoder.end()
 }

@@ -115,6 +115,8 @@ pub struct ScaleReport {
     /// Inspects the fake served per latency event (each is a die + start).
     pub inspects_per_event: f64,
     pub rss_after_initial_kib: u64,
+    /// VmHWM then: the peak of the first reconcile.
+    pub peak_rss_after_initial_kib: u64,
     pub storm: Option<StormResult>,
     /// VmHWM at the end.
     pub peak_rss_kib: u64,
@@ -357,7 +359,10 @@ fn run_in(spec: &ScaleSpec, netwarp: &Path, dir: &Path) -> anyhow::Result<ScaleR
     report.initial_correct = wait_until(spec.timeout, || {
         Ok(mismatches(&fake, &settings, &record) == 0)
     })?;
-    report.rss_after_initial_kib = rss_kib(pid).0;
+    (
+        report.rss_after_initial_kib,
+        report.peak_rss_after_initial_kib,
+    ) = rss_kib(pid);
     // The event stream must be up before events mean anything.
     wait_until(spec.timeout, || Ok(fake.subscribers() > 0))?;
 
@@ -477,6 +482,9 @@ pub fn table(reports: &[ScaleReport]) -> String {
     });
     row("RSS after first reconcile MiB", &|r| {
         format!("{:.1}", r.rss_after_initial_kib as f64 / 1024.0)
+    });
+    row("peak RSS by then MiB", &|r| {
+        format!("{:.1}", r.peak_rss_after_initial_kib as f64 / 1024.0)
     });
     row("storm events sent", &|r| {
         r.storm.as_ref().map_or("-".into(), |s| {

@@ -20,7 +20,7 @@
 //! what the warp tunnels or NATs carries other addresses and passes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::Arc,
 };
@@ -80,19 +80,19 @@ pub(super) fn contributions<'p, 'a>(
 /// Like [`plan_guards`], from the plans of every target container
 /// (`planned`), without the contributions of the `excluded` containers
 /// (refused for capacity: they are blocked on their own).
-pub(super) fn plan_guards_except<T>(
-    index: &Index<'_>,
+pub(super) fn plan_guards_except<'a, T>(
+    index: &Index<'a>,
     settings: &PlanSettings,
-    planned: &[(&Container, Arc<TargetPlan>)],
+    planned: &[(&'a Container, Arc<TargetPlan>)],
     excluded: &BTreeMap<String, T>,
 ) -> Vec<GuardPlan> {
     let world = index.world;
-    let mut guards: BTreeMap<String, GuardPlan> = BTreeMap::new();
+    let mut guards: ByNetwork<'a, GuardPlan> = ByNetwork::default();
     // What each network's guard blocks, as a set: thousands of targets
     // mostly repeat the same few rules, and a warp's forwards skip what
     // the guard blocks already (a label of thousands of prefixes must not
     // cost a scan of the guard per prefix).
-    let mut blocked_by: BTreeMap<String, BTreeSet<Entry>> = BTreeMap::new();
+    let mut blocked_by: ByNetwork<'a, BTreeSet<Entry>> = ByNetwork::default();
     let mut forwarded = Vec::new();
     for (container, target) in contributions(planned) {
         if excluded.contains_key(&container.id) {
@@ -100,27 +100,32 @@ pub(super) fn plan_guards_except<T>(
         }
         for (network, endpoint) in &container.networks {
             guard_of(&mut guards, network, endpoint);
-            let blocked = match blocked_by.get_mut(network.as_str()) {
-                Some(blocked) => blocked,
-                None => blocked_by.entry(network.clone()).or_default(),
-            };
-            blocked.extend(target.entries.iter().map(|entry| Entry {
-                rule: entry.rule,
-                action: Action::Block,
-            }));
+            (blocked_by.entry(network.as_str()).or_default()).extend(target.entries.iter().map(
+                |entry| Entry {
+                    rule: entry.rule,
+                    action: Action::Block,
+                },
+            ));
         }
         forwarded.push(target);
     }
+    // Thousands of targets share a few warps: each is looked up once.
+    let mut warps: HashMap<&str, Option<&'a Container>, foldhash::fast::RandomState> =
+        HashMap::default();
     for target in &forwarded {
         // A warp without a namespace of its own is refused: its targets
         // never reach it, and its "networks" have no bridge to guard.
-        let Some(warp) = index.warp(&target.warp).filter(|c| {
-            c.network_mode == NetworkMode::Own && is_warp_by_name(&settings.warp_name_pattern, c)
-        }) else {
+        let warp = *warps.entry(target.warp.as_str()).or_insert_with(|| {
+            index.warp(&target.warp).filter(|c| {
+                c.network_mode == NetworkMode::Own
+                    && is_warp_by_name(&settings.warp_name_pattern, c)
+            })
+        });
+        let Some(warp) = warp else {
             continue;
         };
         for (network, endpoint) in &warp.networks {
-            let already = blocked_by.get(network);
+            let already = blocked_by.get(network.as_str());
             let guard = guard_of(&mut guards, network, endpoint);
             for entry in &target.entries {
                 let blocked = Entry {
@@ -157,8 +162,7 @@ pub(super) fn plan_guards_except<T>(
             }
         }
     }
-    guards
-        .into_values()
+    let mut guards: Vec<GuardPlan> = (guards.into_values())
         .map(|mut guard| {
             // Sorted, without duplicates.
             guard.entries = (blocked_by.remove(guard.network.as_str()))
@@ -166,26 +170,26 @@ pub(super) fn plan_guards_except<T>(
                 .unwrap_or_default();
             guard
         })
-        .collect()
+        .collect();
+    guards.sort_unstable_by(|a, b| a.network.cmp(&b.network));
+    guards
 }
+
+/// Per network name, with a fast hash: every target looks up each of its
+/// networks.
+type ByNetwork<'a, V> = HashMap<&'a str, V, foldhash::fast::RandomState>;
 
 /// The guard of `network` (created on first use), with its network id
 /// from the first endpoint that has one.
-fn guard_of<'a>(
-    guards: &'a mut BTreeMap<String, GuardPlan>,
-    network: &str,
+fn guard_of<'g, 'a>(
+    guards: &'g mut ByNetwork<'a, GuardPlan>,
+    network: &'a str,
     endpoint: &Endpoint,
-) -> &'a mut GuardPlan {
-    // Looked up before it is created: a key to insert is an allocation,
-    // and thousands of targets share a few networks.
-    if !guards.contains_key(network) {
-        let guard = GuardPlan {
-            network: network.to_owned(),
-            ..GuardPlan::default()
-        };
-        guards.insert(network.to_owned(), guard);
-    }
-    let guard = guards.get_mut(network).expect("inserted above");
+) -> &'g mut GuardPlan {
+    let guard = guards.entry(network).or_insert_with(|| GuardPlan {
+        network: network.to_owned(),
+        ..GuardPlan::default()
+    });
     if guard.network_id.is_none() {
         guard.network_id.clone_from(&endpoint.network_id);
     }

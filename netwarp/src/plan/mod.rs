@@ -327,9 +327,7 @@ pub fn plan_cached(
     // running ones are the targets, and all of them feed the guards and
     // the admission to the rule tries.
     let planned = plan_all(&index, settings, Some(reuse));
-    cache.plans = (planned.iter())
-        .map(|(container, target)| (container.id.clone(), Arc::clone(target)))
-        .collect();
+    keep_plans(&mut cache.plans, &planned);
     if !same_inputs {
         cache.made_with = Some((settings.clone(), observed.clone()));
     }
@@ -348,6 +346,29 @@ pub fn plan_cached(
         targets,
         caps: caps::plan_caps(world, settings),
         guards,
+    }
+}
+
+/// Makes `plans` those of `planned`, in place: most are there already.
+/// (A stale entry could only be a container that left; one that comes
+/// back is listed anew, so it is planned anew.)
+fn keep_plans(plans: &mut IdMap<Arc<TargetPlan>>, planned: &[(&Container, Arc<TargetPlan>)]) {
+    for (container, target) in planned {
+        match plans.get_mut(&container.id) {
+            Some(kept) => {
+                if !Arc::ptr_eq(kept, target) {
+                    *kept = Arc::clone(target);
+                }
+            }
+            None => {
+                plans.insert(container.id.clone(), Arc::clone(target));
+            }
+        }
+    }
+    if plans.len() > planned.len() {
+        let present: HashSet<&str, foldhash::fast::RandomState> =
+            (planned.iter()).map(|(c, _)| c.id.as_str()).collect();
+        plans.retain(|id, _| present.contains(id.as_str()));
     }
 }
 

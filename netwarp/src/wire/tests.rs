@@ -219,3 +219,64 @@ fn the_network_mode_is_read_from_the_host_config() {
         "no HostConfig"
     );
 }
+
+/// Hands out a body a few bytes at a time, as a socket may.
+struct Trickle<'a> {
+    body: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.body.len());
+        buf[..n].copy_from_slice(&self.body[..n]);
+        self.body = &self.body[n..];
+        Ok(n)
+    }
+}
+
+fn list_read(body: &str, step: usize) -> Result<Vec<(Container, Marker)>, serde_json::Error> {
+    let mut out = Vec::new();
+    let reader = Trickle {
+        body: body.as_bytes(),
+        step,
+    };
+    decode_list_from(reader, |entry| {
+        out.extend(entry.into_container(&planner_label))
+    })?;
+    Ok(out)
+}
+
+#[test]
+fn a_list_read_as_it_arrives_decodes_as_the_whole_body_does() {
+    for body in [LIST_1_41, LIST_1_52] {
+        for step in [1, 7, 4096] {
+            assert_eq!(
+                list_read(body, step).unwrap(),
+                list(body).unwrap(),
+                "{step}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_list_read_as_it_arrives_refuses_what_the_whole_body_refuses() {
+    let wrong_type = LIST_1_52.replacen("\"State\": \"running\"", "\"State\": 7", 1);
+    assert_ne!(wrong_type, LIST_1_52, "the fixture has a running entry");
+    let truncated = &LIST_1_41[..LIST_1_41.len() / 2];
+    for body in [wrong_type.as_str(), truncated, "[1]", "{}"] {
+        let error = list_read(body, 5).expect_err(body);
+        let whole = list(body).unwrap_err();
+        // A reader's column may be one further (serde_json reads ahead).
+        let what =
+            |e: &serde_json::Error| e.to_string().split(" at line").next().map(str::to_owned);
+        assert_eq!(what(&error), what(&whole), "the same error");
+        assert_eq!(error.line(), whole.line(), "on the same line");
+    }
+    let trailing = format!("{LIST_1_41} x");
+    assert!(
+        list_read(&trailing, 3).is_err(),
+        "nothing may follow the list"
+    );
+}
