@@ -212,36 +212,38 @@ impl Inventory {
             filters.insert("id".to_owned(), ids.iter().cloned().collect::<Vec<_>>());
         }
         // Both lists at once; the dormant targets' is small. Only a target
-        // or warp keeps its change marker: the others are never inspected.
-        let mut listed: Vec<(Container, Option<Marker>)> = Vec::new();
+        // or warp keeps its change marker (by its place in the list): the
+        // others are never inspected.
+        let mut listed: Vec<Container> = Vec::new();
+        let mut markers: Vec<(usize, Marker)> = Vec::new();
         let running = client.list(false, &filters, |entry| {
             // Only what was asked for, should an API not filter by id.
             let asked = |id: &String| named.as_ref().is_none_or(|named| named.contains(id));
             if entry.id.as_ref().is_some_and(asked)
                 && let Some((container, marker)) = self.listed_container(entry)
             {
-                let marker = self.is_relevant(&container).then_some(marker);
-                listed.push((container, marker));
+                if self.is_relevant(&container) {
+                    markers.push((listed.len(), marker));
+                }
+                listed.push(container);
             }
         });
         let (running, dormant) = tokio::join!(running, self.dormant_targets(client));
         running?;
         let dormant = dormant?;
-        let mut decisions = Vec::with_capacity(listed.len());
+        let mut decisions = Vec::with_capacity(markers.len());
         let mut to_inspect = Vec::new();
-        for (i, (container, marker)) in listed.iter().enumerate() {
-            let decision = match marker {
-                None => Decision::ListOnly,
-                Some(marker) => decide(
-                    true,
-                    self.cache.get(&container.id).map(|c| &c.marker),
-                    marker,
-                    pending.contains_key(&container.id),
-                    self.refresh_all,
-                ),
-            };
+        for (i, marker) in &markers {
+            let id = &listed[*i].id;
+            let decision = decide(
+                true,
+                self.cache.get(id).map(|c| &c.marker),
+                marker,
+                pending.contains_key(id),
+                self.refresh_all,
+            );
             if decision == Decision::Inspect {
-                to_inspect.push((i, container.id.clone()));
+                to_inspect.push((*i, id.clone()));
             }
             decisions.push(decision);
         }
@@ -262,57 +264,50 @@ impl Inventory {
             let (i, fresh) = response?;
             inspected += 1;
             match fresh {
-                Some(fresh) => listed[i].0 = fresh,
+                Some(fresh) => listed[i] = fresh,
                 // Gone since the list.
                 None => gone[i] = true,
             }
         }
         drop(responses);
-        let mut stats = SnapshotStats {
+        let stats = SnapshotStats {
             listed: listed.len(),
+            relevant: markers.len(),
             inspected,
             full: self.refresh_all,
             partial: named.is_some(),
-            ..SnapshotStats::default()
         };
-        let mut containers = Vec::with_capacity(listed.len());
-        let mut present = IdSet::with_capacity_and_hasher(listed.len(), Default::default());
-        let outcomes = decisions.into_iter().zip(gone);
-        for ((container, marker), (decision, gone)) in listed.into_iter().zip(outcomes) {
-            present.insert(container.id.clone());
-            match (decision, marker) {
-                (Decision::Inspect, _) if gone => {
-                    stats.relevant += 1;
+        for ((i, marker), decision) in markers.into_iter().zip(decisions) {
+            let container = &mut listed[i];
+            match decision {
+                Decision::Inspect if gone[i] => {
                     self.cache.remove(&container.id);
                 }
-                (Decision::Inspect, Some(marker)) => {
-                    stats.relevant += 1;
-                    self.cache.insert(
-                        container.id.clone(),
-                        Cached {
-                            marker,
-                            running: container.running,
-                            health: container.health,
-                            pid: container.pid,
-                        },
-                    );
-                    containers.push(container);
+                Decision::Inspect => {
+                    let cached = Cached {
+                        marker,
+                        running: container.running,
+                        health: container.health,
+                        pid: container.pid,
+                    };
+                    self.cache.insert(container.id.clone(), cached);
                 }
-                (Decision::Cached, _) => {
-                    stats.relevant += 1;
-                    let cached = &self.cache[&container.id];
+                Decision::Cached => {
                     // The list is as fresh as it gets for names and
                     // endpoints; the pid and health come from the inspect.
-                    containers.push(Container {
-                        running: cached.running,
-                        health: cached.health,
-                        pid: cached.pid,
-                        ..container
-                    });
+                    let cached = &self.cache[&container.id];
+                    container.running = cached.running;
+                    container.health = cached.health;
+                    container.pid = cached.pid;
                 }
-                // Unrelated (only targets and warps have a marker).
-                (Decision::ListOnly | Decision::Inspect, _) => containers.push(container),
+                Decision::ListOnly => {}
             }
+        }
+        let present: IdSet = listed.iter().map(|c| c.id.clone()).collect();
+        let mut containers = listed;
+        if gone.contains(&true) {
+            let mut gone = gone.into_iter();
+            containers.retain(|_| !gone.next().unwrap_or(false));
         }
         // What differs from the last snapshot: everything after a full
         // listing; else the containers listed anew and the dormant

@@ -1,6 +1,8 @@
 //! What the pass logs about classifications, once per change: a steered
 //! target at debug, a problem (blocked, bypassed, refused) at warn.
 
+use std::sync::Arc;
+
 use crate::model::IdMap;
 
 use tracing::{debug, warn};
@@ -14,13 +16,20 @@ use crate::{
 /// classification is logged when it changes, not on every resync.
 #[derive(Default)]
 pub struct ChangeLog {
-    states: IdMap<TargetState>,
+    /// The plan whose state was logged last, or a later one with the same
+    /// state: the plan itself is shared with the pass, a copy of its state
+    /// would not be.
+    states: IdMap<Arc<TargetPlan>>,
     cap_problems: IdMap<Vec<String>>,
 }
 
 impl ChangeLog {
-    pub fn classification(&mut self, target: &TargetPlan) {
-        if self.states.get(&target.id) == Some(&target.state) {
+    pub fn classification(&mut self, target: &Arc<TargetPlan>) {
+        if let Some(logged) = self.states.get_mut(&target.id)
+            && logged.state == target.state
+        {
+            // The newer plan, so that the older can go.
+            *logged = Arc::clone(target);
             return;
         }
         let id = short_id(&target.id);
@@ -52,7 +61,7 @@ impl ChangeLog {
                 "target refused: netwarp does not touch its namespace"
             ),
         }
-        self.states.insert(target.id.clone(), target.state.clone());
+        self.states.insert(target.id.clone(), Arc::clone(target));
     }
 
     pub fn cap_problems(&mut self, plan: &CapPlan, span: &tracing::Span) {
