@@ -99,6 +99,7 @@ impl Bench {
                 .reconcile(&self.client, &mut pending, arriving),
         ))
         .expect("the pass reaches the fake");
+        self.reconciler.flush_record();
         read_record(&self.record).expect("the pass wrote its record")
     }
 

@@ -6,13 +6,14 @@
 //!
 //! With `dataplane.dry_run_record` set, the programmed set is written as
 //! JSON after every pass that changed it, so a harness can compare it with
-//! what its simulated world should yield.
+//! what its simulated world should yield. A thread of its own writes it:
+//! thousands of targets are megabytes, which no pass should wait on.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::{self, Write as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
@@ -165,16 +166,18 @@ impl DryRunFaults {
 
 #[derive(Debug, Default)]
 pub struct DryRunDataplane {
-    record_path: Option<PathBuf>,
     faults: DryRunFaults,
     /// The guards "written", by network.
     guards: HashMap<String, GuardPlan>,
     /// What is "programmed", by container id: each target as its JSON in
-    /// the record, so writing the record serializes none of them again.
-    programmed: BTreeMap<String, Box<str>>,
+    /// the record, so writing the record serializes none of them again,
+    /// and shared with the record writer rather than copied.
+    programmed: BTreeMap<Arc<str>, Arc<str>>,
     /// The plans last "programmed", as a real dataplane remembers them.
     settled: Settled<Arc<TargetPlan>>,
-    visits: BTreeMap<String, u64>,
+    visits: BTreeMap<Arc<str>, u64>,
+    /// Writes the record, when there is one.
+    writer: Option<RecordWriter>,
     passes: u64,
     changed_this_pass: usize,
     /// Something changed since the record was last written.
@@ -184,7 +187,7 @@ pub struct DryRunDataplane {
 impl DryRunDataplane {
     pub fn new(record_path: Option<PathBuf>) -> Self {
         Self {
-            record_path,
+            writer: record_path.map(RecordWriter::spawn),
             // The first pass always writes, even an empty set.
             unwritten: true,
             ..Self::default()
@@ -209,12 +212,17 @@ impl DryRunDataplane {
         if self.settled.unchanged(&target.id, target, verify) {
             return Ok(false);
         }
-        *self.visits.entry(target.id.clone()).or_default() += 1;
+        match self.visits.get_mut(target.id.as_str()) {
+            Some(visits) => *visits += 1,
+            None => {
+                self.visits.insert(target.id.as_str().into(), 1);
+            }
+        }
         self.unwritten = true;
-        let desired = serde_json::to_string(&DryRunTarget::from_plan(target))
+        let desired: Arc<str> = serde_json::to_string(&DryRunTarget::from_plan(target))
             .expect("a DryRunTarget serializes")
-            .into_boxed_str();
-        let changed = self.programmed.get(&target.id) != Some(&desired);
+            .into();
+        let changed = self.programmed.get(target.id.as_str()) != Some(&desired);
         let mut faults = self.faults.lock();
         if faults.failing.contains(&target.name) {
             drop(faults);
@@ -231,7 +239,7 @@ impl DryRunDataplane {
         if !changed {
             return Ok(false);
         }
-        self.programmed.insert(target.id.clone(), desired);
+        self.programmed.insert(target.id.as_str().into(), desired);
         self.changed_this_pass += 1;
         self.unwritten = true;
         Ok(true)
@@ -258,8 +266,8 @@ impl DryRunDataplane {
     /// the record if anything changed.
     pub fn finish_pass(&mut self, seen: &crate::model::IdSet) {
         let before = self.programmed.len();
-        self.programmed.retain(|id, _| seen.contains(id));
-        self.visits.retain(|id, _| seen.contains(id));
+        self.programmed.retain(|id, _| seen.contains(&**id));
+        self.visits.retain(|id, _| seen.contains(&**id));
         self.settled.retain(|id| seen.contains(id));
         let released = before - self.programmed.len();
         if released > 0 {
@@ -275,40 +283,176 @@ impl DryRunDataplane {
             "dry-run pass (simulation; nothing programmed)"
         );
         self.changed_this_pass = 0;
-        if self.unwritten
-            && let Some(path) = &self.record_path
+        if let Some(writer) = &self.writer
+            && (self.unwritten || writer.failed())
         {
-            match self.write_record(path) {
-                Ok(()) => self.unwritten = false,
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "dry-run: writing the record failed")
-                }
-            }
+            writer.hand(RecordData {
+                passes: self.passes,
+                targets: (self.programmed.iter())
+                    .map(|(id, json)| (Arc::clone(id), Arc::clone(json)))
+                    .collect(),
+                visits: (self.visits.iter())
+                    .map(|(id, n)| (Arc::clone(id), *n))
+                    .collect(),
+            });
+            self.unwritten = false;
         }
     }
 
-    fn write_record(&self, path: &Path) -> io::Result<()> {
-        // A [`DryRunRecord`]'s JSON, its targets as they were serialized,
-        // streamed to the file (never the whole record in memory). Written
-        // then renamed, so a reader never sees half a record.
+    /// Waits until the record holds everything handed to the writer.
+    pub fn flush_record(&self) {
+        if let Some(writer) = &self.writer {
+            writer.flush();
+        }
+    }
+}
+
+/// What one record holds, shared with the dataplane.
+#[derive(Debug)]
+struct RecordData {
+    passes: u64,
+    /// By container id, in order: each target's JSON.
+    targets: Vec<(Arc<str>, Arc<str>)>,
+    visits: Vec<(Arc<str>, u64)>,
+}
+
+impl RecordData {
+    /// A [`DryRunRecord`]'s JSON, its targets as they were serialized,
+    /// streamed to the file (never the whole record in memory). Written
+    /// then renamed, so a reader never sees half a record.
+    fn write(&self, path: &Path) -> io::Result<()> {
         let tmp = path.with_extension("tmp");
         let mut out = io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
         out.write_all(b"{\"simulation\":")?;
         serde_json::to_writer(&mut out, SIMULATION_NOTE)?;
         write!(out, ",\"passes\":{},\"targets\":{{", self.passes)?;
-        for (i, (id, target)) in self.programmed.iter().enumerate() {
+        for (i, (id, target)) in self.targets.iter().enumerate() {
             if i > 0 {
                 out.write_all(b",")?;
             }
-            serde_json::to_writer(&mut out, id)?;
+            serde_json::to_writer(&mut out, &**id)?;
             out.write_all(b":")?;
             out.write_all(target.as_bytes())?;
         }
-        out.write_all(b"},\"visits\":")?;
-        serde_json::to_writer(&mut out, &self.visits)?;
-        out.write_all(b"}")?;
+        out.write_all(b"},\"visits\":{")?;
+        for (i, (id, visits)) in self.visits.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut out, &**id)?;
+            write!(out, ":{visits}")?;
+        }
+        out.write_all(b"}}")?;
         out.into_inner().map_err(io::IntoInnerError::into_error)?;
         std::fs::rename(&tmp, path)
+    }
+}
+
+/// The thread that writes the record: a pass hands over the newest
+/// [`RecordData`] and goes on; a newer one handed over before the thread
+/// got to the last replaces it (only the newest matters).
+#[derive(Debug)]
+struct RecordWriter {
+    shared: Arc<WriterShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct WriterShared {
+    state: Mutex<WriterState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
+    next: Option<RecordData>,
+    writing: bool,
+    /// The last write failed: the next pass hands the record over again.
+    failed: bool,
+    closing: bool,
+}
+
+impl WriterShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RecordWriter {
+    fn spawn(path: PathBuf) -> Self {
+        let shared = Arc::new(WriterShared::default());
+        let writer = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("netwarp-dry-run".into())
+            .spawn(move || {
+                loop {
+                    let data = {
+                        let mut state = writer.lock();
+                        while state.next.is_none() && !state.closing {
+                            state = (writer.changed.wait(state)).unwrap_or_else(|e| e.into_inner());
+                        }
+                        let Some(data) = state.next.take() else {
+                            return;
+                        };
+                        state.writing = true;
+                        data
+                    };
+                    let written = data.write(&path);
+                    if let Err(e) = &written {
+                        warn!(path = %path.display(), error = %e, "dry-run: writing the record failed");
+                    }
+                    let mut state = writer.lock();
+                    state.writing = false;
+                    state.failed = written.is_err();
+                    writer.changed.notify_all();
+                }
+            });
+        match thread {
+            Ok(thread) => Self {
+                shared,
+                thread: Some(thread),
+            },
+            // Without a thread, nothing is written: said once, here.
+            Err(e) => {
+                warn!(error = %e, "dry-run: cannot start the record writer; no record is written");
+                Self {
+                    shared,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    fn hand(&self, data: RecordData) {
+        self.shared.lock().next = Some(data);
+        self.shared.changed.notify_all();
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.lock().failed
+    }
+
+    /// Waits until what was handed over is written (or failed).
+    fn flush(&self) {
+        if self.thread.is_none() {
+            return;
+        }
+        let mut state = self.shared.lock();
+        while state.next.is_some() || state.writing {
+            state = (self.shared.changed.wait(state)).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for RecordWriter {
+    /// Writes what was handed over last, then ends the thread.
+    fn drop(&mut self) {
+        self.flush();
+        self.shared.lock().closing = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -377,6 +521,7 @@ mod tests {
         );
         assert_eq!(faults.written(), ["a", "b"]);
         dry.finish_pass(&["a".to_string(), "b".to_string()].into_iter().collect());
+        dry.flush_record();
         let record = read_record(&path).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -408,6 +553,7 @@ mod tests {
         let failed = dry.program(&target("a", steered(), 13), false).unwrap_err();
         assert_eq!(failed.reason(), FailureReason::MapFull, "{failed}");
         dry.finish_pass(&["a".to_string()].into_iter().collect());
+        dry.flush_record();
         let record = read_record(&path).unwrap();
         assert_eq!(record.passes, 2);
         assert_eq!(record.targets.len(), 1);

@@ -229,6 +229,12 @@ impl Reconciler {
         self.verify_next = true;
     }
 
+    /// Waits until the dry-run record holds the last pass (see
+    /// [`Dataplane::flush_record`]).
+    pub fn flush_record(&self) {
+        self.dataplane.flush_record();
+    }
+
     /// Docker is gone: the guards forget every allowed source until the
     /// next pass (fail closed).
     pub async fn forget_guard_sources(&mut self) {

@@ -406,12 +406,20 @@ impl Dataplane {
     }
 
     /// Ends a pass: targets that left are forgotten (the dry-run record is
-    /// written here).
+    /// handed to its writer here).
     pub fn finish_pass(&mut self, seen: &IdSet) {
         match self {
             Self::Routes(plane) => plane.finish_pass(seen),
             Self::Ebpf(_) => {}
             Self::DryRun(dry) => dry.finish_pass(seen),
+        }
+    }
+
+    /// Waits until the dry-run record holds the last pass (for whoever
+    /// reads it right after a pass); nothing to wait for otherwise.
+    pub fn flush_record(&self) {
+        if let Self::DryRun(dry) = self {
+            dry.flush_record();
         }
     }
 
