@@ -257,8 +257,10 @@ fn status_error(what: &str, status: hyper::StatusCode, body: &[u8]) -> DockerErr
 
 /// Body chunks in flight between the connection and the list decoder.
 const STREAM_CHUNKS: usize = 2;
-/// Decoded entries in flight between the decoder and the caller.
-const STREAM_ENTRIES: usize = 256;
+/// Decoded entries go to the caller in batches of this many (one wake-up
+/// per batch, not per entry), a few batches in flight.
+const STREAM_BATCH: usize = 64;
+const STREAM_BATCHES: usize = 4;
 
 /// Decodes a list `body` while it arrives: the decoder (serde_json, which
 /// reads synchronously) runs on a blocking thread and reads the chunks as
@@ -275,16 +277,25 @@ where
     B::Error: std::fmt::Display,
 {
     let (chunks, chunks_out) = tokio::sync::mpsc::channel::<Bytes>(STREAM_CHUNKS);
-    let (entries_in, mut entries) = tokio::sync::mpsc::channel::<ListEntry>(STREAM_ENTRIES);
+    let (batches_in, mut batches) = tokio::sync::mpsc::channel::<Vec<ListEntry>>(STREAM_BATCHES);
     let decoder = tokio::task::spawn_blocking(move || {
         let body = ChunkReader {
             chunks: chunks_out,
             current: Bytes::new(),
         };
         // A closed channel: the caller is gone, and the rest is moot.
-        wire::decode_list_from(body, |entry| {
-            let _ = entries_in.blocking_send(entry);
-        })
+        let mut batch = Vec::with_capacity(STREAM_BATCH);
+        let decoded = wire::decode_list_from(body, |entry| {
+            batch.push(entry);
+            if batch.len() == STREAM_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(STREAM_BATCH));
+                let _ = batches_in.blocking_send(full);
+            }
+        });
+        if !batch.is_empty() {
+            let _ = batches_in.blocking_send(batch);
+        }
+        decoded
     });
     let pump = async move {
         while let Some(frame) = body.frame().await {
@@ -300,8 +311,8 @@ where
         Ok::<_, String>(())
     };
     let consume = async {
-        while let Some(entry) = entries.recv().await {
-            each(entry);
+        while let Some(batch) = batches.recv().await {
+            batch.into_iter().for_each(&mut each);
         }
     };
     let (pumped, ()) = tokio::join!(pump, consume);

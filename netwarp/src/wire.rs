@@ -280,7 +280,8 @@ pub fn decode_list_from(
     body: impl std::io::Read,
     each: impl FnMut(ListEntry),
 ) -> Result<(), serde_json::Error> {
-    let mut decoder = serde_json::Deserializer::from_reader(std::io::BufReader::new(body));
+    let body = std::io::BufReader::with_capacity(64 * 1024, body);
+    let mut decoder = serde_json::Deserializer::from_reader(body);
     EachEntry(each).deserialize(&mut decoder)?;
     decoder.end()
 }
