@@ -22,6 +22,7 @@ fn settings() -> PlanSettings {
         caps: CapSettings::default(),
         max_prefixes_per_target: 4096,
         probe_label: "netwarp.probe".into(),
+        exclude_own_networks: true,
         rule_capacity: None,
     }
 }
@@ -47,6 +48,7 @@ fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, &str)]) -> 
                         ipv6: None,
                         mac: Some(format!("02:42:{ip}")),
                         network_id: None,
+                        ..Endpoint::default()
                     },
                 )
             })

@@ -96,6 +96,7 @@ pub struct Config {
     pub rules_label: String,
     pub routing_rules: Vec<Rule>,
     pub on_warp_down: OnWarpDown,
+    pub exclude_own_networks: bool,
     pub caps: CapSettings,
     pub dataplane: DataplaneMode,
     /// `dry-run`: where the simulated dataplane records what it would program.
@@ -169,6 +170,11 @@ impl Config {
 
         let rules = value(&keys::ROUTING_RULES)?;
         let routing_rules = rules.0.as_rules(keys::ROUTING_RULES.name, &rules.1)?;
+
+        let exclude = value(&keys::EXCLUDE_OWN_NETWORKS)?;
+        let exclude_own_networks = exclude
+            .0
+            .as_bool(keys::EXCLUDE_OWN_NETWORKS.name, &exclude.1)?;
 
         let on_down = value(&keys::ON_WARP_DOWN)?;
         let on_warp_down = match text(&keys::ON_WARP_DOWN, on_down.clone())?.as_str() {
@@ -394,6 +400,7 @@ impl Config {
             rules_label,
             routing_rules,
             on_warp_down,
+            exclude_own_networks,
             caps,
             dataplane,
             dry_run_record,
@@ -423,6 +430,7 @@ impl Config {
             rules_label: self.rules_label.clone(),
             global_rules: self.routing_rules.clone(),
             on_warp_down: self.on_warp_down,
+            exclude_own_networks: self.exclude_own_networks,
             caps: self.caps.clone(),
             max_prefixes_per_target: self.max_prefixes_per_target,
             probe_label: self.probe_label.clone(),

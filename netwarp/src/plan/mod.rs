@@ -10,6 +10,7 @@ use std::{
 
 mod capacity;
 mod caps;
+mod decide;
 mod guard;
 mod probe;
 mod reasons;
@@ -17,6 +18,7 @@ mod warp;
 
 pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
+pub use decide::{decide, prune_direct};
 pub use guard::{GuardPlan, plan_guards};
 pub use probe::{ProbeCheck, WarpProbes, probe_check, probe_spec};
 pub use reasons::{BlockReason, RefuseReason};
@@ -24,7 +26,9 @@ pub use warp::{WarpPlan, WarpState};
 
 use crate::{
     glob,
-    model::{Container, Health, NetworkMode, Rule, World, parse_rules, short_reference},
+    model::{
+        Cidr, Container, Health, NetworkMode, Rule, Verb, World, parse_policy, short_reference,
+    },
 };
 
 /// What to do with a target's matching traffic while its warp is unusable.
@@ -54,6 +58,8 @@ pub struct PlanSettings {
     pub rule_capacity: Option<RuleCapacity>,
     /// The label naming a warp's probe.
     pub probe_label: String,
+    /// Exclude each target's own Docker networks from its `via` rules.
+    pub exclude_own_networks: bool,
 }
 
 impl PlanSettings {
@@ -74,13 +80,38 @@ impl PlanSettings {
     }
 }
 
-/// The action for one rule's traffic.
+/// The action for one rule's traffic. Where two entries of one prefix
+/// and selector disagree, the greater wins (see [`decide`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// Route via the warp container's address (same family as the rule).
     Via(IpAddr),
+    /// Leave it alone: the container's own path (a `direct` rule, or an
+    /// exclusion of the container's own networks).
+    Direct,
+    /// Drop, because a `block` rule says so.
+    Deny,
     /// Drop, because the warp is unusable or has no address of this family.
     Block,
+}
+
+impl std::fmt::Display for Action {
+    /// As status and the dry-run record show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Via(ip) => write!(f, "via {ip}"),
+            Self::Direct => f.write_str("direct"),
+            Self::Deny => f.write_str("deny"),
+            Self::Block => f.write_str("block"),
+        }
+    }
+}
+
+impl Action {
+    /// Whether the packet is dropped.
+    pub fn drops(self) -> bool {
+        matches!(self, Self::Deny | Self::Block)
+    }
 }
 
 /// One desired entry: a rule and what happens to its traffic.
@@ -162,6 +193,9 @@ pub struct TargetPlan {
     /// eBPF dataplane tells the warp's veths, so that the warp's untunnelled
     /// forwards of its traffic are dropped and its replies delivered.
     pub addresses: Vec<IpAddr>,
+    /// The target's own networks' subnets that its `via` rules leave
+    /// alone (`exclude_own_networks`), sorted: shown in status.
+    pub excluded: Vec<Cidr>,
     /// Set when the target runs in the namespace of this other target
     /// (`--network container:X`) with the same warp and rules: the state
     /// and entries are X's, and only X's plan is programmed (`pid` is
@@ -343,6 +377,7 @@ fn plan_target(
         warp_mac: None,
         warp_macs: Vec::new(),
         addresses: addresses(target),
+        excluded: Vec::new(),
         shares_namespace_of: None,
     };
     // Only a namespace that is the target's own is ever programmed.
@@ -365,6 +400,7 @@ fn plan_target(
                     shares_namespace_of: Some(owner.name),
                     state: owner.state,
                     entries: owner.entries,
+                    excluded: owner.excluded,
                     ..plan
                 },
                 Err(reason) => refuse(plan, reason),
@@ -387,6 +423,8 @@ fn plan_target(
         let limit = settings.max_prefixes_per_target;
         return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
     }
+    let (rules, excluded) = with_exclusions(settings, target, rules);
+    plan.excluded = excluded;
     match choose_warp(index, settings, target, &group) {
         Ok((chosen, resolved)) => {
             plan.warp = chosen.to_owned();
@@ -394,20 +432,14 @@ fn plan_target(
             plan.warp_pid = resolved.warp_pid;
             plan.warp_mac = resolved.warp_mac;
             plan.warp_macs = resolved.warp_macs;
-            plan.entries = rules
-                .iter()
-                .map(|rule| Entry {
-                    rule: *rule,
-                    action: match (rule.destination.is_ipv6(), resolved.via_v4, resolved.via_v6) {
-                        (false, Some(v4), _) => Action::Via(IpAddr::V4(v4)),
-                        (true, _, Some(v6)) => Action::Via(IpAddr::V6(v6)),
-                        // No address of this family on the warp: fail closed.
-                        _ => Action::Block,
-                    },
-                })
-                .collect();
-            plan.entries.sort();
-            plan.entries.dedup();
+            plan.entries = entries(&rules, |rule| {
+                match (rule.destination.is_ipv6(), resolved.via_v4, resolved.via_v6) {
+                    (false, Some(v4), _) => Some(Action::Via(IpAddr::V4(v4))),
+                    (true, _, Some(v6)) => Some(Action::Via(IpAddr::V6(v6))),
+                    // No address of this family on the warp: fail closed.
+                    _ => Some(Action::Block),
+                }
+            });
             plan.state = TargetState::Steered {
                 network: resolved.network,
                 via_v4: resolved.via_v4,
@@ -420,6 +452,58 @@ fn plan_target(
             blocked(plan, settings, &rules, reason)
         }
     }
+}
+
+/// The entries of `rules`: `via` rules take what `via` gives (`None`:
+/// left out), `direct` and `block` rules are the same whatever the warp's
+/// state. Sorted, without duplicates, and without `direct` entries that
+/// nothing they would carve from covers.
+fn entries(rules: &[Rule], via: impl Fn(&Rule) -> Option<Action>) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = (rules.iter())
+        .filter_map(|rule| {
+            let action = match rule.verb {
+                Verb::Via => via(rule)?,
+                Verb::Direct => Action::Direct,
+                Verb::Block => Action::Deny,
+            };
+            Some(Entry {
+                rule: *rule,
+                action,
+            })
+        })
+        .collect();
+    entries.sort();
+    entries.dedup();
+    prune_direct(&mut entries);
+    entries
+}
+
+/// `rules` with a `direct` rule for each subnet of the target's own
+/// networks that one of its `via` rules covers (so its neighbours, and the
+/// warp, are reached directly), and those subnets, sorted.
+fn with_exclusions(
+    settings: &PlanSettings,
+    target: &Container,
+    mut rules: Vec<Rule>,
+) -> (Vec<Rule>, Vec<Cidr>) {
+    if !settings.exclude_own_networks {
+        return (rules, Vec::new());
+    }
+    let mut excluded: Vec<Cidr> = (target.networks.values())
+        .flat_map(|endpoint| endpoint.subnets())
+        .filter(|subnet| {
+            (rules.iter()).any(|rule| rule.verb == Verb::Via && rule.destination.covers(subnet))
+        })
+        .collect();
+    excluded.sort();
+    excluded.dedup();
+    rules.extend(excluded.iter().map(|subnet| Rule {
+        destination: *subnet,
+        protocol: None,
+        ports: None,
+        verb: Verb::Direct,
+    }));
+    (rules, excluded)
 }
 
 /// Every address of `container`, on all its networks, sorted.
@@ -435,16 +519,24 @@ fn addresses(container: &Container) -> Vec<IpAddr> {
     all
 }
 
-/// A target's rules: its rules label, else the global rules.
+/// A target's rules: its rules label (with the global rules when it says
+/// `global`), else the global rules.
 fn target_rules(settings: &PlanSettings, target: &Container) -> Result<Vec<Rule>, BlockReason> {
-    match target.labels.get(&settings.rules_label) {
-        Some(value) => parse_rules(value).map_err(|error| BlockReason::InvalidRules {
-            label: settings.rules_label.clone(),
-            value: value.clone(),
-            error,
-        }),
-        None => Ok(settings.global_rules.clone()),
+    let Some(value) = target.labels.get(&settings.rules_label) else {
+        return Ok(settings.global_rules.clone());
+    };
+    let policy = parse_policy(value).map_err(|error| BlockReason::InvalidRules {
+        label: settings.rules_label.clone(),
+        value: value.clone(),
+        error,
+    })?;
+    let mut rules = policy.rules;
+    if policy.with_global {
+        rules.extend_from_slice(&settings.global_rules);
+        rules.sort();
+        rules.dedup();
     }
+    Ok(rules)
 }
 
 /// `target` runs in the namespace `reference` names. That is served only
@@ -512,11 +604,13 @@ fn blocked(
 ) -> TargetPlan {
     match settings.on_warp_down {
         OnWarpDown::Block => {
-            plan.entries = Entry::all(rules, Action::Block);
+            plan.entries = entries(rules, |_| Some(Action::Block));
             plan.state = TargetState::Blocked(reason);
         }
         OnWarpDown::Bypass => {
-            plan.entries.clear();
+            // Only what goes through the warp takes the normal path; block
+            // rules hold whatever the warp's state.
+            plan.entries = entries(rules, |_| None);
             plan.state = TargetState::Bypassed(reason);
         }
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Endpoint, SmallMap};
+use crate::model::{Endpoint, SmallMap, parse_rules};
 
 /// Settings with the default labels and `rules` as the global rules.
 pub(super) fn settings(rules: &str) -> PlanSettings {
@@ -13,6 +13,7 @@ pub(super) fn settings(rules: &str) -> PlanSettings {
         caps: CapSettings::default(),
         max_prefixes_per_target: 4096,
         probe_label: "netwarp.probe".into(),
+        exclude_own_networks: true,
         rule_capacity: None,
     }
 }
@@ -23,6 +24,9 @@ pub(super) fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
         ipv6: v6.map(|v| v.parse().unwrap()),
         mac: Some(format!("02:42:{v4}")),
         network_id: None,
+        // No subnet: exclusions of own networks are tested on their own.
+        ipv4_prefix_len: None,
+        ipv6_prefix_len: None,
     }
 }
 

@@ -589,6 +589,7 @@ mod tests {
                 warp_mac: None,
                 warp_macs: Vec::new(),
                 addresses: Vec::new(),
+                excluded: Vec::new(),
                 shares_namespace_of: None,
             }
             .into(),

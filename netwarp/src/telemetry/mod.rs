@@ -412,6 +412,7 @@ pub(crate) mod tests {
             caps: CapSettings::default(),
             max_prefixes_per_target: 4096,
             probe_label: "netwarp.probe".into(),
+            exclude_own_networks: true,
             rule_capacity: None,
         }
     }

@@ -96,13 +96,15 @@ pub fn compile(entries: &[Entry], warp_usable: bool) -> Result<Vec<CompiledPrefi
         covering.sort_unstable();
         let covering = covering.into_iter().map(|index| &entries[index]);
         let mut value = RuleValue {
+            // Interim: one action per row (the program passes action 0).
             action: match action {
                 Action::Via(_) => ACTION_STEER,
-                Action::Block => ACTION_BLOCK,
+                Action::Direct => 0,
+                Action::Deny | Action::Block => ACTION_BLOCK,
             },
             block_reason: match (action, warp_usable) {
-                (Action::Via(_), _) => 0,
-                (Action::Block, true) => REASON_POLICY,
+                (Action::Via(_) | Action::Direct, _) => 0,
+                (Action::Deny, _) | (Action::Block, true) => REASON_POLICY,
                 (Action::Block, false) => REASON_WARP_DOWN,
             },
             ..RuleValue::default()
