@@ -33,11 +33,13 @@ pub enum RuleError {
     NoDestination(String),
     #[error("empty item in `{0}`")]
     EmptyItem(String),
+    /// The clause; its first word is the unknown action.
     #[error(
-        "unknown action `{word}` in `{clause}` (expected via, direct or block before the \
-         destinations, e.g. `direct 10.0.0.0/8`)"
+        "unknown action `{word}` in `{0}` (expected via, direct or block before the \
+         destinations, e.g. `direct 10.0.0.0/8`)",
+        word = .0.split_whitespace().next().unwrap_or_default()
     )]
-    Verb { word: String, clause: String },
+    Verb(String),
     #[error("empty clause in `{0}`: remove the extra `;`")]
     EmptyClause(String),
     #[error("`global` stands alone in a clause (`global; direct 10.0.0.0/8`), not in `{0}`")]
@@ -462,10 +464,8 @@ pub fn parse_policy(text: &str) -> Result<Policy, RuleError> {
         }
         let (verb, list) = match clause.split_once(char::is_whitespace) {
             Some((word, rest)) if !word.contains([',', '/', ':', '.']) => {
-                let verb = word.parse::<Verb>().map_err(|()| RuleError::Verb {
-                    word: word.to_owned(),
-                    clause: (*clause).to_owned(),
-                })?;
+                let verb =
+                    (word.parse::<Verb>()).map_err(|()| RuleError::Verb((*clause).to_owned()))?;
                 (verb, rest.trim())
             }
             _ => (Verb::Via, *clause),
