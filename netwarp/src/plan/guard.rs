@@ -353,6 +353,82 @@ mod tests {
         );
     }
 
+    fn shown(entries: &[Entry]) -> Vec<String> {
+        (entries.iter())
+            .map(|e| format!("{} {}", e.rule, e.action))
+            .collect()
+    }
+
+    #[test]
+    fn a_direct_prefix_passes_the_guard_only_where_every_target_leaves_it_alone() {
+        let mut world = world();
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "0.0.0.0/0; direct 198.51.100.0/24"),
+        ];
+        world.containers[1] = container("app", &labels, true, "172.20.0.3");
+        let settings = settings("203.0.113.0/24");
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            ["0.0.0.0/0 block", "direct 198.51.100.0/24 direct"]
+        );
+        // Its own forwards through the warp's network: the same carve-out.
+        let forwarded: Vec<String> = (guards[0].forwarded.iter())
+            .map(|(source, e)| format!("{source} {} {}", e.rule, e.action))
+            .collect();
+        assert_eq!(
+            forwarded,
+            ["172.20.0.3 direct 198.51.100.0/24 direct"],
+            "0.0.0.0/0 is blocked for every source already"
+        );
+
+        // A neighbour steers all of it: no carve-out (the guard cannot
+        // tell the two apart).
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "198.51.0.0/16"),
+        ];
+        world
+            .containers
+            .push(container("other", &labels, true, "172.20.0.5"));
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            ["0.0.0.0/0 block", "198.51.0.0/16 block"]
+        );
+        // Part of it: carved, and that part blocked by its longer prefix.
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "198.51.100.0/25"),
+        ];
+        *world.containers.last_mut().unwrap() = container("other", &labels, true, "172.20.0.5");
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            [
+                "0.0.0.0/0 block",
+                "direct 198.51.100.0/24 direct",
+                "198.51.100.0/25 block"
+            ]
+        );
+        // A neighbour steering elsewhere leaves it alone: carved again.
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "203.0.113.0/24"),
+        ];
+        *world.containers.last_mut().unwrap() = container("other", &labels, true, "172.20.0.5");
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            [
+                "0.0.0.0/0 block",
+                "direct 198.51.100.0/24 direct",
+                "203.0.113.0/24 block"
+            ]
+        );
+    }
+
     #[test]
     fn a_stopped_target_keeps_its_network_guarded_and_its_address_is_not_allowed() {
         let mut world = world();
