@@ -122,7 +122,10 @@ fn actions_inside_a_steered_prefix(mode: &str) {
 
     // The own network: directly, never through the warp; the control's
     // explicit rule goes through it, so the counter counts.
-    assert!(pings(&target, &b, 3), "{mode}: the bystander did not answer");
+    assert!(
+        pings(&target, &b, 3),
+        "{mode}: the bystander did not answer"
+    );
     assert_eq!(
         count(&t_to_b),
         0,
@@ -142,7 +145,11 @@ fn actions_inside_a_steered_prefix(mode: &str) {
         sink.packets() - before >= 3,
         "{mode}: the excluded address was not reached by the target's own path"
     );
-    assert_eq!(count(&t_to_x), 0, "{mode}: the exclusion went through the warp");
+    assert_eq!(
+        count(&t_to_x),
+        0,
+        "{mode}: the exclusion went through the warp"
+    );
 
     // The block rule: that port refused, others steered, nothing leaked.
     let before = sink.packets();
