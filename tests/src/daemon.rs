@@ -19,6 +19,7 @@ pub struct TestLabels {
     pub target: String,
     pub network: String,
     pub rules: String,
+    pub dns: String,
     /// Cap labels, so that parallel tests never cap each other's containers.
     pub egress_rate: String,
     pub ingress_rate: String,
@@ -33,6 +34,7 @@ impl TestLabels {
             target: format!("nwtest.{id}.target"),
             network: format!("nwtest.{id}.network"),
             rules: format!("nwtest.{id}.rules"),
+            dns: format!("nwtest.{id}.dns"),
             egress_rate: format!("nwtest.{id}.egress-rate"),
             ingress_rate: format!("nwtest.{id}.ingress-rate"),
             burst: format!("nwtest.{id}.burst"),
@@ -49,6 +51,11 @@ impl TestLabels {
 
     pub fn rules_label(&self, rules: &str) -> String {
         format!("{}={rules}", self.rules)
+    }
+
+    /// The DNS policy label's key.
+    pub fn dns_label(&self) -> &str {
+        &self.dns
     }
 
     pub fn network_label(&self, network: &str) -> String {
@@ -167,7 +174,7 @@ pub fn config_toml(
 ) -> String {
     format!(
         "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
-         network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
+         network_preference_label = \"{}\"\nrules_label = \"{}\"\ndns_label = \"{}\"\n\
          [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
          bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
          [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
@@ -179,6 +186,7 @@ pub fn config_toml(
         labels.target,
         labels.network,
         labels.rules,
+        labels.dns,
         pin_dir.display(),
         guard_priority,
         labels.egress_rate,

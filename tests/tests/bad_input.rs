@@ -23,6 +23,8 @@ fn settings() -> PlanSettings {
         max_prefixes_per_target: 4096,
         probe_label: "netwarp.probe".into(),
         exclude_own_networks: true,
+        dns: netwarp::plan::DnsPolicy::Follow,
+        dns_label: "netwarp.dns".into(),
         rule_capacity: None,
     }
 }

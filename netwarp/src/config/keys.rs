@@ -76,6 +76,12 @@ keys! {
     ROUTING_RULES = "routing_rules", "NETWARP_ROUTING_RULES", "",
         Live, flag -,
         "Global rules: [[routing_rules]] tables (destination, protocol, port_range, action = via|direct|block), or the label syntax in the environment";
+    DNS_POLICY = "dns", "NETWARP_DNS", "follow",
+        Live, flag -,
+        "Targets' DNS queries (UDP and TCP 53): follow (what the rules say), warp (all through the warp) or block (refused unless through the warp)";
+    DNS_LABEL = "dns_label", "NETWARP_DNS_LABEL", "netwarp.dns",
+        Live, flag -,
+        "Label on a target with its own dns policy (follow, warp, block)";
     EXCLUDE_OWN_NETWORKS = "exclude_own_networks", "NETWARP_EXCLUDE_OWN_NETWORKS", "true",
         Live, flag -,
         "Leave each target's own Docker networks out of its via rules (a full tunnel still reaches its neighbours directly)";

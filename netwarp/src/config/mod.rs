@@ -13,7 +13,7 @@ pub use reload::Reloaded;
 
 use crate::{
     model::{Rate, RateError, Rule, parse_rate, parse_size},
-    plan::{CapEnforcement, CapSettings, OnWarpDown, PlanSettings},
+    plan::{CapEnforcement, CapSettings, DnsPolicy, OnWarpDown, PlanSettings},
     warp_probe::ProbeSettings,
 };
 
@@ -97,6 +97,8 @@ pub struct Config {
     pub routing_rules: Vec<Rule>,
     pub on_warp_down: OnWarpDown,
     pub exclude_own_networks: bool,
+    pub dns_policy: DnsPolicy,
+    pub dns_label: String,
     pub caps: CapSettings,
     pub dataplane: DataplaneMode,
     /// `dry-run`: where the simulated dataplane records what it would program.
@@ -170,6 +172,10 @@ impl Config {
 
         let rules = value(&keys::ROUTING_RULES)?;
         let routing_rules = rules.0.as_rules(keys::ROUTING_RULES.name, &rules.1)?;
+
+        let dns = value(&keys::DNS_POLICY)?;
+        let dns_policy: DnsPolicy = (text(&keys::DNS_POLICY, dns.clone())?.parse())
+            .map_err(|reason: String| invalid(&dns.1, keys::DNS_POLICY.name, reason))?;
 
         let exclude = value(&keys::EXCLUDE_OWN_NETWORKS)?;
         let exclude_own_networks = exclude
@@ -337,6 +343,7 @@ impl Config {
         let ingress_label = label(&keys::RATE_INGRESS_LABEL)?;
         let burst_label = label(&keys::RATE_BURST_LABEL)?;
         let probe_label = label(&keys::PROBE_LABEL)?;
+        let dns_label = label(&keys::DNS_LABEL)?;
         let mut optional = |spec: &'static KeySpec, parse: fn(&str) -> Result<u64, RateError>| {
             let v = value(spec)?;
             let s = text(spec, v.clone())?;
@@ -401,6 +408,8 @@ impl Config {
             routing_rules,
             on_warp_down,
             exclude_own_networks,
+            dns_policy,
+            dns_label,
             caps,
             dataplane,
             dry_run_record,
@@ -431,6 +440,8 @@ impl Config {
             global_rules: self.routing_rules.clone(),
             on_warp_down: self.on_warp_down,
             exclude_own_networks: self.exclude_own_networks,
+            dns: self.dns_policy,
+            dns_label: self.dns_label.clone(),
             caps: self.caps.clone(),
             max_prefixes_per_target: self.max_prefixes_per_target,
             probe_label: self.probe_label.clone(),

@@ -88,6 +88,8 @@ mod tests {
         ),
         ("on_warp_down", &[("on_warp_down", "bypass")]),
         ("exclude_own_networks", &[("exclude_own_networks", "false")]),
+        ("dns", &[("dns", "warp")]),
+        ("dns_label", &[("dns_label", "example.dns")]),
         ("dataplane.mode", &[("dataplane.mode", "routes")]),
         (
             "dataplane.dry_run_record",

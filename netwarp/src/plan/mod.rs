@@ -11,6 +11,7 @@ use std::{
 mod capacity;
 mod caps;
 mod decide;
+mod dns;
 mod guard;
 mod probe;
 mod reasons;
@@ -19,6 +20,7 @@ mod warp;
 pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use decide::{decide, prune_direct};
+pub use dns::{DnsPolicy, dns_rules};
 pub use guard::{GuardPlan, plan_guards};
 pub use probe::{ProbeCheck, WarpProbes, probe_check, probe_spec};
 pub use reasons::{BlockReason, RefuseReason};
@@ -60,6 +62,10 @@ pub struct PlanSettings {
     pub probe_label: String,
     /// Exclude each target's own Docker networks from its `via` rules.
     pub exclude_own_networks: bool,
+    /// Where targets' DNS queries may go, unless their label says.
+    pub dns: DnsPolicy,
+    /// The label with a target's own DNS policy.
+    pub dns_label: String,
 }
 
 impl PlanSettings {
@@ -75,6 +81,7 @@ impl PlanSettings {
             self.caps.ingress_label.clone(),
             self.caps.burst_label.clone(),
             self.probe_label.clone(),
+            self.dns_label.clone(),
             SWARM_SERVICE_LABEL.to_owned(),
         ]
     }
@@ -423,8 +430,15 @@ fn plan_target(
         let limit = settings.max_prefixes_per_target;
         return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
     }
-    let (rules, excluded) = with_exclusions(settings, target, rules);
+    let (mut rules, excluded) = with_exclusions(settings, target, rules);
     plan.excluded = excluded;
+    match dns_policy(settings, target) {
+        Ok(policy) => {
+            let extra = dns_rules(policy, &rules);
+            rules.extend(extra);
+        }
+        Err(reason) => return blocked(plan, settings, &rules, reason),
+    }
     match choose_warp(index, settings, target, &group) {
         Ok((chosen, resolved)) => {
             plan.warp = chosen.to_owned();
@@ -476,6 +490,18 @@ fn entries(rules: &[Rule], via: impl Fn(&Rule) -> Option<Action>) -> Vec<Entry> 
     entries.dedup();
     prune_direct(&mut entries);
     entries
+}
+
+/// A target's DNS policy: its label's, else the global one.
+fn dns_policy(settings: &PlanSettings, target: &Container) -> Result<DnsPolicy, BlockReason> {
+    match target.labels.get(&settings.dns_label) {
+        None => Ok(settings.dns),
+        Some(value) => value.parse().map_err(|error| BlockReason::InvalidLabel {
+            label: settings.dns_label.clone(),
+            value: value.clone(),
+            error,
+        }),
+    }
 }
 
 /// `rules` with a `direct` rule for each subnet of the target's own

@@ -14,6 +14,8 @@ pub(super) fn settings(rules: &str) -> PlanSettings {
         max_prefixes_per_target: 4096,
         probe_label: "netwarp.probe".into(),
         exclude_own_networks: true,
+        dns: crate::plan::DnsPolicy::Follow,
+        dns_label: "netwarp.dns".into(),
         rule_capacity: None,
     }
 }

@@ -413,6 +413,8 @@ pub(crate) mod tests {
             max_prefixes_per_target: 4096,
             probe_label: "netwarp.probe".into(),
             exclude_own_networks: true,
+            dns: crate::plan::DnsPolicy::Follow,
+            dns_label: "netwarp.dns".into(),
             rule_capacity: None,
         }
     }
