@@ -20,6 +20,8 @@ pub struct TestLabels {
     pub network: String,
     pub rules: String,
     pub dns: String,
+    pub allow: String,
+    pub deny: String,
     /// Cap labels, so that parallel tests never cap each other's containers.
     pub egress_rate: String,
     pub ingress_rate: String,
@@ -35,6 +37,8 @@ impl TestLabels {
             network: format!("nwtest.{id}.network"),
             rules: format!("nwtest.{id}.rules"),
             dns: format!("nwtest.{id}.dns"),
+            allow: format!("nwtest.{id}.allow"),
+            deny: format!("nwtest.{id}.deny"),
             egress_rate: format!("nwtest.{id}.egress-rate"),
             ingress_rate: format!("nwtest.{id}.ingress-rate"),
             burst: format!("nwtest.{id}.burst"),
@@ -51,6 +55,14 @@ impl TestLabels {
 
     pub fn rules_label(&self, rules: &str) -> String {
         format!("{}={rules}", self.rules)
+    }
+
+    pub fn allow_label(&self, allowed: &str) -> String {
+        format!("{}={allowed}", self.allow)
+    }
+
+    pub fn deny_label(&self, denied: &str) -> String {
+        format!("{}={denied}", self.deny)
     }
 
     /// The DNS policy label's key.
@@ -175,6 +187,7 @@ pub fn config_toml(
     format!(
         "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
          network_preference_label = \"{}\"\nrules_label = \"{}\"\ndns_label = \"{}\"\n\
+         allow_label = \"{}\"\ndeny_label = \"{}\"\n\
          [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
          bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
          [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
@@ -187,6 +200,8 @@ pub fn config_toml(
         labels.network,
         labels.rules,
         labels.dns,
+        labels.allow,
+        labels.deny,
         pin_dir.display(),
         guard_priority,
         labels.egress_rate,

@@ -218,6 +218,8 @@ pub fn start_heavy_target(
 /// counter can be read; deleted on drop (and with the namespace).
 pub struct NamespaceRule {
     pid: String,
+    /// `iptables` or `ip6tables`.
+    tool: &'static str,
     /// Chain first, then the match and target, the comment last.
     rule: Vec<String>,
 }
@@ -226,12 +228,27 @@ impl NamespaceRule {
     /// Inserts `chain` + `rule` (e.g. `["-p", "tcp", "-j", "DROP"]`) in
     /// the namespace of `container`.
     pub fn insert(container: &Container, chain: &str, rule: &[&str]) -> anyhow::Result<Self> {
+        Self::insert_with("iptables", container, chain, rule)
+    }
+
+    /// [`Self::insert`] for IPv6, with ip6tables.
+    pub fn insert_v6(container: &Container, chain: &str, rule: &[&str]) -> anyhow::Result<Self> {
+        Self::insert_with("ip6tables", container, chain, rule)
+    }
+
+    fn insert_with(
+        tool: &'static str,
+        container: &Container,
+        chain: &str,
+        rule: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut full = vec![chain.to_owned()];
         full.extend(rule.iter().map(|s| (*s).to_owned()));
         let comment = crate::unique_name("nwrule");
         full.extend(["-m", "comment", "--comment", &comment].map(str::to_owned));
         let inserted = Self {
             pid: container.pid()?.to_string(),
+            tool,
             rule: full,
         };
         inserted.iptables("-I")?;
@@ -239,7 +256,7 @@ impl NamespaceRule {
     }
 
     fn iptables(&self, action: &str) -> anyhow::Result<String> {
-        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", action];
+        let mut args = vec!["-t", self.pid.as_str(), "-n", self.tool, "-w", action];
         args.extend(self.rule.iter().map(String::as_str));
         run("nsenter", &args)
     }
@@ -250,7 +267,7 @@ impl NamespaceRule {
         let listing = run(
             "nsenter",
             &[
-                "-t", &self.pid, "-n", "iptables", "-w", "-L", chain, "-v", "-x", "-n",
+                "-t", &self.pid, "-n", self.tool, "-w", "-L", chain, "-v", "-x", "-n",
             ],
         )?;
         let comment = self.rule.last().expect("the comment");
@@ -264,7 +281,7 @@ impl NamespaceRule {
 
 impl Drop for NamespaceRule {
     fn drop(&mut self) {
-        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", "-D"];
+        let mut args = vec!["-t", self.pid.as_str(), "-n", self.tool, "-w", "-D"];
         args.extend(self.rule.iter().map(String::as_str));
         crate::command::run_quietly("nsenter", &args);
     }

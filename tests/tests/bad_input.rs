@@ -25,6 +25,8 @@ fn settings() -> PlanSettings {
         exclude_own_networks: true,
         dns: netwarp::plan::DnsPolicy::Follow,
         dns_label: "netwarp.dns".into(),
+        allow_label: "netwarp.allow".into(),
+        deny_label: "netwarp.deny".into(),
         rule_capacity: None,
     }
 }

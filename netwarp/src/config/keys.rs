@@ -82,6 +82,12 @@ keys! {
     DNS_LABEL = "dns_label", "NETWARP_DNS_LABEL", "netwarp.dns",
         Live, flag -,
         "Label on a target with its own dns policy (follow, warp, block)";
+    ALLOW_LABEL = "allow_label", "NETWARP_ALLOW_LABEL", "netwarp.allow",
+        Live, flag -,
+        "Label on any container with the only destinations it may reach (CIDRs; everything else refused, IPv6 too)";
+    DENY_LABEL = "deny_label", "NETWARP_DENY_LABEL", "netwarp.deny",
+        Live, flag -,
+        "Label on any container with destinations (and protocols, ports) it may not reach";
     EXCLUDE_OWN_NETWORKS = "exclude_own_networks", "NETWARP_EXCLUDE_OWN_NETWORKS", "true",
         Live, flag -,
         "Leave each target's own Docker networks out of its via rules (a full tunnel still reaches its neighbours directly)";

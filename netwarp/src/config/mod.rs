@@ -99,6 +99,8 @@ pub struct Config {
     pub exclude_own_networks: bool,
     pub dns_policy: DnsPolicy,
     pub dns_label: String,
+    pub allow_label: String,
+    pub deny_label: String,
     pub caps: CapSettings,
     pub dataplane: DataplaneMode,
     /// `dry-run`: where the simulated dataplane records what it would program.
@@ -344,6 +346,8 @@ impl Config {
         let burst_label = label(&keys::RATE_BURST_LABEL)?;
         let probe_label = label(&keys::PROBE_LABEL)?;
         let dns_label = label(&keys::DNS_LABEL)?;
+        let allow_label = label(&keys::ALLOW_LABEL)?;
+        let deny_label = label(&keys::DENY_LABEL)?;
         let mut optional = |spec: &'static KeySpec, parse: fn(&str) -> Result<u64, RateError>| {
             let v = value(spec)?;
             let s = text(spec, v.clone())?;
@@ -410,6 +414,8 @@ impl Config {
             exclude_own_networks,
             dns_policy,
             dns_label,
+            allow_label,
+            deny_label,
             caps,
             dataplane,
             dry_run_record,
@@ -442,6 +448,8 @@ impl Config {
             exclude_own_networks: self.exclude_own_networks,
             dns: self.dns_policy,
             dns_label: self.dns_label.clone(),
+            allow_label: self.allow_label.clone(),
+            deny_label: self.deny_label.clone(),
             caps: self.caps.clone(),
             max_prefixes_per_target: self.max_prefixes_per_target,
             probe_label: self.probe_label.clone(),

@@ -90,6 +90,8 @@ mod tests {
         ("exclude_own_networks", &[("exclude_own_networks", "false")]),
         ("dns", &[("dns", "warp")]),
         ("dns_label", &[("dns_label", "example.dns")]),
+        ("allow_label", &[("allow_label", "example.allow")]),
+        ("deny_label", &[("deny_label", "example.deny")]),
         ("dataplane.mode", &[("dataplane.mode", "routes")]),
         (
             "dataplane.dry_run_record",

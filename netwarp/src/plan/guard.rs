@@ -95,7 +95,12 @@ pub(super) fn plan_guards_except<T>(
     let mut forwarded = Vec::new();
     let mut on_network: BTreeMap<&str, Vec<&TargetPlan>> = BTreeMap::new();
     for (container, target) in contributions(planned) {
-        if excluded.contains_key(&container.id) {
+        // A filtered container (lists, no warp) is held in its own
+        // namespace: the guard, which cannot tell containers apart, would
+        // hold its neighbours to its lists too.
+        if excluded.contains_key(&container.id)
+            || !container.labels.contains_key(&settings.target_label)
+        {
             continue;
         }
         for (network, endpoint) in &container.networks {

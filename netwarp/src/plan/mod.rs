@@ -13,6 +13,7 @@ mod caps;
 mod decide;
 mod dns;
 mod guard;
+mod lists;
 mod probe;
 mod reasons;
 mod warp;
@@ -22,6 +23,7 @@ pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use decide::{decide, prune_direct};
 pub use dns::{DnsPolicy, dns_rules};
 pub use guard::{GuardPlan, plan_guards};
+pub use lists::{allow_only, parse_allow, parse_deny};
 pub use probe::{ProbeCheck, WarpProbes, probe_check, probe_spec};
 pub use reasons::{BlockReason, RefuseReason};
 pub use warp::{WarpPlan, WarpState};
@@ -66,6 +68,10 @@ pub struct PlanSettings {
     pub dns: DnsPolicy,
     /// The label with a target's own DNS policy.
     pub dns_label: String,
+    /// The labels with a container's egress allow and deny lists (any
+    /// container: with them alone it is filtered, without a warp).
+    pub allow_label: String,
+    pub deny_label: String,
 }
 
 impl PlanSettings {
@@ -82,6 +88,8 @@ impl PlanSettings {
             self.caps.burst_label.clone(),
             self.probe_label.clone(),
             self.dns_label.clone(),
+            self.allow_label.clone(),
+            self.deny_label.clone(),
             SWARM_SERVICE_LABEL.to_owned(),
         ]
     }
@@ -154,11 +162,14 @@ pub enum TargetState {
     /// netwarp does not touch the target's namespace at all: its traffic
     /// is neither steered nor blocked.
     Refused(RefuseReason),
+    /// A container with an allow or deny list and no warp: its lists are
+    /// enforced, nothing is steered.
+    Filtered,
 }
 
 impl TargetState {
     /// Every state's name, in the order metrics list them.
-    pub const NAMES: [&'static str; 4] = ["steered", "blocked", "bypassed", "refused"];
+    pub const NAMES: [&'static str; 5] = ["steered", "blocked", "bypassed", "refused", "filtered"];
 
     /// The state's name in status, metrics and the dry-run record.
     pub fn name(&self) -> &'static str {
@@ -167,6 +178,7 @@ impl TargetState {
             Self::Blocked(_) => "blocked",
             Self::Bypassed(_) => "bypassed",
             Self::Refused(_) => "refused",
+            Self::Filtered => "filtered",
         }
     }
 }
@@ -219,6 +231,7 @@ impl TargetPlan {
             TargetState::Blocked(_) => "blocks",
             TargetState::Bypassed(_) => "bypasses",
             TargetState::Refused(_) => return None,
+            TargetState::Filtered => "filters",
         };
         Some(format!(
             "shares the namespace of {other}, which netwarp {how}"
@@ -289,13 +302,18 @@ pub fn plan_observed(world: &World, settings: &PlanSettings, observed: &Observed
     }
 }
 
-/// Every container with the target label (running or not) and its plan,
-/// in the snapshot's order.
+/// Every container with the target label (running or not), or with an
+/// allow or deny list, and its plan, in the snapshot's order.
 fn plan_all<'a>(index: &Index<'a>, settings: &PlanSettings) -> Vec<(&'a Container, TargetPlan)> {
     (index.world.containers.iter())
-        .filter_map(|c| {
-            let warp = c.labels.get(&settings.target_label)?;
-            Some((c, plan_target(index, settings, c, warp.trim())))
+        .filter_map(|c| match c.labels.get(&settings.target_label) {
+            Some(warp) => Some((c, plan_target(index, settings, c, warp.trim()))),
+            None if c.labels.contains_key(&settings.allow_label)
+                || c.labels.contains_key(&settings.deny_label) =>
+            {
+                Some((c, lists::plan_filtered(settings, c)))
+            }
+            None => None,
         })
         .collect()
 }
@@ -422,13 +440,9 @@ fn plan_target(
     };
     let count = capacity::distinct_destinations(&rules);
     if count > settings.max_prefixes_per_target {
-        // Only the target's MAC is needed: its veth gets the block.
-        plan.mac_on_network = match choose_warp(index, settings, target, &group) {
-            Ok((_, resolved)) => resolved.target_mac,
-            Err((_, mac)) => mac,
-        };
         let limit = settings.max_prefixes_per_target;
-        return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
+        let reason = BlockReason::TooManyPrefixes { count, limit };
+        return block_all(index, settings, target, &group, plan, reason);
     }
     let (mut rules, excluded) = with_exclusions(settings, target, rules);
     plan.excluded = excluded;
@@ -439,6 +453,10 @@ fn plan_target(
         }
         Err(reason) => return blocked(plan, settings, &rules, reason),
     }
+    let rules = match lists::apply(settings, target, rules) {
+        Ok(rules) => rules,
+        Err(reason) => return block_all(index, settings, target, &group, plan, reason),
+    };
     match choose_warp(index, settings, target, &group) {
         Ok((chosen, resolved)) => {
             plan.warp = chosen.to_owned();
@@ -468,11 +486,28 @@ fn plan_target(
     }
 }
 
+/// `plan` with all its traffic blocked for `reason`. Only the target's MAC
+/// is needed: its veth gets the block.
+fn block_all(
+    index: &Index<'_>,
+    settings: &PlanSettings,
+    target: &Container,
+    group: &[&str],
+    mut plan: TargetPlan,
+    reason: BlockReason,
+) -> TargetPlan {
+    plan.mac_on_network = match choose_warp(index, settings, target, group) {
+        Ok((_, resolved)) => resolved.target_mac,
+        Err((_, mac)) => mac,
+    };
+    capacity::block_everything(plan, reason)
+}
+
 /// The entries of `rules`: `via` rules take what `via` gives (`None`:
 /// left out), `direct` and `block` rules are the same whatever the warp's
 /// state. Sorted, without duplicates, and without `direct` entries that
 /// nothing they would carve from covers.
-fn entries(rules: &[Rule], via: impl Fn(&Rule) -> Option<Action>) -> Vec<Entry> {
+pub(super) fn entries(rules: &[Rule], via: impl Fn(&Rule) -> Option<Action>) -> Vec<Entry> {
     let mut entries: Vec<Entry> = (rules.iter())
         .filter_map(|rule| {
             let action = match rule.verb {
@@ -533,7 +568,7 @@ fn with_exclusions(
 }
 
 /// Every address of `container`, on all its networks, sorted.
-fn addresses(container: &Container) -> Vec<IpAddr> {
+pub(super) fn addresses(container: &Container) -> Vec<IpAddr> {
     let mut all: Vec<IpAddr> = container
         .networks
         .values()

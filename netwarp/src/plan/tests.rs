@@ -16,6 +16,8 @@ pub(super) fn settings(rules: &str) -> PlanSettings {
         exclude_own_networks: true,
         dns: crate::plan::DnsPolicy::Follow,
         dns_label: "netwarp.dns".into(),
+        allow_label: "netwarp.allow".into(),
+        deny_label: "netwarp.deny".into(),
         rule_capacity: None,
     }
 }

@@ -415,6 +415,8 @@ pub(crate) mod tests {
             exclude_own_networks: true,
             dns: crate::plan::DnsPolicy::Follow,
             dns_label: "netwarp.dns".into(),
+            allow_label: "netwarp.allow".into(),
+            deny_label: "netwarp.deny".into(),
             rule_capacity: None,
         }
     }

@@ -344,6 +344,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         TargetState::Blocked(reason) => (Some(reason.to_string()), None, None, None),
         TargetState::Bypassed(reason) => (Some(reason.to_string()), None, None, None),
         TargetState::Refused(reason) => (Some(reason.to_string()), None, None, None),
+        TargetState::Filtered => (None, None, None, None),
     };
     let state = state_name(view);
     // A target in another target's namespace: how that one serves it.
