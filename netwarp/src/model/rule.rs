@@ -453,6 +453,9 @@ pub fn parse_policy(text: &str) -> Result<Policy, RuleError> {
             if index > 0 && index + 1 == clauses.len() {
                 continue;
             }
+            if clauses.len() == 1 {
+                return Err(RuleError::EmptyItem(text.to_owned()));
+            }
             return Err(RuleError::EmptyClause(text.to_owned()));
         }
         if clause.parse::<Verb>().is_ok() {

@@ -79,18 +79,7 @@ mod tests {
 
     fn entries(policy: &str) -> Vec<Entry> {
         let via = Action::Via("172.18.0.2".parse().unwrap());
-        let mut entries: Vec<Entry> = (parse_policy(policy).unwrap().rules.into_iter())
-            .map(|rule| Entry {
-                rule,
-                action: match rule.verb {
-                    Verb::Via => via,
-                    Verb::Direct => Action::Direct,
-                    Verb::Block => Action::Deny,
-                },
-            })
-            .collect();
-        prune_direct(&mut entries);
-        entries
+        crate::plan::entries(&parse_policy(policy).unwrap().rules, |_| Some(via))
     }
 
     fn at(entries: &[Entry], ip: &str, proto: u8, port: Option<u16>) -> Option<Action> {

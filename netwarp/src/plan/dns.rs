@@ -114,7 +114,7 @@ mod tests {
     use super::*;
     use crate::{
         model::parse_policy,
-        plan::{Action, Entry, decide, prune_direct},
+        plan::{Action, decide},
     };
 
     /// What `policy` does with a query to `server` by UDP, beside `label`.
@@ -122,19 +122,7 @@ mod tests {
         let mut rules = parse_policy(label).unwrap().rules;
         rules.extend(dns_rules(policy, &rules));
         let via = Action::Via("172.20.0.2".parse().unwrap());
-        let mut entries: Vec<Entry> = (rules.iter())
-            .map(|&rule| Entry {
-                rule,
-                action: match rule.verb {
-                    Verb::Via => via,
-                    Verb::Direct => Action::Direct,
-                    Verb::Block => Action::Deny,
-                },
-            })
-            .collect();
-        entries.sort();
-        entries.dedup();
-        prune_direct(&mut entries);
+        let entries = crate::plan::entries(&rules, |_| Some(via));
         let server: IpAddr = server.parse().unwrap();
         decide(&entries, server, 17, Some(53))
     }

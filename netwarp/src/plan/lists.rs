@@ -178,23 +178,11 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::plan::{Entry, decide, prune_direct};
+    use crate::plan::decide;
 
     fn decided(rules: &[Rule], dst: &str, proto: u8, port: Option<u16>) -> Option<Action> {
         let via = Action::Via("172.20.0.2".parse().unwrap());
-        let mut entries: Vec<Entry> = (rules.iter())
-            .map(|&rule| Entry {
-                rule,
-                action: match rule.verb {
-                    Verb::Via => via,
-                    Verb::Direct => Action::Direct,
-                    Verb::Block => Action::Deny,
-                },
-            })
-            .collect();
-        entries.sort();
-        entries.dedup();
-        prune_direct(&mut entries);
+        let entries = crate::plan::entries(rules, |_| Some(via));
         decide(&entries, dst.parse::<IpAddr>().unwrap(), proto, port)
     }
 
