@@ -128,9 +128,15 @@ fn check_programmed(
         );
         let mac: netwarp::dataplane::mac::MacAddr = mac_on(warp, network).parse().expect("MAC");
         assert_eq!(policy.warp_mac, mac.0);
-        assert_eq!(rule.action, ACTION_STEER, "{mode}: {name}'s pinned rule");
+        assert_eq!(
+            rule.default_action, ACTION_STEER,
+            "{mode}: {name}'s pinned rule"
+        );
     } else {
-        assert_eq!(rule.action, ACTION_BLOCK, "{mode}: {name}'s pinned rule");
+        assert_eq!(
+            rule.default_action, ACTION_BLOCK,
+            "{mode}: {name}'s pinned rule"
+        );
     }
 }
 
@@ -322,7 +328,12 @@ fn status_matches_the_programmed_state(mode: &str) {
             let (ifindex, _) = target.host_veth().expect("veth");
             let policy = pinned_policy(&daemon, ifindex).expect("policy");
             let rule = pinned_rule(&daemon, &policy).expect("rule");
-            assert_eq!(rule.action, ACTION_BLOCK, "{mode}: {}", target.name());
+            assert_eq!(
+                rule.default_action,
+                ACTION_BLOCK,
+                "{mode}: {}",
+                target.name()
+            );
         } else {
             check_programmed(mode, &daemon, reported, target, None, &network);
         }
