@@ -258,11 +258,6 @@ pub struct RuleValue {
     pub selectors: [Selector; MAX_SELECTORS],
 }
 
-/// Whether a packet this action takes is dropped.
-pub const fn action_drops(action: u8) -> bool {
-    action == ACTION_BLOCK || action == ACTION_DENY
-}
-
 /// Per-target verdict counters (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

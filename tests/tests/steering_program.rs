@@ -852,7 +852,12 @@ privileged_test!(timed_runs_steer_and_pass_as_single_runs_do, {
         verdicts,
         [
             ("steered", netwarp_tests::fastpath::TC_ACT_REDIRECT),
-            ("no rule", netwarp_tests::fastpath::PASS)
+            ("no rule", netwarp_tests::fastpath::PASS),
+            (
+                "steered, rule actions",
+                netwarp_tests::fastpath::TC_ACT_REDIRECT
+            ),
+            ("excluded, rule actions", netwarp_tests::fastpath::PASS)
         ]
     );
 });
