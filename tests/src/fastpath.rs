@@ -8,7 +8,7 @@
 
 use netwarp::{
     dataplane::ebpf::{EbpfDataplane, compile::compile},
-    model::{Verb, parse_policy, parse_rules},
+    model::{Verb, parse_policy},
     plan::{Action, Entry, prune_direct},
 };
 
@@ -56,27 +56,10 @@ pub struct Timing {
     pub ns_per_run: f64,
 }
 
-/// Loads a private copy of the programs (nothing attached), gives
-/// `TARGET_IFINDEX` a policy steering 203.0.113.0/24 to a warp, and times
-/// the from-container program on a steered and a no-rule packet, then
-/// under [`ACTIONS_POLICY`] on the steered and an excluded packet, `repeat`
-/// runs each. Errors name what failed.
-pub fn time_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
-    let via = Action::Via("172.20.0.2".parse()?);
-    let entries = Entry::all(&parse_rules("203.0.113.0/24")?, via);
-    let mut dataplane = EbpfDataplane::load()?;
-    dataplane.set_policy(TARGET_IFINDEX, 1, WARP_MAC, &compile(&entries, false)?)?;
-    let mut out = Vec::new();
-    for (packet, dst) in [("steered", STEERED_V4), ("no rule", NO_RULE_V4)] {
-        let (verdict, per_run) =
-            dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;
-        out.push(Timing {
-            packet,
-            verdict,
-            ns_per_run: per_run.as_nanos() as f64,
-        });
-    }
-    let mut entries: Vec<Entry> = (parse_policy(ACTIONS_POLICY)?.rules.into_iter())
+/// A target's entries for a policy label (`via`, `direct` and `block`
+/// clauses), as the planner makes them: `via` rules take `via`.
+pub fn policy_entries(label: &str, via: Action) -> anyhow::Result<Vec<Entry>> {
+    let mut entries: Vec<Entry> = (parse_policy(label)?.rules.into_iter())
         .map(|rule| Entry {
             rule,
             action: match rule.verb {
@@ -87,19 +70,44 @@ pub fn time_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
         })
         .collect();
     entries.sort();
+    entries.dedup();
     prune_direct(&mut entries);
-    dataplane.set_policy(TARGET_IFINDEX, 1, WARP_MAC, &compile(&entries, true)?)?;
-    for (packet, dst) in [
-        ("steered, rule actions", STEERED_V4),
-        ("excluded, rule actions", EXCLUDED_V4),
+    Ok(entries)
+}
+
+/// Loads a private copy of the programs (nothing attached), gives
+/// `TARGET_IFINDEX` a policy steering 203.0.113.0/24 to a warp, and times
+/// the from-container program on a steered and a no-rule packet, then
+/// under [`ACTIONS_POLICY`] on the steered and an excluded packet, `repeat`
+/// runs each. Errors name what failed.
+pub fn time_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
+    let via = Action::Via("172.20.0.2".parse()?);
+    let mut dataplane = EbpfDataplane::load()?;
+    let mut out = Vec::new();
+    for (label, packets) in [
+        (
+            "203.0.113.0/24",
+            [("steered", STEERED_V4), ("no rule", NO_RULE_V4)],
+        ),
+        (
+            ACTIONS_POLICY,
+            [
+                ("steered, rule actions", STEERED_V4),
+                ("excluded, rule actions", EXCLUDED_V4),
+            ],
+        ),
     ] {
-        let (verdict, per_run) =
-            dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;
-        out.push(Timing {
-            packet,
-            verdict,
-            ns_per_run: per_run.as_nanos() as f64,
-        });
+        let rows = compile(&policy_entries(label, via)?, true)?;
+        dataplane.set_policy(TARGET_IFINDEX, 1, WARP_MAC, &rows)?;
+        for (packet, dst) in packets {
+            let (verdict, per_run) =
+                dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;
+            out.push(Timing {
+                packet,
+                verdict,
+                ns_per_run: per_run.as_nanos() as f64,
+            });
+        }
     }
     Ok(out)
 }

@@ -4,8 +4,8 @@
 
 use netwarp::{
     dataplane::ebpf::{EbpfDataplane, compile::compile, warp_peer_key},
-    model::{Verb, parse_policy, parse_rules},
-    plan::{Action, Entry, prune_direct},
+    model::parse_rules,
+    plan::{Action, Entry},
 };
 use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GuardAllowKey};
 use netwarp_tests::{skip, skip_if};
@@ -128,14 +128,19 @@ const REMOTE_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 
 /// A dataplane with one target policy built from `rules` and `action`.
 fn dataplane(rules: &str, action: Action) -> EbpfDataplane {
-    let entries = Entry::all(&parse_rules(rules).expect("rules"), action);
+    with_policy(&Entry::all(&parse_rules(rules).expect("rules"), action))
+}
+
+/// A dataplane with one target policy of `entries` (blocks while the warp
+/// is down).
+fn with_policy(entries: &[Entry]) -> EbpfDataplane {
     let mut dataplane = EbpfDataplane::load().expect("loading the programs");
     dataplane
         .set_policy(
             TARGET_IFINDEX,
             WARP_IFINDEX,
             WARP_MAC,
-            &compile(&entries, false).expect("compile"),
+            &compile(entries, false).expect("compile"),
         )
         .expect("writing the policy");
     dataplane
@@ -148,34 +153,12 @@ fn steer() -> Action {
 /// A target's entries for a policy label (`via`, `direct` and `block`
 /// clauses), as the planner makes them while its warp is up.
 fn policy_entries(label: &str) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = (parse_policy(label).expect("policy").rules.into_iter())
-        .map(|rule| Entry {
-            rule,
-            action: match rule.verb {
-                Verb::Via => steer(),
-                Verb::Direct => Action::Direct,
-                Verb::Block => Action::Deny,
-            },
-        })
-        .collect();
-    entries.sort();
-    entries.dedup();
-    prune_direct(&mut entries);
-    entries
+    netwarp_tests::fastpath::policy_entries(label, steer()).expect("policy")
 }
 
 /// A dataplane with one target policy from a policy label.
 fn policy_dataplane(label: &str) -> EbpfDataplane {
-    let mut dataplane = EbpfDataplane::load().expect("loading the programs");
-    dataplane
-        .set_policy(
-            TARGET_IFINDEX,
-            WARP_IFINDEX,
-            WARP_MAC,
-            &compile(&policy_entries(label), true).expect("compile"),
-        )
-        .expect("writing the policy");
-    dataplane
+    with_policy(&policy_entries(label))
 }
 
 fn verdict_of(dataplane: &mut EbpfDataplane, packet: Vec<u8>) -> i32 {

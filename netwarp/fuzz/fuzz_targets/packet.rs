@@ -12,12 +12,12 @@
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_MAC, GuardAllowKey};
 use netwarp::{
     dataplane::ebpf::{EbpfDataplane, compile::compile, warp_peer_key},
     model::{Verb, parse_policy, parse_rules},
     plan::{Action, Entry, prune_direct},
 };
+use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_MAC, GuardAllowKey};
 
 const STEERED_IFINDEX: u32 = 1;
 const BLOCKED_IFINDEX: u32 = 2;
@@ -50,7 +50,11 @@ fn dataplane() -> &'static Mutex<EbpfDataplane> {
                 .expect("writing the policy");
         }
         let mut guarded = Entry::all(&rules, Action::Block);
-        guarded.extend(exceptions().into_iter().filter(|e| e.action == Action::Direct));
+        guarded.extend(
+            exceptions()
+                .into_iter()
+                .filter(|e| e.action == Action::Direct),
+        );
         let rows = compile(&guarded, false).expect("compile");
         let allowed = |kind, bytes: &[u8]| {
             let mut addr = [0; 16];
@@ -71,7 +75,12 @@ fn dataplane() -> &'static Mutex<EbpfDataplane> {
         // The steered target's warp veth is ifindex 1 (its policy's).
         let peers: Vec<_> = ["172.20.0.3", "fd00:20::3"]
             .iter()
-            .map(|a| (warp_peer_key(1, a.parse().expect("an address")), STEERED_IFINDEX))
+            .map(|a| {
+                (
+                    warp_peer_key(1, a.parse().expect("an address")),
+                    STEERED_IFINDEX,
+                )
+            })
             .collect();
         dataplane.put_warp_peers(&peers).expect("writing the peers");
         Mutex::new(dataplane)
@@ -133,6 +142,9 @@ fuzz_target!(|data: &[u8]| {
             ALLOWED.contains(&verdict),
             "verdict {verdict} on ifindex {ifindex} for frame {frame:02x?}"
         ),
-        Err(e) => panic!("BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}", frame.len()),
+        Err(e) => panic!(
+            "BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}",
+            frame.len()
+        ),
     }
 });
