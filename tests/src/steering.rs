@@ -303,3 +303,15 @@ impl DeadTunnel {
         })
     }
 }
+
+/// The actions an eBPF rule row can give, as `ACTION_*` values: its
+/// selectors' in order, then its default (when it has one). A row of one
+/// action for all it takes gives one value.
+pub fn row_actions(row: &netwarp_common::RuleValue) -> Vec<u8> {
+    let mut actions: Vec<u8> = (row.selectors[..usize::from(row.selector_count)].iter())
+        .map(|s| s.action)
+        .chain((row.default_action != 0).then_some(row.default_action))
+        .collect();
+    actions.dedup();
+    actions
+}

@@ -247,10 +247,11 @@ fn details(out: &mut String, t: &TargetStatus) {
         if let Some(d) = dropped {
             let _ = writeln!(
                 out,
-                "  dropped: warp_down {}, policy {}, rate {}",
+                "  dropped: warp_down {}, policy {}, rate {}, rule {}",
                 traffic(d.warp_down),
                 traffic(d.policy),
-                traffic(d.rate)
+                traffic(d.rate),
+                traffic(d.rule)
             );
         }
     }
@@ -547,7 +548,7 @@ app (aaaaaaaaaaaa):
   caps: egress 10.0 Mbit/s, burst 64.0 KiB
   host veth: veth1234 (ifindex 17), warp veth ifindex 15
   steered: 400 B / 4 pkts
-  dropped: warp_down 0 B / 0 pkts, policy 0 B / 0 pkts, rate 0 B / 0 pkts
+  dropped: warp_down 0 B / 0 pkts, policy 0 B / 0 pkts, rate 0 B / 0 pkts, rule 0 B / 0 pkts
 
 db (bbbbbbbbbbbb):
   blocked: warp container warp-gone does not exist
