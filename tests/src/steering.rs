@@ -15,9 +15,14 @@ pub const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/2
 /// The first of netwarp's routing tables in a target namespace, as `ip`
 /// prints it: the table of a target with one selector group.
 pub const TABLE: &str = "1314324480";
-/// The priority of netwarp's rules in a target namespace, as `ip rule`
-/// prints it.
-pub const RULE_PRIORITY: &str = "10000:";
+/// The priorities of netwarp's rules in a target namespace, as `ip rule`
+/// prints them: port classes, protocols, every protocol.
+pub const RULE_PRIORITIES: [&str; 3] = ["10000:", "10001:", "10002:"];
+
+/// Whether an `ip rule` line is one of netwarp's in a target namespace.
+pub fn is_netwarp_rule(line: &str) -> bool {
+    RULE_PRIORITIES.iter().any(|p| line.starts_with(p)) && line.contains("proto 87")
+}
 
 /// The warp's command (`sh -c`): own REMOTE and serve "hello" on tcp 8080
 /// and 9090 of it.
@@ -102,8 +107,8 @@ pub fn owned_state(container: &Container) -> String {
     format!("{}\n--\n{}", rules.join("\n"), routes.join("\n"))
 }
 
-/// netwarp's rules of one family (`-4` or `-6`) in a container (priority
-/// 10000, protocol 87), one per line, and the routes of the tables they
+/// netwarp's rules of one family (`-4` or `-6`) in a container
+/// ([`RULE_PRIORITIES`], protocol 87), one per line, and the routes of the tables they
 /// look up, each `ROUTE` with its table's rules in order.
 pub fn netwarp_entries(
     container: &Container,
@@ -112,7 +117,7 @@ pub fn netwarp_entries(
     let rules: Vec<String> = container
         .ip(&[family, "rule", "show"])?
         .lines()
-        .filter(|l| l.starts_with(RULE_PRIORITY) && l.contains("proto 87"))
+        .filter(|l| is_netwarp_rule(l))
         .map(|l| l.replace('\t', " "))
         .collect();
     let mut routes = Vec::new();

@@ -17,7 +17,7 @@ use netwarp_tests::{
     observe::{status_json, status_target},
     skip, skip_if,
     steering::{
-        GLOBAL_RULES, REMOTE, RULE_PRIORITY, connect_error, full_routing, netwarp_entries,
+        GLOBAL_RULES, REMOTE, connect_error, full_routing, is_netwarp_rule, netwarp_entries,
         owned_state, reaches, start_target, start_warp,
     },
 };
@@ -432,10 +432,7 @@ fn restarts_adopt_the_state_without_duplicates() {
     let before = programmed_state(&target, &daemon);
     if mode() == "routes" {
         // One rule per selector group (tcp:8080, udp:53), in two tables.
-        let rules: Vec<&str> = before
-            .lines()
-            .filter(|l| l.starts_with(RULE_PRIORITY))
-            .collect();
+        let rules: Vec<&str> = before.lines().filter(|l| is_netwarp_rule(l)).collect();
         assert_eq!(rules.len(), 2, "{before}");
         assert!(rules.iter().all(|r| !r.contains(" to ")), "{before}");
     } else {
