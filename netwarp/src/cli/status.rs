@@ -224,6 +224,9 @@ fn details(out: &mut String, t: &TargetStatus) {
     for rule in &t.rules {
         let _ = writeln!(out, "  rule {} -> {}", rule.rule, rule.action);
     }
+    if !t.excluded.is_empty() {
+        let _ = writeln!(out, "  own networks excluded: {}", t.excluded.join(", "));
+    }
     let _ = writeln!(out, "  caps: {}", caps(&t.caps));
     if let Some(routed) = &t.routed {
         let _ = writeln!(out, "  routes instead of eBPF: {routed}");
