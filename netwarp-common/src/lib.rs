@@ -204,36 +204,53 @@ pub struct RuleKeyV6 {
 /// Bits of the prefix length taken by the rule set id.
 pub const RULE_SET_BITS: u32 = 32;
 
+/// What a row does with a packet ([`Selector::action`],
+/// [`RuleValue::default_action`]); 0 is no action: the packet passes, as
+/// with no row.
 /// Steer matching packets to the warp.
 pub const ACTION_STEER: u8 = 1;
-/// Drop matching packets (fail closed).
+/// Drop matching packets because of the warp's state (fail closed); the
+/// row's [`RuleValue::block_reason`] says why.
 pub const ACTION_BLOCK: u8 = 2;
+/// Pass matching packets: an explicit exclusion, so a longer prefix or a
+/// narrower selector can carve it out of a steered one.
+pub const ACTION_DIRECT: u8 = 3;
+/// Drop matching packets because a `block` rule says so
+/// ([`REASON_RULE`]).
+pub const ACTION_DENY: u8 = 4;
 
-/// Why a prefix is blocked ([`RuleValue::block_reason`]).
+/// Why a packet was dropped ([`RuleValue::block_reason`] for
+/// [`ACTION_BLOCK`]; [`ACTION_DENY`] is always [`REASON_RULE`]).
 /// The warp is down, missing, unhealthy or ambiguous.
 pub const REASON_WARP_DOWN: u8 = 1;
 /// Policy: e.g. IPv6 rules while the warp has no IPv6 address.
 pub const REASON_POLICY: u8 = 2;
+/// A `block` rule of the target's.
+pub const REASON_RULE: u8 = 3;
 
-/// One protocol selector; `port_lo == 0` means every port.
+/// One protocol selector and what it does; `port_lo == 0` means every port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     pub ip_proto: u8,
-    pub _pad: u8,
+    /// An `ACTION_*` value (never 0 in a written row).
+    pub action: u8,
     pub port_lo: u16,
     pub port_hi: u16,
 }
 
 /// What to do with packets to one destination prefix. The controller
-/// folds every rule whose prefix contains this one into it, so the
-/// longest match alone decides.
+/// folds every rule whose prefix contains this one into it, in the order
+/// the reference decision ranks them (longer prefix, narrower selector,
+/// safer action), so the longest match alone decides: the first selector
+/// that takes the packet gives its action, else `default_action` (the
+/// best rule of every protocol, which ends the list).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleValue {
-    pub action: u8,
-    /// 1 when every protocol matches (a rule without protocol).
-    pub any_protocol: u8,
+    /// For packets no selector takes; 0: leave them alone.
+    pub default_action: u8,
+    pub _pad: u8,
     /// Used entries of `selectors`.
     pub selector_count: u8,
     /// With [`ACTION_BLOCK`]: a `REASON_*` value, for the drop counters.
@@ -256,6 +273,9 @@ pub struct VerdictCounters {
     /// Drops by a bandwidth cap, in either direction.
     pub rate_packets: u64,
     pub rate_bytes: u64,
+    /// Drops by a `block` rule of the target's.
+    pub rule_packets: u64,
+    pub rule_bytes: u64,
 }
 
 impl VerdictCounters {
@@ -270,6 +290,8 @@ impl VerdictCounters {
             policy_bytes: self.policy_bytes.saturating_add(o.policy_bytes),
             rate_packets: self.rate_packets.saturating_add(o.rate_packets),
             rate_bytes: self.rate_bytes.saturating_add(o.rate_bytes),
+            rule_packets: self.rule_packets.saturating_add(o.rule_packets),
+            rule_bytes: self.rule_bytes.saturating_add(o.rule_bytes),
         }
     }
 }
@@ -406,7 +428,7 @@ mod tests {
         assert_eq!(size_of::<RuleKeyV6>(), 20);
         assert_eq!(size_of::<Selector>(), 6);
         assert_eq!(size_of::<RuleValue>(), 4 + 6 * MAX_SELECTORS);
-        assert_eq!(size_of::<VerdictCounters>(), 64);
+        assert_eq!(size_of::<VerdictCounters>(), 80);
         assert_eq!(size_of::<TokenBucket>(), 24);
         assert_eq!(size_of::<RateBuckets>(), 48);
         assert_eq!(size_of::<GuardAllowKey>(), 24);

@@ -20,12 +20,13 @@ mod programs {
     };
     use aya_log_ebpf::debug;
     use netwarp_common::{
-        ACTION_BLOCK, ACTION_STEER, Direction, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC,
-        GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY, GuardAllowKey, IFACE_ARRAY_SIZE,
-        IFACE_CAPPED, IFACE_IN_HASH, IFACE_POLICY, IFACE_SLOT_MASK, IfaceState, MAX_SELECTORS,
-        NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY, REASON_WARP_DOWN, RULE_SET_BITS,
-        RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TokenBucket,
-        TrafficCounters, VerdictCounters, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+        ACTION_BLOCK, ACTION_DENY, ACTION_DIRECT, ACTION_STEER, Direction, GUARD_ALLOW_IPV4,
+        GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY,
+        GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_CAPPED, IFACE_IN_HASH, IFACE_POLICY,
+        IFACE_SLOT_MASK, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY,
+        REASON_RULE, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4,
+        RuleKeyV6, RuleValue, TokenBucket, TrafficCounters, VerdictCounters,
+        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
     };
 
     /// Each host-side veth's state (policy, warp, cap slot), at its
@@ -176,7 +177,8 @@ mod programs {
     /// the host, to be routed. Targets netwarp has programmed never get
     /// here with steered traffic (their veth redirects or drops it), so a
     /// packet to a guarded prefix comes from a container netwarp has not
-    /// programmed yet; unless its source is known to pass, it is dropped.
+    /// programmed yet; unless its source is known to pass, or the guard's
+    /// row for it is a carve-out (`direct`), it is dropped.
     #[classifier]
     pub fn netwarp_tc_bridge_guard(ctx: TcContext) -> i32 {
         try_guard(&ctx).unwrap_or(PASS)
@@ -215,7 +217,10 @@ mod programs {
         if allowed(&allow) {
             return None;
         }
-        matching_rule(ctx, ethertype, rule_set)?;
+        let (action, _) = matching_rule(ctx, ethertype, rule_set)?;
+        if leaves_alone(action) {
+            return None;
+        }
         count_guard_drop(ifindex, u64::from(ctx.len()));
         debug!(ctx, "guard drop: bridge ifindex {}", ifindex);
         Some(TC_ACT_SHOT)
@@ -228,6 +233,11 @@ mod programs {
     /// one of its targets' addresses as source, toward a prefix that
     /// target steers, was forwarded untransformed (no tunnel, no NAT): it
     /// is dropped here, on whichever of the warp's networks it leaves by.
+    /// So is one the target's rules drop (the warp going down turns its
+    /// steered rows into drops while packets steered a moment before are
+    /// still in the warp; a `block` rule's traffic may not leave at all).
+    /// Only what the target's rules leave alone (`direct`, or no rule)
+    /// passes: the target may send that where it likes, the warp included.
     /// Packets to a target go straight to the target's veth, as steering
     /// does the other way: on an `--internal` network Docker's isolation
     /// rules would drop replies whose source is outside the subnet.
@@ -277,7 +287,10 @@ mod programs {
         // SAFETY: as above.
         let target = unsafe { NETWARP_WARP_PEERS.get(&key) }?;
         let policy = policy_of(*target)?;
-        matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
+        let (action, _) = matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
+        if leaves_alone(action) {
+            return None;
+        }
         add_traffic(&NETWARP_WARP_LEAKS, &ifindex, u64::from(ctx.len()));
         debug!(ctx, "untunnelled forward dropped: warp ifindex {}", ifindex);
         Some(TC_ACT_SHOT)
@@ -436,36 +449,41 @@ mod programs {
         let ifindex = policy.ifindex;
         let rule_set = policy.rule_set.to_be_bytes();
         let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
-        let rule = matching_rule(ctx, ethertype, rule_set)?;
+        let (action, rule) = matching_rule(ctx, ethertype, rule_set)?;
         let bytes = u64::from(ctx.len());
-        match rule.action {
+        match action {
             ACTION_STEER => {
                 ctx.store(0, &policy.warp_mac, 0).ok()?;
                 count_verdict(policy, bytes, Verdict::Steered);
                 // SAFETY: a plain helper call; it only records the target.
                 Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
             }
-            ACTION_BLOCK => {
-                let verdict = if rule.block_reason == REASON_WARP_DOWN {
-                    Verdict::WarpDown
+            ACTION_BLOCK | ACTION_DENY => {
+                let (verdict, reason) = if action == ACTION_DENY {
+                    (Verdict::Rule, REASON_RULE)
+                } else if rule.block_reason == REASON_WARP_DOWN {
+                    (Verdict::WarpDown, REASON_WARP_DOWN)
                 } else {
-                    Verdict::Policy
+                    (Verdict::Policy, rule.block_reason)
                 };
                 count_verdict(policy, bytes, verdict);
-                debug!(
-                    ctx,
-                    "blocked: ifindex {} reason {}", ifindex, rule.block_reason
-                );
+                debug!(ctx, "blocked: ifindex {} reason {}", ifindex, reason);
                 Some(TC_ACT_SHOT)
             }
+            // ACTION_DIRECT, or no action: left alone.
             _ => None,
         }
     }
 
-    /// The rule of `rule_set` that takes this packet: the longest prefix
-    /// match of its destination, if its selectors take the flow.
+    /// What `rule_set` does with this packet (an `ACTION_*`, 0 for
+    /// nothing), with the row of the longest prefix match of its
+    /// destination; None without a row.
     #[inline(always)]
-    fn matching_rule(ctx: &TcContext, ethertype: u16, rule_set: [u8; 4]) -> Option<&RuleValue> {
+    fn matching_rule(
+        ctx: &TcContext,
+        ethertype: u16,
+        rule_set: [u8; 4],
+    ) -> Option<(u8, &RuleValue)> {
         let (rule, flow) = match ethertype {
             ETH_P_IP => {
                 let (dst, flow) = parse_ipv4(ctx)?;
@@ -491,7 +509,14 @@ mod programs {
             }
             _ => return None,
         };
-        selects(rule, &flow).then_some(rule)
+        Some((action_for(rule, &flow), rule))
+    }
+
+    /// Whether netwarp leaves a packet of this action alone (`direct`,
+    /// or nothing).
+    #[inline(always)]
+    fn leaves_alone(action: u8) -> bool {
+        action == 0 || action == ACTION_DIRECT
     }
 
     #[inline(always)]
@@ -582,14 +607,15 @@ mod programs {
         Some(u16::from_be(port))
     }
 
-    /// Whether the rule's selectors take this flow. A non-first fragment has
-    /// no ports; it follows any selector of its protocol, so a flow's
-    /// fragments take the same path as its first one.
+    /// The action of the row's first selector that takes this flow, else
+    /// the row's default. A non-first fragment has no ports: it takes a
+    /// port selector of its protocol only where that one goes to the warp
+    /// or is dropped for the warp's state, so a steered flow's fragments
+    /// never take the direct path; the fragments of a port's exception
+    /// (`direct`, a `block` rule) cannot be told apart, and follow the
+    /// rest of the row.
     #[inline(always)]
-    fn selects(rule: &RuleValue, flow: &Flow) -> bool {
-        if rule.any_protocol != 0 {
-            return true;
-        }
+    fn action_for(rule: &RuleValue, flow: &Flow) -> u8 {
         for i in 0..MAX_SELECTORS {
             if i >= usize::from(rule.selector_count) {
                 break;
@@ -598,8 +624,14 @@ mod programs {
             if selector.ip_proto != flow.ip_proto {
                 continue;
             }
-            if selector.port_lo == 0 || flow.later_fragment {
-                return true;
+            if selector.port_lo == 0 {
+                return selector.action;
+            }
+            if flow.later_fragment {
+                if selector.action == ACTION_STEER || selector.action == ACTION_BLOCK {
+                    return selector.action;
+                }
+                continue;
             }
             // A first fragment or whole packet whose port cannot be read
             // (truncated) matches no port selector.
@@ -607,10 +639,10 @@ mod programs {
                 && selector.port_lo <= port
                 && port <= selector.port_hi
             {
-                return true;
+                return selector.action;
             }
         }
-        false
+        rule.default_action
     }
 
     enum Verdict {
@@ -618,6 +650,7 @@ mod programs {
         WarpDown,
         Policy,
         Rate,
+        Rule,
     }
 
     #[inline(always)]
@@ -642,6 +675,10 @@ mod programs {
                     Verdict::Rate => {
                         (*counters).rate_packets += 1;
                         (*counters).rate_bytes += bytes;
+                    }
+                    Verdict::Rule => {
+                        (*counters).rule_packets += 1;
+                        (*counters).rule_bytes += bytes;
                     }
                 }
             }

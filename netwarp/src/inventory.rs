@@ -101,8 +101,9 @@ struct Cached {
 pub struct Inventory {
     warp_name_pattern: String,
     target_label: String,
-    /// Cap labels: a capped container needs its pid too.
-    cap_labels: [String; 2],
+    /// Cap and list labels: a capped or filtered container needs its pid
+    /// too.
+    pid_labels: [String; 4],
     /// Every label the planner reads; the others are dropped as the
     /// responses are decoded.
     planner_labels: Vec<String>,
@@ -123,9 +124,11 @@ impl Inventory {
         Self {
             warp_name_pattern: settings.warp_name_pattern.clone(),
             target_label: settings.target_label.clone(),
-            cap_labels: [
+            pid_labels: [
                 settings.caps.egress_label.clone(),
                 settings.caps.ingress_label.clone(),
+                settings.allow_label.clone(),
+                settings.deny_label.clone(),
             ],
             planner_labels: settings.labels_read(),
             cache: HashMap::new(),
@@ -168,7 +171,7 @@ impl Inventory {
         container.labels.contains_key(&self.target_label)
             || is_warp_by_name(&self.warp_name_pattern, container)
             || self
-                .cap_labels
+                .pid_labels
                 .iter()
                 .any(|label| container.labels.contains_key(label))
     }

@@ -38,8 +38,12 @@ pub struct WireEndpoint {
     pub network_id: Option<String>,
     #[serde(rename = "IPAddress")]
     pub ip_address: Option<String>,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: Option<u8>,
     #[serde(rename = "GlobalIPv6Address")]
     pub global_ipv6_address: Option<String>,
+    #[serde(rename = "GlobalIPv6PrefixLen")]
+    pub global_ipv6_prefix_len: Option<u8>,
     #[serde(rename = "MacAddress")]
     pub mac_address: Option<String>,
 }
@@ -53,6 +57,9 @@ impl WireEndpoint {
         Endpoint {
             ipv4: nonempty(&self.ip_address).and_then(|s| s.parse().ok()),
             ipv6: nonempty(&self.global_ipv6_address).and_then(|s| s.parse().ok()),
+            // Docker reports 0 with an empty address.
+            ipv4_prefix_len: self.ip_prefix_len.filter(|len| *len > 0),
+            ipv6_prefix_len: self.global_ipv6_prefix_len.filter(|len| *len > 0),
             mac: nonempty(&self.mac_address).map(str::to_owned),
             network_id: nonempty(&self.network_id).map(str::to_owned),
         }

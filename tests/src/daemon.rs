@@ -19,6 +19,9 @@ pub struct TestLabels {
     pub target: String,
     pub network: String,
     pub rules: String,
+    pub dns: String,
+    pub allow: String,
+    pub deny: String,
     /// Cap labels, so that parallel tests never cap each other's containers.
     pub egress_rate: String,
     pub ingress_rate: String,
@@ -33,6 +36,9 @@ impl TestLabels {
             target: format!("nwtest.{id}.target"),
             network: format!("nwtest.{id}.network"),
             rules: format!("nwtest.{id}.rules"),
+            dns: format!("nwtest.{id}.dns"),
+            allow: format!("nwtest.{id}.allow"),
+            deny: format!("nwtest.{id}.deny"),
             egress_rate: format!("nwtest.{id}.egress-rate"),
             ingress_rate: format!("nwtest.{id}.ingress-rate"),
             burst: format!("nwtest.{id}.burst"),
@@ -49,6 +55,19 @@ impl TestLabels {
 
     pub fn rules_label(&self, rules: &str) -> String {
         format!("{}={rules}", self.rules)
+    }
+
+    pub fn allow_label(&self, allowed: &str) -> String {
+        format!("{}={allowed}", self.allow)
+    }
+
+    pub fn deny_label(&self, denied: &str) -> String {
+        format!("{}={denied}", self.deny)
+    }
+
+    /// The DNS policy label's key.
+    pub fn dns_label(&self) -> &str {
+        &self.dns
     }
 
     pub fn network_label(&self, network: &str) -> String {
@@ -167,7 +186,8 @@ pub fn config_toml(
 ) -> String {
     format!(
         "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
-         network_preference_label = \"{}\"\nrules_label = \"{}\"\n\
+         network_preference_label = \"{}\"\nrules_label = \"{}\"\ndns_label = \"{}\"\n\
+         allow_label = \"{}\"\ndeny_label = \"{}\"\n\
          [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
          bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
          [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
@@ -179,6 +199,9 @@ pub fn config_toml(
         labels.target,
         labels.network,
         labels.rules,
+        labels.dns,
+        labels.allow,
+        labels.deny,
         pin_dir.display(),
         guard_priority,
         labels.egress_rate,

@@ -1,20 +1,29 @@
 //! The from-container program's own cost per packet, by BPF_PROG_TEST_RUN
 //! with `repeat`: the real program in the real kernel on a crafted packet,
-//! for a packet a rule steers and one no rule matches. Repeatable, and free
-//! of traffic noise; the bench reports it beside the kernel's BPF stats.
+//! for a packet a rule steers and one no rule matches, then the same
+//! steered packet and an excluded one under a policy with rule actions
+//! (block rules by port ahead of the steered default, a `direct`
+//! exclusion). Repeatable, and free of traffic noise; the bench reports it
+//! beside the kernel's BPF stats.
 
 use netwarp::{
     dataplane::ebpf::{EbpfDataplane, compile::compile},
-    model::parse_rules,
-    plan::{Action, Entry},
+    model::{Verb, parse_policy},
+    plan::{Action, Entry, prune_direct},
 };
 
 /// Any ifindex works: BPF_PROG_TEST_RUN only hands it to the program.
 pub const TARGET_IFINDEX: u32 = 1;
 pub const WARP_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x14, 0x00, 0x02];
-/// Destinations: one the rule steers, one it does not match.
+/// Destinations: one the rule steers, one it does not match, one the
+/// rule actions' policy excludes.
 pub const STEERED_V4: [u8; 4] = [203, 0, 113, 1];
 pub const NO_RULE_V4: [u8; 4] = [198, 51, 100, 5];
+pub const EXCLUDED_V4: [u8; 4] = [203, 0, 113, 200];
+/// The policy with rule actions: the steered packet (tcp:5201) passes two
+/// block rules' selectors before its row's default steers it.
+pub const ACTIONS_POLICY: &str = "203.0.113.0/24; block 203.0.113.0/24,tcp:25; \
+     block 203.0.113.0/24,udp:53; direct 203.0.113.128/25";
 /// tc verdicts, as the program returns them.
 pub const TC_ACT_REDIRECT: i32 = 7;
 pub const PASS: i32 = -1;
@@ -47,26 +56,58 @@ pub struct Timing {
     pub ns_per_run: f64,
 }
 
+/// A target's entries for a policy label (`via`, `direct` and `block`
+/// clauses), as the planner makes them: `via` rules take `via`.
+pub fn policy_entries(label: &str, via: Action) -> anyhow::Result<Vec<Entry>> {
+    let mut entries: Vec<Entry> = (parse_policy(label)?.rules.into_iter())
+        .map(|rule| Entry {
+            rule,
+            action: match rule.verb {
+                Verb::Via => via,
+                Verb::Direct => Action::Direct,
+                Verb::Block => Action::Deny,
+            },
+        })
+        .collect();
+    entries.sort();
+    entries.dedup();
+    prune_direct(&mut entries);
+    Ok(entries)
+}
+
 /// Loads a private copy of the programs (nothing attached), gives
 /// `TARGET_IFINDEX` a policy steering 203.0.113.0/24 to a warp, and times
-/// the from-container program on a steered and a no-rule packet, `repeat`
+/// the from-container program on a steered and a no-rule packet, then
+/// under [`ACTIONS_POLICY`] on the steered and an excluded packet, `repeat`
 /// runs each. Errors name what failed.
 pub fn time_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
-    let entries = Entry::all(
-        &parse_rules("203.0.113.0/24")?,
-        Action::Via("172.20.0.2".parse()?),
-    );
+    let via = Action::Via("172.20.0.2".parse()?);
     let mut dataplane = EbpfDataplane::load()?;
-    dataplane.set_policy(TARGET_IFINDEX, 1, WARP_MAC, &compile(&entries, false)?)?;
     let mut out = Vec::new();
-    for (packet, dst) in [("steered", STEERED_V4), ("no rule", NO_RULE_V4)] {
-        let (verdict, per_run) =
-            dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;
-        out.push(Timing {
-            packet,
-            verdict,
-            ns_per_run: per_run.as_nanos() as f64,
-        });
+    for (label, packets) in [
+        (
+            "203.0.113.0/24",
+            [("steered", STEERED_V4), ("no rule", NO_RULE_V4)],
+        ),
+        (
+            ACTIONS_POLICY,
+            [
+                ("steered, rule actions", STEERED_V4),
+                ("excluded, rule actions", EXCLUDED_V4),
+            ],
+        ),
+    ] {
+        let rows = compile(&policy_entries(label, via)?, true)?;
+        dataplane.set_policy(TARGET_IFINDEX, 1, WARP_MAC, &rows)?;
+        for (packet, dst) in packets {
+            let (verdict, per_run) =
+                dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;
+            out.push(Timing {
+                packet,
+                verdict,
+                ns_per_run: per_run.as_nanos() as f64,
+            });
+        }
     }
     Ok(out)
 }

@@ -15,9 +15,14 @@ pub const GLOBAL_RULES: &str = "[[routing_rules]]\ndestination = \"203.0.113.0/2
 /// The first of netwarp's routing tables in a target namespace, as `ip`
 /// prints it: the table of a target with one selector group.
 pub const TABLE: &str = "1314324480";
-/// The priority of netwarp's rules in a target namespace, as `ip rule`
-/// prints it.
-pub const RULE_PRIORITY: &str = "10000:";
+/// The priorities of netwarp's rules in a target namespace, as `ip rule`
+/// prints them: port classes, protocols, every protocol.
+pub const RULE_PRIORITIES: [&str; 3] = ["10000:", "10001:", "10002:"];
+
+/// Whether an `ip rule` line is one of netwarp's in a target namespace.
+pub fn is_netwarp_rule(line: &str) -> bool {
+    RULE_PRIORITIES.iter().any(|p| line.starts_with(p)) && line.contains("proto 87")
+}
 
 /// The warp's command (`sh -c`): own REMOTE and serve "hello" on tcp 8080
 /// and 9090 of it.
@@ -102,8 +107,8 @@ pub fn owned_state(container: &Container) -> String {
     format!("{}\n--\n{}", rules.join("\n"), routes.join("\n"))
 }
 
-/// netwarp's rules of one family (`-4` or `-6`) in a container (priority
-/// 10000, protocol 87), one per line, and the routes of the tables they
+/// netwarp's rules of one family (`-4` or `-6`) in a container
+/// ([`RULE_PRIORITIES`], protocol 87), one per line, and the routes of the tables they
 /// look up, each `ROUTE` with its table's rules in order.
 pub fn netwarp_entries(
     container: &Container,
@@ -112,7 +117,7 @@ pub fn netwarp_entries(
     let rules: Vec<String> = container
         .ip(&[family, "rule", "show"])?
         .lines()
-        .filter(|l| l.starts_with(RULE_PRIORITY) && l.contains("proto 87"))
+        .filter(|l| is_netwarp_rule(l))
         .map(|l| l.replace('\t', " "))
         .collect();
     let mut routes = Vec::new();
@@ -218,6 +223,8 @@ pub fn start_heavy_target(
 /// counter can be read; deleted on drop (and with the namespace).
 pub struct NamespaceRule {
     pid: String,
+    /// `iptables` or `ip6tables`.
+    tool: &'static str,
     /// Chain first, then the match and target, the comment last.
     rule: Vec<String>,
 }
@@ -226,12 +233,27 @@ impl NamespaceRule {
     /// Inserts `chain` + `rule` (e.g. `["-p", "tcp", "-j", "DROP"]`) in
     /// the namespace of `container`.
     pub fn insert(container: &Container, chain: &str, rule: &[&str]) -> anyhow::Result<Self> {
+        Self::insert_with("iptables", container, chain, rule)
+    }
+
+    /// [`Self::insert`] for IPv6, with ip6tables.
+    pub fn insert_v6(container: &Container, chain: &str, rule: &[&str]) -> anyhow::Result<Self> {
+        Self::insert_with("ip6tables", container, chain, rule)
+    }
+
+    fn insert_with(
+        tool: &'static str,
+        container: &Container,
+        chain: &str,
+        rule: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut full = vec![chain.to_owned()];
         full.extend(rule.iter().map(|s| (*s).to_owned()));
         let comment = crate::unique_name("nwrule");
         full.extend(["-m", "comment", "--comment", &comment].map(str::to_owned));
         let inserted = Self {
             pid: container.pid()?.to_string(),
+            tool,
             rule: full,
         };
         inserted.iptables("-I")?;
@@ -239,7 +261,7 @@ impl NamespaceRule {
     }
 
     fn iptables(&self, action: &str) -> anyhow::Result<String> {
-        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", action];
+        let mut args = vec!["-t", self.pid.as_str(), "-n", self.tool, "-w", action];
         args.extend(self.rule.iter().map(String::as_str));
         run("nsenter", &args)
     }
@@ -250,7 +272,7 @@ impl NamespaceRule {
         let listing = run(
             "nsenter",
             &[
-                "-t", &self.pid, "-n", "iptables", "-w", "-L", chain, "-v", "-x", "-n",
+                "-t", &self.pid, "-n", self.tool, "-w", "-L", chain, "-v", "-x", "-n",
             ],
         )?;
         let comment = self.rule.last().expect("the comment");
@@ -264,7 +286,7 @@ impl NamespaceRule {
 
 impl Drop for NamespaceRule {
     fn drop(&mut self) {
-        let mut args = vec!["-t", self.pid.as_str(), "-n", "iptables", "-w", "-D"];
+        let mut args = vec!["-t", self.pid.as_str(), "-n", self.tool, "-w", "-D"];
         args.extend(self.rule.iter().map(String::as_str));
         crate::command::run_quietly("nsenter", &args);
     }
@@ -285,4 +307,16 @@ impl DeadTunnel {
             _dropped: NamespaceRule::insert(warp, "INPUT", &rule)?,
         })
     }
+}
+
+/// The actions an eBPF rule row can give, as `ACTION_*` values: its
+/// selectors' in order, then its default (when it has one). A row of one
+/// action for all it takes gives one value.
+pub fn row_actions(row: &netwarp_common::RuleValue) -> Vec<u8> {
+    let mut actions: Vec<u8> = (row.selectors[..usize::from(row.selector_count)].iter())
+        .map(|s| s.action)
+        .chain((row.default_action != 0).then_some(row.default_action))
+        .collect();
+    actions.dedup();
+    actions
 }

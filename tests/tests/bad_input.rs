@@ -22,6 +22,11 @@ fn settings() -> PlanSettings {
         caps: CapSettings::default(),
         max_prefixes_per_target: 4096,
         probe_label: "netwarp.probe".into(),
+        exclude_own_networks: true,
+        dns: netwarp::plan::DnsPolicy::Follow,
+        dns_label: "netwarp.dns".into(),
+        allow_label: "netwarp.allow".into(),
+        deny_label: "netwarp.deny".into(),
         rule_capacity: None,
     }
 }
@@ -47,6 +52,7 @@ fn container(name: &str, labels: &[(&str, &str)], networks: &[(&str, &str)]) -> 
                         ipv6: None,
                         mac: Some(format!("02:42:{ip}")),
                         network_id: None,
+                        ..Endpoint::default()
                     },
                 )
             })

@@ -174,7 +174,7 @@ fn a_target_the_rule_tries_cannot_hold_is_blocked_and_its_neighbour_steered_ebpf
     };
     let row = (trie.get(&Key::new(RULE_SET_BITS + 32, key), 0)).expect("a catch-all row");
     assert_eq!(
-        (row.action, row.block_reason),
+        (row.default_action, row.block_reason),
         (ACTION_BLOCK, REASON_POLICY)
     );
     assert_eq!(

@@ -184,3 +184,157 @@ fn dns_upstream_queries_follow_the_rules_ebpf() {
     skip_if!(test, forwards_for_internal_only());
     dns_follows_the_rules("ebpf");
 }
+
+/// One target with DNS policy `policy` on a full tunnel whose DNS server
+/// X is excluded (`0.0.0.0/0; direct X/32`, `--dns X`), on a network, warp
+/// and sink of its own: the bridge guard cannot tell targets apart, so
+/// another target steering X beside it would refuse its direct path.
+struct PolicyWorld {
+    // Field order is drop order: containers before their network.
+    target: Container,
+    warp: Container,
+    sink: LeakSink,
+    _network: DockerNetwork,
+    server: String,
+    remote: String,
+    address: String,
+}
+
+impl PolicyWorld {
+    fn start(labels: &TestLabels, policy: &str) -> Self {
+        let network = DockerNetwork::create_internal_steerable("nwq").expect("network");
+        let bridge = network.bridge().expect("bridge");
+        let (sink, SteeredPrefix { prefix, remote }) =
+            LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
+        let server = prefix.replace(".0/24", ".53");
+        let warp_name = labels.warp_name(policy);
+        let warp = start_warp_at(&warp_name, &network, &remote, &[]).expect("warp");
+        warp.ip(&["addr", "add", &format!("{server}/32"), "dev", "lo"])
+            .expect("the server's address on the warp");
+        let dns_label = format!("{}={policy}", labels.dns_label());
+        let target = Container::run(
+            "nwqt",
+            &network,
+            &[
+                "--label",
+                &labels.target_label(&warp_name),
+                "--label",
+                &labels.rules_label(&format!("0.0.0.0/0; direct {server}/32")),
+                "--label",
+                &dns_label,
+                "--dns",
+                &server,
+            ],
+            &["sleep", "600"],
+        )
+        .expect("target");
+        let address = target.ipv4(&network).expect("the target's address");
+        Self {
+            target,
+            warp,
+            sink,
+            _network: network,
+            server,
+            remote,
+            address,
+        }
+    }
+
+    /// Queries through the warp (counted there, by source) and around it
+    /// (counted by the sink) during two lookups of each kind: through the
+    /// embedded resolver, and to X directly.
+    fn lookups(&self) -> (u64, u64) {
+        let rule = [
+            "-s",
+            &self.address,
+            "-d",
+            &self.server,
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "ACCEPT",
+        ];
+        let counter = NamespaceRule::insert(&self.warp, "INPUT", &rule).expect("a counter");
+        let leaked = self.sink.packets();
+        for _ in 0..2 {
+            look_up(&self.target);
+            let direct = [
+                "timeout",
+                "3",
+                "nslookup",
+                "netwarp-dns-probe.test",
+                &self.server,
+            ];
+            let _ = self.target.exec(&direct);
+        }
+        (counted(&counter), self.sink.packets() - leaked)
+    }
+}
+
+fn dns_policies(mode: &str) {
+    let labels = TestLabels::unique();
+    let worlds: Vec<(&str, PolicyWorld)> = ["follow", "warp", "block"]
+        .into_iter()
+        .map(|policy| (policy, PolicyWorld::start(&labels, policy)))
+        .collect();
+    let daemon = Daemon::start(&labels, mode, "").expect("daemon");
+    for (policy, world) in &worlds {
+        assert!(
+            eventually(CONVERGE, || answered(&world.target, &daemon, &world.remote)),
+            "{mode}: the dns={policy} target was never steered"
+        );
+    }
+    for (policy, world) in &worlds {
+        let (through_warp, around) = world.lookups();
+        match *policy {
+            "follow" => {
+                assert_eq!(
+                    through_warp, 0,
+                    "{mode}: dns=follow sent excluded DNS into the warp"
+                );
+                assert!(
+                    around > 0,
+                    "{mode}: dns=follow: the excluded server got no query"
+                );
+            }
+            "warp" => {
+                assert!(
+                    through_warp >= 4,
+                    "{mode}: dns=warp: {through_warp} queries reached the warp"
+                );
+                assert_eq!(
+                    around, 0,
+                    "{mode}: dns=warp: {around} DNS packets left around the warp"
+                );
+            }
+            _ => {
+                assert_eq!(
+                    through_warp, 0,
+                    "{mode}: dns=block: a query reached the warp"
+                );
+                assert_eq!(
+                    around, 0,
+                    "{mode}: dns=block: {around} DNS packets left around the warp"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dns_policies_on_a_full_tunnel_routes() {
+    let test = "dns_policies_on_a_full_tunnel_routes";
+    skip_if!(test, skip::missing_docker());
+    skip_if!(test, forwards_for_internal_only());
+    dns_policies("routes");
+}
+
+#[test]
+fn dns_policies_on_a_full_tunnel_ebpf() {
+    let test = "dns_policies_on_a_full_tunnel_ebpf";
+    skip_if!(test, skip::missing_docker());
+    skip_if!(test, forwards_for_internal_only());
+    dns_policies("ebpf");
+}

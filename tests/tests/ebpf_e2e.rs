@@ -654,6 +654,69 @@ fn a_restart_resizes_the_rule_tries_and_carries_their_rows() {
     third.remove_policy(target).expect("removing the policy");
 }
 
+/// Rule rows an earlier release wrote with one action per row (its
+/// `any_protocol` flag in what is now padding, selectors without actions)
+/// are carried into a new trie in this layout at load, making the same
+/// decisions: the live policy never reads them in the wrong layout.
+#[test]
+fn rule_rows_of_the_single_action_layout_are_carried_in_this_layout() {
+    use aya::maps::{LpmTrie, Map, MapData};
+    use netwarp::{
+        dataplane::ebpf::compile::compile,
+        model::parse_rules,
+        plan::{Action, Entry},
+    };
+    use netwarp_common::{RULES_V4_MAP, RuleKeyV4, RuleValue};
+    let test = "rule_rows_of_the_single_action_layout_are_carried_in_this_layout";
+    skip_if!(test, skip::missing_root());
+    let dir =
+        PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(netwarp_tests::unique_name("nwl")));
+    let (warp, target) = (900_014, 900_015);
+    let via = Action::Via("172.20.0.2".parse().unwrap());
+    let mut entries = Entry::all(&parse_rules("203.0.113.0/24").unwrap(), via);
+    entries.extend(Entry::all(
+        &parse_rules("198.51.100.0/24,tcp:443,udp:53").unwrap(),
+        Action::Block,
+    ));
+    let mut rows = compile(&entries, true).unwrap();
+    rows.sort_by_key(|r| r.destination);
+    let live = {
+        let mut first = EbpfDataplane::load_pinned_logging(&dir.0, false, 1024).expect("load");
+        first
+            .set_policy(target, warp, [2, 0, 0, 0, 0, 2], &rows)
+            .expect("policy");
+        first.policy(target).unwrap().expect("the policy").rule_set
+    };
+    // Rewrite the pinned rows as the earlier release wrote them.
+    let pin = dir.0.join(RULES_V4_MAP);
+    let mut trie: LpmTrie<MapData, RuleKeyV4, RuleValue> = MapData::from_pin(&pin)
+        .and_then(Map::from_map_data)
+        .and_then(LpmTrie::try_from)
+        .expect("the pinned v4 trie");
+    let pinned: Vec<_> = trie.iter().map(|row| row.expect("a row")).collect();
+    assert_eq!(pinned.len(), 2);
+    for (key, value) in pinned {
+        let mut old = value;
+        if value.selector_count == 0 {
+            old._pad = 1;
+        } else {
+            old.default_action = value.selectors[0].action;
+            for selector in &mut old.selectors {
+                selector.action = 0;
+            }
+        }
+        trie.insert(&key, old, 0).expect("rewriting a row");
+    }
+    drop(trie);
+    let mut second = EbpfDataplane::load_pinned_logging(&dir.0, false, 1024).expect("reload");
+    assert_eq!(
+        second.installed_rule_set(live).unwrap(),
+        rows,
+        "the rows were not carried in this layout"
+    );
+    second.remove_policy(target).expect("removing the policy");
+}
+
 /// An earlier release's pinned policy and rate slot rows are carried into
 /// the state rows at load and their pins retired: its targets stay steered
 /// and capped from the first packet the new programs see.

@@ -161,7 +161,7 @@ fn counts_a_bounded_transfer(mode: &str) {
                 "{mode}: steered {steered} B of {bytes} B sent, payload {PAYLOAD} B"
             );
             let scrape = scrape(&daemon);
-            for reason in ["warp_down", "policy", "rate"] {
+            for reason in ["warp_down", "policy", "rate", "rule"] {
                 scrape
                     .value(
                         "netwarp_container_dropped_packets_total",

@@ -146,6 +146,47 @@ fn the_compose_example_names_real_keys() {
     );
 }
 
+/// The README's full-tunnel stack is the example file, word for word;
+/// Compose accepts it, and netwarp accepts its rules labels.
+#[test]
+fn the_full_tunnel_compose_example_is_valid_and_in_the_readme() {
+    let test = "the_full_tunnel_compose_example_is_valid_and_in_the_readme";
+    skip_if!(test, missing_compose());
+    let compose = repository().join("examples/compose.full-tunnel.yaml");
+    let text = std::fs::read_to_string(&compose).expect("examples/compose.full-tunnel.yaml");
+    let readme = std::fs::read_to_string(repository().join("README.md")).expect("README.md");
+    assert!(
+        readme.contains(&format!("```yaml\n{text}```")),
+        "README.md does not show examples/compose.full-tunnel.yaml as it is"
+    );
+    let rules: Vec<&str> = (text.lines())
+        .filter_map(|line| line.trim().strip_prefix("netwarp.rules:"))
+        .map(|value| value.trim().trim_matches('"'))
+        .collect();
+    assert!(!rules.is_empty(), "the example has no netwarp.rules label");
+    for value in rules {
+        let policy = netwarp::model::parse_policy(value)
+            .unwrap_or_else(|e| panic!("netwarp refuses `{value}`: {e}"));
+        assert!(
+            policy
+                .rules
+                .iter()
+                .any(|r| r.verb == netwarp::model::Verb::Direct),
+            "the full-tunnel example shows no exclusion: `{value}`"
+        );
+    }
+    let check = output(
+        "docker-compose",
+        &["-f", compose.to_str().expect("utf-8"), "config", "--quiet"],
+    )
+    .expect("docker-compose");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 fn missing_compose() -> Option<String> {
     match output("docker-compose", &["version"]) {
         Ok(out) if out.status.success() => None,

@@ -11,7 +11,7 @@ use netwarp_tests::{
     daemon::{Daemon, TestLabels, eventually},
     docker::DockerNetwork,
     skip, skip_if,
-    steering::{REMOTE, RULE_PRIORITY, connect_error, looked_up, netwarp_entries, reaches},
+    steering::{REMOTE, connect_error, is_netwarp_rule, looked_up, netwarp_entries, reaches},
     steering::{start_target, start_warp},
 };
 
@@ -181,7 +181,7 @@ fn routes_steering_of_a_large_label_costs_one_rule_per_selector_group() {
     );
     let (blocked_rules, blocked_routes) = netwarp_entries(&target, "-4").expect("entries");
     assert_eq!(blocked_rules.len(), 1, "{blocked_rules:?}");
-    assert!(blocked_rules[0].starts_with(RULE_PRIORITY));
+    assert!(is_netwarp_rule(&blocked_rules[0]));
     assert_eq!(
         blocked_routes
             .iter()

@@ -16,7 +16,7 @@ use netwarp_tests::{
     docker::{Container, DockerNetwork},
     observe::{status_json, status_table, status_target},
     skip, skip_if,
-    steering::{GLOBAL_RULES, REMOTE, TABLE, reaches, start_target, start_warp},
+    steering::{GLOBAL_RULES, REMOTE, TABLE, reaches, row_actions, start_target, start_warp},
 };
 use serde_json::{Value, json};
 
@@ -128,9 +128,17 @@ fn check_programmed(
         );
         let mac: netwarp::dataplane::mac::MacAddr = mac_on(warp, network).parse().expect("MAC");
         assert_eq!(policy.warp_mac, mac.0);
-        assert_eq!(rule.action, ACTION_STEER, "{mode}: {name}'s pinned rule");
+        assert_eq!(
+            row_actions(&rule),
+            [ACTION_STEER],
+            "{mode}: {name}'s pinned rule"
+        );
     } else {
-        assert_eq!(rule.action, ACTION_BLOCK, "{mode}: {name}'s pinned rule");
+        assert_eq!(
+            row_actions(&rule),
+            [ACTION_BLOCK],
+            "{mode}: {name}'s pinned rule"
+        );
     }
 }
 
@@ -322,7 +330,12 @@ fn status_matches_the_programmed_state(mode: &str) {
             let (ifindex, _) = target.host_veth().expect("veth");
             let policy = pinned_policy(&daemon, ifindex).expect("policy");
             let rule = pinned_rule(&daemon, &policy).expect("rule");
-            assert_eq!(rule.action, ACTION_BLOCK, "{mode}: {}", target.name());
+            assert_eq!(
+                row_actions(&rule),
+                [ACTION_BLOCK],
+                "{mode}: {}",
+                target.name()
+            );
         } else {
             check_programmed(mode, &daemon, reported, target, None, &network);
         }

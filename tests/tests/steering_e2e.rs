@@ -14,9 +14,10 @@ use netwarp_tests::{
     command::{output, run, run_quietly},
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
+    observe::{status_json, status_target},
     skip, skip_if,
     steering::{
-        GLOBAL_RULES, REMOTE, RULE_PRIORITY, connect_error, full_routing, netwarp_entries,
+        GLOBAL_RULES, REMOTE, connect_error, full_routing, is_netwarp_rule, netwarp_entries,
         owned_state, reaches, start_target, start_warp,
     },
 };
@@ -323,6 +324,94 @@ fn protocol_and_port_rules_steer_only_what_they_select() {
     drop(warp);
 }
 
+/// A block rule with a port inside a steered prefix, on real containers:
+/// the port reaches nothing and nothing of it leaves; the target's other
+/// ports are still steered. In eBPF mode its drops are counted under the
+/// rule's own reason.
+#[test]
+fn a_block_rule_inside_a_steered_prefix_drops_only_its_port() {
+    let test = "a_block_rule_inside_a_steered_prefix_drops_only_its_port";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let sink = LeakSink::install(&network);
+    let warp = start_gateway(&labels, &network, &[]);
+    let target = start_target(
+        "nwt",
+        &network,
+        &[
+            labels.target_label(&warp_name(&labels)),
+            labels.rules_label("203.0.113.0/24; block 203.0.113.0/24,tcp:9090"),
+        ],
+    );
+    let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    assert!(
+        eventually(CONVERGE, || reaches(&target, 8080)),
+        "the target's other ports were not steered"
+    );
+    let baseline = sink.packets();
+    assert!(!reaches(&target, 9090), "the blocked port reached the warp");
+    assert_eq!(
+        sink.packets() - baseline,
+        0,
+        "the blocked port leaked towards the default path"
+    );
+    if mode() == "ebpf" {
+        let status = status_json(&daemon).expect("status");
+        let listed = status_target(&status, target.name()).expect("the target in status");
+        let rule_drops = listed["counters"]["dropped"]["rule"]["packets"].as_u64();
+        assert!(
+            rule_drops.is_some_and(|p| p > 0),
+            "the block rule's drops are not counted under their reason: {listed}"
+        );
+    }
+    drop(warp);
+}
+
+/// A `direct` exclusion inside a steered prefix, on real containers: the
+/// excluded address takes the target's own path (the leak sink counts it
+/// there) while the rest of the prefix is steered.
+#[test]
+fn an_exclusion_inside_a_steered_prefix_takes_the_direct_path() {
+    let test = "an_exclusion_inside_a_steered_prefix_takes_the_direct_path";
+    skip_if!(test, skip::missing_docker());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
+    let sink = LeakSink::install(&network);
+    let warp = start_gateway(&labels, &network, &[]);
+    // A second address of the warp's: in the steered prefix, not excluded.
+    const SECOND: &str = "203.0.113.2";
+    warp.exec(&["ip", "addr", "add", &format!("{SECOND}/32"), "dev", "lo"])
+        .expect("a second remote address on the warp");
+    let target = start_target(
+        "nwt",
+        &network,
+        &[
+            labels.target_label(&warp_name(&labels)),
+            labels.rules_label(&format!("203.0.113.0/24; direct {REMOTE}/32")),
+        ],
+    );
+    let _daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    let reaches_second = || {
+        (target.exec(&["sh", "-c", &format!("sleep 1 | nc -w 2 {SECOND} 8080")]))
+            .is_ok_and(|out| out.contains("hello"))
+    };
+    assert!(
+        eventually(CONVERGE, reaches_second),
+        "the rest of the prefix was not steered"
+    );
+    let baseline = sink.packets();
+    assert!(
+        !reaches(&target, 8080),
+        "the excluded address was steered to the warp"
+    );
+    assert!(
+        sink.packets() > baseline,
+        "the excluded traffic did not take the target's own path"
+    );
+    drop(warp);
+}
+
 #[test]
 fn restarts_adopt_the_state_without_duplicates() {
     let test = "restarts_adopt_the_state_without_duplicates";
@@ -343,10 +432,7 @@ fn restarts_adopt_the_state_without_duplicates() {
     let before = programmed_state(&target, &daemon);
     if mode() == "routes" {
         // One rule per selector group (tcp:8080, udp:53), in two tables.
-        let rules: Vec<&str> = before
-            .lines()
-            .filter(|l| l.starts_with(RULE_PRIORITY))
-            .collect();
+        let rules: Vec<&str> = before.lines().filter(|l| is_netwarp_rule(l)).collect();
         assert_eq!(rules.len(), 2, "{before}");
         assert!(rules.iter().all(|r| !r.contains(" to ")), "{before}");
     } else {

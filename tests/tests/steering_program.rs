@@ -128,14 +128,19 @@ const REMOTE_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 
 
 /// A dataplane with one target policy built from `rules` and `action`.
 fn dataplane(rules: &str, action: Action) -> EbpfDataplane {
-    let entries = Entry::all(&parse_rules(rules).expect("rules"), action);
+    with_policy(&Entry::all(&parse_rules(rules).expect("rules"), action))
+}
+
+/// A dataplane with one target policy of `entries` (blocks while the warp
+/// is down).
+fn with_policy(entries: &[Entry]) -> EbpfDataplane {
     let mut dataplane = EbpfDataplane::load().expect("loading the programs");
     dataplane
         .set_policy(
             TARGET_IFINDEX,
             WARP_IFINDEX,
             WARP_MAC,
-            &compile(&entries, false).expect("compile"),
+            &compile(entries, false).expect("compile"),
         )
         .expect("writing the policy");
     dataplane
@@ -143,6 +148,21 @@ fn dataplane(rules: &str, action: Action) -> EbpfDataplane {
 
 fn steer() -> Action {
     Action::Via("172.20.0.2".parse().unwrap())
+}
+
+/// A target's entries for a policy label (`via`, `direct` and `block`
+/// clauses), as the planner makes them while its warp is up.
+fn policy_entries(label: &str) -> Vec<Entry> {
+    netwarp_tests::fastpath::policy_entries(label, steer()).expect("policy")
+}
+
+/// A dataplane with one target policy from a policy label.
+fn policy_dataplane(label: &str) -> EbpfDataplane {
+    with_policy(&policy_entries(label))
+}
+
+fn verdict_of(dataplane: &mut EbpfDataplane, packet: Vec<u8>) -> i32 {
+    verdict(dataplane, &packet)
 }
 
 fn verdict(dataplane: &mut EbpfDataplane, packet: &[u8]) -> i32 {
@@ -281,8 +301,9 @@ privileged_test!(ipv6_extension_headers_are_walked, {
     );
 });
 
-// The documented choice: a non-first fragment has no ports, so it follows
-// any rule of its protocol; a flow's fragments then take one path.
+// The documented choice: a non-first fragment has no ports, so it takes a
+// port selector of its protocol where that one steers; a steered flow's
+// fragments then take its path.
 privileged_test!(non_first_fragments_follow_their_protocol, {
     let mut dp = dataplane("203.0.113.0/24,2001:db8::/32,udp:5000", steer());
     assert_eq!(
@@ -394,6 +415,81 @@ privileged_test!(drops_are_counted_by_reason, {
     assert_eq!((counted.policy_packets, counted.warp_down_packets), (1, 0));
 });
 
+privileged_test!(a_direct_exclusion_inside_a_steered_prefix_passes, {
+    let mut dp = policy_dataplane("0.0.0.0/0; direct 203.0.113.0/24");
+    let (verdict, out) = dp
+        .test_run_from_container(TARGET_IFINDEX, &ipv4(REMOTE_V4, TCP, 443, 0, 0))
+        .expect("run");
+    assert_eq!(verdict, PASS, "the exclusion is steered");
+    assert_eq!(
+        out,
+        ipv4(REMOTE_V4, TCP, 443, 0, 0),
+        "an excluded packet changed"
+    );
+    assert_eq!(verdict_of(&mut dp, ipv4(REMOTE_V4, ICMP, 0, 0, 0)), PASS);
+    // Around the exclusion, the full tunnel still steers.
+    assert_eq!(
+        verdict_of(&mut dp, ipv4(OTHER_V4, TCP, 443, 0, 0)),
+        TC_ACT_REDIRECT
+    );
+    let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
+    assert_eq!(counted.steered_packets, 1);
+});
+
+privileged_test!(
+    a_block_rule_with_a_port_inside_a_steered_prefix_drops_that_port_only,
+    {
+        let mut dp = policy_dataplane("203.0.113.0/24; block 203.0.113.0/24,tcp:25");
+        assert_eq!(
+            verdict_of(&mut dp, ipv4(REMOTE_V4, TCP, 25, 0, 0)),
+            TC_ACT_SHOT
+        );
+        for packet in [
+            ipv4(REMOTE_V4, TCP, 80, 0, 0),
+            ipv4(REMOTE_V4, UDP, 25, 0, 0),
+            ipv4(REMOTE_V4, ICMP, 0, 0, 0),
+            // A later fragment has no port: it stays with the steered rest.
+            ipv4(REMOTE_V4, TCP, 0, 0, 185),
+        ] {
+            assert_eq!(verdict_of(&mut dp, packet), TC_ACT_REDIRECT);
+        }
+        assert_eq!(verdict_of(&mut dp, ipv4(OTHER_V4, TCP, 25, 0, 0)), PASS);
+        let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
+        assert_eq!(
+            (
+                counted.rule_packets,
+                counted.policy_packets,
+                counted.warp_down_packets,
+                counted.steered_packets
+            ),
+            (1, 0, 0, 4),
+            "the drop is counted under the block rule's reason"
+        );
+        assert_eq!(
+            counted.rule_bytes,
+            ipv4(REMOTE_V4, TCP, 25, 0, 0).len() as u64
+        );
+    }
+);
+
+privileged_test!(the_narrowest_selector_of_one_prefix_decides, {
+    // A port inside a steered protocol is excluded, another port blocked.
+    let mut dp =
+        policy_dataplane("2001:db8::/32,tcp; direct 2001:db8::/32; block 2001:db8::/32,tcp:25");
+    assert_eq!(
+        verdict_of(&mut dp, ipv6(REMOTE_V6, TCP, 443, false, None)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        verdict_of(&mut dp, ipv6(REMOTE_V6, TCP, 25, true, None)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        verdict_of(&mut dp, ipv6(REMOTE_V6, UDP, 53, false, None)),
+        PASS
+    );
+});
+
 /// A dataplane with one bridge guard (on `TARGET_IFINDEX`, used as the
 /// bridge's) for `rules`, letting `allowed` pass.
 fn guard(rules: &str, allowed: &[GuardAllowKey]) -> EbpfDataplane {
@@ -467,6 +563,37 @@ privileged_test!(the_guard_drops_unknown_sources_to_guarded_prefixes_only, {
         PASS
     );
     assert!(dp.guard_ifindexes().expect("guards").is_empty());
+});
+
+privileged_test!(a_guard_row_with_a_direct_carve_out_passes, {
+    // The guard's entries: a steered prefix blocked, and a prefix every
+    // target on the network leaves alone carved out of it.
+    let mut entries = Entry::all(
+        &parse_rules("203.0.113.0/24").expect("rules"),
+        Action::Block,
+    );
+    entries.extend(Entry::all(
+        &parse_rules("203.0.113.0/25").expect("rules"),
+        Action::Direct,
+    ));
+    let mut dp = EbpfDataplane::load().expect("loading the programs");
+    dp.set_guard(
+        TARGET_IFINDEX,
+        &compile(&entries, false).expect("compile"),
+        &Default::default(),
+    )
+    .expect("writing the guard");
+    // 203.0.113.5 is in the carve-out; .200 only in the blocked prefix.
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+        PASS
+    );
+    assert_eq!(
+        guard_verdict(&mut dp, &ipv4([203, 0, 113, 200], TCP, 443, 0, 0)),
+        TC_ACT_SHOT
+    );
+    let drops = dp.guard_drops(TARGET_IFINDEX).expect("guard drops");
+    assert_eq!(drops.packets, 1);
 });
 
 privileged_test!(the_guard_lets_known_sources_and_warp_macs_pass, {
@@ -647,6 +774,38 @@ privileged_test!(
     }
 );
 
+privileged_test!(the_warp_program_passes_what_the_target_leaves_alone, {
+    // The target steers 203.0.113.0/24 but excludes its lower half and
+    // blocks port 25: the warp forwarding the excluded traffic unchanged
+    // is the path the target's rules allow; a blocked packet may not
+    // leave untunnelled either.
+    let entries =
+        policy_entries("203.0.113.0/24; direct 203.0.113.0/25; block 203.0.113.128/25,tcp:25");
+    let mut dp = EbpfDataplane::load().expect("loading the programs");
+    dp.set_policy(
+        PEER_TARGET_IFINDEX,
+        TARGET_IFINDEX,
+        WARP_MAC,
+        &compile(&entries, true).expect("compile"),
+    )
+    .expect("writing the policy");
+    let peer = warp_peer_key(TARGET_IFINDEX, "172.20.0.3".parse().unwrap());
+    dp.put_warp_peers(&[(peer, PEER_TARGET_IFINDEX)])
+        .expect("writing the peers");
+    assert_eq!(
+        warp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 443, 0, 0)),
+        PASS
+    );
+    for dport in [443, 25] {
+        assert_eq!(
+            warp_verdict(&mut dp, &ipv4([203, 0, 113, 200], TCP, dport, 0, 0)),
+            TC_ACT_SHOT,
+            "port {dport}"
+        );
+    }
+    assert_eq!(dp.warp_leaks(TARGET_IFINDEX).expect("leaks").packets, 2);
+});
+
 privileged_test!(
     the_warp_program_delivers_replies_to_the_target_it_steers_there,
     {
@@ -676,7 +835,12 @@ privileged_test!(timed_runs_steer_and_pass_as_single_runs_do, {
         verdicts,
         [
             ("steered", netwarp_tests::fastpath::TC_ACT_REDIRECT),
-            ("no rule", netwarp_tests::fastpath::PASS)
+            ("no rule", netwarp_tests::fastpath::PASS),
+            (
+                "steered, rule actions",
+                netwarp_tests::fastpath::TC_ACT_REDIRECT
+            ),
+            ("excluded, rule actions", netwarp_tests::fastpath::PASS)
         ]
     );
 });

@@ -1,8 +1,9 @@
 //! Random frames through netwarp's real tc programs in the running kernel
-//! (BPF_PROG_TEST_RUN): the from-container program under a steering and a
-//! blocking policy, the bridge guard with one allowed source address
-//! and one allowed MAC, and the warp program with the steered target's
-//! addresses known on its veth. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
+//! (BPF_PROG_TEST_RUN): the from-container program under a steering policy
+//! (with a `direct` exclusion and `block` rules by port: rows whose
+//! selectors differ in action) and a blocking one, the bridge guard with a
+//! `direct` carve-out, one allowed source address and one allowed MAC, and
+//! the warp program with the steered target's addresses known on its veth. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
 //! drop (TC_ACT_SHOT 2) or redirect (TC_ACT_REDIRECT 7) is a crash.
 //! Needs root (bpf(2)); `cargo xtask fuzz` also compares the kernel log
 //! for new WARN/BUG lines before and after.
@@ -11,12 +12,12 @@
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_MAC, GuardAllowKey};
 use netwarp::{
     dataplane::ebpf::{EbpfDataplane, compile::compile, warp_peer_key},
-    model::parse_rules,
-    plan::{Action, Entry},
+    model::{Verb, parse_policy, parse_rules},
+    plan::{Action, Entry, prune_direct},
 };
+use netwarp_common::{GUARD_ALLOW_IPV4, GUARD_ALLOW_MAC, GuardAllowKey};
 
 const STEERED_IFINDEX: u32 = 1;
 const BLOCKED_IFINDEX: u32 = 2;
@@ -38,13 +39,23 @@ fn dataplane() -> &'static Mutex<EbpfDataplane> {
             ),
             (BLOCKED_IFINDEX, Action::Block),
         ] {
-            let entries = Entry::all(&rules, action);
+            let mut entries = Entry::all(&rules, action);
+            if matches!(action, Action::Via(_)) {
+                entries.extend(exceptions());
+                prune_direct(&mut entries);
+            }
             let rows = compile(&entries, matches!(action, Action::Via(_))).expect("compile");
             dataplane
                 .set_policy(ifindex, 1, [2, 0x42, 0xac, 0x14, 0, 2], &rows)
                 .expect("writing the policy");
         }
-        let rows = compile(&Entry::all(&rules, Action::Block), false).expect("compile");
+        let mut guarded = Entry::all(&rules, Action::Block);
+        guarded.extend(
+            exceptions()
+                .into_iter()
+                .filter(|e| e.action == Action::Direct),
+        );
+        let rows = compile(&guarded, false).expect("compile");
         let allowed = |kind, bytes: &[u8]| {
             let mut addr = [0; 16];
             addr[..bytes.len()].copy_from_slice(bytes);
@@ -64,11 +75,34 @@ fn dataplane() -> &'static Mutex<EbpfDataplane> {
         // The steered target's warp veth is ifindex 1 (its policy's).
         let peers: Vec<_> = ["172.20.0.3", "fd00:20::3"]
             .iter()
-            .map(|a| (warp_peer_key(1, a.parse().expect("an address")), STEERED_IFINDEX))
+            .map(|a| {
+                (
+                    warp_peer_key(1, a.parse().expect("an address")),
+                    STEERED_IFINDEX,
+                )
+            })
             .collect();
         dataplane.put_warp_peers(&peers).expect("writing the peers");
         Mutex::new(dataplane)
     })
+}
+
+/// The steered target's exceptions: an excluded prefix, and block rules
+/// by port inside its steered prefixes.
+fn exceptions() -> Vec<Entry> {
+    let policy = parse_policy(
+        "direct 203.0.113.128/25; block 198.51.100.0/24,udp:53; block 2001:db8::/32,tcp:25-30",
+    )
+    .expect("policy");
+    (policy.rules.into_iter())
+        .map(|rule| Entry {
+            rule,
+            action: match rule.verb {
+                Verb::Direct => Action::Direct,
+                _ => Action::Deny,
+            },
+        })
+        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -108,6 +142,9 @@ fuzz_target!(|data: &[u8]| {
             ALLOWED.contains(&verdict),
             "verdict {verdict} on ifindex {ifindex} for frame {frame:02x?}"
         ),
-        Err(e) => panic!("BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}", frame.len()),
+        Err(e) => panic!(
+            "BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}",
+            frame.len()
+        ),
     }
 });

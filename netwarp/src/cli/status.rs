@@ -224,6 +224,9 @@ fn details(out: &mut String, t: &TargetStatus) {
     for rule in &t.rules {
         let _ = writeln!(out, "  rule {} -> {}", rule.rule, rule.action);
     }
+    if !t.excluded.is_empty() {
+        let _ = writeln!(out, "  own networks excluded: {}", t.excluded.join(", "));
+    }
     let _ = writeln!(out, "  caps: {}", caps(&t.caps));
     if let Some(routed) = &t.routed {
         let _ = writeln!(out, "  routes instead of eBPF: {routed}");
@@ -247,10 +250,11 @@ fn details(out: &mut String, t: &TargetStatus) {
         if let Some(d) = dropped {
             let _ = writeln!(
                 out,
-                "  dropped: warp_down {}, policy {}, rate {}",
+                "  dropped: warp_down {}, policy {}, rate {}, rule {}",
                 traffic(d.warp_down),
                 traffic(d.policy),
-                traffic(d.rate)
+                traffic(d.rate),
+                traffic(d.rule)
             );
         }
     }
@@ -412,6 +416,7 @@ mod tests {
                     planned_state: Some("steered".into()),
                     reason: None,
                     reason_kind: None,
+                    excluded: Vec::new(),
                     shares_namespace_of: None,
                     network: Some("front".into()),
                     next_hop_v4: Some("172.18.0.2".into()),
@@ -451,6 +456,7 @@ mod tests {
                     planned_state: Some("blocked".into()),
                     reason: Some("warp container warp-gone does not exist".into()),
                     reason_kind: Some("warp".into()),
+                    excluded: Vec::new(),
                     shares_namespace_of: None,
                     network: None,
                     next_hop_v4: None,
@@ -545,7 +551,7 @@ app (aaaaaaaaaaaa):
   caps: egress 10.0 Mbit/s, burst 64.0 KiB
   host veth: veth1234 (ifindex 17), warp veth ifindex 15
   steered: 400 B / 4 pkts
-  dropped: warp_down 0 B / 0 pkts, policy 0 B / 0 pkts, rate 0 B / 0 pkts
+  dropped: warp_down 0 B / 0 pkts, policy 0 B / 0 pkts, rate 0 B / 0 pkts, rule 0 B / 0 pkts
 
 db (bbbbbbbbbbbb):
   blocked: warp container warp-gone does not exist

@@ -72,10 +72,25 @@ keys! {
         "Label on a warp container naming the network to steer over";
     RULES_LABEL = "rules_label", "NETWARP_RULES_LABEL", "netwarp.rules",
         Live, flag -,
-        "Label on a target overriding routing_rules, e.g. 203.0.113.0/24,tcp:443";
+        "Label on a target with its rules, e.g. `global; direct 10.0.0.0/8; block 0.0.0.0/0,tcp:25`: replaces routing_rules unless it says `global`";
     ROUTING_RULES = "routing_rules", "NETWARP_ROUTING_RULES", "",
         Live, flag -,
-        "Global rules: [[routing_rules]] tables (destination, protocol, port_range), or the label syntax in the environment";
+        "Global rules: [[routing_rules]] tables (destination, protocol, port_range, action = via|direct|block), or the label syntax in the environment";
+    DNS_POLICY = "dns", "NETWARP_DNS", "follow",
+        Live, flag -,
+        "Targets' DNS queries (UDP and TCP 53): follow (what the rules say), warp (all through the warp) or block (refused unless through the warp)";
+    DNS_LABEL = "dns_label", "NETWARP_DNS_LABEL", "netwarp.dns",
+        Live, flag -,
+        "Label on a target with its own dns policy (follow, warp, block)";
+    ALLOW_LABEL = "allow_label", "NETWARP_ALLOW_LABEL", "netwarp.allow",
+        Live, flag -,
+        "Label on any container with the only destinations it may reach (CIDRs; everything else refused, IPv6 too)";
+    DENY_LABEL = "deny_label", "NETWARP_DENY_LABEL", "netwarp.deny",
+        Live, flag -,
+        "Label on any container with destinations (and protocols, ports) it may not reach";
+    EXCLUDE_OWN_NETWORKS = "exclude_own_networks", "NETWARP_EXCLUDE_OWN_NETWORKS", "true",
+        Live, flag -,
+        "Leave each target's own Docker networks out of its via rules (a full tunnel still reaches its neighbours directly)";
     ON_WARP_DOWN = "on_warp_down", "NETWARP_ON_WARP_DOWN", "block",
         Live, flag "on-warp-down",
         "block (fail closed) or bypass while a warp container is down";

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use super::{ConfigError, keys::KEYS};
-use crate::model::{Cidr, PortRange, Protocol, Rule, parse_rules};
+use crate::model::{Cidr, PortRange, Protocol, Rule, RuleError, Verb, parse_policy};
 
 /// Where a value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +64,26 @@ impl Value {
         }
     }
 
+    pub fn as_bool(&self, key: &str, origin: &Origin) -> Result<bool, ConfigError> {
+        match self {
+            Self::Toml(toml::Value::Boolean(b)) => Ok(*b),
+            Self::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => Ok(true),
+                "false" | "no" | "0" => Ok(false),
+                _ => Err(invalid(
+                    origin,
+                    key,
+                    format!("`{s}` is neither true nor false"),
+                )),
+            },
+            Self::Toml(other) => Err(invalid(
+                origin,
+                key,
+                format!("expected true or false, found {}", other.type_str()),
+            )),
+        }
+    }
+
     pub fn as_integer(&self, key: &str, origin: &Origin) -> Result<u64, ConfigError> {
         match self {
             Self::Toml(toml::Value::Integer(i)) => {
@@ -85,7 +105,13 @@ impl Value {
     pub fn as_rules(&self, key: &str, origin: &Origin) -> Result<Vec<Rule>, ConfigError> {
         match self {
             Self::Text(s) if s.trim().is_empty() => Ok(Vec::new()),
-            Self::Text(s) => parse_rules(s).map_err(|e| invalid(origin, key, e.to_string())),
+            Self::Text(s) => {
+                let policy = parse_policy(s).map_err(|e| invalid(origin, key, e.to_string()))?;
+                if policy.with_global {
+                    return Err(invalid(origin, key, RuleError::GlobalInGlobal.to_string()));
+                }
+                Ok(policy.rules)
+            }
             Self::Toml(toml::Value::Array(items)) => {
                 let mut rules: Vec<Rule> = Vec::new();
                 for (i, item) in items.iter().enumerate() {
@@ -113,11 +139,11 @@ fn table_rule(item: &toml::Value, key: &str, origin: &Origin) -> Result<Rule, Co
         ));
     };
     for field in table.keys() {
-        if !["destination", "protocol", "port_range"].contains(&field.as_str()) {
+        if !["destination", "protocol", "port_range", "action"].contains(&field.as_str()) {
             return Err(ConfigError::UnknownKey {
                 origin: origin.clone(),
                 key: format!("{key}.{field}"),
-                hint: "; a rule has destination, protocol and port_range".into(),
+                hint: "; a rule has destination, protocol, port_range and action".into(),
             });
         }
     }
@@ -147,7 +173,27 @@ fn table_rule(item: &toml::Value, key: &str, origin: &Origin) -> Result<Rule, Co
         .map_err(|e: crate::model::RuleError| {
             invalid(origin, &format!("{key}.port_range"), e.to_string())
         })?;
-    Rule::new(destination, protocol, ports).map_err(|e| invalid(origin, key, e.to_string()))
+    let verb: Verb = match field("action")? {
+        None => Verb::Via,
+        Some(word) => word.parse().map_err(|()| {
+            invalid(
+                origin,
+                &format!("{key}.action"),
+                format!("`{word}` is not one of via, direct, block"),
+            )
+        })?,
+    };
+    let rule = Rule::new(destination, protocol, ports)
+        .map_err(|e| invalid(origin, key, e.to_string()))?
+        .with_verb(verb);
+    if verb == Verb::Direct && protocol.is_some() {
+        return Err(invalid(
+            origin,
+            key,
+            "a direct rule excludes whole destinations and takes no protocol or port_range",
+        ));
+    }
+    Ok(rule)
 }
 
 /// Values from one source, by dotted key name, each with its origin.

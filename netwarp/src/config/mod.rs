@@ -13,7 +13,7 @@ pub use reload::Reloaded;
 
 use crate::{
     model::{Rate, RateError, Rule, parse_rate, parse_size},
-    plan::{CapEnforcement, CapSettings, OnWarpDown, PlanSettings},
+    plan::{CapEnforcement, CapSettings, DnsPolicy, OnWarpDown, PlanSettings},
     warp_probe::ProbeSettings,
 };
 
@@ -96,6 +96,11 @@ pub struct Config {
     pub rules_label: String,
     pub routing_rules: Vec<Rule>,
     pub on_warp_down: OnWarpDown,
+    pub exclude_own_networks: bool,
+    pub dns_policy: DnsPolicy,
+    pub dns_label: String,
+    pub allow_label: String,
+    pub deny_label: String,
     pub caps: CapSettings,
     pub dataplane: DataplaneMode,
     /// `dry-run`: where the simulated dataplane records what it would program.
@@ -169,6 +174,15 @@ impl Config {
 
         let rules = value(&keys::ROUTING_RULES)?;
         let routing_rules = rules.0.as_rules(keys::ROUTING_RULES.name, &rules.1)?;
+
+        let dns = value(&keys::DNS_POLICY)?;
+        let dns_policy: DnsPolicy = (text(&keys::DNS_POLICY, dns.clone())?.parse())
+            .map_err(|reason: String| invalid(&dns.1, keys::DNS_POLICY.name, reason))?;
+
+        let exclude = value(&keys::EXCLUDE_OWN_NETWORKS)?;
+        let exclude_own_networks = exclude
+            .0
+            .as_bool(keys::EXCLUDE_OWN_NETWORKS.name, &exclude.1)?;
 
         let on_down = value(&keys::ON_WARP_DOWN)?;
         let on_warp_down = match text(&keys::ON_WARP_DOWN, on_down.clone())?.as_str() {
@@ -331,6 +345,9 @@ impl Config {
         let ingress_label = label(&keys::RATE_INGRESS_LABEL)?;
         let burst_label = label(&keys::RATE_BURST_LABEL)?;
         let probe_label = label(&keys::PROBE_LABEL)?;
+        let dns_label = label(&keys::DNS_LABEL)?;
+        let allow_label = label(&keys::ALLOW_LABEL)?;
+        let deny_label = label(&keys::DENY_LABEL)?;
         let mut optional = |spec: &'static KeySpec, parse: fn(&str) -> Result<u64, RateError>| {
             let v = value(spec)?;
             let s = text(spec, v.clone())?;
@@ -394,6 +411,11 @@ impl Config {
             rules_label,
             routing_rules,
             on_warp_down,
+            exclude_own_networks,
+            dns_policy,
+            dns_label,
+            allow_label,
+            deny_label,
             caps,
             dataplane,
             dry_run_record,
@@ -423,6 +445,11 @@ impl Config {
             rules_label: self.rules_label.clone(),
             global_rules: self.routing_rules.clone(),
             on_warp_down: self.on_warp_down,
+            exclude_own_networks: self.exclude_own_networks,
+            dns: self.dns_policy,
+            dns_label: self.dns_label.clone(),
+            allow_label: self.allow_label.clone(),
+            deny_label: self.deny_label.clone(),
             caps: self.caps.clone(),
             max_prefixes_per_target: self.max_prefixes_per_target,
             probe_label: self.probe_label.clone(),

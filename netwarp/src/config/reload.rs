@@ -87,6 +87,11 @@ mod tests {
             &[("routing_rules", "203.0.113.0/24,tcp:443")],
         ),
         ("on_warp_down", &[("on_warp_down", "bypass")]),
+        ("exclude_own_networks", &[("exclude_own_networks", "false")]),
+        ("dns", &[("dns", "warp")]),
+        ("dns_label", &[("dns_label", "example.dns")]),
+        ("allow_label", &[("allow_label", "example.allow")]),
+        ("deny_label", &[("deny_label", "example.deny")]),
         ("dataplane.mode", &[("dataplane.mode", "routes")]),
         (
             "dataplane.dry_run_record",

@@ -242,7 +242,7 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         ),
         (
             "[[routing_rules]]\ndestination = \"203.0.113.0/24\"\nport = 80",
-            "config file /etc/netwarp.toml: unknown key `routing_rules[0].port`; a rule has destination, protocol and port_range",
+            "config file /etc/netwarp.toml: unknown key `routing_rules[0].port`; a rule has destination, protocol, port_range and action",
         ),
         (
             "routing_rules = \"203.0.113.0/24\"",

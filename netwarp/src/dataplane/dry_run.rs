@@ -24,7 +24,7 @@ use super::{
     settled::Settled,
     sync::{FailureReason, TargetError},
 };
-use crate::plan::{Action, GuardPlan, Plan, TargetPlan, TargetState};
+use crate::plan::{GuardPlan, Plan, TargetPlan, TargetState};
 
 /// The label every record carries, so nobody mistakes it for a real dataplane.
 pub const SIMULATION_NOTE: &str =
@@ -69,10 +69,7 @@ impl DryRunTarget {
             entries: target
                 .entries
                 .iter()
-                .map(|e| match e.action {
-                    Action::Via(address) => format!("{} via {address}", e.rule),
-                    Action::Block => format!("{} block", e.rule),
-                })
+                .map(|e| format!("{} {}", e.rule, e.action))
                 .collect(),
         }
     }
@@ -461,7 +458,7 @@ mod tests {
     use super::*;
     use crate::{
         model::parse_rules,
-        plan::{BlockReason, Entry},
+        plan::{Action, BlockReason, Entry},
     };
 
     fn target(id: &str, state: TargetState, pid: u32) -> Arc<TargetPlan> {
@@ -482,6 +479,7 @@ mod tests {
             warp_mac: None,
             warp_macs: Vec::new(),
             addresses: Vec::new(),
+            excluded: Vec::new(),
             shares_namespace_of: None,
         })
     }

@@ -66,7 +66,10 @@ use super::{
         route_delete_message, route_message,
     },
 };
-use crate::{model::Cidr, plan::GuardPlan};
+use crate::{
+    model::Cidr,
+    plan::{Action, GuardPlan},
+};
 
 /// The default first priority of the guard's rules: allowed sources jump
 /// over the block rules from here (`dataplane.host_guard_priority`).
@@ -306,16 +309,20 @@ pub struct GuardKey {
 /// What `guards` need, before tables are assigned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuardGroups {
-    /// Each lookup rule's prefixes.
-    pub blocks: BTreeMap<GuardKey, BTreeSet<Cidr>>,
+    /// Each lookup rule's routes: `prohibit`, and `throw` for the prefixes
+    /// carved out of what the others block.
+    pub blocks: BTreeMap<GuardKey, BTreeMap<Cidr, RouteAction>>,
     /// The allow and continue rules.
     pub others: BTreeSet<HostRule>,
 }
 
 /// Groups `guards` (bridge name, plan). Every entry is blocked whatever
-/// its action (a guard only blocks); an allowed source gets a rule only in
-/// a family the bridge blocks something in. A bridge name no interface
-/// could have is skipped, so it cannot fail the others.
+/// its action, except `direct` ones: those carve a prefix out of every
+/// table of their family that the same rules (bridge, source) look up, as
+/// a `throw` route, so no table steers what another lets through (a
+/// prefix blocked in its own right stays blocked). An allowed source gets
+/// a rule only in a family the bridge blocks something in. A bridge name
+/// no interface could have is skipped, so it cannot fail the others.
 pub fn guard_groups(guards: &[(String, &GuardPlan)]) -> GuardGroups {
     let mut groups = GuardGroups::default();
     for (bridge, plan) in guards {
@@ -323,25 +330,39 @@ pub fn guard_groups(guards: &[(String, &GuardPlan)]) -> GuardGroups {
             warn!(%bridge, network = %plan.network, "not an interface name; no host guard");
             continue;
         }
-        let mut add = |source: Option<IpAddr>, rule: &OwnedRule| {
+        let mut carved: Vec<(Option<IpAddr>, Cidr)> = Vec::new();
+        let mut blocked_families = BTreeSet::new();
+        let entries = (plan.entries.iter().map(|entry| (None, entry))).chain(
+            plan.forwarded
+                .iter()
+                .map(|(source, entry)| (Some(*source), entry)),
+        );
+        for (source, entry) in entries {
+            if entry.action == Action::Direct {
+                carved.push((source, entry.rule.destination));
+                continue;
+            }
+            if source.is_none() {
+                blocked_families.insert(entry.rule.destination.is_ipv6());
+            }
+            let rule = OwnedRule::from_rule(&entry.rule);
             let key = GuardKey {
                 bridge: bridge.clone(),
                 source,
-                selector: Selector::of(rule),
+                selector: Selector::of(&rule),
             };
-            groups
-                .blocks
-                .entry(key)
-                .or_default()
-                .insert(rule.destination);
-        };
-        let mut blocked_families = BTreeSet::new();
-        for entry in &plan.entries {
-            blocked_families.insert(entry.rule.destination.is_ipv6());
-            add(None, &OwnedRule::from_rule(&entry.rule));
+            (groups.blocks.entry(key).or_default()).insert(rule.destination, RouteAction::Prohibit);
         }
-        for (source, entry) in &plan.forwarded {
-            add(Some(*source), &OwnedRule::from_rule(&entry.rule));
+        for (key, routes) in groups
+            .blocks
+            .iter_mut()
+            .filter(|(k, _)| &k.bridge == bridge)
+        {
+            for (source, prefix) in &carved {
+                if key.source == *source && key.selector.ipv6 == prefix.is_ipv6() {
+                    routes.entry(*prefix).or_insert(RouteAction::Throw);
+                }
+            }
         }
         for source in &plan.allowed_sources {
             if blocked_families.contains(&source.is_ipv6()) {
@@ -372,8 +393,8 @@ fn is_valid_ifname(name: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuardState {
     pub rules: BTreeSet<HostRule>,
-    /// `prohibit` routes, by table and destination.
-    pub routes: BTreeSet<(u32, Cidr)>,
+    /// `prohibit` and `throw` routes, by table and destination.
+    pub routes: BTreeMap<(u32, Cidr), RouteAction>,
 }
 
 /// How much of the host the guard holds.
@@ -429,9 +450,9 @@ pub fn desired_guard(
     let tables = allocate(&claimed, &reserved, &wanted, guard_tables())?;
     let mut state = GuardState {
         rules: groups.others.clone(),
-        routes: BTreeSet::new(),
+        routes: BTreeMap::new(),
     };
-    for (key, prefixes) in &groups.blocks {
+    for (key, routes) in &groups.blocks {
         let table = tables[key];
         state.rules.insert(HostRule::Block {
             bridge: key.bridge.clone(),
@@ -441,7 +462,7 @@ pub fn desired_guard(
         });
         state
             .routes
-            .extend(prefixes.iter().map(|prefix| (table, *prefix)));
+            .extend((routes.iter()).map(|(prefix, action)| ((table, *prefix), *action)));
     }
     Ok(state)
 }
@@ -464,9 +485,7 @@ impl InstalledGuard {
         Self {
             rules: desired.rules.clone(),
             strays: Vec::new(),
-            routes: (desired.routes.iter())
-                .map(|key| (*key, RouteAction::Prohibit))
-                .collect(),
+            routes: desired.routes.clone(),
         }
     }
 }
@@ -474,8 +493,8 @@ impl InstalledGuard {
 /// One change to the host's rules or the guard's tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Adds (or replaces in place) a `prohibit` route.
-    PutRoute(u32, Cidr),
+    /// Adds (or replaces in place) a `prohibit` or `throw` route.
+    PutRoute(u32, Cidr, RouteAction),
     Add(HostRule),
     Delete(HostRule),
     DeleteStray(RuleMessage),
@@ -488,12 +507,18 @@ impl Step {
     fn loosens(&self) -> bool {
         matches!(
             self,
-            Self::Delete(HostRule::Block { .. }) | Self::DeleteStray(_) | Self::DeleteRoute(..)
+            Self::Delete(HostRule::Block { .. })
+                | Self::DeleteStray(_)
+                | Self::DeleteRoute(..)
+                | Self::PutRoute(_, _, RouteAction::Throw)
         )
     }
 
     fn tightens(&self) -> bool {
-        matches!(self, Self::Add(_) | Self::PutRoute(..))
+        matches!(
+            self,
+            Self::Add(_) | Self::PutRoute(_, _, RouteAction::Prohibit)
+        )
     }
 
     fn is_route(&self) -> bool {
@@ -504,8 +529,12 @@ impl Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::PutRoute(table, dst) => {
-                write!(f, "route replace prohibit {dst} table {table:#x}")
+            Self::PutRoute(table, dst, action) => {
+                let kind = match action {
+                    RouteAction::Throw => "throw",
+                    _ => "prohibit",
+                };
+                write!(f, "route replace {kind} {dst} table {table:#x}")
             }
             Self::Add(rule) => write!(f, "rule add {rule}"),
             Self::Delete(rule) => write!(f, "rule del {rule}"),
@@ -550,10 +579,16 @@ pub fn diff(installed: &InstalledGuard, desired: &GuardState) -> Vec<Step> {
     let is_block = |rule: &HostRule| matches!(rule, HostRule::Block { .. });
     let is_continue = |rule: &HostRule| matches!(rule, HostRule::Continue { .. });
 
-    let mut steps: Vec<Step> = (desired.routes.iter())
-        .filter(|key| installed.routes.get(key) != Some(&RouteAction::Prohibit))
-        .map(|(table, dst)| Step::PutRoute(*table, *dst))
-        .collect();
+    let put = |throw: bool| {
+        (desired.routes.iter())
+            .filter(move |(key, action)| {
+                (**action == RouteAction::Throw) == throw
+                    && installed.routes.get(key) != Some(action)
+            })
+            .map(|((table, dst), action)| Step::PutRoute(*table, *dst, *action))
+    };
+    // Carve-outs loosen: they come with the other loosening steps.
+    let mut steps: Vec<Step> = put(false).collect();
     steps.extend(added(is_continue).chain(added(is_block)));
     steps.extend(stale(is_allow).cloned().map(Step::Delete));
     steps.extend(added(is_allow));
@@ -572,11 +607,12 @@ pub fn diff(installed: &InstalledGuard, desired: &GuardState) -> Vec<Step> {
         }
         steps.push(Step::Delete(stale_block.clone()));
     }
+    steps.extend(put(true));
     steps.extend(installed.strays.iter().cloned().map(Step::DeleteStray));
     steps.extend(stale(is_continue).cloned().map(Step::Delete));
     steps.extend(
         (installed.routes.keys())
-            .filter(|key| !desired.routes.contains(key))
+            .filter(|key| !desired.routes.contains_key(key))
             .map(|(table, dst)| Step::DeleteRoute(*table, *dst)),
     );
     steps
@@ -787,9 +823,9 @@ async fn apply(handle: &Handle, steps: &[Step]) -> Result<usize, HostGuardError>
 async fn execute(handle: &Handle, step: &Step) -> Result<(), rtnetlink::Error> {
     debug!(%step, "host guard");
     match step {
-        Step::PutRoute(table, dst) => {
+        Step::PutRoute(table, dst, action) => {
             (handle.route())
-                .add(route_message(*table, *dst, RouteAction::Prohibit, None))
+                .add(route_message(*table, *dst, *action, None))
                 .replace()
                 .execute()
                 .await

@@ -15,7 +15,10 @@
 //! priority [`NETWARP_RULE_PRIORITY`] and the same protocol. netwarp lists
 //! and removes exactly those, and nothing else.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::RangeInclusive,
+};
 
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 
@@ -30,12 +33,16 @@ use super::{
     tables::{allocate, concurrently, dump_owned_routes, route_delete_message, route_message},
 };
 use crate::{
-    model::Cidr,
+    model::{Cidr, PortRange},
     plan::{Action, Entry},
 };
 
-/// The priority of netwarp's policy rules: before `main` (32766).
+/// The first priority of netwarp's policy rules: before `main` (32766).
 pub const NETWARP_RULE_PRIORITY: u32 = 10_000;
+/// Every priority netwarp's rules in a target's namespace use: one per
+/// class tier (see [`tier_priority`]).
+pub const NETWARP_RULE_PRIORITIES: RangeInclusive<u32> =
+    NETWARP_RULE_PRIORITY..=NETWARP_RULE_PRIORITY + 2;
 
 /// Errors of the routes dataplane: those of the namespace work it does.
 pub type RoutesError = NetnsError;
@@ -58,36 +65,134 @@ pub struct OwnedState {
     pub strays: Vec<RuleMessage>,
 }
 
-/// What a target's plan entries need: each selector group's routes.
+/// What a target's plan entries need: each selector class's routes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub groups: BTreeMap<Selector, BTreeMap<Cidr, RouteAction>>,
 }
 
-/// Groups a target's entries by selector. A destination gets one action
-/// in every group it is in: blocking wins if two entries ever disagree.
+/// The priority of a class's rule: port classes first, then protocols,
+/// then every protocol, so a packet's first netwarp rule is its narrowest
+/// class, whose table holds everything that applies to it.
+pub fn tier_priority(selector: &Selector) -> u32 {
+    NETWARP_RULE_PRIORITY
+        + match (selector.ip_proto, selector.ports) {
+            (_, Some(_)) => 0,
+            (Some(_), None) => 1,
+            (None, _) => 2,
+        }
+}
+
+/// Compiles a target's entries into one table per selector class, with
+/// the semantics of [`crate::plan::decide`]:
+///
+/// - the classes split the selectors in use into port ranges that do not
+///   overlap (per protocol), protocols and every protocol; a packet's
+///   first rule (by [`tier_priority`]) is its narrowest class;
+/// - each class's table holds every entry whose selector covers the class,
+///   one route per prefix, from the narrowest selector of that prefix
+///   (ties: the greater action), so the kernel's longest-prefix match
+///   decides as `decide` does;
+/// - `direct` is a throw route, which ends the lookup there and goes on to
+///   the next rule. `direct` entries have no selector, so every table holds
+///   them and no broader class can steer what a narrower one threw. A
+///   packet no route takes goes on to the next rule too, and the broader
+///   tables hold a subset of the narrower's prefixes, so none takes it.
 pub fn desired_state(entries: &[Entry]) -> Desired {
-    let mut actions: BTreeMap<Cidr, RouteAction> = BTreeMap::new();
-    for entry in entries {
-        let action = match entry.action {
-            Action::Via(ip) => RouteAction::Via(ip),
-            Action::Block => RouteAction::Prohibit,
-        };
-        actions
-            .entry(entry.rule.destination)
-            .and_modify(|a| *a = (*a).max(action))
-            .or_insert(action);
-    }
     let mut desired = Desired::default();
-    for entry in entries {
-        let destination = entry.rule.destination;
-        desired
-            .groups
-            .entry(Selector::of(&OwnedRule::from_rule(&entry.rule)))
-            .or_default()
-            .insert(destination, actions[&destination]);
+    for class in classes(entries) {
+        let mut chosen: BTreeMap<Cidr, (std::cmp::Reverse<u32>, Action)> = BTreeMap::new();
+        for entry in entries.iter().filter(|e| covers(&e.rule, &class)) {
+            let rank = (std::cmp::Reverse(entry.rule.selector_rank()), entry.action);
+            (chosen.entry(entry.rule.destination))
+                .and_modify(|best| *best = (*best).max(rank))
+                .or_insert(rank);
+        }
+        let routes: BTreeMap<Cidr, RouteAction> = (chosen.into_iter())
+            .map(|(dst, (_, action))| {
+                let route = match action {
+                    Action::Via(ip) => RouteAction::Via(ip),
+                    Action::Direct => RouteAction::Throw,
+                    Action::Deny | Action::Block => RouteAction::Prohibit,
+                };
+                (dst, route)
+            })
+            .collect();
+        // A table of throws alone changes nothing.
+        if routes.values().any(|r| *r != RouteAction::Throw) {
+            desired.groups.insert(class, routes);
+        }
     }
     desired
+}
+
+/// The selector classes of `entries`: per family, every protocol and each
+/// protocol that a selector names without ports; and per protocol, its
+/// port ranges cut where any of them starts or ends, keeping the pieces
+/// some range covers.
+fn classes(entries: &[Entry]) -> BTreeSet<Selector> {
+    let selectors: BTreeSet<Selector> = (entries.iter())
+        .map(|e| Selector::of(&OwnedRule::from_rule(&e.rule)))
+        .collect();
+    // A protocol's class, or the family's whole-traffic class, only where
+    // a selector is just that: otherwise its table would hold the same
+    // routes as the next broader class, which the packet meets anyway.
+    let mut classes: BTreeSet<Selector> = (selectors.iter())
+        .filter(|s| s.ports.is_none())
+        .copied()
+        .collect();
+    let ranged: BTreeSet<(bool, u8)> = (selectors.iter())
+        .filter(|s| s.ports.is_some())
+        .filter_map(|s| Some((s.ipv6, s.ip_proto?)))
+        .collect();
+    for (ipv6, ip_proto) in ranged {
+        let ranges: Vec<PortRange> = (selectors.iter())
+            .filter(|s| s.ipv6 == ipv6 && s.ip_proto == Some(ip_proto))
+            .filter_map(|s| s.ports)
+            .collect();
+        // Cut points: each range's start, and the port after its end.
+        let mut cuts: BTreeSet<u32> = BTreeSet::new();
+        for r in &ranges {
+            cuts.insert(u32::from(r.start));
+            cuts.insert(u32::from(r.end) + 1);
+        }
+        let cuts: Vec<u32> = cuts.into_iter().collect();
+        for pair in cuts.windows(2) {
+            let piece = PortRange {
+                start: pair[0] as u16,
+                end: (pair[1] - 1) as u16,
+            };
+            if ranges
+                .iter()
+                .any(|r| r.start <= piece.start && piece.end <= r.end)
+            {
+                classes.insert(Selector {
+                    ipv6,
+                    ip_proto: Some(ip_proto),
+                    ports: Some(piece),
+                });
+            }
+        }
+    }
+    classes
+}
+
+/// Whether `rule`'s selector takes every packet of `class`.
+fn covers(rule: &crate::model::Rule, class: &Selector) -> bool {
+    let selector = Selector::of(&OwnedRule::from_rule(rule));
+    selector.ipv6 == class.ipv6
+        && match (selector.ip_proto, class.ip_proto) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(p), Some(c)) => {
+                p == c
+                    && match (selector.ports, class.ports) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(r), Some(piece)) => r.start <= piece.start && piece.end <= r.end,
+                    }
+            }
+        }
 }
 
 /// The changes that turn `installed` into `desired`.
@@ -241,7 +346,7 @@ impl NamespaceHandle {
 fn rule_message(rule: &GroupRule) -> RuleMessage {
     let mut message = tagged_rule(
         rule.selector.ipv6,
-        NETWARP_RULE_PRIORITY,
+        tier_priority(&rule.selector),
         RuleAction::ToTable,
     );
     message.attributes.push(RuleAttribute::Table(rule.table));
@@ -253,7 +358,8 @@ fn rule_message(rule: &GroupRule) -> RuleMessage {
 /// netwarp's tag and priority in a shape it does not write.
 fn parse_owned_rule(rule: &RuleMessage) -> Option<Result<GroupRule, ()>> {
     let tagged = TaggedRule::parse(rule)?;
-    if tagged.priority != Some(NETWARP_RULE_PRIORITY) {
+    let priority = tagged.priority?;
+    if !NETWARP_RULE_PRIORITIES.contains(&priority) {
         return None;
     }
     let shape = (tagged.action == RuleAction::ToTable)
@@ -261,7 +367,11 @@ fn parse_owned_rule(rule: &RuleMessage) -> Option<Result<GroupRule, ()>> {
         .and(tagged.table.filter(|t| TARGET_TABLES.contains(t)))
         .filter(|_| tagged.source.is_none() && tagged.iif.is_none());
     Some(match (shape, tagged.group()) {
-        (Some(table), Some(selector)) => Ok(GroupRule { selector, table }),
+        // A rule at another class's priority (an earlier version put every
+        // class at the first) is rewritten.
+        (Some(table), Some(selector)) if tier_priority(&selector) == priority => {
+            Ok(GroupRule { selector, table })
+        }
         _ => Err(()),
     })
 }
@@ -320,15 +430,137 @@ mod tests {
     }
 
     #[test]
-    fn families_and_selectors_are_separate_groups_and_blocking_wins() {
+    fn families_and_selectors_are_separate_classes_and_the_narrowest_wins() {
         let mut mixed = entries("203.0.113.0/24,2001:db8::/32", via("172.20.0.2"));
         mixed.extend(entries("203.0.113.0/24,tcp:443", Action::Block));
         let desired = desired_state(&mixed);
         assert_eq!(desired.groups.len(), 3);
-        for routes in desired.groups.values() {
+        for (class, routes) in &desired.groups {
             let (dst, action) = routes.iter().next().unwrap();
-            if !dst.is_ipv6() {
-                assert_eq!(*action, RouteAction::Prohibit, "{dst}");
+            let want = match class.ports {
+                Some(_) => RouteAction::Prohibit,
+                None => RouteAction::Via("172.20.0.2".parse().unwrap()),
+            };
+            assert_eq!(*action, want, "{dst}{class}");
+        }
+    }
+
+    /// What the kernel does with `desired` for one packet: the class rules
+    /// in priority order, each a longest-prefix lookup in its table; a
+    /// throw or no route goes on to the next rule. `None`: `main`.
+    fn kernel(
+        desired: &Desired,
+        dst: std::net::IpAddr,
+        proto: u8,
+        port: u16,
+    ) -> Option<RouteAction> {
+        let mut classes: Vec<(&Selector, &BTreeMap<Cidr, RouteAction>)> =
+            desired.groups.iter().collect();
+        classes.sort_by_key(|(class, _)| tier_priority(class));
+        for (class, routes) in classes {
+            let takes = class.ipv6 == dst.is_ipv6()
+                && class.ip_proto.is_none_or(|p| p == proto)
+                && class.ports.is_none_or(|r| r.start <= port && port <= r.end);
+            if !takes {
+                continue;
+            }
+            let found = (routes.iter())
+                .filter(|(prefix, _)| prefix.contains(dst))
+                .max_by_key(|(prefix, _)| prefix.prefix_len());
+            match found {
+                Some((_, RouteAction::Throw)) | None => continue,
+                Some((_, action)) => return Some(*action),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_tables_decide_every_packet_as_the_planner_does() {
+        use crate::{model::Verb, plan::decide};
+        let prefixes = [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "203.0.113.0/24",
+        ];
+        let selectors = [
+            "",
+            ",tcp",
+            ",udp",
+            ",tcp:80",
+            ",tcp:80-90",
+            ",tcp:85-100",
+            ",udp:53",
+            ",icmp",
+        ];
+        let packets: Vec<(std::net::IpAddr, u8, u16)> = [
+            "10.1.2.3",
+            "10.1.9.9",
+            "10.2.0.1",
+            "203.0.113.5",
+            "198.51.100.1",
+        ]
+        .iter()
+        .flat_map(|ip| {
+            [
+                (6, 80),
+                (6, 85),
+                (6, 95),
+                (6, 443),
+                (17, 53),
+                (17, 54),
+                (1, 0),
+                (47, 0),
+            ]
+            .map(|(proto, port)| (ip.parse().unwrap(), proto, port))
+        })
+        .collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..500 {
+            let mut plan: Vec<Entry> = Vec::new();
+            for _ in 0..1 + next(6) {
+                let prefix = prefixes[next(prefixes.len())];
+                let (verb, action) = match next(3) {
+                    0 => (Verb::Via, via("172.20.0.2")),
+                    1 => (Verb::Direct, Action::Direct),
+                    _ => (Verb::Block, Action::Deny),
+                };
+                let selector = if verb == Verb::Direct {
+                    ""
+                } else {
+                    selectors[next(selectors.len())]
+                };
+                for rule in parse_rules(&format!("{prefix}{selector}")).unwrap() {
+                    plan.push(Entry {
+                        rule: rule.with_verb(verb),
+                        action,
+                    });
+                }
+            }
+            plan.sort();
+            plan.dedup();
+            crate::plan::prune_direct(&mut plan);
+            let desired = desired_state(&plan);
+            for &(dst, proto, port) in &packets {
+                let dport = (proto == 6 || proto == 17).then_some(port);
+                let want = match decide(&plan, dst, proto, dport) {
+                    Some(Action::Via(ip)) => Some(RouteAction::Via(ip)),
+                    Some(Action::Deny | Action::Block) => Some(RouteAction::Prohibit),
+                    Some(Action::Direct) | None => None,
+                };
+                assert_eq!(
+                    kernel(&desired, dst, proto, port),
+                    want,
+                    "round {round}: {dst} proto {proto} port {port} with {plan:?}"
+                );
             }
         }
     }

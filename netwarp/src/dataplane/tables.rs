@@ -48,6 +48,10 @@ pub const LEGACY_TARGET_TABLE: u32 = 0x4e57;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RouteAction {
     Via(IpAddr),
+    /// A throw route: the lookup ends here and goes on with the next rule,
+    /// as if the table had no route (a `direct` exclusion inside a prefix
+    /// the table steers or refuses).
+    Throw,
     /// A prohibit route: senders get EACCES at once, nothing leaves.
     Prohibit,
 }
@@ -140,6 +144,7 @@ pub(crate) fn route_message(
             }
         }
         RouteAction::Prohibit => builder.kind(RouteType::Prohibit),
+        RouteAction::Throw => builder.kind(RouteType::Throw),
     };
     builder.build()
 }
@@ -182,6 +187,7 @@ pub(crate) fn parse_owned_route(route: &RouteMessage) -> Option<(u32, Cidr, Rout
     let dst = Cidr::new(dst_addr, route.header.destination_prefix_length).ok()?;
     let action = match route.header.kind {
         RouteType::Prohibit => RouteAction::Prohibit,
+        RouteType::Throw => RouteAction::Throw,
         _ => RouteAction::Via(route.attributes.iter().find_map(|a| match a {
             RouteAttribute::Gateway(g) => addr(g),
             _ => None,

@@ -15,7 +15,9 @@ pub type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 pub use map::SmallMap;
 pub use rate::{Cap, Caps, Rate, RateError, default_burst, parse_rate, parse_size};
-pub use rule::{Cidr, PortRange, Protocol, Rule, RuleError, parse_rules};
+pub use rule::{
+    Cidr, Policy, PortRange, Protocol, Rule, RuleError, Verb, parse_policy, parse_rules,
+};
 
 /// Docker's health status for a container with a healthcheck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -33,9 +35,24 @@ pub enum Health {
 pub struct Endpoint {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    /// The prefix lengths of the network's subnets, as Docker reports them
+    /// with the addresses (`IPPrefixLen`, `GlobalIPv6PrefixLen`).
+    pub ipv4_prefix_len: Option<u8>,
+    pub ipv6_prefix_len: Option<u8>,
     pub mac: Option<String>,
     /// Docker's id of the network (it names the network's bridge).
     pub network_id: Option<String>,
+}
+
+impl Endpoint {
+    /// The subnets this endpoint's addresses are on.
+    pub fn subnets(&self) -> impl Iterator<Item = Cidr> + '_ {
+        let v4 = (self.ipv4.zip(self.ipv4_prefix_len))
+            .and_then(|(addr, len)| Cidr::containing(addr.into(), len));
+        let v6 = (self.ipv6.zip(self.ipv6_prefix_len))
+            .and_then(|(addr, len)| Cidr::containing(addr.into(), len));
+        v4.into_iter().chain(v6)
+    }
 }
 
 /// Whose network namespace a container runs in: Docker's

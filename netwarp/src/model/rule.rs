@@ -33,6 +33,24 @@ pub enum RuleError {
     NoDestination(String),
     #[error("empty item in `{0}`")]
     EmptyItem(String),
+    /// The clause; its first word is the unknown action.
+    #[error(
+        "unknown action `{word}` in `{0}` (expected via, direct or block before the \
+         destinations, e.g. `direct 10.0.0.0/8`)",
+        word = .0.split_whitespace().next().unwrap_or_default()
+    )]
+    Verb(String),
+    #[error("empty clause in `{0}`: remove the extra `;`")]
+    EmptyClause(String),
+    #[error("`global` stands alone in a clause (`global; direct 10.0.0.0/8`), not in `{0}`")]
+    GlobalWithItems(String),
+    #[error("`global` names the global rules: it has no meaning inside them")]
+    GlobalInGlobal,
+    #[error(
+        "`{0}`: a direct rule excludes whole destinations and takes no protocol or ports; \
+         write `direct <cidr>` (use block for one protocol or port)"
+    )]
+    DirectWithSelector(String),
 }
 
 impl Cidr {
@@ -72,6 +90,20 @@ impl Cidr {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         ip.is_ipv6() == self.addr.is_ipv6() && mask(ip, self.prefix_len) == self.addr
+    }
+
+    /// The prefix of length `prefix_len` that contains `addr` (an
+    /// interface's subnet); `None` when the length is too long.
+    pub fn containing(addr: IpAddr, prefix_len: u8) -> Option<Self> {
+        (prefix_len <= max_prefix(addr)).then(|| Self {
+            addr: mask(addr, prefix_len),
+            prefix_len,
+        })
+    }
+
+    /// Whether `other` lies within this prefix (or is it).
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix_len <= other.prefix_len && self.contains(other.addr)
     }
 
     /// The prefix of length `prefix_len` (at most this one's) that
@@ -221,13 +253,50 @@ impl fmt::Display for PortRange {
     }
 }
 
-/// One steering rule. `protocol: None` selects every protocol; `ports` is
-/// only set with tcp or udp.
+/// What a rule does with the traffic it selects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verb {
+    /// Through the warp (fail closed while it is unusable).
+    #[default]
+    Via,
+    /// Never steered: the container's own path (an exclusion).
+    Direct,
+    /// Refused, whatever the warp's state.
+    Block,
+}
+
+impl FromStr for Verb {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "via" => Ok(Self::Via),
+            "direct" => Ok(Self::Direct),
+            "block" => Ok(Self::Block),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Via => "via",
+            Self::Direct => "direct",
+            Self::Block => "block",
+        })
+    }
+}
+
+/// One rule: what it selects (destination CIDR, optional protocol and
+/// port range) and what it does with it. `protocol: None` selects every
+/// protocol; `ports` is only set with tcp or udp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Rule {
     pub destination: Cidr,
     pub protocol: Option<Protocol>,
     pub ports: Option<PortRange>,
+    pub verb: Verb,
 }
 
 impl Rule {
@@ -243,13 +312,45 @@ impl Rule {
                 destination,
                 protocol,
                 ports,
+                verb: Verb::Via,
             }),
+        }
+    }
+
+    /// The same selection with another verb.
+    pub fn with_verb(self, verb: Verb) -> Self {
+        Self { verb, ..self }
+    }
+
+    /// Whether this rule's protocol and ports take a packet of `ip_proto`
+    /// (its IP protocol number) to `dport` (`None`: no port was read).
+    pub fn selects(&self, ip_proto: u8, dport: Option<u16>) -> bool {
+        let Some(protocol) = self.protocol else {
+            return true;
+        };
+        protocol.ip_proto(self.destination.is_ipv6()) == ip_proto
+            && self
+                .ports
+                .is_none_or(|p| dport.is_some_and(|d| p.start <= d && d <= p.end))
+    }
+
+    /// How narrow the selector is, for ties between rules of one prefix:
+    /// lower is narrower (a port range by its width, then a protocol, then
+    /// every protocol).
+    pub fn selector_rank(&self) -> u32 {
+        match (self.protocol, self.ports) {
+            (_, Some(p)) => u32::from(p.end - p.start),
+            (Some(_), None) => 1 << 16,
+            (None, _) => 1 << 17,
         }
     }
 }
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.verb != Verb::Via {
+            write!(f, "{} ", self.verb)?;
+        }
         write!(f, "{}", self.destination)?;
         if let Some(protocol) = self.protocol {
             write!(f, " {protocol}")?;
@@ -327,6 +428,68 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RuleError> {
     rules.sort();
     rules.dedup();
     Ok(rules)
+}
+
+/// A rules label or setting: its rules, and whether it includes the
+/// global rules (the clause `global`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Sorted, without duplicates.
+    pub rules: Vec<Rule>,
+    pub with_global: bool,
+}
+
+/// Parses a policy: clauses separated by `;`, each an optional verb (`via`,
+/// `direct`, `block`; `via` when left out) and then a list in the
+/// [`parse_rules`] syntax, or the single word `global` (the global rules
+/// are included; without it, a label replaces them). For example:
+/// `global; direct 10.0.0.0/8; block 0.0.0.0/0,tcp:25`.
+pub fn parse_policy(text: &str) -> Result<Policy, RuleError> {
+    let mut policy = Policy::default();
+    let clauses: Vec<&str> = text.split(';').map(str::trim).collect();
+    for (index, clause) in clauses.iter().enumerate() {
+        if clause.is_empty() {
+            // One trailing `;` is harmless; anything else is a typo.
+            if index > 0 && index + 1 == clauses.len() {
+                continue;
+            }
+            if clauses.len() == 1 {
+                return Err(RuleError::EmptyItem(text.to_owned()));
+            }
+            return Err(RuleError::EmptyClause(text.to_owned()));
+        }
+        if clause.parse::<Verb>().is_ok() {
+            return Err(RuleError::NoDestination((*clause).to_owned()));
+        }
+        if clause.eq_ignore_ascii_case("global") {
+            policy.with_global = true;
+            continue;
+        }
+        let (verb, list) = match clause.split_once(char::is_whitespace) {
+            Some((word, rest)) if !word.contains([',', '/', ':', '.']) => {
+                let verb =
+                    (word.parse::<Verb>()).map_err(|()| RuleError::Verb((*clause).to_owned()))?;
+                (verb, rest.trim())
+            }
+            _ => (Verb::Via, *clause),
+        };
+        if list
+            .split(',')
+            .any(|item| item.trim().eq_ignore_ascii_case("global"))
+        {
+            return Err(RuleError::GlobalWithItems((*clause).to_owned()));
+        }
+        let rules = parse_rules(list)?;
+        if verb == Verb::Direct && rules.iter().any(|rule| rule.protocol.is_some()) {
+            return Err(RuleError::DirectWithSelector((*clause).to_owned()));
+        }
+        policy
+            .rules
+            .extend(rules.into_iter().map(|rule| rule.with_verb(verb)));
+    }
+    policy.rules.sort();
+    policy.rules.dedup();
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -451,6 +614,121 @@ mod tests {
                 "input `{input}`"
             );
         }
+    }
+
+    fn shown(policy: &Policy) -> Vec<String> {
+        policy.rules.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_plain_list_is_a_policy_of_via_rules() {
+        let policy = parse_policy("203.0.113.0/24,tcp:443").unwrap();
+        assert_eq!(shown(&policy), ["203.0.113.0/24 tcp:443"]);
+        assert!(!policy.with_global);
+        assert_eq!(policy.rules[0].verb, Verb::Via);
+    }
+
+    #[test]
+    fn clauses_carry_their_own_verbs_protocols_and_ports() {
+        let policy = parse_policy(
+            "203.0.113.0/24; via 0.0.0.0/0,::/0,udp:53,tcp:53; direct 203.0.113.128/25; \
+             BLOCK 203.0.113.7,tcp:25;",
+        )
+        .unwrap();
+        let mut got = shown(&policy);
+        got.sort();
+        let mut want = [
+            "block 203.0.113.7/32 tcp:25",
+            "0.0.0.0/0 tcp:53",
+            "0.0.0.0/0 udp:53",
+            "::/0 tcp:53",
+            "::/0 udp:53",
+            "203.0.113.0/24",
+            "direct 203.0.113.128/25",
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        let verbs: Vec<Verb> = policy.rules.iter().map(|r| r.verb).collect();
+        assert_eq!(verbs.iter().filter(|v| **v == Verb::Direct).count(), 1);
+        assert_eq!(verbs.iter().filter(|v| **v == Verb::Block).count(), 1);
+    }
+
+    #[test]
+    fn global_includes_the_global_rules() {
+        let policy = parse_policy("global; direct 10.0.0.0/8").unwrap();
+        assert!(policy.with_global);
+        assert_eq!(shown(&policy), ["direct 10.0.0.0/8"]);
+        assert!(parse_policy("global").unwrap().rules.is_empty());
+    }
+
+    #[test]
+    fn malformed_policies_are_refused_with_reasons() {
+        let cases = [
+            (
+                "steer 10.0.0.0/8",
+                "unknown action `steer` in `steer 10.0.0.0/8` (expected via, direct or block \
+                 before the destinations, e.g. `direct 10.0.0.0/8`)",
+            ),
+            (
+                "10.0.0.0/8;;tcp",
+                "empty clause in `10.0.0.0/8;;tcp`: remove the extra `;`",
+            ),
+            (
+                ";10.0.0.0/8",
+                "empty clause in `;10.0.0.0/8`: remove the extra `;`",
+            ),
+            (
+                "direct",
+                "no destination CIDR in `direct`; list at least one, e.g. 203.0.113.0/24,tcp:443",
+            ),
+            (
+                "global,10.0.0.0/8",
+                "`global` stands alone in a clause (`global; direct 10.0.0.0/8`), not in \
+                 `global,10.0.0.0/8`",
+            ),
+            (
+                "direct 10.0.0.0/8,tcp:0",
+                "port 0 is not a valid destination port in `0`",
+            ),
+            (
+                "direct 10.0.0.0/8,tcp:22",
+                "`direct 10.0.0.0/8,tcp:22`: a direct rule excludes whole destinations and takes \
+                 no protocol or ports; write `direct <cidr>` (use block for one protocol or port)",
+            ),
+            (
+                "block tcp:25",
+                "no destination CIDR in `tcp:25`; list at least one, e.g. 203.0.113.0/24,tcp:443",
+            ),
+        ];
+        for (input, message) in cases {
+            assert_eq!(
+                parse_policy(input).unwrap_err().to_string(),
+                message,
+                "input `{input}`"
+            );
+        }
+    }
+
+    #[test]
+    fn selects_by_protocol_and_port() {
+        let rules = parse_rules("203.0.113.0/24,tcp:400-500,icmp").unwrap();
+        let tcp = rules
+            .iter()
+            .find(|r| r.protocol == Some(Protocol::Tcp))
+            .unwrap();
+        assert!(tcp.selects(6, Some(443)));
+        assert!(!tcp.selects(6, Some(80)));
+        assert!(!tcp.selects(6, None));
+        assert!(!tcp.selects(17, Some(443)));
+        let icmp = rules
+            .iter()
+            .find(|r| r.protocol == Some(Protocol::Icmp))
+            .unwrap();
+        assert!(icmp.selects(1, None));
+        let any = parse_rules("203.0.113.0/24").unwrap()[0];
+        assert!(any.selects(47, None));
+        assert!(tcp.selector_rank() < icmp.selector_rank());
+        assert!(icmp.selector_rank() < any.selector_rank());
     }
 
     #[test]

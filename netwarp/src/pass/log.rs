@@ -56,6 +56,10 @@ impl ChangeLog {
                 container = %target.name, %id, warp = %target.warp, %reason,
                 "target bypassed (on_warp_down = bypass)"
             ),
+            TargetState::Filtered => debug!(
+                container = %target.name, %id, rules = target.entries.len(),
+                "container filtered by its allow and deny lists"
+            ),
             TargetState::Refused(reason) => warn!(
                 container = %target.name, %id, warp = %target.warp, %reason,
                 "target refused: netwarp does not touch its namespace"

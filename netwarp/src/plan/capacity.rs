@@ -96,6 +96,7 @@ pub fn block_everything(mut plan: TargetPlan, reason: BlockReason) -> TargetPlan
             destination: Cidr::new(addr, 0).expect("a /0 prefix is valid"),
             protocol: None,
             ports: None,
+            verb: crate::model::Verb::Via,
         },
         action: Action::Block,
     };

@@ -162,6 +162,7 @@ mod tests {
             ipv6: None,
             mac: Some(mac.into()),
             network_id: None,
+            ..Endpoint::default()
         };
         Container {
             id: format!("id-{name}"),

@@ -28,7 +28,7 @@ use std::{
 use super::{
     Action, BlockReason, Entry, Index, PlanSettings, TargetPlan, TargetState, is_warp_by_name,
 };
-use crate::model::{Container, Endpoint, NetworkMode, World};
+use crate::model::{Cidr, Container, Endpoint, NetworkMode, Rule, Verb, World};
 
 /// The guard of one Docker network.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -37,7 +37,10 @@ pub struct GuardPlan {
     /// Docker's network id, when the snapshot has it (it names the bridge).
     pub network_id: Option<String>,
     /// Every prefix (with its selectors) that some target on the network
-    /// steers or blocks, all as [`Action::Block`]; sorted, no duplicates.
+    /// steers or blocks, as [`Action::Block`], and the `direct` prefixes
+    /// that every target on it leaves alone, as [`Action::Direct`] (they
+    /// pass, apart from longer prefixes inside them); sorted, no
+    /// duplicates.
     pub entries: Vec<Entry>,
     /// Addresses of the running containers on the network that are not
     /// targets: their routed traffic passes.
@@ -47,7 +50,9 @@ pub struct GuardPlan {
     /// A target's address and one of its prefixes (as [`Action::Block`]),
     /// for each target whose warp is on this network, where `entries` does
     /// not already block that prefix: routed from that source, it is a
-    /// forward the warp did not transform. Same family only; sorted.
+    /// forward the warp did not transform. Also its `direct` prefixes that
+    /// it leaves alone (as [`Action::Direct`]): its own traffic there is
+    /// routed from that source too. Same family only; sorted.
     pub forwarded: BTreeSet<(IpAddr, Entry)>,
 }
 
@@ -94,20 +99,46 @@ pub(super) fn plan_guards_except<'a, T>(
     // cost a scan of the guard per prefix).
     let mut blocked_by: ByNetwork<'a, BTreeSet<Entry>> = ByNetwork::default();
     let mut forwarded = Vec::new();
+    let mut on_network: BTreeMap<&str, Vec<&TargetPlan>> = BTreeMap::new();
     for (container, target) in contributions(planned) {
-        if excluded.contains_key(&container.id) {
+        // A filtered container (lists, no warp) is held in its own
+        // namespace: the guard, which cannot tell containers apart, would
+        // hold its neighbours to its lists too.
+        if excluded.contains_key(&container.id)
+            || !container.labels.contains_key(&settings.target_label)
+        {
             continue;
         }
         for (network, endpoint) in &container.networks {
             guard_of(&mut guards, network, endpoint);
-            (blocked_by.entry(network.as_str()).or_default()).extend(target.entries.iter().map(
-                |entry| Entry {
-                    rule: entry.rule,
-                    action: Action::Block,
-                },
-            ));
+            (blocked_by.entry(network.as_str()).or_default()).extend(
+                (target.entries.iter())
+                    .filter(|entry| entry.action != Action::Direct)
+                    .map(|entry| Entry {
+                        rule: entry.rule,
+                        action: Action::Block,
+                    }),
+            );
+            on_network.entry(network.as_str()).or_default().push(target);
         }
         forwarded.push(target);
+    }
+    // A target's `direct` prefixes pass the guard only where every target
+    // on the network leaves them alone: the guard cannot tell targets
+    // apart, and it must stay closed for what any of them steers.
+    for (network, targets) in on_network {
+        let candidates: BTreeSet<Cidr> =
+            (targets.iter()).flat_map(|t| direct_prefixes(t)).collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let policies: Vec<PolicyIndex> = targets.iter().map(|t| PolicyIndex::new(t)).collect();
+        let blocked = blocked_by.entry(network).or_default();
+        blocked.extend(
+            (candidates.into_iter())
+                .filter(|x| policies.iter().all(|p| p.leaves_alone(x)))
+                .map(direct_entry),
+        );
     }
     // Thousands of targets share a few warps: each is looked up once.
     let mut warps: HashMap<&str, Option<&'a Container>, foldhash::fast::RandomState> =
@@ -124,10 +155,23 @@ pub(super) fn plan_guards_except<'a, T>(
         let Some(warp) = warp else {
             continue;
         };
+        let own = PolicyIndex::new(target);
+        let carved: Vec<Entry> = (direct_prefixes(target))
+            .filter(|x| own.leaves_alone(x))
+            .map(direct_entry)
+            .collect();
         for (network, endpoint) in &warp.networks {
             let already = blocked_by.get(network.as_str());
             let guard = guard_of(&mut guards, network, endpoint);
-            for entry in &target.entries {
+            for entry in &carved {
+                let family = entry.rule.destination.is_ipv6();
+                guard.forwarded.extend(
+                    (target.addresses.iter())
+                        .filter(|a| a.is_ipv6() == family)
+                        .map(|a| (*a, *entry)),
+                );
+            }
+            for entry in target.entries.iter().filter(|e| e.action != Action::Direct) {
                 let blocked = Entry {
                     rule: entry.rule,
                     action: Action::Block,
@@ -178,6 +222,73 @@ pub(super) fn plan_guards_except<'a, T>(
 /// Per network name, with a fast hash: every target looks up each of its
 /// networks.
 type ByNetwork<'a, V> = HashMap<&'a str, V, foldhash::fast::RandomState>;
+
+fn direct_prefixes(target: &TargetPlan) -> impl Iterator<Item = Cidr> + '_ {
+    (target.entries.iter())
+        .filter(|e| e.action == Action::Direct)
+        .map(|e| e.rule.destination)
+}
+
+fn direct_entry(destination: Cidr) -> Entry {
+    Entry {
+        rule: Rule {
+            destination,
+            protocol: None,
+            ports: None,
+            verb: Verb::Direct,
+        },
+        action: Action::Direct,
+    }
+}
+
+/// One target's entries by prefix, to ask what it does within a prefix.
+struct PolicyIndex<'p> {
+    by_prefix: HashMap<Cidr, Vec<&'p Entry>>,
+    lengths: [BTreeSet<u8>; 2],
+}
+
+impl<'p> PolicyIndex<'p> {
+    fn new(target: &'p TargetPlan) -> Self {
+        let mut index = Self {
+            by_prefix: HashMap::new(),
+            lengths: Default::default(),
+        };
+        for entry in &target.entries {
+            let d = entry.rule.destination;
+            index.by_prefix.entry(d).or_default().push(entry);
+            index.lengths[usize::from(d.is_ipv6())].insert(d.prefix_len());
+        }
+        index
+    }
+
+    /// Whether the target leaves every packet to `x` alone, apart from
+    /// prefixes inside `x` (which the guard holds as entries of their
+    /// own): each entry covering `x` that steers or drops is shadowed by
+    /// a longer `direct` entry that covers `x` too. Entries are normalized
+    /// ([`super::prune_direct`]), so a tie on one prefix is never a
+    /// `direct` and a `via` of every protocol.
+    fn leaves_alone(&self, x: &Cidr) -> bool {
+        let mut longest_direct: Option<u8> = None;
+        let mut longest_taken: Option<u8> = None;
+        for &len in self.lengths[usize::from(x.is_ipv6())].iter() {
+            if len > x.prefix_len() {
+                break;
+            }
+            for entry in self.by_prefix.get(&x.truncated(len)).into_iter().flatten() {
+                if entry.action == Action::Direct {
+                    longest_direct = Some(len);
+                } else {
+                    longest_taken = Some(len);
+                }
+            }
+        }
+        match (longest_taken, longest_direct) {
+            (None, _) => true,
+            (Some(taken), Some(direct)) => direct > taken,
+            (Some(_), None) => false,
+        }
+    }
+}
 
 /// The guard of `network` (created on first use), with its network id
 /// from the first endpoint that has one.
@@ -256,6 +367,82 @@ mod tests {
                 warp_macs: ["mac-warp-a".to_string()].into(),
                 forwarded: BTreeSet::new(),
             }]
+        );
+    }
+
+    fn shown(entries: &[Entry]) -> Vec<String> {
+        (entries.iter())
+            .map(|e| format!("{} {}", e.rule, e.action))
+            .collect()
+    }
+
+    #[test]
+    fn a_direct_prefix_passes_the_guard_only_where_every_target_leaves_it_alone() {
+        let mut world = world();
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "0.0.0.0/0; direct 198.51.100.0/24"),
+        ];
+        world.containers[1] = container("app", &labels, true, "172.20.0.3");
+        let settings = settings("203.0.113.0/24");
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            ["0.0.0.0/0 block", "direct 198.51.100.0/24 direct"]
+        );
+        // Its own forwards through the warp's network: the same carve-out.
+        let forwarded: Vec<String> = (guards[0].forwarded.iter())
+            .map(|(source, e)| format!("{source} {} {}", e.rule, e.action))
+            .collect();
+        assert_eq!(
+            forwarded,
+            ["172.20.0.3 direct 198.51.100.0/24 direct"],
+            "0.0.0.0/0 is blocked for every source already"
+        );
+
+        // A neighbour steers all of it: no carve-out (the guard cannot
+        // tell the two apart).
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "198.51.0.0/16"),
+        ];
+        world
+            .containers
+            .push(container("other", &labels, true, "172.20.0.5"));
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            ["0.0.0.0/0 block", "198.51.0.0/16 block"]
+        );
+        // Part of it: carved, and that part blocked by its longer prefix.
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "198.51.100.0/25"),
+        ];
+        *world.containers.last_mut().unwrap() = container("other", &labels, true, "172.20.0.5");
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            [
+                "0.0.0.0/0 block",
+                "direct 198.51.100.0/24 direct",
+                "198.51.100.0/25 block"
+            ]
+        );
+        // A neighbour steering elsewhere leaves it alone: carved again.
+        let labels = [
+            ("netwarp.target", "warp-a"),
+            ("netwarp.rules", "203.0.113.0/24"),
+        ];
+        *world.containers.last_mut().unwrap() = container("other", &labels, true, "172.20.0.5");
+        let guards = plan_guards(&world, &settings);
+        assert_eq!(
+            shown(&guards[0].entries),
+            [
+                "0.0.0.0/0 block",
+                "direct 198.51.100.0/24 direct",
+                "203.0.113.0/24 block"
+            ]
         );
     }
 

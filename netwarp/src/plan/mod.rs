@@ -10,14 +10,20 @@ use std::{
 
 mod capacity;
 mod caps;
+mod decide;
+mod dns;
 mod guard;
+mod lists;
 mod probe;
 mod reasons;
 mod warp;
 
 pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
+pub use decide::{decide, prune_direct};
+pub use dns::{DnsPolicy, dns_rules};
 pub use guard::{GuardPlan, plan_guards};
+pub use lists::{allow_only, parse_allow, parse_deny};
 pub use probe::{ProbeCheck, WarpProbes, probe_check, probe_spec};
 pub use reasons::{BlockReason, RefuseReason};
 pub use warp::{WarpPlan, WarpState};
@@ -25,7 +31,8 @@ pub use warp::{WarpPlan, WarpState};
 use crate::{
     glob,
     model::{
-        Container, Health, IdMap, IdSet, NetworkMode, Rule, World, parse_rules, short_reference,
+        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World, parse_policy,
+        short_reference,
     },
 };
 
@@ -56,6 +63,16 @@ pub struct PlanSettings {
     pub rule_capacity: Option<RuleCapacity>,
     /// The label naming a warp's probe.
     pub probe_label: String,
+    /// Exclude each target's own Docker networks from its `via` rules.
+    pub exclude_own_networks: bool,
+    /// Where targets' DNS queries may go, unless their label says.
+    pub dns: DnsPolicy,
+    /// The label with a target's own DNS policy.
+    pub dns_label: String,
+    /// The labels with a container's egress allow and deny lists (any
+    /// container: with them alone it is filtered, without a warp).
+    pub allow_label: String,
+    pub deny_label: String,
 }
 
 impl PlanSettings {
@@ -71,18 +88,46 @@ impl PlanSettings {
             self.caps.ingress_label.clone(),
             self.caps.burst_label.clone(),
             self.probe_label.clone(),
+            self.dns_label.clone(),
+            self.allow_label.clone(),
+            self.deny_label.clone(),
             SWARM_SERVICE_LABEL.to_owned(),
         ]
     }
 }
 
-/// The action for one rule's traffic.
+/// The action for one rule's traffic. Where two entries of one prefix
+/// and selector disagree, the greater wins (see [`decide`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     /// Route via the warp container's address (same family as the rule).
     Via(IpAddr),
+    /// Leave it alone: the container's own path (a `direct` rule, or an
+    /// exclusion of the container's own networks).
+    Direct,
+    /// Drop, because a `block` rule says so.
+    Deny,
     /// Drop, because the warp is unusable or has no address of this family.
     Block,
+}
+
+impl std::fmt::Display for Action {
+    /// As status and the dry-run record show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Via(ip) => write!(f, "via {ip}"),
+            Self::Direct => f.write_str("direct"),
+            Self::Deny => f.write_str("deny"),
+            Self::Block => f.write_str("block"),
+        }
+    }
+}
+
+impl Action {
+    /// Whether the packet is dropped.
+    pub fn drops(self) -> bool {
+        matches!(self, Self::Deny | Self::Block)
+    }
 }
 
 /// One desired entry: a rule and what happens to its traffic.
@@ -118,11 +163,14 @@ pub enum TargetState {
     /// netwarp does not touch the target's namespace at all: its traffic
     /// is neither steered nor blocked.
     Refused(RefuseReason),
+    /// A container with an allow or deny list and no warp: its lists are
+    /// enforced, nothing is steered.
+    Filtered,
 }
 
 impl TargetState {
     /// Every state's name, in the order metrics list them.
-    pub const NAMES: [&'static str; 4] = ["steered", "blocked", "bypassed", "refused"];
+    pub const NAMES: [&'static str; 5] = ["steered", "blocked", "bypassed", "refused", "filtered"];
 
     /// The state's name in status, metrics and the dry-run record.
     pub fn name(&self) -> &'static str {
@@ -131,6 +179,7 @@ impl TargetState {
             Self::Blocked(_) => "blocked",
             Self::Bypassed(_) => "bypassed",
             Self::Refused(_) => "refused",
+            Self::Filtered => "filtered",
         }
     }
 }
@@ -164,6 +213,9 @@ pub struct TargetPlan {
     /// eBPF dataplane tells the warp's veths, so that the warp's untunnelled
     /// forwards of its traffic are dropped and its replies delivered.
     pub addresses: Vec<IpAddr>,
+    /// The target's own networks' subnets that its `via` rules leave
+    /// alone (`exclude_own_networks`), sorted: shown in status.
+    pub excluded: Vec<Cidr>,
     /// Set when the target runs in the namespace of this other target
     /// (`--network container:X`) with the same warp and rules: the state
     /// and entries are X's, and only X's plan is programmed (`pid` is
@@ -180,6 +232,7 @@ impl TargetPlan {
             TargetState::Blocked(_) => "blocks",
             TargetState::Bypassed(_) => "bypasses",
             TargetState::Refused(_) => return None,
+            TargetState::Filtered => "filters",
         };
         Some(format!(
             "shares the namespace of {other}, which netwarp {how}"
@@ -379,9 +432,9 @@ struct Reuse<'c> {
     changes: &'c Changes,
 }
 
-/// Every container with the target label (running or not) and its plan,
-/// in the snapshot's order; with `reuse`, the last plan's where it holds,
-/// or where the new one equals it.
+/// Every container with the target label (running or not), or with an
+/// allow or deny list, and its plan, in the snapshot's order; with
+/// `reuse`, the last plan's where it holds, or where the new one equals it.
 fn plan_all<'a>(
     index: &Index<'a>,
     settings: &PlanSettings,
@@ -389,12 +442,26 @@ fn plan_all<'a>(
 ) -> Vec<(&'a Container, Arc<TargetPlan>)> {
     (index.world.containers.iter())
         .filter_map(|c| {
-            let warp = c.labels.get(&settings.target_label)?.trim();
+            let warp = match c.labels.get(&settings.target_label) {
+                Some(warp) => Some(warp.trim()),
+                None if c.labels.contains_key(&settings.allow_label)
+                    || c.labels.contains_key(&settings.deny_label) =>
+                {
+                    None
+                }
+                None => return None,
+            };
             let last = reuse.and_then(|r| Some((r.plans.get(&c.id)?, r.changes)));
             let target = match last {
-                Some((last, changes)) if changes.keeps_plan(c, warp) => Arc::clone(last),
+                // A filtered container's plan depends on it alone.
+                Some((last, changes)) if changes.keeps_plan(c, warp.unwrap_or_default()) => {
+                    Arc::clone(last)
+                }
                 _ => {
-                    let fresh = plan_target(index, settings, c, warp);
+                    let fresh = match warp {
+                        Some(warp) => plan_target(index, settings, c, warp),
+                        None => lists::plan_filtered(settings, c),
+                    };
                     match last {
                         Some((last, _)) if **last == fresh => Arc::clone(last),
                         _ => Arc::new(fresh),
@@ -495,6 +562,7 @@ fn plan_target(
         warp_mac: None,
         warp_macs: Vec::new(),
         addresses: addresses(target),
+        excluded: Vec::new(),
         shares_namespace_of: None,
     };
     // Only a namespace that is the target's own is ever programmed.
@@ -517,6 +585,7 @@ fn plan_target(
                     shares_namespace_of: Some(owner.name),
                     state: owner.state,
                     entries: owner.entries,
+                    excluded: owner.excluded,
                     ..plan
                 },
                 Err(reason) => refuse(plan, reason),
@@ -531,14 +600,23 @@ fn plan_target(
     };
     let count = capacity::distinct_destinations(&rules);
     if count > settings.max_prefixes_per_target {
-        // Only the target's MAC is needed: its veth gets the block.
-        plan.mac_on_network = match choose_warp(index, settings, target, &group) {
-            Ok((_, resolved)) => resolved.target_mac,
-            Err((_, mac)) => mac,
-        };
         let limit = settings.max_prefixes_per_target;
-        return capacity::block_everything(plan, BlockReason::TooManyPrefixes { count, limit });
+        let reason = BlockReason::TooManyPrefixes { count, limit };
+        return block_all(index, settings, target, &group, plan, reason);
     }
+    let (mut rules, excluded) = with_exclusions(settings, target, rules);
+    plan.excluded = excluded;
+    match dns_policy(settings, target) {
+        Ok(policy) => {
+            let extra = dns_rules(policy, &rules);
+            rules.extend(extra);
+        }
+        Err(reason) => return blocked(plan, settings, &rules, reason),
+    }
+    let rules = match lists::apply(settings, target, rules) {
+        Ok(rules) => rules,
+        Err(reason) => return block_all(index, settings, target, &group, plan, reason),
+    };
     match choose_warp(index, settings, target, &group) {
         Ok((chosen, resolved)) => {
             plan.warp = chosen.to_owned();
@@ -546,20 +624,14 @@ fn plan_target(
             plan.warp_pid = resolved.warp_pid;
             plan.warp_mac = resolved.warp_mac;
             plan.warp_macs = resolved.warp_macs;
-            plan.entries = rules
-                .iter()
-                .map(|rule| Entry {
-                    rule: *rule,
-                    action: match (rule.destination.is_ipv6(), resolved.via_v4, resolved.via_v6) {
-                        (false, Some(v4), _) => Action::Via(IpAddr::V4(v4)),
-                        (true, _, Some(v6)) => Action::Via(IpAddr::V6(v6)),
-                        // No address of this family on the warp: fail closed.
-                        _ => Action::Block,
-                    },
-                })
-                .collect();
-            plan.entries.sort();
-            plan.entries.dedup();
+            plan.entries = entries(&rules, |rule| {
+                match (rule.destination.is_ipv6(), resolved.via_v4, resolved.via_v6) {
+                    (false, Some(v4), _) => Some(Action::Via(IpAddr::V4(v4))),
+                    (true, _, Some(v6)) => Some(Action::Via(IpAddr::V6(v6))),
+                    // No address of this family on the warp: fail closed.
+                    _ => Some(Action::Block),
+                }
+            });
             plan.state = TargetState::Steered {
                 network: resolved.network,
                 via_v4: resolved.via_v4,
@@ -574,8 +646,89 @@ fn plan_target(
     }
 }
 
+/// `plan` with all its traffic blocked for `reason`. Only the target's MAC
+/// is needed: its veth gets the block.
+fn block_all(
+    index: &Index<'_>,
+    settings: &PlanSettings,
+    target: &Container,
+    group: &[&str],
+    mut plan: TargetPlan,
+    reason: BlockReason,
+) -> TargetPlan {
+    plan.mac_on_network = match choose_warp(index, settings, target, group) {
+        Ok((_, resolved)) => resolved.target_mac,
+        Err((_, mac)) => mac,
+    };
+    capacity::block_everything(plan, reason)
+}
+
+/// The entries of `rules`: `via` rules take what `via` gives (`None`:
+/// left out), `direct` and `block` rules are the same whatever the warp's
+/// state. Sorted, without duplicates, and without `direct` entries that
+/// nothing they would carve from covers.
+pub(super) fn entries(rules: &[Rule], via: impl Fn(&Rule) -> Option<Action>) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = (rules.iter())
+        .filter_map(|rule| {
+            let action = match rule.verb {
+                Verb::Via => via(rule)?,
+                Verb::Direct => Action::Direct,
+                Verb::Block => Action::Deny,
+            };
+            Some(Entry {
+                rule: *rule,
+                action,
+            })
+        })
+        .collect();
+    entries.sort();
+    entries.dedup();
+    prune_direct(&mut entries);
+    entries
+}
+
+/// A target's DNS policy: its label's, else the global one.
+fn dns_policy(settings: &PlanSettings, target: &Container) -> Result<DnsPolicy, BlockReason> {
+    match target.labels.get(&settings.dns_label) {
+        None => Ok(settings.dns),
+        Some(value) => value.parse().map_err(|error| BlockReason::InvalidLabel {
+            label: settings.dns_label.clone(),
+            value: value.clone(),
+            error,
+        }),
+    }
+}
+
+/// `rules` with a `direct` rule for each subnet of the target's own
+/// networks that one of its `via` rules covers (so its neighbours, and the
+/// warp, are reached directly), and those subnets, sorted.
+fn with_exclusions(
+    settings: &PlanSettings,
+    target: &Container,
+    mut rules: Vec<Rule>,
+) -> (Vec<Rule>, Vec<Cidr>) {
+    if !settings.exclude_own_networks {
+        return (rules, Vec::new());
+    }
+    let mut excluded: Vec<Cidr> = (target.networks.values())
+        .flat_map(|endpoint| endpoint.subnets())
+        .filter(|subnet| {
+            (rules.iter()).any(|rule| rule.verb == Verb::Via && rule.destination.covers(subnet))
+        })
+        .collect();
+    excluded.sort();
+    excluded.dedup();
+    rules.extend(excluded.iter().map(|subnet| Rule {
+        destination: *subnet,
+        protocol: None,
+        ports: None,
+        verb: Verb::Direct,
+    }));
+    (rules, excluded)
+}
+
 /// Every address of `container`, on all its networks, sorted.
-fn addresses(container: &Container) -> Vec<IpAddr> {
+pub(super) fn addresses(container: &Container) -> Vec<IpAddr> {
     let mut all: Vec<IpAddr> = container
         .networks
         .values()
@@ -587,16 +740,24 @@ fn addresses(container: &Container) -> Vec<IpAddr> {
     all
 }
 
-/// A target's rules: its rules label, else the global rules.
+/// A target's rules: its rules label (with the global rules when it says
+/// `global`), else the global rules.
 fn target_rules(settings: &PlanSettings, target: &Container) -> Result<Vec<Rule>, BlockReason> {
-    match target.labels.get(&settings.rules_label) {
-        Some(value) => parse_rules(value).map_err(|error| BlockReason::InvalidRules {
-            label: settings.rules_label.clone(),
-            value: value.clone(),
-            error,
-        }),
-        None => Ok(settings.global_rules.clone()),
+    let Some(value) = target.labels.get(&settings.rules_label) else {
+        return Ok(settings.global_rules.clone());
+    };
+    let policy = parse_policy(value).map_err(|error| BlockReason::InvalidRules {
+        label: settings.rules_label.clone(),
+        value: value.clone(),
+        error,
+    })?;
+    let mut rules = policy.rules;
+    if policy.with_global {
+        rules.extend_from_slice(&settings.global_rules);
+        rules.sort();
+        rules.dedup();
     }
+    Ok(rules)
 }
 
 /// `target` runs in the namespace `reference` names. That is served only
@@ -664,11 +825,13 @@ fn blocked(
 ) -> TargetPlan {
     match settings.on_warp_down {
         OnWarpDown::Block => {
-            plan.entries = Entry::all(rules, Action::Block);
+            plan.entries = entries(rules, |_| Some(Action::Block));
             plan.state = TargetState::Blocked(reason);
         }
         OnWarpDown::Bypass => {
-            plan.entries.clear();
+            // Only what goes through the warp takes the normal path; block
+            // rules hold whatever the warp's state.
+            plan.entries = entries(rules, |_| None);
             plan.state = TargetState::Bypassed(reason);
         }
     }

@@ -78,6 +78,12 @@ pub enum BlockReason {
         value: String,
         error: RuleError,
     },
+    /// Another label netwarp reads from a target cannot be read.
+    InvalidLabel {
+        label: String,
+        value: String,
+        error: String,
+    },
     /// The rules list more destination prefixes than
     /// `limits.max_prefixes_per_target`: everything is blocked.
     TooManyPrefixes {
@@ -107,7 +113,9 @@ impl BlockReason {
         match self {
             Self::TooManyPrefixes { .. } => "too_many_prefixes",
             Self::Capacity { .. } => "capacity",
-            Self::InvalidRules { .. } | Self::EmptyWarpName { .. } => "configuration",
+            Self::InvalidRules { .. } | Self::InvalidLabel { .. } | Self::EmptyWarpName { .. } => {
+                "configuration"
+            }
             _ => "warp",
         }
     }
@@ -200,6 +208,15 @@ impl fmt::Display for BlockReason {
                 value,
                 error,
             } => write!(f, "label {label}=`{value}` is invalid: {error}"),
+            Self::InvalidLabel {
+                label,
+                value,
+                error,
+            } => write!(
+                f,
+                "label {label}=`{value}` is invalid: {error}; its traffic is held closed \
+                 until the label is fixed"
+            ),
             Self::TooManyPrefixes { count, limit } => write!(
                 f,
                 "its rules list {count} destination prefixes, more than the limit of {limit} \

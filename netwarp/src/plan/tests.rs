@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Endpoint, SmallMap};
+use crate::model::{Endpoint, SmallMap, parse_rules};
 
 /// Settings with the default labels and `rules` as the global rules.
 pub(super) fn settings(rules: &str) -> PlanSettings {
@@ -13,6 +13,11 @@ pub(super) fn settings(rules: &str) -> PlanSettings {
         caps: CapSettings::default(),
         max_prefixes_per_target: 4096,
         probe_label: "netwarp.probe".into(),
+        exclude_own_networks: true,
+        dns: crate::plan::DnsPolicy::Follow,
+        dns_label: "netwarp.dns".into(),
+        allow_label: "netwarp.allow".into(),
+        deny_label: "netwarp.deny".into(),
         rule_capacity: None,
     }
 }
@@ -23,6 +28,9 @@ pub(super) fn endpoint(v4: &str, v6: Option<&str>) -> Endpoint {
         ipv6: v6.map(|v| v.parse().unwrap()),
         mac: Some(format!("02:42:{v4}")),
         network_id: None,
+        // No subnet: exclusions of own networks are tested on their own.
+        ipv4_prefix_len: None,
+        ipv6_prefix_len: None,
     }
 }
 
@@ -1036,4 +1044,134 @@ fn new_settings_or_observations_plan_every_target_again() {
     };
     let replanned = plan_cached(&world, &new, &probing, &Changes::none(), &mut cache);
     assert_eq!(replanned, plan_observed(&world, &new, &probing));
+}
+
+/// The target on two networks with subnets: the warp's `net`
+/// (172.20.0.0/16) and `side` (10.77.0.0/24).
+fn full_tunnel_target(rules: &str) -> Container {
+    let subnet = |mut e: Endpoint, len| {
+        e.ipv4_prefix_len = Some(len);
+        e
+    };
+    container(
+        "app",
+        &[("netwarp.target", "warp-vpn"), ("netwarp.rules", rules)],
+        &[
+            ("net", subnet(endpoint("172.20.0.3", None), 16)),
+            ("side", subnet(endpoint("10.77.0.5", None), 24)),
+        ],
+    )
+}
+
+fn shown_entries(t: &TargetPlan) -> Vec<String> {
+    (t.entries.iter())
+        .map(|e| format!("{} {}", e.rule, e.action))
+        .collect()
+}
+
+#[test]
+fn a_full_tunnel_leaves_the_targets_own_networks_alone() {
+    let world = World {
+        containers: vec![warp(), full_tunnel_target("0.0.0.0/0")],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    assert_eq!(
+        shown_entries(&t),
+        [
+            "0.0.0.0/0 via 172.20.0.2",
+            "direct 10.77.0.0/24 direct",
+            "direct 172.20.0.0/16 direct"
+        ]
+    );
+    let excluded: Vec<String> = t.excluded.iter().map(ToString::to_string).collect();
+    assert_eq!(excluded, ["10.77.0.0/24", "172.20.0.0/16"]);
+
+    // A narrower rule leaves the networks out of nothing: no exclusions.
+    let world = World {
+        containers: vec![warp(), full_tunnel_target("203.0.113.0/24")],
+    };
+    assert!(
+        only_target(&world, &settings("192.0.2.0/24"))
+            .excluded
+            .is_empty()
+    );
+
+    // Turned off, the full tunnel takes the networks too.
+    let mut off = settings("192.0.2.0/24");
+    off.exclude_own_networks = false;
+    let world = World {
+        containers: vec![warp(), full_tunnel_target("0.0.0.0/0")],
+    };
+    assert_eq!(
+        shown_entries(&only_target(&world, &off)),
+        ["0.0.0.0/0 via 172.20.0.2"]
+    );
+}
+
+#[test]
+fn rule_actions_and_the_global_rules_in_a_label() {
+    let world = World {
+        containers: vec![
+            warp(),
+            full_tunnel_target("global; direct 198.51.100.0/24; block 0.0.0.0/0,tcp:25"),
+        ],
+    };
+    let mut settings = settings("0.0.0.0/0");
+    settings.exclude_own_networks = false;
+    let t = only_target(&world, &settings);
+    assert_eq!(
+        shown_entries(&t),
+        [
+            "0.0.0.0/0 via 172.20.0.2",
+            "block 0.0.0.0/0 tcp:25 deny",
+            "direct 198.51.100.0/24 direct"
+        ]
+    );
+}
+
+#[test]
+fn a_down_warp_blocks_only_what_goes_through_it() {
+    let label = "0.0.0.0/0; direct 198.51.100.0/24; block 0.0.0.0/0,tcp:25";
+    let world = World {
+        containers: vec![full_tunnel_target(label)],
+    };
+    let mut settings = settings("192.0.2.0/24");
+    settings.exclude_own_networks = false;
+    let t = only_target(&world, &settings);
+    assert!(matches!(t.state, TargetState::Blocked(_)), "{:?}", t.state);
+    assert_eq!(
+        shown_entries(&t),
+        [
+            "0.0.0.0/0 block",
+            "block 0.0.0.0/0 tcp:25 deny",
+            "direct 198.51.100.0/24 direct"
+        ]
+    );
+    // Bypassing, the via rule takes the normal path; the block rule holds,
+    // and the exclusion still carves from it (the longer prefix wins).
+    settings.on_warp_down = OnWarpDown::Bypass;
+    let t = only_target(&world, &settings);
+    assert_eq!(
+        shown_entries(&t),
+        [
+            "block 0.0.0.0/0 tcp:25 deny",
+            "direct 198.51.100.0/24 direct"
+        ]
+    );
+}
+
+#[test]
+fn a_malformed_policy_label_fails_closed_naming_the_label() {
+    let world = World {
+        containers: vec![warp(), full_tunnel_target("0.0.0.0/0; steer 10.0.0.0/8")],
+    };
+    let t = only_target(&world, &settings("203.0.113.0/24"));
+    let TargetState::Blocked(reason) = &t.state else {
+        panic!("{:?}", t.state);
+    };
+    let message = reason.to_string();
+    assert!(message.contains("netwarp.rules"), "{message}");
+    assert!(message.contains("unknown action `steer`"), "{message}");
+    // On the global rules meanwhile.
+    assert_eq!(shown_entries(&t), ["203.0.113.0/24 block"]);
 }

@@ -65,6 +65,9 @@ pub struct Drops {
     pub warp_down: PacketsBytes,
     pub policy: PacketsBytes,
     pub rate: PacketsBytes,
+    /// By a `block` rule of the target's.
+    #[serde(default)]
+    pub rule: PacketsBytes,
 }
 
 /// One target's counters. `tx` is what the container sent, `rx` what it
@@ -102,6 +105,10 @@ impl From<VerdictCounters> for Drops {
             rate: PacketsBytes {
                 packets: v.rate_packets,
                 bytes: v.rate_bytes,
+            },
+            rule: PacketsBytes {
+                packets: v.rule_packets,
+                bytes: v.rule_bytes,
             },
         }
     }

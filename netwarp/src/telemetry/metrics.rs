@@ -273,7 +273,7 @@ impl Collector for ScrapeCollector {
                 "netwarp_container_dropped_bytes",
                 "Bytes dropped at the container's veth, by reason: warp_down (fail closed), \
                  policy (no warp address of the family, or blocked entirely by a limit), \
-                 rate (bandwidth cap); ebpf dataplane",
+                 rate (bandwidth cap), rule (a block rule); ebpf dataplane",
                 true,
             ),
             (
@@ -291,6 +291,7 @@ impl Collector for ScrapeCollector {
                     ("warp_down", drops.warp_down),
                     ("policy", drops.policy),
                     ("rate", drops.rate),
+                    ("rule", drops.rule),
                 ] {
                     let mut labels = labels.clone();
                     labels.push(("reason", reason.to_owned()));
@@ -589,6 +590,7 @@ mod tests {
                 warp_mac: None,
                 warp_macs: Vec::new(),
                 addresses: Vec::new(),
+                excluded: Vec::new(),
                 shares_namespace_of: None,
             }
             .into(),
@@ -652,6 +654,7 @@ mod tests {
                     warp_down: pb(1, 100),
                     policy: pb(2, 200),
                     rate: pb(3, 300),
+                    rule: pb(6, 600),
                 }),
                 shaper_drops: Some(ShaperDrops {
                     egress: 4,
@@ -733,6 +736,8 @@ mod tests {
             "netwarp_container_steered_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\"} 5",
             "netwarp_container_dropped_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rate\"} 300",
             "netwarp_container_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"warp_down\"} 1",
+            "netwarp_container_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rule\"} 6",
+            "netwarp_container_dropped_bytes_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",reason=\"rule\"} 600",
             "netwarp_container_shaper_dropped_packets_total{container=\"app-a\",id=\"aaaaaaaaaaaa\",direction=\"ingress\"} 5",
             "netwarp_target_state{container=\"app-b\",id=\"bbbbbbbbbbbb\",warp=\"warp-a\",state=\"blocked\",reason=\"warp\"} 1",
             "netwarp_map_entries{map=\"NETWARP_RULES_V4\"} 3",

@@ -412,6 +412,11 @@ pub(crate) mod tests {
             caps: CapSettings::default(),
             max_prefixes_per_target: 4096,
             probe_label: "netwarp.probe".into(),
+            exclude_own_networks: true,
+            dns: crate::plan::DnsPolicy::Follow,
+            dns_label: "netwarp.dns".into(),
+            allow_label: "netwarp.allow".into(),
+            deny_label: "netwarp.deny".into(),
             rule_capacity: None,
         }
     }

@@ -11,7 +11,7 @@ use super::{
     counters::{Counters, PacketsBytes},
     short_id,
 };
-use crate::plan::{Action, TargetState};
+use crate::plan::TargetState;
 
 /// Bumped when a field changes meaning or disappears; new fields may
 /// appear without a bump.
@@ -168,6 +168,10 @@ pub struct TargetStatus {
     /// A failover group's members in priority order; empty for one warp.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warp_group: Vec<String>,
+    /// Its own networks' subnets that its `via` rules leave alone
+    /// (`exclude_own_networks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
     /// steered, blocked, bypassed or refused (netwarp does not touch its
     /// namespace: `--network host`, `none`, or another container's), or
     /// failed: its last programming failed (see `error`, `held_closed`).
@@ -340,6 +344,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         TargetState::Blocked(reason) => (Some(reason.to_string()), None, None, None),
         TargetState::Bypassed(reason) => (Some(reason.to_string()), None, None, None),
         TargetState::Refused(reason) => (Some(reason.to_string()), None, None, None),
+        TargetState::Filtered => (None, None, None, None),
     };
     let state = state_name(view);
     // A target in another target's namespace: how that one serves it.
@@ -360,6 +365,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
             _ => None,
         },
         shares_namespace_of: plan.shares_namespace_of.clone(),
+        excluded: plan.excluded.iter().map(ToString::to_string).collect(),
         network,
         next_hop_v4: v4,
         next_hop_v6: v6,
@@ -368,10 +374,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
             .iter()
             .map(|e| RuleStatus {
                 rule: e.rule.to_string(),
-                action: match e.action {
-                    Action::Via(ip) => format!("via {ip}"),
-                    Action::Block => "block".to_owned(),
-                },
+                action: e.action.to_string(),
             })
             .collect(),
         caps: caps(&view.caps),
@@ -397,7 +400,7 @@ mod tests {
     use super::*;
     use crate::{
         model::{Cap, parse_rate, parse_rules},
-        plan::{BlockReason, Entry, TargetPlan},
+        plan::{Action, BlockReason, Entry, TargetPlan},
     };
 
     #[test]
@@ -420,6 +423,7 @@ mod tests {
             warp_mac: None,
             warp_macs: Vec::new(),
             addresses: Vec::new(),
+            excluded: Vec::new(),
             shares_namespace_of: None,
         };
         let view = TargetView {

@@ -204,7 +204,7 @@ impl Scenario {
         let guard_actions: Vec<u8> = rows
             .iter()
             .filter(|(set, _)| *set == guard_rule_set)
-            .map(|(_, v)| v.action)
+            .flat_map(|(_, v)| crate::steering::row_actions(v))
             .collect();
         if guard_actions != [ACTION_BLOCK] {
             bail!("bridge guard rule actions {guard_actions:?}, expected [{ACTION_BLOCK}]");
@@ -212,7 +212,7 @@ impl Scenario {
         let actions: Vec<u8> = rows
             .iter()
             .filter(|(set, _)| *set == policy.rule_set)
-            .map(|(_, v)| v.action)
+            .flat_map(|(_, v)| crate::steering::row_actions(v))
             .collect();
         let want = match expect {
             Expect::Steered => ACTION_STEER,

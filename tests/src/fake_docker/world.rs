@@ -337,6 +337,7 @@ impl State {
                                     ipv6: e.ipv6,
                                     mac: Some(e.mac.clone()),
                                     network_id: Some(e.network_id.clone()),
+                                    ..Endpoint::default()
                                 },
                             )
                         })

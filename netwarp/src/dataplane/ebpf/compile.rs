@@ -1,17 +1,21 @@
 //! Compiling a target's plan entries into LPM trie rows (pure).
 //!
 //! The data path does one longest-prefix lookup per packet, so each row
-//! must carry everything that applies to its prefix: the selectors of
-//! every rule whose destination contains it are folded in.
+//! must carry everything that applies to its prefix: every entry whose
+//! destination contains it, as selectors in the order of the reference
+//! decision ([`crate::plan::decide`]), so that the first one that takes a
+//! packet is the one that decides it.
 
 use std::{
+    cmp::Reverse,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
 use netwarp_common::{
-    ACTION_BLOCK, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GuardAllowKey,
-    MAX_SELECTORS, REASON_POLICY, REASON_WARP_DOWN, RuleValue, Selector,
+    ACTION_BLOCK, ACTION_DENY, ACTION_DIRECT, ACTION_STEER, GUARD_ALLOW_IPV4, GUARD_ALLOW_IPV6,
+    GUARD_ALLOW_MAC, GuardAllowKey, MAX_SELECTORS, REASON_POLICY, REASON_WARP_DOWN, RuleValue,
+    Selector,
 };
 
 use crate::{
@@ -65,13 +69,6 @@ pub struct CompiledPrefix {
 /// `warp_usable` says whether blocks are policy (the warp is up but cannot
 /// carry this family) or the warp being down, for the drop counters.
 pub fn compile(entries: &[Entry], warp_usable: bool) -> Result<Vec<CompiledPrefix>, CompileError> {
-    let mut by_destination: BTreeMap<Cidr, Action> = BTreeMap::new();
-    for entry in entries {
-        by_destination
-            .entry(entry.rule.destination)
-            .and_modify(|a| *a = (*a).max(entry.action))
-            .or_insert(entry.action);
-    }
     // Each destination's covering entries are found by looking up its
     // ancestors at the prefix lengths in use, not by scanning every entry:
     // a bridge guard holds the union of its network's targets, and a scan
@@ -83,61 +80,104 @@ pub fn compile(entries: &[Entry], warp_usable: bool) -> Result<Vec<CompiledPrefi
         by_prefix.entry(d).or_default().push(index);
         lengths[usize::from(d.is_ipv6())].insert(d.prefix_len());
     }
-    let mut rows = Vec::with_capacity(by_destination.len());
-    for (destination, action) in by_destination {
+    let mut rows = Vec::with_capacity(by_prefix.len());
+    for &destination in by_prefix.keys() {
         let mut covering: Vec<usize> = (lengths[usize::from(destination.is_ipv6())].iter())
             .take_while(|&&len| len <= destination.prefix_len())
             .filter_map(|&len| by_prefix.get(&destination.truncated(len)))
             .flatten()
             .copied()
             .collect();
-        // In the entries' order, so a row's selectors do not depend on how
-        // they were found.
+        // In the entries' order, so a row does not depend on how its
+        // entries were found.
         covering.sort_unstable();
-        let covering = covering.into_iter().map(|index| &entries[index]);
-        let mut value = RuleValue {
-            action: match action {
-                Action::Via(_) => ACTION_STEER,
-                Action::Block => ACTION_BLOCK,
-            },
-            block_reason: match (action, warp_usable) {
-                (Action::Via(_), _) => 0,
-                (Action::Block, true) => REASON_POLICY,
-                (Action::Block, false) => REASON_WARP_DOWN,
-            },
-            ..RuleValue::default()
-        };
-        let mut selectors: Vec<Selector> = Vec::new();
-        for entry in covering {
-            match entry.rule.protocol {
-                None => value.any_protocol = 1,
-                Some(protocol) => {
-                    let (port_lo, port_hi) = entry.rule.ports.map_or((0, 0), |p| (p.start, p.end));
-                    let selector = Selector {
-                        ip_proto: protocol.ip_proto(destination.is_ipv6()),
-                        _pad: 0,
-                        port_lo,
-                        port_hi,
-                    };
-                    if !selectors.contains(&selector) {
-                        selectors.push(selector);
-                    }
-                }
-            }
-        }
-        if value.any_protocol == 0 {
-            if selectors.len() > MAX_SELECTORS {
-                return Err(CompileError::TooManySelectors {
-                    destination,
-                    count: selectors.len(),
-                });
-            }
-            value.selector_count = selectors.len() as u8;
-            value.selectors[..selectors.len()].copy_from_slice(&selectors);
-        }
+        let value = row(
+            destination,
+            covering.into_iter().map(|index| &entries[index]),
+            warp_usable,
+        )?;
         rows.push(CompiledPrefix { destination, value });
     }
     Ok(rows)
+}
+
+/// The program's code for an action.
+fn action_code(action: Action) -> u8 {
+    match action {
+        Action::Via(_) => ACTION_STEER,
+        Action::Direct => ACTION_DIRECT,
+        Action::Deny => ACTION_DENY,
+        Action::Block => ACTION_BLOCK,
+    }
+}
+
+/// The row of `destination` from the entries whose prefixes contain it:
+/// their selectors ranked as [`crate::plan::decide`] ranks them (longer
+/// prefix, narrower selector, greater action first; the sort is stable,
+/// so equal ranks keep the entries' order), each with its action, until
+/// the first entry of every protocol, which becomes the row's default: a
+/// packet none of them takes gets it (or is left alone without one).
+fn row<'a>(
+    destination: Cidr,
+    covering: impl Iterator<Item = &'a Entry>,
+    warp_usable: bool,
+) -> Result<RuleValue, CompileError> {
+    let mut covering: Vec<&Entry> = covering.collect();
+    covering.sort_by_key(|e| {
+        (
+            Reverse(e.rule.destination.prefix_len()),
+            e.rule.selector_rank(),
+            Reverse(e.action),
+        )
+    });
+    let mut value = RuleValue::default();
+    let mut selectors: Vec<Selector> = Vec::new();
+    for entry in covering {
+        let action = action_code(entry.action);
+        if entry.action == Action::Block {
+            value.block_reason = if warp_usable {
+                REASON_POLICY
+            } else {
+                REASON_WARP_DOWN
+            };
+        }
+        let Some(protocol) = entry.rule.protocol else {
+            value.default_action = action;
+            break;
+        };
+        let (port_lo, port_hi) = entry.rule.ports.map_or((0, 0), |p| (p.start, p.end));
+        let ip_proto = protocol.ip_proto(destination.is_ipv6());
+        // The same selector again ranks lower: the first one decides.
+        if !(selectors.iter())
+            .any(|s| (s.ip_proto, s.port_lo, s.port_hi) == (ip_proto, port_lo, port_hi))
+        {
+            selectors.push(Selector {
+                ip_proto,
+                action,
+                port_lo,
+                port_hi,
+            });
+        }
+    }
+    // Selectors at the end that do what the default does (`direct` does
+    // what no default does) change nothing; dropping them keeps rows
+    // short, for the program's loop and MAX_SELECTORS.
+    let same = |a: u8, b: u8| a == b || (a == ACTION_DIRECT && b == 0);
+    while selectors
+        .last()
+        .is_some_and(|s| same(s.action, value.default_action))
+    {
+        selectors.pop();
+    }
+    if selectors.len() > MAX_SELECTORS {
+        return Err(CompileError::TooManySelectors {
+            destination,
+            count: selectors.len(),
+        });
+    }
+    value.selector_count = selectors.len() as u8;
+    value.selectors[..selectors.len()].copy_from_slice(&selectors);
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -170,7 +210,7 @@ mod tests {
             ]
         );
     }
-    use crate::model::parse_rules;
+    use crate::model::{Verb, parse_policy, parse_rules};
 
     fn entries(rules: &str, action: Action) -> Vec<Entry> {
         Entry::all(&parse_rules(rules).unwrap(), action)
@@ -178,6 +218,58 @@ mod tests {
 
     fn via() -> Action {
         Action::Via("172.20.0.2".parse().unwrap())
+    }
+
+    /// A target's entries from a policy label, as the planner makes them.
+    fn policy(label: &str) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = (parse_policy(label).unwrap().rules.into_iter())
+            .map(|rule| Entry {
+                rule,
+                action: match rule.verb {
+                    Verb::Via => via(),
+                    Verb::Direct => Action::Direct,
+                    Verb::Block => Action::Deny,
+                },
+            })
+            .collect();
+        entries.sort();
+        entries.dedup();
+        crate::plan::prune_direct(&mut entries);
+        entries
+    }
+
+    fn find(rows: &[CompiledPrefix], destination: &str) -> RuleValue {
+        (rows.iter())
+            .find(|r| r.destination.to_string() == destination)
+            .unwrap_or_else(|| panic!("no row for {destination}"))
+            .value
+    }
+
+    /// (ip_proto, action, port_lo, port_hi) of a row's selectors.
+    fn selectors(v: &RuleValue) -> Vec<(u8, u8, u16, u16)> {
+        v.selectors[..usize::from(v.selector_count)]
+            .iter()
+            .map(|s| (s.ip_proto, s.action, s.port_lo, s.port_hi))
+            .collect()
+    }
+
+    /// What the from-container program does with a whole packet: the
+    /// longest prefix row (the LPM trie's lookup), its first selector
+    /// that takes the packet, else its default; 0 without a row.
+    fn evaluate(rows: &[CompiledPrefix], dst: IpAddr, ip_proto: u8, dport: Option<u16>) -> u8 {
+        let Some(row) = (rows.iter())
+            .filter(|r| r.destination.contains(dst))
+            .max_by_key(|r| r.destination.prefix_len())
+        else {
+            return 0;
+        };
+        let v = &row.value;
+        (v.selectors[..usize::from(v.selector_count)].iter())
+            .find(|s| {
+                s.ip_proto == ip_proto
+                    && (s.port_lo == 0 || dport.is_some_and(|p| s.port_lo <= p && p <= s.port_hi))
+            })
+            .map_or(v.default_action, |s| s.action)
     }
 
     #[test]
@@ -189,43 +281,31 @@ mod tests {
         .unwrap();
         assert_eq!(rows.len(), 1);
         let v = rows[0].value;
-        assert_eq!(v.action, ACTION_STEER);
-        assert_eq!(v.any_protocol, 0);
-        assert_eq!(v.selector_count, 2);
+        assert_eq!(v.default_action, 0);
+        // Narrower first: one port before a range of 101.
         assert_eq!(
-            (
-                v.selectors[0].ip_proto,
-                v.selectors[0].port_lo,
-                v.selectors[0].port_hi
-            ),
-            (6, 443, 443)
-        );
-        assert_eq!(
-            (
-                v.selectors[1].ip_proto,
-                v.selectors[1].port_lo,
-                v.selectors[1].port_hi
-            ),
-            (17, 5000, 5100)
+            selectors(&v),
+            [(6, ACTION_STEER, 443, 443), (17, ACTION_STEER, 5000, 5100)]
         );
     }
 
     #[test]
-    fn a_longer_prefix_inherits_the_selectors_that_contain_it() {
+    fn a_longer_prefix_inherits_the_rules_that_contain_it() {
         let mut all = entries("10.0.0.0/8", via());
         all.extend(entries("10.1.0.0/16,tcp:22", via()));
         let rows = compile(&all, true).unwrap();
-        let inner = rows
-            .iter()
-            .find(|r| r.destination.to_string() == "10.1.0.0/16")
-            .unwrap();
-        // 10.0.0.0/8 takes every protocol, so its /16 inside must too.
-        assert_eq!(inner.value.any_protocol, 1);
-        let outer = rows
-            .iter()
-            .find(|r| r.destination.to_string() == "10.0.0.0/8")
-            .unwrap();
-        assert_eq!(outer.value.any_protocol, 1);
+        // 10.0.0.0/8 takes every protocol, so its /16 inside must too; the
+        // /16's own selector does what that default does, so it goes.
+        let inner = find(&rows, "10.1.0.0/16");
+        assert_eq!(
+            (inner.default_action, inner.selector_count),
+            (ACTION_STEER, 0)
+        );
+        let outer = find(&rows, "10.0.0.0/8");
+        assert_eq!(
+            (outer.default_action, outer.selector_count),
+            (ACTION_STEER, 0)
+        );
     }
 
     #[test]
@@ -233,16 +313,42 @@ mod tests {
         let mut all = entries("10.0.0.0/8,udp:53", via());
         all.extend(entries("10.1.0.0/16,tcp:22", via()));
         let rows = compile(&all, true).unwrap();
-        let outer = rows
-            .iter()
-            .find(|r| r.destination.to_string() == "10.0.0.0/8")
-            .unwrap();
-        assert_eq!(outer.value.selector_count, 1);
-        let inner = rows
-            .iter()
-            .find(|r| r.destination.to_string() == "10.1.0.0/16")
-            .unwrap();
-        assert_eq!(inner.value.selector_count, 2);
+        assert_eq!(find(&rows, "10.0.0.0/8").selector_count, 1);
+        // The longer prefix's selector first.
+        assert_eq!(
+            selectors(&find(&rows, "10.1.0.0/16")),
+            [(6, ACTION_STEER, 22, 22), (17, ACTION_STEER, 53, 53)]
+        );
+    }
+
+    #[test]
+    fn a_block_rule_with_a_port_inside_a_full_tunnel_drops_only_that_port() {
+        // The case one action per row got wrong: it blocked everything.
+        let rows = compile(&policy("0.0.0.0/0; block 0.0.0.0/0,tcp:25"), true).unwrap();
+        assert_eq!(rows.len(), 1);
+        let v = rows[0].value;
+        assert_eq!(v.default_action, ACTION_STEER);
+        assert_eq!(selectors(&v), [(6, ACTION_DENY, 25, 25)]);
+    }
+
+    #[test]
+    fn a_direct_exclusion_is_an_explicit_pass_that_shadows_the_steered_prefix() {
+        let rows = compile(&policy("0.0.0.0/0; direct 172.20.0.0/16"), true).unwrap();
+        let inner = find(&rows, "172.20.0.0/16");
+        assert_eq!(
+            (inner.default_action, inner.selector_count),
+            (ACTION_DIRECT, 0)
+        );
+        // A steered selector inside the exclusion's prefix still wins on
+        // its longer prefix; the exclusion's default passes the rest.
+        let rows = compile(
+            &policy("0.0.0.0/0; direct 172.20.0.0/16; 172.20.5.0/24,udp:53"),
+            true,
+        )
+        .unwrap();
+        let dns = find(&rows, "172.20.5.0/24");
+        assert_eq!(dns.default_action, ACTION_DIRECT);
+        assert_eq!(selectors(&dns), [(17, ACTION_STEER, 53, 53)]);
     }
 
     #[test]
@@ -256,10 +362,13 @@ mod tests {
         let v4 = rows.iter().find(|r| !r.destination.is_ipv6()).unwrap();
         assert_eq!(v6.value.selectors[0].ip_proto, 58);
         assert_eq!(v4.value.selectors[0].ip_proto, 1);
-        assert_eq!(v4.value.action, ACTION_BLOCK);
+        assert_eq!(v4.value.selectors[0].action, ACTION_BLOCK);
         assert_eq!(v4.value.block_reason, REASON_POLICY);
         let down = compile(&entries("192.0.2.0/24", Action::Block), false).unwrap();
-        assert_eq!(down[0].value.block_reason, REASON_WARP_DOWN);
+        assert_eq!(
+            (down[0].value.default_action, down[0].value.block_reason),
+            (ACTION_BLOCK, REASON_WARP_DOWN)
+        );
     }
 
     #[test]
@@ -297,40 +406,126 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let action = if i % 3 == 0 { Action::Block } else { via() };
+            let action = match i % 3 {
+                0 => Action::Block,
+                1 => Action::Deny,
+                _ => via(),
+            };
             all.extend(entries(rules, action));
         }
         let rows = compile(&all, true).unwrap();
-        for row in &rows {
-            let d = row.destination;
-            let scanned: Vec<&Entry> = (all.iter())
-                .filter(|e| {
-                    let c = e.rule.destination;
-                    c.is_ipv6() == d.is_ipv6()
-                        && c.prefix_len() <= d.prefix_len()
-                        && c.contains(d.addr())
-                })
-                .collect();
-            let any = scanned.iter().any(|e| e.rule.protocol.is_none());
-            assert_eq!(row.value.any_protocol == 1, any, "{d}");
-            if !any {
-                let mut want: Vec<(u8, u16, u16)> = Vec::new();
-                for e in &scanned {
-                    let p = e.rule.protocol.unwrap();
-                    let (lo, hi) = e.rule.ports.map_or((0, 0), |r| (r.start, r.end));
-                    let s = (p.ip_proto(d.is_ipv6()), lo, hi);
-                    if !want.contains(&s) {
-                        want.push(s);
-                    }
-                }
-                let got: Vec<(u8, u16, u16)> = row.value.selectors
-                    [..usize::from(row.value.selector_count)]
-                    .iter()
-                    .map(|s| (s.ip_proto, s.port_lo, s.port_hi))
-                    .collect();
-                assert_eq!(got, want, "{d}");
-            }
+        for r in &rows {
+            let d = r.destination;
+            let scanned = (all.iter()).filter(|e| {
+                let c = e.rule.destination;
+                c.is_ipv6() == d.is_ipv6()
+                    && c.prefix_len() <= d.prefix_len()
+                    && c.contains(d.addr())
+            });
+            assert_eq!(r.value, row(d, scanned, true).unwrap(), "{d}");
         }
         assert_eq!(rows.len(), 10);
+    }
+
+    /// The compiled rows, evaluated as the program does, decide every
+    /// packet as the reference decision does, over random plans of both
+    /// families, every action and overlapping selectors.
+    #[test]
+    fn the_rows_decide_every_packet_as_the_planner_does() {
+        use crate::plan::decide;
+        let prefixes = [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "203.0.113.0/24",
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+        ];
+        let selector_texts = [
+            "",
+            ",tcp",
+            ",udp",
+            ",tcp:80",
+            ",tcp:80-90",
+            ",tcp:85-100",
+            ",udp:53",
+            ",icmp",
+        ];
+        let packets: Vec<(IpAddr, u8, u16)> = [
+            "10.1.2.3",
+            "10.1.9.9",
+            "10.2.0.1",
+            "203.0.113.5",
+            "198.51.100.1",
+            "2001:db8:1::5",
+            "2001:db8:2::5",
+            "fd00::1",
+        ]
+        .iter()
+        .flat_map(|ip| {
+            let ip: IpAddr = ip.parse().unwrap();
+            let icmp = if ip.is_ipv6() { 58 } else { 1 };
+            [
+                (6, 80),
+                (6, 85),
+                (6, 95),
+                (6, 443),
+                (17, 53),
+                (17, 54),
+                (icmp, 0),
+                (47, 0),
+            ]
+            .map(|(proto, port)| (ip, proto, port))
+        })
+        .collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut compared = 0;
+        for round in 0..1000 {
+            let mut plan: Vec<Entry> = Vec::new();
+            for _ in 0..1 + next(7) {
+                let prefix = prefixes[next(prefixes.len())];
+                let (verb, action) = match next(4) {
+                    0 => (Verb::Via, via()),
+                    1 => (Verb::Direct, Action::Direct),
+                    2 => (Verb::Block, Action::Deny),
+                    // The warp unusable: its via rules become blocks.
+                    _ => (Verb::Via, Action::Block),
+                };
+                let selector = if verb == Verb::Direct {
+                    ""
+                } else {
+                    selector_texts[next(selector_texts.len())]
+                };
+                for rule in parse_rules(&format!("{prefix}{selector}")).unwrap() {
+                    plan.push(Entry {
+                        rule: rule.with_verb(verb),
+                        action,
+                    });
+                }
+            }
+            plan.sort();
+            plan.dedup();
+            crate::plan::prune_direct(&mut plan);
+            let rows = compile(&plan, round % 2 == 0).unwrap();
+            for &(dst, proto, port) in &packets {
+                let dport = (proto == 6 || proto == 17).then_some(port);
+                let want = decide(&plan, dst, proto, dport).map_or(0, action_code);
+                assert_eq!(
+                    evaluate(&rows, dst, proto, dport),
+                    want,
+                    "round {round}: {dst} proto {proto} port {port} with {plan:?}"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 1000 * packets.len());
     }
 }

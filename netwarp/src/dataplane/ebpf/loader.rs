@@ -18,9 +18,9 @@ use aya::{
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, IFACES_HIGH_MAP, IFACES_MAP,
-    IfaceState, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP, RETIRED_TRAFFIC_MAP,
-    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, TargetPolicy,
-    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP,
+    IfaceState, MAX_SELECTORS, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP,
+    RETIRED_TRAFFIC_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue,
+    TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP,
     WARP_PEERS_MAP, WarpPeerKey,
 };
 
@@ -76,9 +76,11 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
 /// (counters restart). Programs still attached keep their old maps until
 /// the adopted links switch to the new programs.
 ///
-/// A rule trie pinned with another capacity is replaced too, but its rows
-/// are returned, to be written into the new trie before any program uses
-/// it: the policies and guards that name them keep holding meanwhile.
+/// A rule trie pinned with another capacity, or holding rows of the
+/// single-action layout (see [`upgrade_rule_row`]), is replaced too, but
+/// its rows are returned (in this build's layout), to be written into the
+/// new trie before any program uses it: the policies and guards that name
+/// them keep holding meanwhile.
 fn retire_incompatible_pins(pin_dir: &Path, rules_capacity: u32) -> Result<CarriedRows, EbpfError> {
     let mut carried = CarriedRows::default();
     let mut retire = Vec::new();
@@ -97,12 +99,15 @@ fn retire_incompatible_pins(pin_dir: &Path, rules_capacity: u32) -> Result<Carri
                 value_size,
                 "a pinned map has an older layout; replacing it (its contents are rebuilt)"
             );
-        } else if is_rules && info.max_entries() != rules_capacity {
+        } else if is_rules
+            && (info.max_entries() != rules_capacity || holds_single_action_rows(&path, name)?)
+        {
             tracing::info!(
                 map = name,
                 pinned = info.max_entries(),
                 configured = rules_capacity,
-                "resizing a rule trie to its configured capacity; its rows are carried over"
+                "replacing a rule trie (resized, or rows of an earlier layout); its rows are \
+                 carried over"
             );
             // Checked before anything is unpinned: a trie too small for
             // the live sets (and one switch) would never let a set change.
@@ -219,16 +224,78 @@ fn read_retired_states(
     Ok((states, retired))
 }
 
+fn open_trie<K: Pod>(
+    path: &Path,
+    name: &'static str,
+) -> Result<LpmTrie<MapData, K, RuleValue>, EbpfError> {
+    MapData::from_pin(path)
+        .and_then(Map::from_map_data)
+        .and_then(LpmTrie::try_from)
+        .map_err(map_error(name))
+}
+
+/// The pinned trie's rows, in this build's layout.
 fn read_trie<K: Pod>(
     path: &Path,
     name: &'static str,
 ) -> Result<Vec<(Key<K>, RuleValue)>, EbpfError> {
-    let trie: LpmTrie<MapData, K, RuleValue> = MapData::from_pin(path)
-        .and_then(Map::from_map_data)
-        .and_then(LpmTrie::try_from)
-        .map_err(map_error(name))?;
+    let trie = open_trie::<K>(path, name)?;
     // A row removed while listing is simply not carried.
-    Ok(trie.iter().filter_map(Result::ok).collect())
+    Ok((trie.iter().filter_map(Result::ok))
+        .map(|(key, value)| (key, upgrade_rule_row(value)))
+        .collect())
+}
+
+/// Whether the pinned trie holds rows of the single-action layout. One
+/// daemon at a time writes a trie, and every row tells its layout, so
+/// its first row answers for all.
+fn holds_single_action_rows(path: &Path, name: &'static str) -> Result<bool, EbpfError> {
+    // The key's layout does not matter for reading a value.
+    let first = if name == RULES_V4_MAP {
+        (open_trie::<RuleKeyV4>(path, name)?
+            .iter()
+            .find_map(Result::ok))
+        .map(|(_, v)| v)
+    } else {
+        (open_trie::<RuleKeyV6>(path, name)?
+            .iter()
+            .find_map(Result::ok))
+        .map(|(_, v)| v)
+    };
+    Ok(first.is_some_and(|v| is_single_action_row(&v)))
+}
+
+/// Whether `row` was written by an earlier release, whose rows had one
+/// action (in what is now `default_action`) for every selector: those
+/// set what is now `_pad` for a row of every protocol (`any_protocol`),
+/// else had selectors without an action. This build writes neither.
+fn is_single_action_row(row: &RuleValue) -> bool {
+    let used = usize::from(row.selector_count).min(MAX_SELECTORS);
+    row._pad != 0 || row.selectors[..used].iter().any(|s| s.action == 0)
+}
+
+/// `row` in this build's layout, making the same decisions: a row of every
+/// protocol gets its action as the default, a row of selectors gives each
+/// of them its action and has no default.
+fn upgrade_rule_row(row: RuleValue) -> RuleValue {
+    if !is_single_action_row(&row) {
+        return row;
+    }
+    let mut upgraded = RuleValue {
+        block_reason: row.block_reason,
+        ..RuleValue::default()
+    };
+    if row._pad != 0 {
+        upgraded.default_action = row.default_action;
+    } else {
+        let used = usize::from(row.selector_count).min(MAX_SELECTORS);
+        upgraded.selector_count = used as u8;
+        upgraded.selectors[..used].copy_from_slice(&row.selectors[..used]);
+        for selector in &mut upgraded.selectors[..used] {
+            selector.action = row.default_action;
+        }
+    }
+    upgraded
 }
 
 fn write_trie<K: Pod>(
@@ -329,4 +396,65 @@ pub(super) fn classifier<'a>(
             program: name,
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use netwarp_common::{ACTION_BLOCK, ACTION_STEER, REASON_WARP_DOWN, RuleValue, Selector};
+
+    use super::{is_single_action_row, upgrade_rule_row};
+
+    fn tcp(port: u16, action: u8) -> Selector {
+        Selector {
+            ip_proto: 6,
+            action,
+            port_lo: port,
+            port_hi: port,
+        }
+    }
+
+    #[test]
+    fn rows_of_the_single_action_layout_keep_their_decisions() {
+        // Every protocol, blocked while the warp is down: byte 1 was
+        // `any_protocol`.
+        let any = RuleValue {
+            default_action: ACTION_BLOCK,
+            _pad: 1,
+            block_reason: REASON_WARP_DOWN,
+            ..RuleValue::default()
+        };
+        assert!(is_single_action_row(&any));
+        assert_eq!(
+            upgrade_rule_row(any),
+            RuleValue {
+                default_action: ACTION_BLOCK,
+                block_reason: REASON_WARP_DOWN,
+                ..RuleValue::default()
+            }
+        );
+        // Steered selectors: each gets the row's action, and the row no
+        // default (it steered nothing else).
+        let mut selectors = RuleValue {
+            default_action: ACTION_STEER,
+            selector_count: 2,
+            ..RuleValue::default()
+        };
+        selectors.selectors[..2].copy_from_slice(&[tcp(443, 0), tcp(80, 0)]);
+        assert!(is_single_action_row(&selectors));
+        let upgraded = upgrade_rule_row(selectors);
+        assert_eq!(upgraded.default_action, 0);
+        assert_eq!(upgraded.selector_count, 2);
+        assert_eq!(
+            upgraded.selectors[..2],
+            [tcp(443, ACTION_STEER), tcp(80, ACTION_STEER)]
+        );
+        // This build's rows are left as they are.
+        assert!(!is_single_action_row(&upgraded));
+        assert_eq!(upgrade_rule_row(upgraded), upgraded);
+        let steered = RuleValue {
+            default_action: ACTION_STEER,
+            ..RuleValue::default()
+        };
+        assert_eq!(upgrade_rule_row(steered), steered);
+    }
 }

@@ -26,7 +26,10 @@ fn shown(state: &GuardState) -> Vec<String> {
 
 fn routes(state: &GuardState) -> Vec<String> {
     (state.routes.iter())
-        .map(|(table, dst)| format!("{dst} table {table:#x}"))
+        .map(|((table, dst), action)| match action {
+            RouteAction::Throw => format!("throw {dst} table {table:#x}"),
+            _ => format!("{dst} table {table:#x}"),
+        })
         .collect()
 }
 
@@ -35,8 +38,8 @@ fn applied(installed: &InstalledGuard, steps: &[Step]) -> InstalledGuard {
     let mut state = installed.clone();
     for step in steps {
         match step {
-            Step::PutRoute(table, dst) => {
-                state.routes.insert((*table, *dst), RouteAction::Prohibit);
+            Step::PutRoute(table, dst, action) => {
+                state.routes.insert((*table, *dst), *action);
             }
             Step::Add(rule) => {
                 state.rules.insert(rule.clone());
@@ -298,7 +301,10 @@ fn a_route_of_another_type_in_a_guard_table_is_replaced() {
     let key = (T0, "203.0.113.0/24".parse().unwrap());
     host.routes
         .insert(key, RouteAction::Via("192.0.2.1".parse().unwrap()));
-    assert_eq!(diff(&host, &desired), vec![Step::PutRoute(key.0, key.1)]);
+    assert_eq!(
+        diff(&host, &desired),
+        vec![Step::PutRoute(key.0, key.1, RouteAction::Prohibit)]
+    );
 }
 
 fn block(label: &str) -> HostRule {
@@ -384,7 +390,7 @@ fn a_stale_delete_cannot_take_a_kept_rule_sharing_its_table() {
         .extend([block("203.0.113.0/24"), sourced.clone()]);
     let desired = GuardState {
         rules: [sourced].into(),
-        routes: BTreeSet::new(),
+        routes: BTreeMap::new(),
     };
     let steps: Vec<String> = diff(&from, &desired)
         .iter()
@@ -415,7 +421,10 @@ fn only_loosening_steps_wait_for_failed_tightening() {
     assert!(!Step::Delete(allow.clone()).loosens());
     assert!(!Step::Add(allow).loosens());
     assert!(!Step::Add(block).loosens());
-    assert!(Step::PutRoute(T0, dst).tightens() && !Step::PutRoute(T0, dst).loosens());
+    let prohibit = Step::PutRoute(T0, dst, RouteAction::Prohibit);
+    assert!(prohibit.tightens() && !prohibit.loosens());
+    let throw = Step::PutRoute(T0, dst, RouteAction::Throw);
+    assert!(throw.loosens() && !throw.tightens());
 }
 
 #[test]

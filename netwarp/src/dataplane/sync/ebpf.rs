@@ -23,7 +23,7 @@ use crate::{
         settled::Settled,
     },
     model::short_id,
-    plan::{Action, GuardPlan, RuleCapacity, TargetPlan, TargetState},
+    plan::{Action, Entry, GuardPlan, RuleCapacity, TargetPlan, TargetState},
 };
 
 /// What the eBPF dataplane holds for one target.
@@ -213,13 +213,7 @@ impl EbpfPlane {
         } else {
             self.routed.remove(&target.id);
         }
-        // The tc drop is silent, so blocked prefixes also get prohibit routes
-        // in the target's namespace: senders fail at once with EACCES, and the
-        // block holds on every interface, even one netwarp cannot identify.
-        let routed_entries: Vec<_> = (target.entries.iter())
-            .filter(|e| routed || e.action == Action::Block)
-            .copied()
-            .collect();
+        let routed_entries = namespace_entries(&target.entries, routed);
         let route_changes = diff(
             &namespace.installed().await?,
             &desired_state(&routed_entries),
@@ -522,7 +516,7 @@ async fn desired_target(
         rows: compile(
             &target.entries,
             match &target.state {
-                TargetState::Steered { .. } => true,
+                TargetState::Steered { .. } | TargetState::Filtered => true,
                 TargetState::Blocked(reason) => reason.is_limit(),
                 _ => false,
             },
@@ -530,6 +524,24 @@ async fn desired_target(
         warp_ports: warp.ports,
         peers,
     })
+}
+
+/// What a target's namespace holds in eBPF mode. The tc drop is silent, so
+/// blocks also get prohibit routes there: senders fail at once with
+/// EACCES, and the block holds on every interface, even one netwarp cannot
+/// identify (a filtered container on several networks). Only where no
+/// `via` entry could take a packet the namespace refuses: with no `via`
+/// entries, all of them (the `direct` ones carve the blocks as throws);
+/// otherwise the fail-closed blocks of a family the warp cannot carry
+/// (that family has no `via` entry) and the `direct` ones, while `block`
+/// rules are the program's alone. A target routed in its namespace (an
+/// overlay network) gets every entry.
+fn namespace_entries(entries: &[Entry], routed: bool) -> Vec<Entry> {
+    let steers = entries.iter().any(|e| matches!(e.action, Action::Via(_)));
+    (entries.iter())
+        .filter(|e| routed || !steers || matches!(e.action, Action::Block | Action::Direct))
+        .copied()
+        .collect()
 }
 
 /// The warp's veths for a target steered through it: looked up once per

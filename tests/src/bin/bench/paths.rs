@@ -430,8 +430,11 @@ fn tabulate(
         &format!(
             "BPF_PROG_TEST_RUN, {TIMED_RUNS} runs per kind on a private copy of the programs \
              (nothing attached): a 54-byte IPv4 TCP frame from a target whose policy steers \
-             203.0.113.0/24; steered = to 203.0.113.1, no rule = to 198.51.100.5. The \
-             kernel's average per run, without the stats' clock reads"
+             203.0.113.0/24; steered = to 203.0.113.1, no rule = to 198.51.100.5; then \
+             under `{}` (block rules by port ahead of the steered default, an \
+             exclusion): the same steered packet, and excluded = to 203.0.113.200. The \
+             kernel's average per run, without the stats' clock reads",
+            netwarp_tests::fastpath::ACTIONS_POLICY
         ),
         &["packet", "verdict", "ns/packet"],
     );
