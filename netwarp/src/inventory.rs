@@ -306,7 +306,11 @@ impl Inventory {
                 Decision::ListOnly => {}
             }
         }
-        let present: IdSet = listed.iter().map(|c| c.id.clone()).collect();
+        // Gone since the list: few, kept apart from the containers.
+        let gone_ids: Vec<String> = (listed.iter().zip(&gone))
+            .filter(|(_, gone)| **gone)
+            .map(|(c, _)| c.id.clone())
+            .collect();
         let mut containers = listed;
         if gone.contains(&true) {
             let mut gone = gone.into_iter();
@@ -315,6 +319,18 @@ impl Inventory {
         // What differs from the last snapshot: everything after a full
         // listing; else the containers listed anew and the dormant
         // targets, as they were and as they are.
+        {
+            // The cache keeps what this list has, and in a partial pass
+            // what it did not list.
+            let kept: HashSet<&str, foldhash::fast::RandomState> =
+                containers.iter().map(|c| c.id.as_str()).collect();
+            match &named {
+                Some(named) if self.world.is_some() => self
+                    .cache
+                    .retain(|id, _| !named.contains(id) || kept.contains(id.as_str())),
+                _ => self.cache.retain(|id, _| kept.contains(id.as_str())),
+            }
+        }
         let mut changes = Changes::All;
         let mut world = match (&named, self.world.take()) {
             (Some(named), Some(mut last)) => {
@@ -332,32 +348,22 @@ impl Inventory {
                 });
                 containers.iter().for_each(|c| changes.note(c));
                 world.containers.extend(containers);
-                self.cache
-                    .retain(|id, _| !named.contains(id) || present.contains(id));
                 last
             }
-            _ => {
-                self.cache.retain(|id, _| present.contains(id));
-                Arc::new(World { containers })
-            }
+            _ => Arc::new(World { containers }),
         };
         self.refresh_all = false;
         // An entry the main list already had is skipped (a container may
         // start between the two calls). A partial pass knows the others
         // from the last snapshot.
-        let dormant: Vec<Container> = match &named {
-            Some(_) if !dormant.is_empty() => {
-                let listed: HashSet<&str> = (world.containers.iter())
-                    .map(|c| c.id.as_str())
-                    .chain(present.iter().map(String::as_str))
-                    .collect();
-                (dormant.into_iter())
-                    .filter(|c| !listed.contains(c.id.as_str()))
-                    .collect()
-            }
-            _ => (dormant.into_iter())
-                .filter(|c| !present.contains(&c.id))
-                .collect(),
+        let dormant: Vec<Container> = {
+            let listed: HashSet<&str, foldhash::fast::RandomState> = (world.containers.iter())
+                .map(|c| c.id.as_str())
+                .chain(gone_ids.iter().map(String::as_str))
+                .collect();
+            (dormant.into_iter())
+                .filter(|c| !listed.contains(c.id.as_str()))
+                .collect()
         };
         dormant.iter().for_each(|c| changes.note(c));
         self.dormant = dormant.iter().map(|c| c.id.clone()).collect();
