@@ -579,6 +579,8 @@ mod tests {
         TargetView {
             plan: TargetPlan {
                 warp_group: Vec::new(),
+                group_mode: crate::plan::GroupMode::Failover,
+                spread: Vec::new(),
                 id: id.into(),
                 name: name.into(),
                 pid: Some(1),

@@ -408,6 +408,8 @@ mod tests {
         let rules = parse_rules("203.0.113.0/24,tcp:443").unwrap();
         let plan = TargetPlan {
             warp_group: Vec::new(),
+            group_mode: crate::plan::GroupMode::Failover,
+            spread: Vec::new(),
             id: "0123456789abcdef".into(),
             name: "app".into(),
             pid: Some(1),
