@@ -19,7 +19,7 @@ use crate::{
             interface_index, interface_name, is_host_peer_of, spread, warp_peer_key,
         },
         mac::MacAddr,
-        routes::{RoutesError, desired_state, diff},
+        routes::{RoutesError, desired_state, diff, spread_over},
         settled::Settled,
     },
     model::short_id,
@@ -217,11 +217,17 @@ impl EbpfPlane {
             self.routed.remove(&target.id);
         }
         let routed_entries = namespace_entries(&target.entries, routed);
-        let route_changes = diff(
-            &namespace.installed().await?,
-            &desired_state(&routed_entries),
-        )
-        .map_err(RoutesError::from)?;
+        // Routed here (an overlay network): its spread is the routes
+        // dataplane's, multipath routes.
+        let desired = match routed {
+            true if target.spread.len() > 1 => {
+                namespace.hash_multipath_by_flow().await?;
+                spread_over(desired_state(&routed_entries), &target.spread)
+            }
+            _ => desired_state(&routed_entries),
+        };
+        let route_changes =
+            diff(&namespace.installed().await?, &desired).map_err(RoutesError::from)?;
         if !route_changes.is_empty() {
             let via = routed.then_some(target.mac_on_network.as_deref()).flatten();
             namespace.apply(&route_changes, via).await?;
