@@ -7,10 +7,10 @@
 //! move its flows only: every connection on the others still answers,
 //! through the same warp. Nothing reaches the leak sink meanwhile.
 //!
-//! The routes dataplane's multipath routes are hash-threshold: removing a
-//! next hop shifts the others' hash ranges, so some flows of the members
-//! that stay move too (and, their warp not knowing them, are reset).
-//! Its test asserts the rest and reports that count.
+//! The routes dataplane's multipath routes do not keep the others' flows
+//! (see the README's "Spread groups"): some flows of the members that
+//! stay move too and, their new warp not knowing them, are reset. Its
+//! test asserts the rest and reports that count.
 //!
 //! Network safety: the network is `--internal`; the steered address is
 //! each warp's loopback in a unique 198.18.N.0/24, whose host route ends
@@ -26,7 +26,7 @@ use netwarp_tests::{
     docker::{Container, DockerNetwork},
     observe::{status_json, status_target},
     skip, skip_if,
-    steering::run_warp,
+    steering::{carried_by, run_warp},
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -34,16 +34,6 @@ const FLOWS: usize = 64;
 const WARPS: [&str; 4] = ["a", "b", "c", "d"];
 /// The member the test kills.
 const KILLED: &str = "b";
-
-/// Which warp answered a one-off connection to `remote`:8080, if any.
-fn carried_by(target: &Container, remote: &str) -> Option<String> {
-    let out = target
-        .exec(&["sh", "-c", &format!("sleep 1 | nc -w 2 {remote} 8080")])
-        .ok()?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("carried-by-"))
-        .map(str::to_owned)
-}
 
 /// The last line of each connection's output that starts with `prefix`
 /// (`carried-by-` for its greeting; `TAG-pN` for an echo), by connection.
@@ -76,10 +66,10 @@ fn carriers(target: &Container) -> BTreeMap<usize, String> {
 /// Sends `ping` on every connection; a dead one's write blocks in the
 /// background (on its fifo, until the target goes), never the test.
 fn ping_all(target: &Container, ping: &str) {
-    let script = format!(
-        "for i in $(seq 1 {FLOWS}); do (echo {ping} > /tmp/in$i &); done"
-    );
-    target.exec(&["sh", "-c", &script]).expect("pinging the connections");
+    let script = format!("for i in $(seq 1 {FLOWS}); do (echo {ping} > /tmp/in$i &); done");
+    target
+        .exec(&["sh", "-c", &script])
+        .expect("pinging the connections");
 }
 
 /// The connections that answered `ping` through the warp that greeted them.
@@ -154,7 +144,9 @@ fn spread(mode: &str) {
            (sleep 900 > /tmp/in$i &); \
            (nc {remote} 8080 < /tmp/in$i > /tmp/out$i &); done"
     );
-    target.exec(&["sh", "-c", &open]).expect("opening the connections");
+    target
+        .exec(&["sh", "-c", &open])
+        .expect("opening the connections");
     assert!(
         eventually(CONVERGE, || carriers(&target).len() == FLOWS),
         "{mode}: only {} of {FLOWS} connections were greeted",
@@ -163,14 +155,19 @@ fn spread(mode: &str) {
     let carried = carriers(&target);
     let before = per_warp(&carried);
     eprintln!("{mode}: flows per warp: {before:?}");
-    assert_eq!(before.len(), WARPS.len(), "{mode}: not every warp carries flows: {before:?}");
+    assert_eq!(
+        before.len(),
+        WARPS.len(),
+        "{mode}: not every warp carries flows: {before:?}"
+    );
     assert!(
         before.values().all(|n| (8..=24).contains(n)),
         "{mode}: a warp carries fewer than 8 or more than 24 of {FLOWS} flows: {before:?}"
     );
     ping_all(&target, "p1");
     assert!(
-        eventually(CONVERGE, || answered(&target, &carried, "p1").len() == FLOWS),
+        eventually(CONVERGE, || answered(&target, &carried, "p1").len()
+            == FLOWS),
         "{mode}: only {} connections answered before the kill",
         answered(&target, &carried, "p1").len()
     );
@@ -193,9 +190,15 @@ fn spread(mode: &str) {
         .collect();
     let survived = |target: &Container| -> Vec<usize> {
         let alive = answered(target, &carried, "p2");
-        others.iter().copied().filter(|i| alive.contains(i)).collect()
+        others
+            .iter()
+            .copied()
+            .filter(|i| alive.contains(i))
+            .collect()
     };
-    let all_survive = eventually(Duration::from_secs(10), || survived(&target).len() == others.len());
+    let all_survive = eventually(Duration::from_secs(10), || {
+        survived(&target).len() == others.len()
+    });
     let survivors = survived(&target);
     let moved_others = others.len() - survivors.len();
     eprintln!(
@@ -206,22 +209,22 @@ fn spread(mode: &str) {
     );
     // None of the killed member's flows answers through it.
     let from_killed = answered(&target, &carried, "p2").len() - survivors.len();
-    assert_eq!(from_killed, 0, "{mode}: a flow of the killed warp still answered");
+    assert_eq!(
+        from_killed, 0,
+        "{mode}: a flow of the killed warp still answered"
+    );
     if mode == "ebpf" {
         assert!(
             all_survive,
             "{mode}: {moved_others} of the {} flows on the remaining warps moved or died",
             others.len()
         );
-    } else {
-        // Hash-threshold multipath: measured, and bounded by the range
-        // shift (at most half of the others' flows can change next hop).
-        assert!(
-            moved_others <= others.len() / 2,
-            "{mode}: {moved_others} of {} other flows moved",
-            others.len()
-        );
     }
+    // routes: measured and reported above, not asserted. Hash-threshold
+    // multipath shifts the remaining members' hash ranges, and a connected
+    // TCP socket's next hop, as the kernel chose it at connect time, is
+    // not the one its route lookup picks once the route changed: most of
+    // the others' flows move (see the README's "Spread groups").
     // New flows take only the remaining members.
     for _ in 0..8 {
         let warp = carried_by(&target, &remote);

@@ -710,6 +710,10 @@ fn blocked(
     plan
 }
 
+/// Why no warp carries a target, with the target's MAC on the network
+/// when it is known (its veth then gets the block).
+type Unresolved = (BlockReason, Option<String>);
+
 struct ResolvedWarp {
     network: String,
     warp_pid: Option<u32>,
@@ -766,7 +770,7 @@ fn choose_warps<'g>(
     target: &Container,
     label: &str,
     group: &Result<WarpGroup<'g>, String>,
-) -> Result<Vec<(&'g str, ResolvedWarp)>, (BlockReason, Option<String>)> {
+) -> Result<Vec<(&'g str, ResolvedWarp)>, Unresolved> {
     let group = group.as_ref().map_err(|error| {
         let reason = BlockReason::InvalidLabel {
             label: settings.target_label.clone(),

@@ -261,16 +261,34 @@ fn an_unhealthy_warp_counts_as_down() {
     ));
 }
 
+/// What earlier passes know of the group of target `app`: its active
+/// member(s) (a spread group's joined by commas) and the warps usable for
+/// the whole hold-down.
+fn history(active: Option<&str>, settled: &[&str]) -> Observed {
+    Observed {
+        probes: WarpProbes::new(),
+        failover: Failover {
+            active: active
+                .map(|a| ("id-app".to_owned(), a.to_owned()))
+                .into_iter()
+                .collect(),
+            settled: Some(settled.iter().map(|r| (*r).to_owned()).collect()),
+        },
+    }
+}
+
+/// A group member on network `net`.
+fn member(name: &str, ip: &str, running: bool) -> Container {
+    let mut w = container(name, &[], &[("net", endpoint(ip, None))]);
+    w.running = running;
+    w
+}
+
 /// A failover group: the first usable member carries the traffic; a
 /// member that recovers takes it back only once its hold-down is over
 /// (unless the active one fails meanwhile); none usable fails closed.
 #[test]
 fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
-    let member = |name: &str, ip: &str, running: bool| {
-        let mut w = container(name, &[], &[("net", endpoint(ip, None))]);
-        w.running = running;
-        w
-    };
     let world = |a_runs: bool, b_runs: bool| World {
         containers: vec![
             member("warp-a", "172.20.0.2", a_runs),
@@ -285,17 +303,7 @@ fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
     let settings = settings("203.0.113.0/24");
     // `settled`: the members usable for the whole hold-down.
     let chosen = |world: &World, active: Option<&str>, settled: &[&str]| {
-        let observed = Observed {
-            probes: WarpProbes::new(),
-            failover: Failover {
-                active: active
-                    .map(|a| ("id-app".to_owned(), a.to_owned()))
-                    .into_iter()
-                    .collect(),
-                settled: Some(settled.iter().map(|r| (*r).to_owned()).collect()),
-            },
-        };
-        let plan = plan_observed(world, &settings, &observed);
+        let plan = plan_observed(world, &settings, &history(active, settled));
         let target = plan.targets.into_iter().next().unwrap();
         assert_eq!(target.warp_group, ["warp-a", "warp-b"]);
         (target.warp.clone(), target.state.clone())
@@ -356,11 +364,6 @@ fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
 /// usable fails closed; a label that cannot be read blocks, naming it.
 #[test]
 fn a_spread_group_uses_every_usable_member() {
-    let member = |name: &str, ip: &str, running: bool| {
-        let mut w = container(name, &[], &[("net", endpoint(ip, None))]);
-        w.running = running;
-        w
-    };
     let world = |label: &str, runs: [bool; 3]| World {
         containers: vec![
             member("warp-a", "172.20.0.2", runs[0]),
@@ -376,17 +379,7 @@ fn a_spread_group_uses_every_usable_member() {
     let label = "spread:warp-a,warp-b,warp-c";
     let settings = settings("203.0.113.0/24");
     let planned = |world: &World, active: Option<&str>, settled: &[&str]| {
-        let observed = Observed {
-            probes: WarpProbes::new(),
-            failover: Failover {
-                active: active
-                    .map(|a| ("id-app".to_owned(), a.to_owned()))
-                    .into_iter()
-                    .collect(),
-                settled: Some(settled.iter().map(|r| (*r).to_owned()).collect()),
-            },
-        };
-        let plan = plan_observed(world, &settings, &observed);
+        let plan = plan_observed(world, &settings, &history(active, settled));
         Arc::unwrap_or_clone(plan.targets.into_iter().next().unwrap())
     };
     let names = |t: &TargetPlan| t.active_warps();
