@@ -449,6 +449,29 @@ mod tests {
         assert_eq!(status.id, "0123456789ab");
         assert_eq!(status.state, "steered");
         assert_eq!((status.error, status.held_closed), (None, None));
+        assert_eq!((status.group_mode, status.spread.len()), (None, 0));
+        // A spread target: its mode and the members carrying its flows.
+        let member = |name: &str| crate::plan::SpreadMember {
+            name: name.into(),
+            pid: Some(2),
+            mac: None,
+            macs: Vec::new(),
+            via_v4: None,
+            via_v6: None,
+        };
+        let spread = TargetView {
+            plan: TargetPlan {
+                warp_group: vec!["warp-a".into(), "warp-b".into(), "warp-c".into()],
+                group_mode: crate::plan::GroupMode::Spread,
+                spread: vec![member("warp-a"), member("warp-c")],
+                ..plan.clone()
+            }
+            .into(),
+            ..view.clone()
+        };
+        let status = target_status(&spread, None);
+        assert_eq!(status.group_mode.as_deref(), Some("spread"));
+        assert_eq!(status.spread, ["warp-a", "warp-c"]);
         let failed = TargetView {
             failure: Some(super::super::TargetFailure {
                 error: "boom".into(),
