@@ -103,6 +103,64 @@ pub const IFACE_POLICY: u16 = 1;
 pub const IFACE_CAPPED: u16 = 2;
 /// [`IfaceState::flags`]: the row lives in the hash map (its verdicts too).
 pub const IFACE_IN_HASH: u16 = 4;
+/// [`IfaceState::flags`]: the target's warp is a spread group: a steered
+/// flow goes to the member its [`SpreadTable`] slot names (`warp_ifindex`
+/// and `warp_mac` hold the first member, used while no table is found).
+pub const IFACE_SPREAD: u16 = 8;
+
+/// Name of the hash map of each spread target's [`SpreadTable`], by its
+/// host-side veth's ifindex.
+pub const SPREAD_MAP: &str = "NETWARP_SPREAD";
+/// Slots of a [`SpreadTable`] (a power of two): a flow takes slot
+/// `flow_hash(..) % SPREAD_SLOTS`.
+pub const SPREAD_SLOTS: usize = 64;
+/// Spread targets the map holds (allocated only as used).
+pub const SPREAD_MAP_CAPACITY: u32 = 4_096;
+
+/// One slot of a spread table: the member warp's host-side veth on the
+/// target's network and its MAC there. A zero ifindex is an empty slot
+/// (its flows are dropped: a table is written whole, so only a bug leaves
+/// one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpreadSlot {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A spread target's member table: each slot names the member carrying
+/// the flows that hash to it. When a member leaves, only its slots are
+/// given to the others, so only its flows move.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpreadTable {
+    pub slots: [SpreadSlot; SPREAD_SLOTS],
+}
+
+/// The hash of a flow that picks its spread slot: the same for every
+/// packet of a connection (addresses, protocol and ports; an IPv6
+/// address folded to one word by XOR), whatever the kernel's own hash
+/// (a TCP socket's changes on retransmission timeouts). A non-first
+/// fragment has no ports (`ports` 0), so it may take another slot.
+/// `ports` is the L4 header's first four bytes as read (source port,
+/// destination port, in network order).
+#[inline(always)]
+pub fn flow_hash(source: u32, destination: u32, ip_proto: u8, ports: u32) -> u32 {
+    #[inline(always)]
+    fn mix(h: u32, v: u32) -> u32 {
+        (h ^ v).wrapping_mul(0x9e37_79b1).rotate_left(13)
+    }
+    let mut h = mix(0x4e57_0000 | u32::from(ip_proto), source);
+    h = mix(h, destination);
+    h = mix(h, ports);
+    // murmur3's finalizer: every input bit reaches the low (slot) bits.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
 
 /// Everything the container programs need about their interface, in one
 /// value. No row (or a zero row: no flags) is an interface netwarp does
@@ -406,6 +464,8 @@ mod user {
     // SAFETY: as above; explicit `_pad` fields leave no implicit padding.
     unsafe impl aya::Pod for super::TargetPolicy {}
     unsafe impl aya::Pod for super::IfaceState {}
+    unsafe impl aya::Pod for super::SpreadSlot {}
+    unsafe impl aya::Pod for super::SpreadTable {}
     unsafe impl aya::Pod for super::RuleKeyV4 {}
     unsafe impl aya::Pod for super::RuleKeyV6 {}
     unsafe impl aya::Pod for super::RuleValue {}

@@ -23,10 +23,11 @@ mod programs {
         ACTION_BLOCK, ACTION_DENY, ACTION_DIRECT, ACTION_STEER, Direction, GUARD_ALLOW_IPV4,
         GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY,
         GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_CAPPED, IFACE_IN_HASH, IFACE_POLICY,
-        IFACE_SLOT_MASK, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT, POLICY_MAP_CAPACITY,
-        REASON_RULE, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY, RateBuckets, RuleKeyV4,
-        RuleKeyV6, RuleValue, TokenBucket, TrafficCounters, VerdictCounters,
-        WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+        IFACE_SLOT_MASK, IFACE_SPREAD, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
+        POLICY_MAP_CAPACITY, REASON_RULE, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY,
+        RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, SPREAD_MAP_CAPACITY, SPREAD_SLOTS,
+        SpreadTable, TokenBucket, TrafficCounters, VerdictCounters, WARP_PEERS_MAP_CAPACITY,
+        WarpPeerKey, flow_hash,
     };
 
     /// Each host-side veth's state (policy, warp, cap slot), at its
@@ -90,6 +91,11 @@ mod programs {
     #[map(name = "NETWARP_WARP_PEERS")]
     static NETWARP_WARP_PEERS: HashMap<WarpPeerKey, u32> =
         HashMap::with_max_entries(WARP_PEERS_MAP_CAPACITY, 0);
+
+    /// Each spread target's member table, by its host-side veth.
+    #[map(name = "NETWARP_SPREAD")]
+    static NETWARP_SPREAD: HashMap<u32, SpreadTable> =
+        HashMap::with_max_entries(SPREAD_MAP_CAPACITY, BPF_F_NO_PREALLOC);
 
     /// What each warp veth's program dropped: a target's steered traffic
     /// the warp forwarded without tunnelling or NAT.
@@ -217,7 +223,7 @@ mod programs {
         if allowed(&allow) {
             return None;
         }
-        let (action, _) = matching_rule(ctx, ethertype, rule_set)?;
+        let (action, _, _) = matching_rule(ctx, ethertype, rule_set)?;
         if leaves_alone(action) {
             return None;
         }
@@ -239,7 +245,8 @@ mod programs {
     /// Only what the target's rules leave alone (`direct`, or no rule)
     /// passes: the target may send that where it likes, the warp included.
     /// Packets to a target go straight to the target's veth, as steering
-    /// does the other way: on an `--internal` network Docker's isolation
+    /// does the other way (from its warp's veth; of a spread group, from
+    /// any member's, since only members' veths have its peer rows): on an `--internal` network Docker's isolation
     /// rules would drop replies whose source is outside the subnet.
     #[classifier]
     pub fn netwarp_tc_from_warp(ctx: TcContext) -> i32 {
@@ -278,7 +285,7 @@ mod programs {
         // SAFETY: read-only lookups of values the controller writes whole.
         if let Some(target) = unsafe { NETWARP_WARP_PEERS.get(&key) }
             && let Some(policy) = policy_of(*target)
-            && policy.warp_ifindex == ifindex
+            && (policy.warp_ifindex == ifindex || policy.flags & IFACE_SPREAD != 0)
         {
             // SAFETY: a plain helper call; it only records the target.
             return Some(unsafe { bpf_redirect(*target, 0) } as i32);
@@ -287,7 +294,7 @@ mod programs {
         // SAFETY: as above.
         let target = unsafe { NETWARP_WARP_PEERS.get(&key) }?;
         let policy = policy_of(*target)?;
-        let (action, _) = matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
+        let (action, _, _) = matching_rule(ctx, ethertype, policy.rule_set.to_be_bytes())?;
         if leaves_alone(action) {
             return None;
         }
@@ -438,6 +445,9 @@ mod programs {
     struct Flow {
         ip_proto: u8,
         dport: Option<u16>,
+        /// The L4 header's first four bytes as read (source and
+        /// destination port), 0 where there are none: the spread hash's.
+        ports: u32,
         later_fragment: bool,
     }
 
@@ -449,14 +459,27 @@ mod programs {
         let ifindex = policy.ifindex;
         let rule_set = policy.rule_set.to_be_bytes();
         let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
-        let (action, rule) = matching_rule(ctx, ethertype, rule_set)?;
+        let (action, rule, flow) = matching_rule(ctx, ethertype, rule_set)?;
         let bytes = u64::from(ctx.len());
         match action {
             ACTION_STEER => {
-                ctx.store(0, &policy.warp_mac, 0).ok()?;
+                let (mut warp_ifindex, mut warp_mac) = (policy.warp_ifindex, policy.warp_mac);
+                if policy.flags & IFACE_SPREAD != 0
+                    // SAFETY: read-only use of a value the controller writes whole.
+                    && let Some(table) = unsafe { NETWARP_SPREAD.get(&ifindex) }
+                {
+                    let slot = spread_hash(ctx, ethertype, &flow)? as usize % SPREAD_SLOTS;
+                    let member = table.slots.get(slot)?;
+                    if member.ifindex == 0 {
+                        count_verdict(policy, bytes, Verdict::WarpDown);
+                        return Some(TC_ACT_SHOT);
+                    }
+                    (warp_ifindex, warp_mac) = (member.ifindex, member.mac);
+                }
+                ctx.store(0, &warp_mac, 0).ok()?;
                 count_verdict(policy, bytes, Verdict::Steered);
                 // SAFETY: a plain helper call; it only records the target.
-                Some(unsafe { bpf_redirect(policy.warp_ifindex, 0) } as i32)
+                Some(unsafe { bpf_redirect(warp_ifindex, 0) } as i32)
             }
             ACTION_BLOCK | ACTION_DENY => {
                 let (verdict, reason) = if action == ACTION_DENY {
@@ -475,15 +498,29 @@ mod programs {
         }
     }
 
+    /// The [`flow_hash`] of a packet: its addresses (an IPv6 one folded
+    /// to a word) and what the parser read of its protocol and ports.
+    #[inline(always)]
+    fn spread_hash(ctx: &TcContext, ethertype: u16, flow: &Flow) -> Option<u32> {
+        let (source, destination) = if ethertype == ETH_P_IP {
+            let [s, d]: [u32; 2] = read(ctx, ETH_HLEN + 12)?;
+            (s, d)
+        } else {
+            let [s0, s1, s2, s3, d0, d1, d2, d3]: [u32; 8] = read(ctx, ETH_HLEN + 8)?;
+            (s0 ^ s1 ^ s2 ^ s3, d0 ^ d1 ^ d2 ^ d3)
+        };
+        Some(flow_hash(source, destination, flow.ip_proto, flow.ports))
+    }
+
     /// What `rule_set` does with this packet (an `ACTION_*`, 0 for
     /// nothing), with the row of the longest prefix match of its
-    /// destination; None without a row.
+    /// destination and what the parser found; None without a row.
     #[inline(always)]
     fn matching_rule(
         ctx: &TcContext,
         ethertype: u16,
         rule_set: [u8; 4],
-    ) -> Option<(u8, &RuleValue)> {
+    ) -> Option<(u8, &RuleValue, Flow)> {
         let (rule, flow) = match ethertype {
             ETH_P_IP => {
                 let (dst, flow) = parse_ipv4(ctx)?;
@@ -509,7 +546,7 @@ mod programs {
             }
             _ => return None,
         };
-        Some((action_for(rule, &flow), rule))
+        Some((action_for(rule, &flow), rule, flow))
     }
 
     /// Whether netwarp leaves a packet of this action alone (`direct`,
@@ -531,8 +568,8 @@ mod programs {
         let dst: [u8; 4] = read(ctx, ETH_HLEN + 16)?;
         // Only the first fragment (offset 0) carries the L4 header.
         let first_fragment = frag & 0x1fff == 0;
-        let dport = if first_fragment {
-            l4_dport(ctx, ETH_HLEN + header_len, ip_proto)
+        let ports = if first_fragment {
+            l4_ports(ctx, ETH_HLEN + header_len, ip_proto)
         } else {
             None
         };
@@ -540,7 +577,8 @@ mod programs {
             dst,
             Flow {
                 ip_proto,
-                dport,
+                dport: ports.map(|p| u16::from_be_bytes([p[2], p[3]])),
+                ports: ports.map_or(0, u32::from_ne_bytes),
                 later_fragment: !first_fragment,
             },
         ))
@@ -574,8 +612,8 @@ mod programs {
                 _ => break,
             }
         }
-        let dport = if first_fragment {
-            l4_dport(ctx, offset, next)
+        let ports = if first_fragment {
+            l4_ports(ctx, offset, next)
         } else {
             None
         };
@@ -583,28 +621,29 @@ mod programs {
             dst,
             Flow {
                 ip_proto: next,
-                dport,
+                dport: ports.map(|p| u16::from_be_bytes([p[2], p[3]])),
+                ports: ports.map_or(0, u32::from_ne_bytes),
                 later_fragment: !first_fragment,
             },
         ))
     }
 
-    /// The destination port of a TCP or UDP header at `offset`. The common
-    /// offsets (IPv4 without options, IPv6 without extension headers) are
-    /// read directly; others through `bpf_skb_load_bytes`.
+    /// The ports (source, destination) of a TCP or UDP header at
+    /// `offset`, as their bytes lie. The common offsets (IPv4 without
+    /// options, IPv6 without extension headers) are read directly; others
+    /// through `bpf_skb_load_bytes`.
     #[inline(always)]
-    fn l4_dport(ctx: &TcContext, offset: usize, ip_proto: u8) -> Option<u16> {
+    fn l4_ports(ctx: &TcContext, offset: usize, ip_proto: u8) -> Option<[u8; 4]> {
         const V4: usize = ETH_HLEN + 20;
         const V6: usize = ETH_HLEN + 40;
         if ip_proto != IPPROTO_TCP && ip_proto != IPPROTO_UDP {
             return None;
         }
-        let port = match offset {
-            V4 => read::<u16>(ctx, V4 + 2)?,
-            V6 => read::<u16>(ctx, V6 + 2)?,
-            _ => ctx.load::<u16>(offset + 2).ok()?,
-        };
-        Some(u16::from_be(port))
+        match offset {
+            V4 => read::<[u8; 4]>(ctx, V4),
+            V6 => read::<[u8; 4]>(ctx, V6),
+            _ => ctx.load::<[u8; 4]>(offset).ok(),
+        }
     }
 
     /// The action of the row's first selector that takes this flow, else

@@ -67,6 +67,17 @@ pub fn run_warp(
     Ok(container)
 }
 
+/// Which warp answered a one-off connection from `target` to `remote`:8080
+/// (a warp serving `carried-by-NAME` there), if any; bounded by nc's timeout.
+pub fn carried_by(target: &Container, remote: &str) -> Option<String> {
+    let out = target
+        .exec(&["sh", "-c", &format!("sleep 1 | nc -w 2 {remote} 8080")])
+        .ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("carried-by-"))
+        .map(str::to_owned)
+}
+
 /// Starts an idle container with `labels` (each `key=value`).
 pub fn start_target(prefix: &str, network: &DockerNetwork, labels: &[String]) -> Container {
     let mut extra = Vec::new();

@@ -22,21 +22,11 @@ use netwarp_tests::{
     docker::{Container, DockerNetwork},
     observe::{Exposition, status_json, status_target},
     skip, skip_if,
-    steering::{DeadTunnel, run_warp},
+    steering::{DeadTunnel, carried_by, run_warp},
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const HOLD_DOWN_SECS: u64 = 4;
-
-/// Which warp answered a connection to `remote`:8080, if any.
-fn carried_by(target: &Container, remote: &str) -> Option<String> {
-    let out = target
-        .exec(&["sh", "-c", &format!("sleep 1 | nc -w 2 {remote} 8080")])
-        .ok()?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("carried-by-"))
-        .map(str::to_owned)
-}
 
 fn warp_of(daemon: &Daemon, target: &Container) -> Option<String> {
     let status = status_json(daemon).ok()?;

@@ -880,3 +880,102 @@ privileged_test!(a_target_whose_slot_is_taken_is_served_from_the_hash_map, {
     dp.remove_policy(TARGET_IFINDEX).expect("removing");
     assert_eq!(verdict(&mut dp, &packet), PASS);
 });
+
+/// A spread member on the test's one interface, told apart by its MAC.
+fn spread_member(last: u8) -> netwarp_common::SpreadSlot {
+    netwarp_common::SpreadSlot {
+        ifindex: WARP_IFINDEX,
+        mac: [0x02, 0x42, 0xac, 0x14, 0x01, last],
+        _pad: [0; 2],
+    }
+}
+
+/// The member MAC a steered flow from source port `sport` got (the
+/// rewritten destination MAC), and the slot `flow_hash` gives it.
+fn spread_flow(dp: &mut EbpfDataplane, packet: &[u8], sport: u16) -> ([u8; 6], usize) {
+    let mut packet = packet.to_vec();
+    let ip_len = if packet[12..14] == [0x08, 0x00] {
+        20
+    } else {
+        40
+    };
+    let l4 = 14 + ip_len;
+    packet[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+    let (verdict, out) = dp
+        .test_run_from_container(TARGET_IFINDEX, &packet)
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sport {sport}");
+    let word = |at: usize| u32::from_ne_bytes(packet[at..at + 4].try_into().unwrap());
+    let fold = |at: usize| (0..4).fold(0, |h, i| h ^ word(at + 4 * i));
+    let (source, destination) = if ip_len == 20 {
+        (word(14 + 12), word(14 + 16))
+    } else {
+        (fold(14 + 8), fold(14 + 24))
+    };
+    let proto = packet[if ip_len == 20 { 14 + 9 } else { 14 + 6 }];
+    let hash = netwarp_common::flow_hash(source, destination, proto, word(l4));
+    (
+        out[0..6].try_into().unwrap(),
+        hash as usize % netwarp_common::SPREAD_SLOTS,
+    )
+}
+
+privileged_test!(
+    a_spread_target_s_flows_take_the_member_of_their_hash_slot,
+    {
+        use netwarp::dataplane::ebpf::spread::assign;
+        let mut dp = dataplane("203.0.113.0/24,2001:db8::/32", steer());
+        let four: Vec<_> = (1..=4).map(spread_member).collect();
+        let table = assign(None, &four);
+        dp.set_spread(TARGET_IFINDEX, Some(&table))
+            .expect("writing the spread table");
+        let flows: Vec<(Vec<u8>, u16)> = (0..128u16)
+            .map(|i| {
+                let packet = if i % 2 == 0 {
+                    ipv4(REMOTE_V4, TCP, 443, 0, 0)
+                } else {
+                    ipv6(REMOTE_V6, UDP, 443, false, None)
+                };
+                (packet, 40_000 + i)
+            })
+            .collect();
+        let mut carried = std::collections::BTreeMap::<[u8; 6], usize>::new();
+        let mut before = Vec::new();
+        for (packet, sport) in &flows {
+            let (mac, slot) = spread_flow(&mut dp, packet, *sport);
+            assert_eq!(
+                mac, table.slots[slot].mac,
+                "sport {sport}: not its slot's member"
+            );
+            // Stable per flow: every packet of it takes the same member.
+            assert_eq!(spread_flow(&mut dp, packet, *sport).0, mac);
+            *carried.entry(mac).or_default() += 1;
+            before.push(mac);
+        }
+        // 128 flows on 4 members: each carries some, none nearly all.
+        assert_eq!(carried.len(), 4, "{carried:?}");
+        assert!(
+            carried.values().all(|n| (12..=64).contains(n)),
+            "{carried:?}"
+        );
+        // The third member leaves: only its flows move.
+        let three = [four[0], four[1], four[3]];
+        dp.set_spread(TARGET_IFINDEX, Some(&assign(Some(&table), &three)))
+            .expect("rewriting the spread table");
+        for ((packet, sport), was) in flows.iter().zip(&before) {
+            let (now, _) = spread_flow(&mut dp, packet, *sport);
+            assert_ne!(
+                now, four[2].mac,
+                "sport {sport} still on the member that left"
+            );
+            if *was != four[2].mac {
+                assert_eq!(now, *was, "sport {sport} moved though its member stayed");
+            }
+        }
+        // Without the table, the policy's one warp takes everything again.
+        dp.set_spread(TARGET_IFINDEX, None)
+            .expect("removing the table");
+        let (mac, _) = spread_flow(&mut dp, &flows[0].0, flows[0].1);
+        assert_eq!(mac, WARP_MAC);
+    }
+);

@@ -168,7 +168,12 @@ pub fn render(doc: &StatusDoc, now: f64) -> String {
             vec![
                 t.name.clone(),
                 t.id.clone(),
-                t.warp.clone(),
+                // A spread target: every member carrying its flows.
+                if t.spread.is_empty() {
+                    t.warp.clone()
+                } else {
+                    t.spread.join("+")
+                },
                 t.state.clone(),
                 next_hop(t),
                 t.counters.map_or("-".into(), |c| traffic(c.tx)),
@@ -409,6 +414,8 @@ mod tests {
             targets: vec![
                 TargetStatus {
                     warp_group: Vec::new(),
+                    group_mode: None,
+                    spread: Vec::new(),
                     name: "app".into(),
                     id: "aaaaaaaaaaaa".into(),
                     warp: "warp-vpn".into(),
@@ -449,6 +456,8 @@ mod tests {
                 },
                 TargetStatus {
                     warp_group: Vec::new(),
+                    group_mode: None,
+                    spread: Vec::new(),
                     name: "db".into(),
                     id: "bbbbbbbbbbbb".into(),
                     warp: "warp-gone".into(),

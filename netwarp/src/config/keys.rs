@@ -66,7 +66,7 @@ keys! {
         "Glob (* and ?) that names warp containers";
     TARGET_LABEL = "target_container_label", "NETWARP_TARGET_CONTAINER_LABEL", "netwarp.target",
         Live, flag -,
-        "Label whose value names a target's warp container";
+        "Label whose value names a target's warp container, or a group: warp-a,warp-b (failover) or spread:warp-a,warp-b (flows over all)";
     NETWORK_LABEL = "network_preference_label", "NETWARP_NETWORK_PREFERENCE_LABEL", "netwarp.network",
         Live, flag -,
         "Label on a warp container naming the network to steer over";

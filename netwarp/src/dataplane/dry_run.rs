@@ -468,6 +468,8 @@ mod tests {
         };
         Arc::new(TargetPlan {
             warp_group: Vec::new(),
+            group_mode: crate::plan::GroupMode::Failover,
+            spread: Vec::new(),
             id: id.into(),
             name: format!("name-{id}"),
             pid: Some(pid),

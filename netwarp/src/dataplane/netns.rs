@@ -45,6 +45,15 @@ pub enum NetnsError {
          NamespaceHandle::open_owned"
     )]
     ReadOnly { pid: u32 },
+    #[error(
+        "cannot set {setting} in the network namespace of pid {pid}: {reason}; a spread \
+         group's multipath routes need it to hash flows by their ports (layer 4)"
+    )]
+    Sysctl {
+        pid: u32,
+        setting: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Tables(#[from] super::tables::TablesExhausted),
     #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
@@ -237,6 +246,56 @@ impl NamespaceHandle {
             writable: false,
         };
         Ok((namespace, id))
+    }
+
+    /// Makes the namespace's multipath routes pick a next hop by a hash of
+    /// the flow's addresses, protocol and ports
+    /// (`net.ipv{4,6}.fib_multipath_hash_policy=1`), so that a spread
+    /// target's connections spread even to one destination. Written from
+    /// a thread inside the namespace (sysctls under /proc/sys/net are the
+    /// opening thread's namespace's), only where it differs. A namespace
+    /// without IPv6 has no IPv6 setting: skipped.
+    pub async fn hash_multipath_by_flow(&self) -> Result<(), NetnsError> {
+        self.writable()?;
+        const SETTINGS: [(&str, &str); 2] = [
+            (
+                "net.ipv4.fib_multipath_hash_policy",
+                "/proc/sys/net/ipv4/fib_multipath_hash_policy",
+            ),
+            (
+                "net.ipv6.fib_multipath_hash_policy",
+                "/proc/sys/net/ipv6/fib_multipath_hash_policy",
+            ),
+        ];
+        let pid = self.pid;
+        inside_namespace(pid, move || {
+            // Checked again inside: a reused pid never leads to the host's.
+            if NamespaceId::of("/proc/thread-self/ns/net")?.is_host() {
+                return Ok(Err(NetnsError::HostNamespace { pid }));
+            }
+            let failed = |setting, e: std::io::Error| {
+                let reason = e.to_string();
+                Ok(Err(NetnsError::Sysctl {
+                    pid,
+                    setting,
+                    reason,
+                }))
+            };
+            for (setting, path) in SETTINGS {
+                let current = match std::fs::read_to_string(path) {
+                    Ok(value) => value,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return failed(setting, e),
+                };
+                if current.trim() != "1"
+                    && let Err(e) = std::fs::write(path, "1")
+                {
+                    return failed(setting, e);
+                }
+            }
+            Ok(Ok(()))
+        })
+        .await?
     }
 
     pub(super) fn writable(&self) -> Result<&Handle, NetnsError> {

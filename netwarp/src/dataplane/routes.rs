@@ -17,6 +17,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     ops::RangeInclusive,
 };
 
@@ -25,7 +26,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 pub use super::{
     mac::parse_mac,
     policy_rule::{NETWARP_PROTOCOL, OwnedRule, Selector},
-    tables::{LEGACY_TARGET_TABLE, RouteAction, TARGET_TABLES, TablesExhausted},
+    tables::{LEGACY_TARGET_TABLE, Nexthops, RouteAction, TARGET_TABLES, TablesExhausted},
 };
 use super::{
     netns::{NamespaceHandle, NetnsError, already_done},
@@ -34,7 +35,7 @@ use super::{
 };
 use crate::{
     model::{Cidr, PortRange},
-    plan::{Action, Entry},
+    plan::{Action, Entry, SpreadMember},
 };
 
 /// The first priority of netwarp's policy rules: before `main` (32766).
@@ -121,6 +122,37 @@ pub fn desired_state(entries: &[Entry]) -> Desired {
         // A table of throws alone changes nothing.
         if routes.values().any(|r| *r != RouteAction::Throw) {
             desired.groups.insert(class, routes);
+        }
+    }
+    desired
+}
+
+/// `desired` with each route via a spread target's first member made a
+/// multipath route over every member with an address of its family (in
+/// label order); a family only one member has stays a plain route.
+pub fn spread_over(mut desired: Desired, members: &[SpreadMember]) -> Desired {
+    if members.len() < 2 {
+        return desired;
+    }
+    let gateways = |v6: bool| -> Vec<IpAddr> {
+        (members.iter())
+            .filter_map(|m| match v6 {
+                false => m.via_v4.map(IpAddr::V4),
+                true => m.via_v6.map(IpAddr::V6),
+            })
+            .collect()
+    };
+    let (v4, v6) = (gateways(false), gateways(true));
+    for route in desired
+        .groups
+        .values_mut()
+        .flat_map(|routes| routes.values_mut())
+    {
+        if let RouteAction::Via(ip) = route {
+            let hops = if ip.is_ipv6() { &v6 } else { &v4 };
+            if hops.len() >= 2 {
+                *route = RouteAction::Multipath(Nexthops::new(hops.iter().copied()));
+            }
         }
     }
     desired
@@ -408,6 +440,54 @@ mod tests {
             state.routes.remove(key);
         }
         state
+    }
+
+    #[test]
+    fn a_spread_target_s_routes_via_its_first_member_become_multipath() {
+        use crate::plan::SpreadMember;
+        let member = |name: &str, v4: &str, v6: Option<&str>| SpreadMember {
+            name: name.into(),
+            pid: Some(1),
+            mac: None,
+            macs: Vec::new(),
+            via_v4: Some(v4.parse().unwrap()),
+            via_v6: v6.map(|v6| v6.parse().unwrap()),
+        };
+        let members = [
+            member("warp-a", "172.20.0.2", Some("fd00::2")),
+            member("warp-b", "172.20.0.5", None),
+            member("warp-c", "172.20.0.6", None),
+        ];
+        let mut es = entries("203.0.113.0/24", via("172.20.0.2"));
+        es.extend(entries("2001:db8::/32", via("fd00::2")));
+        es.extend(entries("198.51.100.0/24", Action::Block));
+        es.extend(entries("203.0.113.128/25", Action::Direct));
+        let desired = spread_over(desired_state(&es), &members);
+        // Families are classes of their own: every table's routes.
+        let routes: BTreeMap<Cidr, RouteAction> =
+            desired.groups.values().flat_map(|r| r.clone()).collect();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let cidr = |s: &str| -> Cidr { s.parse().unwrap() };
+        assert_eq!(
+            routes[&cidr("203.0.113.0/24")],
+            RouteAction::Multipath(Nexthops::new([
+                ip("172.20.0.2"),
+                ip("172.20.0.5"),
+                ip("172.20.0.6")
+            ]))
+        );
+        // One member has IPv6: a plain route; drops and throws unchanged.
+        assert_eq!(
+            routes[&cidr("2001:db8::/32")],
+            RouteAction::Via(ip("fd00::2"))
+        );
+        assert_eq!(routes[&cidr("198.51.100.0/24")], RouteAction::Prohibit);
+        assert_eq!(routes[&cidr("203.0.113.128/25")], RouteAction::Throw);
+        // One member (or none): the plan's routes as they are.
+        assert_eq!(
+            spread_over(desired_state(&es), &members[..1]),
+            desired_state(&es)
+        );
     }
 
     #[test]

@@ -114,10 +114,11 @@ impl FailoverState {
                 }
                 continue;
             }
-            if (self.active.get(&target.id)).is_some_and(|last| *last != target.warp) {
+            let warps = target.active_warps();
+            if (self.active.get(&target.id)).is_some_and(|last| *last != warps) {
                 moved += 1;
             }
-            active.insert(target.id.clone(), target.warp.clone());
+            active.insert(target.id.clone(), warps);
         }
         self.active = active;
         moved

@@ -144,23 +144,29 @@ pub(super) fn plan_guards_except<'a, T>(
     let mut warps: HashMap<&str, Option<&'a Container>, foldhash::fast::RandomState> =
         HashMap::default();
     for target in &forwarded {
-        // A warp without a namespace of its own is refused: its targets
-        // never reach it, and its "networks" have no bridge to guard.
-        let warp = *warps.entry(target.warp.as_str()).or_insert_with(|| {
-            index.warp(&target.warp).filter(|c| {
-                c.network_mode == NetworkMode::Own
-                    && is_warp_by_name(&settings.warp_name_pattern, c)
-            })
-        });
-        let Some(warp) = warp else {
-            continue;
-        };
         let own = PolicyIndex::new(target);
         let carved: Vec<Entry> = (direct_prefixes(target))
             .filter(|x| own.leaves_alone(x))
             .map(direct_entry)
             .collect();
-        for (network, endpoint) in &warp.networks {
+        // Every warp carrying it: a spread group's members all forward.
+        let carriers: Vec<&str> = match target.spread.as_slice() {
+            [] => vec![target.warp.as_str()],
+            members => members.iter().map(|m| m.name.as_str()).collect(),
+        };
+        // A warp without a namespace of its own is refused: its targets
+        // never reach it, and its "networks" have no bridge to guard.
+        let carrying: Vec<&Container> = (carriers.into_iter())
+            .filter_map(|name| {
+                *warps.entry(name).or_insert_with(|| {
+                    index.warp(name).filter(|c| {
+                        c.network_mode == NetworkMode::Own
+                            && is_warp_by_name(&settings.warp_name_pattern, c)
+                    })
+                })
+            })
+            .collect();
+        for (network, endpoint) in carrying.into_iter().flat_map(|warp| warp.networks.iter()) {
             let already = blocked_by.get(network.as_str());
             let guard = guard_of(&mut guards, network, endpoint);
             for entry in &carved {
@@ -538,6 +544,29 @@ mod tests {
                 .allowed_sources
                 .contains(&"172.20.0.3".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn every_network_of_every_spread_member_blocks_its_targets_forwards() {
+        // warp-b, the second member, has a network of its own besides
+        // the target's: its untunnelled forwards leave by it too.
+        let mut world = world();
+        let mut b = container("warp-b", &[], true, "172.20.0.5");
+        let mut far = endpoint("172.31.0.5", "mac-warp-b-far");
+        far.network_id = Some("far-id".into());
+        b.networks.insert("far".into(), far);
+        b.labels.insert("netwarp.network".into(), "net".into());
+        world.containers.push(b);
+        world.containers[1]
+            .labels
+            .insert("netwarp.target".into(), "spread:warp-a,warp-b".into());
+        let guards = plan_guards(&world, &settings("203.0.113.0/24"));
+        let far = guards
+            .iter()
+            .find(|g| g.network == "far")
+            .expect("far guarded");
+        let v4 = blocked("203.0.113.0/24")[0];
+        assert_eq!(far.forwarded, [("172.20.0.3".parse().unwrap(), v4)].into());
     }
 
     #[test]

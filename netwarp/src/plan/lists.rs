@@ -139,6 +139,8 @@ pub(super) fn plan_filtered(settings: &PlanSettings, container: &Container) -> T
         pid: container.pid,
         warp: String::new(),
         warp_group: Vec::new(),
+        group_mode: crate::plan::GroupMode::Failover,
+        spread: Vec::new(),
         state: TargetState::Filtered,
         entries: Vec::new(),
         mac_on_network: container.networks.values().find_map(|e| e.mac.clone()),

@@ -12,6 +12,7 @@ mod capacity;
 mod caps;
 mod decide;
 mod dns;
+mod group;
 mod guard;
 mod lists;
 mod probe;
@@ -22,6 +23,7 @@ pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
 pub use decide::{decide, prune_direct};
 pub use dns::{DnsPolicy, dns_rules};
+pub use group::{GroupMode, MAX_SPREAD_MEMBERS, SpreadMember, WarpGroup, parse_group, warp_group};
 pub use guard::{GuardPlan, plan_guards};
 pub use lists::{allow_only, parse_allow, parse_deny};
 pub use probe::{ProbeCheck, WarpProbes, probe_check, probe_spec};
@@ -194,8 +196,16 @@ pub struct TargetPlan {
     /// or of a group, the active one (the first member while none is).
     pub warp: String,
     /// A failover group's members in priority order, when the label names
-    /// more than one warp; empty otherwise.
+    /// more than one warp; empty otherwise. A spread group's too.
     pub warp_group: Vec<String>,
+    /// How the group shares the traffic (failover for one warp).
+    pub group_mode: GroupMode,
+    /// A spread group's target while steered: every usable member that
+    /// carries its flows, in label order. The first is `warp`, whose
+    /// address the `via` entries name and whose pid and MACs the fields
+    /// below hold; the dataplanes spread the `via` traffic over all of
+    /// them. Empty otherwise.
+    pub spread: Vec<SpreadMember>,
     pub state: TargetState,
     /// Sorted, without duplicates.
     pub entries: Vec<Entry>,
@@ -224,6 +234,16 @@ pub struct TargetPlan {
 }
 
 impl TargetPlan {
+    /// The warps carrying it, as failover history records them: the
+    /// spread members joined by commas, else `warp`.
+    pub fn active_warps(&self) -> String {
+        if self.spread.is_empty() {
+            return self.warp.clone();
+        }
+        let names: Vec<&str> = self.spread.iter().map(|m| m.name.as_str()).collect();
+        names.join(",")
+    }
+
     /// A note on how a shared namespace is served, for status and logs.
     pub fn sharing_note(&self) -> Option<String> {
         let other = self.shares_namespace_of.as_ref()?;
@@ -541,18 +561,25 @@ fn plan_target(
     target: &Container,
     warp: &str,
 ) -> TargetPlan {
-    let group = warp_group(warp);
+    let parsed = parse_group(warp);
+    let group = match &parsed {
+        Ok(group) => group.members.clone(),
+        Err(_) => warp_group(warp),
+    };
     let primary = group.first().copied().unwrap_or("");
+    let mode = parsed.as_ref().map_or(GroupMode::Failover, |g| g.mode);
     let mut plan = TargetPlan {
         id: target.id.clone(),
         name: target.name.clone(),
         pid: target.pid,
         warp: primary.to_owned(),
-        warp_group: if group.len() > 1 {
+        warp_group: if group.len() > 1 || mode == GroupMode::Spread {
             group.iter().map(|name| (*name).to_owned()).collect()
         } else {
             Vec::new()
         },
+        group_mode: mode,
+        spread: Vec::new(),
         state: TargetState::Blocked(BlockReason::WarpMissing {
             warp: primary.to_owned(),
         }),
@@ -602,7 +629,7 @@ fn plan_target(
     if count > settings.max_prefixes_per_target {
         let limit = settings.max_prefixes_per_target;
         let reason = BlockReason::TooManyPrefixes { count, limit };
-        return block_all(index, settings, target, &group, plan, reason);
+        return block_all(index, settings, target, &parsed, plan, reason);
     }
     let (mut rules, excluded) = with_exclusions(settings, target, rules);
     plan.excluded = excluded;
@@ -615,11 +642,15 @@ fn plan_target(
     }
     let rules = match lists::apply(settings, target, rules) {
         Ok(rules) => rules,
-        Err(reason) => return block_all(index, settings, target, &group, plan, reason),
+        Err(reason) => return block_all(index, settings, target, &parsed, plan, reason),
     };
-    match choose_warp(index, settings, target, &group) {
-        Ok((chosen, resolved)) => {
-            plan.warp = chosen.to_owned();
+    match choose_warps(index, settings, target, warp, &parsed) {
+        Ok(mut chosen) => {
+            if mode == GroupMode::Spread {
+                plan.spread = chosen.iter().map(|(name, r)| r.member(name)).collect();
+            }
+            let (name, resolved) = chosen.swap_remove(0);
+            plan.warp = name.to_owned();
             plan.mac_on_network = resolved.target_mac;
             plan.warp_pid = resolved.warp_pid;
             plan.warp_mac = resolved.warp_mac;
@@ -652,12 +683,13 @@ fn block_all(
     index: &Index<'_>,
     settings: &PlanSettings,
     target: &Container,
-    group: &[&str],
+    group: &Result<WarpGroup<'_>, String>,
     mut plan: TargetPlan,
     reason: BlockReason,
 ) -> TargetPlan {
-    plan.mac_on_network = match choose_warp(index, settings, target, group) {
-        Ok((_, resolved)) => resolved.target_mac,
+    let label = plan.warp.clone();
+    plan.mac_on_network = match choose_warps(index, settings, target, &label, group) {
+        Ok(mut chosen) => chosen.swap_remove(0).1.target_mac,
         Err((_, mac)) => mac,
     };
     capacity::block_everything(plan, reason)
@@ -838,6 +870,10 @@ fn blocked(
     plan
 }
 
+/// Why no warp carries a target, with the target's MAC on the network
+/// when it is known (its veth then gets the block).
+type Unresolved = (BlockReason, Option<String>);
+
 struct ResolvedWarp {
     network: String,
     warp_pid: Option<u32>,
@@ -846,6 +882,19 @@ struct ResolvedWarp {
     via_v4: Option<Ipv4Addr>,
     via_v6: Option<Ipv6Addr>,
     target_mac: Option<String>,
+}
+
+impl ResolvedWarp {
+    fn member(&self, name: &str) -> SpreadMember {
+        SpreadMember {
+            name: name.to_owned(),
+            pid: self.warp_pid,
+            mac: self.warp_mac.clone(),
+            macs: self.warp_macs.clone(),
+            via_v4: self.via_v4,
+            via_v6: self.via_v6,
+        }
+    }
 }
 
 /// The label Docker Swarm puts on each task container: its service's name.
@@ -861,34 +910,39 @@ pub fn is_warp_by_name(pattern: &str, container: &Container) -> bool {
             .is_some_and(|service| glob::matches(pattern, service))
 }
 
-/// The warps a target label names: one, or a failover group in priority
-/// order (`warp-a,warp-b`); blanks around names are ignored, repeats kept
-/// once.
-pub fn warp_group(label: &str) -> Vec<&str> {
-    let mut group: Vec<&str> = Vec::new();
-    for name in label.split(',').map(str::trim) {
-        if !group.contains(&name) {
-            group.push(name);
-        }
-    }
-    group
-}
-
-/// The warp that carries a target: for one warp, that warp; for a group,
-/// the first usable member in priority order, except that a member not
-/// usable for the whole hold-down yet does not take the traffic back from
-/// a usable active member (hysteresis against a flapping warp).
-/// Fails closed when no member is usable.
-fn choose_warp<'g>(
+/// The warps that carry a target, the first being the one whose address
+/// its `via` entries name:
+///
+/// - one warp: that warp;
+/// - a failover group: the first usable member in priority order, except
+///   that a member not usable for the whole hold-down yet does not take
+///   the traffic back from a usable active member (hysteresis against a
+///   flapping warp);
+/// - a spread group: every usable member in label order that steers over
+///   the first one's network, except that a member not usable for the
+///   whole hold-down yet joins only while it already carries flows, or
+///   none of the active members is usable.
+///
+/// Fails closed when no member is usable, or the label cannot be read.
+fn choose_warps<'g>(
     index: &Index<'_>,
     settings: &PlanSettings,
     target: &Container,
-    group: &[&'g str],
-) -> Result<(&'g str, ResolvedWarp), (BlockReason, Option<String>)> {
-    if let [only] = group {
-        return resolve_warp(index, settings, target, only).map(|resolved| (*only, resolved));
+    label: &str,
+    group: &Result<WarpGroup<'g>, String>,
+) -> Result<Vec<(&'g str, ResolvedWarp)>, Unresolved> {
+    let group = group.as_ref().map_err(|error| {
+        let reason = BlockReason::InvalidLabel {
+            label: settings.target_label.clone(),
+            value: label.to_owned(),
+            error: error.clone(),
+        };
+        (reason, None)
+    })?;
+    if let ([only], GroupMode::Failover) = (group.members.as_slice(), group.mode) {
+        return resolve_warp(index, settings, target, only).map(|resolved| vec![(*only, resolved)]);
     }
-    if group.iter().any(|name| name.is_empty()) {
+    if group.members.iter().any(|name| name.is_empty()) {
         return Err((
             BlockReason::EmptyWarpName {
                 label: settings.target_label.clone(),
@@ -899,7 +953,7 @@ fn choose_warp<'g>(
     let mut usable = Vec::new();
     let mut unusable = Vec::new();
     let mut mac = None;
-    for name in group {
+    for name in &group.members {
         match resolve_warp(index, settings, target, name) {
             Ok(resolved) => usable.push((*name, resolved)),
             Err((reason, target_mac)) => {
@@ -909,21 +963,39 @@ fn choose_warp<'g>(
         }
     }
     let failover = index.failover;
-    let active = failover
-        .and_then(|f| f.active.get(&target.id))
-        .map(String::as_str);
-    let active_usable = usable.iter().any(|(name, _)| Some(*name) == active);
+    // A spread target's active members are recorded joined by commas.
+    let active: Vec<&str> = (failover.and_then(|f| f.active.get(&target.id)))
+        .map(|names| names.split(',').collect())
+        .unwrap_or_default();
+    let active_usable = usable.iter().any(|(name, _)| active.contains(name));
     let ready =
         |name: &str| failover.is_none_or(|f| f.settled.as_ref().is_none_or(|s| s.contains(name)));
-    (usable.into_iter())
-        .find(|(name, _)| !active_usable || Some(*name) == active || ready(name))
-        .ok_or((
+    let mut chosen = (usable.into_iter())
+        .filter(|(name, _)| !active_usable || active.contains(name) || ready(name));
+    let chosen: Vec<(&str, ResolvedWarp)> = match group.mode {
+        GroupMode::Failover => chosen.next().into_iter().collect(),
+        GroupMode::Spread => {
+            let first = chosen.next();
+            let network = first.as_ref().map(|(_, r)| r.network.clone());
+            (first.into_iter())
+                .chain(chosen.filter(|(_, r)| Some(&r.network) == network.as_ref()))
+                .collect()
+        }
+    };
+    if chosen.is_empty() {
+        return Err((
             BlockReason::NoWarpUsable {
-                warps: group.iter().map(|name| (*name).to_owned()).collect(),
+                warps: group
+                    .members
+                    .iter()
+                    .map(|name| (*name).to_owned())
+                    .collect(),
                 reasons: unusable,
             },
             mac,
-        ))
+        ));
+    }
+    Ok(chosen)
 }
 
 fn resolve_warp(

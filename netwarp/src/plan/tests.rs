@@ -261,16 +261,34 @@ fn an_unhealthy_warp_counts_as_down() {
     ));
 }
 
+/// What earlier passes know of the group of target `app`: its active
+/// member(s) (a spread group's joined by commas) and the warps usable for
+/// the whole hold-down.
+fn history(active: Option<&str>, settled: &[&str]) -> Observed {
+    Observed {
+        probes: WarpProbes::new(),
+        failover: Failover {
+            active: active
+                .map(|a| ("id-app".to_owned(), a.to_owned()))
+                .into_iter()
+                .collect(),
+            settled: Some(settled.iter().map(|r| (*r).to_owned()).collect()),
+        },
+    }
+}
+
+/// A group member on network `net`.
+fn member(name: &str, ip: &str, running: bool) -> Container {
+    let mut w = container(name, &[], &[("net", endpoint(ip, None))]);
+    w.running = running;
+    w
+}
+
 /// A failover group: the first usable member carries the traffic; a
 /// member that recovers takes it back only once its hold-down is over
 /// (unless the active one fails meanwhile); none usable fails closed.
 #[test]
 fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
-    let member = |name: &str, ip: &str, running: bool| {
-        let mut w = container(name, &[], &[("net", endpoint(ip, None))]);
-        w.running = running;
-        w
-    };
     let world = |a_runs: bool, b_runs: bool| World {
         containers: vec![
             member("warp-a", "172.20.0.2", a_runs),
@@ -285,17 +303,7 @@ fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
     let settings = settings("203.0.113.0/24");
     // `settled`: the members usable for the whole hold-down.
     let chosen = |world: &World, active: Option<&str>, settled: &[&str]| {
-        let observed = Observed {
-            probes: WarpProbes::new(),
-            failover: Failover {
-                active: active
-                    .map(|a| ("id-app".to_owned(), a.to_owned()))
-                    .into_iter()
-                    .collect(),
-                settled: Some(settled.iter().map(|r| (*r).to_owned()).collect()),
-            },
-        };
-        let plan = plan_observed(world, &settings, &observed);
+        let plan = plan_observed(world, &settings, &history(active, settled));
         let target = plan.targets.into_iter().next().unwrap();
         assert_eq!(target.warp_group, ["warp-a", "warp-b"]);
         (target.warp.clone(), target.state.clone())
@@ -346,6 +354,156 @@ fn a_failover_group_uses_the_first_usable_member_with_hysteresis() {
     let plan = plan(&bad, &settings);
     assert!(matches!(
         plan.targets[0].state,
+        TargetState::Blocked(BlockReason::EmptyWarpName { .. })
+    ));
+}
+
+/// A spread group: every usable member carries flows, in label order,
+/// the first one's address in the `via` entries; a recovering member
+/// waits out its hold-down unless no active member is usable; none
+/// usable fails closed; a label that cannot be read blocks, naming it.
+#[test]
+fn a_spread_group_uses_every_usable_member() {
+    let world = |label: &str, runs: [bool; 3]| World {
+        containers: vec![
+            member("warp-a", "172.20.0.2", runs[0]),
+            member("warp-b", "172.20.0.5", runs[1]),
+            member("warp-c", "172.20.0.6", runs[2]),
+            container(
+                "app",
+                &[("netwarp.target", label)],
+                &[("net", endpoint("172.20.0.3", None))],
+            ),
+        ],
+    };
+    let label = "spread:warp-a,warp-b,warp-c";
+    let settings = settings("203.0.113.0/24");
+    let planned = |world: &World, active: Option<&str>, settled: &[&str]| {
+        let plan = plan_observed(world, &settings, &history(active, settled));
+        Arc::unwrap_or_clone(plan.targets.into_iter().next().unwrap())
+    };
+    let names = |t: &TargetPlan| t.active_warps();
+    let all = world(label, [true; 3]);
+    let t = planned(&all, None, &[]);
+    assert_eq!(t.group_mode, GroupMode::Spread);
+    assert_eq!(t.warp_group, ["warp-a", "warp-b", "warp-c"]);
+    assert_eq!(names(&t), "warp-a,warp-b,warp-c");
+    assert_eq!(t.warp, "warp-a");
+    assert_eq!(
+        t.entries,
+        Entry::all(
+            &t.entries.iter().map(|e| e.rule).collect::<Vec<_>>(),
+            via("172.20.0.2")
+        )
+    );
+    assert_eq!(
+        (t.spread.iter())
+            .map(|m| (
+                m.name.as_str(),
+                m.via_v4.unwrap().to_string(),
+                m.mac.clone().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("warp-a", "172.20.0.2".into(), "02:42:172.20.0.2".into()),
+            ("warp-b", "172.20.0.5".into(), "02:42:172.20.0.5".into()),
+            ("warp-c", "172.20.0.6".into(), "02:42:172.20.0.6".into()),
+        ]
+    );
+    assert_eq!(t.spread[1].pid, Some(100));
+    // The three count as carrying it.
+    let plan = plan(&all, &settings);
+    assert!(
+        plan.warps.iter().all(|w| w.targets == 1),
+        "{:?}",
+        plan.warps
+    );
+    // A member leaves: the others carry on, the first usable one's
+    // address in the entries.
+    let a_down = world(label, [false, true, true]);
+    let t = planned(&a_down, Some("warp-a,warp-b,warp-c"), &["warp-b", "warp-c"]);
+    assert_eq!(names(&t), "warp-b,warp-c");
+    assert!(
+        matches!(t.state, TargetState::Steered { via_v4: Some(v4), .. } if v4.to_string() == "172.20.0.5")
+    );
+    // It is back within its hold-down: it waits...
+    assert_eq!(
+        names(&planned(&all, Some("warp-b,warp-c"), &["warp-b", "warp-c"])),
+        "warp-b,warp-c"
+    );
+    // ...and joins once the hold-down is over.
+    assert_eq!(
+        names(&planned(
+            &all,
+            Some("warp-b,warp-c"),
+            &["warp-a", "warp-b", "warp-c"]
+        )),
+        "warp-a,warp-b,warp-c"
+    );
+    // A member already carrying flows stays, settled or not.
+    assert_eq!(
+        names(&planned(&all, Some("warp-a,warp-c"), &["warp-c"])),
+        "warp-a,warp-c"
+    );
+    // No active member usable: every usable one, settled or not.
+    let c_down = world(label, [true, true, false]);
+    assert_eq!(
+        names(&planned(&c_down, Some("warp-c"), &[])),
+        "warp-a,warp-b"
+    );
+    // None usable: fail closed, every member's reason named.
+    let t = planned(&world(label, [false; 3]), Some("warp-a"), &[]);
+    let TargetState::Blocked(reason) = &t.state else {
+        panic!("{:?}", t.state)
+    };
+    assert!(t.spread.is_empty());
+    assert!(t.entries.iter().all(|e| e.action == Action::Block));
+    assert_eq!(
+        reason.to_string(),
+        "no warp of its group (warp-a, warp-b, warp-c) is usable: warp container warp-a is not \
+         running; warp container warp-b is not running; warp container warp-c is not running"
+    );
+    // A member on another network than the first usable one is left out:
+    // the target's frames reach the members over one network.
+    let mut split = world(label, [true; 3]);
+    split.containers[2] = container("warp-c", &[], &[("other", endpoint("172.21.0.6", None))]);
+    let app = &mut split.containers[3];
+    app.networks
+        .insert("other".into(), endpoint("172.21.0.3", None));
+    assert_eq!(names(&planned(&split, None, &[])), "warp-a,warp-b");
+    // A spread group of one is that warp, spread over one member.
+    let one = planned(&world("spread:warp-b", [true; 3]), None, &[]);
+    assert_eq!(
+        (one.warp.as_str(), names(&one).as_str()),
+        ("warp-b", "warp-b")
+    );
+    // A failover group never fills `spread`.
+    let failover = planned(&world("warp-a,warp-b", [true; 3]), None, &[]);
+    assert!(failover.spread.is_empty());
+    assert_eq!(failover.group_mode, GroupMode::Failover);
+    // Bad labels block, with the label's error.
+    for (bad, error) in [
+        ("spraed:warp-a,warp-b", "unknown group mode `spraed`"),
+        (
+            "spread:w1,w2,w3,w4,w5,w6,w7,w8,w9",
+            "a spread group has at most 8 members",
+        ),
+    ] {
+        let t = planned(&world(bad, [true; 3]), None, &[]);
+        let TargetState::Blocked(reason) = &t.state else {
+            panic!("{:?}", t.state)
+        };
+        assert_eq!(reason.kind(), "configuration");
+        let text = reason.to_string();
+        assert!(
+            text.contains("netwarp.target") && text.contains(error),
+            "{text}"
+        );
+        assert!(t.entries.iter().all(|e| e.action == Action::Block));
+    }
+    let t = planned(&world("spread:warp-a,,warp-b", [true; 3]), None, &[]);
+    assert!(matches!(
+        t.state,
         TargetState::Blocked(BlockReason::EmptyWarpName { .. })
     ));
 }

@@ -58,7 +58,7 @@ pub struct WarpPlan {
     /// Short (12 character) id; `None` when no such container runs.
     pub id: Option<String>,
     pub state: WarpState,
-    /// Targets naming this warp.
+    /// Targets naming this warp (of a group, carried by it).
     pub targets: usize,
 }
 
@@ -90,7 +90,14 @@ pub fn plan_warps(
 ) -> Vec<WarpPlan> {
     let mut named: BTreeMap<&str, usize> = BTreeMap::new();
     for target in targets {
-        *named.entry(target.warp.as_str()).or_default() += 1;
+        // A spread target counts on every member carrying its flows.
+        let mut carriers: Vec<&str> = target.spread.iter().map(|m| m.name.as_str()).collect();
+        if carriers.is_empty() {
+            carriers.push(target.warp.as_str());
+        }
+        for name in carriers {
+            *named.entry(name).or_default() += 1;
+        }
     }
     let mut warps: BTreeMap<String, WarpPlan> = BTreeMap::new();
     for container in &world.containers {

@@ -120,7 +120,8 @@ impl Metrics {
         registry.register(
             "netwarp_failovers",
             "Times a target of a failover group moved to another member (a failover, or the \
-             move back once a recovered member's hold-down ended)",
+             move back once a recovered member's hold-down ended), or a spread group's \
+             carrying members changed (one left, or joined after its hold-down)",
             failovers.clone(),
         );
         registry.register(
@@ -579,6 +580,8 @@ mod tests {
         TargetView {
             plan: TargetPlan {
                 warp_group: Vec::new(),
+                group_mode: crate::plan::GroupMode::Failover,
+                spread: Vec::new(),
                 id: id.into(),
                 name: name.into(),
                 pid: Some(1),

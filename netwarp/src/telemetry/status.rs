@@ -163,11 +163,18 @@ pub struct TargetStatus {
     pub name: String,
     /// Short (12 character) id.
     pub id: String,
-    /// The warp carrying it: of a failover group, the active member.
+    /// The warp carrying it: of a failover group, the active member; of
+    /// a spread group, the first of `spread`.
     pub warp: String,
-    /// A failover group's members in priority order; empty for one warp.
+    /// A group's members in label order; empty for one warp.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warp_group: Vec<String>,
+    /// A group's mode (failover or spread); absent for one warp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_mode: Option<String>,
+    /// A spread group's members carrying its flows now, in label order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<String>,
     /// Its own networks' subnets that its `via` rules leave alone
     /// (`exclude_own_networks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -357,6 +364,8 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
         id: short_id(&plan.id).to_owned(),
         warp: plan.warp.clone(),
         warp_group: plan.warp_group.clone(),
+        group_mode: (!plan.warp_group.is_empty()).then(|| plan.group_mode.as_str().to_owned()),
+        spread: plan.spread.iter().map(|m| m.name.clone()).collect(),
         state: state.to_owned(),
         planned_state: Some(plan.state.name().to_owned()),
         reason,
@@ -408,6 +417,8 @@ mod tests {
         let rules = parse_rules("203.0.113.0/24,tcp:443").unwrap();
         let plan = TargetPlan {
             warp_group: Vec::new(),
+            group_mode: crate::plan::GroupMode::Failover,
+            spread: Vec::new(),
             id: "0123456789abcdef".into(),
             name: "app".into(),
             pid: Some(1),
@@ -438,6 +449,29 @@ mod tests {
         assert_eq!(status.id, "0123456789ab");
         assert_eq!(status.state, "steered");
         assert_eq!((status.error, status.held_closed), (None, None));
+        assert_eq!((status.group_mode, status.spread.len()), (None, 0));
+        // A spread target: its mode and the members carrying its flows.
+        let member = |name: &str| crate::plan::SpreadMember {
+            name: name.into(),
+            pid: Some(2),
+            mac: None,
+            macs: Vec::new(),
+            via_v4: None,
+            via_v6: None,
+        };
+        let spread = TargetView {
+            plan: TargetPlan {
+                warp_group: vec!["warp-a".into(), "warp-b".into(), "warp-c".into()],
+                group_mode: crate::plan::GroupMode::Spread,
+                spread: vec![member("warp-a"), member("warp-c")],
+                ..plan.clone()
+            }
+            .into(),
+            ..view.clone()
+        };
+        let status = target_status(&spread, None);
+        assert_eq!(status.group_mode.as_deref(), Some("spread"));
+        assert_eq!(status.spread, ["warp-a", "warp-c"]);
         let failed = TargetView {
             failure: Some(super::super::TargetFailure {
                 error: "boom".into(),

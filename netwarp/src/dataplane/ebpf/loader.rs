@@ -20,8 +20,8 @@ use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, IFACES_HIGH_MAP, IFACES_MAP,
     IfaceState, MAX_SELECTORS, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP,
     RETIRED_TRAFFIC_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue,
-    TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP,
-    WARP_PEERS_MAP, WarpPeerKey,
+    SPREAD_MAP, SpreadTable, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP,
+    VerdictCounters, WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
@@ -40,7 +40,7 @@ pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// Every map, pinned by name under the pin directory, with its key and
 /// value sizes as this build's programs use them; the LPM keys carry a
 /// 4-byte prefix length.
-fn map_layouts() -> [(&'static str, usize, usize); 12] {
+fn map_layouts() -> [(&'static str, usize, usize); 13] {
     use std::mem::size_of;
     let counters = size_of::<TrafficCounters>();
     [
@@ -68,6 +68,7 @@ fn map_layouts() -> [(&'static str, usize, usize); 12] {
         (GUARD_DROPS_MAP, size_of::<u32>(), counters),
         (WARP_PEERS_MAP, size_of::<WarpPeerKey>(), size_of::<u32>()),
         (WARP_LEAKS_MAP, size_of::<u32>(), counters),
+        (SPREAD_MAP, size_of::<u32>(), size_of::<SpreadTable>()),
     ]
 }
 

@@ -28,6 +28,7 @@ mod links;
 mod loader;
 pub mod maps;
 mod rule_sets;
+pub mod spread;
 mod state;
 mod warp;
 
@@ -52,10 +53,11 @@ use aya::{
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
-    GuardAllowKey, IFACE_ARRAY_SIZE, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
+    GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_SPREAD, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
     PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY,
-    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP,
-    VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, SPREAD_MAP, SpreadTable, TargetPolicy,
+    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP,
+    WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -295,11 +297,10 @@ impl EbpfDataplane {
                     warp_mac,
                     _pad: [0; 2],
                 };
-                states.put(
-                    ebpf,
-                    ifindex,
-                    IfaceState::of(Some(policy), installed.cap_slot()),
-                )
+                let mut state = IfaceState::of(Some(policy), installed.cap_slot());
+                // A spread target's flag is [`Self::set_spread`]'s.
+                state.flags |= installed.flags & IFACE_SPREAD;
+                states.put(ebpf, ifindex, state)
             })?;
         Ok(())
     }
@@ -315,7 +316,53 @@ impl EbpfDataplane {
             ifindex,
             IfaceState::of(None, installed.cap_slot()),
         )?;
+        remove_key::<SpreadTable>(&mut self.ebpf, SPREAD_MAP, ifindex)?;
         self.rule_sets.remove(&mut self.ebpf, old.rule_set)
+    }
+
+    /// Makes a target's steered flows take the members of `table` (a
+    /// spread group), or, with `None`, its policy's one warp. The table is
+    /// written before the state row's flag points at it, and the flag
+    /// cleared before the table goes, so no packet finds a flag without
+    /// its table.
+    pub fn set_spread(
+        &mut self,
+        ifindex: u32,
+        table: Option<&SpreadTable>,
+    ) -> Result<(), EbpfError> {
+        let installed = state::read(&mut self.ebpf, ifindex)?.unplaced();
+        let spread = installed.flags & IFACE_SPREAD != 0;
+        match table {
+            Some(table) => {
+                hash_map::<u32, SpreadTable>(&mut self.ebpf, SPREAD_MAP)?
+                    .insert(ifindex, table, 0)
+                    .map_err(map_error(SPREAD_MAP))?;
+                if !spread {
+                    let mut state = installed;
+                    state.flags |= IFACE_SPREAD;
+                    self.states.put(&mut self.ebpf, ifindex, state)?;
+                }
+            }
+            None => {
+                if spread {
+                    let mut state = installed;
+                    state.flags &= !IFACE_SPREAD;
+                    self.states.put(&mut self.ebpf, ifindex, state)?;
+                }
+                remove_key::<SpreadTable>(&mut self.ebpf, SPREAD_MAP, ifindex)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A target's spread table as the kernel holds it, while its state
+    /// row uses one.
+    pub fn spread_table(&mut self, ifindex: u32) -> Result<Option<SpreadTable>, EbpfError> {
+        if state::read(&mut self.ebpf, ifindex)?.flags & IFACE_SPREAD == 0 {
+            return Ok(None);
+        }
+        let map = hash_map::<u32, SpreadTable>(&mut self.ebpf, SPREAD_MAP)?;
+        lookup(&map, SPREAD_MAP, &ifindex)
     }
 
     /// The interfaces that have a policy (as written or adopted).

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use netwarp_common::{GuardAllowKey, WarpPeerKey};
+use netwarp_common::{GuardAllowKey, SpreadSlot, SpreadTable, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
 use super::{FailureReason, MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState};
@@ -16,10 +16,10 @@ use crate::{
         ebpf::{
             EbpfDataplane, ProgramLogger,
             compile::{CompiledPrefix, compile, guard_allow_keys},
-            interface_index, interface_name, is_host_peer_of, warp_peer_key,
+            interface_index, interface_name, is_host_peer_of, spread, warp_peer_key,
         },
         mac::MacAddr,
-        routes::{RoutesError, desired_state, diff},
+        routes::{RoutesError, desired_state, diff, spread_over},
         settled::Settled,
     },
     model::short_id,
@@ -37,6 +37,9 @@ struct EbpfTarget {
     /// the target's addresses on each of them (to its veth).
     warp_ports: Vec<u32>,
     peers: Vec<(WarpPeerKey, u32)>,
+    /// A spread target's member table (`warp_ifindex` and `warp_mac` are
+    /// its first member's); `None` for one warp.
+    spread: Option<SpreadTable>,
 }
 
 /// What the eBPF dataplane holds for one bridge guard.
@@ -214,11 +217,17 @@ impl EbpfPlane {
             self.routed.remove(&target.id);
         }
         let routed_entries = namespace_entries(&target.entries, routed);
-        let route_changes = diff(
-            &namespace.installed().await?,
-            &desired_state(&routed_entries),
-        )
-        .map_err(RoutesError::from)?;
+        // Routed here (an overlay network): its spread is the routes
+        // dataplane's, multipath routes.
+        let desired = match routed {
+            true if target.spread.len() > 1 => {
+                namespace.hash_multipath_by_flow().await?;
+                spread_over(desired_state(&routed_entries), &target.spread)
+            }
+            _ => desired_state(&routed_entries),
+        };
+        let route_changes =
+            diff(&namespace.installed().await?, &desired).map_err(RoutesError::from)?;
         if !route_changes.is_empty() {
             let via = routed.then_some(target.mac_on_network.as_deref()).flatten();
             namespace.apply(&route_changes, via).await?;
@@ -238,7 +247,12 @@ impl EbpfPlane {
                 _ => return Ok(!route_changes.is_empty()),
             },
         };
-        let desired = desired_target(scope, target, host_ifindex).await?;
+        // Slots keep their members across passes and restarts.
+        let previous = match self.targets.get(&target.id) {
+            Some(written) => written.spread,
+            None => self.ebpf.spread_table(host_ifindex).ok().flatten(),
+        };
+        let desired = desired_target(scope, target, host_ifindex, previous.as_ref()).await?;
         let changed = self.write_target(&target.id, desired)?;
         Ok(changed || !route_changes.is_empty())
     }
@@ -260,11 +274,16 @@ impl EbpfPlane {
         }
         ebpf.put_warp_peers(&desired.peers)?;
         let (host, warp, mac) = (desired.host_ifindex, desired.warp_ifindex, desired.warp_mac);
-        if !self.targets.contains_key(id) && ebpf.policy_is(host, warp, mac, &desired.rows)? {
+        if !self.targets.contains_key(id)
+            && ebpf.policy_is(host, warp, mac, &desired.rows)?
+            && ebpf.spread_table(host)? == desired.spread
+        {
             // Left by an earlier run (a restart): adopted as it is.
             self.targets.insert(id.to_owned(), desired);
             return Ok(false);
         }
+        // The member table before the policy that steers by it.
+        ebpf.set_spread(host, desired.spread.as_ref())?;
         ebpf.set_policy(host, warp, mac, &desired.rows)?;
         debug!(
             host_ifindex = host,
@@ -487,20 +506,29 @@ impl EbpfPlane {
     }
 }
 
-/// What one target's plan asks of the eBPF maps, given its host-side veth.
+/// What one target's plan asks of the eBPF maps, given its host-side veth
+/// (and of a spread target, the member table last written).
 async fn desired_target(
     scope: &mut PassScope,
     target: &TargetPlan,
     host_ifindex: u32,
+    previous: Option<&SpreadTable>,
 ) -> Result<EbpfTarget, TargetError> {
-    let warp = match (target.warp_pid, target.warp_mac.as_deref()) {
-        (Some(warp_pid), Some(warp_mac)) => warp_ends(scope, warp_pid, warp_mac, target).await?,
+    let (warp, spread) = match (target.warp_pid, target.warp_mac.as_deref()) {
+        _ if !target.spread.is_empty() => spread_ends(scope, target, previous).await?,
+        (Some(warp_pid), Some(warp_mac)) => (
+            warp_ends(scope, warp_pid, warp_mac, &target.warp_macs).await?,
+            None,
+        ),
         // Blocked: nothing is redirected, so no warp interface is needed.
-        _ => WarpEnds {
-            ifindex: 0,
-            mac: [0; 6],
-            ports: Vec::new(),
-        },
+        _ => (
+            WarpEnds {
+                ifindex: 0,
+                mac: [0; 6],
+                ports: Vec::new(),
+            },
+            None,
+        ),
     };
     let peers = (warp.ports.iter())
         .flat_map(|&port| {
@@ -523,7 +551,63 @@ async fn desired_target(
         )?,
         warp_ports: warp.ports,
         peers,
+        spread,
     })
+}
+
+/// A spread target's members' veths: the first found member's as the
+/// policy's warp, every member's veths guarded (and knowing the target),
+/// and the member table. A member whose veth cannot be found now (it is
+/// going away) is left out of the table; with none found, the first
+/// error.
+async fn spread_ends(
+    scope: &mut PassScope,
+    target: &TargetPlan,
+    previous: Option<&SpreadTable>,
+) -> Result<(WarpEnds, Option<SpreadTable>), TargetError> {
+    let mut found: Vec<WarpEnds> = Vec::new();
+    let mut first_error = None;
+    for member in &target.spread {
+        let ends = match (member.pid, member.mac.as_deref()) {
+            (Some(pid), Some(mac)) => warp_ends(scope, pid, mac, &member.macs).await,
+            _ => Err(TargetError::Endpoint(format!(
+                "spread member {} has no pid or MAC",
+                member.name
+            ))),
+        };
+        match ends {
+            Ok(ends) => found.push(ends),
+            Err(e) => {
+                warn!(member = %member.name, error = %e, "a spread member's veth was not found; its flows go to the others");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some(first) = found.first() else {
+        return Err(first_error.unwrap_or_else(|| {
+            TargetError::Endpoint("a spread target without members".to_owned())
+        }));
+    };
+    let mut members: Vec<SpreadSlot> = Vec::new();
+    for ends in &found {
+        let slot = SpreadSlot {
+            ifindex: ends.ifindex,
+            mac: ends.mac,
+            _pad: [0; 2],
+        };
+        if !members.contains(&slot) {
+            members.push(slot);
+        }
+    }
+    let mut ports: Vec<u32> = found.iter().flat_map(|e| e.ports.iter().copied()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let ends = WarpEnds {
+        ifindex: first.ifindex,
+        mac: first.mac,
+        ports,
+    };
+    Ok((ends, Some(spread::assign(previous, &members))))
 }
 
 /// What a target's namespace holds in eBPF mode. The tc drop is silent, so
@@ -550,7 +634,7 @@ async fn warp_ends(
     scope: &mut PassScope,
     warp_pid: u32,
     warp_mac: &str,
-    target: &TargetPlan,
+    warp_macs: &[String],
 ) -> Result<WarpEnds, TargetError> {
     let key = (warp_pid, warp_mac.to_owned());
     if let Some(ends) = scope.warp_ends.get(&key) {
@@ -567,7 +651,7 @@ async fn warp_ends(
     })?;
     // Every veth of the warp: a VPN client whose tunnel is down forwards
     // by its default route, on whichever network that is.
-    let ports = warp_ns.peer_ifindexes_by_macs(&target.warp_macs).await?;
+    let ports = warp_ns.peer_ifindexes_by_macs(warp_macs).await?;
     let ends = WarpEnds {
         ifindex,
         mac,

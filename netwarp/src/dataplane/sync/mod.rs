@@ -126,7 +126,8 @@ impl FailureReason {
             NetnsError::Netns { .. }
             | NetnsError::HostNamespace { .. }
             | NetnsError::NamespaceClaimed { .. }
-            | NetnsError::ReadOnly { .. } => Self::Namespace,
+            | NetnsError::ReadOnly { .. }
+            | NetnsError::Sysctl { .. } => Self::Namespace,
             NetnsError::Tables(_) => Self::Tables,
         }
     }

@@ -8,7 +8,7 @@ use tracing::debug;
 use super::{FailureReason, PassScope, caps::CapsState};
 use crate::{
     dataplane::{
-        routes::{RoutesError, desired_state, diff},
+        routes::{RoutesError, desired_state, diff, spread_over},
         settled::Settled,
     },
     model::short_id,
@@ -104,8 +104,12 @@ async fn write_target(scope: &mut PassScope, target: &TargetPlan) -> Result<bool
         return Ok(false);
     };
     let namespace = scope.owned(pid, short_id(&target.id)).await?;
+    if target.spread.len() > 1 {
+        namespace.hash_multipath_by_flow().await?;
+    }
     let installed = namespace.installed().await?;
-    let changes = diff(&installed, &desired_state(&target.entries))?;
+    let desired = spread_over(desired_state(&target.entries), &target.spread);
+    let changes = diff(&installed, &desired)?;
     if changes.is_empty() {
         return Ok(false);
     }
