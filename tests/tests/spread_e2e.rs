@@ -7,6 +7,12 @@
 //! move its flows only: every connection on the others still answers,
 //! through the same warp. Nothing reaches the leak sink meanwhile.
 //!
+//! Source ports are random, so even a perfect hash gives a warp fewer
+//! than 8 or more than 24 of 64 flows about once in 20 runs. The test
+//! opens two independent batches of 64 and needs one of them within the
+//! bound (a broken spread fails both; chance alone, about once in 400);
+//! all 128 connections must then survive the kill as above.
+//!
 //! The routes dataplane's multipath routes do not keep the others' flows
 //! (see the README's "Spread groups"): some flows of the members that
 //! stay move too and, their new warp not knowing them, are reset. Its
@@ -31,6 +37,9 @@ use netwarp_tests::{
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const FLOWS: usize = 64;
+/// Independent batches of [`FLOWS`] connections (see the module's note).
+const BATCHES: usize = 2;
+const ALL_FLOWS: usize = FLOWS * BATCHES;
 const WARPS: [&str; 4] = ["a", "b", "c", "d"];
 /// The member the test kills.
 const KILLED: &str = "b";
@@ -66,7 +75,7 @@ fn carriers(target: &Container) -> BTreeMap<usize, String> {
 /// Sends `ping` on every connection; a dead one's write blocks in the
 /// background (on its fifo, until the target goes), never the test.
 fn ping_all(target: &Container, ping: &str) {
-    let script = format!("for i in $(seq 1 {FLOWS}); do (echo {ping} > /tmp/in$i &); done");
+    let script = format!("for i in $(seq 1 {ALL_FLOWS}); do (echo {ping} > /tmp/in$i &); done");
     target
         .exec(&["sh", "-c", &script])
         .expect("pinging the connections");
@@ -138,9 +147,9 @@ fn spread(mode: &str) {
     assert_eq!(entry["spread"], serde_json::json!(names), "{entry}");
     let leaked = sink.packets();
 
-    // 64 connections, each held open by a writer on its fifo.
+    // The connections, each held open by a writer on its fifo.
     let open = format!(
-        "for i in $(seq 1 {FLOWS}); do mkfifo /tmp/in$i; \
+        "for i in $(seq 1 {ALL_FLOWS}); do mkfifo /tmp/in$i; \
            (sleep 900 > /tmp/in$i &); \
            (nc {remote} 8080 < /tmp/in$i > /tmp/out$i &); done"
     );
@@ -148,26 +157,39 @@ fn spread(mode: &str) {
         .exec(&["sh", "-c", &open])
         .expect("opening the connections");
     assert!(
-        eventually(CONVERGE, || carriers(&target).len() == FLOWS),
-        "{mode}: only {} of {FLOWS} connections were greeted",
+        eventually(CONVERGE, || carriers(&target).len() == ALL_FLOWS),
+        "{mode}: only {} of {ALL_FLOWS} connections were greeted",
         carriers(&target).len()
     );
     let carried = carriers(&target);
     let before = per_warp(&carried);
-    eprintln!("{mode}: flows per warp: {before:?}");
+    let batches: Vec<BTreeMap<String, usize>> = (0..BATCHES)
+        .map(|b| {
+            let batch: BTreeMap<usize, String> = (carried.iter())
+                .filter(|(i, _)| (b * FLOWS + 1..=(b + 1) * FLOWS).contains(*i))
+                .map(|(i, w)| (*i, w.clone()))
+                .collect();
+            per_warp(&batch)
+        })
+        .collect();
+    eprintln!("{mode}: flows per warp, batch by batch: {batches:?}");
     assert_eq!(
         before.len(),
         WARPS.len(),
         "{mode}: not every warp carries flows: {before:?}"
     );
+    let within = |counts: &BTreeMap<String, usize>| {
+        counts.len() == WARPS.len() && counts.values().all(|n| (8..=24).contains(n))
+    };
     assert!(
-        before.values().all(|n| (8..=24).contains(n)),
-        "{mode}: a warp carries fewer than 8 or more than 24 of {FLOWS} flows: {before:?}"
+        batches.iter().any(within),
+        "{mode}: in every batch a warp carries fewer than 8 or more than 24 of {FLOWS} flows: \
+         {batches:?}"
     );
     ping_all(&target, "p1");
     assert!(
         eventually(CONVERGE, || answered(&target, &carried, "p1").len()
-            == FLOWS),
+            == ALL_FLOWS),
         "{mode}: only {} connections answered before the kill",
         answered(&target, &carried, "p1").len()
     );
