@@ -14,7 +14,7 @@
 //! guards, or the headroom the switches need.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -39,6 +39,8 @@ pub struct RuleCapacity {
 }
 
 type Rows = RuleCapacity;
+
+type CidrSet = HashSet<Cidr, foldhash::fast::RandomState>;
 
 impl Rows {
     fn of<'a>(destinations: impl IntoIterator<Item = &'a Cidr>) -> Self {
@@ -151,7 +153,10 @@ pub fn admit_rows(
         .fold(Rows::default(), |sum, rows| sum.plus(*rows));
     let mut headroom = (fixed.iter().chain(candidates.iter().map(|c| &c.fallback)))
         .fold(Rows::default(), |max, rows| max.max(*rows));
-    let mut guards: BTreeMap<&str, BTreeSet<Cidr>> = BTreeMap::new();
+    // Each network's admitted guard prefixes and their rows so far: a hash
+    // set, since heavy labels put tens of thousands in one guard, and each
+    // candidate looks up all of its own.
+    let mut guards: HashMap<&str, (CidrSet, Rows)> = HashMap::new();
     let mut order: Vec<&Candidate> = candidates.iter().collect();
     let size = |c: &Candidate| c.own.total() + c.guards.values().map(BTreeSet::len).sum::<usize>();
     order.sort_by(|a, b| (size(a), &a.id).cmp(&(size(b), &b.id)));
@@ -159,14 +164,16 @@ pub fn admit_rows(
     for candidate in order {
         let mut added = Rows::default();
         let mut largest = headroom.max(candidate.own);
+        let mut new_per_guard = Vec::with_capacity(candidate.guards.len());
         for (network, destinations) in &candidate.guards {
             let guard = guards.get(network.as_str());
             let new = destinations
                 .iter()
-                .filter(|d| !guard.is_some_and(|g| g.contains(*d)));
+                .filter(|d| !guard.is_some_and(|(g, _)| g.contains(*d)));
             let new = Rows::of(new);
             added = added.plus(new);
-            largest = largest.max(guard.map_or(Rows::default(), Rows::of).plus(new));
+            largest = largest.max(guard.map_or(Rows::default(), |(_, rows)| *rows).plus(new));
+            new_per_guard.push(new);
         }
         let wanted = used
             .minus(candidate.fallback)
@@ -186,8 +193,10 @@ pub fn admit_rows(
         } else {
             used = wanted;
             headroom = largest;
-            for (network, destinations) in &candidate.guards {
-                (guards.entry(network.as_str()).or_default()).extend(destinations.iter().copied());
+            for ((network, destinations), new) in candidate.guards.iter().zip(new_per_guard) {
+                let (set, rows) = guards.entry(network.as_str()).or_default();
+                set.extend(destinations.iter().copied());
+                *rows = rows.plus(new);
             }
         }
     }
