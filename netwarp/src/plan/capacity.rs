@@ -84,6 +84,12 @@ impl Rows {
 /// How many distinct destination prefixes `rules` list: the rows they
 /// take (selectors of one prefix share its row).
 pub fn distinct_destinations(rules: &[Rule]) -> usize {
+    if rules.is_sorted() {
+        // As parsed: a prefix's rules are adjacent, so count the changes.
+        let mut destinations: Vec<Cidr> = rules.iter().map(|r| r.destination).collect();
+        destinations.dedup();
+        return destinations.len();
+    }
     (rules.iter().map(|r| r.destination))
         .collect::<BTreeSet<_>>()
         .len()
@@ -124,8 +130,9 @@ pub struct Candidate {
     pub own: Rows,
     /// The rows it takes when refused: its catch-all block.
     pub fallback: Rows,
-    /// The prefixes it adds to the guard of each of its networks.
-    pub guards: BTreeMap<String, BTreeSet<Cidr>>,
+    /// The prefixes it adds to the guard of each of its networks, sorted,
+    /// without duplicates.
+    pub guards: BTreeMap<String, Vec<Cidr>>,
 }
 
 /// Why a candidate did not fit: the trie, what it needed there, and what
@@ -158,7 +165,7 @@ pub fn admit_rows(
     // candidate looks up all of its own.
     let mut guards: HashMap<&str, (CidrSet, Rows)> = HashMap::new();
     let mut order: Vec<&Candidate> = candidates.iter().collect();
-    let size = |c: &Candidate| c.own.total() + c.guards.values().map(BTreeSet::len).sum::<usize>();
+    let size = |c: &Candidate| c.own.total() + c.guards.values().map(Vec::len).sum::<usize>();
     order.sort_by(|a, b| (size(a), &a.id).cmp(&(size(b), &b.id)));
     let mut refused = BTreeMap::new();
     for candidate in order {
@@ -213,8 +220,14 @@ pub(super) fn refusals(
     let Some(capacity) = settings.rule_capacity else {
         return BTreeMap::new();
     };
-    let destinations = |entries: &[Entry]| -> BTreeSet<Cidr> {
-        entries.iter().map(|e| e.rule.destination).collect()
+    // Entries are sorted by rule, so a prefix's entries are adjacent.
+    let destinations = |entries: &[Entry]| -> Vec<Cidr> {
+        let mut destinations: Vec<Cidr> = entries.iter().map(|e| e.rule.destination).collect();
+        if !destinations.is_sorted() {
+            destinations.sort_unstable();
+        }
+        destinations.dedup();
+        destinations
     };
     // A running target's namespace of its own is programmed.
     let programmed = |(c, t): &&(&Container, Arc<TargetPlan>)| c.running && t.pid.is_some();
@@ -313,7 +326,7 @@ mod tests {
             own: Rows { v4: own, v6: 0 },
             fallback: Rows { v4: 1, v6: 1 },
             guards: (guard.iter())
-                .map(|(n, c)| (n.to_string(), cidrs(c)))
+                .map(|(n, c)| (n.to_string(), cidrs(c).into_iter().collect()))
                 .collect(),
         }
     }
