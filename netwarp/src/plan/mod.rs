@@ -34,7 +34,7 @@ pub use warp::{WarpPlan, WarpState};
 use crate::{
     glob,
     model::{
-        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World, parse_policy,
+        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World,
         short_reference,
     },
 };
