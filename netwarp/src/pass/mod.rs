@@ -316,7 +316,12 @@ impl Reconciler {
         self.dataplane.finish_pass(&done.seen);
         pending.clear();
         let applied_ms = started.elapsed().as_secs_f64() * 1e3;
-        let guards = self.dataplane.guards_in_place();
+        // Only a failed target asks what holds it closed.
+        let guards = if self.failed.is_empty() {
+            HashMap::new()
+        } else {
+            self.dataplane.guards_in_place()
+        };
         let failures = (self.failed.iter())
             .map(|(id, (error, reason))| {
                 let failure = TargetFailure {

@@ -10,7 +10,10 @@ use std::{
 use netwarp_common::{GuardAllowKey, SpreadSlot, SpreadTable, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
-use super::{FailureReason, MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState};
+use super::{
+    FailureReason, MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState, is_settled,
+    owned,
+};
 use crate::{
     dataplane::{
         ebpf::{
@@ -312,12 +315,10 @@ impl EbpfPlane {
         complete: bool,
         verify: bool,
     ) -> Vec<FailureReason> {
-        let planned: Vec<(String, GuardPlan)> = (guards.iter())
-            .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
-            .collect();
-        if !verify && complete && self.settled_guards.as_ref() == Some(&planned) {
+        if !verify && complete && is_settled(self.settled_guards.as_deref(), guards) {
             return Vec::new();
         }
+        let planned = owned(guards);
         let mut failures = Vec::new();
         let mut settled = complete;
         let mut wanted = HashSet::new();

@@ -460,6 +460,25 @@ impl Dataplane {
     }
 }
 
+/// Whether the guards last written (`settled`) are `guards` (bridge, plan):
+/// compared in place, since a guard holds tens of thousands of entries
+/// with heavy rules labels and most passes change none.
+fn is_settled(settled: Option<&[(String, GuardPlan)]>, guards: &[(String, &GuardPlan)]) -> bool {
+    settled.is_some_and(|settled| {
+        settled.len() == guards.len()
+            && (settled.iter().zip(guards)).all(|((bridge, plan), (wanted_bridge, wanted))| {
+                bridge == wanted_bridge && plan == *wanted
+            })
+    })
+}
+
+/// `guards` as the dataplanes remember them.
+fn owned(guards: &[(String, &GuardPlan)]) -> Vec<(String, GuardPlan)> {
+    (guards.iter())
+        .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use aya::maps::MapError;
