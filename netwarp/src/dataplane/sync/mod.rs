@@ -312,15 +312,15 @@ impl Dataplane {
     /// Returns why guards failed, one reason per failure.
     pub async fn sync_guards(
         &mut self,
-        scope: &PassScope,
+        verify: bool,
         guards: &[(String, &GuardPlan)],
         complete: bool,
         first_pass: bool,
     ) -> Vec<FailureReason> {
         match self {
-            Self::Routes(plane) => plane.sync_guards(guards, complete, scope.verify).await,
+            Self::Routes(plane) => plane.sync_guards(guards, complete, verify).await,
             Self::Ebpf(plane) => {
-                let failures = plane.sync_guards(guards, complete, scope.verify);
+                let failures = plane.sync_guards(guards, complete, verify);
                 if first_pass {
                     // A routes-mode run may have left its host rules.
                     plane.caps.host.remove_guards().await;
