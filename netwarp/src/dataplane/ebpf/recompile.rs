@@ -185,13 +185,16 @@ mod tests {
         }
     }
 
-    fn entry(item: usize, selector: usize, via: bool) -> Entry {
+    /// Action 0 blocks, 1 steers, 2 leaves alone, 3 denies.
+    fn entry(item: usize, selector: usize, action: usize) -> Entry {
         let rules = parse_rules(&format!("{}{}", ITEMS[item], SELECTORS[selector])).unwrap();
         let rule = rules[0];
-        let action = match (via, rule.destination.is_ipv6()) {
-            (false, _) => Action::Block,
-            (true, false) => Action::Via(IpAddr::from([172, 30, 0, 2])),
-            (true, true) => Action::Via("fd00::2".parse().unwrap()),
+        let action = match (action, rule.destination.is_ipv6()) {
+            (1, false) => Action::Via(IpAddr::from([172, 30, 0, 2])),
+            (1, true) => Action::Via("fd00::2".parse().unwrap()),
+            (2, _) => Action::Direct,
+            (3, _) => Action::Deny,
+            _ => Action::Block,
         };
         Entry { rule, action }
     }
@@ -202,7 +205,7 @@ mod tests {
                 entry(
                     rng.below(ITEMS.len()),
                     rng.below(SELECTORS.len()),
-                    rng.below(3) == 0,
+                    rng.below(4),
                 )
             })
             .collect();
@@ -249,7 +252,7 @@ mod tests {
         let rows = compile(&heavy, false).unwrap();
         assert_eq!(recompile(&heavy, &rows, &heavy, false).unwrap(), rows);
         let mut entries = heavy.clone();
-        entries.push(entry(6, 0, false));
+        entries.push(entry(6, 0, 0));
         entries.sort();
         let recompiled = recompile(&heavy, &rows, &entries, false).unwrap();
         assert_eq!(recompiled.len(), rows.len() + 1);
@@ -258,9 +261,9 @@ mod tests {
 
     #[test]
     fn unsorted_entries_are_compiled_whole() {
-        let before = vec![entry(0, 0, false)];
+        let before = vec![entry(0, 0, 0)];
         let rows = compile(&before, false).unwrap();
-        let entries = vec![entry(9, 0, false), entry(1, 1, false)];
+        let entries = vec![entry(9, 0, 0), entry(1, 1, 0)];
         assert_eq!(
             recompile(&before, &rows, &entries, false).unwrap(),
             compile(&entries, false).unwrap()

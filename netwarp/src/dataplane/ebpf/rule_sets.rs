@@ -342,7 +342,7 @@ mod tests {
         CompiledPrefix {
             destination: destination.parse().unwrap(),
             value: RuleValue {
-                action,
+                default_action: action,
                 ..RuleValue::default()
             },
         }
