@@ -34,8 +34,7 @@ pub use warp::{WarpPlan, WarpState};
 use crate::{
     glob,
     model::{
-        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World,
-        short_reference,
+        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World, short_reference,
     },
 };
 
