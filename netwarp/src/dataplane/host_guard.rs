@@ -331,6 +331,11 @@ pub fn guard_groups(guards: &[(String, &GuardPlan)]) -> GuardGroups {
             continue;
         }
         let mut carved: Vec<(Option<IpAddr>, Cidr)> = Vec::new();
+        // A guard holds tens of thousands of prefixes with heavy rules
+        // labels, in a handful of groups: gathered by (source, selector)
+        // first, so that a key (and its bridge name) is made per group,
+        // not per prefix, and each group's map is built in one go.
+        let mut gathered: BTreeMap<(Option<IpAddr>, Selector), Vec<Cidr>> = BTreeMap::new();
         let mut blocked_families = BTreeSet::new();
         let entries = (plan.entries.iter().map(|entry| (None, entry))).chain(
             plan.forwarded
@@ -346,12 +351,23 @@ pub fn guard_groups(guards: &[(String, &GuardPlan)]) -> GuardGroups {
                 blocked_families.insert(entry.rule.destination.is_ipv6());
             }
             let rule = OwnedRule::from_rule(&entry.rule);
+            let group = gathered.entry((source, Selector::of(&rule))).or_default();
+            group.push(rule.destination);
+        }
+        for ((source, selector), prefixes) in gathered {
             let key = GuardKey {
                 bridge: bridge.clone(),
                 source,
-                selector: Selector::of(&rule),
+                selector,
             };
-            (groups.blocks.entry(key).or_default()).insert(rule.destination, RouteAction::Prohibit);
+            let routes = groups.blocks.entry(key).or_default();
+            let prohibit = prefixes.into_iter().map(|p| (p, RouteAction::Prohibit));
+            if routes.is_empty() {
+                // In one go (the entries are sorted), not one insert each.
+                *routes = prohibit.collect();
+            } else {
+                routes.extend(prohibit);
+            }
         }
         for (key, routes) in groups
             .blocks
@@ -452,6 +468,7 @@ pub fn desired_guard(
         rules: groups.others.clone(),
         routes: BTreeMap::new(),
     };
+    let mut all_routes = Vec::with_capacity(groups.blocks.values().map(BTreeMap::len).sum());
     for (key, routes) in &groups.blocks {
         let table = tables[key];
         state.rules.insert(HostRule::Block {
@@ -460,10 +477,10 @@ pub fn desired_guard(
             selector: key.selector,
             table,
         });
-        state
-            .routes
-            .extend((routes.iter()).map(|(prefix, action)| ((table, *prefix), *action)));
+        all_routes.extend((routes.iter()).map(|(prefix, action)| ((table, *prefix), *action)));
     }
+    // Built in one go (sorted runs), not one insert per route.
+    state.routes = all_routes.into_iter().collect();
     Ok(state)
 }
 
@@ -579,16 +596,13 @@ pub fn diff(installed: &InstalledGuard, desired: &GuardState) -> Vec<Step> {
     let is_block = |rule: &HostRule| matches!(rule, HostRule::Block { .. });
     let is_continue = |rule: &HostRule| matches!(rule, HostRule::Continue { .. });
 
-    let put = |throw: bool| {
-        (desired.routes.iter())
-            .filter(move |(key, action)| {
-                (**action == RouteAction::Throw) == throw
-                    && installed.routes.get(key) != Some(action)
-            })
-            .map(|((table, dst), action)| Step::PutRoute(*table, *dst, *action))
-    };
+    let (mut put, stale_routes) = route_changes(installed, desired);
+    let throws: Vec<Step> = (put.extract_if(.., |step| {
+        matches!(step, Step::PutRoute(_, _, RouteAction::Throw))
+    }))
+    .collect();
     // Carve-outs loosen: they come with the other loosening steps.
-    let mut steps: Vec<Step> = put(false).collect();
+    let mut steps: Vec<Step> = put;
     steps.extend(added(is_continue).chain(added(is_block)));
     steps.extend(stale(is_allow).cloned().map(Step::Delete));
     steps.extend(added(is_allow));
@@ -607,15 +621,30 @@ pub fn diff(installed: &InstalledGuard, desired: &GuardState) -> Vec<Step> {
         }
         steps.push(Step::Delete(stale_block.clone()));
     }
-    steps.extend(put(true));
+    steps.extend(throws);
     steps.extend(installed.strays.iter().cloned().map(Step::DeleteStray));
     steps.extend(stale(is_continue).cloned().map(Step::Delete));
-    steps.extend(
-        (installed.routes.keys())
-            .filter(|key| !desired.routes.contains_key(key))
-            .map(|(table, dst)| Step::DeleteRoute(*table, *dst)),
-    );
+    steps.extend(stale_routes);
     steps
+}
+
+/// The routes to put (missing, or of another type) and to delete (not
+/// wanted), by one walk of both sorted maps: a guard of tens of thousands
+/// of routes usually changes a few.
+fn route_changes(installed: &InstalledGuard, desired: &GuardState) -> (Vec<Step>, Vec<Step>) {
+    let (mut put, mut delete) = (Vec::new(), Vec::new());
+    let mut held = installed.routes.iter().peekable();
+    for (&(table, dst), action) in &desired.routes {
+        while let Some(((t, d), _)) = held.next_if(|(key, _)| **key < (table, dst)) {
+            delete.push(Step::DeleteRoute(*t, *d));
+        }
+        match held.next_if(|(key, _)| **key == (table, dst)) {
+            Some((_, held_action)) if held_action == action => {}
+            _ => put.push(Step::PutRoute(table, dst, *action)),
+        }
+    }
+    delete.extend(held.map(|((t, d), _)| Step::DeleteRoute(*t, *d)));
+    (put, delete)
 }
 
 /// How much a rule's delete pins down beyond its kind, bridge and
@@ -745,11 +774,16 @@ async fn converge(
             return Ok((write, installed));
         }
         applied += apply(handle, &steps).await?;
-        installed = if trusted {
-            InstalledGuard::holding(&desired)
-        } else {
-            installed_host_guards(handle).await?
-        };
+        if trusted {
+            // Every step acknowledged: the host holds `desired`, which
+            // its tables' claims would plan again unchanged.
+            let write = GuardWrite {
+                changes: applied,
+                held: desired.counts(),
+            };
+            return Ok((write, InstalledGuard::holding(&desired)));
+        }
+        installed = installed_host_guards(handle).await?;
     }
     let desired = desired_guard(groups, &installed)?;
     let remaining = diff(&installed, &desired);

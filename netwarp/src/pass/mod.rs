@@ -46,6 +46,9 @@ pub struct Reconciler {
     /// The next pass checks everything against the kernel: the first, the
     /// periodic resync, after a reconnect or lost events, after a reload.
     verify_next: bool,
+    /// The guards are checked against the kernel on the next pass: the
+    /// last one that should have was left for an event that was waiting.
+    verify_guards_next: bool,
     /// The targets the last pass left when it stopped early for an event,
     /// in the order it would have served them: the next pass serves them
     /// right after the targets events named, and may stop early again
@@ -164,6 +167,7 @@ impl Reconciler {
             changes: log::ChangeLog::default(),
             initial_pass: true,
             verify_next: true,
+            verify_guards_next: false,
             owed: Vec::new(),
             failed: HashMap::new(),
             guard_views: Vec::new(),
@@ -292,7 +296,7 @@ impl Reconciler {
         let mut scope = PassScope::new(std::mem::take(&mut self.verify_next), named);
         let guards_first = self.initial_pass;
         if guards_first {
-            self.sync_guards(client, &plan, &scope).await;
+            self.sync_guards(client, &plan, scope.verify).await;
         }
         let done = (self.sync_targets(&plan, &mut scope, pending, events_waiting)).await;
         let complete = done.left.is_none();
@@ -303,7 +307,17 @@ impl Reconciler {
         } else {
             self.owed.clear();
             if !guards_first {
-                self.sync_guards(client, &plan, &scope).await;
+                // Checking the guards against the kernel (a dump of every
+                // guard route in routes mode) would hold up a waiting
+                // event: they are written as planned now, against what
+                // was last written, and checked on the next pass.
+                // Deferred once at most: the next pass checks them
+                // whatever waits then.
+                let deferred = std::mem::take(&mut self.verify_guards_next);
+                let verify = scope.verify || deferred;
+                let defer = verify && !deferred && events_waiting();
+                self.verify_guards_next = defer;
+                self.sync_guards(client, &plan, verify && !defer).await;
             }
             self.sync_caps(&plan.caps, &world, &mut scope).await;
         }
@@ -316,7 +330,12 @@ impl Reconciler {
         self.dataplane.finish_pass(&done.seen);
         pending.clear();
         let applied_ms = started.elapsed().as_secs_f64() * 1e3;
-        let guards = self.dataplane.guards_in_place();
+        // Only a failed target asks what holds it closed.
+        let guards = if self.failed.is_empty() {
+            HashMap::new()
+        } else {
+            self.dataplane.guards_in_place()
+        };
         let failures = (self.failed.iter())
             .map(|(id, (error, reason))| {
                 let failure = TargetFailure {
@@ -414,10 +433,10 @@ impl Reconciler {
     }
 
     /// Brings the bridge guards to the plan, and remembers them for status.
-    async fn sync_guards(&mut self, client: &Client, plan: &Plan, scope: &PassScope) {
+    async fn sync_guards(&mut self, client: &Client, plan: &Plan, verify: bool) {
         let (guards, complete) = self.inventory.guard_bridges(client, &plan.guards).await;
         let failures = (self.dataplane)
-            .sync_guards(scope, &guards, complete, self.initial_pass)
+            .sync_guards(verify, &guards, complete, self.initial_pass)
             .await;
         for reason in failures {
             self.telemetry

@@ -14,7 +14,7 @@
 //! guards, or the headroom the switches need.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -39,6 +39,8 @@ pub struct RuleCapacity {
 }
 
 type Rows = RuleCapacity;
+
+type CidrSet = HashSet<Cidr, foldhash::fast::RandomState>;
 
 impl Rows {
     fn of<'a>(destinations: impl IntoIterator<Item = &'a Cidr>) -> Self {
@@ -82,6 +84,12 @@ impl Rows {
 /// How many distinct destination prefixes `rules` list: the rows they
 /// take (selectors of one prefix share its row).
 pub fn distinct_destinations(rules: &[Rule]) -> usize {
+    if rules.is_sorted() {
+        // As parsed: a prefix's rules are adjacent, so count the changes.
+        let mut destinations: Vec<Cidr> = rules.iter().map(|r| r.destination).collect();
+        destinations.dedup();
+        return destinations.len();
+    }
     (rules.iter().map(|r| r.destination))
         .collect::<BTreeSet<_>>()
         .len()
@@ -122,8 +130,9 @@ pub struct Candidate {
     pub own: Rows,
     /// The rows it takes when refused: its catch-all block.
     pub fallback: Rows,
-    /// The prefixes it adds to the guard of each of its networks.
-    pub guards: BTreeMap<String, BTreeSet<Cidr>>,
+    /// The prefixes it adds to the guard of each of its networks, sorted,
+    /// without duplicates.
+    pub guards: BTreeMap<String, Vec<Cidr>>,
 }
 
 /// Why a candidate did not fit: the trie, what it needed there, and what
@@ -151,22 +160,27 @@ pub fn admit_rows(
         .fold(Rows::default(), |sum, rows| sum.plus(*rows));
     let mut headroom = (fixed.iter().chain(candidates.iter().map(|c| &c.fallback)))
         .fold(Rows::default(), |max, rows| max.max(*rows));
-    let mut guards: BTreeMap<&str, BTreeSet<Cidr>> = BTreeMap::new();
+    // Each network's admitted guard prefixes and their rows so far: a hash
+    // set, since heavy labels put tens of thousands in one guard, and each
+    // candidate looks up all of its own.
+    let mut guards: HashMap<&str, (CidrSet, Rows)> = HashMap::new();
     let mut order: Vec<&Candidate> = candidates.iter().collect();
-    let size = |c: &Candidate| c.own.total() + c.guards.values().map(BTreeSet::len).sum::<usize>();
+    let size = |c: &Candidate| c.own.total() + c.guards.values().map(Vec::len).sum::<usize>();
     order.sort_by(|a, b| (size(a), &a.id).cmp(&(size(b), &b.id)));
     let mut refused = BTreeMap::new();
     for candidate in order {
         let mut added = Rows::default();
         let mut largest = headroom.max(candidate.own);
+        let mut new_per_guard = Vec::with_capacity(candidate.guards.len());
         for (network, destinations) in &candidate.guards {
             let guard = guards.get(network.as_str());
             let new = destinations
                 .iter()
-                .filter(|d| !guard.is_some_and(|g| g.contains(*d)));
+                .filter(|d| !guard.is_some_and(|(g, _)| g.contains(*d)));
             let new = Rows::of(new);
             added = added.plus(new);
-            largest = largest.max(guard.map_or(Rows::default(), Rows::of).plus(new));
+            largest = largest.max(guard.map_or(Rows::default(), |(_, rows)| *rows).plus(new));
+            new_per_guard.push(new);
         }
         let wanted = used
             .minus(candidate.fallback)
@@ -186,8 +200,10 @@ pub fn admit_rows(
         } else {
             used = wanted;
             headroom = largest;
-            for (network, destinations) in &candidate.guards {
-                (guards.entry(network.as_str()).or_default()).extend(destinations.iter().copied());
+            for ((network, destinations), new) in candidate.guards.iter().zip(new_per_guard) {
+                let (set, rows) = guards.entry(network.as_str()).or_default();
+                set.extend(destinations.iter().copied());
+                *rows = rows.plus(new);
             }
         }
     }
@@ -204,8 +220,14 @@ pub(super) fn refusals(
     let Some(capacity) = settings.rule_capacity else {
         return BTreeMap::new();
     };
-    let destinations = |entries: &[Entry]| -> BTreeSet<Cidr> {
-        entries.iter().map(|e| e.rule.destination).collect()
+    // Entries are sorted by rule, so a prefix's entries are adjacent.
+    let destinations = |entries: &[Entry]| -> Vec<Cidr> {
+        let mut destinations: Vec<Cidr> = entries.iter().map(|e| e.rule.destination).collect();
+        if !destinations.is_sorted() {
+            destinations.sort_unstable();
+        }
+        destinations.dedup();
+        destinations
     };
     // A running target's namespace of its own is programmed.
     let programmed = |(c, t): &&(&Container, Arc<TargetPlan>)| c.running && t.pid.is_some();
@@ -304,7 +326,7 @@ mod tests {
             own: Rows { v4: own, v6: 0 },
             fallback: Rows { v4: 1, v6: 1 },
             guards: (guard.iter())
-                .map(|(n, c)| (n.to_string(), cidrs(c)))
+                .map(|(n, c)| (n.to_string(), cidrs(c).into_iter().collect()))
                 .collect(),
         }
     }

@@ -47,6 +47,11 @@ pub fn prune_direct(entries: &mut Vec<Entry>) {
         .filter(|e| e.action == Action::Direct)
         .map(|e| e.rule.destination)
         .collect();
+    if direct.is_empty() {
+        // Nothing to prune (most targets): no index of thousands of
+        // prefixes built each pass for a heavy label.
+        return;
+    }
     entries.retain(|e| {
         !(e.rule.verb == Verb::Via
             && e.rule.protocol.is_none()

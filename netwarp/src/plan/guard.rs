@@ -121,7 +121,7 @@ pub(super) fn plan_guards_except<'a, T>(
             );
             on_network.entry(network.as_str()).or_default().push(target);
         }
-        forwarded.push(target);
+        forwarded.push((container, target));
     }
     // A target's `direct` prefixes pass the guard only where every target
     // on the network leaves them alone: the guard cannot tell targets
@@ -143,12 +143,18 @@ pub(super) fn plan_guards_except<'a, T>(
     // Thousands of targets share a few warps: each is looked up once.
     let mut warps: HashMap<&str, Option<&'a Container>, foldhash::fast::RandomState> =
         HashMap::default();
-    for target in &forwarded {
-        let own = PolicyIndex::new(target);
-        let carved: Vec<Entry> = (direct_prefixes(target))
-            .filter(|x| own.leaves_alone(x))
-            .map(direct_entry)
-            .collect();
+    for (container, target) in forwarded {
+        // Indexed only for a target with `direct` prefixes to carve.
+        let carved: Vec<Entry> = match direct_prefixes(target).next() {
+            None => Vec::new(),
+            Some(_) => {
+                let own = PolicyIndex::new(target);
+                (direct_prefixes(target))
+                    .filter(|x| own.leaves_alone(x))
+                    .map(direct_entry)
+                    .collect()
+            }
+        };
         // Every warp carrying it: a spread group's members all forward.
         let carriers: Vec<&str> = match target.spread.as_slice() {
             [] => vec![target.warp.as_str()],
@@ -167,6 +173,9 @@ pub(super) fn plan_guards_except<'a, T>(
             })
             .collect();
         for (network, endpoint) in carrying.into_iter().flat_map(|warp| warp.networks.iter()) {
+            // On the target's own network, its guard blocks every one of
+            // its entries already (added above): no lookup per prefix.
+            let own_network = container.networks.contains_key(network);
             let already = blocked_by.get(network.as_str());
             let guard = guard_of(&mut guards, network, endpoint);
             for entry in &carved {
@@ -176,6 +185,9 @@ pub(super) fn plan_guards_except<'a, T>(
                         .filter(|a| a.is_ipv6() == family)
                         .map(|a| (*a, *entry)),
                 );
+            }
+            if own_network {
+                continue;
             }
             for entry in target.entries.iter().filter(|e| e.action != Action::Direct) {
                 let blocked = Entry {

@@ -17,6 +17,7 @@ mod guard;
 mod lists;
 mod probe;
 mod reasons;
+mod rules_memo;
 mod warp;
 
 pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
@@ -33,8 +34,7 @@ pub use warp::{WarpPlan, WarpState};
 use crate::{
     glob,
     model::{
-        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World, parse_policy,
-        short_reference,
+        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World, short_reference,
     },
 };
 
@@ -778,7 +778,7 @@ fn target_rules(settings: &PlanSettings, target: &Container) -> Result<Vec<Rule>
     let Some(value) = target.labels.get(&settings.rules_label) else {
         return Ok(settings.global_rules.clone());
     };
-    let policy = parse_policy(value).map_err(|error| BlockReason::InvalidRules {
+    let policy = rules_memo::parse(value).map_err(|error| BlockReason::InvalidRules {
         label: settings.rules_label.clone(),
         value: value.clone(),
         error,

@@ -27,6 +27,7 @@ mod interfaces;
 mod links;
 mod loader;
 pub mod maps;
+pub mod recompile;
 mod rule_sets;
 pub mod spread;
 mod state;

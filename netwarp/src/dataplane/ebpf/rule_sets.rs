@@ -37,28 +37,46 @@ pub fn next_rule_set(owner: u32, current: Option<u32>) -> u32 {
 /// compares without scanning again.
 pub(super) struct RuleSets {
     written: HashMap<u32, BTreeMap<Cidr, RuleValue>>,
+    /// How many of `written` are IPv4 and IPv6 rows, kept as they change:
+    /// status reads it every pass, and a count would walk every row.
+    rows: Rows,
+}
+
+/// Rows held per family.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rows {
+    v4: usize,
+    v6: usize,
+}
+
+impl Rows {
+    fn of(&mut self, destination: Cidr) -> &mut usize {
+        if destination.is_ipv6() {
+            &mut self.v6
+        } else {
+            &mut self.v4
+        }
+    }
 }
 
 impl RuleSets {
     /// Adopts what the tries hold (one scan of each).
     pub(super) fn adopt(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
         let mut written: HashMap<u32, BTreeMap<Cidr, RuleValue>> = HashMap::new();
+        let mut rows = Rows::default();
         for (rule_set, row) in scan(ebpf)? {
-            (written.entry(rule_set).or_default()).insert(row.destination, row.value);
+            let set = written.entry(rule_set).or_default();
+            if set.insert(row.destination, row.value).is_none() {
+                *rows.of(row.destination) += 1;
+            }
         }
-        Ok(Self { written })
+        Ok(Self { written, rows })
     }
 
     /// The rows written (or adopted) in each trie, IPv4 then IPv6: what
     /// the kernel holds, without a scan.
     pub(super) fn rows_per_family(&self) -> (usize, usize) {
-        let (mut v4, mut v6) = (0, 0);
-        for rows in self.written.values() {
-            let ipv6 = rows.keys().filter(|d| d.is_ipv6()).count();
-            v6 += ipv6;
-            v4 += rows.len() - ipv6;
-        }
-        (v4, v6)
+        (self.rows.v4, self.rows.v6)
     }
 
     /// The rows written (or adopted) under `rule_set`, by destination.
@@ -120,18 +138,10 @@ impl RuleSets {
         rule_set: u32,
         rows: &[CompiledPrefix],
     ) -> Result<(), EbpfError> {
-        let wanted: BTreeMap<Cidr, RuleValue> =
-            rows.iter().map(|r| (r.destination, r.value)).collect();
-        let held = self.written.get(&rule_set);
-        let changed: Vec<CompiledPrefix> = (rows.iter())
-            .filter(|r| held.and_then(|h| h.get(&r.destination)) != Some(&r.value))
-            .cloned()
-            .collect();
+        let empty = BTreeMap::new();
+        let held = self.written.get(&rule_set).unwrap_or(&empty);
+        let (changed, unwanted) = in_place_changes(held, rows);
         self.write(ebpf, rule_set, &changed)?;
-        let unwanted: Vec<Cidr> = (self.written.get(&rule_set).into_iter().flatten())
-            .filter(|(destination, _)| !wanted.contains_key(destination))
-            .map(|(destination, _)| *destination)
-            .collect();
         self.remove_rows(ebpf, rule_set, unwanted)
     }
 
@@ -142,6 +152,7 @@ impl RuleSets {
         rows: &[CompiledPrefix],
     ) -> Result<(), EbpfError> {
         let written = self.written.entry(rule_set).or_default();
+        let counts = &mut self.rows;
         for row in rows {
             match row_key(rule_set, row.destination) {
                 RowKey::V4(key) => lpm_trie::<RuleKeyV4, RuleValue>(ebpf, RULES_V4_MAP)?
@@ -151,7 +162,9 @@ impl RuleSets {
                     .insert(&key, row.value, 0)
                     .map_err(map_error(RULES_V6_MAP))?,
             }
-            written.insert(row.destination, row.value);
+            if written.insert(row.destination, row.value).is_none() {
+                *counts.of(row.destination) += 1;
+            }
         }
         Ok(())
     }
@@ -190,12 +203,45 @@ impl RuleSets {
                     [key],
                 )?,
             }
-            if let Some(written) = self.written.get_mut(&rule_set) {
-                written.remove(&destination);
+            if let Some(written) = self.written.get_mut(&rule_set)
+                && written.remove(&destination).is_some()
+            {
+                *self.rows.of(destination) -= 1;
             }
         }
         Ok(())
     }
+}
+
+/// What bringing `held` to `rows` in place takes: the rows to write (new
+/// or changed) and the destinations to remove. One walk of both when
+/// `rows` is sorted by destination, as compiled (a bridge guard holds
+/// tens of thousands of rows, and most passes change none or a few).
+fn in_place_changes(
+    held: &BTreeMap<Cidr, RuleValue>,
+    rows: &[CompiledPrefix],
+) -> (Vec<CompiledPrefix>, Vec<Cidr>) {
+    if !rows.is_sorted_by(|a, b| a.destination < b.destination) {
+        let wanted: BTreeMap<Cidr, RuleValue> =
+            rows.iter().map(|r| (r.destination, r.value)).collect();
+        let sorted: Vec<CompiledPrefix> = (wanted.into_iter())
+            .map(|(destination, value)| CompiledPrefix { destination, value })
+            .collect();
+        return in_place_changes(held, &sorted);
+    }
+    let (mut changed, mut unwanted) = (Vec::new(), Vec::new());
+    let mut held = held.iter().peekable();
+    for row in rows {
+        while let Some((destination, _)) = held.next_if(|(d, _)| **d < row.destination) {
+            unwanted.push(*destination);
+        }
+        match held.next_if(|(d, _)| **d == row.destination) {
+            Some((_, value)) if *value == row.value => {}
+            _ => changed.push(row.clone()),
+        }
+    }
+    unwanted.extend(held.map(|(destination, _)| *destination));
+    (changed, unwanted)
 }
 
 enum RowKey {
@@ -291,6 +337,50 @@ pub(super) fn installed_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(destination: &str, action: u8) -> CompiledPrefix {
+        CompiledPrefix {
+            destination: destination.parse().unwrap(),
+            value: RuleValue {
+                default_action: action,
+                ..RuleValue::default()
+            },
+        }
+    }
+
+    #[test]
+    fn an_in_place_update_writes_new_and_changed_rows_and_removes_the_rest() {
+        let held: BTreeMap<Cidr, RuleValue> = [
+            row("10.0.0.0/8", 1),
+            row("10.1.0.0/16", 1),
+            row("192.0.2.0/24", 1),
+            row("2001:db8::/32", 1),
+        ]
+        .into_iter()
+        .map(|r| (r.destination, r.value))
+        .collect();
+        let rows = [
+            row("10.0.0.0/8", 1),
+            row("10.2.0.0/16", 1),
+            row("192.0.2.0/24", 2),
+            row("198.51.100.0/24", 1),
+        ];
+        let (changed, unwanted) = in_place_changes(&held, &rows);
+        let expected_changed = [rows[1].clone(), rows[2].clone(), rows[3].clone()];
+        let expected_unwanted: Vec<Cidr> = ["10.1.0.0/16", "2001:db8::/32"]
+            .map(|c| c.parse().unwrap())
+            .to_vec();
+        assert_eq!(changed, expected_changed);
+        assert_eq!(unwanted, expected_unwanted);
+        // Unsorted rows (not as compiled) are diffed the same.
+        let mut reversed = rows.to_vec();
+        reversed.reverse();
+        assert_eq!(
+            in_place_changes(&held, &reversed),
+            (expected_changed.to_vec(), expected_unwanted)
+        );
+        assert_eq!(in_place_changes(&held, &[]).1.len(), held.len());
+    }
 
     #[test]
     fn rule_sets_alternate_between_an_owners_two_ids() {

@@ -436,3 +436,55 @@ fn interface_names_follow_the_kernel() {
         assert!(!is_valid_ifname(bad), "{bad}");
     }
 }
+
+#[test]
+fn route_changes_put_what_is_missing_and_delete_what_is_not_wanted_in_one_walk() {
+    let cidr = |c: &str| -> Cidr { c.parse().unwrap() };
+    let prohibit = RouteAction::Prohibit;
+    let desired = GuardState {
+        rules: BTreeSet::new(),
+        routes: [
+            ((T0, cidr("10.0.0.1/32")), prohibit),
+            ((T0, cidr("10.0.0.3/32")), prohibit),
+            ((T0, cidr("10.0.0.4/32")), RouteAction::Throw),
+            ((T0 + 1, cidr("10.0.0.1/32")), prohibit),
+        ]
+        .into(),
+    };
+    let host = InstalledGuard {
+        routes: [
+            ((T0, cidr("10.0.0.0/32")), prohibit),
+            ((T0, cidr("10.0.0.1/32")), prohibit),
+            ((T0, cidr("10.0.0.2/32")), prohibit),
+            (
+                (T0, cidr("10.0.0.3/32")),
+                RouteAction::Via("192.0.2.1".parse().unwrap()),
+            ),
+            ((T0, cidr("10.0.0.4/32")), prohibit),
+            ((T0 + 2, cidr("10.0.0.1/32")), prohibit),
+        ]
+        .into(),
+        ..InstalledGuard::default()
+    };
+    let (put, delete) = route_changes(&host, &desired);
+    assert_eq!(
+        put,
+        [
+            Step::PutRoute(T0, cidr("10.0.0.3/32"), prohibit),
+            Step::PutRoute(T0, cidr("10.0.0.4/32"), RouteAction::Throw),
+            Step::PutRoute(T0 + 1, cidr("10.0.0.1/32"), prohibit)
+        ]
+    );
+    assert_eq!(
+        delete,
+        [
+            Step::DeleteRoute(T0, cidr("10.0.0.0/32")),
+            Step::DeleteRoute(T0, cidr("10.0.0.2/32")),
+            Step::DeleteRoute(T0 + 2, cidr("10.0.0.1/32"))
+        ]
+    );
+    assert_eq!(
+        route_changes(&InstalledGuard::holding(&desired), &desired),
+        (vec![], vec![])
+    );
+}

@@ -10,13 +10,18 @@ use std::{
 use netwarp_common::{GuardAllowKey, SpreadSlot, SpreadTable, WarpPeerKey};
 use tracing::{debug, info, info_span, warn};
 
-use super::{FailureReason, MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState};
+use super::{
+    FailureReason, MapUse, PassScope, TargetError, TargetInterfaces, caps::CapsState, is_settled,
+    owned,
+};
 use crate::{
     dataplane::{
         ebpf::{
             EbpfDataplane, ProgramLogger,
             compile::{CompiledPrefix, compile, guard_allow_keys},
-            interface_index, interface_name, is_host_peer_of, spread, warp_peer_key,
+            interface_index, interface_name, is_host_peer_of,
+            recompile::recompile,
+            spread, warp_peer_key,
         },
         mac::MacAddr,
         routes::{RoutesError, desired_state, diff, spread_over},
@@ -67,6 +72,9 @@ pub struct EbpfPlane {
     pub(super) settled: Settled<Arc<TargetPlan>>,
     /// Each bridge guard last written, by bridge ifindex.
     guards: HashMap<u32, EbpfGuard>,
+    /// Each bridge guard's entries as last compiled, and their rows: the
+    /// next compile starts from them (see [`recompile`]).
+    compiled_guards: HashMap<u32, (Vec<Entry>, Vec<CompiledPrefix>)>,
     /// The guard plans last written in full, to skip unchanged ones.
     settled_guards: Option<Vec<(String, GuardPlan)>>,
     /// The plan of each bridge guard known to be in place, by bridge
@@ -96,6 +104,7 @@ impl EbpfPlane {
             targets: HashMap::new(),
             settled: Settled::default(),
             guards: HashMap::new(),
+            compiled_guards: HashMap::new(),
             settled_guards: None,
             guards_in_place: HashMap::new(),
             caps: CapsState::default(),
@@ -306,12 +315,10 @@ impl EbpfPlane {
         complete: bool,
         verify: bool,
     ) -> Vec<FailureReason> {
-        let planned: Vec<(String, GuardPlan)> = (guards.iter())
-            .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
-            .collect();
-        if !verify && complete && self.settled_guards.as_ref() == Some(&planned) {
+        if !verify && complete && is_settled(self.settled_guards.as_deref(), guards) {
             return Vec::new();
         }
+        let planned = owned(guards);
         let mut failures = Vec::new();
         let mut settled = complete;
         let mut wanted = HashSet::new();
@@ -346,6 +353,7 @@ impl EbpfPlane {
             .filter(|i| !wanted.contains(i) && (complete || vanished(i)))
         {
             self.guards.remove(&ifindex);
+            self.compiled_guards.remove(&ifindex);
             self.guards_in_place.remove(&ifindex);
             match self.ebpf.remove_guard(ifindex) {
                 Ok(()) => info!(ifindex, "removed the guard of a bridge without targets"),
@@ -366,7 +374,11 @@ impl EbpfPlane {
     }
 
     fn write_guard(&mut self, ifindex: u32, guard: &GuardPlan) -> Result<(), TargetError> {
-        let rows = compile(&guard.entries, false)?;
+        let rows = match self.compiled_guards.get(&ifindex) {
+            Some((entries, rows)) => recompile(entries, rows, &guard.entries, false)?,
+            None => compile(&guard.entries, false)?,
+        };
+        (self.compiled_guards).insert(ifindex, (guard.entries.clone(), rows.clone()));
         self.ebpf.attach_guard(ifindex)?;
         let desired = EbpfGuard {
             rows,

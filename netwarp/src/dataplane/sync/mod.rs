@@ -312,15 +312,15 @@ impl Dataplane {
     /// Returns why guards failed, one reason per failure.
     pub async fn sync_guards(
         &mut self,
-        scope: &PassScope,
+        verify: bool,
         guards: &[(String, &GuardPlan)],
         complete: bool,
         first_pass: bool,
     ) -> Vec<FailureReason> {
         match self {
-            Self::Routes(plane) => plane.sync_guards(guards, complete, scope.verify).await,
+            Self::Routes(plane) => plane.sync_guards(guards, complete, verify).await,
             Self::Ebpf(plane) => {
-                let failures = plane.sync_guards(guards, complete, scope.verify);
+                let failures = plane.sync_guards(guards, complete, verify);
                 if first_pass {
                     // A routes-mode run may have left its host rules.
                     plane.caps.host.remove_guards().await;
@@ -458,6 +458,25 @@ impl Dataplane {
             _ => Vec::new(),
         }
     }
+}
+
+/// Whether the guards last written (`settled`) are `guards` (bridge, plan):
+/// compared in place, since a guard holds tens of thousands of entries
+/// with heavy rules labels and most passes change none.
+fn is_settled(settled: Option<&[(String, GuardPlan)]>, guards: &[(String, &GuardPlan)]) -> bool {
+    settled.is_some_and(|settled| {
+        settled.len() == guards.len()
+            && (settled.iter().zip(guards)).all(|((bridge, plan), (wanted_bridge, wanted))| {
+                bridge == wanted_bridge && plan == *wanted
+            })
+    })
+}
+
+/// `guards` as the dataplanes remember them.
+fn owned(guards: &[(String, &GuardPlan)]) -> Vec<(String, GuardPlan)> {
+    (guards.iter())
+        .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
+        .collect()
 }
 
 #[cfg(test)]

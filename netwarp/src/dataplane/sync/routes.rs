@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::{FailureReason, PassScope, caps::CapsState};
+use super::{FailureReason, PassScope, caps::CapsState, is_settled, owned};
 use crate::{
     dataplane::{
         routes::{RoutesError, desired_state, diff, spread_over},
@@ -54,12 +54,10 @@ impl RoutesPlane {
             debug!("a guarded network is unresolved; host guard rules kept");
             return Vec::new();
         }
-        let planned: Vec<(String, GuardPlan)> = (guards.iter())
-            .map(|(bridge, guard)| (bridge.clone(), (*guard).clone()))
-            .collect();
-        if !verify && self.last_guards.as_ref() == Some(&planned) {
+        if !verify && is_settled(self.last_guards.as_deref(), guards) {
             return Vec::new();
         }
+        let planned = owned(guards);
         let written = self.caps.host.program_guards(guards, verify).await;
         self.last_guards = written.is_ok().then_some(planned);
         written.err().into_iter().collect()
