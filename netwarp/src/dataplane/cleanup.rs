@@ -48,6 +48,11 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
             Err(CapsError::Routes(
                 e @ (RoutesError::HostNamespace { .. } | RoutesError::NamespaceClaimed { .. }),
             )) => info!(container = %name, %id, reason = %e, "skipped"),
+            // A container that exited since the listing took its
+            // namespace, and netwarp's entries in it, along.
+            Err(_) if !config.host_proc_dir.join(pid.to_string()).exists() => {
+                info!(container = %name, %id, "exited during the cleanup; skipped")
+            }
             Err(e) => {
                 failures += 1;
                 error!(container = %name, %id, error = %e, "cleanup failed");
