@@ -335,9 +335,11 @@ impl State {
                                 Endpoint {
                                     ipv4: Some(e.ipv4),
                                     ipv6: e.ipv6,
+                                    // As the generated JSON says (see `EndpointJson::of`).
+                                    ipv4_prefix_len: Some(16),
+                                    ipv6_prefix_len: e.ipv6.map(|_| 64),
                                     mac: Some(e.mac.clone()),
                                     network_id: Some(e.network_id.clone()),
-                                    ..Endpoint::default()
                                 },
                             )
                         })
