@@ -77,6 +77,101 @@ pub fn prune_direct(entries: &mut Vec<Entry>) {
     });
 }
 
+/// Random plans and packets for the dataplanes' tests against [`decide`].
+#[cfg(test)]
+pub(crate) mod samples {
+    use std::net::IpAddr;
+
+    use super::{Action, Entry};
+    use crate::model::{Verb, parse_rules};
+
+    /// Nested prefixes of both families, and overlapping selectors.
+    pub const PREFIXES: [&str; 8] = [
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "203.0.113.0/24",
+        "::/0",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+    ];
+    const SELECTORS: [&str; 8] = [
+        "",
+        ",tcp",
+        ",udp",
+        ",tcp:80",
+        ",tcp:80-90",
+        ",tcp:85-100",
+        ",udp:53",
+        ",icmp",
+    ];
+
+    /// `rounds` random plans of up to 7 rules over the first `prefixes`
+    /// of [`PREFIXES`], with every action (a via rule of a warp that is
+    /// down is a block), normalized as the planner does.
+    pub fn plans(rounds: usize, prefixes: usize) -> Vec<Vec<Entry>> {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let via = Action::Via("172.20.0.2".parse().unwrap());
+        (0..rounds)
+            .map(|_| {
+                let mut plan: Vec<Entry> = Vec::new();
+                for _ in 0..1 + next(7) {
+                    let prefix = PREFIXES[next(prefixes)];
+                    let (verb, action) = match next(4) {
+                        0 => (Verb::Via, via),
+                        1 => (Verb::Direct, Action::Direct),
+                        2 => (Verb::Block, Action::Deny),
+                        _ => (Verb::Via, Action::Block),
+                    };
+                    let selector = match verb {
+                        Verb::Direct => "",
+                        _ => SELECTORS[next(SELECTORS.len())],
+                    };
+                    for rule in parse_rules(&format!("{prefix}{selector}")).unwrap() {
+                        plan.push(Entry {
+                            rule: rule.with_verb(verb),
+                            action,
+                        });
+                    }
+                }
+                plan.sort();
+                plan.dedup();
+                super::prune_direct(&mut plan);
+                plan
+            })
+            .collect()
+    }
+
+    /// Packets (destination, IP protocol, port) to each of `addresses`:
+    /// TCP and UDP at the selectors' edges, ICMP of the family, and GRE.
+    pub fn packets(addresses: &[&str]) -> Vec<(IpAddr, u8, u16)> {
+        (addresses.iter())
+            .flat_map(|ip| {
+                let ip: IpAddr = ip.parse().unwrap();
+                let icmp = if ip.is_ipv6() { 58 } else { 1 };
+                [
+                    (6, 80),
+                    (6, 85),
+                    (6, 95),
+                    (6, 443),
+                    (17, 53),
+                    (17, 54),
+                    (icmp, 0),
+                    (47, 0),
+                ]
+                .map(|(proto, port)| (ip, proto, port))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

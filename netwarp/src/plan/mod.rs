@@ -22,6 +22,8 @@ mod warp;
 
 pub use capacity::{MAX_PREFIXES_KEY, RULES_CAPACITY_KEY, RuleCapacity};
 pub use caps::{CapEnforcement, CapPlan, CapSettings};
+#[cfg(test)]
+pub(crate) use decide::samples;
 pub use decide::{decide, prune_direct};
 pub use dns::{DnsPolicy, dns_rules};
 pub use group::{GroupMode, MAX_SPREAD_MEMBERS, SpreadMember, WarpGroup, parse_group, warp_group};

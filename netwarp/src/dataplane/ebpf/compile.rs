@@ -432,28 +432,8 @@ mod tests {
     /// families, every action and overlapping selectors.
     #[test]
     fn the_rows_decide_every_packet_as_the_planner_does() {
-        use crate::plan::decide;
-        let prefixes = [
-            "0.0.0.0/0",
-            "10.0.0.0/8",
-            "10.1.0.0/16",
-            "10.1.2.0/24",
-            "203.0.113.0/24",
-            "::/0",
-            "2001:db8::/32",
-            "2001:db8:1::/48",
-        ];
-        let selector_texts = [
-            "",
-            ",tcp",
-            ",udp",
-            ",tcp:80",
-            ",tcp:80-90",
-            ",tcp:85-100",
-            ",udp:53",
-            ",icmp",
-        ];
-        let packets: Vec<(IpAddr, u8, u16)> = [
+        use crate::plan::{decide, samples};
+        let packets = samples::packets(&[
             "10.1.2.3",
             "10.1.9.9",
             "10.2.0.1",
@@ -462,58 +442,13 @@ mod tests {
             "2001:db8:1::5",
             "2001:db8:2::5",
             "fd00::1",
-        ]
-        .iter()
-        .flat_map(|ip| {
-            let ip: IpAddr = ip.parse().unwrap();
-            let icmp = if ip.is_ipv6() { 58 } else { 1 };
-            [
-                (6, 80),
-                (6, 85),
-                (6, 95),
-                (6, 443),
-                (17, 53),
-                (17, 54),
-                (icmp, 0),
-                (47, 0),
-            ]
-            .map(|(proto, port)| (ip, proto, port))
-        })
-        .collect();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        ]);
         let mut compared = 0;
-        for round in 0..1000 {
-            let mut plan: Vec<Entry> = Vec::new();
-            for _ in 0..1 + next(7) {
-                let prefix = prefixes[next(prefixes.len())];
-                let (verb, action) = match next(4) {
-                    0 => (Verb::Via, via()),
-                    1 => (Verb::Direct, Action::Direct),
-                    2 => (Verb::Block, Action::Deny),
-                    // The warp unusable: its via rules become blocks.
-                    _ => (Verb::Via, Action::Block),
-                };
-                let selector = if verb == Verb::Direct {
-                    ""
-                } else {
-                    selector_texts[next(selector_texts.len())]
-                };
-                for rule in parse_rules(&format!("{prefix}{selector}")).unwrap() {
-                    plan.push(Entry {
-                        rule: rule.with_verb(verb),
-                        action,
-                    });
-                }
-            }
-            plan.sort();
-            plan.dedup();
-            crate::plan::prune_direct(&mut plan);
+        for (round, plan) in samples::plans(1000, samples::PREFIXES.len())
+            .iter()
+            .enumerate()
+        {
+            let plan = plan.clone();
             let rows = compile(&plan, round % 2 == 0).unwrap();
             for &(dst, proto, port) in &packets {
                 let dport = (proto == 6 || proto == 17).then_some(port);
