@@ -445,10 +445,9 @@ mod tests {
         ]);
         let mut compared = 0;
         for (round, plan) in samples::plans(1000, samples::PREFIXES.len())
-            .iter()
+            .into_iter()
             .enumerate()
         {
-            let plan = plan.clone();
             let rows = compile(&plan, round % 2 == 0).unwrap();
             for &(dst, proto, port) in &packets {
                 let dport = (proto == 6 || proto == 17).then_some(port);
