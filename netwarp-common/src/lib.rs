@@ -107,6 +107,13 @@ pub const IFACE_IN_HASH: u16 = 4;
 /// flow goes to the member its [`SpreadTable`] slot names (`warp_ifindex`
 /// and `warp_mac` hold the first member, used while no table is found).
 pub const IFACE_SPREAD: u16 = 8;
+/// [`IfaceState::flags`]: a steered packet enters the warp by a peer
+/// redirect (`bpf_redirect_peer` into the warp's namespace-side veth),
+/// skipping the warp's host-side veth egress and the backlog queue. Set
+/// by the controller only where nothing of netwarp's sits on that egress
+/// (no to-container program, no tbf qdisc: no ingress cap on the warp),
+/// and not for a spread target (its member comes from the table).
+pub const IFACE_PEER: u16 = 16;
 
 /// Name of the hash map of each spread target's [`SpreadTable`], by its
 /// host-side veth's ifindex.

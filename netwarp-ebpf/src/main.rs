@@ -13,7 +13,7 @@
 mod programs {
     use aya_ebpf::{
         bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-        helpers::{bpf_ktime_get_ns, bpf_redirect},
+        helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
         macros::{classifier, map},
         maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
         programs::TcContext,
@@ -22,7 +22,7 @@ mod programs {
     use netwarp_common::{
         ACTION_BLOCK, ACTION_DENY, ACTION_DIRECT, ACTION_STEER, Direction, GUARD_ALLOW_IPV4,
         GUARD_ALLOW_IPV6, GUARD_ALLOW_MAC, GUARD_ALLOW_MAP_CAPACITY, GUARDS_MAP_CAPACITY,
-        GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_CAPPED, IFACE_IN_HASH, IFACE_POLICY,
+        GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_CAPPED, IFACE_IN_HASH, IFACE_PEER, IFACE_POLICY,
         IFACE_SLOT_MASK, IFACE_SPREAD, IfaceState, MAX_SELECTORS, NS_PER_BYTE_SHIFT,
         POLICY_MAP_CAPACITY, REASON_RULE, REASON_WARP_DOWN, RULE_SET_BITS, RULES_MAP_CAPACITY,
         RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, SPREAD_MAP_CAPACITY, SPREAD_SLOTS,
@@ -115,6 +115,8 @@ mod programs {
     const NEXTHDR_AUTH: u8 = 51;
     const NEXTHDR_DEST: u8 = 60;
     const MAX_EXT_HEADERS: usize = 6;
+    /// `skb->pkt_type` of a frame for this host (linux/if_packet.h).
+    const PACKET_HOST: u32 = 0;
 
     /// What netwarp returns for packets it leaves alone: TC_ACT_UNSPEC
     /// (TCX_NEXT), so tc programs attached after netwarp's still run.
@@ -476,8 +478,22 @@ mod programs {
                     }
                     (warp_ifindex, warp_mac) = (member.ifindex, member.mac);
                 }
+                // The warp's stack sees the frame as addressed to it
+                // (tcpdump, conntrack), whichever way it enters.
                 ctx.store(0, &warp_mac, 0).ok()?;
                 count_verdict(policy, bytes, Verdict::Steered);
+                if policy.flags & IFACE_PEER != 0 {
+                    // Straight into the warp's namespace-side veth, with no
+                    // new eth_type_trans: the type this veth gave the frame
+                    // (another host's: it was for the gateway) would make
+                    // ip_rcv drop it there. Never fails from
+                    // PACKET_OTHERHOST; if it did, the redirect below would
+                    // still deliver, as the classic path does.
+                    if ctx.change_type(PACKET_HOST).is_ok() {
+                        // SAFETY: a plain helper call; it only records the target.
+                        return Some(unsafe { bpf_redirect_peer(warp_ifindex, 0) } as i32);
+                    }
+                }
                 // SAFETY: a plain helper call; it only records the target.
                 Some(unsafe { bpf_redirect(warp_ifindex, 0) } as i32)
             }

@@ -109,6 +109,9 @@ keys! {
     EBPF_RULES_CAPACITY = "dataplane.ebpf_rules_capacity", "NETWARP_DATAPLANE_EBPF_RULES_CAPACITY", "262144",
         Restart, flag -,
         "ebpf: entries of each rule trie (IPv4 and IPv6), shared by every target's rules, the bridge guards and one switch's second copy; allocated only as used";
+    EBPF_PEER_REDIRECT = "dataplane.ebpf_peer_redirect", "NETWARP_DATAPLANE_EBPF_PEER_REDIRECT", "true",
+        Restart, flag -,
+        "ebpf: deliver steered packets into the warp's namespace by a peer redirect (skipping its host veth's egress) where no ingress cap on the warp sits there; false: always the classic redirect";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         Restart, flag "resync-interval-secs",
         "Seconds between full resyncs, the safety net behind events";

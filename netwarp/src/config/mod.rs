@@ -114,6 +114,8 @@ pub struct Config {
     pub host_proc_dir: PathBuf,
     /// ebpf: the entries of each rule trie (one per address family).
     pub ebpf_rules_capacity: u32,
+    /// ebpf: whether steered packets may enter their warp by a peer redirect.
+    pub ebpf_peer_redirect: bool,
     /// The most destination prefixes one target's rules may list.
     pub max_prefixes_per_target: usize,
     /// The label naming a warp's probe.
@@ -278,6 +280,8 @@ impl Config {
                 format!("{ebpf_rules_capacity} is outside 64..=16777216 entries"),
             ));
         }
+        let peer = value(&keys::EBPF_PEER_REDIRECT)?;
+        let ebpf_peer_redirect = peer.0.as_bool(keys::EBPF_PEER_REDIRECT.name, &peer.1)?;
         let max = value(&keys::MAX_PREFIXES)?;
         let max_prefixes_per_target = max.0.as_integer(keys::MAX_PREFIXES.name, &max.1)?;
         if !(1..=1_048_576).contains(&max_prefixes_per_target) {
@@ -424,6 +428,7 @@ impl Config {
             bpf_pin_dir: bpf_pin_dir.into(),
             host_proc_dir: host_proc_dir.into(),
             ebpf_rules_capacity: ebpf_rules_capacity as u32,
+            ebpf_peer_redirect,
             max_prefixes_per_target: max_prefixes_per_target as usize,
             probe_label,
             probes,

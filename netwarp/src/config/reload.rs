@@ -113,6 +113,10 @@ mod tests {
             &[("dataplane.ebpf_rules_capacity", "512")],
         ),
         (
+            "dataplane.ebpf_peer_redirect",
+            &[("dataplane.ebpf_peer_redirect", "false")],
+        ),
+        (
             "dataplane.resync_interval_secs",
             &[("dataplane.resync_interval_secs", "7")],
         ),

@@ -132,11 +132,7 @@ fn choose_dataplane(config: &Config) -> Result<Dataplane, DaemonError> {
         }
         DataplaneMode::Ebpf => {
             privileges::require(EBPF_CAPABILITIES)?;
-            let ebpf = EbpfDataplane::load_pinned_logging(
-                &config.bpf_pin_dir,
-                debug_logs(config),
-                config.ebpf_rules_capacity,
-            )?;
+            let ebpf = load_ebpf(config)?;
             Ok(Dataplane::ebpf(ebpf))
         }
     }
@@ -153,11 +149,7 @@ fn choose_automatically(config: &Config) -> Dataplane {
         info!(missing = %names.join(", "), "dataplane auto: using routes, eBPF lacks capabilities");
         return Dataplane::routes();
     }
-    match EbpfDataplane::load_pinned_logging(
-        &config.bpf_pin_dir,
-        debug_logs(config),
-        config.ebpf_rules_capacity,
-    ) {
+    match load_ebpf(config) {
         Ok(ebpf) => {
             info!(pins = %config.bpf_pin_dir.display(), "dataplane auto: using ebpf");
             Dataplane::ebpf(ebpf)
@@ -167,6 +159,17 @@ fn choose_automatically(config: &Config) -> Dataplane {
             Dataplane::routes()
         }
     }
+}
+
+/// Loads the eBPF dataplane as configured.
+fn load_ebpf(config: &Config) -> Result<EbpfDataplane, EbpfError> {
+    let mut ebpf = EbpfDataplane::load_pinned_logging(
+        &config.bpf_pin_dir,
+        debug_logs(config),
+        config.ebpf_rules_capacity,
+    )?;
+    ebpf.set_peer_redirect(config.ebpf_peer_redirect)?;
+    Ok(ebpf)
 }
 
 fn debug_logs(config: &Config) -> bool {

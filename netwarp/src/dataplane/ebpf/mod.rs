@@ -3,8 +3,9 @@
 //!
 //! The program on a target's veth finds the veth's state row (see
 //! [`state`]), then steers matching packets to the warp's veth (rewriting
-//! the destination MAC) or drops them while the warp is unusable, counting
-//! only those verdicts. Interfaces without a policy are left alone; their
+//! the destination MAC; by a peer redirect into the warp's namespace where
+//! nothing of netwarp's sits on the warp's host-side egress, see [`peer`])
+//! or drops them while the warp is unusable, counting only those verdicts. Interfaces without a policy are left alone; their
 //! packets and bytes are the veth's own statistics.
 //!
 //! The program on a guarded network's bridge (ingress: what containers
@@ -27,6 +28,7 @@ mod interfaces;
 mod links;
 mod loader;
 pub mod maps;
+mod peer;
 pub mod recompile;
 mod rule_sets;
 pub mod spread;
@@ -54,7 +56,7 @@ use aya::{
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
-    GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_SPREAD, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
+    GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_PEER, IFACE_POLICY, IFACE_SPREAD, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
     PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY,
     RULES_V4_MAP, RULES_V6_MAP, RateBuckets, SPREAD_MAP, SpreadTable, TargetPolicy,
     TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP,
@@ -80,6 +82,12 @@ pub struct EbpfDataplane {
     bucket_slots: BTreeMap<u32, bool>,
     /// The entries of the IPv4 and IPv6 rule tries, as loaded.
     rules_capacity: (u32, u32),
+    /// Whether steered packets may enter their warp by a peer redirect
+    /// (`dataplane.ebpf_peer_redirect`; see [`peer`]).
+    peer_redirect: bool,
+    /// Host-side veths with a tbf qdisc capping what their container
+    /// receives (the shaper): a peer redirect would skip it.
+    shaped_ingress: BTreeSet<u32>,
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
 }
@@ -142,6 +150,8 @@ impl EbpfDataplane {
         let rules_capacity = (capacity(RULES_V4_MAP)?, capacity(RULES_V6_MAP)?);
         Ok(Self {
             rules_capacity,
+            peer_redirect: true,
+            shaped_ingress: BTreeSet::new(),
             rule_sets: RuleSets::adopt(&mut ebpf)?,
             guard_allow: Rows::adopt(&mut ebpf)?,
             warp_peers: Rows::adopt(&mut ebpf)?,
@@ -215,12 +225,17 @@ impl EbpfDataplane {
         self.sync_to_container(ifindex)
     }
 
+    /// Whether `ifindex` needs the to-container program: while its state
+    /// row's cap slot caps ingress.
+    fn to_container_needed(&self, ifindex: u32) -> bool {
+        (self.states.get(ifindex).cap_slot())
+            .is_some_and(|slot| self.bucket_slots.get(&slot) == Some(&true))
+    }
+
     /// Attaches or detaches the to-container program of `ifindex` to match
     /// its state row: attached exactly while its cap slot caps ingress.
     fn sync_to_container(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        let needed = (self.states.get(ifindex).cap_slot())
-            .is_some_and(|slot| self.bucket_slots.get(&slot) == Some(&true));
-        if needed {
+        if self.to_container_needed(ifindex) {
             self.links
                 .attach(&mut self.ebpf, ifindex, Hook::ToContainer)
         } else if self.links.holds(ifindex, Hook::ToContainer) {
@@ -229,6 +244,62 @@ impl EbpfDataplane {
         } else {
             Ok(())
         }
+    }
+
+    /// Turns peer redirects on or off (`dataplane.ebpf_peer_redirect`; on
+    /// by default) and rewrites every state row whose flag changes,
+    /// including rows an earlier run left.
+    pub fn set_peer_redirect(&mut self, enabled: bool) -> Result<(), EbpfError> {
+        self.peer_redirect = enabled;
+        self.refresh_peers(|_| true)
+    }
+
+    /// Whether a target's steered packets enter its warp by a peer
+    /// redirect, as the kernel holds its state row.
+    pub fn peer_redirects(&mut self, ifindex: u32) -> Result<bool, EbpfError> {
+        Ok(state::read(&mut self.ebpf, ifindex)?.flags & IFACE_PEER != 0)
+    }
+
+    /// Records that tbf qdiscs (the shaper) cap, or no longer cap, what
+    /// the containers behind these host-side veths receive; the targets
+    /// steered to them take the classic redirect while one does. Call it
+    /// with `true` before the qdisc goes on, with `false` after it is off.
+    pub fn set_ingress_shaped(&mut self, ifindexes: &[u32], shaped: bool) -> Result<(), EbpfError> {
+        for &ifindex in ifindexes {
+            if shaped {
+                self.shaped_ingress.insert(ifindex);
+            } else {
+                self.shaped_ingress.remove(&ifindex);
+            }
+        }
+        self.refresh_peers(|state| ifindexes.contains(&state.warp_ifindex))
+    }
+
+    /// Whether something of netwarp's sits on the egress of `ifindex`
+    /// (what its container receives): a peer redirect would skip it.
+    fn egress_busy(&self, ifindex: u32) -> bool {
+        self.to_container_needed(ifindex) || self.shaped_ingress.contains(&ifindex)
+    }
+
+    /// `state` with its peer flag as it should be now.
+    fn peered(&self, state: IfaceState) -> IfaceState {
+        peer::with_peer_flag(state, self.peer_redirect, |i| self.egress_busy(i))
+    }
+
+    /// Rewrites the rows chosen by `which` whose peer flag is not as it
+    /// should be.
+    fn refresh_peers(&mut self, which: impl Fn(&IfaceState) -> bool) -> Result<(), EbpfError> {
+        let changed: Vec<(u32, IfaceState)> = (self.states.written().iter())
+            .filter(|(_, state)| which(state))
+            .filter_map(|(&ifindex, &state)| {
+                let desired = self.peered(state);
+                (desired != state).then_some((ifindex, desired))
+            })
+            .collect();
+        for (ifindex, state) in changed {
+            self.states.put(&mut self.ebpf, ifindex, state)?;
+        }
+        Ok(())
     }
 
     /// Detaches the programs from an interface, if they are attached, and
@@ -289,18 +360,20 @@ impl EbpfDataplane {
     ) -> Result<(), EbpfError> {
         let installed = state::read(&mut self.ebpf, ifindex)?;
         let old = installed.policy().map(|p| p.rule_set);
+        let policy = TargetPolicy {
+            rule_set: 0,
+            warp_ifindex,
+            warp_mac,
+            _pad: [0; 2],
+        };
+        let mut row = IfaceState::of(Some(policy), installed.cap_slot());
+        // A spread target's flag is [`Self::set_spread`]'s.
+        row.flags |= installed.flags & IFACE_SPREAD;
+        let row = self.peered(row);
         let states = &mut self.states;
         self.rule_sets
             .switch(&mut self.ebpf, ifindex, old, rows, |ebpf, rule_set| {
-                let policy = TargetPolicy {
-                    rule_set,
-                    warp_ifindex,
-                    warp_mac,
-                    _pad: [0; 2],
-                };
-                let mut state = IfaceState::of(Some(policy), installed.cap_slot());
-                // A spread target's flag is [`Self::set_spread`]'s.
-                state.flags |= installed.flags & IFACE_SPREAD;
+                let state = IfaceState { rule_set, ..row };
                 states.put(ebpf, ifindex, state)
             })?;
         Ok(())
@@ -341,6 +414,7 @@ impl EbpfDataplane {
                 if !spread {
                     let mut state = installed;
                     state.flags |= IFACE_SPREAD;
+                    let state = self.peered(state);
                     self.states.put(&mut self.ebpf, ifindex, state)?;
                 }
             }
@@ -348,6 +422,7 @@ impl EbpfDataplane {
                 if spread {
                     let mut state = installed;
                     state.flags &= !IFACE_SPREAD;
+                    let state = self.peered(state);
                     self.states.put(&mut self.ebpf, ifindex, state)?;
                 }
                 remove_key::<SpreadTable>(&mut self.ebpf, SPREAD_MAP, ifindex)?;
@@ -524,8 +599,10 @@ impl EbpfDataplane {
         self.bucket_slots.insert(slot, caps_ingress(&buckets));
         for &ifindex in ifindexes {
             self.states.update(&mut self.ebpf, ifindex, |state| {
-                *state = IfaceState::of(state.policy(), Some(slot));
+                *state = with_flags_of(IfaceState::of(state.policy(), Some(slot)), state);
             })?;
+            // Before the program: its targets stop skipping this egress.
+            self.refresh_peers(|state| state.warp_ifindex == ifindex)?;
             // After the row: the program finds the cap from its first packet.
             self.sync_to_container(ifindex)?;
         }
@@ -536,9 +613,12 @@ impl EbpfDataplane {
     pub fn remove_caps(&mut self, ifindexes: &[u32]) -> Result<(), EbpfError> {
         for &ifindex in ifindexes {
             self.states.update(&mut self.ebpf, ifindex, |state| {
-                *state = IfaceState::of(state.policy(), None);
+                *state = with_flags_of(IfaceState::of(state.policy(), None), state);
             })?;
             self.sync_to_container(ifindex)?;
+            // A departed container's qdiscs went with its veths.
+            self.shaped_ingress.remove(&ifindex);
+            self.refresh_peers(|state| state.warp_ifindex == ifindex)?;
         }
         let used: BTreeSet<u32> = (self.states.written().values())
             .filter_map(IfaceState::cap_slot)
@@ -647,6 +727,15 @@ impl EbpfDataplane {
         data_out.truncate(result.data_size_out as usize);
         Ok((result.return_value as i32, data_out, result.duration))
     }
+}
+
+/// `state` with the spread and peer flags of `old`, which a cap change
+/// leaves as they are.
+fn with_flags_of(mut state: IfaceState, old: &IfaceState) -> IfaceState {
+    if state.flags & IFACE_POLICY != 0 {
+        state.flags |= old.flags & (IFACE_SPREAD | IFACE_PEER);
+    }
+    state
 }
 
 /// Whether these buckets cap what the container receives.

@@ -77,12 +77,15 @@ impl CapsState {
                 (Some(ebpf), CapEnforcement::Policer) => {
                     ebpf.remove_caps(&previous.host_ifindexes())?;
                 }
-                _ => {
+                (ebpf, _) => {
                     let uncapped = ProgrammedCaps {
                         caps: Caps::default(),
                         ..previous.clone()
                     };
                     program_qdiscs(&namespace, host, &uncapped, true).await?;
+                    if let Some(ebpf) = ebpf {
+                        ebpf.set_ingress_shaped(&previous.host_ifindexes(), false)?;
+                    }
                 }
             }
         }
@@ -96,7 +99,19 @@ impl CapsState {
                 }
                 changed_caps
             }
-            (_, _) => program_qdiscs(&namespace, host, &desired, changed_caps).await?,
+            (mut ebpf, _) => {
+                // The eBPF dataplane's peer redirects skip a host veth's
+                // qdisc: told before an ingress tbf goes on, after it is off.
+                let shaped = desired.caps.ingress.is_some();
+                if shaped && let Some(ebpf) = ebpf.as_deref_mut() {
+                    ebpf.set_ingress_shaped(&desired.host_ifindexes(), true)?;
+                }
+                let changed = program_qdiscs(&namespace, host, &desired, changed_caps).await?;
+                if !shaped && let Some(ebpf) = ebpf {
+                    ebpf.set_ingress_shaped(&desired.host_ifindexes(), false)?;
+                }
+                changed
+            }
         };
         self.last.insert(plan.id.clone(), desired);
         Ok(changed)
