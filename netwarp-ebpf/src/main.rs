@@ -486,9 +486,10 @@ mod programs {
                     // Straight into the warp's namespace-side veth, with no
                     // new eth_type_trans: the type this veth gave the frame
                     // (another host's: it was for the gateway) would make
-                    // ip_rcv drop it there. Never fails from
-                    // PACKET_OTHERHOST; if it did, the redirect below would
-                    // still deliver, as the classic path does.
+                    // ip_rcv drop it there. Kernels from 6.15 reset it in
+                    // the redirect; TCX's 6.6 to 6.14 need this. It never
+                    // fails from PACKET_OTHERHOST; if it did, the classic
+                    // redirect below would still deliver.
                     if ctx.change_type(PACKET_HOST).is_ok() {
                         // SAFETY: a plain helper call; it only records the target.
                         return Some(unsafe { bpf_redirect_peer(warp_ifindex, 0) } as i32);

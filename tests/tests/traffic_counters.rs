@@ -1,12 +1,16 @@
 //! The traffic counters netwarp reports for a host-side veth (its kernel
 //! statistics, read through rtnetlink) count exactly what crosses it, with
-//! netwarp's programs attached to it through TCX.
+//! netwarp's programs attached to it through TCX; and what they show of a
+//! steered packet's way into its warp: a peer redirect skips the warp's
+//! host-side veth, the classic redirect crosses it.
 
 use netwarp::{
-    dataplane::ebpf::{EbpfDataplane, InterfaceTraffic},
+    dataplane::ebpf::{EbpfDataplane, InterfaceTraffic, compile::compile},
+    model::parse_rules,
+    plan::{Action, Entry},
     telemetry::counters::host_link_traffic,
 };
-use netwarp_common::TrafficCounters;
+use netwarp_common::{RateBuckets, TokenBucket, TrafficCounters};
 use netwarp_tests::{
     command::run,
     docker::{Container, DockerNetwork, HOST_TOOLS},
@@ -221,4 +225,186 @@ fn counts_traffic_between_real_containers() {
         after_tcp.to_container.packets > after_ping.to_container.packets,
         "the server's ACKs were not counted"
     );
+}
+
+/// A target namespace steered through a warp namespace by the real
+/// from-container program: both veths' host ends in the test's own
+/// namespace (the host, which routes the replies back). Fields drop in
+/// order: the programs first, the namespaces last.
+struct SteeredPair {
+    dataplane: EbpfDataplane,
+    target_veth: Veth,
+    warp_veth: Veth,
+    target: Netns,
+    _warp: Netns,
+    _host: EnteredNetns,
+}
+
+/// The warp's address for steered traffic, on its loopback.
+const PEER_REMOTE: &str = "203.0.113.1";
+
+impl SteeredPair {
+    fn new(peer_redirect: bool) -> Self {
+        let host = EnteredNetns::enter("nwph").expect("entering a test netns");
+        let target = Netns::create("nwpt").expect("the target netns");
+        let warp = Netns::create("nwpw").expect("the warp netns");
+        let target_veth = Veth::create(&target).expect("the target's veth");
+        let warp_veth = Veth::create(&warp).expect("the warp's veth");
+        (target_veth.address(&target, "198.18.1.1/24", "198.18.1.2/24"))
+            .expect("addressing the target");
+        (warp_veth.address(&warp, "198.18.2.1/24", "198.18.2.2/24")).expect("addressing the warp");
+        let in_ns = |ns: &Netns, args: &[&str]| {
+            let mut command = vec!["ip"];
+            command.extend(args);
+            ns.exec(&command).expect("configuring a namespace");
+        };
+        // The target's gateway is not the host veth (on a Docker network it
+        // is the bridge): its frames arrive as another host's, as there.
+        in_ns(
+            &target,
+            &[
+                "neigh", "add", "198.18.1.254", "lladdr", "02:00:5e:00:01:fe", "dev",
+                &target_veth.peer, "nud", "permanent",
+            ],
+        );
+        in_ns(&target, &["route", "add", "default", "via", "198.18.1.254"]);
+        in_ns(&warp, &["link", "set", "lo", "up"]);
+        in_ns(&warp, &["addr", "add", &format!("{PEER_REMOTE}/32"), "dev", "lo"]);
+        in_ns(&warp, &["route", "add", "198.18.1.0/24", "via", "198.18.2.1"]);
+        // This thread's namespace is the fresh host: it forwards the replies.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
+        let warp_mac = warp
+            .exec(&["cat", &format!("/sys/class/net/{}/address", warp_veth.peer)])
+            .expect("the warp's MAC");
+        let warp_mac: Vec<u8> = (warp_mac.trim().split(':'))
+            .map(|byte| u8::from_str_radix(byte, 16).expect("a MAC byte"))
+            .collect();
+        let mut dataplane = EbpfDataplane::load().expect("loading the eBPF programs");
+        dataplane
+            .set_peer_redirect(peer_redirect)
+            .expect("setting peer redirects");
+        let target_ifindex = target_veth.host_ifindex().expect("target ifindex");
+        let entries = Entry::all(
+            &parse_rules("203.0.113.0/24").expect("rules"),
+            Action::Via("198.18.2.2".parse().expect("an address")),
+        );
+        dataplane
+            .attach_ifindex(target_ifindex)
+            .expect("attaching to the target's veth");
+        dataplane
+            .set_policy(
+                target_ifindex,
+                warp_veth.host_ifindex().expect("warp ifindex"),
+                warp_mac.try_into().expect("six bytes"),
+                &compile(&entries, true).expect("compile"),
+            )
+            .expect("writing the policy");
+        Self {
+            dataplane,
+            target_veth,
+            warp_veth,
+            target,
+            _warp: warp,
+            _host: host,
+        }
+    }
+
+    fn target_ifindex(&self) -> u32 {
+        self.target_veth.host_ifindex().expect("target ifindex")
+    }
+
+    fn warp_ifindex(&self) -> u32 {
+        self.warp_veth.host_ifindex().expect("warp ifindex")
+    }
+
+    /// Pings the warp's address from the target, every echo steered;
+    /// returns what the warp's host-side veth sent into the warp meanwhile.
+    fn steered_echoes(&mut self) -> TrafficCounters {
+        let before = traffic(self.warp_ifindex());
+        let steered_before = (self.dataplane.verdicts(self.target_ifindex()))
+            .expect("verdicts")
+            .steered_packets;
+        let args = ping_args(PEER_REMOTE);
+        let mut command = vec!["busybox"];
+        command.extend(args.iter().map(String::as_str));
+        let out = self.target.exec(&command).expect("ping from the target");
+        assert!(
+            out.contains(&format!("{ECHOES} packets received")),
+            "steered echoes lost: {out}"
+        );
+        let steered = (self.dataplane.verdicts(self.target_ifindex()))
+            .expect("verdicts")
+            .steered_packets;
+        assert!(steered - steered_before >= ECHOES, "echoes not steered");
+        since(traffic(self.warp_ifindex()), before).to_container
+    }
+
+    fn assert_peer(&mut self, expected: bool) {
+        let target = self.target_ifindex();
+        assert_eq!(
+            self.dataplane.peer_redirects(target).expect("state row"),
+            expected,
+            "the target's peer flag"
+        );
+        let crossed = self.steered_echoes();
+        println!("peer {expected}: the warp's host veth sent {crossed:?}");
+        if expected {
+            assert!(
+                crossed.packets < ECHOES / 2,
+                "peer-redirected echoes crossed the warp's host veth: {crossed:?}"
+            );
+        } else {
+            assert!(
+                crossed.packets >= ECHOES,
+                "classic-redirected echoes did not cross the warp's host veth: {crossed:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn steered_packets_skip_the_warp_veth_only_by_peer_redirect() {
+    let test = "steered_packets_skip_the_warp_veth_only_by_peer_redirect";
+    skip_if!(test, skip::missing_root());
+    // The frames arrive as another host's (PACKET_OTHERHOST): before 6.15
+    // the kernel kept that type across a peer redirect and the warp's IP
+    // stack dropped them unless the program made them its own, so there
+    // every echo answered proves it (from 6.15 the kernel resets it).
+    let mut pair = SteeredPair::new(true);
+    pair.assert_peer(true);
+    pair.dataplane
+        .set_peer_redirect(false)
+        .expect("peer redirects off");
+    pair.assert_peer(false);
+    drop(pair);
+    SteeredPair::new(false).assert_peer(false);
+}
+
+#[test]
+fn an_ingress_cap_on_the_warp_keeps_the_classic_redirect() {
+    let test = "an_ingress_cap_on_the_warp_keeps_the_classic_redirect";
+    skip_if!(test, skip::missing_root());
+    let mut pair = SteeredPair::new(true);
+    let warp = pair.warp_ifindex();
+    // The shaper's tbf qdisc on the warp's host veth.
+    (pair.dataplane)
+        .set_ingress_shaped(&[warp], true)
+        .expect("shaped");
+    pair.assert_peer(false);
+    (pair.dataplane)
+        .set_ingress_shaped(&[warp], false)
+        .expect("unshaped");
+    pair.assert_peer(true);
+    // The policer: the to-container program on the warp's host veth,
+    // which must see (and charge) every steered echo.
+    let buckets = RateBuckets {
+        egress: TokenBucket::default(),
+        ingress: TokenBucket::new(1 << 30, 1 << 20),
+    };
+    (pair.dataplane)
+        .set_caps(warp, &[warp], buckets)
+        .expect("capping the warp");
+    pair.assert_peer(false);
+    pair.dataplane.remove_caps(&[warp]).expect("uncapping");
+    pair.assert_peer(true);
 }
