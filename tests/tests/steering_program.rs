@@ -202,6 +202,50 @@ privileged_test!(steered_packets_get_the_warp_mac_and_a_redirect, {
     );
 });
 
+/// A steered packet's verdict and frame, and the target's peer flag.
+fn steered_run(dp: &mut EbpfDataplane) -> (i32, Vec<u8>, bool) {
+    let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+    let (verdict, out) = dp
+        .test_run_from_container(TARGET_IFINDEX, &packet)
+        .expect("run");
+    assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
+    assert_eq!(out[6..], packet[6..], "nothing but the destination MAC may change");
+    let peer = dp.peer_redirects(TARGET_IFINDEX).expect("state row");
+    (verdict, out, peer)
+}
+
+privileged_test!(peer_and_classic_redirects_give_the_same_verdict_and_frame, {
+    // The test run reports a redirect without performing it: both helpers
+    // answer TC_ACT_REDIRECT, and the frame keeps the MAC rewrite either
+    // way (the peer branch also makes the packet the warp's own, which
+    // the test run does not report; traffic_counters.rs sees it deliver).
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    let (verdict, peer_frame, peer) = steered_run(&mut dp);
+    assert_eq!((verdict, peer), (TC_ACT_REDIRECT, true), "the default");
+    dp.set_peer_redirect(false).expect("peer redirects off");
+    let (verdict, classic_frame, peer) = steered_run(&mut dp);
+    assert_eq!((verdict, peer), (TC_ACT_REDIRECT, false));
+    assert_eq!(peer_frame, classic_frame);
+    dp.set_peer_redirect(true).expect("peer redirects on");
+    assert_eq!(steered_run(&mut dp).2, true);
+    // An ingress tbf on the warp's host veth: the classic redirect, which
+    // crosses it.
+    dp.set_ingress_shaped(&[WARP_IFINDEX], true).expect("shaped");
+    assert_eq!(steered_run(&mut dp), (TC_ACT_REDIRECT, classic_frame, false));
+    dp.set_ingress_shaped(&[WARP_IFINDEX], false).expect("unshaped");
+    assert_eq!(steered_run(&mut dp).2, true);
+    // A rewritten policy keeps the flag as it should be.
+    dp.set_policy(
+        TARGET_IFINDEX,
+        WARP_IFINDEX,
+        WARP_MAC,
+        &compile(&Entry::all(&parse_rules("203.0.113.0/24").unwrap(), steer()), false)
+            .expect("compile"),
+    )
+    .expect("rewriting the policy");
+    assert_eq!(steered_run(&mut dp).2, true);
+});
+
 privileged_test!(unselected_traffic_passes_untouched, {
     let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
     for packet in [
@@ -972,10 +1016,15 @@ privileged_test!(
                 assert_eq!(now, *was, "sport {sport} moved though its member stayed");
             }
         }
-        // Without the table, the policy's one warp takes everything again.
+        // A spread target keeps the classic redirect (its member comes
+        // from the table)...
+        assert!(!dp.peer_redirects(TARGET_IFINDEX).expect("state row"));
+        // ...and without the table, the policy's one warp takes everything
+        // again, by a peer redirect.
         dp.set_spread(TARGET_IFINDEX, None)
             .expect("removing the table");
         let (mac, _) = spread_flow(&mut dp, &flows[0].0, flows[0].1);
         assert_eq!(mac, WARP_MAC);
+        assert!(dp.peer_redirects(TARGET_IFINDEX).expect("state row"));
     }
 );
