@@ -79,10 +79,12 @@ pub fn policy_entries(label: &str, via: Action) -> anyhow::Result<Vec<Entry>> {
 /// `TARGET_IFINDEX` a policy steering 203.0.113.0/24 to a warp, and times
 /// the from-container program on a steered and a no-rule packet, then
 /// under [`ACTIONS_POLICY`] on the steered and an excluded packet, `repeat`
-/// runs each. Errors name what failed.
-pub fn time_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
+/// runs each; steered packets take the peer redirect with `peer_redirect`,
+/// the classic one without. Errors name what failed.
+pub fn time_from_container(repeat: u32, peer_redirect: bool) -> anyhow::Result<Vec<Timing>> {
     let via = Action::Via("172.20.0.2".parse()?);
     let mut dataplane = EbpfDataplane::load()?;
+    dataplane.set_peer_redirect(peer_redirect)?;
     let mut out = Vec::new();
     for (label, packets) in [
         (
@@ -99,6 +101,11 @@ pub fn time_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
     ] {
         let rows = compile(&policy_entries(label, via)?, true)?;
         dataplane.set_policy(TARGET_IFINDEX, 1, WARP_MAC, &rows)?;
+        if dataplane.peer_redirects(TARGET_IFINDEX)? != peer_redirect {
+            anyhow::bail!(
+                "the target's peer flag is not {peer_redirect}: the wrong path would be timed"
+            );
+        }
         for (packet, dst) in packets {
             let (verdict, per_run) =
                 dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;

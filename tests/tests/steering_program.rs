@@ -209,42 +209,57 @@ fn steered_run(dp: &mut EbpfDataplane) -> (i32, Vec<u8>, bool) {
         .test_run_from_container(TARGET_IFINDEX, &packet)
         .expect("run");
     assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
-    assert_eq!(out[6..], packet[6..], "nothing but the destination MAC may change");
+    assert_eq!(
+        out[6..],
+        packet[6..],
+        "nothing but the destination MAC may change"
+    );
     let peer = dp.peer_redirects(TARGET_IFINDEX).expect("state row");
     (verdict, out, peer)
 }
 
-privileged_test!(peer_and_classic_redirects_give_the_same_verdict_and_frame, {
-    // The test run reports a redirect without performing it: both helpers
-    // answer TC_ACT_REDIRECT, and the frame keeps the MAC rewrite either
-    // way (the peer branch also makes the packet the warp's own, which
-    // the test run does not report; traffic_counters.rs sees it deliver).
-    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
-    let (verdict, peer_frame, peer) = steered_run(&mut dp);
-    assert_eq!((verdict, peer), (TC_ACT_REDIRECT, true), "the default");
-    dp.set_peer_redirect(false).expect("peer redirects off");
-    let (verdict, classic_frame, peer) = steered_run(&mut dp);
-    assert_eq!((verdict, peer), (TC_ACT_REDIRECT, false));
-    assert_eq!(peer_frame, classic_frame);
-    dp.set_peer_redirect(true).expect("peer redirects on");
-    assert_eq!(steered_run(&mut dp).2, true);
-    // An ingress tbf on the warp's host veth: the classic redirect, which
-    // crosses it.
-    dp.set_ingress_shaped(&[WARP_IFINDEX], true).expect("shaped");
-    assert_eq!(steered_run(&mut dp), (TC_ACT_REDIRECT, classic_frame, false));
-    dp.set_ingress_shaped(&[WARP_IFINDEX], false).expect("unshaped");
-    assert_eq!(steered_run(&mut dp).2, true);
-    // A rewritten policy keeps the flag as it should be.
-    dp.set_policy(
-        TARGET_IFINDEX,
-        WARP_IFINDEX,
-        WARP_MAC,
-        &compile(&Entry::all(&parse_rules("203.0.113.0/24").unwrap(), steer()), false)
+privileged_test!(
+    peer_and_classic_redirects_give_the_same_verdict_and_frame,
+    {
+        // The test run reports a redirect without performing it: both helpers
+        // answer TC_ACT_REDIRECT, and the frame keeps the MAC rewrite either
+        // way (the peer branch also makes the packet the warp's own, which
+        // the test run does not report; traffic_counters.rs sees it deliver).
+        let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+        let (verdict, peer_frame, peer) = steered_run(&mut dp);
+        assert_eq!((verdict, peer), (TC_ACT_REDIRECT, true), "the default");
+        dp.set_peer_redirect(false).expect("peer redirects off");
+        let (verdict, classic_frame, peer) = steered_run(&mut dp);
+        assert_eq!((verdict, peer), (TC_ACT_REDIRECT, false));
+        assert_eq!(peer_frame, classic_frame);
+        dp.set_peer_redirect(true).expect("peer redirects on");
+        assert_eq!(steered_run(&mut dp).2, true);
+        // An ingress tbf on the warp's host veth: the classic redirect, which
+        // crosses it.
+        dp.set_ingress_shaped(&[WARP_IFINDEX], true)
+            .expect("shaped");
+        assert_eq!(
+            steered_run(&mut dp),
+            (TC_ACT_REDIRECT, classic_frame, false)
+        );
+        dp.set_ingress_shaped(&[WARP_IFINDEX], false)
+            .expect("unshaped");
+        assert_eq!(steered_run(&mut dp).2, true);
+        // A rewritten policy keeps the flag as it should be.
+        dp.set_policy(
+            TARGET_IFINDEX,
+            WARP_IFINDEX,
+            WARP_MAC,
+            &compile(
+                &Entry::all(&parse_rules("203.0.113.0/24").unwrap(), steer()),
+                false,
+            )
             .expect("compile"),
-    )
-    .expect("rewriting the policy");
-    assert_eq!(steered_run(&mut dp).2, true);
-});
+        )
+        .expect("rewriting the policy");
+        assert_eq!(steered_run(&mut dp).2, true);
+    }
+);
 
 privileged_test!(unselected_traffic_passes_untouched, {
     let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
@@ -870,23 +885,25 @@ privileged_test!(
 privileged_test!(timed_runs_steer_and_pass_as_single_runs_do, {
     // The bench's BPF_PROG_TEST_RUN timing: the verdicts must be the real
     // ones (a redirect and a pass), or the timing measures the wrong path.
-    let timings = netwarp_tests::fastpath::time_from_container(10_000).expect("timing");
-    for t in &timings {
-        eprintln!("{}: {:.1} ns per run", t.packet, t.ns_per_run);
+    for peer in [true, false] {
+        let timings = netwarp_tests::fastpath::time_from_container(10_000, peer).expect("timing");
+        for t in &timings {
+            eprintln!("peer {peer}, {}: {:.1} ns per run", t.packet, t.ns_per_run);
+        }
+        let verdicts: Vec<(&str, i32)> = timings.iter().map(|t| (t.packet, t.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("steered", netwarp_tests::fastpath::TC_ACT_REDIRECT),
+                ("no rule", netwarp_tests::fastpath::PASS),
+                (
+                    "steered, rule actions",
+                    netwarp_tests::fastpath::TC_ACT_REDIRECT
+                ),
+                ("excluded, rule actions", netwarp_tests::fastpath::PASS)
+            ]
+        );
     }
-    let verdicts: Vec<(&str, i32)> = timings.iter().map(|t| (t.packet, t.verdict)).collect();
-    assert_eq!(
-        verdicts,
-        [
-            ("steered", netwarp_tests::fastpath::TC_ACT_REDIRECT),
-            ("no rule", netwarp_tests::fastpath::PASS),
-            (
-                "steered, rule actions",
-                netwarp_tests::fastpath::TC_ACT_REDIRECT
-            ),
-            ("excluded, rule actions", netwarp_tests::fastpath::PASS)
-        ]
-    );
 });
 
 privileged_test!(a_target_whose_slot_is_taken_is_served_from_the_hash_map, {

@@ -263,14 +263,27 @@ impl SteeredPair {
         in_ns(
             &target,
             &[
-                "neigh", "add", "198.18.1.254", "lladdr", "02:00:5e:00:01:fe", "dev",
-                &target_veth.peer, "nud", "permanent",
+                "neigh",
+                "add",
+                "198.18.1.254",
+                "lladdr",
+                "02:00:5e:00:01:fe",
+                "dev",
+                &target_veth.peer,
+                "nud",
+                "permanent",
             ],
         );
         in_ns(&target, &["route", "add", "default", "via", "198.18.1.254"]);
         in_ns(&warp, &["link", "set", "lo", "up"]);
-        in_ns(&warp, &["addr", "add", &format!("{PEER_REMOTE}/32"), "dev", "lo"]);
-        in_ns(&warp, &["route", "add", "198.18.1.0/24", "via", "198.18.2.1"]);
+        in_ns(
+            &warp,
+            &["addr", "add", &format!("{PEER_REMOTE}/32"), "dev", "lo"],
+        );
+        in_ns(
+            &warp,
+            &["route", "add", "198.18.1.0/24", "via", "198.18.2.1"],
+        );
         // This thread's namespace is the fresh host: it forwards the replies.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enabling forwarding");
         let warp_mac = warp

@@ -6,7 +6,10 @@
 //!   their mean);
 //! - routes: to REMOTE (203.0.113.1, on the warp's loopback) steered by the
 //!   routes dataplane;
-//! - ebpf: to REMOTE steered by the tc programs.
+//! - ebpf: to REMOTE steered by the tc programs, which deliver into the
+//!   warp by a peer redirect (the default);
+//! - ebpf classic: the same with `dataplane.ebpf_peer_redirect = false`
+//!   (a redirect to the warp's host-side veth).
 
 use std::{path::Path, time::Duration};
 
@@ -84,6 +87,8 @@ struct Latency {
 
 #[derive(Clone, Debug, Serialize)]
 struct ProgramCost {
+    /// The path whose traffic ran it; [`BASELINE_COSTS`] for the baseline.
+    path: String,
     program: String,
     run_cnt: u64,
     run_time_ns: u64,
@@ -92,7 +97,7 @@ struct ProgramCost {
     window_steal_secs: f64,
 }
 
-/// One steered mode measured against the baseline, interleaved A B B A
+/// One steered path measured against the baseline, interleaved A B B A
 /// (A: the unlabelled twin to the warp's bridge IP, B: the target to
 /// REMOTE) so that drift on a shared machine hits both alike.
 struct ModeRun {
@@ -105,6 +110,41 @@ struct ModeRun {
 
 /// Production-like daemons: info logs.
 pub const DAEMON_ENV: &[(&str, &str)] = &[("NETWARP_LOGGING_LEVEL", "info")];
+
+/// One steered path: its name in the tables, the dataplane mode, and the
+/// daemon's environment.
+struct SteeredPath {
+    name: &'static str,
+    mode: &'static str,
+    env: &'static [(&'static str, &'static str)],
+}
+
+/// The eBPF path with the defaults: the one the goals judge.
+const EBPF_DEFAULT: &str = "ebpf";
+const PATHS: [SteeredPath; 3] = [
+    SteeredPath {
+        name: "routes",
+        mode: "routes",
+        env: DAEMON_ENV,
+    },
+    SteeredPath {
+        name: EBPF_DEFAULT,
+        mode: "ebpf",
+        env: DAEMON_ENV,
+    },
+    SteeredPath {
+        name: "ebpf classic",
+        mode: "ebpf",
+        env: &[
+            ("NETWARP_LOGGING_LEVEL", "info"),
+            ("NETWARP_DATAPLANE_EBPF_PEER_REDIRECT", "false"),
+        ],
+    },
+];
+
+/// Section 3's baseline row: netwarp's from-container program on the
+/// unlabelled twin's veth, where it finds no state row and passes.
+const BASELINE_COSTS: &str = "unsteered twin, no state";
 
 pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
     let labels = TestLabels::unique();
@@ -139,7 +179,8 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
 
     let mut runs = Vec::new();
     let mut costs = Vec::new();
-    for mode in ["routes", "ebpf"] {
+    for path in &PATHS {
+        let mode = path.name;
         // A fresh target per mode: what one dataplane left in a target's
         // namespace never meets the other, and no `netwarp cleanup` (which
         // sweeps every container on the host) is needed.
@@ -148,7 +189,7 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
         if reaches(&target, 8080) {
             bail!("REMOTE is reachable without netwarp: the steered figures would be wrong");
         }
-        let mut daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, DAEMON_ENV)?;
+        let mut daemon = Daemon::start_with_env(&labels, path.mode, GLOBAL_RULES, path.env)?;
         if !eventually(Duration::from_secs(20), || reaches(&target, 8080)) {
             bail!("{mode}: the target never reached REMOTE through its warp");
         }
@@ -156,8 +197,11 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
             bail!("{mode}: the unlabelled baseline container reaches REMOTE");
         }
         runs.push(measure_mode(mode, &twin, &warp_ip, &target, params)?);
-        if mode == "ebpf" {
-            costs = program_costs(&target, params)?;
+        if path.mode == "ebpf" {
+            costs.extend(program_costs(mode, &target, REMOTE, params)?);
+        }
+        if mode == EBPF_DEFAULT {
+            costs.extend(baseline_costs(&twin, &warp_ip, params)?);
         }
         // Dropping the daemon removes its pins, which detaches its programs.
         daemon.stop(libc::SIGTERM)?;
@@ -166,8 +210,12 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
     }
     // The program alone per packet kind: the stats above mix steered and
     // unsteered packets (ACKs to the warp, ARP) in one average.
-    let timed = netwarp_tests::fastpath::time_from_container(TIMED_RUNS)
-        .context("timing the from-container program by BPF_PROG_TEST_RUN")?;
+    let mut timed = Vec::new();
+    for (name, peer) in [(EBPF_DEFAULT, true), ("ebpf classic", false)] {
+        let timings = netwarp_tests::fastpath::time_from_container(TIMED_RUNS, peer)
+            .context("timing the from-container program by BPF_PROG_TEST_RUN")?;
+        timed.extend(timings.into_iter().map(|t| (name, t)));
+    }
     Ok(tabulate(&runs, costs, &timed, params))
 }
 
@@ -273,16 +321,44 @@ pub fn ping_pong(client: &Container, dest: &str, round_trips: usize) -> anyhow::
     bail!("ping-pong client failed: {last_error}")
 }
 
-/// Per-packet cost of the programs on the target's host veth, from the
-/// kernel's BPF stats over one bounded iperf3 run and one ping-pong run.
-fn program_costs(target: &Container, params: &Params) -> anyhow::Result<Vec<ProgramCost>> {
+/// The baseline of section 3: a private copy of netwarp's programs on the
+/// unlabelled twin's host veth (no state row: the from-container program
+/// looks for one and passes), measured as [`program_costs`] measures the
+/// target's, with the twin's traffic to the warp's bridge IP. What the
+/// stats' clock reads and a program's entry cost per packet.
+fn baseline_costs(
+    twin: &Container,
+    warp_ip: &str,
+    params: &Params,
+) -> anyhow::Result<Vec<ProgramCost>> {
+    let (ifindex, _) = twin.host_veth()?;
+    let mut programs = netwarp::dataplane::ebpf::EbpfDataplane::load()
+        .context("loading a private copy of the programs")?;
+    programs
+        .attach_ifindex(ifindex)
+        .context("attaching to the twin's veth")?;
+    let costs = program_costs(BASELINE_COSTS, twin, warp_ip, params);
+    // Dropping the copy detaches it.
+    drop(programs);
+    costs
+}
+
+/// Per-packet cost of the programs on `client`'s host veth, from the
+/// kernel's BPF stats over one bounded iperf3 run and one ping-pong run
+/// from it to `dest`.
+fn program_costs(
+    path: &str,
+    client: &Container,
+    dest: &str,
+    params: &Params,
+) -> anyhow::Result<Vec<ProgramCost>> {
     let stats = BpfStats::enable()
         .with_context(|| format!("cannot enable BPF stats at {}", BpfStats::PATH))?;
-    let (_, veth) = target.host_veth()?;
+    let (_, veth) = client.host_veth()?;
     let before = program_stats(&veth);
     let cpu_before = netwarp_tests::cpu::CpuTimes::now()?;
-    IperfRun::new(REMOTE, IPERF_PORT, params.seconds).run(target)?;
-    ping_pong(target, REMOTE, params.round_trips)?;
+    IperfRun::new(dest, IPERF_PORT, params.seconds).run(client)?;
+    ping_pong(client, dest, params.round_trips)?;
     let after = program_stats(&veth);
     let steal = netwarp_tests::cpu::CpuTimes::now()?.steal_secs_since(&cpu_before);
     drop(stats);
@@ -306,6 +382,7 @@ fn program_costs(target: &Container, params: &Params) -> anyhow::Result<Vec<Prog
                 .ns_per_run()
                 .with_context(|| format!("{name} never ran while traffic flowed"))?;
             Ok(ProgramCost {
+                path: path.to_owned(),
                 program: name,
                 run_cnt: run_count,
                 run_time_ns,
@@ -319,7 +396,7 @@ fn program_costs(target: &Container, params: &Params) -> anyhow::Result<Vec<Prog
 fn tabulate(
     runs: &[ModeRun],
     costs: Vec<ProgramCost>,
-    timed: &[netwarp_tests::fastpath::Timing],
+    timed: &[(&str, netwarp_tests::fastpath::Timing)],
     params: &Params,
 ) -> Section {
     let mut throughput = Vec::new();
@@ -401,13 +478,19 @@ fn tabulate(
     }
     let mut t3 = Table::new(
         "3. Per-packet cost of the eBPF programs",
-        "kernel BPF stats (bpf_stats_enabled, restored afterwards) over one 1-stream iperf3 \
-         run plus one ping-pong run in ebpf mode, daemon at info level: run_time_ns / run_cnt. A packet is one skb: \
-         a GSO/GRO super-packet counts once. The stats' own clock reads are included. \
-         Steered and unsteered packets (ACKs, ARP) are mixed; see 3b for each kind. The \
-         to-container program is attached only under an ingress cap, so an uncapped \
-         target lists none.",
+        &format!(
+            "kernel BPF stats (bpf_stats_enabled, restored afterwards) over one 1-stream iperf3 \
+             run plus one ping-pong run on each eBPF path, daemon at info level: run_time_ns / \
+             run_cnt. A packet is one skb: a GSO/GRO super-packet counts once. The stats' own \
+             clock reads are included: the `{BASELINE_COSTS}` row is the same measurement of \
+             a private copy of the from-container program on the unlabelled twin's veth (its \
+             traffic to the warp's bridge IP), which finds no state row and passes; a path's \
+             row minus it is roughly the program's own work. Steered and unsteered packets \
+             (ACKs, ARP) are mixed; see 3b for each kind. The to-container program is \
+             attached only under an ingress cap, so an uncapped target lists none."
+        ),
         &[
+            "path",
             "program",
             "run_cnt",
             "run_time_ns",
@@ -417,6 +500,7 @@ fn tabulate(
     );
     for c in &costs {
         t3.row(vec![
+            c.path.clone(),
             c.program.clone(),
             c.run_cnt.to_string(),
             c.run_time_ns.to_string(),
@@ -432,22 +516,27 @@ fn tabulate(
              (nothing attached): a 54-byte IPv4 TCP frame from a target whose policy steers \
              203.0.113.0/24; steered = to 203.0.113.1, no rule = to 198.51.100.5; then \
              under `{}` (block rules by port ahead of the steered default, an \
-             exclusion): the same steered packet, and excluded = to 203.0.113.200. The \
-             kernel's average per run, without the stats' clock reads",
+             exclusion): the same steered packet, and excluded = to 203.0.113.200; \
+             {EBPF_DEFAULT} = the steered packet's peer redirect, ebpf classic = the \
+             classic redirect (both verdicts TC_ACT_REDIRECT). The kernel's average per \
+             run, without the stats' clock reads",
             netwarp_tests::fastpath::ACTIONS_POLICY
         ),
-        &["packet", "verdict", "ns/packet"],
+        &["path", "packet", "verdict", "ns/packet"],
     );
-    for t in timed {
+    for (path, t) in timed {
         t4.row(vec![
+            path.to_string(),
             t.packet.to_owned(),
             t.verdict.to_string(),
             fmt_num(t.ns_per_run),
         ]);
     }
 
+    // The goals judge the defaults (peer redirect); the classic path's
+    // rows are there to compare.
     let mut goals = Vec::new();
-    for t in timed {
+    for (_, t) in timed.iter().filter(|(path, _)| *path == EBPF_DEFAULT) {
         goals.push(Goal::at_most(
             "bpf cost",
             &format!("netwarp_tc_from_container, {} packet (test run)", t.packet),
@@ -456,7 +545,7 @@ fn tabulate(
             100.0,
         ));
     }
-    for t in throughput.iter().filter(|t| t.path == "ebpf") {
+    for t in throughput.iter().filter(|t| t.path == EBPF_DEFAULT) {
         goals.push(Goal::at_least(
             "throughput",
             &format!("ebpf {} stream(s) / unsteered", t.streams),
@@ -465,7 +554,7 @@ fn tabulate(
             1.0,
         ));
     }
-    for l in latency.iter().filter(|l| l.path == "ebpf") {
+    for l in latency.iter().filter(|l| l.path == EBPF_DEFAULT) {
         goals.push(Goal::at_most(
             "latency",
             "ebpf p99 RTT / unsteered",
@@ -474,7 +563,7 @@ fn tabulate(
             1.05,
         ));
     }
-    for c in &costs {
+    for c in costs.iter().filter(|c| c.path == EBPF_DEFAULT) {
         // The to-container program has one job (an ingress cap); on an
         // uncapped target, as here, it is not attached at all.
         let goal = if c.program.starts_with("netwarp_tc_to_c") {
@@ -498,7 +587,8 @@ fn tabulate(
             "throughput": throughput,
             "latency": latency,
             "bpf_programs": costs,
-            "from_container_test_runs": timed.iter().map(|t| serde_json::json!({
+            "from_container_test_runs": timed.iter().map(|(path, t)| serde_json::json!({
+                "path": path,
                 "packet": t.packet,
                 "verdict": t.verdict,
                 "ns_per_packet": t.ns_per_run,
