@@ -19,11 +19,13 @@ use std::{
 };
 
 use netwarp::dataplane::ebpf::PinnedMaps;
+use netwarp_common::IFACE_PEER;
 use netwarp_tests::{
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork, HOST_TOOLS},
     iperf::{IperfRun, start_server},
     skip, skip_if,
+    steering::{GLOBAL_RULES, REMOTE, reaches, start_warp},
 };
 
 /// The runs compete for two cores; one mode at a time.
@@ -428,4 +430,97 @@ fn caps_hold_in_routes_mode_with_the_shaper() {
 #[test]
 fn the_bpf_policer_never_exceeds_its_cap_and_counts_its_drops() {
     caps_hold("ebpf", Enforcement::Policer);
+}
+
+/// In eBPF mode a target's steered packets enter an uncapped warp by a
+/// peer redirect, which skips the warp's host-side veth; a warp whose
+/// ingress is capped (a tbf there, or the to-container program) must get
+/// them the classic way, through its cap. A second, uncapped warp and
+/// target beside it take the peer redirect at full speed, so the cap, not
+/// the path, is what holds the first.
+fn a_capped_warp_caps_what_its_targets_steer(enforcement: Enforcement) {
+    let name = match enforcement {
+        Enforcement::Shaper => "shaper",
+        Enforcement::Policer => "policer",
+    };
+    let test = format!("a_capped_warp_caps_what_its_targets_steer_with_the_{name}");
+    skip_if!(&test, skip::missing_docker());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwc").expect("network");
+    let cap = format!("{}=20mbit", labels.ingress_rate);
+    let mut capped_args: Vec<&str> = HOST_TOOLS.to_vec();
+    capped_args.extend(["--label", cap.as_str()]);
+    let (capped_warp, free_warp) = (labels.warp_name("cap"), labels.warp_name("free"));
+    let warps = [
+        start_warp(&capped_warp, &network, &capped_args),
+        start_warp(&free_warp, &network, HOST_TOOLS),
+    ];
+    for warp in &warps {
+        start_server(warp, 5201, 300).expect("iperf3 server");
+    }
+    let targets = [&capped_warp, &free_warp]
+        .map(|warp| start_tools_container("nwt", &network, &[labels.target_label(warp)]));
+    let daemon = Daemon::start_with_env(
+        &labels,
+        "ebpf",
+        GLOBAL_RULES,
+        &[("NETWARP_RATE_LIMITS_ENFORCEMENT", name)],
+    )
+    .expect("daemon");
+    for target in &targets {
+        assert!(
+            eventually(Duration::from_secs(20), || reaches(target, 8080)),
+            "{} never steered",
+            target.name()
+        );
+    }
+    assert!(
+        caps_programmed(&daemon, &warps[0]),
+        "the warp's cap never programmed"
+    );
+    for (target, peer, limit) in [(&targets[0], false, "capped"), (&targets[1], true, "free")] {
+        let (ifindex, _) = target.host_veth().expect("veth");
+        let flags = (PinnedMaps::new(daemon.pin_dir()).iface_state(ifindex))
+            .expect("the target's state row")
+            .flags;
+        assert_eq!(
+            flags & IFACE_PEER != 0,
+            peer,
+            "{name}: the target of the {limit} warp: peer redirect {}",
+            !peer
+        );
+    }
+    let goodput = |target: &Container| {
+        IperfRun::new(REMOTE, 5201, 5)
+            .run(target)
+            .unwrap_or_else(|e| panic!("{name}: iperf3 from {}: {e}", target.name()))
+            .received_bps
+    };
+    let (capped, free) = (goodput(&targets[0]), goodput(&targets[1]));
+    println!(
+        "{name}: steered through the capped warp {:.1} Mbit/s, through the free one {:.1} Mbit/s",
+        capped / 1e6,
+        free / 1e6
+    );
+    assert!(
+        capped < 20e6 * (1.0 + TOLERANCE),
+        "{name}: the warp's 20mbit cap let {:.1} Mbit/s of steered traffic in",
+        capped / 1e6
+    );
+    assert!(
+        free > 2.0 * 20e6,
+        "{name}: the uncapped warp's target got only {:.1} Mbit/s",
+        free / 1e6
+    );
+}
+
+#[test]
+fn a_capped_warp_caps_what_its_targets_steer_with_the_shaper() {
+    a_capped_warp_caps_what_its_targets_steer(Enforcement::Shaper);
+}
+
+#[test]
+fn a_capped_warp_caps_what_its_targets_steer_with_the_policer() {
+    a_capped_warp_caps_what_its_targets_steer(Enforcement::Policer);
 }
