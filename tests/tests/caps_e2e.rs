@@ -479,14 +479,15 @@ fn a_capped_warp_caps_what_its_targets_steer(enforcement: Enforcement) {
         caps_programmed(&daemon, &warps[0]),
         "the warp's cap never programmed"
     );
+    // The flags follow the caps at the end of the pass that synced them.
     for (target, peer, limit) in [(&targets[0], false, "capped"), (&targets[1], true, "free")] {
         let (ifindex, _) = target.host_veth().expect("veth");
-        let flags = (PinnedMaps::new(daemon.pin_dir()).iface_state(ifindex))
-            .expect("the target's state row")
-            .flags;
-        assert_eq!(
-            flags & IFACE_PEER != 0,
-            peer,
+        let peered = || {
+            (PinnedMaps::new(daemon.pin_dir()).iface_state(ifindex))
+                .is_ok_and(|state| state.flags & IFACE_PEER != 0)
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || peered() == peer),
             "{name}: the target of the {limit} warp: peer redirect {}",
             !peer
         );

@@ -5,8 +5,9 @@
 //! [`state`]), then steers matching packets to the warp's veth (rewriting
 //! the destination MAC; by a peer redirect into the warp's namespace where
 //! nothing of netwarp's sits on the warp's host-side egress, see [`peer`])
-//! or drops them while the warp is unusable, counting only those verdicts. Interfaces without a policy are left alone; their
-//! packets and bytes are the veth's own statistics.
+//! or drops them while the warp is unusable, counting only those
+//! verdicts. Interfaces without a policy are left alone; their packets
+//! and bytes are the veth's own statistics.
 //!
 //! The program on a guarded network's bridge (ingress: what containers
 //! send to be routed) drops traffic to the network's steered prefixes from
@@ -88,6 +89,10 @@ pub struct EbpfDataplane {
     /// Host-side veths with a tbf qdisc capping what their container
     /// receives (the shaper): a peer redirect would skip it.
     shaped_ingress: BTreeSet<u32>,
+    /// Whether `shaped_ingress` is complete: not before the daemon's first
+    /// caps pass (the qdiscs an earlier run put on are not known until
+    /// then), so until then no target is given a peer redirect.
+    egress_known: bool,
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
 }
@@ -124,7 +129,9 @@ impl EbpfDataplane {
     }
 
     /// Loads the programs, adopts pinned links, and records what the maps
-    /// hold (one scan each), so later writes and deletes are targeted.
+    /// hold (one scan each), so later writes and deletes are targeted. A
+    /// private load (no `pin_dir`) knows every qdisc its caller tells it
+    /// of; a pinned one learns them in [`Self::caps_synced`].
     fn with_object(mut ebpf: Ebpf, pin_dir: Option<&Path>) -> Result<Self, EbpfError> {
         // Before the adopted links switch to these programs: the state
         // rows they read must already hold every policy.
@@ -152,6 +159,7 @@ impl EbpfDataplane {
             rules_capacity,
             peer_redirect: true,
             shaped_ingress: BTreeSet::new(),
+            egress_known: pin_dir.is_none(),
             rule_sets: RuleSets::adopt(&mut ebpf)?,
             guard_allow: Rows::adopt(&mut ebpf)?,
             warp_peers: Rows::adopt(&mut ebpf)?,
@@ -275,10 +283,20 @@ impl EbpfDataplane {
         self.refresh_peers(|state| ifindexes.contains(&state.warp_ifindex))
     }
 
-    /// Whether something of netwarp's sits on the egress of `ifindex`
-    /// (what its container receives): a peer redirect would skip it.
+    /// Says that every container's caps were just synced, so the shaped
+    /// veths are known, and brings every target's peer flag up to date
+    /// (level-triggered: each caps pass repairs any drift).
+    pub fn caps_synced(&mut self) -> Result<(), EbpfError> {
+        self.egress_known = true;
+        self.refresh_peers(|_| true)
+    }
+
+    /// Whether something of netwarp's sits, or may sit, on the egress of
+    /// `ifindex` (what its container receives): a peer redirect would skip it.
     fn egress_busy(&self, ifindex: u32) -> bool {
-        self.to_container_needed(ifindex) || self.shaped_ingress.contains(&ifindex)
+        !self.egress_known
+            || self.to_container_needed(ifindex)
+            || self.shaped_ingress.contains(&ifindex)
     }
 
     /// `state` with its peer flag as it should be now.

@@ -383,6 +383,10 @@ impl Dataplane {
                     .release(Some(ebpf), scope, world, wanted, enforcement)
                     .await;
                 plane.caps_departed(departed.iter().flat_map(|c| c.host_ifindexes()));
+                // Every cap is now known: the peer redirects follow them.
+                if let Err(e) = plane.caps_parts().0.caps_synced() {
+                    tracing::warn!(error = %e, "updating the targets' peer redirects failed; will retry");
+                }
             }
             Self::DryRun(_) => {}
         }
