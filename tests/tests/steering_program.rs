@@ -184,25 +184,17 @@ macro_rules! privileged_test {
 
 privileged_test!(steered_packets_get_the_warp_mac_and_a_redirect, {
     let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
-    let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
-    let (verdict, out) = dp
-        .test_run_from_container(TARGET_IFINDEX, &packet)
-        .expect("run");
+    let (verdict, out, _) = steered_run(&mut dp);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
-    assert_eq!(
-        out[6..],
-        packet[6..],
-        "nothing but the destination MAC may change"
-    );
     let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
     assert_eq!(
         (counted.steered_packets, counted.steered_bytes),
-        (1, packet.len() as u64)
+        (1, out.len() as u64)
     );
 });
 
-/// A steered packet's verdict and frame, and the target's peer flag.
+/// A steered packet's verdict and frame (checked: only the destination
+/// MAC rewritten, to the warp's), and the target's peer flag.
 fn steered_run(dp: &mut EbpfDataplane) -> (i32, Vec<u8>, bool) {
     let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
     let (verdict, out) = dp
