@@ -28,7 +28,7 @@ use crate::{
         settled::Settled,
     },
     model::short_id,
-    plan::{Action, Entry, GuardPlan, RuleCapacity, TargetPlan, TargetState},
+    plan::{Action, Entry, GuardPlan, RuleCapacity, TargetPlan},
 };
 
 /// What the eBPF dataplane holds for one target.
@@ -551,16 +551,7 @@ async fn desired_target(
         host_ifindex,
         warp_ifindex: warp.ifindex,
         warp_mac: warp.mac,
-        // Drops count as policy while steered (a family the warp has no
-        // address for) or blocked by a limit; otherwise the warp is down.
-        rows: compile(
-            &target.entries,
-            match &target.state {
-                TargetState::Steered { .. } | TargetState::Filtered => true,
-                TargetState::Blocked(reason) => reason.is_limit(),
-                _ => false,
-            },
-        )?,
+        rows: compile(&target.entries, target.state.drops_are_policy())?,
         warp_ports: warp.ports,
         peers,
         spread,
