@@ -50,7 +50,7 @@ fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
-        const ARENAS: libc::c_int = 2;
+        const ARENAS: libc::c_int = 1;
         // SAFETY: mallopt only sets allocator parameters; called before
         // the runtime's threads start. A refusal (0) leaves the default.
         unsafe {
