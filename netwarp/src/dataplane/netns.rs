@@ -47,7 +47,7 @@ pub enum NetnsError {
     ReadOnly { pid: u32 },
     #[error(
         "cannot set {setting} in the network namespace of pid {pid}: {reason}; a spread \
-         group's multipath routes need it to hash flows by their ports (layer 4)"
+         group's nexthop groups need it to hash flows by their ports (layer 4)"
     )]
     Sysctl {
         pid: u32,
@@ -269,7 +269,7 @@ impl NamespaceHandle {
         Ok((namespace, id))
     }
 
-    /// Makes the namespace's multipath routes pick a next hop by a hash of
+    /// Makes the namespace's nexthop groups pick a member by a hash of
     /// the flow's addresses, protocol and ports
     /// (`net.ipv{4,6}.fib_multipath_hash_policy=1`), so that a spread
     /// target's connections spread even to one destination. Written from

@@ -421,16 +421,14 @@ impl NamespaceHandle {
     }
 
     async fn delete_nexthop(&self, id: u32) -> Result<(), RoutesError> {
-        let deleted = self
-            .nexthop_request(format!("delete {id:#x}"), move |socket| {
-                match socket.delete(id) {
-                    // Gone already (a group emptied by a member's removal, say).
-                    Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
-                    done => done,
-                }
-            })
-            .await;
-        deleted
+        self.nexthop_request(format!("delete {id:#x}"), move |socket| {
+            match socket.delete(id) {
+                // Gone already (a group emptied by a member's removal, say).
+                Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+                done => done,
+            }
+        })
+        .await
     }
 }
 
