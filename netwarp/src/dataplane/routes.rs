@@ -310,7 +310,13 @@ impl NamespaceHandle {
         let routes = dump_owned_routes(&self.handle, owned_table)
             .await
             .map_err(self.netlink("route dump"))?;
-        let dumped = self.nexthop_request("dump", |socket| socket.dump()).await?;
+        // A kernel without nexthop objects (before 5.3) has none of ours.
+        let dumped = self
+            .nexthop_request("dump", |socket| match socket.dump() {
+                Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Ok(Vec::new()),
+                dumped => dumped,
+            })
+            .await?;
         let mut state = OwnedState {
             routes,
             nexthops: NexthopState::of(dumped),

@@ -346,4 +346,31 @@ mod tests {
             assert_eq!(parse_owned_route(&message), None, "not netwarp's");
         }
     }
+
+    #[test]
+    fn an_earlier_multipath_route_reads_as_one_no_plan_wants() {
+        use rtnetlink::RouteNextHopBuilder;
+        let dst: Cidr = "203.0.113.0/24".parse().unwrap();
+        let hops = ["172.20.0.2", "172.20.0.5"].map(|gateway| {
+            RouteNextHopBuilder::new(AddressFamily::Inet)
+                .via(gateway.parse().unwrap())
+                .unwrap()
+                .build()
+        });
+        let mut message = route_message(0x4e57_0001, dst, RouteAction::Prohibit, None);
+        message.header.kind = RouteType::Unicast;
+        message
+            .attributes
+            .push(RouteAttribute::MultiPath(hops.to_vec()));
+        assert_eq!(
+            parse_owned_route(&message),
+            Some((0x4e57_0001, dst, RouteAction::Group(0)))
+        );
+        // A route via a group, as a dump shows it (the members expanded too).
+        message.attributes.push(RouteAttribute::NhId(0x4e57_0004));
+        assert_eq!(
+            parse_owned_route(&message),
+            Some((0x4e57_0001, dst, RouteAction::Group(0x4e57_0004)))
+        );
+    }
 }
