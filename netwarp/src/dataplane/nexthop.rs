@@ -502,6 +502,11 @@ pub struct NexthopChanges {
 }
 
 impl NexthopChanges {
+    /// Whether `action` is a route via a group these changes clear first.
+    pub fn clears(&self, action: &super::tables::RouteAction) -> bool {
+        matches!(action, super::tables::RouteAction::Group(id) if self.clear_groups.contains(id))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.clear_groups.is_empty()
             && self.add_hops.is_empty()

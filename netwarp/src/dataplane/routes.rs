@@ -283,7 +283,7 @@ pub fn diff(installed: &OwnedState, desired: &Desired) -> Result<Changes, Tables
         .collect();
     let nexthops = nexthop::plan(&installed.nexthops, &desired.spread);
     // A group cleared first takes its routes with it: they are put again.
-    let cleared = |action: &RouteAction| matches!(action, RouteAction::Group(id) if nexthops.clear_groups.contains(id));
+    let cleared = |action: &RouteAction| nexthops.clears(action);
     Ok(Changes {
         put_routes: (routes.iter())
             .filter(|(key, action)| installed.routes.get(key) != Some(action) || cleared(action))
@@ -348,8 +348,20 @@ impl NamespaceHandle {
             None => None,
         };
         let nexthops = &changes.nexthops;
-        for id in &nexthops.clear_groups {
-            self.delete_nexthop(*id).await?;
+        if !nexthops.clear_groups.is_empty() {
+            // Deleting a group deletes its routes: they refuse meanwhile.
+            for (table, dst, _) in (changes.put_routes.iter()).filter(|(.., a)| nexthops.clears(a))
+            {
+                (handle.route())
+                    .add(route_message(*table, *dst, RouteAction::Prohibit, None))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(self.netlink(format!("route replace {dst} prohibit table {table}")))?;
+            }
+            for id in &nexthops.clear_groups {
+                self.delete_nexthop(*id).await?;
+            }
         }
         if !nexthops.add_hops.is_empty() {
             let oif = oif.ok_or_else(|| NetnsError::NexthopInterface {
@@ -551,6 +563,15 @@ mod tests {
         let mut installed = OwnedState::default();
         installed.nexthops.hops = (changes.nexthops.add_hops.iter().copied()).collect();
         installed.nexthops.groups = (changes.nexthops.put_groups.iter().cloned()).collect();
+        // A group of another shape at netwarp's id goes first, and the
+        // routes it takes with it are put again.
+        let mut stray = applied(&OwnedState::default(), &changes);
+        stray.nexthops.hops = installed.nexthops.hops.clone();
+        stray.nexthops.strays.insert(nexthop::GROUP_V4);
+        let repair = diff(&stray, &desired).unwrap();
+        assert_eq!(repair.nexthops.clear_groups, vec![nexthop::GROUP_V4]);
+        assert_eq!(repair.put_routes.len(), 1);
+        assert!(repair.nexthops.clears(&repair.put_routes[0].2));
         let single = diff(&installed, &desired_state(&es)).unwrap();
         assert_eq!(single.nexthops.delete_groups, vec![nexthop::GROUP_V4]);
         assert_eq!(single.nexthops.delete_hops.len(), 3);
