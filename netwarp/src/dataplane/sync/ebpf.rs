@@ -227,7 +227,7 @@ impl EbpfPlane {
         }
         let routed_entries = namespace_entries(&target.entries, routed);
         // Routed here (an overlay network): its spread is the routes
-        // dataplane's, multipath routes.
+        // dataplane's, a resilient nexthop group.
         let desired = match routed {
             true if target.spread.len() > 1 => {
                 namespace.hash_multipath_by_flow().await?;
