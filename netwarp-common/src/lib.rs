@@ -295,7 +295,7 @@ pub const REASON_RULE: u8 = 3;
 
 /// One protocol selector and what it does; `port_lo == 0` means every port.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     pub ip_proto: u8,
     /// An `ACTION_*` value (never 0 in a written row).
@@ -311,7 +311,7 @@ pub struct Selector {
 /// that takes the packet gives its action, else `default_action` (the
 /// best rule of every protocol, which ends the list).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuleValue {
     /// For packets no selector takes; 0: leave them alone.
     pub default_action: u8,

@@ -158,13 +158,14 @@ pub fn looked_up(rule: &str) -> Option<&str> {
 
 /// What `full_routing` reads: the rules, the routes of every table, and the
 /// IPv6 rules.
-const ROUTING_VIEWS: [&[&str]; 3] = [
+const ROUTING_VIEWS: [&[&str]; 4] = [
     &["rule", "show"],
     &["route", "show", "table", "all"],
     &["-6", "rule", "show"],
+    &["nexthop", "show"],
 ];
 
-/// Every rule and route of a container, for "untouched" checks. A view
+/// Every rule, route and nexthop of a container, for "untouched" checks. A view
 /// that cannot be read counts as empty; see `try_full_routing`.
 pub fn full_routing(container: &Container) -> String {
     ROUTING_VIEWS

@@ -51,6 +51,18 @@ fn cleanup_removes_everything(mode: &str) {
             format!("{}=50mbit", labels.ingress_rate),
         ],
     );
+    // A spread group: in routes mode, its nexthops and resilient group.
+    let second = start_warp(&labels.warp_name("gw2"), &network, &[]);
+    let spread = start_target(
+        "nws",
+        &network,
+        &[labels.target_label(&format!(
+            "spread:{},{}",
+            labels.warp_name("gw"),
+            labels.warp_name("gw2")
+        ))],
+    );
+    let spread_before = full_routing(&spread);
     let plain = start_target("nwu", &network, &[]);
     let plain_before = (full_routing(&plain), tcx_programs(&plain));
     let target_before = (
@@ -86,6 +98,15 @@ fn cleanup_removes_everything(mode: &str) {
             !daemon.host_guard_routes().is_empty(),
             "the host guard's table holds no route"
         );
+        assert!(
+            eventually(Duration::from_secs(15), || spread
+                .ip(&["nexthop", "show", "protocol", "0x57"])
+                .is_ok_and(
+                    |hops| hops.matches("via").count() == 2 && hops.contains("type resilient")
+                )),
+            "the spread target's nexthops never appeared: {}",
+            full_routing(&spread)
+        );
     }
     daemon.stop(libc::SIGTERM).expect("stopping");
 
@@ -111,6 +132,11 @@ fn cleanup_removes_everything(mode: &str) {
         "{mode}: netwarp entries remain"
     );
     assert_eq!(
+        full_routing(&spread),
+        spread_before,
+        "{mode}: the spread target's entries remain"
+    );
+    assert_eq!(
         daemon.host_guard_routes(),
         Vec::<String>::new(),
         "{mode}: the host guard's routes remain"
@@ -128,7 +154,7 @@ fn cleanup_removes_everything(mode: &str) {
         plain_before,
         "{mode}: an unlabelled container changed"
     );
-    drop(warp);
+    drop((warp, second));
 }
 
 #[test]

@@ -44,13 +44,16 @@ pub fn execute(args: super::ConfigArgs) -> anyhow::Result<ExitCode> {
 /// each large block freed, so later list bodies come from the heap and
 /// leave it fragmented, and each thread may get an arena of its own: the
 /// resident size then grows to a multiple of what is in use. A fixed
-/// threshold returns every large buffer to the kernel when it is freed,
-/// and two arenas serve the runtime's two workers.
+/// threshold returns every large buffer to the kernel when it is freed.
+/// One arena: a task's memory is freed into the arena of the thread that
+/// allocated it, so per-worker arenas each hold their own peak (about a
+/// mebibyte more at the 10k scale bench's peak); two workers rarely
+/// contend for the one lock.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
-        const ARENAS: libc::c_int = 2;
+        const ARENAS: libc::c_int = 1;
         // SAFETY: mallopt only sets allocator parameters; called before
         // the runtime's threads start. A refusal (0) leaves the default.
         unsafe {

@@ -94,6 +94,8 @@ async fn clean_container(
     Ok(changes.delete_rules.len()
         + changes.delete_strays.len()
         + changes.delete_routes.len()
+        + changes.nexthops.delete_groups.len()
+        + changes.nexthops.delete_hops.len()
         + qdiscs)
 }
 

@@ -7,6 +7,7 @@ pub mod ebpf;
 pub mod host_guard;
 pub mod mac;
 pub mod netns;
+pub mod nexthop;
 pub(crate) mod policy_rule;
 pub mod qdisc;
 pub mod routes;

@@ -15,7 +15,7 @@ use rtnetlink::{
     packet_route::link::{LinkAttribute, LinkMessage},
 };
 
-use super::mac::parse_mac;
+use super::{mac::parse_mac, nexthop::NexthopSocket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -47,7 +47,7 @@ pub enum NetnsError {
     ReadOnly { pid: u32 },
     #[error(
         "cannot set {setting} in the network namespace of pid {pid}: {reason}; a spread \
-         group's multipath routes need it to hash flows by their ports (layer 4)"
+         group's nexthop groups need it to hash flows by their ports (layer 4)"
     )]
     Sysctl {
         pid: u32,
@@ -56,6 +56,21 @@ pub enum NetnsError {
     },
     #[error(transparent)]
     Tables(#[from] super::tables::TablesExhausted),
+    #[error(
+        "nexthop {operation} in the namespace of pid {pid} failed: {source}; a spread \
+         group's routes need nexthop objects (resilient groups: Linux 5.13 or later)"
+    )]
+    Nexthop {
+        pid: u32,
+        operation: String,
+        #[source]
+        source: super::nexthop::NexthopError,
+    },
+    #[error(
+        "the target in the namespace of pid {pid} has no interface on its warps' network \
+         (none with its MAC {mac:?}): a spread group's next hops need one"
+    )]
+    NexthopInterface { pid: u32, mac: Option<String> },
     #[error("netlink {operation} in the namespace of pid {pid} failed: {source}")]
     Netlink {
         pid: u32,
@@ -182,6 +197,9 @@ impl NamespaceClaims {
 pub struct NamespaceHandle {
     pub(super) pid: u32,
     pub(super) handle: Handle,
+    /// Nexthop requests, which rtnetlink does not model (see
+    /// [`super::nexthop`]); opened with `handle`, in the same namespace.
+    pub(super) nexthops: std::sync::Arc<NexthopSocket>,
     writable: bool,
 }
 
@@ -235,20 +253,23 @@ impl NamespaceHandle {
             if id.is_host() {
                 return Ok(None);
             }
-            rtnetlink::new_connection().map(|c| Some((c, id)))
+            let connection = rtnetlink::new_connection()?;
+            Ok(Some((connection, NexthopSocket::open()?, id)))
         })
         .await?;
-        let ((connection, handle, _), id) = opened.ok_or(NetnsError::HostNamespace { pid })?;
+        let ((connection, handle, _), nexthops, id) =
+            opened.ok_or(NetnsError::HostNamespace { pid })?;
         tokio::spawn(connection);
         let namespace = Self {
             pid,
             handle,
+            nexthops: std::sync::Arc::new(nexthops),
             writable: false,
         };
         Ok((namespace, id))
     }
 
-    /// Makes the namespace's multipath routes pick a next hop by a hash of
+    /// Makes the namespace's nexthop groups pick a member by a hash of
     /// the flow's addresses, protocol and ports
     /// (`net.ipv{4,6}.fib_multipath_hash_policy=1`), so that a spread
     /// target's connections spread even to one destination. Written from
@@ -304,6 +325,27 @@ impl NamespaceHandle {
         } else {
             Err(NetnsError::ReadOnly { pid: self.pid })
         }
+    }
+
+    /// Runs `request` on the namespace's nexthop socket, on a blocking
+    /// thread (the socket is a blocking one; the kernel answers at once).
+    pub(super) async fn nexthop_request<T: Send + 'static>(
+        &self,
+        operation: impl Into<String>,
+        request: impl FnOnce(&NexthopSocket) -> Result<T, super::nexthop::NexthopError> + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        let (socket, pid, operation) = (self.nexthops.clone(), self.pid, operation.into());
+        let done = tokio::task::spawn_blocking(move || request(&socket))
+            .await
+            .map_err(|e| NetnsError::Netns {
+                pid,
+                reason: format!("the nexthop request's thread failed: {e}"),
+            })?;
+        done.map_err(|source| NetnsError::Nexthop {
+            pid,
+            operation,
+            source,
+        })
     }
 
     pub(super) fn netlink(

@@ -26,10 +26,11 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 pub use super::{
     mac::parse_mac,
     policy_rule::{NETWARP_PROTOCOL, OwnedRule, Selector},
-    tables::{LEGACY_TARGET_TABLE, Nexthops, RouteAction, TARGET_TABLES, TablesExhausted},
+    tables::{LEGACY_TARGET_TABLE, RouteAction, TARGET_TABLES, TablesExhausted},
 };
 use super::{
     netns::{NamespaceHandle, NetnsError, already_done},
+    nexthop::{self, NexthopChanges, NexthopState, SpreadGroups},
     policy_rule::{TaggedRule, dump_rules, match_selector, tagged_rule},
     tables::{allocate, concurrently, dump_owned_routes, route_delete_message, route_message},
 };
@@ -64,12 +65,16 @@ pub struct OwnedState {
     /// Rules with netwarp's tag and priority in a shape it does not write
     /// (an earlier version's `to PREFIX lookup 0x4e57`, say): removed.
     pub strays: Vec<RuleMessage>,
+    /// netwarp's nexthops: a spread target's groups and their members.
+    pub nexthops: NexthopState,
 }
 
 /// What a target's plan entries need: each selector class's routes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub groups: BTreeMap<Selector, BTreeMap<Cidr, RouteAction>>,
+    /// The nexthop groups the routes use (see [`spread_over`]).
+    pub spread: SpreadGroups,
 }
 
 /// The priority of a class's rule: port classes first, then protocols,
@@ -127,9 +132,10 @@ pub fn desired_state(entries: &[Entry]) -> Desired {
     desired
 }
 
-/// `desired` with each route via a spread target's first member made a
-/// multipath route over every member with an address of its family (in
-/// label order); a family only one member has stays a plain route.
+/// `desired` with each route via a spread target's first member pointed
+/// at the family's resilient nexthop group over every member with an
+/// address of that family (in label order); a family only one member has
+/// keeps its plain routes.
 pub fn spread_over(mut desired: Desired, members: &[SpreadMember]) -> Desired {
     if members.len() < 2 {
         return desired;
@@ -148,10 +154,12 @@ pub fn spread_over(mut desired: Desired, members: &[SpreadMember]) -> Desired {
         .values_mut()
         .flat_map(|routes| routes.values_mut())
     {
-        if let RouteAction::Via(ip) = route {
-            let hops = if ip.is_ipv6() { &v6 } else { &v4 };
+        if let RouteAction::Via(ip) = *route {
+            let ipv6 = ip.is_ipv6();
+            let hops = if ipv6 { &v6 } else { &v4 };
             if hops.len() >= 2 {
-                *route = RouteAction::Multipath(Nexthops::new(hops.iter().copied()));
+                *route = RouteAction::Group(nexthop::group_id(ipv6));
+                desired.spread.insert(ipv6, hops.clone());
             }
         }
     }
@@ -237,11 +245,14 @@ pub struct Changes {
     pub delete_rules: Vec<GroupRule>,
     pub delete_strays: Vec<RuleMessage>,
     pub delete_routes: Vec<(u32, Cidr)>,
+    /// Nexthops: members and groups before the routes, removals after.
+    pub nexthops: NexthopChanges,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.put_routes.is_empty()
+        self.nexthops.is_empty()
+            && self.put_routes.is_empty()
             && self.add_rules.is_empty()
             && self.delete_rules.is_empty()
             && self.delete_strays.is_empty()
@@ -270,9 +281,12 @@ pub fn diff(installed: &OwnedState, desired: &Desired) -> Result<Changes, Tables
             routes.iter().map(move |(dst, a)| ((table, *dst), *a))
         })
         .collect();
+    let nexthops = nexthop::plan(&installed.nexthops, &desired.spread);
+    // A group cleared first takes its routes with it: they are put again.
+    let cleared = |action: &RouteAction| nexthops.clears(action);
     Ok(Changes {
         put_routes: (routes.iter())
-            .filter(|(key, action)| installed.routes.get(key) != Some(action))
+            .filter(|(key, action)| installed.routes.get(key) != Some(action) || cleared(action))
             .map(|((table, dst), a)| (*table, *dst, *a))
             .collect(),
         add_rules: rules.difference(&installed.rules).copied().collect(),
@@ -282,6 +296,7 @@ pub fn diff(installed: &OwnedState, desired: &Desired) -> Result<Changes, Tables
             .filter(|key| !routes.contains_key(key))
             .copied()
             .collect(),
+        nexthops,
     })
 }
 
@@ -295,8 +310,16 @@ impl NamespaceHandle {
         let routes = dump_owned_routes(&self.handle, owned_table)
             .await
             .map_err(self.netlink("route dump"))?;
+        // A kernel without nexthop objects (before 5.3) has none of ours.
+        let dumped = self
+            .nexthop_request("dump", |socket| match socket.dump() {
+                Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Ok(Vec::new()),
+                dumped => dumped,
+            })
+            .await?;
         let mut state = OwnedState {
             routes,
+            nexthops: NexthopState::of(dumped),
             ..OwnedState::default()
         };
         let rules = dump_rules(&self.handle)
@@ -314,14 +337,52 @@ impl NamespaceHandle {
         Ok(state)
     }
 
-    /// Applies `changes`: routes before the rules that use them, and rules
-    /// removed before their routes, so no packet sees a rule without a route.
+    /// Applies `changes`: nexthops before the groups that name them, groups
+    /// before the routes that use them, routes before the rules that use
+    /// them; and removals the other way round, so no packet sees a rule
+    /// without a route, nor a route without its next hops.
     pub async fn apply(&self, changes: &Changes, oif_mac: Option<&str>) -> Result<(), RoutesError> {
         let handle = self.writable()?;
         let oif = match oif_mac {
             Some(mac) => self.ifindex_by_mac(mac).await?,
             None => None,
         };
+        let nexthops = &changes.nexthops;
+        if !nexthops.clear_groups.is_empty() {
+            // Deleting a group deletes its routes: they refuse meanwhile.
+            for (table, dst, _) in (changes.put_routes.iter()).filter(|(.., a)| nexthops.clears(a))
+            {
+                (handle.route())
+                    .add(route_message(*table, *dst, RouteAction::Prohibit, None))
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(self.netlink(format!("route replace {dst} prohibit table {table}")))?;
+            }
+            for id in &nexthops.clear_groups {
+                self.delete_nexthop(*id).await?;
+            }
+        }
+        if !nexthops.add_hops.is_empty() {
+            let oif = oif.ok_or_else(|| NetnsError::NexthopInterface {
+                pid: self.pid,
+                mac: oif_mac.map(str::to_owned),
+            })?;
+            for (id, gateway) in &nexthops.add_hops {
+                let hop = nexthop::member(*id, *gateway, oif);
+                self.nexthop_request(format!("add {id:#x} via {gateway}"), move |socket| {
+                    socket.put(&hop)
+                })
+                .await?;
+            }
+        }
+        for (id, members) in &nexthops.put_groups {
+            let group = nexthop::group(*id, members.clone());
+            self.nexthop_request(format!("replace group {id:#x}"), move |socket| {
+                socket.put(&group)
+            })
+            .await?;
+        }
         let put = concurrently(changes.put_routes.iter(), |(table, dst, action)| {
             (handle.route())
                 .add(route_message(*table, *dst, *action, oif))
@@ -371,7 +432,21 @@ impl NamespaceHandle {
                 .or_else(already_done(&[libc::ESRCH, libc::ENOENT]))
                 .map_err(self.netlink(format!("route del {dst} table {table}")))?;
         }
+        for id in nexthops.delete_groups.iter().chain(&nexthops.delete_hops) {
+            self.delete_nexthop(*id).await?;
+        }
         Ok(())
+    }
+
+    async fn delete_nexthop(&self, id: u32) -> Result<(), RoutesError> {
+        self.nexthop_request(format!("delete {id:#x}"), move |socket| {
+            match socket.delete(id) {
+                // Gone already (a group emptied by a member's removal, say).
+                Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+                done => done,
+            }
+        })
+        .await
     }
 }
 
@@ -443,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spread_target_s_routes_via_its_first_member_become_multipath() {
+    fn a_spread_target_s_routes_via_its_first_member_use_its_nexthop_group() {
         use crate::plan::SpreadMember;
         let member = |name: &str, v4: &str, v6: Option<&str>| SpreadMember {
             name: name.into(),
@@ -470,12 +545,36 @@ mod tests {
         let cidr = |s: &str| -> Cidr { s.parse().unwrap() };
         assert_eq!(
             routes[&cidr("203.0.113.0/24")],
-            RouteAction::Multipath(Nexthops::new([
-                ip("172.20.0.2"),
-                ip("172.20.0.5"),
-                ip("172.20.0.6")
-            ]))
+            RouteAction::Group(nexthop::GROUP_V4)
         );
+        assert_eq!(
+            desired.spread,
+            [(
+                false,
+                vec![ip("172.20.0.2"), ip("172.20.0.5"), ip("172.20.0.6")]
+            )]
+            .into()
+        );
+        // The group's members and the group come before the routes.
+        let changes = diff(&OwnedState::default(), &desired).unwrap();
+        assert_eq!(changes.nexthops.add_hops.len(), 3);
+        assert_eq!(changes.nexthops.put_groups.len(), 1);
+        // Back to one member: plain routes, and the nexthops go.
+        let mut installed = OwnedState::default();
+        installed.nexthops.hops = (changes.nexthops.add_hops.iter().copied()).collect();
+        installed.nexthops.groups = (changes.nexthops.put_groups.iter().cloned()).collect();
+        // A group of another shape at netwarp's id goes first, and the
+        // routes it takes with it are put again.
+        let mut stray = applied(&OwnedState::default(), &changes);
+        stray.nexthops.hops = installed.nexthops.hops.clone();
+        stray.nexthops.strays.insert(nexthop::GROUP_V4);
+        let repair = diff(&stray, &desired).unwrap();
+        assert_eq!(repair.nexthops.clear_groups, vec![nexthop::GROUP_V4]);
+        assert_eq!(repair.put_routes.len(), 1);
+        assert!(repair.nexthops.clears(&repair.put_routes[0].2));
+        let single = diff(&installed, &desired_state(&es)).unwrap();
+        assert_eq!(single.nexthops.delete_groups, vec![nexthop::GROUP_V4]);
+        assert_eq!(single.nexthops.delete_hops.len(), 3);
         // One member has IPv6: a plain route; drops and throws unchanged.
         assert_eq!(
             routes[&cidr("2001:db8::/32")],

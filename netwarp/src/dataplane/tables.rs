@@ -26,7 +26,7 @@ use std::future::Future;
 
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use rtnetlink::{
-    Handle, RouteMessageBuilder, RouteNextHopBuilder,
+    Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
@@ -34,7 +34,7 @@ use rtnetlink::{
 };
 
 use super::policy_rule::NETWARP_PROTOCOL;
-use crate::{model::Cidr, plan::MAX_SPREAD_MEMBERS};
+use crate::model::Cidr;
 
 /// The tables of the routes dataplane inside target namespaces. Well
 /// clear of the common ones (Tailscale 52, wg-quick 51820, `main` 254).
@@ -48,36 +48,18 @@ pub const LEGACY_TARGET_TABLE: u32 = 0x4e57;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RouteAction {
     Via(IpAddr),
-    /// A multipath route over a spread group's members (two or more, in
-    /// label order, one family): the kernel picks a next hop by its flow
-    /// hash (hash-threshold; layer 4 with `fib_multipath_hash_policy=1`).
-    Multipath(Nexthops),
+    /// A route via one of netwarp's resilient nexthop groups (by id; see
+    /// [`super::nexthop`]): a spread target's members. The kernel picks a
+    /// member by the flow's hash (layer 4 with `fib_multipath_hash_policy=1`).
+    /// Id 0, never a nexthop's, is what an earlier version's multipath
+    /// route reads as: no plan wants it, so it is replaced.
+    Group(u32),
     /// A throw route: the lookup ends here and goes on with the next rule,
     /// as if the table had no route (a `direct` exclusion inside a prefix
     /// the table steers or refuses).
     Throw,
     /// A prohibit route: senders get EACCES at once, nothing leaves.
     Prohibit,
-}
-
-/// The next hops of a multipath route, in order; a fixed array so that
-/// a route's action stays a plain value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Nexthops([Option<IpAddr>; MAX_SPREAD_MEMBERS]);
-
-impl Nexthops {
-    /// The first [`MAX_SPREAD_MEMBERS`] of `gateways`.
-    pub fn new(gateways: impl IntoIterator<Item = IpAddr>) -> Self {
-        let mut hops = Self::default();
-        for (slot, gateway) in hops.0.iter_mut().zip(gateways) {
-            *slot = Some(gateway);
-        }
-        hops
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.0.iter().map_while(|hop| *hop)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,23 +149,10 @@ pub(crate) fn route_message(
                 None => builder,
             }
         }
-        RouteAction::Multipath(hops) => {
-            let family = match dst.addr() {
-                IpAddr::V4(_) => AddressFamily::Inet,
-                IpAddr::V6(_) => AddressFamily::Inet6,
-            };
-            let hops = (hops.iter())
-                .map(|gateway| {
-                    let hop = RouteNextHopBuilder::new(family)
-                        .via(gateway)
-                        .expect("planner keeps gateways and destination in one family");
-                    match oif {
-                        Some(index) => hop.interface(index).build(),
-                        None => hop.build(),
-                    }
-                })
-                .collect();
-            builder.kind(RouteType::Unicast).multipath(hops)
+        RouteAction::Group(id) => {
+            let mut message = builder.kind(RouteType::Unicast).build();
+            message.attributes.push(RouteAttribute::NhId(id));
+            return message;
         }
         RouteAction::Prohibit => builder.kind(RouteType::Prohibit),
         RouteAction::Throw => builder.kind(RouteType::Throw),
@@ -237,15 +206,18 @@ pub(crate) fn parse_owned_route(route: &RouteMessage) -> Option<(u32, Cidr, Rout
                     _ => None,
                 })
             };
-            let hops = route.attributes.iter().find_map(|a| match a {
-                RouteAttribute::MultiPath(hops) => Some(hops),
+            // A dump also expands a group's members (nexthop_compat_mode):
+            // the group's id decides.
+            let group = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::NhId(id) => Some(*id),
                 _ => None,
             });
-            match hops {
-                Some(hops) => RouteAction::Multipath(Nexthops::new(
-                    hops.iter().filter_map(|hop| gateway(&hop.attributes)),
-                )),
-                None => RouteAction::Via(gateway(&route.attributes)?),
+            let multipath =
+                (route.attributes.iter()).any(|a| matches!(a, RouteAttribute::MultiPath(_)));
+            match (group, multipath) {
+                (Some(id), _) => RouteAction::Group(id),
+                (None, true) => RouteAction::Group(0),
+                (None, false) => RouteAction::Via(gateway(&route.attributes)?),
             }
         }
     };
@@ -360,18 +332,8 @@ mod tests {
             ),
             ("2001:db8::/32", RouteAction::Prohibit),
             ("0.0.0.0/0", RouteAction::Prohibit),
-            (
-                "0.0.0.0/0",
-                RouteAction::Multipath(Nexthops::new(
-                    ["172.20.0.2", "172.20.0.5"].map(|a| a.parse().unwrap()),
-                )),
-            ),
-            (
-                "2001:db8::/32",
-                RouteAction::Multipath(Nexthops::new(
-                    ["fd00::2", "fd00::5", "fd00::6"].map(|a| a.parse().unwrap()),
-                )),
-            ),
+            ("0.0.0.0/0", RouteAction::Group(0x4e57_0004)),
+            ("2001:db8::/32", RouteAction::Group(0x4e57_0006)),
         ] {
             let dst: Cidr = dst.parse().unwrap();
             let mut message = route_message(0x4e57_0001, dst, action, Some(3));
@@ -383,5 +345,32 @@ mod tests {
             message.header.protocol = RouteProtocol::Static;
             assert_eq!(parse_owned_route(&message), None, "not netwarp's");
         }
+    }
+
+    #[test]
+    fn an_earlier_multipath_route_reads_as_one_no_plan_wants() {
+        use rtnetlink::RouteNextHopBuilder;
+        let dst: Cidr = "203.0.113.0/24".parse().unwrap();
+        let hops = ["172.20.0.2", "172.20.0.5"].map(|gateway| {
+            RouteNextHopBuilder::new(AddressFamily::Inet)
+                .via(gateway.parse().unwrap())
+                .unwrap()
+                .build()
+        });
+        let mut message = route_message(0x4e57_0001, dst, RouteAction::Prohibit, None);
+        message.header.kind = RouteType::Unicast;
+        message
+            .attributes
+            .push(RouteAttribute::MultiPath(hops.to_vec()));
+        assert_eq!(
+            parse_owned_route(&message),
+            Some((0x4e57_0001, dst, RouteAction::Group(0)))
+        );
+        // A route via a group, as a dump shows it (the members expanded too).
+        message.attributes.push(RouteAttribute::NhId(0x4e57_0004));
+        assert_eq!(
+            parse_owned_route(&message),
+            Some((0x4e57_0001, dst, RouteAction::Group(0x4e57_0004)))
+        );
     }
 }

@@ -128,6 +128,10 @@ pub struct Candidate {
     /// The rows of its own rule set (none when its namespace is not
     /// programmed: not running, or another target's).
     pub own: Rows,
+    /// Candidates with the same `rule_set` compile to the same rows and
+    /// share one set in the tries (see the eBPF dataplane's rule sets):
+    /// only the first admitted pays for `own`. None: a set of its own.
+    pub rule_set: Option<usize>,
     /// The rows it takes when refused: its catch-all block.
     pub fallback: Rows,
     /// The prefixes it adds to the guard of each of its networks, sorted,
@@ -164,6 +168,8 @@ pub fn admit_rows(
     // set, since heavy labels put tens of thousands in one guard, and each
     // candidate looks up all of its own.
     let mut guards: HashMap<&str, (CidrSet, Rows)> = HashMap::new();
+    // Shared rule sets already admitted: written once, whoever reads them.
+    let mut admitted_sets: HashSet<usize> = HashSet::new();
     let mut order: Vec<&Candidate> = candidates.iter().collect();
     let size = |c: &Candidate| c.own.total() + c.guards.values().map(Vec::len).sum::<usize>();
     order.sort_by(|a, b| (size(a), &a.id).cmp(&(size(b), &b.id)));
@@ -182,10 +188,15 @@ pub fn admit_rows(
             largest = largest.max(guard.map_or(Rows::default(), |(_, rows)| *rows).plus(new));
             new_per_guard.push(new);
         }
-        let wanted = used
-            .minus(candidate.fallback)
-            .plus(candidate.own)
-            .plus(added);
+        let shared = candidate
+            .rule_set
+            .is_some_and(|s| admitted_sets.contains(&s));
+        let own = if shared {
+            Rows::default()
+        } else {
+            candidate.own
+        };
+        let wanted = used.minus(candidate.fallback).plus(own).plus(added);
         let over = |family: fn(Rows) -> usize| family(wanted) + family(largest) > family(capacity);
         let refusal = |map, family: fn(Rows) -> usize| Refusal {
             map,
@@ -200,6 +211,7 @@ pub fn admit_rows(
         } else {
             used = wanted;
             headroom = largest;
+            admitted_sets.extend(candidate.rule_set);
             for ((network, destinations), new) in candidate.guards.iter().zip(new_per_guard) {
                 let (set, rows) = guards.entry(network.as_str()).or_default();
                 set.extend(destinations.iter().copied());
@@ -234,6 +246,8 @@ pub(super) fn refusals(
     let catch_all = Rows { v4: 1, v6: 1 };
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
     let mut fixed = Vec::new();
+    // Targets of equal entries and drop accounting compile to equal rows.
+    let mut rule_sets: HashMap<(&[Entry], bool), usize> = HashMap::new();
     for (_, target) in planned.iter().filter(programmed) {
         if matches!(
             target.state,
@@ -243,11 +257,15 @@ pub(super) fn refusals(
             continue;
         }
         let own = Rows::of(&destinations(&target.entries));
+        let content = (target.entries.as_slice(), target.state.drops_are_policy());
+        let next = rule_sets.len();
+        let rule_set = *rule_sets.entry(content).or_insert(next);
         candidates.insert(
             target.id.clone(),
             Candidate {
                 id: target.id.clone(),
                 own,
+                rule_set: Some(rule_set),
                 // With no rows of its own, refusing it gains nothing.
                 fallback: if own.total() == 0 { own } else { catch_all },
                 guards: BTreeMap::new(),
@@ -258,6 +276,7 @@ pub(super) fn refusals(
         let candidate = (candidates.entry(container.id.clone())).or_insert_with(|| Candidate {
             id: container.id.clone(),
             own: Rows::default(),
+            rule_set: None,
             fallback: Rows::default(),
             guards: BTreeMap::new(),
         });
@@ -324,6 +343,7 @@ mod tests {
         Candidate {
             id: id.into(),
             own: Rows { v4: own, v6: 0 },
+            rule_set: None,
             fallback: Rows { v4: 1, v6: 1 },
             guards: (guard.iter())
                 .map(|(n, c)| (n.to_string(), cidrs(c).into_iter().collect()))
@@ -377,6 +397,44 @@ mod tests {
         assert_eq!(forward, backward);
         // Same size: `a` goes first (30 + 30 + headroom 30 fits), `b` not.
         assert_eq!(forward.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn targets_sharing_a_rule_set_pay_for_its_rows_once() {
+        // Three targets of 30 rows each, no guard: 30 + 30 + 30 plus a
+        // switch of 30 do not fit in 100; one shared set of 30 does.
+        let apart: Vec<Candidate> = ["a", "b", "c"]
+            .iter()
+            .map(|id| candidate(id, 30, &[]))
+            .collect();
+        assert_eq!(
+            admit_rows(CAPACITY, &[], &apart).keys().collect::<Vec<_>>(),
+            ["c"]
+        );
+        let shared: Vec<Candidate> = (apart.iter().cloned())
+            .map(|mut c| {
+                c.rule_set = Some(0);
+                c
+            })
+            .collect();
+        assert!(admit_rows(CAPACITY, &[], &shared).is_empty());
+        // Another set of the same size is not shared: it pays.
+        let mut other = candidate("d", 30, &[]);
+        other.rule_set = Some(1);
+        let mut with_other = shared.clone();
+        with_other.push(other.clone());
+        assert!(admit_rows(CAPACITY, &[], &with_other).is_empty());
+        with_other.push(Candidate {
+            id: "e".into(),
+            rule_set: Some(2),
+            ..other
+        });
+        assert_eq!(
+            admit_rows(CAPACITY, &[], &with_other)
+                .keys()
+                .collect::<Vec<_>>(),
+            ["e"]
+        );
     }
 
     #[test]

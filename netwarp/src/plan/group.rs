@@ -98,7 +98,7 @@ pub struct SpreadMember {
     /// Its MACs on all its networks, sorted: each of its veths is guarded.
     pub macs: Vec<String>,
     /// Its addresses on the target's network: the next hops of the routes
-    /// dataplane's multipath routes.
+    /// dataplane's nexthop groups.
     pub via_v4: Option<Ipv4Addr>,
     pub via_v6: Option<Ipv6Addr>,
 }

@@ -173,6 +173,17 @@ pub enum TargetState {
 }
 
 impl TargetState {
+    /// Whether the target's drops are policy (a family its warp has no
+    /// address for while steered, a limit, a list) rather than its warp
+    /// being down: the eBPF rows carry which, for the drop counters.
+    pub fn drops_are_policy(&self) -> bool {
+        match self {
+            Self::Steered { .. } | Self::Filtered => true,
+            Self::Blocked(reason) => reason.is_limit(),
+            _ => false,
+        }
+    }
+
     /// Every state's name, in the order metrics list them.
     pub const NAMES: [&'static str; 5] = ["steered", "blocked", "bypassed", "refused", "filtered"];
 

@@ -160,7 +160,10 @@ impl EbpfDataplane {
             peer_redirect: true,
             shaped_ingress: BTreeSet::new(),
             egress_known: pin_dir.is_none(),
-            rule_sets: RuleSets::adopt(&mut ebpf)?,
+            rule_sets: RuleSets::adopt(
+                &mut ebpf,
+                (states.written().values()).filter_map(|s| s.policy().map(|p| p.rule_set)),
+            )?,
             guard_allow: Rows::adopt(&mut ebpf)?,
             warp_peers: Rows::adopt(&mut ebpf)?,
             states,
@@ -366,9 +369,10 @@ impl EbpfDataplane {
         cpu_sum(&counter_map(&self.ebpf, name)?, &ifindex).map_err(map_error(name))
     }
 
-    /// Installs a target's policy atomically: the new rows go in under a
-    /// fresh rule set id, then one write to the policy map switches to it,
-    /// then the old rows are removed.
+    /// Installs a target's policy atomically: its rule set (shared with
+    /// every target of the same rows, written first if none holds it yet)
+    /// is acquired, one write to its state row switches to it, then the
+    /// old set is released (removed with its last user).
     pub fn set_policy(
         &mut self,
         ifindex: u32,
@@ -378,26 +382,31 @@ impl EbpfDataplane {
     ) -> Result<(), EbpfError> {
         let installed = state::read(&mut self.ebpf, ifindex)?;
         let old = installed.policy().map(|p| p.rule_set);
+        let rule_set = self.rule_sets.acquire(&mut self.ebpf, rows)?;
         let policy = TargetPolicy {
-            rule_set: 0,
+            rule_set,
             warp_ifindex,
             warp_mac,
             _pad: [0; 2],
         };
-        let mut row = IfaceState::of(Some(policy), installed.cap_slot());
+        let mut state = IfaceState::of(Some(policy), installed.cap_slot());
         // A spread target's flag is [`Self::set_spread`]'s.
-        row.flags |= installed.flags & IFACE_SPREAD;
-        let row = self.peered(row);
-        let states = &mut self.states;
-        self.rule_sets
-            .switch(&mut self.ebpf, ifindex, old, rows, |ebpf, rule_set| {
-                let state = IfaceState { rule_set, ..row };
-                states.put(ebpf, ifindex, state)
-            })?;
+        state.flags |= installed.flags & IFACE_SPREAD;
+        let state = self.peered(state);
+        if let Err(e) = self.states.put(&mut self.ebpf, ifindex, state) {
+            self.rule_sets.release(&mut self.ebpf, rule_set)?;
+            return Err(e);
+        }
+        // Also when the set is the same (only the warp changed): acquiring
+        // it counted a second use by this target.
+        if let Some(old) = old {
+            self.rule_sets.release(&mut self.ebpf, old)?;
+        }
         Ok(())
     }
 
-    /// Removes a target's policy and its rows; its traffic is then only counted.
+    /// Removes a target's policy; its rule set is released (removed with
+    /// its last user). Its traffic is then only counted.
     pub fn remove_policy(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         let installed = state::read(&mut self.ebpf, ifindex)?;
         let Some(old) = installed.policy() else {
@@ -409,7 +418,7 @@ impl EbpfDataplane {
             IfaceState::of(None, installed.cap_slot()),
         )?;
         remove_key::<SpreadTable>(&mut self.ebpf, SPREAD_MAP, ifindex)?;
-        self.rule_sets.remove(&mut self.ebpf, old.rule_set)
+        self.rule_sets.release(&mut self.ebpf, old.rule_set)
     }
 
     /// Makes a target's steered flows take the members of `table` (a

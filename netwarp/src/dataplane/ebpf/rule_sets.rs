@@ -1,12 +1,18 @@
-//! Rule sets in the LPM tries, switched as a double buffer: a new set goes
-//! in under the owner's other id, one map write makes it live, then the
-//! old set is removed. Policies (owner: a target's veth) change this way.
-//! Bridge guards (owner: the bridge) are switched in when first written,
-//! then change in place ([`RuleSets::update_in_place`]): their rows only
-//! block, so no mixture of old and new rows lets anything out.
+//! Rule sets in the LPM tries.
+//!
+//! Targets' policies share sets by content ([`RuleSets::acquire`]): every
+//! target on the same rules and warp state (most hosts: the global rules)
+//! reads one set, written once. A policy changes by acquiring its new set
+//! (written first if no target holds it yet), one state write switching to
+//! it, then releasing the old one, removed when its last user leaves.
+//! Bridge guards (owner: the bridge) are switched in as a double buffer
+//! under the owner's two ids when first written, then change in place
+//! ([`RuleSets::update_in_place`]): their rows only block, so no mixture of
+//! old and new rows lets anything out.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    hash::{BuildHasher, Hash, Hasher},
     net::IpAddr,
 };
 
@@ -27,10 +33,14 @@ use super::{
 use crate::model::Cidr;
 
 /// The id that follows `current` for `owner`: two ids per owner,
-/// alternating; the low bit is the generation.
+/// alternating; the low bit is the generation. Owners are interfaces
+/// (ifindexes below 2^30), so these ids stay below [`SHARED_BASE`].
 pub fn next_rule_set(owner: u32, current: Option<u32>) -> u32 {
     (owner << 1) | current.map_or(0, |id| (id & 1) ^ 1)
 }
+
+/// The first id of the sets shared by content; owners' ids lie below it.
+pub const SHARED_BASE: u32 = 1 << 31;
 
 /// The rows written under each rule set id, adopted with one scan at load
 /// and kept since, so removals delete known keys and a restart's adoption
@@ -40,6 +50,15 @@ pub(super) struct RuleSets {
     /// How many of `written` are IPv4 and IPv6 rows, kept as they change:
     /// status reads it every pass, and a count would walk every row.
     rows: Rows,
+    /// The shared sets by a hash of their rows (a hit is confirmed by
+    /// comparing the rows), so a set's content is not kept twice.
+    by_content: HashMap<u64, Vec<u32>>,
+    /// The policies reading each shared set. A shared set without users
+    /// is inert: one whose write failed half-way, or one a crashed run
+    /// left. The next new set is written over it (see [`Self::acquire`]).
+    users: HashMap<u32, usize>,
+    /// Where the search for a free shared id starts.
+    next_shared: u32,
 }
 
 /// Rows held per family.
@@ -60,8 +79,12 @@ impl Rows {
 }
 
 impl RuleSets {
-    /// Adopts what the tries hold (one scan of each).
-    pub(super) fn adopt(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+    /// Adopts what the tries hold (one scan of each); `policies` are the
+    /// rule set ids the adopted state rows read, one per policy.
+    pub(super) fn adopt(
+        ebpf: &mut Ebpf,
+        policies: impl IntoIterator<Item = u32>,
+    ) -> Result<Self, EbpfError> {
         let mut written: HashMap<u32, BTreeMap<Cidr, RuleValue>> = HashMap::new();
         let mut rows = Rows::default();
         for (rule_set, row) in scan(ebpf)? {
@@ -70,7 +93,117 @@ impl RuleSets {
                 *rows.of(row.destination) += 1;
             }
         }
-        Ok(Self { written, rows })
+        let mut users: HashMap<u32, usize> = HashMap::new();
+        for rule_set in policies.into_iter().filter(|id| *id >= SHARED_BASE) {
+            *users.entry(rule_set).or_default() += 1;
+        }
+        let mut by_content: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (id, set) in written.iter().filter(|(id, _)| **id >= SHARED_BASE) {
+            users.entry(*id).or_default();
+            by_content.entry(content_hash(set)).or_default().push(*id);
+        }
+        Ok(Self {
+            written,
+            rows,
+            by_content,
+            users,
+            next_shared: SHARED_BASE,
+        })
+    }
+
+    /// A shared set holding exactly `rows`, with one more user: the one
+    /// already written if any, else a new one. An inert set (no users) is
+    /// brought to `rows` rather than a fresh id written, so what a failed
+    /// write left is finished, not rewritten. On a failed write the new
+    /// set stays inert (never live); its rows are recorded as written.
+    pub(super) fn acquire(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rows: &[CompiledPrefix],
+    ) -> Result<u32, EbpfError> {
+        let wanted: BTreeMap<Cidr, RuleValue> =
+            rows.iter().map(|r| (r.destination, r.value)).collect();
+        let hash = content_hash(&wanted);
+        let existing = (self.by_content.get(&hash).into_iter().flatten())
+            .copied()
+            .find(|id| self.written.get(id) == Some(&wanted));
+        if let Some(id) = existing {
+            *self.users.entry(id).or_default() += 1;
+            return Ok(id);
+        }
+        let inert = (self.users.iter())
+            .filter(|(_, users)| **users == 0)
+            .map(|(id, _)| *id)
+            .min();
+        let id = match inert {
+            Some(id) => {
+                self.forget_content(id);
+                id
+            }
+            None => self.free_shared_id(),
+        };
+        self.users.insert(id, 0);
+        let held = self.written.get(&id);
+        let stale: Vec<Cidr> = (held.into_iter().flatten())
+            .filter(|(destination, value)| wanted.get(destination) != Some(value))
+            .map(|(destination, _)| *destination)
+            .collect();
+        self.remove_rows(ebpf, id, stale)?;
+        let held = self.written.get(&id);
+        let missing: Vec<CompiledPrefix> = (rows.iter())
+            .filter(|r| held.and_then(|h| h.get(&r.destination)) != Some(&r.value))
+            .cloned()
+            .collect();
+        let written = self.write(ebpf, id, &missing);
+        // Indexed by what it holds now, complete or not: a later acquire
+        // of the same rows must not take a half-written set as its own.
+        if let Some(set) = self.written.get(&id) {
+            self.by_content
+                .entry(content_hash(set))
+                .or_default()
+                .push(id);
+        }
+        written?;
+        self.users.insert(id, 1);
+        Ok(id)
+    }
+
+    /// One user of `rule_set` fewer; the set is removed with its last one.
+    /// An owner's set (below [`SHARED_BASE`], as an older run wrote
+    /// policies) has one user and is removed.
+    pub(super) fn release(&mut self, ebpf: &mut Ebpf, rule_set: u32) -> Result<(), EbpfError> {
+        if rule_set < SHARED_BASE {
+            return self.remove(ebpf, rule_set);
+        }
+        let users = self.users.entry(rule_set).or_default();
+        *users = users.saturating_sub(1);
+        if *users > 0 {
+            return Ok(());
+        }
+        // Inert until removed: a failure here leaves it for the next
+        // acquire to write over.
+        self.remove(ebpf, rule_set)?;
+        self.forget_content(rule_set);
+        self.users.remove(&rule_set);
+        Ok(())
+    }
+
+    fn forget_content(&mut self, rule_set: u32) {
+        for ids in self.by_content.values_mut() {
+            ids.retain(|id| *id != rule_set);
+        }
+        self.by_content.retain(|_, ids| !ids.is_empty());
+    }
+
+    /// A shared id no set holds.
+    fn free_shared_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_shared;
+            self.next_shared = self.next_shared.checked_add(1).unwrap_or(SHARED_BASE);
+            if !self.written.contains_key(&id) && !self.users.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     /// The rows written (or adopted) in each trie, IPv4 then IPv6: what
@@ -211,6 +344,17 @@ impl RuleSets {
         }
         Ok(())
     }
+}
+
+/// A hash of a set's rows, to find a shared set by its content.
+fn content_hash(rows: &BTreeMap<Cidr, RuleValue>) -> u64 {
+    let mut hasher = foldhash::fast::FixedState::with_seed(0).build_hasher();
+    rows.len().hash(&mut hasher);
+    for (destination, value) in rows {
+        destination.hash(&mut hasher);
+        value.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// What bringing `held` to `rows` in place takes: the rows to write (new

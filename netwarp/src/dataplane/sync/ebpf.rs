@@ -28,7 +28,7 @@ use crate::{
         settled::Settled,
     },
     model::short_id,
-    plan::{Action, Entry, GuardPlan, RuleCapacity, TargetPlan, TargetState},
+    plan::{Action, Entry, GuardPlan, RuleCapacity, TargetPlan},
 };
 
 /// What the eBPF dataplane holds for one target.
@@ -227,7 +227,7 @@ impl EbpfPlane {
         }
         let routed_entries = namespace_entries(&target.entries, routed);
         // Routed here (an overlay network): its spread is the routes
-        // dataplane's, multipath routes.
+        // dataplane's, a resilient nexthop group.
         let desired = match routed {
             true if target.spread.len() > 1 => {
                 namespace.hash_multipath_by_flow().await?;
@@ -551,16 +551,7 @@ async fn desired_target(
         host_ifindex,
         warp_ifindex: warp.ifindex,
         warp_mac: warp.mac,
-        // Drops count as policy while steered (a family the warp has no
-        // address for) or blocked by a limit; otherwise the warp is down.
-        rows: compile(
-            &target.entries,
-            match &target.state {
-                TargetState::Steered { .. } | TargetState::Filtered => true,
-                TargetState::Blocked(reason) => reason.is_limit(),
-                _ => false,
-            },
-        )?,
+        rows: compile(&target.entries, target.state.drops_are_policy())?,
         warp_ports: warp.ports,
         peers,
         spread,

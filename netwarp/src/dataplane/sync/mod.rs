@@ -122,7 +122,8 @@ impl FailureReason {
 
     pub fn of_netns(e: &NetnsError) -> Self {
         match e {
-            NetnsError::Netlink { .. } => Self::Netlink,
+            NetnsError::Netlink { .. } | NetnsError::Nexthop { .. } => Self::Netlink,
+            NetnsError::NexthopInterface { .. } => Self::Interface,
             NetnsError::Netns { .. }
             | NetnsError::HostNamespace { .. }
             | NetnsError::NamespaceClaimed { .. }

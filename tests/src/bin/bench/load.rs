@@ -81,6 +81,10 @@ struct PopulationRun {
     /// Targets already programmed.
     size: usize,
     first_pass_ms: f64,
+    /// The daemon's VmRSS right after its first pass, MiB.
+    rss_after_first_pass_mib: f64,
+    /// The daemon's VmHWM once the measured starts are done, MiB.
+    peak_rss_mib: f64,
     start_ms: Vec<f64>,
     start: Spread,
 }
@@ -155,6 +159,7 @@ fn population(params: &Params, modes: &[&'static str]) -> anyhow::Result<Vec<Pop
         for &mode in modes {
             let mut daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, DAEMON_ENV)?;
             let first_pass_ms = first_pass_ms(&daemon, WAIT + Duration::from_secs(size as u64))?;
+            let (rss_after_first_pass_mib, _) = daemon_rss_mib(&daemon);
             let steered = steered_count(&daemon)?;
             if steered < size {
                 bail!("{mode}: {steered} of {size} targets steered after the first pass");
@@ -182,11 +187,14 @@ fn population(params: &Params, modes: &[&'static str]) -> anyhow::Result<Vec<Pop
                 // Let the daemon see the removal before the next start.
                 std::thread::sleep(Duration::from_millis(200));
             }
+            let (_, peak_rss_mib) = daemon_rss_mib(&daemon);
             daemon.stop_and_clean_up()?;
             runs.push(PopulationRun {
                 mode,
                 size,
                 first_pass_ms,
+                rss_after_first_pass_mib,
+                peak_rss_mib,
                 start: Spread::of(&start_ms),
                 start_ms,
             });
@@ -375,6 +383,22 @@ fn warning_text(line: &str) -> String {
     text.chars().take(160).collect()
 }
 
+/// The daemon's `(VmRSS, VmHWM)` in MiB (NaN if it does not run).
+fn daemon_rss_mib(daemon: &Daemon) -> (f64, f64) {
+    let Some(pid) = daemon.pid() else {
+        return (f64::NAN, f64::NAN);
+    };
+    let (rss, peak) = netwarp_tests::scale::rss_kib(pid);
+    let mib = |kib: u64| {
+        if kib == 0 {
+            f64::NAN
+        } else {
+            kib as f64 / 1024.0
+        }
+    };
+    (mib(rss), mib(peak))
+}
+
 /// The `duration_ms` of the daemon's `initial reconcile complete` line.
 fn first_pass_ms(daemon: &Daemon, timeout: Duration) -> anyhow::Result<f64> {
     daemon.wait_for_log("initial reconcile complete", timeout)?;
@@ -449,13 +473,16 @@ fn tabulate(
         &format!(
             "Docker start event of a new idle target -> its policy programmed (the daemon's own \
              latency_ms), while N targets of the same warp are already programmed; each new \
-             target is removed once programmed. First pass: a fresh daemon programming the N. \
-             Took {population_secs:.0} s"
+             target is removed once programmed. First pass: a fresh daemon programming the N \
+             (the real-engine counterpart of section 6); RSS: the daemon's VmRSS right after \
+             that pass, and its peak (VmHWM) once the starts are done. Took {population_secs:.0} s"
         ),
         &[
             "dataplane",
             "programmed",
             "first pass ms",
+            "RSS MiB",
+            "peak RSS MiB",
             "n",
             "p50 ms",
             "p99 ms",
@@ -468,6 +495,8 @@ fn tabulate(
             run.mode.to_owned(),
             run.size.to_string(),
             fmt_num(run.first_pass_ms),
+            fmt_num(run.rss_after_first_pass_mib),
+            fmt_num(run.peak_rss_mib),
             run.start.count.to_string(),
             fmt_num(run.start.p50),
             fmt_num(run.start.p99),
