@@ -437,8 +437,9 @@ fn tabulate(
         "1. Steering throughput (iperf3, target -> warp)",
         &format!(
             "{} s per run; unsteered = an unlabelled twin of the target straight to the \
-             warp's bridge IP (netwarp never touches it), routes/ebpf = the target to REMOTE \
-             203.0.113.1 through the warp; runs interleaved unsteered, steered, steered, \
+             warp's bridge IP (netwarp never touches it), routes/ebpf/ebpf classic = the target \
+             to REMOTE 203.0.113.1 through the warp (ebpf: peer redirect into the warp, the \
+             default, which the goals judge; ebpf classic: ebpf_peer_redirect = false); runs interleaved unsteered, steered, steered, \
              unsteered and averaged; retransmits summed over both runs",
             params.seconds
         ),
