@@ -109,6 +109,9 @@ keys! {
     EBPF_RULES_CAPACITY = "dataplane.ebpf_rules_capacity", "NETWARP_DATAPLANE_EBPF_RULES_CAPACITY", "262144",
         Restart, flag -,
         "ebpf: entries of each rule trie (IPv4 and IPv6), shared by every target's rules, the bridge guards and one switch's second copy; allocated only as used";
+    EBPF_FROM_CONTAINER_HOOK = "dataplane.ebpf_from_container_hook", "NETWARP_DATAPLANE_EBPF_FROM_CONTAINER_HOOK", "tc",
+        Restart, flag -,
+        "ebpf: where an uncapped target's traffic is steered: tc (the veth's tc ingress) or xdp (its XDP hook, with tc behind it for what XDP passes; puts an XDP pass program on each warp's veth)";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         Restart, flag "resync-interval-secs",
         "Seconds between full resyncs, the safety net behind events";

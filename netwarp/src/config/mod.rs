@@ -78,6 +78,8 @@ impl fmt::Display for DataplaneMode {
     }
 }
 
+pub use crate::dataplane::ebpf::FromContainerHook;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -114,6 +116,8 @@ pub struct Config {
     pub host_proc_dir: PathBuf,
     /// ebpf: the entries of each rule trie (one per address family).
     pub ebpf_rules_capacity: u32,
+    /// ebpf: the hook of the from-container program on uncapped targets.
+    pub ebpf_from_container_hook: FromContainerHook,
     /// The most destination prefixes one target's rules may list.
     pub max_prefixes_per_target: usize,
     /// The label naming a warp's probe.
@@ -278,6 +282,19 @@ impl Config {
                 format!("{ebpf_rules_capacity} is outside 64..=16777216 entries"),
             ));
         }
+        let hook = value(&keys::EBPF_FROM_CONTAINER_HOOK)?;
+        let ebpf_from_container_hook =
+            match text(&keys::EBPF_FROM_CONTAINER_HOOK, hook.clone())?.as_str() {
+                "tc" => FromContainerHook::Tc,
+                "xdp" => FromContainerHook::Xdp,
+                other => {
+                    return Err(invalid(
+                        &hook.1,
+                        keys::EBPF_FROM_CONTAINER_HOOK.name,
+                        format!("`{other}` is neither `tc` nor `xdp`"),
+                    ));
+                }
+            };
         let max = value(&keys::MAX_PREFIXES)?;
         let max_prefixes_per_target = max.0.as_integer(keys::MAX_PREFIXES.name, &max.1)?;
         if !(1..=1_048_576).contains(&max_prefixes_per_target) {
@@ -424,6 +441,7 @@ impl Config {
             bpf_pin_dir: bpf_pin_dir.into(),
             host_proc_dir: host_proc_dir.into(),
             ebpf_rules_capacity: ebpf_rules_capacity as u32,
+            ebpf_from_container_hook,
             max_prefixes_per_target: max_prefixes_per_target as usize,
             probe_label,
             probes,

@@ -33,6 +33,7 @@ fn defaults_are_documented_values() {
     assert_eq!(config.caps, CapSettings::default());
     assert_eq!(config.max_prefixes_per_target, 4096);
     assert_eq!(config.ebpf_rules_capacity, 262_144);
+    assert_eq!(config.ebpf_from_container_hook, FromContainerHook::Tc);
     assert!(
         config
             .effective
@@ -163,6 +164,10 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         (
             "[dataplane]\nebpf_rules_capacity = 10",
             "config file /etc/netwarp.toml: key `dataplane.ebpf_rules_capacity`: 10 is outside 64..=16777216 entries",
+        ),
+        (
+            "[dataplane]\nebpf_from_container_hook = \"tcx\"",
+            "config file /etc/netwarp.toml: key `dataplane.ebpf_from_container_hook`: `tcx` is neither `tc` nor `xdp`",
         ),
         (
             "[probes]\ninterval_secs = 0",

@@ -132,11 +132,12 @@ fn choose_dataplane(config: &Config) -> Result<Dataplane, DaemonError> {
         }
         DataplaneMode::Ebpf => {
             privileges::require(EBPF_CAPABILITIES)?;
-            let ebpf = EbpfDataplane::load_pinned_logging(
+            let mut ebpf = EbpfDataplane::load_pinned_logging(
                 &config.bpf_pin_dir,
                 debug_logs(config),
                 config.ebpf_rules_capacity,
             )?;
+            ebpf.set_from_container_hook(config.ebpf_from_container_hook);
             Ok(Dataplane::ebpf(ebpf))
         }
     }
@@ -158,7 +159,8 @@ fn choose_automatically(config: &Config) -> Dataplane {
         debug_logs(config),
         config.ebpf_rules_capacity,
     ) {
-        Ok(ebpf) => {
+        Ok(mut ebpf) => {
+            ebpf.set_from_container_hook(config.ebpf_from_container_hook);
             info!(pins = %config.bpf_pin_dir.display(), "dataplane auto: using ebpf");
             Dataplane::ebpf(ebpf)
         }

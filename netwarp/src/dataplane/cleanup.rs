@@ -1,7 +1,7 @@
 //! `netwarp cleanup`: removes netwarp's entries from every running
 //! container (its rules, and the routes of its tables), the host's guard
-//! rules, the routes of its guard tables and its qdiscs, and the eBPF
-//! pins. Other entries are only read, never touched.
+//! rules, the routes of its guard tables and its qdiscs, the XDP pass
+//! program on warps' veths, and the eBPF pins. Other entries are only read, never touched.
 
 use tracing::{error, info};
 
@@ -77,7 +77,7 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     Ok(())
 }
 
-/// Removes netwarp's routes, rules and qdiscs from one container's
+/// Removes netwarp's routes, rules, qdiscs and XDP pass program from one container's
 /// namespace. Returns how many entries went.
 async fn clean_container(
     container: &Container,
@@ -91,7 +91,11 @@ async fn clean_container(
         namespace.apply(&changes, None).await?;
     }
     let qdiscs = remove_every_tbf(namespace.netlink_handle()?).await?;
-    Ok(changes.delete_rules.len()
+    let xdp = super::xdp_pass::remove_all(namespace.netlink_handle()?)
+        .await
+        .map_err(namespace.netlink("XDP removal"))?;
+    Ok(xdp
+        + changes.delete_rules.len()
         + changes.delete_strays.len()
         + changes.delete_routes.len()
         + qdiscs)

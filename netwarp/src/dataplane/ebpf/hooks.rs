@@ -4,8 +4,18 @@
 use aya::programs::TcAttachType;
 use netwarp_common::{
     Direction, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP,
-    PROG_TC_TO_CONTAINER,
+    PROG_TC_TO_CONTAINER, PROG_XDP_FROM_CONTAINER,
 };
+
+/// Where the from-container program steers an uncapped target's traffic
+/// (`dataplane.ebpf_from_container_hook`). The tc program stays attached
+/// either way: it decides what XDP passes, and every capped target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FromContainerHook {
+    #[default]
+    Tc,
+    Xdp,
+}
 
 /// Where a program hangs: which program, on which side of the interface,
 /// under which pin suffix.
@@ -19,17 +29,24 @@ pub enum Hook {
     BridgeGuard,
     /// tc ingress of a warp's host-side veth.
     FromWarp,
+    /// XDP of a container's host-side veth: what it sends, before tc.
+    XdpFromContainer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::FromContainer,
         Hook::ToContainer,
         Hook::BridgeGuard,
         Hook::FromWarp,
+        Hook::XdpFromContainer,
     ];
-    /// The two hooks on a container's host-side veth.
-    pub const CONTAINER: [Hook; 2] = [Hook::FromContainer, Hook::ToContainer];
+    /// The hooks on a container's host-side veth.
+    pub const CONTAINER: [Hook; 3] = [
+        Hook::XdpFromContainer,
+        Hook::FromContainer,
+        Hook::ToContainer,
+    ];
 
     pub fn program(self) -> &'static str {
         match self {
@@ -37,7 +54,13 @@ impl Hook {
             Hook::ToContainer => PROG_TC_TO_CONTAINER,
             Hook::BridgeGuard => PROG_TC_BRIDGE_GUARD,
             Hook::FromWarp => PROG_TC_FROM_WARP,
+            Hook::XdpFromContainer => PROG_XDP_FROM_CONTAINER,
         }
+    }
+
+    /// Whether the hook is XDP's rather than tc's.
+    pub fn is_xdp(self) -> bool {
+        self == Hook::XdpFromContainer
     }
 
     pub(super) fn attach_type(self) -> TcAttachType {
@@ -54,12 +77,13 @@ impl Hook {
             Hook::ToContainer => "egress",
             Hook::BridgeGuard => "guard",
             Hook::FromWarp => "warp",
+            Hook::XdpFromContainer => "xdp",
         }
     }
 
     pub fn direction(self) -> Option<Direction> {
         match self {
-            Hook::FromContainer => Some(Direction::FromContainer),
+            Hook::FromContainer | Hook::XdpFromContainer => Some(Direction::FromContainer),
             Hook::ToContainer => Some(Direction::ToContainer),
             _ => None,
         }

@@ -34,7 +34,7 @@ mod state;
 mod warp;
 
 pub use error::EbpfError;
-pub use hooks::Hook;
+pub use hooks::{FromContainerHook, Hook};
 pub use interfaces::{interface_index, interface_name, is_host_peer_of};
 pub use loader::ProgramLogger;
 pub use maps::{
@@ -55,10 +55,10 @@ use aya::{
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
     GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_SPREAD, IFACES_MAP, IfaceState, POLICY_MAP_CAPACITY,
-    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY,
-    RULES_V4_MAP, RULES_V6_MAP, RateBuckets, SPREAD_MAP, SpreadTable, TargetPolicy,
-    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP,
-    WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+    PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_XDP_FROM_CONTAINER, PROG_XDP_PASS,
+    RATE_BUCKETS_MAP, RULES_MAP_CAPACITY, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, SPREAD_MAP,
+    SpreadTable, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters,
+    WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -82,6 +82,8 @@ pub struct EbpfDataplane {
     rules_capacity: (u32, u32),
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
+    /// Where uncapped targets are steered (see [`Self::sync_xdp`]).
+    from_container_hook: FromContainerHook,
 }
 
 impl EbpfDataplane {
@@ -150,7 +152,18 @@ impl EbpfDataplane {
             links,
             ebpf,
             logger,
+            from_container_hook: FromContainerHook::default(),
         })
+    }
+
+    /// Where uncapped targets are steered from now on; each interface
+    /// follows when its programs are next synced ([`Self::attach_ifindex`]).
+    pub fn set_from_container_hook(&mut self, hook: FromContainerHook) {
+        self.from_container_hook = hook;
+    }
+
+    pub fn from_container_hook(&self) -> FromContainerHook {
+        self.from_container_hook
     }
 
     /// The entries of the IPv4 and IPv6 rule tries, as the kernel made them.
@@ -212,7 +225,43 @@ impl EbpfDataplane {
     pub fn attach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         self.links
             .attach(&mut self.ebpf, ifindex, Hook::FromContainer)?;
-        self.sync_to_container(ifindex)
+        self.sync_to_container(ifindex)?;
+        self.sync_xdp(ifindex)
+    }
+
+    /// Attaches or detaches the XDP from-container program of `ifindex`:
+    /// attached exactly while XDP is the hook and the target has a policy
+    /// and no cap (a cap charges what tc sees: offload packets whole,
+    /// where XDP would see the frames they are cut into). The tc program
+    /// stays attached behind it, for what it passes.
+    fn sync_xdp(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let state = self.states.get(ifindex);
+        let needed = self.from_container_hook == FromContainerHook::Xdp
+            && state.policy().is_some()
+            && state.cap_slot().is_none();
+        if needed {
+            self.links
+                .attach(&mut self.ebpf, ifindex, Hook::XdpFromContainer)
+        } else if self.links.holds(ifindex, Hook::XdpFromContainer) {
+            self.links
+                .detach(&mut self.ebpf, ifindex, Hook::XdpFromContainer)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The XDP program that only passes, for the warps' veths (see
+    /// [`crate::dataplane::xdp_pass`]): its fd and its id.
+    pub fn xdp_pass_program(&mut self) -> Result<(std::os::fd::RawFd, u32), EbpfError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let prog = loader::xdp(&mut self.ebpf, PROG_XDP_PASS)?;
+        let program_error = |source| EbpfError::Program {
+            program: PROG_XDP_PASS,
+            source,
+        };
+        let id = prog.info().map_err(program_error)?.id();
+        let fd = prog.fd().map_err(program_error)?.as_fd().as_raw_fd();
+        Ok((fd, id))
     }
 
     /// Attaches or detaches the to-container program of `ifindex` to match
@@ -303,7 +352,7 @@ impl EbpfDataplane {
                 state.flags |= installed.flags & IFACE_SPREAD;
                 states.put(ebpf, ifindex, state)
             })?;
-        Ok(())
+        self.sync_xdp(ifindex)
     }
 
     /// Removes a target's policy and its rows; its traffic is then only counted.
@@ -317,6 +366,7 @@ impl EbpfDataplane {
             ifindex,
             IfaceState::of(None, installed.cap_slot()),
         )?;
+        self.sync_xdp(ifindex)?;
         remove_key::<SpreadTable>(&mut self.ebpf, SPREAD_MAP, ifindex)?;
         self.rule_sets.remove(&mut self.ebpf, old.rule_set)
     }
@@ -528,6 +578,7 @@ impl EbpfDataplane {
             })?;
             // After the row: the program finds the cap from its first packet.
             self.sync_to_container(ifindex)?;
+            self.sync_xdp(ifindex)?;
         }
         Ok(())
     }
@@ -539,6 +590,7 @@ impl EbpfDataplane {
                 *state = IfaceState::of(state.policy(), None);
             })?;
             self.sync_to_container(ifindex)?;
+            self.sync_xdp(ifindex)?;
         }
         let used: BTreeSet<u32> = (self.states.written().values())
             .filter_map(IfaceState::cap_slot)
@@ -605,6 +657,56 @@ impl EbpfDataplane {
         let (verdict, _, per_run) =
             self.test_run_repeat(PROG_TC_FROM_CONTAINER, ifindex, packet, repeat)?;
         Ok((verdict, per_run))
+    }
+
+    /// Runs the XDP from-container program once on `packet`, as if it
+    /// arrived on `ifindex`, which must be an interface of this namespace
+    /// (the kernel resolves it for an XDP test run). Returns the XDP
+    /// verdict and the packet as the program left it.
+    pub fn test_run_xdp_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+    ) -> Result<(u32, Vec<u8>), EbpfError> {
+        let (verdict, out, _) = self.test_run_xdp_repeat(ifindex, packet, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// [`Self::time_from_container`] for the XDP program.
+    pub fn time_xdp_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), EbpfError> {
+        let (verdict, _, per_run) = self.test_run_xdp_repeat(ifindex, packet, repeat)?;
+        Ok((verdict, per_run))
+    }
+
+    fn test_run_xdp_repeat(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration), EbpfError> {
+        // struct xdp_md: data, data_end (the packet's length), data_meta,
+        // ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let program = PROG_XDP_FROM_CONTAINER;
+        let result = loader::xdp(&mut self.ebpf, program)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx),
+                repeat: repeat.max(1),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| EbpfError::Program { program, source })?;
+        data_out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, data_out, result.duration))
     }
 
     fn test_run(
