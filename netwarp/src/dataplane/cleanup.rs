@@ -1,7 +1,8 @@
 //! `netwarp cleanup`: removes netwarp's entries from every running
 //! container (its rules, and the routes of its tables), the host's guard
 //! rules, the routes of its guard tables and its qdiscs, the XDP pass
-//! program on warps' veths, and the eBPF pins. Other entries are only read, never touched.
+//! program on warps' veths (and the transmit checksum offload the XDP hook
+//! turned off, back on), and the eBPF pins. Other entries are only read, never touched.
 
 use tracing::{error, info};
 
@@ -25,6 +26,8 @@ pub enum CleanupError {
     MissingCapabilities(#[from] MissingCapabilities),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    HostNetlink(#[from] CapsError),
     #[error("cleanup failed in {0} places; see the log above")]
     Failed(usize),
 }
@@ -39,10 +42,13 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     // The host's namespace is refused (its guard rules are removed below);
     // a namespace shared by several containers is cleaned once.
     let mut claims = NamespaceClaims::new();
+    let (connection, host, _) =
+        rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
+    tokio::spawn(connection);
     for container in world.containers.iter().filter(|c| c.running) {
         let Some(pid) = container.pid else { continue };
         let (name, id) = (&container.name, container.short_id());
-        match clean_container(container, pid, &mut claims).await {
+        match clean_container(container, pid, &mut claims, &host).await {
             Ok(0) => {}
             Ok(removed) => info!(container = %name, %id, removed, "removed netwarp entries"),
             Err(CapsError::Routes(
@@ -83,8 +89,16 @@ async fn clean_container(
     container: &Container,
     pid: u32,
     claims: &mut NamespaceClaims,
+    host: &rtnetlink::Handle,
 ) -> Result<usize, CapsError> {
     let namespace = NamespaceHandle::open_owned(pid, claims, container.short_id()).await?;
+    // Before the pins go: the XDP hook's targets are known by it.
+    let mut restored = 0;
+    for ifindex in super::xdp_pass::xdp_steered_interfaces(&namespace, host).await? {
+        if namespace.set_tx_checksum(ifindex, true).await? {
+            restored += 1;
+        }
+    }
     let installed = namespace.installed().await?;
     let changes = diff(&installed, &Desired::default()).map_err(RoutesError::from)?;
     if !changes.is_empty() {
@@ -95,6 +109,7 @@ async fn clean_container(
         .await
         .map_err(namespace.netlink("XDP removal"))?;
     Ok(xdp
+        + restored
         + changes.delete_rules.len()
         + changes.delete_strays.len()
         + changes.delete_routes.len()

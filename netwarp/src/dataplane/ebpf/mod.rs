@@ -250,6 +250,12 @@ impl EbpfDataplane {
         }
     }
 
+    /// Whether the XDP from-container program is attached to `ifindex`
+    /// (by this process, or adopted from an earlier run's pin).
+    pub fn xdp_attached(&self, ifindex: u32) -> bool {
+        self.links.holds(ifindex, Hook::XdpFromContainer)
+    }
+
     /// The XDP program that only passes, for the warps' veths (see
     /// [`crate::dataplane::xdp_pass`]): its fd and its id.
     pub fn xdp_pass_program(&mut self) -> Result<(std::os::fd::RawFd, u32), EbpfError> {

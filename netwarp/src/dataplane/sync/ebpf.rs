@@ -264,8 +264,22 @@ impl EbpfPlane {
         };
         let desired = desired_target(scope, target, host_ifindex, previous.as_ref()).await?;
         if self.ebpf.from_container_hook() == FromContainerHook::Xdp {
-            // Before anything is redirected to the warps' veths.
+            // Before anything is redirected to the warps' veths: they take
+            // XDP frames, and the target's frames carry whole checksums.
             self.enable_warp_napi(scope, target).await?;
+            if let Some((inner, _)) = ends
+                && namespace.set_tx_checksum(inner, false).await?
+            {
+                info!(
+                    "turned the target's transmit checksum offload off: XDP redirects its frames"
+                );
+            }
+        } else if let Some((inner, _)) = ends
+            && self.ebpf.xdp_attached(host_ifindex)
+            && namespace.set_tx_checksum(inner, true).await?
+        {
+            // An earlier run's XDP hook, detached below: what it turned off.
+            info!("turned the target's transmit checksum offload back on: tc steers it");
         }
         let changed = self.write_target(&target.id, desired)?;
         Ok(changed || !route_changes.is_empty())

@@ -6,7 +6,9 @@
 //!   their mean);
 //! - routes: to REMOTE (203.0.113.1, on the warp's loopback) steered by the
 //!   routes dataplane;
-//! - ebpf: to REMOTE steered by the tc programs.
+//! - ebpf: to REMOTE steered by the tc programs;
+//! - ebpf-xdp: the same with `dataplane.ebpf_from_container_hook = "xdp"`:
+//!   the XDP program steers, tc decides what it passes.
 
 use std::{path::Path, time::Duration};
 
@@ -139,7 +141,12 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
 
     let mut runs = Vec::new();
     let mut costs = Vec::new();
-    for mode in ["routes", "ebpf"] {
+    let mut xdp_costs = Vec::new();
+    for (mode, daemon_mode, env) in [
+        ("routes", "routes", DAEMON_ENV.to_vec()),
+        ("ebpf", "ebpf", hook_env("tc")),
+        (XDP_PATH, "ebpf", hook_env("xdp")),
+    ] {
         // A fresh target per mode: what one dataplane left in a target's
         // namespace never meets the other, and no `netwarp cleanup` (which
         // sweeps every container on the host) is needed.
@@ -148,7 +155,7 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
         if reaches(&target, 8080) {
             bail!("REMOTE is reachable without netwarp: the steered figures would be wrong");
         }
-        let mut daemon = Daemon::start_with_env(&labels, mode, GLOBAL_RULES, DAEMON_ENV)?;
+        let mut daemon = Daemon::start_with_env(&labels, daemon_mode, GLOBAL_RULES, &env)?;
         if !eventually(Duration::from_secs(20), || reaches(&target, 8080)) {
             bail!("{mode}: the target never reached REMOTE through its warp");
         }
@@ -159,6 +166,9 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
         if mode == "ebpf" {
             costs = program_costs(&target, params)?;
         }
+        if mode == XDP_PATH {
+            xdp_costs = program_costs(&target, params)?;
+        }
         // Dropping the daemon removes its pins, which detaches its programs.
         daemon.stop(libc::SIGTERM)?;
         drop(daemon);
@@ -168,7 +178,104 @@ pub fn run(params: &Params, bench_binary: &Path) -> anyhow::Result<Section> {
     // unsteered packets (ACKs to the warp, ARP) in one average.
     let timed = netwarp_tests::fastpath::time_from_container(TIMED_RUNS)
         .context("timing the from-container program by BPF_PROG_TEST_RUN")?;
-    Ok(tabulate(&runs, costs, &timed, params))
+    let xdp_timed = netwarp_tests::fastpath::time_xdp_from_container(TIMED_RUNS)
+        .context("timing the XDP from-container program by BPF_PROG_TEST_RUN")?;
+    let mut section = tabulate(&runs, costs, &timed, params);
+    add_xdp_tables(&mut section, xdp_costs, &xdp_timed);
+    Ok(section)
+}
+
+/// The path steered by the XDP hook.
+const XDP_PATH: &str = "ebpf-xdp";
+
+/// The path of the default hook: the one the goals judge.
+fn default_ebpf_path() -> &'static str {
+    match netwarp::dataplane::ebpf::FromContainerHook::default() {
+        netwarp::dataplane::ebpf::FromContainerHook::Tc => "ebpf",
+        netwarp::dataplane::ebpf::FromContainerHook::Xdp => XDP_PATH,
+    }
+}
+
+/// The daemon's environment with the from-container hook set.
+fn hook_env(hook: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut env = DAEMON_ENV.to_vec();
+    env.push(("NETWARP_DATAPLANE_EBPF_FROM_CONTAINER_HOOK", hook));
+    env
+}
+
+/// The XDP hook's per-packet costs beside tc's: the kernel's BPF stats in
+/// ebpf-xdp mode (3c) and the test runs by packet kind (3d).
+fn add_xdp_tables(
+    section: &mut Section,
+    costs: Vec<ProgramCost>,
+    timed: &[netwarp_tests::fastpath::Timing],
+) {
+    let mut t3c = Table::new(
+        "3c. Per-packet cost of the eBPF programs, XDP hook",
+        "as 3, in ebpf-xdp mode (dataplane.ebpf_from_container_hook = \"xdp\"). XDP runs on \
+         frames: the target's veth does not take GSO packets while XDP is on its peer, so \
+         a packet here is one MTU-sized frame where tc's is one GSO super-packet. The tc \
+         program runs only on what XDP passes.",
+        &[
+            "program",
+            "run_cnt",
+            "run_time_ns",
+            "ns/packet",
+            "host steal s",
+        ],
+    );
+    for c in &costs {
+        t3c.row(vec![
+            c.program.clone(),
+            c.run_cnt.to_string(),
+            c.run_time_ns.to_string(),
+            fmt_num(c.ns_per_packet),
+            fmt_num(c.window_steal_secs),
+        ]);
+    }
+    let mut t3d = Table::new(
+        "3d. Per-packet cost of netwarp_xdp_from_container by packet kind",
+        &format!(
+            "as 3b, for the XDP program (BPF_PROG_TEST_RUN on loopback's ifindex, \
+             {TIMED_RUNS} runs per kind); verdicts are XDP's: 4 redirect, 2 pass"
+        ),
+        &["packet", "verdict", "ns/packet"],
+    );
+    for t in timed {
+        t3d.row(vec![
+            t.packet.to_owned(),
+            t.verdict.to_string(),
+            fmt_num(t.ns_per_run),
+        ]);
+    }
+    if default_ebpf_path() == XDP_PATH {
+        for t in timed {
+            section.goals.push(Goal::at_most(
+                "bpf cost",
+                &format!("netwarp_xdp_from_container, {} packet (test run)", t.packet),
+                t.ns_per_run,
+                "ns/packet",
+                100.0,
+            ));
+        }
+    }
+    if let Some(data) = section.data.as_object_mut() {
+        data.insert("xdp_bpf_programs".into(), serde_json::json!(costs));
+        data.insert(
+            "xdp_from_container_test_runs".into(),
+            serde_json::json!(
+                timed
+                    .iter()
+                    .map(|t| serde_json::json!({
+                        "packet": t.packet,
+                        "verdict": t.verdict,
+                        "ns_per_packet": t.ns_per_run,
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        );
+    }
+    section.tables.extend([t3c, t3d]);
 }
 
 /// BPF_PROG_TEST_RUN repeats per packet kind.
@@ -360,8 +467,8 @@ fn tabulate(
         "1. Steering throughput (iperf3, target -> warp)",
         &format!(
             "{} s per run; unsteered = an unlabelled twin of the target straight to the \
-             warp's bridge IP (netwarp never touches it), routes/ebpf = the target to REMOTE \
-             203.0.113.1 through the warp; runs interleaved unsteered, steered, steered, \
+             warp's bridge IP (netwarp never touches it), routes/ebpf/ebpf-xdp = the target \
+             to REMOTE 203.0.113.1 through the warp (ebpf: tc hook, ebpf-xdp: XDP hook); runs interleaved unsteered, steered, steered, \
              unsteered and averaged; retransmits summed over both runs",
             params.seconds
         ),
@@ -456,19 +563,19 @@ fn tabulate(
             100.0,
         ));
     }
-    for t in throughput.iter().filter(|t| t.path == "ebpf") {
+    for t in throughput.iter().filter(|t| t.path == default_ebpf_path()) {
         goals.push(Goal::at_least(
             "throughput",
-            &format!("ebpf {} stream(s) / unsteered", t.streams),
+            &format!("{} {} stream(s) / unsteered", t.path, t.streams),
             t.ratio_to_unsteered,
             "x",
             1.0,
         ));
     }
-    for l in latency.iter().filter(|l| l.path == "ebpf") {
+    for l in latency.iter().filter(|l| l.path == default_ebpf_path()) {
         goals.push(Goal::at_most(
             "latency",
-            "ebpf p99 RTT / unsteered",
+            &format!("{} p99 RTT / unsteered", l.path),
             l.p99_ratio_to_unsteered,
             "x",
             1.05,
