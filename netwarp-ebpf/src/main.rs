@@ -141,9 +141,9 @@ mod programs {
         try_steer(&ctx, state).unwrap_or(PASS)
     }
 
-    /// XDP on a container's host-side veth (`ebpf.from_container_hook =
-    /// "xdp"`): what the container sends, in the veth's NAPI, before an
-    /// skb exists. It steers and drops as the tc program does, by the same
+    /// XDP on a container's host-side veth
+    /// (`dataplane.ebpf_from_container_hook = "xdp"`): what the container
+    /// sends, in the veth's NAPI, before an skb exists. It steers and drops as the tc program does, by the same
     /// code; whatever it cannot decide on its frame alone (headers beyond
     /// it, a capped container, no rule) is passed on to the tc program,
     /// still attached behind it, which decides as it always does.

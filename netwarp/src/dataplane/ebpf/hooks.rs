@@ -3,7 +3,7 @@
 
 use aya::programs::TcAttachType;
 use netwarp_common::{
-    Direction, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP,
+    Direction, IfaceState, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP,
     PROG_TC_TO_CONTAINER, PROG_XDP_FROM_CONTAINER,
 };
 
@@ -15,6 +15,16 @@ pub enum FromContainerHook {
     #[default]
     Tc,
     Xdp,
+}
+
+impl FromContainerHook {
+    /// Whether a veth with `state` gets the XDP program: under the XDP
+    /// hook, while it has a policy and no cap (a cap charges what tc
+    /// sees: offload packets whole, where XDP sees the frames they are
+    /// cut into).
+    pub fn wants_xdp(self, state: &IfaceState) -> bool {
+        self == FromContainerHook::Xdp && state.policy().is_some() && state.cap_slot().is_none()
+    }
 }
 
 /// Where a program hangs: which program, on which side of the interface,
@@ -104,6 +114,26 @@ impl Hook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_uncapped_targets_with_a_policy_get_the_xdp_program() {
+        use netwarp_common::TargetPolicy;
+        let policy = Some(TargetPolicy {
+            rule_set: 1,
+            warp_ifindex: 7,
+            warp_mac: [2, 0x42, 0, 0, 0, 2],
+            _pad: [0; 2],
+        });
+        let steered = IfaceState::of(policy, None);
+        let capped = IfaceState::of(policy, Some(3));
+        let counted = IfaceState::of(None, None);
+        assert!(FromContainerHook::Xdp.wants_xdp(&steered));
+        assert!(!FromContainerHook::Xdp.wants_xdp(&capped));
+        assert!(!FromContainerHook::Xdp.wants_xdp(&counted));
+        for state in [steered, capped, counted] {
+            assert!(!FromContainerHook::Tc.wants_xdp(&state));
+        }
+    }
 
     #[test]
     fn pin_names_round_trip_for_every_hook() {

@@ -138,6 +138,24 @@ impl Links {
         Ok(())
     }
 
+    /// Attaches `hook`'s program to an interface while `wanted`, else
+    /// detaches it if attached.
+    pub(super) fn set(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifindex: u32,
+        hook: Hook,
+        wanted: bool,
+    ) -> Result<(), EbpfError> {
+        if wanted {
+            self.attach(ebpf, ifindex, hook)
+        } else if self.holds(ifindex, hook) {
+            self.detach(ebpf, ifindex, hook)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Detaches `hook`'s program from an interface, if attached, and
     /// removes its pin.
     pub(super) fn detach(
@@ -174,30 +192,14 @@ fn adopt(
     if hook.is_xdp() {
         return adopt_xdp(ebpf, path, hook);
     }
-    let adopted = PinnedLink::from_pin(path)
-        .map_err(|e| e.to_string())
-        .and_then(|pinned| {
-            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
-        });
-    let link = match adopted {
-        Ok(link) => link,
-        Err(reason) => {
-            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
-            drop_stale_pin(path);
-            return Ok(None);
-        }
+    let Some(link) = pinned_link::<SchedClassifierLink>(path) else {
+        return Ok(None);
     };
     let program = hook.program();
     let prog = classifier(ebpf, program)?;
-    // A pinned link outlives its interface, detached ("severed"): the pin
-    // of another interface that got its ifindex would hold nothing.
     let id = match prog.attach_to_link(link) {
         Ok(id) => id,
-        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
-            tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
-            drop_stale_pin(path);
-            return Ok(None);
-        }
+        Err(e) if severed(&e, path) => return Ok(None),
         Err(source) => return Err(EbpfError::Program { program, source }),
     };
     if let Some(interface) = interface_name(ifindex)
@@ -215,27 +217,49 @@ fn adopt(
 /// [`adopt`] for an XDP link: an interface runs one XDP program, and its
 /// link holds it there until the interface goes (then the update fails).
 fn adopt_xdp(ebpf: &mut Ebpf, path: &Path, hook: Hook) -> Result<Option<LinkId>, EbpfError> {
-    let adopted = PinnedLink::from_pin(path)
-        .map_err(|e| e.to_string())
-        .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()));
-    let link = match adopted {
-        Ok(link) => link,
-        Err(reason) => {
-            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
-            drop_stale_pin(path);
-            return Ok(None);
-        }
+    let Some(link) = pinned_link::<XdpLink>(path) else {
+        return Ok(None);
     };
     let program = hook.program();
     match xdp(ebpf, program)?.attach_to_link(link) {
         Ok(id) => Ok(Some(LinkId::Xdp(id))),
-        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
-            tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
-            drop_stale_pin(path);
-            Ok(None)
-        }
+        Err(e) if severed(&e, path) => Ok(None),
         Err(source) => Err(EbpfError::Program { program, source }),
     }
+}
+
+/// The link pinned at `path`, as a link of type `L`; an unusable pin (of
+/// another type, or unreadable) is removed and None returned.
+fn pinned_link<L>(path: &Path) -> Option<L>
+where
+    L: TryFrom<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+{
+    let adopted = PinnedLink::from_pin(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pinned| L::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()));
+    match adopted {
+        Ok(link) => Some(link),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
+            drop_stale_pin(path);
+            None
+        }
+    }
+}
+
+/// Whether switching the link pinned at `path` failed because its
+/// interface went away (its pin is then removed). A pinned link outlives
+/// its interface, detached ("severed"): the pin of another interface
+/// that got its ifindex would hold nothing.
+fn severed(error: &ProgramError, path: &Path) -> bool {
+    let gone = matches!(error, ProgramError::SyscallError(e)
+        if e.io_error.raw_os_error() == Some(libc::ENOLINK));
+    if gone {
+        tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
+        drop_stale_pin(path);
+    }
+    gone
 }
 
 /// Whether `prog` runs in `interface`'s TCX chain for `hook`; true when

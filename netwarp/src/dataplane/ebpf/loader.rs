@@ -395,13 +395,7 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<Option<ProgramLogger>, Eb
 
 /// One of the object's XDP programs.
 pub(super) fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or(EbpfError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| EbpfError::Program {
-            program: name,
-            source,
-        })
+    program(ebpf, name)
 }
 
 /// One of the object's tc programs.
@@ -409,6 +403,14 @@ pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, EbpfError> {
+    program(ebpf, name)
+}
+
+/// One of the object's programs, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(EbpfError::MissingProgram(name))?
         .try_into()

@@ -235,19 +235,8 @@ impl EbpfDataplane {
     /// where XDP would see the frames they are cut into). The tc program
     /// stays attached behind it, for what it passes.
     fn sync_xdp(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        let state = self.states.get(ifindex);
-        let needed = self.from_container_hook == FromContainerHook::Xdp
-            && state.policy().is_some()
-            && state.cap_slot().is_none();
-        if needed {
-            self.links
-                .attach(&mut self.ebpf, ifindex, Hook::XdpFromContainer)
-        } else if self.links.holds(ifindex, Hook::XdpFromContainer) {
-            self.links
-                .detach(&mut self.ebpf, ifindex, Hook::XdpFromContainer)
-        } else {
-            Ok(())
-        }
+        let wanted = (self.from_container_hook).wants_xdp(&self.states.get(ifindex));
+        (self.links).set(&mut self.ebpf, ifindex, Hook::XdpFromContainer, wanted)
     }
 
     /// Whether the XDP from-container program is attached to `ifindex`
@@ -275,15 +264,7 @@ impl EbpfDataplane {
     fn sync_to_container(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         let needed = (self.states.get(ifindex).cap_slot())
             .is_some_and(|slot| self.bucket_slots.get(&slot) == Some(&true));
-        if needed {
-            self.links
-                .attach(&mut self.ebpf, ifindex, Hook::ToContainer)
-        } else if self.links.holds(ifindex, Hook::ToContainer) {
-            self.links
-                .detach(&mut self.ebpf, ifindex, Hook::ToContainer)
-        } else {
-            Ok(())
-        }
+        (self.links).set(&mut self.ebpf, ifindex, Hook::ToContainer, needed)
     }
 
     /// Detaches the programs from an interface, if they are attached, and

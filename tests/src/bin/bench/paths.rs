@@ -210,44 +210,23 @@ fn add_xdp_tables(
     costs: Vec<ProgramCost>,
     timed: &[netwarp_tests::fastpath::Timing],
 ) {
-    let mut t3c = Table::new(
+    let t3c = cost_table(
         "3c. Per-packet cost of the eBPF programs, XDP hook",
         "as 3, in ebpf-xdp mode (dataplane.ebpf_from_container_hook = \"xdp\"). XDP runs on \
          frames: the target's veth does not take GSO packets while XDP is on its peer, so \
          a packet here is one MTU-sized frame where tc's is one GSO super-packet. The tc \
-         program runs only on what XDP passes.",
-        &[
-            "program",
-            "run_cnt",
-            "run_time_ns",
-            "ns/packet",
-            "host steal s",
-        ],
+         program runs only on what XDP passes (a program that saw no packet is not \
+         listed).",
+        &costs,
     );
-    for c in &costs {
-        t3c.row(vec![
-            c.program.clone(),
-            c.run_cnt.to_string(),
-            c.run_time_ns.to_string(),
-            fmt_num(c.ns_per_packet),
-            fmt_num(c.window_steal_secs),
-        ]);
-    }
-    let mut t3d = Table::new(
+    let t3d = timing_table(
         "3d. Per-packet cost of netwarp_xdp_from_container by packet kind",
         &format!(
             "as 3b, for the XDP program (BPF_PROG_TEST_RUN on loopback's ifindex, \
              {TIMED_RUNS} runs per kind); verdicts are XDP's: 4 redirect, 2 pass"
         ),
-        &["packet", "verdict", "ns/packet"],
+        timed,
     );
-    for t in timed {
-        t3d.row(vec![
-            t.packet.to_owned(),
-            t.verdict.to_string(),
-            fmt_num(t.ns_per_run),
-        ]);
-    }
     if default_ebpf_path() == XDP_PATH {
         for t in timed {
             section.goals.push(Goal::at_most(
@@ -396,31 +375,34 @@ fn program_costs(target: &Container, params: &Params) -> anyhow::Result<Vec<Prog
     if after.is_empty() {
         bail!("no programs attached to {veth}");
     }
-    after
-        .iter()
-        .map(|a| {
+    // Under the XDP hook the tc program behind it may see no packet at
+    // all (XDP steered every one): only the programs that ran are listed.
+    let costs: Vec<ProgramCost> = (after.iter())
+        .filter_map(|a| {
             let delta = match before.iter().find(|b| b.id == a.id) {
                 Some(b) => a.since(b),
                 None => a.clone(),
             };
+            let ns_per_packet = delta.ns_per_run()?;
             let ProgramStats {
                 name,
                 run_count,
                 run_time_ns,
                 ..
-            } = delta.clone();
-            let ns = delta
-                .ns_per_run()
-                .with_context(|| format!("{name} never ran while traffic flowed"))?;
-            Ok(ProgramCost {
+            } = delta;
+            Some(ProgramCost {
                 program: name,
                 run_cnt: run_count,
                 run_time_ns,
-                ns_per_packet: ns,
+                ns_per_packet,
                 window_steal_secs: steal,
             })
         })
-        .collect()
+        .collect();
+    if costs.is_empty() {
+        bail!("no program on {veth} ran while traffic flowed");
+    }
+    Ok(costs)
 }
 
 fn tabulate(
@@ -506,7 +488,7 @@ fn tabulate(
             fmt_num(l.p99_ratio_to_unsteered),
         ]);
     }
-    let mut t3 = Table::new(
+    let t3 = cost_table(
         "3. Per-packet cost of the eBPF programs",
         "kernel BPF stats (bpf_stats_enabled, restored afterwards) over one 1-stream iperf3 \
          run plus one ping-pong run in ebpf mode, daemon at info level: run_time_ns / run_cnt. A packet is one skb: \
@@ -514,25 +496,10 @@ fn tabulate(
          Steered and unsteered packets (ACKs, ARP) are mixed; see 3b for each kind. The \
          to-container program is attached only under an ingress cap, so an uncapped \
          target lists none.",
-        &[
-            "program",
-            "run_cnt",
-            "run_time_ns",
-            "ns/packet",
-            "host steal s",
-        ],
+        &costs,
     );
-    for c in &costs {
-        t3.row(vec![
-            c.program.clone(),
-            c.run_cnt.to_string(),
-            c.run_time_ns.to_string(),
-            fmt_num(c.ns_per_packet),
-            fmt_num(c.window_steal_secs),
-        ]);
-    }
 
-    let mut t4 = Table::new(
+    let t4 = timing_table(
         "3b. Per-packet cost of netwarp_tc_from_container by packet kind",
         &format!(
             "BPF_PROG_TEST_RUN, {TIMED_RUNS} runs per kind on a private copy of the programs \
@@ -543,15 +510,8 @@ fn tabulate(
              kernel's average per run, without the stats' clock reads",
             netwarp_tests::fastpath::ACTIONS_POLICY
         ),
-        &["packet", "verdict", "ns/packet"],
+        timed,
     );
-    for t in timed {
-        t4.row(vec![
-            t.packet.to_owned(),
-            t.verdict.to_string(),
-            fmt_num(t.ns_per_run),
-        ]);
-    }
 
     let mut goals = Vec::new();
     for t in timed {
@@ -614,4 +574,42 @@ fn tabulate(
         tables: vec![t1, t2, t3, t4],
         goals,
     }
+}
+
+/// A table of programs' costs from the kernel's BPF stats.
+fn cost_table(title: &str, note: &str, costs: &[ProgramCost]) -> Table {
+    let mut table = Table::new(
+        title,
+        note,
+        &[
+            "program",
+            "run_cnt",
+            "run_time_ns",
+            "ns/packet",
+            "host steal s",
+        ],
+    );
+    for c in costs {
+        table.row(vec![
+            c.program.clone(),
+            c.run_cnt.to_string(),
+            c.run_time_ns.to_string(),
+            fmt_num(c.ns_per_packet),
+            fmt_num(c.window_steal_secs),
+        ]);
+    }
+    table
+}
+
+/// A table of a program's test-run cost by packet kind.
+fn timing_table(title: &str, note: &str, timed: &[netwarp_tests::fastpath::Timing]) -> Table {
+    let mut table = Table::new(title, note, &["packet", "verdict", "ns/packet"]);
+    for t in timed {
+        table.row(vec![
+            t.packet.to_owned(),
+            t.verdict.to_string(),
+            fmt_num(t.ns_per_run),
+        ]);
+    }
+    table
 }
