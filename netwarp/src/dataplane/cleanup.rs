@@ -1,13 +1,17 @@
 //! `netwarp cleanup`: removes netwarp's entries from every running
 //! container (its rules, and the routes of its tables), the host's guard
 //! rules, the routes of its guard tables and its qdiscs, the XDP pass
-//! program on warps' veths (and the transmit checksum offload the XDP hook
-//! turned off, back on), and the eBPF pins. Other entries are only read, never touched.
+//! program on warps' veths, and the eBPF pins; it turns the transmit
+//! checksum offload of every target the pins name back on (the XDP hook
+//! turns it off). Other entries are only read, never touched.
+
+use std::{collections::BTreeSet, path::Path};
 
 use tracing::{error, info};
 
 use super::{
     caps::CapsError,
+    ebpf::Hook,
     host_guard::{remove_host_guards, set_guard_priority},
     netns::{NamespaceClaims, NamespaceHandle, set_host_proc_dir},
     qdisc::remove_every_tbf,
@@ -26,8 +30,6 @@ pub enum CleanupError {
     MissingCapabilities(#[from] MissingCapabilities),
     #[error(transparent)]
     Docker(#[from] DockerError),
-    #[error(transparent)]
-    HostNetlink(#[from] CapsError),
     #[error("cleanup failed in {0} places; see the log above")]
     Failed(usize),
 }
@@ -42,13 +44,11 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     // The host's namespace is refused (its guard rules are removed below);
     // a namespace shared by several containers is cleaned once.
     let mut claims = NamespaceClaims::new();
-    let (connection, host, _) =
-        rtnetlink::new_connection().map_err(|e| CapsError::HostNetlink(e.to_string()))?;
-    tokio::spawn(connection);
+    let targets = programmed_targets(&config.bpf_pin_dir);
     for container in world.containers.iter().filter(|c| c.running) {
         let Some(pid) = container.pid else { continue };
         let (name, id) = (&container.name, container.short_id());
-        match clean_container(container, pid, &mut claims, &host).await {
+        match clean_container(container, pid, &mut claims, &targets).await {
             Ok(0) => {}
             Ok(removed) => info!(container = %name, %id, removed, "removed netwarp entries"),
             Err(CapsError::Routes(
@@ -83,18 +83,31 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     Ok(())
 }
 
+/// The host-side veths the eBPF dataplane programmed as targets', from
+/// its pinned links (read before the pins go); none without pins.
+fn programmed_targets(pin_dir: &Path) -> BTreeSet<u32> {
+    let Ok(links) = std::fs::read_dir(pin_dir.join("links")) else {
+        return BTreeSet::new();
+    };
+    (links.filter_map(Result::ok))
+        .filter_map(|entry| Hook::parse_pin(&entry.file_name().to_string_lossy()))
+        .filter(|(_, hook)| matches!(hook, Hook::FromContainer | Hook::XdpFromContainer))
+        .map(|(ifindex, _)| ifindex)
+        .collect()
+}
+
 /// Removes netwarp's routes, rules, qdiscs and XDP pass program from one container's
 /// namespace. Returns how many entries went.
 async fn clean_container(
     container: &Container,
     pid: u32,
     claims: &mut NamespaceClaims,
-    host: &rtnetlink::Handle,
+    targets: &BTreeSet<u32>,
 ) -> Result<usize, CapsError> {
     let namespace = NamespaceHandle::open_owned(pid, claims, container.short_id()).await?;
-    // Before the pins go: the XDP hook's targets are known by it.
+    // The XDP hook turns a target's transmit checksum offload off.
     let mut restored = 0;
-    for ifindex in super::xdp_pass::xdp_steered_interfaces(&namespace, host).await? {
+    for ifindex in namespace.interfaces_with_peers(targets).await? {
         if namespace.set_tx_checksum(ifindex, true).await? {
             restored += 1;
         }

@@ -394,6 +394,17 @@ impl NamespaceHandle {
             .and_then(|link| Some((link.header.index, peer_of(&link)?))))
     }
 
+    /// The interfaces here whose veth peer on the host is one of `peers`.
+    pub async fn interfaces_with_peers(
+        &self,
+        peers: &std::collections::BTreeSet<u32>,
+    ) -> Result<Vec<u32>, NetnsError> {
+        Ok((self.links().await?.iter())
+            .filter(|link| peer_of(link).is_some_and(|peer| peers.contains(&peer)))
+            .map(|link| link.header.index)
+            .collect())
+    }
+
     /// The netlink handle bound to this namespace, for writes: only a
     /// handle from [`NamespaceHandle::open_owned`] has one.
     pub fn netlink_handle(&self) -> Result<&Handle, NetnsError> {

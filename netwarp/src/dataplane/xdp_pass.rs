@@ -10,7 +10,7 @@
 //! has NAPI on and is left alone.
 
 use futures_util::TryStreamExt as _;
-use netwarp_common::{PROG_XDP_FROM_CONTAINER, PROG_XDP_PASS};
+use netwarp_common::PROG_XDP_PASS;
 use rtnetlink::{
     Handle, LinkUnspec,
     packet_route::link::{LinkAttribute, LinkMessage, LinkXdp},
@@ -32,57 +32,14 @@ fn attached_program(link: &LinkMessage) -> Option<u32> {
     })
 }
 
-/// Whether the loaded program `id` is the program `name` (by name, which
-/// the kernel cuts to 15 bytes).
-fn is_program(id: u32, name: &str) -> bool {
-    let kernel_name = &name[..name.len().min(15)];
+/// Whether the loaded program `id` is netwarp's pass program (by name,
+/// which the kernel cuts to 15 bytes).
+fn is_netwarp_pass(id: u32) -> bool {
+    let kernel_name = &PROG_XDP_PASS[..PROG_XDP_PASS.len().min(15)];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
         .is_some_and(|p| p.name_as_str() == Some(kernel_name))
-}
-
-fn is_netwarp_pass(id: u32) -> bool {
-    is_program(id, PROG_XDP_PASS)
-}
-
-/// The interfaces in `namespace` whose host-side peer runs netwarp's XDP
-/// from-container program: those whose transmit checksum offload the
-/// XDP hook turned off.
-pub async fn xdp_steered_interfaces(
-    namespace: &NamespaceHandle,
-    host: &Handle,
-) -> Result<Vec<u32>, NetnsError> {
-    let links: Vec<LinkMessage> = (namespace.dump_handle().link().get().execute())
-        .try_collect()
-        .await
-        .map_err(namespace.netlink("link dump"))?;
-    let mut steered = Vec::new();
-    for link in links {
-        let Some(peer) = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Link(peer) => Some(*peer),
-            _ => None,
-        }) else {
-            continue;
-        };
-        let peers: Vec<LinkMessage> = match host
-            .link()
-            .get()
-            .match_index(peer)
-            .execute()
-            .try_collect()
-            .await
-        {
-            Ok(peers) => peers,
-            Err(_) => continue,
-        };
-        if (peers.first().and_then(attached_program))
-            .is_some_and(|id| is_program(id, PROG_XDP_FROM_CONTAINER))
-        {
-            steered.push(link.header.index);
-        }
-    }
-    Ok(steered)
 }
 
 /// Sets (`fd`) or clears (`-1`) the native XDP program of `ifindex`.

@@ -84,6 +84,9 @@ pub struct EbpfDataplane {
     logger: Option<ProgramLogger>,
     /// Where uncapped targets are steered (see [`Self::sync_xdp`]).
     from_container_hook: FromContainerHook,
+    /// Host-side veths whose target checksums its own frames, which the
+    /// XDP program needs (see [`Self::allow_xdp`]).
+    xdp_ready: BTreeSet<u32>,
 }
 
 impl EbpfDataplane {
@@ -153,6 +156,7 @@ impl EbpfDataplane {
             ebpf,
             logger,
             from_container_hook: FromContainerHook::default(),
+            xdp_ready: BTreeSet::new(),
         })
     }
 
@@ -235,8 +239,17 @@ impl EbpfDataplane {
     /// where XDP would see the frames they are cut into). The tc program
     /// stays attached behind it, for what it passes.
     fn sync_xdp(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        let wanted = (self.from_container_hook).wants_xdp(&self.states.get(ifindex));
+        let wanted = (self.from_container_hook).wants_xdp(&self.states.get(ifindex))
+            && self.xdp_ready.contains(&ifindex);
         (self.links).set(&mut self.ebpf, ifindex, Hook::XdpFromContainer, wanted)
+    }
+
+    /// Lets the XDP program onto `ifindex` (under the XDP hook, once its
+    /// state row wants it): its target's transmit checksum offload is
+    /// off. A frame left to the device to checksum would reach the warp
+    /// with its checksum unfinished once XDP redirects it.
+    pub fn allow_xdp(&mut self, ifindex: u32) {
+        self.xdp_ready.insert(ifindex);
     }
 
     /// Whether the XDP from-container program is attached to `ifindex`
@@ -270,6 +283,7 @@ impl EbpfDataplane {
     /// Detaches the programs from an interface, if they are attached, and
     /// removes their pins.
     pub fn detach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        self.xdp_ready.remove(&ifindex);
         for hook in Hook::CONTAINER {
             self.links.detach(&mut self.ebpf, ifindex, hook)?;
         }

@@ -267,12 +267,14 @@ impl EbpfPlane {
             // Before anything is redirected to the warps' veths: they take
             // XDP frames, and the target's frames carry whole checksums.
             self.enable_warp_napi(scope, target).await?;
-            if let Some((inner, _)) = ends
-                && namespace.set_tx_checksum(inner, false).await?
-            {
-                info!(
-                    "turned the target's transmit checksum offload off: XDP redirects its frames"
-                );
+            if let Some((inner, _)) = ends {
+                if namespace.set_tx_checksum(inner, false).await? {
+                    info!(
+                        "turned the target's transmit checksum offload off: XDP redirects its frames"
+                    );
+                }
+                // Only now may the XDP program steer it.
+                self.ebpf.allow_xdp(host_ifindex);
             }
         } else if let Some((inner, _)) = ends
             && self.ebpf.xdp_attached(host_ifindex)
