@@ -10,6 +10,8 @@ pub const PROG_TC_FROM_CONTAINER: &str = "netwarp_tc_from_container";
 pub const PROG_TC_TO_CONTAINER: &str = "netwarp_tc_to_container";
 pub const PROG_TC_BRIDGE_GUARD: &str = "netwarp_tc_bridge_guard";
 pub const PROG_TC_FROM_WARP: &str = "netwarp_tc_from_warp";
+pub const PROG_XDP_FROM_CONTAINER: &str = "netwarp_xdp_from_container";
+pub const PROG_XDP_PASS: &str = "netwarp_xdp_pass";
 
 /// Direction of traffic relative to the container, not the host.
 ///

@@ -12,11 +12,15 @@
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
+        EbpfContext,
+        bindings::{
+            BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC,
+            xdp_action::{XDP_DROP, XDP_PASS},
+        },
         helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
-        macros::{classifier, map},
+        macros::{classifier, map, xdp},
         maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
-        programs::TcContext,
+        programs::{TcContext, XdpContext},
     };
     use aya_log_ebpf::debug;
     use netwarp_common::{
@@ -137,6 +141,142 @@ mod programs {
             return PASS;
         }
         try_steer(&ctx, state).unwrap_or(PASS)
+    }
+
+    /// XDP on a container's host-side veth
+    /// (`dataplane.ebpf_from_container_hook = "xdp"`): what the container
+    /// sends, in the veth's NAPI, before an skb exists. It steers and drops as the tc program does, by the same
+    /// code; whatever it cannot decide on its frame alone (headers beyond
+    /// it, a capped container, no rule) is passed on to the tc program,
+    /// still attached behind it, which decides as it always does.
+    #[xdp]
+    pub fn netwarp_xdp_from_container(ctx: XdpContext) -> u32 {
+        let ifindex = ctx.ifindex();
+        let Some(state) = iface_state(ifindex) else {
+            return XDP_PASS;
+        };
+        // A cap charges what tc sees (offload packets by their segments).
+        if state.flags & IFACE_CAPPED != 0 || state.flags & IFACE_POLICY == 0 {
+            return XDP_PASS;
+        }
+        try_steer(&ctx, state).map_or(XDP_PASS, |verdict| verdict as u32)
+    }
+
+    /// XDP on a warp's end of its veth, inside the warp's namespace: passes
+    /// everything. A veth delivers frames redirected to it by XDP only
+    /// while its peer runs NAPI, which an XDP program there turns on.
+    #[xdp]
+    pub fn netwarp_xdp_pass(_ctx: XdpContext) -> u32 {
+        XDP_PASS
+    }
+
+    /// What the steering code needs of a packet's context: tc's and XDP's.
+    trait Packet: EbpfContext {
+        /// The verdict that drops the packet.
+        const DROP: i32;
+        /// The interface the packet came in on.
+        fn ifindex(&self) -> u32;
+        /// The directly readable bytes: `[data, data_end)`.
+        fn data(&self) -> usize;
+        fn data_end(&self) -> usize;
+        /// The packet's length, for the counters.
+        fn frame_len(&self) -> u32;
+        /// Reads a `T` at `offset` beyond the directly readable bytes.
+        fn load_beyond<T>(&self, offset: usize) -> Option<T>;
+        /// Rewrites the Ethernet destination.
+        fn set_destination_mac(&self, mac: &[u8; 6]) -> Option<()>;
+        /// Sends the packet to the warp's host-side veth `ifindex`; with
+        /// `peer`, where the hook can, straight into its peer.
+        fn redirect(&self, ifindex: u32, peer: bool) -> i32;
+    }
+
+    impl Packet for TcContext {
+        const DROP: i32 = TC_ACT_SHOT;
+        #[inline(always)]
+        fn ifindex(&self) -> u32 {
+            // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
+            unsafe { (*self.skb.skb).ifindex }
+        }
+        #[inline(always)]
+        fn data(&self) -> usize {
+            TcContext::data(self)
+        }
+        #[inline(always)]
+        fn data_end(&self) -> usize {
+            TcContext::data_end(self)
+        }
+        #[inline(always)]
+        fn frame_len(&self) -> u32 {
+            self.len()
+        }
+        /// Through `bpf_skb_load_bytes`: headers beyond the linear part.
+        #[inline(always)]
+        fn load_beyond<T>(&self, offset: usize) -> Option<T> {
+            self.load(offset).ok()
+        }
+        #[inline(always)]
+        fn set_destination_mac(&self, mac: &[u8; 6]) -> Option<()> {
+            self.store(0, mac, 0).ok()
+        }
+        #[inline(always)]
+        fn redirect(&self, ifindex: u32, peer: bool) -> i32 {
+            // Straight into the warp's namespace-side veth, with no new
+            // eth_type_trans: the type this veth gave the frame (another
+            // host's: it was for the gateway) would make ip_rcv drop it
+            // there. Kernels from 6.15 reset it in the redirect; TCX's 6.6
+            // to 6.14 need this. It never fails from PACKET_OTHERHOST; if it
+            // did, the classic redirect below would still deliver.
+            if peer && self.change_type(PACKET_HOST).is_ok() {
+                // SAFETY: a plain helper call; it only records the target.
+                return unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+            }
+            // SAFETY: a plain helper call; it only records the target.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+    }
+
+    impl Packet for XdpContext {
+        const DROP: i32 = XDP_DROP as i32;
+        #[inline(always)]
+        fn ifindex(&self) -> u32 {
+            // SAFETY: the verifier guarantees `ctx` points at a valid xdp_md.
+            unsafe { (*self.ctx).ingress_ifindex }
+        }
+        #[inline(always)]
+        fn data(&self) -> usize {
+            XdpContext::data(self)
+        }
+        #[inline(always)]
+        fn data_end(&self) -> usize {
+            XdpContext::data_end(self)
+        }
+        #[inline(always)]
+        fn frame_len(&self) -> u32 {
+            (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+        }
+        /// None: the frame is all there is (no fragments), so what lies
+        /// beyond it is left to the tc program.
+        #[inline(always)]
+        fn load_beyond<T>(&self, _offset: usize) -> Option<T> {
+            None
+        }
+        #[inline(always)]
+        fn set_destination_mac(&self, mac: &[u8; 6]) -> Option<()> {
+            let start = XdpContext::data(self);
+            if start + mac.len() > XdpContext::data_end(self) {
+                return None;
+            }
+            // SAFETY: the six bytes lie within [data, data_end), checked above.
+            unsafe { core::ptr::write_unaligned(start as *mut [u8; 6], *mac) };
+            Some(())
+        }
+        /// XDP has no peer redirect: the frame goes to the warp veth's
+        /// transmit (XDP_REDIRECT), which hands it to its peer.
+        #[inline(always)]
+        fn redirect(&self, ifindex: u32, _peer: bool) -> i32 {
+            // SAFETY: a plain helper call; it only records the target.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
     }
 
     /// tc egress on a container's host-side veth: what the container receives.
@@ -433,36 +573,55 @@ mod programs {
     /// only through a fixed offset from `data`, and with a variable one
     /// the compiler folds the access size into it, so nothing is proven.
     #[inline(always)]
-    fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    fn read<T: Copy>(ctx: &impl Packet, offset: usize) -> Option<T> {
         let start = ctx.data();
         if start + offset + core::mem::size_of::<T>() <= ctx.data_end() {
             // SAFETY: the bytes lie within [data, data_end), checked above.
             return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
         }
-        ctx.load(offset).ok()
+        ctx.load_beyond(offset)
     }
 
     /// What the parser found: the L4 protocol, the destination port when it
     /// could be read, and whether this is a non-first fragment (no L4 header).
     struct Flow {
         ip_proto: u8,
-        dport: Option<u16>,
+        /// Whether the ports were read; `dport` is 0 where they were not.
+        has_ports: bool,
+        dport: u16,
         /// The L4 header's first four bytes as read (source and
         /// destination port), 0 where there are none: the spread hash's.
         ports: u32,
         later_fragment: bool,
     }
 
+    impl Flow {
+        /// Every field defined, ports or not: an Option's undefined payload
+        /// may be kept in a register and spilled, which the verifier
+        /// refuses (it reads no uninitialised register).
+        #[inline(always)]
+        fn of(ip_proto: u8, ports: Option<[u8; 4]>, later_fragment: bool) -> Self {
+            let bytes = ports.unwrap_or([0; 4]);
+            Flow {
+                ip_proto,
+                has_ports: ports.is_some(),
+                dport: u16::from_be_bytes([bytes[2], bytes[3]]),
+                ports: u32::from_ne_bytes(bytes),
+                later_fragment,
+            }
+        }
+    }
+
     /// Returns the verdict for a packet from a target, or None to pass it.
     /// Unparseable or truncated packets pass: they are not steerable traffic
     /// and the kernel drops malformed IP itself.
     #[inline(always)]
-    fn try_steer(ctx: &TcContext, policy: &IfaceState) -> Option<i32> {
+    fn try_steer<C: Packet>(ctx: &C, policy: &IfaceState) -> Option<i32> {
         let ifindex = policy.ifindex;
         let rule_set = policy.rule_set.to_be_bytes();
         let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let (action, rule, flow) = matching_rule(ctx, ethertype, rule_set)?;
-        let bytes = u64::from(ctx.len());
+        let bytes = u64::from(ctx.frame_len());
         match action {
             ACTION_STEER => {
                 let (mut warp_ifindex, mut warp_mac) = (policy.warp_ifindex, policy.warp_mac);
@@ -474,29 +633,15 @@ mod programs {
                     let member = table.slots.get(slot)?;
                     if member.ifindex == 0 {
                         count_verdict(policy, bytes, Verdict::WarpDown);
-                        return Some(TC_ACT_SHOT);
+                        return Some(C::DROP);
                     }
                     (warp_ifindex, warp_mac) = (member.ifindex, member.mac);
                 }
                 // The warp's stack sees the frame as addressed to it
                 // (tcpdump, conntrack), whichever way it enters.
-                ctx.store(0, &warp_mac, 0).ok()?;
+                ctx.set_destination_mac(&warp_mac)?;
                 count_verdict(policy, bytes, Verdict::Steered);
-                if policy.flags & IFACE_PEER != 0 {
-                    // Straight into the warp's namespace-side veth, with no
-                    // new eth_type_trans: the type this veth gave the frame
-                    // (another host's: it was for the gateway) would make
-                    // ip_rcv drop it there. Kernels from 6.15 reset it in
-                    // the redirect; TCX's 6.6 to 6.14 need this. It never
-                    // fails from PACKET_OTHERHOST; if it did, the classic
-                    // redirect below would still deliver.
-                    if ctx.change_type(PACKET_HOST).is_ok() {
-                        // SAFETY: a plain helper call; it only records the target.
-                        return Some(unsafe { bpf_redirect_peer(warp_ifindex, 0) } as i32);
-                    }
-                }
-                // SAFETY: a plain helper call; it only records the target.
-                Some(unsafe { bpf_redirect(warp_ifindex, 0) } as i32)
+                Some(ctx.redirect(warp_ifindex, policy.flags & IFACE_PEER != 0))
             }
             ACTION_BLOCK | ACTION_DENY => {
                 let (verdict, reason) = if action == ACTION_DENY {
@@ -508,7 +653,7 @@ mod programs {
                 };
                 count_verdict(policy, bytes, verdict);
                 debug!(ctx, "blocked: ifindex {} reason {}", ifindex, reason);
-                Some(TC_ACT_SHOT)
+                Some(C::DROP)
             }
             // ACTION_DIRECT, or no action: left alone.
             _ => None,
@@ -518,7 +663,7 @@ mod programs {
     /// The [`flow_hash`] of a packet: its addresses (an IPv6 one folded
     /// to a word) and what the parser read of its protocol and ports.
     #[inline(always)]
-    fn spread_hash(ctx: &TcContext, ethertype: u16, flow: &Flow) -> Option<u32> {
+    fn spread_hash<C: Packet>(ctx: &C, ethertype: u16, flow: &Flow) -> Option<u32> {
         let (source, destination) = if ethertype == ETH_P_IP {
             let [s, d]: [u32; 2] = read(ctx, ETH_HLEN + 12)?;
             (s, d)
@@ -533,8 +678,8 @@ mod programs {
     /// nothing), with the row of the longest prefix match of its
     /// destination and what the parser found; None without a row.
     #[inline(always)]
-    fn matching_rule(
-        ctx: &TcContext,
+    fn matching_rule<C: Packet>(
+        ctx: &C,
         ethertype: u16,
         rule_set: [u8; 4],
     ) -> Option<(u8, &RuleValue, Flow)> {
@@ -574,7 +719,7 @@ mod programs {
     }
 
     #[inline(always)]
-    fn parse_ipv4(ctx: &TcContext) -> Option<([u8; 4], Flow)> {
+    fn parse_ipv4<C: Packet>(ctx: &C) -> Option<([u8; 4], Flow)> {
         let version_ihl: u8 = read(ctx, ETH_HLEN)?;
         let header_len = usize::from(version_ihl & 0x0f) * 4;
         if header_len < 20 {
@@ -590,19 +735,11 @@ mod programs {
         } else {
             None
         };
-        Some((
-            dst,
-            Flow {
-                ip_proto,
-                dport: ports.map(|p| u16::from_be_bytes([p[2], p[3]])),
-                ports: ports.map_or(0, u32::from_ne_bytes),
-                later_fragment: !first_fragment,
-            },
-        ))
+        Some((dst, Flow::of(ip_proto, ports, !first_fragment)))
     }
 
     #[inline(always)]
-    fn parse_ipv6(ctx: &TcContext) -> Option<([u8; 16], Flow)> {
+    fn parse_ipv6<C: Packet>(ctx: &C) -> Option<([u8; 16], Flow)> {
         let mut next: u8 = read(ctx, ETH_HLEN + 6)?;
         let dst: [u8; 16] = read(ctx, ETH_HLEN + 24)?;
         let mut offset = ETH_HLEN + 40;
@@ -610,17 +747,17 @@ mod programs {
         for _ in 0..MAX_EXT_HEADERS {
             match next {
                 NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                    let hdr: [u8; 2] = ctx.load(offset).ok()?;
+                    let hdr: [u8; 2] = ctx.load_beyond(offset)?;
                     next = hdr[0];
                     offset += (usize::from(hdr[1]) + 1) * 8;
                 }
                 NEXTHDR_AUTH => {
-                    let hdr: [u8; 2] = ctx.load(offset).ok()?;
+                    let hdr: [u8; 2] = ctx.load_beyond(offset)?;
                     next = hdr[0];
                     offset += (usize::from(hdr[1]) + 2) * 4;
                 }
                 NEXTHDR_FRAGMENT => {
-                    let hdr: [u8; 4] = ctx.load(offset).ok()?;
+                    let hdr: [u8; 4] = ctx.load_beyond(offset)?;
                     next = hdr[0];
                     let frag_offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
                     first_fragment = frag_offset == 0;
@@ -634,15 +771,7 @@ mod programs {
         } else {
             None
         };
-        Some((
-            dst,
-            Flow {
-                ip_proto: next,
-                dport: ports.map(|p| u16::from_be_bytes([p[2], p[3]])),
-                ports: ports.map_or(0, u32::from_ne_bytes),
-                later_fragment: !first_fragment,
-            },
-        ))
+        Some((dst, Flow::of(next, ports, !first_fragment)))
     }
 
     /// The ports (source, destination) of a TCP or UDP header at
@@ -650,7 +779,7 @@ mod programs {
     /// options, IPv6 without extension headers) are read directly; others
     /// through `bpf_skb_load_bytes`.
     #[inline(always)]
-    fn l4_ports(ctx: &TcContext, offset: usize, ip_proto: u8) -> Option<[u8; 4]> {
+    fn l4_ports<C: Packet>(ctx: &C, offset: usize, ip_proto: u8) -> Option<[u8; 4]> {
         const V4: usize = ETH_HLEN + 20;
         const V6: usize = ETH_HLEN + 40;
         if ip_proto != IPPROTO_TCP && ip_proto != IPPROTO_UDP {
@@ -659,7 +788,7 @@ mod programs {
         match offset {
             V4 => read::<[u8; 4]>(ctx, V4),
             V6 => read::<[u8; 4]>(ctx, V6),
-            _ => ctx.load::<[u8; 4]>(offset).ok(),
+            _ => ctx.load_beyond::<[u8; 4]>(offset),
         }
     }
 
@@ -691,10 +820,7 @@ mod programs {
             }
             // A first fragment or whole packet whose port cannot be read
             // (truncated) matches no port selector.
-            if let Some(port) = flow.dport
-                && selector.port_lo <= port
-                && port <= selector.port_hi
-            {
+            if flow.has_ports && selector.port_lo <= flow.dport && flow.dport <= selector.port_hi {
                 return selector.action;
             }
         }

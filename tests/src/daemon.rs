@@ -174,8 +174,17 @@ pub fn guard_table_routes(first: u32) -> Vec<(&'static str, u32, String)> {
     routes
 }
 
+/// The eBPF dataplane's from-container hook the tests' daemons use:
+/// NETWARP_TEST_EBPF_HOOK (`tc` or `xdp`), else the daemon's default.
+pub fn test_ebpf_hook() -> Option<String> {
+    std::env::var("NETWARP_TEST_EBPF_HOOK")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
 /// A daemon config for `labels` with `rules_toml` appended: the test's own
-/// pin dir, guard priorities and control socket, metrics on a free port.
+/// pin dir, guard priorities and control socket, metrics on a free port,
+/// and the eBPF hook of [`test_ebpf_hook`].
 pub fn config_toml(
     labels: &TestLabels,
     mode: &str,
@@ -184,11 +193,14 @@ pub fn config_toml(
     guard_priority: u32,
     socket: &std::path::Path,
 ) -> String {
+    let hook = test_ebpf_hook()
+        .map(|h| format!("ebpf_from_container_hook = \"{h}\"\n"))
+        .unwrap_or_default();
     format!(
         "warp_container_name_pattern = \"{}*\"\ntarget_container_label = \"{}\"\n\
          network_preference_label = \"{}\"\nrules_label = \"{}\"\ndns_label = \"{}\"\n\
          allow_label = \"{}\"\ndeny_label = \"{}\"\n\
-         [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n\
+         [dataplane]\nmode = \"{mode}\"\nresync_interval_secs = 5\n{hook}\
          bpf_pin_dir = \"{}\"\nhost_guard_priority = {}\n\
          [rate_limits]\negress_label = \"{}\"\ningress_label = \"{}\"\n\
          burst_label = \"{}\"\n\

@@ -7,12 +7,13 @@
 //! beside the kernel's BPF stats.
 
 use netwarp::{
-    dataplane::ebpf::{EbpfDataplane, compile::compile},
+    dataplane::ebpf::{EbpfDataplane, FromContainerHook, compile::compile},
     model::{Verb, parse_policy},
     plan::{Action, Entry, prune_direct},
 };
 
-/// Any ifindex works: BPF_PROG_TEST_RUN only hands it to the program.
+/// Loopback: BPF_PROG_TEST_RUN hands a tc program any ifindex, but an XDP
+/// one's must exist.
 pub const TARGET_IFINDEX: u32 = 1;
 pub const WARP_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x14, 0x00, 0x02];
 /// Destinations: one the rule steers, one it does not match, one the
@@ -82,6 +83,20 @@ pub fn policy_entries(label: &str, via: Action) -> anyhow::Result<Vec<Entry>> {
 /// runs each; steered packets take the peer redirect with `peer_redirect`,
 /// the classic one without. Errors name what failed.
 pub fn time_from_container(repeat: u32, peer_redirect: bool) -> anyhow::Result<Vec<Timing>> {
+    time_hook(repeat, FromContainerHook::Tc, peer_redirect)
+}
+
+/// [`time_from_container`] for the XDP program (verdicts as XDP's:
+/// 4 redirect, 2 pass; XDP has no peer redirect).
+pub fn time_xdp_from_container(repeat: u32) -> anyhow::Result<Vec<Timing>> {
+    time_hook(repeat, FromContainerHook::Xdp, false)
+}
+
+fn time_hook(
+    repeat: u32,
+    hook: FromContainerHook,
+    peer_redirect: bool,
+) -> anyhow::Result<Vec<Timing>> {
     let via = Action::Via("172.20.0.2".parse()?);
     let mut dataplane = EbpfDataplane::load()?;
     dataplane.set_peer_redirect(peer_redirect)?;
@@ -107,8 +122,17 @@ pub fn time_from_container(repeat: u32, peer_redirect: bool) -> anyhow::Result<V
             );
         }
         for (packet, dst) in packets {
-            let (verdict, per_run) =
-                dataplane.time_from_container(TARGET_IFINDEX, &tcp_v4(dst, 5201), repeat)?;
+            let frame = tcp_v4(dst, 5201);
+            let (verdict, per_run) = match hook {
+                FromContainerHook::Tc => {
+                    dataplane.time_from_container(TARGET_IFINDEX, &frame, repeat)?
+                }
+                FromContainerHook::Xdp => {
+                    let (verdict, per_run) =
+                        dataplane.time_xdp_from_container(TARGET_IFINDEX, &frame, repeat)?;
+                    (verdict as i32, per_run)
+                }
+            };
             out.push(Timing {
                 packet,
                 verdict,

@@ -16,6 +16,16 @@ pub fn tcx_programs(veth: &str) -> Vec<(&'static str, ProgramInfo)> {
     all
 }
 
+/// The XDP program attached to `veth` (from `ip -d link`), if any.
+pub fn xdp_program(veth: &str) -> Option<ProgramInfo> {
+    let listing = crate::command::run("ip", &["-j", "-d", "link", "show", "dev", veth]).ok()?;
+    let links: serde_json::Value = serde_json::from_str(&listing).ok()?;
+    let id = links.get(0)?.get("xdp")?.get("prog")?.get("id")?.as_u64()?;
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| u64::from(p.id()) == id)
+}
+
 /// A program's name as the kernel keeps it (truncated to 15 bytes).
 pub fn program_name(program: &ProgramInfo) -> String {
     program.name_as_str().unwrap_or("?").to_owned()
@@ -54,11 +64,13 @@ pub struct ProgramStats {
     pub run_time_ns: u64,
 }
 
-/// The run statistics of every program attached to `veth`, one entry per
-/// program (a program attached in both directions counts once).
+/// The run statistics of every program attached to `veth` (its XDP
+/// program first, if any), one entry per program (a program attached in
+/// both directions counts once).
 pub fn program_stats(veth: &str) -> Vec<ProgramStats> {
     let mut stats: Vec<ProgramStats> = Vec::new();
-    for (_, program) in tcx_programs(veth) {
+    let xdp = xdp_program(veth).map(|p| ("Xdp", p));
+    for (_, program) in xdp.into_iter().chain(tcx_programs(veth)) {
         if stats.iter().any(|s| s.id == program.id()) {
             continue;
         }

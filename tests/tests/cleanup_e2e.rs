@@ -38,6 +38,12 @@ fn tcx_programs(container: &Container) -> Vec<String> {
         .collect()
 }
 
+/// Whether the warp's eth0 runs an XDP program.
+fn warp_runs_xdp(warp: &Container) -> bool {
+    let link = warp.ip(&["-d", "link", "show", "eth0"]).expect("eth0");
+    link.contains(" xdp ") || link.contains("prog/xdp")
+}
+
 fn cleanup_removes_everything(mode: &str) {
     let labels = TestLabels::unique();
     let network = DockerNetwork::create_internal_steerable("nwe").expect("network");
@@ -108,6 +114,15 @@ fn cleanup_removes_everything(mode: &str) {
             full_routing(&spread)
         );
     }
+    // Under the XDP hook, netwarp's pass program runs on the warp's veth.
+    let xdp_hook =
+        mode == "ebpf" && netwarp_tests::daemon::test_ebpf_hook().as_deref() == Some("xdp");
+    if xdp_hook {
+        assert!(
+            eventually(Duration::from_secs(15), || warp_runs_xdp(&warp)),
+            "the warp's veth never got the XDP pass program"
+        );
+    }
     daemon.stop(libc::SIGTERM).expect("stopping");
 
     let binary = netwarp_binary();
@@ -148,6 +163,10 @@ fn cleanup_removes_everything(mode: &str) {
     assert!(
         !reaches(&target, 8080),
         "{mode}: still steered after cleanup"
+    );
+    assert!(
+        !warp_runs_xdp(&warp),
+        "{mode}: the warp's veth still runs an XDP program"
     );
     assert_eq!(
         (full_routing(&plain), tcx_programs(&plain)),

@@ -36,6 +36,12 @@ fn ebpf_state(target: &Container, daemon: &Daemon) -> String {
     let (_, veth) = target.host_veth().expect("host veth");
     let programs = netwarp_tests::tcx::tcx_programs(&veth);
     let mut lines = Vec::new();
+    let xdp = netwarp_tests::tcx::xdp_program(&veth);
+    lines.push(format!(
+        "Xdp: {}",
+        xdp.map(|p| netwarp_tests::tcx::program_name(&p))
+            .unwrap_or_default()
+    ));
     for direction in ["Ingress", "Egress"] {
         let names: Vec<String> = programs
             .iter()
@@ -145,12 +151,23 @@ fn steers_a_target_and_leaves_others_alone() {
         "reached the warp before netwarp ran"
     );
 
-    let _daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
+    let daemon = Daemon::start(&labels, &mode(), GLOBAL_RULES).expect("daemon");
     assert!(
         eventually(CONVERGE, || reaches(&target, 8080)),
         "the target never reached {REMOTE} through the warp; state:\n{}",
         owned_state(&target)
     );
+    if mode() == "ebpf" {
+        // The hook the run asked for steers: XDP first, with tc behind it.
+        let xdp = netwarp_tests::daemon::test_ebpf_hook().as_deref() == Some("xdp");
+        let state = ebpf_state(&target, &daemon);
+        assert_eq!(
+            state.lines().next(),
+            Some(if xdp { "Xdp: netwarp_xdp_fro" } else { "Xdp: " }),
+            "{state}"
+        );
+        assert!(state.contains("Ingress: netwarp_tc_from"), "{state}");
+    }
     assert!(
         !reaches(&plain, 8080),
         "an unlabelled container was steered"

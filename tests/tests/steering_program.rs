@@ -1037,3 +1037,144 @@ privileged_test!(
         assert!(dp.peer_redirects(TARGET_IFINDEX).expect("state row"));
     }
 );
+
+// The XDP variant (`dataplane.ebpf_from_container_hook = "xdp"`): the same
+// decisions by the same code, as XDP verdicts; what it cannot decide on its
+// frame it passes to the tc program behind it.
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+fn xdp_verdict(dataplane: &mut EbpfDataplane, packet: &[u8]) -> u32 {
+    dataplane
+        .test_run_xdp_from_container(TARGET_IFINDEX, packet)
+        .expect("BPF_PROG_TEST_RUN of the XDP program")
+        .0
+}
+
+privileged_test!(xdp_steers_with_the_warp_mac_and_a_redirect, {
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+    let (verdict, out) = dp
+        .test_run_xdp_from_container(TARGET_IFINDEX, &packet)
+        .expect("run");
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
+    assert_eq!(
+        out[6..],
+        packet[6..],
+        "nothing but the destination MAC may change"
+    );
+    let counted = dp.verdicts(TARGET_IFINDEX).expect("verdicts");
+    assert_eq!(
+        (counted.steered_packets, counted.steered_bytes),
+        (1, packet.len() as u64)
+    );
+});
+
+privileged_test!(xdp_passes_what_no_rule_takes_untouched, {
+    let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
+    for packet in [
+        ipv4(REMOTE_V4, TCP, 444, 0, 0),
+        ipv4(REMOTE_V4, UDP, 443, 0, 0),
+        ipv4(OTHER_V4, TCP, 443, 0, 0),
+        ipv6(REMOTE_V6, TCP, 443, false, None),
+    ] {
+        let (verdict, out) = dp
+            .test_run_xdp_from_container(TARGET_IFINDEX, &packet)
+            .expect("run");
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, packet);
+    }
+    assert_eq!(
+        dp.verdicts(TARGET_IFINDEX)
+            .expect("verdicts")
+            .steered_packets,
+        0
+    );
+});
+
+privileged_test!(xdp_drops_blocked_packets_and_counts_them, {
+    let mut dp = dataplane("203.0.113.0/24,2001:db8::/32", Action::Block);
+    assert_eq!(
+        xdp_verdict(&mut dp, &ipv4(REMOTE_V4, TCP, 80, 0, 0)),
+        XDP_DROP
+    );
+    assert_eq!(
+        xdp_verdict(&mut dp, &ipv6(REMOTE_V6, UDP, 53, false, None)),
+        XDP_DROP
+    );
+    assert_eq!(
+        xdp_verdict(&mut dp, &ipv4(OTHER_V4, TCP, 80, 0, 0)),
+        XDP_PASS
+    );
+    assert_eq!(
+        dp.verdicts(TARGET_IFINDEX)
+            .expect("verdicts")
+            .warp_down_packets,
+        2
+    );
+});
+
+// Every packet XDP decides, it decides as tc does; the rest it passes
+// (to tc). Only what lies beyond its frame's fixed offsets (IPv6
+// extension headers) is left to tc, which reads it with load_bytes.
+privileged_test!(xdp_decides_as_tc_or_passes_to_it, {
+    let policy = "203.0.113.0/24; block 203.0.113.0/24,tcp:25; direct 203.0.113.128/25; \
+                  2001:db8::/32";
+    let mut dp = policy_dataplane(policy);
+    let packets = [
+        ("steered", ipv4(REMOTE_V4, TCP, 443, 0, 0), false),
+        ("steered udp", ipv4(REMOTE_V4, UDP, 53, 0, 0), false),
+        ("steered icmp", ipv4(REMOTE_V4, ICMP, 0, 0, 0), false),
+        ("options", ipv4(REMOTE_V4, TCP, 443, 2, 0), false),
+        ("later fragment", ipv4(REMOTE_V4, TCP, 0, 0, 100), false),
+        ("blocked port", ipv4(REMOTE_V4, TCP, 25, 0, 0), false),
+        ("direct", ipv4([203, 0, 113, 200], TCP, 443, 0, 0), false),
+        ("no rule", ipv4(OTHER_V4, TCP, 443, 0, 0), false),
+        ("v6 steered", ipv6(REMOTE_V6, TCP, 443, false, None), false),
+        ("v6 icmp", ipv6(REMOTE_V6, ICMPV6, 0, false, None), false),
+        ("v6 hop-by-hop", ipv6(REMOTE_V6, TCP, 443, true, None), true),
+        (
+            "v6 fragment",
+            ipv6(REMOTE_V6, UDP, 53, false, Some(0)),
+            true,
+        ),
+    ];
+    for (name, packet, beyond_frame) in packets {
+        let tc = verdict(&mut dp, &packet);
+        let xdp = xdp_verdict(&mut dp, &packet);
+        let as_tc = match tc {
+            TC_ACT_REDIRECT => XDP_REDIRECT,
+            TC_ACT_SHOT => XDP_DROP,
+            _ => XDP_PASS,
+        };
+        if beyond_frame {
+            assert_eq!(xdp, XDP_PASS, "{name}: XDP must leave it to tc");
+            assert_ne!(
+                tc, PASS,
+                "{name}: tc decides it (else the case tests nothing)"
+            );
+        } else {
+            assert_eq!(xdp, as_tc, "{name}: XDP {xdp}, tc {tc}");
+        }
+    }
+});
+
+// A capped target's packets are charged by tc (offload packets by their
+// segments): the XDP program passes them all.
+privileged_test!(xdp_leaves_capped_targets_to_tc, {
+    let mut dp = dataplane("203.0.113.0/24", steer());
+    let buckets = netwarp_common::RateBuckets {
+        egress: netwarp_common::TokenBucket {
+            ns_per_byte: 1,
+            burst_ns: u64::MAX / 2,
+            next_ns: 0,
+        },
+        ..Default::default()
+    };
+    dp.set_caps(1, &[TARGET_IFINDEX], buckets).expect("a cap");
+    let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
+    assert_eq!(xdp_verdict(&mut dp, &packet), XDP_PASS);
+    assert_eq!(verdict(&mut dp, &packet), TC_ACT_REDIRECT);
+});

@@ -3,8 +3,11 @@
 //! (with a `direct` exclusion and `block` rules by port: rows whose
 //! selectors differ in action) and a blocking one, the bridge guard with a
 //! `direct` carve-out, one allowed source address and one allowed MAC, and
-//! the warp program with the steered target's addresses known on its veth. Any verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0),
-//! drop (TC_ACT_SHOT 2) or redirect (TC_ACT_REDIRECT 7) is a crash.
+//! the warp program with the steered target's addresses known on its veth,
+//! and the XDP from-container program under the steering policy. Any
+//! verdict other than pass (TC_ACT_UNSPEC -1, or TC_ACT_OK 0), drop
+//! (TC_ACT_SHOT 2) or redirect (TC_ACT_REDIRECT 7) is a crash; of the XDP
+//! program, other than drop (1), pass (2) or redirect (4).
 //! Needs root (bpf(2)); `cargo xtask fuzz` also compares the kernel log
 //! for new WARN/BUG lines before and after.
 #![no_main]
@@ -23,6 +26,7 @@ const STEERED_IFINDEX: u32 = 1;
 const BLOCKED_IFINDEX: u32 = 2;
 const GUARDED_IFINDEX: u32 = 4;
 const ALLOWED: [i32; 4] = [-1, 0, 2, 7];
+const XDP_ALLOWED: [u32; 3] = [1, 2, 4];
 
 fn dataplane() -> &'static Mutex<EbpfDataplane> {
     static DATAPLANE: OnceLock<Mutex<EbpfDataplane>> = OnceLock::new();
@@ -132,6 +136,21 @@ fuzz_target!(|data: &[u8]| {
         _ => 3,
     };
     let mut dataplane = dataplane().lock().expect("not poisoned");
+    // The XDP program's test run needs a real interface: the steered
+    // policy's is loopback's.
+    if selector & 0xe0 == 0x20 {
+        match dataplane.test_run_xdp_from_container(STEERED_IFINDEX, frame) {
+            Ok((verdict, _)) => assert!(
+                XDP_ALLOWED.contains(&verdict),
+                "XDP verdict {verdict} for frame {frame:02x?}"
+            ),
+            Err(e) => panic!(
+                "BPF_PROG_TEST_RUN of the XDP program failed on a {}-byte frame: {e}",
+                frame.len()
+            ),
+        }
+        return;
+    }
     let run = match (selector & 0x80 != 0, selector & 0x40 != 0) {
         (true, _) => dataplane.test_run_bridge_guard(ifindex, frame),
         (false, true) => dataplane.test_run_from_warp(ifindex, frame),

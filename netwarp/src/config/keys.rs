@@ -112,6 +112,9 @@ keys! {
     EBPF_PEER_REDIRECT = "dataplane.ebpf_peer_redirect", "NETWARP_DATAPLANE_EBPF_PEER_REDIRECT", "true",
         Restart, flag -,
         "ebpf: deliver steered packets into the warp's namespace by a peer redirect (skipping its host veth's egress) where no ingress cap on the warp sits there; false: always the classic redirect";
+    EBPF_FROM_CONTAINER_HOOK = "dataplane.ebpf_from_container_hook", "NETWARP_DATAPLANE_EBPF_FROM_CONTAINER_HOOK", "tc",
+        Restart, flag -,
+        "ebpf: where an uncapped target's traffic is steered: tc (the veth's tc ingress) or xdp (its XDP hook, with tc behind it for what XDP passes; puts an XDP pass program on each warp's veth)";
     RESYNC_INTERVAL = "dataplane.resync_interval_secs", "NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "30",
         Restart, flag "resync-interval-secs",
         "Seconds between full resyncs, the safety net behind events";

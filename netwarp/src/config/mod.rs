@@ -78,6 +78,8 @@ impl fmt::Display for DataplaneMode {
     }
 }
 
+pub use crate::dataplane::ebpf::FromContainerHook;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -116,6 +118,8 @@ pub struct Config {
     pub ebpf_rules_capacity: u32,
     /// ebpf: whether steered packets may enter their warp by a peer redirect.
     pub ebpf_peer_redirect: bool,
+    /// ebpf: the hook of the from-container program on uncapped targets.
+    pub ebpf_from_container_hook: FromContainerHook,
     /// The most destination prefixes one target's rules may list.
     pub max_prefixes_per_target: usize,
     /// The label naming a warp's probe.
@@ -282,6 +286,19 @@ impl Config {
         }
         let peer = value(&keys::EBPF_PEER_REDIRECT)?;
         let ebpf_peer_redirect = peer.0.as_bool(keys::EBPF_PEER_REDIRECT.name, &peer.1)?;
+        let hook = value(&keys::EBPF_FROM_CONTAINER_HOOK)?;
+        let ebpf_from_container_hook =
+            match text(&keys::EBPF_FROM_CONTAINER_HOOK, hook.clone())?.as_str() {
+                "tc" => FromContainerHook::Tc,
+                "xdp" => FromContainerHook::Xdp,
+                other => {
+                    return Err(invalid(
+                        &hook.1,
+                        keys::EBPF_FROM_CONTAINER_HOOK.name,
+                        format!("`{other}` is neither `tc` nor `xdp`"),
+                    ));
+                }
+            };
         let max = value(&keys::MAX_PREFIXES)?;
         let max_prefixes_per_target = max.0.as_integer(keys::MAX_PREFIXES.name, &max.1)?;
         if !(1..=1_048_576).contains(&max_prefixes_per_target) {
@@ -429,6 +446,7 @@ impl Config {
             host_proc_dir: host_proc_dir.into(),
             ebpf_rules_capacity: ebpf_rules_capacity as u32,
             ebpf_peer_redirect,
+            ebpf_from_container_hook,
             max_prefixes_per_target: max_prefixes_per_target as usize,
             probe_label,
             probes,

@@ -117,6 +117,10 @@ mod tests {
             &[("dataplane.ebpf_peer_redirect", "false")],
         ),
         (
+            "dataplane.ebpf_from_container_hook",
+            &[("dataplane.ebpf_from_container_hook", "xdp")],
+        ),
+        (
             "dataplane.resync_interval_secs",
             &[("dataplane.resync_interval_secs", "7")],
         ),

@@ -34,6 +34,7 @@ fn defaults_are_documented_values() {
     assert_eq!(config.max_prefixes_per_target, 4096);
     assert_eq!(config.ebpf_rules_capacity, 262_144);
     assert!(config.ebpf_peer_redirect);
+    assert_eq!(config.ebpf_from_container_hook, FromContainerHook::Tc);
     assert!(
         config
             .effective
@@ -168,6 +169,10 @@ fn every_bad_value_names_the_file_the_key_and_the_reason() {
         (
             "[dataplane]\nebpf_peer_redirect = \"sometimes\"",
             "config file /etc/netwarp.toml: key `dataplane.ebpf_peer_redirect`: expected true or false, found string",
+        ),
+        (
+            "[dataplane]\nebpf_from_container_hook = \"tcx\"",
+            "config file /etc/netwarp.toml: key `dataplane.ebpf_from_container_hook`: `tcx` is neither `tc` nor `xdp`",
         ),
         (
             "[probes]\ninterval_secs = 0",

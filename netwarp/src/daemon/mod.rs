@@ -169,6 +169,7 @@ fn load_ebpf(config: &Config) -> Result<EbpfDataplane, EbpfError> {
         config.ebpf_rules_capacity,
     )?;
     ebpf.set_peer_redirect(config.ebpf_peer_redirect)?;
+    ebpf.set_from_container_hook(config.ebpf_from_container_hook);
     Ok(ebpf)
 }
 

@@ -1,12 +1,17 @@
 //! `netwarp cleanup`: removes netwarp's entries from every running
 //! container (its rules, and the routes of its tables), the host's guard
-//! rules, the routes of its guard tables and its qdiscs, and the eBPF
-//! pins. Other entries are only read, never touched.
+//! rules, the routes of its guard tables and its qdiscs, the XDP pass
+//! program on warps' veths, and the eBPF pins; it turns the transmit
+//! checksum offload of every target the pins name back on (the XDP hook
+//! turns it off). Other entries are only read, never touched.
+
+use std::{collections::BTreeSet, path::Path};
 
 use tracing::{error, info};
 
 use super::{
     caps::CapsError,
+    ebpf::Hook,
     host_guard::{remove_host_guards, set_guard_priority},
     netns::{NamespaceClaims, NamespaceHandle, set_host_proc_dir},
     qdisc::remove_every_tbf,
@@ -39,10 +44,11 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     // The host's namespace is refused (its guard rules are removed below);
     // a namespace shared by several containers is cleaned once.
     let mut claims = NamespaceClaims::new();
+    let targets = programmed_targets(&config.bpf_pin_dir);
     for container in world.containers.iter().filter(|c| c.running) {
         let Some(pid) = container.pid else { continue };
         let (name, id) = (&container.name, container.short_id());
-        match clean_container(container, pid, &mut claims).await {
+        match clean_container(container, pid, &mut claims, &targets).await {
             Ok(0) => {}
             Ok(removed) => info!(container = %name, %id, removed, "removed netwarp entries"),
             Err(CapsError::Routes(
@@ -77,21 +83,47 @@ pub async fn cleanup(config: &Config) -> Result<(), CleanupError> {
     Ok(())
 }
 
-/// Removes netwarp's routes, rules and qdiscs from one container's
+/// The host-side veths the eBPF dataplane programmed as targets', from
+/// its pinned links (read before the pins go); none without pins.
+fn programmed_targets(pin_dir: &Path) -> BTreeSet<u32> {
+    let Ok(links) = std::fs::read_dir(pin_dir.join("links")) else {
+        return BTreeSet::new();
+    };
+    (links.filter_map(Result::ok))
+        .filter_map(|entry| Hook::parse_pin(&entry.file_name().to_string_lossy()))
+        .filter(|(_, hook)| matches!(hook, Hook::FromContainer | Hook::XdpFromContainer))
+        .map(|(ifindex, _)| ifindex)
+        .collect()
+}
+
+/// Removes netwarp's routes, rules, qdiscs and XDP pass program from one container's
 /// namespace. Returns how many entries went.
 async fn clean_container(
     container: &Container,
     pid: u32,
     claims: &mut NamespaceClaims,
+    targets: &BTreeSet<u32>,
 ) -> Result<usize, CapsError> {
     let namespace = NamespaceHandle::open_owned(pid, claims, container.short_id()).await?;
+    // The XDP hook turns a target's transmit checksum offload off.
+    let mut restored = 0;
+    for ifindex in namespace.interfaces_with_peers(targets).await? {
+        if namespace.set_tx_checksum(ifindex, true).await? {
+            restored += 1;
+        }
+    }
     let installed = namespace.installed().await?;
     let changes = diff(&installed, &Desired::default()).map_err(RoutesError::from)?;
     if !changes.is_empty() {
         namespace.apply(&changes, None).await?;
     }
     let qdiscs = remove_every_tbf(namespace.netlink_handle()?).await?;
-    Ok(changes.delete_rules.len()
+    let xdp = super::xdp_pass::remove_all(namespace.netlink_handle()?)
+        .await
+        .map_err(namespace.netlink("XDP removal"))?;
+    Ok(xdp
+        + restored
+        + changes.delete_rules.len()
         + changes.delete_strays.len()
         + changes.delete_routes.len()
         + changes.nexthops.delete_groups.len()

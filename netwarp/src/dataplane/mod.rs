@@ -14,3 +14,4 @@ pub mod routes;
 pub mod settled;
 pub mod sync;
 pub mod tables;
+pub mod xdp_pass;

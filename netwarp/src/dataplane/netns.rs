@@ -54,6 +54,18 @@ pub enum NetnsError {
         setting: &'static str,
         reason: String,
     },
+    #[error(
+        "cannot turn the transmit checksum offload of interface {ifindex} {state} in the \
+         network namespace of pid {pid}: {reason}; the XDP hook \
+         (dataplane.ebpf_from_container_hook = \"xdp\") needs it off, since XDP redirects \
+         frames whose checksum was left to the device; use \"tc\" otherwise"
+    )]
+    TxChecksum {
+        pid: u32,
+        ifindex: u32,
+        state: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Tables(#[from] super::tables::TablesExhausted),
     #[error(
@@ -319,6 +331,34 @@ impl NamespaceHandle {
         .await?
     }
 
+    /// Turns the transmit checksum offload of the interface `ifindex`
+    /// here on or off (the ethtool ioctl, from a thread inside the
+    /// namespace), only where it differs. Returns whether it changed.
+    ///
+    /// Off for the XDP hook: a frame the stack left to the device to
+    /// checksum (CHECKSUM_PARTIAL) and that XDP redirects is delivered
+    /// with its checksum unfinished, and the receiver drops it.
+    pub async fn set_tx_checksum(&self, ifindex: u32, on: bool) -> Result<bool, NetnsError> {
+        self.writable()?;
+        let pid = self.pid;
+        let state = if on { "on" } else { "off" };
+        inside_namespace(pid, move || {
+            // Checked again inside: a reused pid never leads to the host's.
+            if NamespaceId::of("/proc/thread-self/ns/net")?.is_host() {
+                return Ok(Err(NetnsError::HostNamespace { pid }));
+            }
+            Ok(
+                ethtool_tx_checksum(ifindex, on).map_err(|e| NetnsError::TxChecksum {
+                    pid,
+                    ifindex,
+                    state,
+                    reason: e.to_string(),
+                }),
+            )
+        })
+        .await?
+    }
+
     pub(super) fn writable(&self) -> Result<&Handle, NetnsError> {
         if self.writable {
             Ok(&self.handle)
@@ -396,6 +436,17 @@ impl NamespaceHandle {
             .and_then(|link| Some((link.header.index, peer_of(&link)?))))
     }
 
+    /// The interfaces here whose veth peer on the host is one of `peers`.
+    pub async fn interfaces_with_peers(
+        &self,
+        peers: &std::collections::BTreeSet<u32>,
+    ) -> Result<Vec<u32>, NetnsError> {
+        Ok((self.links().await?.iter())
+            .filter(|link| peer_of(link).is_some_and(|peer| peers.contains(&peer)))
+            .map(|link| link.header.index)
+            .collect())
+    }
+
     /// The netlink handle bound to this namespace, for writes: only a
     /// handle from [`NamespaceHandle::open_owned`] has one.
     pub fn netlink_handle(&self) -> Result<&Handle, NetnsError> {
@@ -440,4 +491,55 @@ fn peer_of(link: &LinkMessage) -> Option<u32> {
         LinkAttribute::Link(peer) => Some(*peer),
         _ => None,
     })
+}
+
+/// Sets the transmit checksum offload of `ifindex` in the calling
+/// thread's namespace (ETHTOOL_GTXCSUM, then ETHTOOL_STXCSUM where it
+/// differs); returns whether it changed.
+fn ethtool_tx_checksum(ifindex: u32, on: bool) -> std::io::Result<bool> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GTXCSUM: u32 = 0x16;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let mut ifreq = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: std::ptr::null_mut(),
+        _pad: [0; 16],
+    };
+    // SAFETY: the buffer holds IFNAMSIZ bytes, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, ifreq.name.as_mut_ptr()) }.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a plain socket call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut call = |cmd: u32, data: u32| -> std::io::Result<u32> {
+        let mut value = EthtoolValue { cmd, data };
+        ifreq.data = &mut value;
+        // SAFETY: ifreq and the value it points at live across the call.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut ifreq) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(value.data)
+    };
+    if (call(ETHTOOL_GTXCSUM, 0)? != 0) == on {
+        return Ok(false);
+    }
+    call(ETHTOOL_STXCSUM, u32::from(on))?;
+    Ok(true)
 }

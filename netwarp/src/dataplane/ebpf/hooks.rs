@@ -3,9 +3,29 @@
 
 use aya::programs::TcAttachType;
 use netwarp_common::{
-    Direction, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP,
-    PROG_TC_TO_CONTAINER,
+    Direction, IfaceState, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER, PROG_TC_FROM_WARP,
+    PROG_TC_TO_CONTAINER, PROG_XDP_FROM_CONTAINER,
 };
+
+/// Where the from-container program steers an uncapped target's traffic
+/// (`dataplane.ebpf_from_container_hook`). The tc program stays attached
+/// either way: it decides what XDP passes, and every capped target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FromContainerHook {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+impl FromContainerHook {
+    /// Whether a veth with `state` gets the XDP program: under the XDP
+    /// hook, while it has a policy and no cap (a cap charges what tc
+    /// sees: offload packets whole, where XDP sees the frames they are
+    /// cut into).
+    pub fn wants_xdp(self, state: &IfaceState) -> bool {
+        self == FromContainerHook::Xdp && state.policy().is_some() && state.cap_slot().is_none()
+    }
+}
 
 /// Where a program hangs: which program, on which side of the interface,
 /// under which pin suffix.
@@ -19,17 +39,24 @@ pub enum Hook {
     BridgeGuard,
     /// tc ingress of a warp's host-side veth.
     FromWarp,
+    /// XDP of a container's host-side veth: what it sends, before tc.
+    XdpFromContainer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::FromContainer,
         Hook::ToContainer,
         Hook::BridgeGuard,
         Hook::FromWarp,
+        Hook::XdpFromContainer,
     ];
-    /// The two hooks on a container's host-side veth.
-    pub const CONTAINER: [Hook; 2] = [Hook::FromContainer, Hook::ToContainer];
+    /// The hooks on a container's host-side veth.
+    pub const CONTAINER: [Hook; 3] = [
+        Hook::XdpFromContainer,
+        Hook::FromContainer,
+        Hook::ToContainer,
+    ];
 
     pub fn program(self) -> &'static str {
         match self {
@@ -37,7 +64,13 @@ impl Hook {
             Hook::ToContainer => PROG_TC_TO_CONTAINER,
             Hook::BridgeGuard => PROG_TC_BRIDGE_GUARD,
             Hook::FromWarp => PROG_TC_FROM_WARP,
+            Hook::XdpFromContainer => PROG_XDP_FROM_CONTAINER,
         }
+    }
+
+    /// Whether the hook is XDP's rather than tc's.
+    pub fn is_xdp(self) -> bool {
+        self == Hook::XdpFromContainer
     }
 
     pub(super) fn attach_type(self) -> TcAttachType {
@@ -54,12 +87,13 @@ impl Hook {
             Hook::ToContainer => "egress",
             Hook::BridgeGuard => "guard",
             Hook::FromWarp => "warp",
+            Hook::XdpFromContainer => "xdp",
         }
     }
 
     pub fn direction(self) -> Option<Direction> {
         match self {
-            Hook::FromContainer => Some(Direction::FromContainer),
+            Hook::FromContainer | Hook::XdpFromContainer => Some(Direction::FromContainer),
             Hook::ToContainer => Some(Direction::ToContainer),
             _ => None,
         }
@@ -80,6 +114,26 @@ impl Hook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_uncapped_targets_with_a_policy_get_the_xdp_program() {
+        use netwarp_common::TargetPolicy;
+        let policy = Some(TargetPolicy {
+            rule_set: 1,
+            warp_ifindex: 7,
+            warp_mac: [2, 0x42, 0, 0, 0, 2],
+            _pad: [0; 2],
+        });
+        let steered = IfaceState::of(policy, None);
+        let capped = IfaceState::of(policy, Some(3));
+        let counted = IfaceState::of(None, None);
+        assert!(FromContainerHook::Xdp.wants_xdp(&steered));
+        assert!(!FromContainerHook::Xdp.wants_xdp(&capped));
+        assert!(!FromContainerHook::Xdp.wants_xdp(&counted));
+        for state in [steered, capped, counted] {
+            assert!(!FromContainerHook::Tc.wants_xdp(&state));
+        }
+    }
 
     #[test]
     fn pin_names_round_trip_for_every_hook() {

@@ -7,22 +7,34 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{error::EbpfError, hooks::Hook, interfaces::interface_name, loader::classifier};
+use super::{
+    error::EbpfError,
+    hooks::Hook,
+    interfaces::interface_name,
+    loader::{classifier, xdp},
+};
 use aya::{
     Ebpf,
     programs::{
         LinkOrder, ProgramError, SchedClassifier,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
+        xdp::{XdpLink, XdpLinkId, XdpMode},
     },
 };
+
+/// This process's handle on a link: a tc or an XDP one.
+enum LinkId {
+    Tc(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
+}
 
 /// Every attachment by (ifindex, hook). With a pin directory each link is
 /// pinned and the pin holds it; the id, when present, is this process's
 /// own handle on it.
 #[derive(Default)]
 pub(super) struct Links {
-    held: HashMap<(u32, Hook), Option<SchedClassifierLinkId>>,
+    held: HashMap<(u32, Hook), Option<LinkId>>,
     /// `<pin dir>/links`, if links are pinned.
     dir: Option<PathBuf>,
 }
@@ -126,6 +138,24 @@ impl Links {
         Ok(())
     }
 
+    /// Attaches `hook`'s program to an interface while `wanted`, else
+    /// detaches it if attached.
+    pub(super) fn set(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ifindex: u32,
+        hook: Hook,
+        wanted: bool,
+    ) -> Result<(), EbpfError> {
+        if wanted {
+            self.attach(ebpf, ifindex, hook)
+        } else if self.holds(ifindex, hook) {
+            self.detach(ebpf, ifindex, hook)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Detaches `hook`'s program from an interface, if attached, and
     /// removes its pin.
     pub(super) fn detach(
@@ -136,9 +166,11 @@ impl Links {
     ) -> Result<(), EbpfError> {
         if let Some(Some(id)) = self.held.remove(&(ifindex, hook)) {
             let program = hook.program();
-            classifier(ebpf, program)?
-                .detach(id)
-                .map_err(|source| EbpfError::Program { program, source })?;
+            let detached = match id {
+                LinkId::Tc(id) => classifier(ebpf, program)?.detach(id),
+                LinkId::Xdp(id) => xdp(ebpf, program)?.detach(id),
+            };
+            detached.map_err(|source| EbpfError::Program { program, source })?;
         }
         match self.pin(ifindex, hook) {
             Some(path) => remove_pin(&path),
@@ -156,31 +188,18 @@ fn adopt(
     path: &Path,
     ifindex: u32,
     hook: Hook,
-) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
-    let adopted = PinnedLink::from_pin(path)
-        .map_err(|e| e.to_string())
-        .and_then(|pinned| {
-            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
-        });
-    let link = match adopted {
-        Ok(link) => link,
-        Err(reason) => {
-            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
-            drop_stale_pin(path);
-            return Ok(None);
-        }
+) -> Result<Option<LinkId>, EbpfError> {
+    if hook.is_xdp() {
+        return adopt_xdp(ebpf, path, hook);
+    }
+    let Some(link) = pinned_link::<SchedClassifierLink>(path) else {
+        return Ok(None);
     };
     let program = hook.program();
     let prog = classifier(ebpf, program)?;
-    // A pinned link outlives its interface, detached ("severed"): the pin
-    // of another interface that got its ifindex would hold nothing.
     let id = match prog.attach_to_link(link) {
         Ok(id) => id,
-        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {
-            tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
-            drop_stale_pin(path);
-            return Ok(None);
-        }
+        Err(e) if severed(&e, path) => return Ok(None),
         Err(source) => return Err(EbpfError::Program { program, source }),
     };
     if let Some(interface) = interface_name(ifindex)
@@ -192,7 +211,55 @@ fn adopt(
         drop_stale_pin(path);
         return Ok(None);
     }
-    Ok(Some(id))
+    Ok(Some(LinkId::Tc(id)))
+}
+
+/// [`adopt`] for an XDP link: an interface runs one XDP program, and its
+/// link holds it there until the interface goes (then the update fails).
+fn adopt_xdp(ebpf: &mut Ebpf, path: &Path, hook: Hook) -> Result<Option<LinkId>, EbpfError> {
+    let Some(link) = pinned_link::<XdpLink>(path) else {
+        return Ok(None);
+    };
+    let program = hook.program();
+    match xdp(ebpf, program)?.attach_to_link(link) {
+        Ok(id) => Ok(Some(LinkId::Xdp(id))),
+        Err(e) if severed(&e, path) => Ok(None),
+        Err(source) => Err(EbpfError::Program { program, source }),
+    }
+}
+
+/// The link pinned at `path`, as a link of type `L`; an unusable pin (of
+/// another type, or unreadable) is removed and None returned.
+fn pinned_link<L>(path: &Path) -> Option<L>
+where
+    L: TryFrom<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+{
+    let adopted = PinnedLink::from_pin(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pinned| L::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()));
+    match adopted {
+        Ok(link) => Some(link),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "dropping an unusable pinned link");
+            drop_stale_pin(path);
+            None
+        }
+    }
+}
+
+/// Whether switching the link pinned at `path` failed because its
+/// interface went away (its pin is then removed). A pinned link outlives
+/// its interface, detached ("severed"): the pin of another interface
+/// that got its ifindex would hold nothing.
+fn severed(error: &ProgramError, path: &Path) -> bool {
+    let gone = matches!(error, ProgramError::SyscallError(e)
+        if e.io_error.raw_os_error() == Some(libc::ENOLINK));
+    if gone {
+        tracing::warn!(path = %path.display(), "dropping a pinned link whose interface went away");
+        drop_stale_pin(path);
+    }
+    gone
 }
 
 /// Whether `prog` runs in `interface`'s TCX chain for `hook`; true when
@@ -234,7 +301,10 @@ fn attach_first(
     interface: &str,
     hook: Hook,
     pin: Option<PathBuf>,
-) -> Result<Option<SchedClassifierLinkId>, EbpfError> {
+) -> Result<Option<LinkId>, EbpfError> {
+    if hook.is_xdp() {
+        return attach_xdp(ebpf, interface, hook, pin);
+    }
     let program = hook.program();
     let prog: &mut SchedClassifier = classifier(ebpf, program)?;
     let attach_error = |source| EbpfError::Attach {
@@ -260,7 +330,31 @@ fn attach_first(
         }
     };
     let Some(path) = pin else {
-        return Ok(Some(id));
+        return Ok(Some(LinkId::Tc(id)));
+    };
+    let link = prog.take_link(id).map_err(attach_error)?;
+    pin_link(link, &path)?;
+    Ok(None)
+}
+
+/// Attaches `hook`'s XDP program to an interface in native (driver) mode
+/// and pins the link at `pin` if given.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    hook: Hook,
+    pin: Option<PathBuf>,
+) -> Result<Option<LinkId>, EbpfError> {
+    let program = hook.program();
+    let prog = xdp(ebpf, program)?;
+    let attach_error = |source| EbpfError::Attach {
+        program,
+        interface: interface.to_owned(),
+        source,
+    };
+    let id = (prog.attach(interface, XdpMode::Driver)).map_err(attach_error)?;
+    let Some(path) = pin else {
+        return Ok(Some(LinkId::Xdp(id)));
     };
     let link = prog.take_link(id).map_err(attach_error)?;
     pin_link(link, &path)?;
@@ -268,7 +362,11 @@ fn attach_first(
 }
 
 /// Pins a link; the pin keeps it attached once our handle drops.
-fn pin_link(link: SchedClassifierLink, path: &Path) -> Result<(), EbpfError> {
+fn pin_link<L>(link: L, path: &Path) -> Result<(), EbpfError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
     let pin_error = |reason: String| EbpfError::Pin {
         path: path.to_owned(),
         reason,
@@ -285,10 +383,10 @@ fn pin_link(link: SchedClassifierLink, path: &Path) -> Result<(), EbpfError> {
 /// when the caller must attach anew.
 fn repin_if_removed(
     ebpf: &mut Ebpf,
-    held: Option<SchedClassifierLinkId>,
+    held: Option<LinkId>,
     program: &'static str,
     pin: Option<&Path>,
-) -> Result<Option<Option<SchedClassifierLinkId>>, EbpfError> {
+) -> Result<Option<Option<LinkId>>, EbpfError> {
     let Some(path) = pin else {
         return Ok(Some(held));
     };
@@ -298,10 +396,19 @@ fn repin_if_removed(
     let Some(id) = held else {
         return Ok(None);
     };
-    let link = classifier(ebpf, program)?
-        .take_link(id)
-        .map_err(|source| EbpfError::Program { program, source })?;
-    pin_link(link, path)?;
+    let program_error = |source| EbpfError::Program { program, source };
+    match id {
+        LinkId::Tc(id) => pin_link(
+            classifier(ebpf, program)?
+                .take_link(id)
+                .map_err(program_error)?,
+            path,
+        )?,
+        LinkId::Xdp(id) => pin_link(
+            xdp(ebpf, program)?.take_link(id).map_err(program_error)?,
+            path,
+        )?,
+    }
     tracing::warn!(path = %path.display(), "a link's pin was removed by hand; pinned it again");
     Ok(Some(None))
 }

@@ -14,14 +14,14 @@ use aya::{
         Map, MapData,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, IFACES_HIGH_MAP, IFACES_MAP,
-    IfaceState, MAX_SELECTORS, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP,
-    RETIRED_TRAFFIC_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue,
-    SPREAD_MAP, SpreadTable, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP,
-    VerdictCounters, WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
+    IfaceState, MAX_SELECTORS, PROG_XDP_PASS, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP,
+    RETIRED_RATE_SLOTS_MAP, RETIRED_TRAFFIC_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets,
+    RuleKeyV4, RuleKeyV6, RuleValue, SPREAD_MAP, SpreadTable, TargetPolicy, TrafficCounters,
+    VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
@@ -378,11 +378,24 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<Option<ProgramLogger>, Eb
     };
     for hook in Hook::ALL {
         let program = hook.program();
-        classifier(ebpf, program)?
-            .load()
-            .map_err(|source| EbpfError::Program { program, source })?;
+        let loaded = match hook.is_xdp() {
+            false => classifier(ebpf, program)?.load(),
+            true => xdp(ebpf, program)?.load(),
+        };
+        loaded.map_err(|source| EbpfError::Program { program, source })?;
     }
+    xdp(ebpf, PROG_XDP_PASS)?
+        .load()
+        .map_err(|source| EbpfError::Program {
+            program: PROG_XDP_PASS,
+            source,
+        })?;
     Ok(logger)
+}
+
+/// One of the object's XDP programs.
+pub(super) fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, EbpfError> {
+    program(ebpf, name)
 }
 
 /// One of the object's tc programs.
@@ -390,6 +403,14 @@ pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, EbpfError> {
+    program(ebpf, name)
+}
+
+/// One of the object's programs, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(EbpfError::MissingProgram(name))?
         .try_into()

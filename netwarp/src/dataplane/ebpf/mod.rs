@@ -37,7 +37,7 @@ mod state;
 mod warp;
 
 pub use error::EbpfError;
-pub use hooks::Hook;
+pub use hooks::{FromContainerHook, Hook};
 pub use interfaces::{interface_index, interface_name, is_host_peer_of};
 pub use loader::ProgramLogger;
 pub use maps::{
@@ -59,9 +59,10 @@ use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
     GuardAllowKey, IFACE_ARRAY_SIZE, IFACE_PEER, IFACE_POLICY, IFACE_SPREAD, IFACES_MAP,
     IfaceState, POLICY_MAP_CAPACITY, PROG_TC_BRIDGE_GUARD, PROG_TC_FROM_CONTAINER,
-    RATE_BUCKETS_MAP, RULES_MAP_CAPACITY, RULES_V4_MAP, RULES_V6_MAP, RateBuckets, SPREAD_MAP,
-    SpreadTable, TargetPolicy, TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters,
-    WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY, WarpPeerKey,
+    PROG_XDP_FROM_CONTAINER, PROG_XDP_PASS, RATE_BUCKETS_MAP, RULES_MAP_CAPACITY, RULES_V4_MAP,
+    RULES_V6_MAP, RateBuckets, SPREAD_MAP, SpreadTable, TargetPolicy, TrafficCounters,
+    VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_PEERS_MAP, WARP_PEERS_MAP_CAPACITY,
+    WarpPeerKey,
 };
 
 use compile::CompiledPrefix;
@@ -95,6 +96,11 @@ pub struct EbpfDataplane {
     egress_known: bool,
     /// Reads the programs' aya-log records; see [`Self::take_logger`].
     logger: Option<ProgramLogger>,
+    /// Where uncapped targets are steered (see [`Self::sync_xdp`]).
+    from_container_hook: FromContainerHook,
+    /// Host-side veths whose target checksums its own frames, which the
+    /// XDP program needs (see [`Self::allow_xdp`]).
+    xdp_ready: BTreeSet<u32>,
 }
 
 impl EbpfDataplane {
@@ -171,7 +177,19 @@ impl EbpfDataplane {
             links,
             ebpf,
             logger,
+            from_container_hook: FromContainerHook::default(),
+            xdp_ready: BTreeSet::new(),
         })
+    }
+
+    /// Where uncapped targets are steered from now on; each interface
+    /// follows when its programs are next synced ([`Self::attach_ifindex`]).
+    pub fn set_from_container_hook(&mut self, hook: FromContainerHook) {
+        self.from_container_hook = hook;
+    }
+
+    pub fn from_container_hook(&self) -> FromContainerHook {
+        self.from_container_hook
     }
 
     /// The entries of the IPv4 and IPv6 rule tries, as the kernel made them.
@@ -233,7 +251,47 @@ impl EbpfDataplane {
     pub fn attach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         self.links
             .attach(&mut self.ebpf, ifindex, Hook::FromContainer)?;
-        self.sync_to_container(ifindex)
+        self.sync_to_container(ifindex)?;
+        self.sync_xdp(ifindex)
+    }
+
+    /// Attaches or detaches the XDP from-container program of `ifindex`:
+    /// attached exactly while XDP is the hook and the target has a policy
+    /// and no cap (a cap charges what tc sees: offload packets whole,
+    /// where XDP would see the frames they are cut into). The tc program
+    /// stays attached behind it, for what it passes.
+    fn sync_xdp(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        let wanted = (self.from_container_hook).wants_xdp(&self.states.get(ifindex))
+            && self.xdp_ready.contains(&ifindex);
+        (self.links).set(&mut self.ebpf, ifindex, Hook::XdpFromContainer, wanted)
+    }
+
+    /// Lets the XDP program onto `ifindex` (under the XDP hook, once its
+    /// state row wants it): its target's transmit checksum offload is
+    /// off. A frame left to the device to checksum would reach the warp
+    /// with its checksum unfinished once XDP redirects it.
+    pub fn allow_xdp(&mut self, ifindex: u32) {
+        self.xdp_ready.insert(ifindex);
+    }
+
+    /// Whether the XDP from-container program is attached to `ifindex`
+    /// (by this process, or adopted from an earlier run's pin).
+    pub fn xdp_attached(&self, ifindex: u32) -> bool {
+        self.links.holds(ifindex, Hook::XdpFromContainer)
+    }
+
+    /// The XDP program that only passes, for the warps' veths (see
+    /// [`crate::dataplane::xdp_pass`]): its fd and its id.
+    pub fn xdp_pass_program(&mut self) -> Result<(std::os::fd::RawFd, u32), EbpfError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let prog = loader::xdp(&mut self.ebpf, PROG_XDP_PASS)?;
+        let program_error = |source| EbpfError::Program {
+            program: PROG_XDP_PASS,
+            source,
+        };
+        let id = prog.info().map_err(program_error)?.id();
+        let fd = prog.fd().map_err(program_error)?.as_fd().as_raw_fd();
+        Ok((fd, id))
     }
 
     /// Whether `ifindex` needs the to-container program: while its state
@@ -246,15 +304,8 @@ impl EbpfDataplane {
     /// Attaches or detaches the to-container program of `ifindex` to match
     /// its state row: attached exactly while its cap slot caps ingress.
     fn sync_to_container(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        if self.to_container_needed(ifindex) {
-            self.links
-                .attach(&mut self.ebpf, ifindex, Hook::ToContainer)
-        } else if self.links.holds(ifindex, Hook::ToContainer) {
-            self.links
-                .detach(&mut self.ebpf, ifindex, Hook::ToContainer)
-        } else {
-            Ok(())
-        }
+        let needed = self.to_container_needed(ifindex);
+        (self.links).set(&mut self.ebpf, ifindex, Hook::ToContainer, needed)
     }
 
     /// Turns peer redirects on or off (`dataplane.ebpf_peer_redirect`; on
@@ -326,6 +377,7 @@ impl EbpfDataplane {
     /// Detaches the programs from an interface, if they are attached, and
     /// removes their pins.
     pub fn detach_ifindex(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        self.xdp_ready.remove(&ifindex);
         for hook in Hook::CONTAINER {
             self.links.detach(&mut self.ebpf, ifindex, hook)?;
         }
@@ -402,7 +454,7 @@ impl EbpfDataplane {
         if let Some(old) = old {
             self.rule_sets.release(&mut self.ebpf, old)?;
         }
-        Ok(())
+        self.sync_xdp(ifindex)
     }
 
     /// Removes a target's policy; its rule set is released (removed with
@@ -417,6 +469,7 @@ impl EbpfDataplane {
             ifindex,
             IfaceState::of(None, installed.cap_slot()),
         )?;
+        self.sync_xdp(ifindex)?;
         remove_key::<SpreadTable>(&mut self.ebpf, SPREAD_MAP, ifindex)?;
         self.rule_sets.release(&mut self.ebpf, old.rule_set)
     }
@@ -632,6 +685,7 @@ impl EbpfDataplane {
             self.refresh_peers(|state| state.warp_ifindex == ifindex)?;
             // After the row: the program finds the cap from its first packet.
             self.sync_to_container(ifindex)?;
+            self.sync_xdp(ifindex)?;
         }
         Ok(())
     }
@@ -646,6 +700,7 @@ impl EbpfDataplane {
             // A departed container's qdiscs went with its veths.
             self.shaped_ingress.remove(&ifindex);
             self.refresh_peers(|state| state.warp_ifindex == ifindex)?;
+            self.sync_xdp(ifindex)?;
         }
         let used: BTreeSet<u32> = (self.states.written().values())
             .filter_map(IfaceState::cap_slot)
@@ -712,6 +767,56 @@ impl EbpfDataplane {
         let (verdict, _, per_run) =
             self.test_run_repeat(PROG_TC_FROM_CONTAINER, ifindex, packet, repeat)?;
         Ok((verdict, per_run))
+    }
+
+    /// Runs the XDP from-container program once on `packet`, as if it
+    /// arrived on `ifindex`, which must be an interface of this namespace
+    /// (the kernel resolves it for an XDP test run). Returns the XDP
+    /// verdict and the packet as the program left it.
+    pub fn test_run_xdp_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+    ) -> Result<(u32, Vec<u8>), EbpfError> {
+        let (verdict, out, _) = self.test_run_xdp_repeat(ifindex, packet, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// [`Self::time_from_container`] for the XDP program.
+    pub fn time_xdp_from_container(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), EbpfError> {
+        let (verdict, _, per_run) = self.test_run_xdp_repeat(ifindex, packet, repeat)?;
+        Ok((verdict, per_run))
+    }
+
+    fn test_run_xdp_repeat(
+        &mut self,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration), EbpfError> {
+        // struct xdp_md: data, data_end (the packet's length), data_meta,
+        // ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let program = PROG_XDP_FROM_CONTAINER;
+        let result = loader::xdp(&mut self.ebpf, program)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx),
+                repeat: repeat.max(1),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| EbpfError::Program { program, source })?;
+        data_out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, data_out, result.duration))
     }
 
     fn test_run(

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     dataplane::{
         ebpf::{
-            EbpfDataplane, ProgramLogger,
+            EbpfDataplane, FromContainerHook, ProgramLogger,
             compile::{CompiledPrefix, compile, guard_allow_keys},
             interface_index, interface_name, is_host_peer_of,
             recompile::recompile,
@@ -26,6 +26,7 @@ use crate::{
         mac::MacAddr,
         routes::{RoutesError, desired_state, diff, spread_over},
         settled::Settled,
+        xdp_pass,
     },
     model::short_id,
     plan::{Action, Entry, GuardPlan, RuleCapacity, TargetPlan},
@@ -262,8 +263,62 @@ impl EbpfPlane {
             None => self.ebpf.spread_table(host_ifindex).ok().flatten(),
         };
         let desired = desired_target(scope, target, host_ifindex, previous.as_ref()).await?;
+        if self.ebpf.from_container_hook() == FromContainerHook::Xdp {
+            // Before anything is redirected to the warps' veths: they take
+            // XDP frames, and the target's frames carry whole checksums.
+            self.enable_warp_napi(scope, target).await?;
+            if let Some((inner, _)) = ends {
+                if namespace.set_tx_checksum(inner, false).await? {
+                    info!(
+                        "turned the target's transmit checksum offload off: XDP redirects its frames"
+                    );
+                }
+                // Only now may the XDP program steer it.
+                self.ebpf.allow_xdp(host_ifindex);
+            }
+        } else if let Some((inner, _)) = ends
+            && self.ebpf.xdp_attached(host_ifindex)
+            && namespace.set_tx_checksum(inner, true).await?
+        {
+            // An earlier run's XDP hook, detached below: what it turned off.
+            info!("turned the target's transmit checksum offload back on: tc steers it");
+        }
         let changed = self.write_target(&target.id, desired)?;
         Ok(changed || !route_changes.is_empty())
+    }
+
+    /// Puts netwarp's XDP pass program on each of the target's warps'
+    /// veths on its network (see [`xdp_pass`]), where the XDP program
+    /// redirects its steered frames.
+    async fn enable_warp_napi(
+        &mut self,
+        scope: &mut PassScope,
+        target: &TargetPlan,
+    ) -> Result<(), TargetError> {
+        let warps: Vec<(&str, u32, &str)> = if target.spread.is_empty() {
+            match (target.warp_pid, target.warp_mac.as_deref()) {
+                (Some(pid), Some(mac)) => vec![(target.warp.as_str(), pid, mac)],
+                _ => Vec::new(),
+            }
+        } else {
+            (target.spread.iter())
+                .filter_map(|m| Some((m.name.as_str(), m.pid?, m.mac.as_deref()?)))
+                .collect()
+        };
+        if warps.is_empty() {
+            return Ok(());
+        }
+        let program = self.ebpf.xdp_pass_program()?;
+        for (warp, pid, mac) in warps {
+            let namespace = scope.owned(pid, warp).await?;
+            if xdp_pass::ensure(&namespace, mac, program).await? {
+                info!(
+                    warp,
+                    "put netwarp's XDP pass program on the warp's veth, so that it takes XDP redirects"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Writes one target's attachments, peer rows and policy, in the

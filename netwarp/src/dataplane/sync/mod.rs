@@ -128,7 +128,8 @@ impl FailureReason {
             | NetnsError::HostNamespace { .. }
             | NetnsError::NamespaceClaimed { .. }
             | NetnsError::ReadOnly { .. }
-            | NetnsError::Sysctl { .. } => Self::Namespace,
+            | NetnsError::Sysctl { .. }
+            | NetnsError::TxChecksum { .. } => Self::Namespace,
             NetnsError::Tables(_) => Self::Tables,
         }
     }
