@@ -457,6 +457,9 @@ const REQUEST_TIMEOUT_SECS: u64 = 30;
 
 /// Event actions that can change what netwarp should program.
 const RELEVANT_EVENTS: &[&str] = &[
+    // A created target is a dormant one, which its bridge guard covers
+    // before it starts; a partial pass lists only what events name.
+    "create",
     "start",
     "die",
     "stop",

@@ -23,6 +23,11 @@
 //! A second list, filtered by Docker, adds the targets that are not
 //! running (created, exited, restarting): the bridge guard covers them
 //! before they start. They come from the list alone and are never inspected.
+//! A partial pass lists only the named containers there too: a container
+//! becomes or stops being a dormant target only with an event of its own
+//! (create, start, die, restart, destroy, rename; its labels never
+//! change), so the last snapshot's other dormant targets still hold, and
+//! every full refresh lists them all again.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -214,7 +219,8 @@ impl Inventory {
         if let Some(ids) = &named {
             filters.insert("id".to_owned(), ids.iter().cloned().collect::<Vec<_>>());
         }
-        // Both lists at once; the dormant targets' is small. Only a target
+        // Both lists at once; the dormant targets' is small (but without an
+        // id filter dockerd walks every container for it). Only a target
         // or warp keeps its change marker (by its place in the list): the
         // others are never inspected.
         let mut listed: Vec<Container> = Vec::new();
@@ -231,7 +237,8 @@ impl Inventory {
                 listed.push(container);
             }
         });
-        let (running, dormant) = tokio::join!(running, self.dormant_targets(client));
+        let (running, dormant) =
+            tokio::join!(running, self.dormant_targets(client, named.as_ref()));
         running?;
         let dormant = dormant?;
         let mut decisions = Vec::with_capacity(markers.len());
@@ -317,8 +324,8 @@ impl Inventory {
             containers.retain(|_| !gone.next().unwrap_or(false));
         }
         // What differs from the last snapshot: everything after a full
-        // listing; else the containers listed anew and the dormant
-        // targets, as they were and as they are.
+        // listing; else the containers listed anew (running or dormant),
+        // as they were and as they are.
         {
             // The cache keeps what this list has, and in a partial pass
             // what it did not list.
@@ -332,15 +339,15 @@ impl Inventory {
             }
         }
         let mut changes = Changes::All;
+        let partial = named.is_some() && self.world.is_some();
         let mut world = match (&named, self.world.take()) {
             (Some(named), Some(mut last)) => {
-                // The named containers as listed now, the rest as before;
-                // the dormant targets are listed anew either way.
+                // The named containers as listed now (running or dormant),
+                // the rest as before.
                 changes = Changes::none();
                 let world = Arc::make_mut(&mut last);
-                let dormant = &self.dormant;
                 (world.containers).retain(|c| {
-                    let kept = !named.contains(&c.id) && !dormant.contains(&c.id);
+                    let kept = !named.contains(&c.id);
                     if !kept {
                         changes.note(c);
                     }
@@ -366,15 +373,30 @@ impl Inventory {
                 .collect()
         };
         dormant.iter().for_each(|c| changes.note(c));
-        self.dormant = dormant.iter().map(|c| c.id.clone()).collect();
+        let listed_dormant = dormant.iter().map(|c| c.id.clone());
+        match &named {
+            // The last snapshot's dormant targets that no event named are
+            // still in it, as they were.
+            Some(named) if partial => {
+                self.dormant.retain(|id| !named.contains(id));
+                self.dormant.extend(listed_dormant);
+            }
+            _ => self.dormant = listed_dormant.collect(),
+        }
         Arc::make_mut(&mut world).containers.extend(dormant);
         self.world = Some(Arc::clone(&world));
         Ok((world, stats, changes))
     }
 
-    /// Targets that exist but do not run, from a list Docker filters.
-    async fn dormant_targets(&self, client: &Client) -> Result<Vec<Container>, DockerError> {
-        let filters = HashMap::from([
+    /// Targets that exist but do not run, from a list Docker filters: of
+    /// the containers `named` only, when given (Docker finds those by id;
+    /// a label or status filter alone has it walk every container).
+    async fn dormant_targets(
+        &self,
+        client: &Client,
+        named: Option<&IdSet>,
+    ) -> Result<Vec<Container>, DockerError> {
+        let mut filters = HashMap::from([
             ("label".to_owned(), vec![self.target_label.clone()]),
             (
                 "status".to_owned(),
@@ -383,6 +405,9 @@ impl Inventory {
                     .to_vec(),
             ),
         ]);
+        if let Some(ids) = named {
+            filters.insert("id".to_owned(), ids.iter().cloned().collect());
+        }
         let mut dormant = Vec::new();
         client
             .list(true, &filters, |entry| {

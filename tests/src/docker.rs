@@ -207,18 +207,38 @@ impl Container {
         extra_args: &[&str],
         command: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::make(&["run", "--detach"], prefix, network, extra_args, command)
+    }
+
+    /// Creates a container for `command` from the test image on
+    /// `network`, and does not start it.
+    pub fn create(
+        prefix: &str,
+        network: &DockerNetwork,
+        extra_args: &[&str],
+        command: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::make(&["create"], prefix, network, extra_args, command)
+    }
+
+    fn make(
+        verb: &[&str],
+        prefix: &str,
+        network: &DockerNetwork,
+        extra_args: &[&str],
+        command: &[&str],
+    ) -> anyhow::Result<Self> {
         // Guard first, so a half-failed start is still cleaned up.
         let container = Self {
             name: crate::unique_name(prefix),
         };
-        let mut args = vec![
-            "run",
-            "--detach",
+        let mut args = verb.to_vec();
+        args.extend([
             "--name",
             container.name.as_str(),
             "--network",
             network.name(),
-        ];
+        ]);
         args.extend_from_slice(extra_args);
         args.push(TEST_IMAGE);
         args.extend_from_slice(command);

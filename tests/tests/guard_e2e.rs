@@ -13,12 +13,15 @@
 use std::time::Duration;
 
 use netwarp_tests::{
-    chaos::{LeakSink, SteeredPrefix, guard_drops, guard_installed, start_warp_at},
+    chaos::{
+        LeakSink, SteeredPrefix, guard_drops, guard_installed, start_warp_at, unique_prefix_octet,
+    },
     command::run,
     daemon::{Daemon, TestLabels, eventually},
     docker::{Container, DockerNetwork},
     observe::Exposition,
     skip, skip_if,
+    steering::{GLOBAL_RULES, start_warp},
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -162,4 +165,72 @@ fn guard_holds_the_window_ebpf() {
 fn guard_holds_the_window_routes() {
     skip_if!("guard_holds_the_window_routes", skip::missing_docker());
     guard_holds_the_window("routes");
+}
+
+/// A created target is dormant: its network's guard covers its prefixes
+/// before it starts. A pass for a few events lists only the containers
+/// they name, so the create event alone must bring its prefix into the
+/// guard, and its removal take it out: the periodic resync, which lists
+/// everything, is an hour away here.
+#[test]
+fn a_created_target_is_guarded_by_its_own_events_routes() {
+    skip_if!(
+        "a_created_target_is_guarded_by_its_own_events_routes",
+        skip::missing_docker()
+    );
+    let labels = TestLabels::unique();
+    let network = DockerNetwork::create_internal_steerable("nwgc").expect("network");
+    let warp_name = labels.warp_name("gw");
+    let _warp = start_warp(&warp_name, &network, &[]);
+    let target_label = labels.target_label(&warp_name);
+    let _running = Container::run(
+        "nwgr",
+        &network,
+        &["--label", &target_label],
+        &["sleep", "600"],
+    )
+    .expect("running target");
+    let daemon = Daemon::start_with_env(
+        &labels,
+        "routes",
+        GLOBAL_RULES,
+        &[("NETWARP_DATAPLANE_RESYNC_INTERVAL_SECS", "3600")],
+    )
+    .expect("daemon");
+    let guarded = |prefix: &str| {
+        let routes = daemon.host_guard_routes();
+        routes
+            .iter()
+            .any(|r| r.split_whitespace().any(|w| w == prefix))
+    };
+    assert!(
+        eventually(CONVERGE, || guarded("203.0.113.0/24")),
+        "the running target's network was never guarded"
+    );
+    let prefix = format!("198.18.{}.0/24", unique_prefix_octet());
+    assert!(
+        !guarded(&prefix),
+        "{prefix} guarded before any target has it"
+    );
+    let created = Container::create(
+        "nwgc",
+        &network,
+        &[
+            "--label",
+            &target_label,
+            "--label",
+            &labels.rules_label(&prefix),
+        ],
+        &["sleep", "600"],
+    )
+    .expect("created target");
+    assert!(
+        eventually(CONVERGE, || guarded(&prefix)),
+        "the created target's {prefix} never reached the guard"
+    );
+    drop(created);
+    assert!(
+        eventually(CONVERGE, || !guarded(&prefix)),
+        "the removed target's {prefix} stayed in the guard"
+    );
 }
