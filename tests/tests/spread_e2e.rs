@@ -1,30 +1,29 @@
 //! A spread group on real containers, both dataplanes: a target names
 //! four warps (`netwarp.target=spread:A,B,C,D`) and opens 64 long-lived
-//! TCP connections to one steered address. Each warp answers on that
-//! address with its own name, then echoes each line prefixed with it, so
-//! every connection tells which warp carries it and whether it still
-//! lives. Each warp must carry 16 ± 8 of them; `docker kill` of one must
-//! move its flows only: every connection on the others still answers,
-//! through the same warp. Nothing reaches the leak sink meanwhile.
+//! TCP connections, each to its own steered address (the routes
+//! dataplane hashes without the source port, so connections to one
+//! address would all take one member). Each warp answers on every
+//! address of the steered /24 with its own name, then echoes each line
+//! prefixed with it, so every connection tells which warp carries it and
+//! whether it still lives. Each warp must carry 16 ± 8 of them; `docker
+//! kill` of one must move its flows only: every connection on the others
+//! still answers, through the same warp. Nothing reaches the leak sink
+//! meanwhile.
 //!
-//! Source ports are random, so even a perfect hash gives a warp fewer
-//! than 8 or more than 24 of 64 flows about once in 20 runs. The test
-//! opens two independent batches of 64 and needs one of them within the
-//! bound (a broken spread fails both; chance alone, about once in 400);
-//! all 128 connections must then survive the kill as above.
+//! The hashes are seeded at random, so even a perfect hash gives a warp
+//! fewer than 8 or more than 24 of 64 flows about once in 20 runs. The
+//! test opens two independent batches of 64 (to other addresses) and
+//! needs one of them within the bound (a broken spread fails both;
+//! chance alone, about once in 400); all 128 connections must then
+//! survive the kill as above.
 //!
-//! The routes dataplane's resilient nexthop group keeps every other
-//! member's share of the hash space: the test asks the kernel's route
-//! lookup for 256 TCP 5-tuples of the target before and after the kill,
-//! and none of the others' tuples may change member. Its connections
-//! cannot show that: the kernel (6.16+) gives a connecting TCP socket a
-//! member by a random source port, and routes it anew by its real 5-tuple
-//! after any routing change in the namespace, so most connections move
-//! at the kill whatever the group does (see the README's "Spread
-//! groups"). That count is reported, not asserted.
+//! In routes, the test also asks the kernel's route lookup for a TCP
+//! flow to each address of the /24 before and after the kill: none of the
+//! remaining members' may change member (the resilient nexthop group
+//! keeps their buckets).
 //!
-//! Network safety: the network is `--internal`; the steered address is
-//! each warp's loopback in a unique 198.18.N.0/24, whose host route ends
+//! Network safety: the network is `--internal`; the steered addresses are
+//! each warp's local ones in a unique 198.18.N.0/24, whose host route ends
 //! in the counting sink; every loop is bounded; the clients die with the
 //! target container, which the test removes; every fixture is a drop guard.
 
@@ -45,6 +44,8 @@ const FLOWS: usize = 64;
 /// Independent batches of [`FLOWS`] connections (see the module's note).
 const BATCHES: usize = 2;
 const ALL_FLOWS: usize = FLOWS * BATCHES;
+// Connection i goes to the /24's address .i.
+const _: () = assert!(ALL_FLOWS < 255);
 const WARPS: [&str; 4] = ["a", "b", "c", "d"];
 /// The member the test kills.
 const KILLED: &str = "b";
@@ -97,18 +98,18 @@ fn answered(target: &Container, carried: &BTreeMap<usize, String>, ping: &str) -
         .collect()
 }
 
-/// Source ports of the 5-tuples whose route lookups the routes test
-/// compares across the kill.
-const TUPLE_PORTS: std::ops::Range<u16> = 40_000..40_256;
+/// Last octets of the steered addresses whose route lookups the routes
+/// test compares across the kill.
+const TUPLE_HOSTS: std::ops::RangeInclusive<u8> = 1..=254;
 
-/// The next hop the target's route lookup gives each TCP 5-tuple from
-/// `source` (the target's address) to `remote`:8080, by source port, from
-/// one `ip -batch` run in its namespace.
-fn lookups(target: &Container, source: &str, remote: &str) -> BTreeMap<u16, String> {
+/// The next hop the target's route lookup gives a TCP flow from `source`
+/// (the target's address) to each address of `net`.0/24, port 8080, by
+/// last octet, from one `ip -batch` run in its namespace.
+fn lookups(target: &Container, source: &str, net: &str) -> BTreeMap<u8, String> {
     let batch = std::env::temp_dir().join(netwarp_tests::unique_name("nwlookups"));
-    let commands: String = TUPLE_PORTS
-        .map(|port| {
-            format!("route get {remote} from {source} ipproto tcp sport {port} dport 8080\n")
+    let commands: String = TUPLE_HOSTS
+        .map(|host| {
+            format!("route get {net}.{host} from {source} ipproto tcp sport 40000 dport 8080\n")
         })
         .collect();
     std::fs::write(&batch, commands).expect("the batch file");
@@ -121,8 +122,8 @@ fn lookups(target: &Container, source: &str, remote: &str) -> BTreeMap<u16, Stri
             via.unwrap_or("none").to_owned()
         })
         .collect();
-    assert_eq!(hops.len(), TUPLE_PORTS.len(), "{out}");
-    TUPLE_PORTS.zip(hops).collect()
+    assert_eq!(hops.len(), TUPLE_HOSTS.len(), "{out}");
+    TUPLE_HOSTS.zip(hops).collect()
 }
 
 fn per_warp(carried: &BTreeMap<usize, String>) -> BTreeMap<String, usize> {
@@ -139,12 +140,18 @@ fn spread(mode: &str) {
     let bridge = network.bridge().expect("bridge");
     let (sink, SteeredPrefix { prefix, remote }) =
         LeakSink::for_unique_prefix(&bridge).expect("a leak sink that counts");
+    let net = remote
+        .rsplit_once('.')
+        .expect("an IPv4 address")
+        .0
+        .to_owned();
     let mut warps = Vec::new();
     for tag in WARPS {
         let name = labels.warp_name(tag);
-        // One shell per connection: the greeting, then an echo of each line.
+        // Every address of the /24 is the warp's own. One shell per
+        // connection: the greeting, then an echo of each line.
         let script = format!(
-            "ip addr add {remote}/32 dev lo; \
+            "ip route add local {prefix} dev lo; \
              printf '#!/bin/sh\\necho carried-by-{tag}\\nwhile read l; do echo {tag}-$l; done\\n' \
                > /serve.sh; chmod +x /serve.sh; \
              nc -ll -p 8080 -e /serve.sh"
@@ -180,11 +187,12 @@ fn spread(mode: &str) {
     assert_eq!(entry["spread"], serde_json::json!(names), "{entry}");
     let leaked = sink.packets();
 
-    // The connections, each held open by a writer on its fifo.
+    // The connections, each to its own address and held open by a
+    // writer on its fifo.
     let open = format!(
         "for i in $(seq 1 {ALL_FLOWS}); do mkfifo /tmp/in$i; \
            (sleep 900 > /tmp/in$i &); \
-           (nc {remote} 8080 < /tmp/in$i > /tmp/out$i &); done"
+           (nc {net}.$i 8080 < /tmp/in$i > /tmp/out$i &); done"
     );
     target
         .exec(&["sh", "-c", &open])
@@ -229,7 +237,7 @@ fn spread(mode: &str) {
 
     // The routes' share of each member, by the route lookup of 5-tuples.
     let source = target.ipv4(&network).expect("the target's address");
-    let before_kill = lookups(&target, &source, &remote);
+    let before_kill = lookups(&target, &source, &net);
 
     // One member dies: its flows move, the others' stay.
     let (_, killed, killed_warp) = warps.iter().find(|(tag, ..)| *tag == KILLED).unwrap();
@@ -275,20 +283,18 @@ fn spread(mode: &str) {
         from_killed, 0,
         "{mode}: a flow of the killed warp still answered"
     );
-    if mode == "ebpf" {
-        assert!(
-            all_survive,
-            "{mode}: {moved_others} of the {} flows on the remaining warps moved or died",
-            others.len()
-        );
-    } else {
-        // routes: the group gives the killed member's buckets to the
-        // others and no other bucket changes member. (The connections'
-        // count above is not asserted: see the module's note.)
-        let after_kill = lookups(&target, &source, &remote);
+    assert!(
+        all_survive,
+        "{mode}: {moved_others} of the {} flows on the remaining warps moved or died",
+        others.len()
+    );
+    if mode == "routes" {
+        // The group gives the killed member's buckets to the others and
+        // no other bucket changes member.
+        let after_kill = lookups(&target, &source, &net);
         let (mut theirs, mut moved, mut stayed_on_killed) = (0, 0, 0);
-        for (port, hop) in &before_kill {
-            let now = &after_kill[port];
+        for (host, hop) in &before_kill {
+            let now = &after_kill[host];
             if *hop == killed_ip {
                 stayed_on_killed += usize::from(*now == killed_ip);
             } else {
@@ -297,7 +303,7 @@ fn spread(mode: &str) {
             }
         }
         eprintln!(
-            "{mode}: route lookups of {} tuples: {} were the killed member's; of the \
+            "{mode}: route lookups of {} addresses: {} were the killed member's; of the \
              {theirs} others, {moved} changed member",
             before_kill.len(),
             before_kill.len() - theirs
@@ -314,12 +320,12 @@ fn spread(mode: &str) {
         );
         assert_eq!(
             moved, 0,
-            "{mode}: {moved} of the {theirs} tuples of the remaining members changed member"
+            "{mode}: {moved} of the {theirs} addresses of the remaining members changed member"
         );
     }
     // New flows take only the remaining members.
-    for _ in 0..8 {
-        let warp = carried_by(&target, &remote);
+    for host in 200..208 {
+        let warp = carried_by(&target, &format!("{net}.{host}"));
         assert!(
             warp.as_deref().is_some_and(|w| w != KILLED),
             "{mode}: a new flow was carried by {warp:?}"

@@ -47,7 +47,8 @@ pub enum NetnsError {
     ReadOnly { pid: u32 },
     #[error(
         "cannot set {setting} in the network namespace of pid {pid}: {reason}; a spread \
-         group's nexthop groups need it to hash flows by their ports (layer 4)"
+         group's nexthop groups need it to hash flows without their source port, so that \
+         open TCP connections keep their member when the routes change"
     )]
     Sysctl {
         pid: u32,
@@ -282,24 +283,13 @@ impl NamespaceHandle {
     }
 
     /// Makes the namespace's nexthop groups pick a member by a hash of
-    /// the flow's addresses, protocol and ports
-    /// (`net.ipv{4,6}.fib_multipath_hash_policy=1`), so that a spread
-    /// target's connections spread even to one destination. Written from
-    /// a thread inside the namespace (sysctls under /proc/sys/net are the
+    /// the flow's addresses, protocol and destination port, without its
+    /// source port (see [`multipath_hash_settings`]). Written from a
+    /// thread inside the namespace (sysctls under /proc/sys/net are the
     /// opening thread's namespace's), only where it differs. A namespace
     /// without IPv6 has no IPv6 setting: skipped.
-    pub async fn hash_multipath_by_flow(&self) -> Result<(), NetnsError> {
+    pub async fn hash_multipath_without_source_port(&self) -> Result<(), NetnsError> {
         self.writable()?;
-        const SETTINGS: [(&str, &str); 2] = [
-            (
-                "net.ipv4.fib_multipath_hash_policy",
-                "/proc/sys/net/ipv4/fib_multipath_hash_policy",
-            ),
-            (
-                "net.ipv6.fib_multipath_hash_policy",
-                "/proc/sys/net/ipv6/fib_multipath_hash_policy",
-            ),
-        ];
         let pid = self.pid;
         inside_namespace(pid, move || {
             // Checked again inside: a reused pid never leads to the host's.
@@ -314,16 +304,24 @@ impl NamespaceHandle {
                     reason,
                 }))
             };
-            for (setting, path) in SETTINGS {
-                let current = match std::fs::read_to_string(path) {
-                    Ok(value) => value,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return failed(setting, e),
-                };
-                if current.trim() != "1"
-                    && let Err(e) = std::fs::write(path, "1")
-                {
-                    return failed(setting, e);
+            for ipv6 in [false, true] {
+                let exists = |setting: &str| Path::new(&sysctl_path(setting)).exists();
+                let policy = multipath_hash_settings(ipv6, false)[0].name;
+                if !exists(policy) {
+                    continue;
+                }
+                let custom = exists(multipath_hash_settings(ipv6, true)[0].name);
+                for setting in multipath_hash_settings(ipv6, custom) {
+                    let path = sysctl_path(setting.name);
+                    let current = match std::fs::read_to_string(&path) {
+                        Ok(value) => value,
+                        Err(e) => return failed(setting.name, e),
+                    };
+                    if current.trim() != setting.value
+                        && let Err(e) = std::fs::write(&path, setting.value)
+                    {
+                        return failed(setting.name, e);
+                    }
                 }
             }
             Ok(Ok(()))
@@ -542,4 +540,105 @@ fn ethtool_tx_checksum(ifindex: u32, on: bool) -> std::io::Result<bool> {
     }
     call(ETHTOOL_STXCSUM, u32::from(on))?;
     Ok(true)
+}
+
+/// `fib_multipath_hash_fields` bits (include/net/ip_fib.h): source IP
+/// (0x01), destination IP (0x02), IP protocol (0x04) and destination port
+/// (0x20); not the IPv6 flow label (0x08) nor the source port (0x10).
+const HASH_FIELDS_WITHOUT_SOURCE_PORT: &str = "39";
+
+/// One sysctl (by its dotted name) and the value netwarp wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub value: &'static str,
+}
+
+/// The file of the sysctl `name` (`net.ipv4.x` is /proc/sys/net/ipv4/x).
+fn sysctl_path(name: &str) -> PathBuf {
+    Path::new("/proc/sys").join(name.replace('.', "/"))
+}
+
+/// A spread target's multipath hash settings of one family, in the order
+/// to write them: the custom policy (3) over
+/// [`HASH_FIELDS_WITHOUT_SOURCE_PORT`], the fields first so the policy
+/// never applies other fields. Without the source port because a
+/// connecting TCP socket's first route lookup hashes a random source port
+/// (its own is not chosen yet; Linux 6.16 and later) and it is routed
+/// again by its real one at the next routing change in the namespace:
+/// most open connections would change member (and be reset, as each warp
+/// NATs) whenever any member leaves. The kernel draws that random port
+/// only when the source port is hashed. Without `custom` (no
+/// `fib_multipath_hash_fields`, before Linux 5.14): layer 4 (1), the
+/// nearest there is.
+pub fn multipath_hash_settings(ipv6: bool, custom: bool) -> Vec<Setting> {
+    let (policy, fields) = if ipv6 {
+        (
+            "net.ipv6.fib_multipath_hash_policy",
+            "net.ipv6.fib_multipath_hash_fields",
+        )
+    } else {
+        (
+            "net.ipv4.fib_multipath_hash_policy",
+            "net.ipv4.fib_multipath_hash_fields",
+        )
+    };
+    if !custom {
+        return vec![Setting {
+            name: policy,
+            value: "1",
+        }];
+    }
+    vec![
+        Setting {
+            name: fields,
+            value: HASH_FIELDS_WITHOUT_SOURCE_PORT,
+        },
+        Setting {
+            name: policy,
+            value: "3",
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipath_hash_settings_leave_out_the_source_port_in_both_families() {
+        for ipv6 in [false, true] {
+            let family = if ipv6 { "ipv6" } else { "ipv4" };
+            let settings = multipath_hash_settings(ipv6, true);
+            let names: Vec<&str> = settings.iter().map(|s| s.name).collect();
+            assert_eq!(
+                names,
+                [
+                    format!("net.{family}.fib_multipath_hash_fields"),
+                    format!("net.{family}.fib_multipath_hash_policy"),
+                ]
+            );
+            assert_eq!(settings[1].value, "3");
+            let fields: u32 = settings[0].value.parse().unwrap();
+            // Source and destination IP, protocol, destination port.
+            assert_eq!(fields, 0x01 | 0x02 | 0x04 | 0x20);
+            assert_eq!(fields & 0x10, 0, "the source port is hashed");
+            assert_eq!(fields & 0x08, 0, "the flow label is hashed");
+        }
+    }
+
+    #[test]
+    fn multipath_hash_settings_fall_back_to_layer_4_without_custom_fields() {
+        assert_eq!(
+            multipath_hash_settings(true, false),
+            [Setting {
+                name: "net.ipv6.fib_multipath_hash_policy",
+                value: "1"
+            }]
+        );
+        assert_eq!(
+            sysctl_path("net.ipv4.fib_multipath_hash_fields"),
+            Path::new("/proc/sys/net/ipv4/fib_multipath_hash_fields")
+        );
+    }
 }

@@ -50,7 +50,8 @@ pub enum RouteAction {
     Via(IpAddr),
     /// A route via one of netwarp's resilient nexthop groups (by id; see
     /// [`super::nexthop`]): a spread target's members. The kernel picks a
-    /// member by the flow's hash (layer 4 with `fib_multipath_hash_policy=1`).
+    /// member by the flow's hash (addresses, protocol, destination port:
+    /// see [`super::netns::multipath_hash_settings`]).
     /// Id 0, never a nexthop's, is what an earlier version's multipath
     /// route reads as: no plan wants it, so it is replaced.
     Group(u32),

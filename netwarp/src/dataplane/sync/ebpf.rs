@@ -231,7 +231,7 @@ impl EbpfPlane {
         // dataplane's, a resilient nexthop group.
         let desired = match routed {
             true if target.spread.len() > 1 => {
-                namespace.hash_multipath_by_flow().await?;
+                namespace.hash_multipath_without_source_port().await?;
                 spread_over(desired_state(&routed_entries), &target.spread)
             }
             _ => desired_state(&routed_entries),

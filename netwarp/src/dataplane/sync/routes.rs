@@ -103,7 +103,7 @@ async fn write_target(scope: &mut PassScope, target: &TargetPlan) -> Result<bool
     };
     let namespace = scope.owned(pid, short_id(&target.id)).await?;
     if target.spread.len() > 1 {
-        namespace.hash_multipath_by_flow().await?;
+        namespace.hash_multipath_without_source_port().await?;
     }
     let installed = namespace.installed().await?;
     let desired = spread_over(desired_state(&target.entries), &target.spread);
