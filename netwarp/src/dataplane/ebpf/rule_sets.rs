@@ -143,18 +143,7 @@ impl RuleSets {
             None => self.free_shared_id(),
         };
         self.users.insert(id, 0);
-        let held = self.written.get(&id);
-        let stale: Vec<Cidr> = (held.into_iter().flatten())
-            .filter(|(destination, value)| wanted.get(destination) != Some(value))
-            .map(|(destination, _)| *destination)
-            .collect();
-        self.remove_rows(ebpf, id, stale)?;
-        let held = self.written.get(&id);
-        let missing: Vec<CompiledPrefix> = (rows.iter())
-            .filter(|r| held.and_then(|h| h.get(&r.destination)) != Some(&r.value))
-            .cloned()
-            .collect();
-        let written = self.write(ebpf, id, &missing);
+        let written = self.finish(ebpf, id, rows, &wanted);
         // Indexed by what it holds now, complete or not: a later acquire
         // of the same rows must not take a half-written set as its own.
         if let Some(set) = self.written.get(&id) {
@@ -239,6 +228,27 @@ impl RuleSets {
         let rule_set = next_rule_set(owner, current);
         let wanted: BTreeMap<Cidr, RuleValue> =
             rows.iter().map(|r| (r.destination, r.value)).collect();
+        self.finish(ebpf, rule_set, rows, &wanted)?;
+        switch(ebpf, rule_set)?;
+        if let Some(old) = current
+            && old != rule_set
+        {
+            self.remove(ebpf, old)?;
+        }
+        Ok(rule_set)
+    }
+
+    /// Brings the inert set `rule_set` to `rows` (`wanted`, by
+    /// destination): removes the rows it holds that are not wanted, then
+    /// writes only those missing, so what an earlier attempt left there is
+    /// finished, not rewritten.
+    fn finish(
+        &mut self,
+        ebpf: &mut Ebpf,
+        rule_set: u32,
+        rows: &[CompiledPrefix],
+        wanted: &BTreeMap<Cidr, RuleValue>,
+    ) -> Result<(), EbpfError> {
         let held = self.written.get(&rule_set);
         let stale: Vec<Cidr> = (held.into_iter().flatten())
             .filter(|(destination, value)| wanted.get(destination) != Some(value))
@@ -250,14 +260,7 @@ impl RuleSets {
             .filter(|r| held.and_then(|h| h.get(&r.destination)) != Some(&r.value))
             .cloned()
             .collect();
-        self.write(ebpf, rule_set, &missing)?;
-        switch(ebpf, rule_set)?;
-        if let Some(old) = current
-            && old != rule_set
-        {
-            self.remove(ebpf, old)?;
-        }
-        Ok(rule_set)
+        self.write(ebpf, rule_set, &missing)
     }
 
     /// Brings the live set `rule_set` to `rows` in place: changed and new
