@@ -306,12 +306,11 @@ impl NamespaceHandle {
             };
             for ipv6 in [false, true] {
                 let exists = |setting: &str| Path::new(&sysctl_path(setting)).exists();
-                let policy = multipath_hash_settings(ipv6, false)[0].name;
+                let (policy, fields) = multipath_hash_sysctls(ipv6);
                 if !exists(policy) {
                     continue;
                 }
-                let custom = exists(multipath_hash_settings(ipv6, true)[0].name);
-                for setting in multipath_hash_settings(ipv6, custom) {
+                for setting in multipath_hash_settings(ipv6, exists(fields)) {
                     let path = sysctl_path(setting.name);
                     let current = match std::fs::read_to_string(&path) {
                         Ok(value) => value,
@@ -461,7 +460,7 @@ impl NamespaceHandle {
     }
 
     /// The interface in this namespace whose hardware address is `mac`.
-    async fn link_by_mac(&self, mac: &str) -> Result<Option<LinkMessage>, NetnsError> {
+    pub(super) async fn link_by_mac(&self, mac: &str) -> Result<Option<LinkMessage>, NetnsError> {
         let wanted = parse_mac(mac);
         Ok(self.links().await?.into_iter().find(|link| {
             link.attributes
@@ -559,6 +558,21 @@ fn sysctl_path(name: &str) -> PathBuf {
     Path::new("/proc/sys").join(name.replace('.', "/"))
 }
 
+/// The multipath hash policy and fields sysctls of one family.
+fn multipath_hash_sysctls(ipv6: bool) -> (&'static str, &'static str) {
+    if ipv6 {
+        (
+            "net.ipv6.fib_multipath_hash_policy",
+            "net.ipv6.fib_multipath_hash_fields",
+        )
+    } else {
+        (
+            "net.ipv4.fib_multipath_hash_policy",
+            "net.ipv4.fib_multipath_hash_fields",
+        )
+    }
+}
+
 /// A spread target's multipath hash settings of one family, in the order
 /// to write them: the custom policy (3) over
 /// [`HASH_FIELDS_WITHOUT_SOURCE_PORT`], the fields first so the policy
@@ -572,17 +586,7 @@ fn sysctl_path(name: &str) -> PathBuf {
 /// `fib_multipath_hash_fields`, before Linux 5.14): layer 4 (1), the
 /// nearest there is.
 pub fn multipath_hash_settings(ipv6: bool, custom: bool) -> Vec<Setting> {
-    let (policy, fields) = if ipv6 {
-        (
-            "net.ipv6.fib_multipath_hash_policy",
-            "net.ipv6.fib_multipath_hash_fields",
-        )
-    } else {
-        (
-            "net.ipv4.fib_multipath_hash_policy",
-            "net.ipv4.fib_multipath_hash_fields",
-        )
-    };
+    let (policy, fields) = multipath_hash_sysctls(ipv6);
     if !custom {
         return vec![Setting {
             name: policy,

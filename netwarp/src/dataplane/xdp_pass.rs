@@ -63,17 +63,14 @@ pub async fn ensure(
     program: (i32, u32),
 ) -> Result<bool, NetnsError> {
     let handle = namespace.netlink_handle()?;
-    let Some(ifindex) = namespace.ifindex_by_mac(mac).await? else {
+    // The link dump carries each link's XDP program too.
+    let Some(link) = namespace.link_by_mac(mac).await? else {
         return Ok(false);
     };
-    let links: Vec<LinkMessage> = (handle.link().get().match_index(ifindex).execute())
-        .try_collect()
-        .await
-        .map_err(namespace.netlink("link get"))?;
-    match links.first().and_then(attached_program) {
+    match attached_program(&link) {
         Some(id) if id == program.1 || !is_netwarp_pass(id) => Ok(false),
         _ => {
-            set_program(handle, ifindex, program.0)
+            set_program(handle, link.header.index, program.0)
                 .await
                 .map_err(namespace.netlink("XDP attach"))?;
             Ok(true)
