@@ -188,11 +188,13 @@ fn spread(mode: &str) {
     let leaked = sink.packets();
 
     // The connections, each to its own address and held open by a
-    // writer on its fifo.
+    // writer on its fifo; paced: a burst of 128 SYNs can overflow the
+    // listen queue of the warps' busybox `nc -ll`, and a SYN retried at 1,
+    // 3, 7, 15 and 31 s may outlast CONVERGE (one of 128 did, 2 runs in 5).
     let open = format!(
         "for i in $(seq 1 {ALL_FLOWS}); do mkfifo /tmp/in$i; \
            (sleep 900 > /tmp/in$i &); \
-           (nc {net}.$i 8080 < /tmp/in$i > /tmp/out$i &); done"
+           (nc {net}.$i 8080 < /tmp/in$i > /tmp/out$i &); sleep 0.02; done"
     );
     target
         .exec(&["sh", "-c", &open])
