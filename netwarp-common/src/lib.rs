@@ -12,6 +12,10 @@ pub const PROG_TC_BRIDGE_GUARD: &str = "netwarp_tc_bridge_guard";
 pub const PROG_TC_FROM_WARP: &str = "netwarp_tc_from_warp";
 pub const PROG_XDP_FROM_CONTAINER: &str = "netwarp_xdp_from_container";
 pub const PROG_XDP_PASS: &str = "netwarp_xdp_pass";
+/// The programs' read-only global (a `u8`) that the loader sets to 0
+/// where the kernel resets the packet type on a peer redirect, so the
+/// from-container program skips `bpf_skb_change_type`.
+pub const GLOBAL_PEER_SETS_PACKET_TYPE: &str = "NETWARP_PEER_SETS_PACKET_TYPE";
 
 /// Direction of traffic relative to the container, not the host.
 ///

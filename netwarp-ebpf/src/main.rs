@@ -122,6 +122,13 @@ mod programs {
     /// `skb->pkt_type` of a frame for this host (linux/if_packet.h).
     const PACKET_HOST: u32 = 0;
 
+    /// Set by the loader (a read-only global, so the verifier drops the
+    /// branch it does not take): nonzero where a peer redirect keeps the
+    /// packet type the host-side veth gave the frame and the program must
+    /// set it (kernels before 6.15); zero where the kernel resets it.
+    #[unsafe(no_mangle)]
+    static NETWARP_PEER_SETS_PACKET_TYPE: u8 = 1;
+
     /// What netwarp returns for packets it leaves alone: TC_ACT_UNSPEC
     /// (TCX_NEXT), so tc programs attached after netwarp's still run.
     const PASS: i32 = TC_ACT_UNSPEC;
@@ -224,9 +231,12 @@ mod programs {
             // eth_type_trans: the type this veth gave the frame (another
             // host's: it was for the gateway) would make ip_rcv drop it
             // there. Kernels from 6.15 reset it in the redirect; TCX's 6.6
-            // to 6.14 need this. It never fails from PACKET_OTHERHOST; if it
-            // did, the classic redirect below would still deliver.
-            if peer && self.change_type(PACKET_HOST).is_ok() {
+            // to 6.14 need the helper. It never fails from
+            // PACKET_OTHERHOST; if it did, the classic redirect below would
+            // still deliver.
+            // SAFETY: a read of a plain global the loader may have set.
+            let set_type = unsafe { core::ptr::read_volatile(&NETWARP_PEER_SETS_PACKET_TYPE) } != 0;
+            if peer && (!set_type || self.change_type(PACKET_HOST).is_ok()) {
                 // SAFETY: a plain helper call; it only records the target.
                 return unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
             }

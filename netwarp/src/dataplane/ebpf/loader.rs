@@ -17,17 +17,19 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use netwarp_common::{
-    GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey, IFACES_HIGH_MAP, IFACES_MAP,
-    IfaceState, MAX_SELECTORS, PROG_XDP_PASS, RATE_BUCKETS_MAP, RETIRED_POLICY_MAP,
-    RETIRED_RATE_SLOTS_MAP, RETIRED_TRAFFIC_MAP, RULES_V4_MAP, RULES_V6_MAP, RateBuckets,
-    RuleKeyV4, RuleKeyV6, RuleValue, SPREAD_MAP, SpreadTable, TargetPolicy, TrafficCounters,
-    VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP, WARP_PEERS_MAP, WarpPeerKey,
+    GLOBAL_PEER_SETS_PACKET_TYPE, GUARD_ALLOW_MAP, GUARD_DROPS_MAP, GUARDS_MAP, GuardAllowKey,
+    IFACES_HIGH_MAP, IFACES_MAP, IfaceState, MAX_SELECTORS, PROG_XDP_PASS, RATE_BUCKETS_MAP,
+    RETIRED_POLICY_MAP, RETIRED_RATE_SLOTS_MAP, RETIRED_TRAFFIC_MAP, RULES_V4_MAP, RULES_V6_MAP,
+    RateBuckets, RuleKeyV4, RuleKeyV6, RuleValue, SPREAD_MAP, SpreadTable, TargetPolicy,
+    TrafficCounters, VERDICTS_LOW_MAP, VERDICTS_MAP, VerdictCounters, WARP_LEAKS_MAP,
+    WARP_PEERS_MAP, WarpPeerKey,
 };
 
 use super::{
     error::EbpfError,
     hooks::Hook,
     maps::{lpm_trie, map_error},
+    peer::{kernel_release, peer_sets_packet_type},
 };
 
 /// The object built from `netwarp-ebpf` by build.rs.
@@ -361,6 +363,8 @@ pub(super) fn load_object(
     }
     let level = program_log_level(debug_logs);
     loader.override_global(aya_log::LEVEL, &level, true);
+    let sets_type = kernel_release().is_none_or(|r| peer_sets_packet_type(&r)) as u8;
+    loader.override_global(GLOBAL_PEER_SETS_PACKET_TYPE, &sets_type, true);
     let mut ebpf = loader.load(PROGRAMS_OBJECT)?;
     carried.write(&mut ebpf)?;
     Ok(ebpf)

@@ -27,6 +27,33 @@ pub(super) fn with_peer_flag(
     state
 }
 
+/// Whether the program must set the packet type before a peer redirect,
+/// from the kernel's release (`uname -r`): from 6.15 the kernel resets it
+/// itself (`skb_do_redirect` scrubs the skb for the peer), so the helper
+/// call is waste. A release it cannot read keeps the call: it is correct
+/// on every kernel, only redundant on new ones.
+pub(super) fn peer_sets_packet_type(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) < (6, 15),
+        _ => true,
+    }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub(super) fn kernel_release() -> Option<String> {
+    // SAFETY: uname fills the zeroed struct; its fields are NUL-terminated.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return None;
+    }
+    // SAFETY: `release` is a NUL-terminated C string within the struct.
+    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+    Some(release.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use netwarp_common::{IFACE_CAPPED, TargetPolicy};
@@ -78,5 +105,21 @@ mod tests {
     fn a_row_without_policy_is_never_peered() {
         let cap_only = IfaceState::of(None, Some(5));
         assert_eq!(with_peer_flag(cap_only, true, idle), cap_only);
+    }
+
+    #[test]
+    fn only_kernels_before_6_15_need_the_packet_type_set() {
+        for (release, sets) in [
+            ("6.6.58-1-lts", true),
+            ("6.14.11", true),
+            ("5.15.0-91-generic", true),
+            ("6.15.0", false),
+            ("6.18.44-fc-v857", false),
+            ("7.0.1", false),
+            ("garbage", true),
+            ("", true),
+        ] {
+            assert_eq!(peer_sets_packet_type(release), sets, "{release}");
+        }
     }
 }
