@@ -190,11 +190,11 @@ mod programs {
         fn frame_len(&self) -> u32;
         /// Reads a `T` at `offset` beyond the directly readable bytes.
         fn load_beyond<T>(&self, offset: usize) -> Option<T>;
-        /// Rewrites the Ethernet destination.
-        fn set_destination_mac(&self, mac: &[u8; 6]) -> Option<()>;
-        /// Sends the packet to the warp's host-side veth `ifindex`; with
-        /// `peer`, where the hook can, straight into its peer.
-        fn redirect(&self, ifindex: u32, peer: bool) -> i32;
+        /// Sends the packet to the warp's host-side veth `ifindex`,
+        /// addressed to the warp's `mac` there, so that the warp's end
+        /// takes it as its own; with `peer`, where the hook can, straight
+        /// into that end (None: the frame could not be rewritten).
+        fn redirect(&self, ifindex: u32, mac: &[u8; 6], peer: bool) -> Option<i32>;
     }
 
     impl Packet for TcContext {
@@ -222,26 +222,26 @@ mod programs {
             self.load(offset).ok()
         }
         #[inline(always)]
-        fn set_destination_mac(&self, mac: &[u8; 6]) -> Option<()> {
-            self.store(0, mac, 0).ok()
-        }
-        #[inline(always)]
-        fn redirect(&self, ifindex: u32, peer: bool) -> i32 {
+        fn redirect(&self, ifindex: u32, mac: &[u8; 6], peer: bool) -> Option<i32> {
             // Straight into the warp's namespace-side veth, with no new
-            // eth_type_trans: the type this veth gave the frame (another
-            // host's: it was for the gateway) would make ip_rcv drop it
-            // there. Kernels from 6.15 reset it in the redirect; TCX's 6.6
-            // to 6.14 need the helper. It never fails from
-            // PACKET_OTHERHOST; if it did, the classic redirect below would
-            // still deliver.
+            // eth_type_trans, so the destination MAC is never looked at
+            // again and stays the gateway's (no write, which may copy a
+            // cloned TCP header). The packet type this veth gave the frame
+            // (another host's) would make ip_rcv drop it there: kernels
+            // from 6.15 reset it in the redirect; TCX's 6.6 to 6.14 need
+            // the helper. It never fails from PACKET_OTHERHOST; if it did,
+            // the classic redirect below would still deliver.
             // SAFETY: a read of a plain global the loader may have set.
             let set_type = unsafe { core::ptr::read_volatile(&NETWARP_PEER_SETS_PACKET_TYPE) } != 0;
             if peer && (!set_type || self.change_type(PACKET_HOST).is_ok()) {
                 // SAFETY: a plain helper call; it only records the target.
-                return unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+                return Some(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
             }
+            // Through the warp's host-side veth: its end runs
+            // eth_type_trans, which takes only frames for its MAC.
+            self.store(0, mac, 0).ok()?;
             // SAFETY: a plain helper call; it only records the target.
-            unsafe { bpf_redirect(ifindex, 0) as i32 }
+            Some(unsafe { bpf_redirect(ifindex, 0) as i32 })
         }
     }
 
@@ -270,22 +270,18 @@ mod programs {
         fn load_beyond<T>(&self, _offset: usize) -> Option<T> {
             None
         }
+        /// XDP has no peer redirect: the frame goes to the warp veth's
+        /// transmit (XDP_REDIRECT), which hands it to its peer.
         #[inline(always)]
-        fn set_destination_mac(&self, mac: &[u8; 6]) -> Option<()> {
+        fn redirect(&self, ifindex: u32, mac: &[u8; 6], _peer: bool) -> Option<i32> {
             let start = XdpContext::data(self);
             if start + mac.len() > XdpContext::data_end(self) {
                 return None;
             }
             // SAFETY: the six bytes lie within [data, data_end), checked above.
             unsafe { core::ptr::write_unaligned(start as *mut [u8; 6], *mac) };
-            Some(())
-        }
-        /// XDP has no peer redirect: the frame goes to the warp veth's
-        /// transmit (XDP_REDIRECT), which hands it to its peer.
-        #[inline(always)]
-        fn redirect(&self, ifindex: u32, _peer: bool) -> i32 {
             // SAFETY: a plain helper call; it only records the target.
-            unsafe { bpf_redirect(ifindex, 0) as i32 }
+            Some(unsafe { bpf_redirect(ifindex, 0) as i32 })
         }
     }
 
@@ -647,11 +643,12 @@ mod programs {
                     }
                     (warp_ifindex, warp_mac) = (member.ifindex, member.mac);
                 }
-                // The warp's stack sees the frame as addressed to it
-                // (tcpdump, conntrack), whichever way it enters.
-                ctx.set_destination_mac(&warp_mac)?;
+                // A frame that cannot be rewritten must not go on by the
+                // default route: dropped (counted as steered, which it was).
+                let peer = policy.flags & IFACE_PEER != 0;
+                let verdict = ctx.redirect(warp_ifindex, &warp_mac, peer);
                 count_verdict(policy, bytes, Verdict::Steered);
-                Some(ctx.redirect(warp_ifindex, policy.flags & IFACE_PEER != 0))
+                Some(verdict.unwrap_or(C::DROP))
             }
             ACTION_BLOCK | ACTION_DENY => {
                 let (verdict, reason) = if action == ACTION_DENY {

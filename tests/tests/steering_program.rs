@@ -193,20 +193,26 @@ privileged_test!(steered_packets_get_the_warp_mac_and_a_redirect, {
     );
 });
 
-/// A steered packet's verdict and frame (checked: only the destination
-/// MAC rewritten, to the warp's), and the target's peer flag.
+/// A steered packet's verdict and frame, and the target's peer flag.
+/// Checked: a classic redirect rewrites only the destination MAC, to the
+/// warp's (its end of the veth takes only frames for it); a peer redirect
+/// changes nothing (the frame skips the MAC check, no write is needed).
 fn steered_run(dp: &mut EbpfDataplane) -> (i32, Vec<u8>, bool) {
     let packet = ipv4(REMOTE_V4, TCP, 443, 0, 0);
     let (verdict, out) = dp
         .test_run_from_container(TARGET_IFINDEX, &packet)
         .expect("run");
-    assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
+    let peer = dp.peer_redirects(TARGET_IFINDEX).expect("state row");
+    if peer {
+        assert_eq!(out, packet, "a peer redirect rewrote the frame");
+    } else {
+        assert_eq!(out[0..6], WARP_MAC, "destination MAC not rewritten");
+    }
     assert_eq!(
         out[6..],
         packet[6..],
         "nothing but the destination MAC may change"
     );
-    let peer = dp.peer_redirects(TARGET_IFINDEX).expect("state row");
     (verdict, out, peer)
 }
 
@@ -214,16 +220,16 @@ privileged_test!(
     peer_and_classic_redirects_give_the_same_verdict_and_frame,
     {
         // The test run reports a redirect without performing it: both helpers
-        // answer TC_ACT_REDIRECT, and the frame keeps the MAC rewrite either
-        // way (the peer branch also makes the packet the warp's own, which
-        // the test run does not report; traffic_counters.rs sees it deliver).
+        // answer TC_ACT_REDIRECT (steered_run checks each one's frame; the
+        // peer branch also makes the packet the warp's own, which the test
+        // run does not report; traffic_counters.rs sees it deliver).
         let mut dp = dataplane("203.0.113.0/24,tcp:443", steer());
         let (verdict, peer_frame, peer) = steered_run(&mut dp);
         assert_eq!((verdict, peer), (TC_ACT_REDIRECT, true), "the default");
         dp.set_peer_redirect(false).expect("peer redirects off");
         let (verdict, classic_frame, peer) = steered_run(&mut dp);
         assert_eq!((verdict, peer), (TC_ACT_REDIRECT, false));
-        assert_eq!(peer_frame, classic_frame);
+        assert_ne!(peer_frame, classic_frame, "only the classic one rewrites");
         dp.set_peer_redirect(true).expect("peer redirects on");
         assert!(steered_run(&mut dp).2);
         // An ingress tbf on the warp's host veth: the classic redirect, which
@@ -1029,12 +1035,15 @@ privileged_test!(
         // from the table)...
         assert!(!dp.peer_redirects(TARGET_IFINDEX).expect("state row"));
         // ...and without the table, the policy's one warp takes everything
-        // again, by a peer redirect.
+        // again, by a peer redirect (which leaves the frame as it came).
         dp.set_spread(TARGET_IFINDEX, None)
             .expect("removing the table");
+        assert!(dp.peer_redirects(TARGET_IFINDEX).expect("state row"));
+        let (mac, _) = spread_flow(&mut dp, &flows[0].0, flows[0].1);
+        assert_eq!(mac, flows[0].0[0..6], "a peer redirect rewrote the MAC");
+        dp.set_peer_redirect(false).expect("peer redirects off");
         let (mac, _) = spread_flow(&mut dp, &flows[0].0, flows[0].1);
         assert_eq!(mac, WARP_MAC);
-        assert!(dp.peer_redirects(TARGET_IFINDEX).expect("state row"));
     }
 );
 
