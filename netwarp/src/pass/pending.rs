@@ -4,6 +4,9 @@ use std::{collections::HashMap, time::SystemTime};
 
 use crate::model::{ContainerId, IdSet};
 
+/// Past this many ids, [`Pending::clear`] frees the table.
+const KEEP_CAPACITY: usize = 1024;
+
 /// Container ids with the time of the first event that named each, plus
 /// whether an event named no usable id. Keys are fixed-size: a storm of
 /// events grows this by containers, and allocates nothing per event.
@@ -38,12 +41,18 @@ impl Pending {
     /// Moves everything in `other` here, keeping the earlier times already
     /// here.
     pub fn take_from(&mut self, other: &mut Pending) {
+        if self.ids.is_empty() {
+            // The table itself moves: after a storm, one large table
+            // between the two sets, not one each.
+            std::mem::swap(&mut self.ids, &mut other.ids);
+        }
         for (id, at) in other.ids.drain() {
             self.add(id, at);
         }
         if let Some(at) = other.unnamed.take() {
             self.add_unnamed(at);
         }
+        other.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -80,8 +89,13 @@ impl Pending {
         self.ids.keys().map(ContainerId::to_string).collect()
     }
 
+    /// Empties the set; a table a storm grew is freed, not kept.
     pub fn clear(&mut self) {
-        self.ids.clear();
+        if self.ids.capacity() > KEEP_CAPACITY {
+            self.ids = HashMap::default();
+        } else {
+            self.ids.clear();
+        }
         self.unnamed = None;
     }
 }
@@ -139,5 +153,20 @@ mod tests {
         assert!(pending.is_empty());
         let named: Pending = [id(4).as_str(), ""].into_iter().collect();
         assert!(named.names(&id(4)) && !named.all_named());
+    }
+
+    #[test]
+    fn a_storms_table_moves_between_the_sets_and_is_then_freed() {
+        let at = SystemTime::UNIX_EPOCH;
+        let mut dirty = Pending::default();
+        for n in 0..4 * KEEP_CAPACITY as u32 {
+            dirty.add(ContainerId::parse(&format!("{n:064x}")).unwrap(), at);
+        }
+        let mut pending = Pending::default();
+        pending.take_from(&mut dirty);
+        assert_eq!(pending.len(), 4 * KEEP_CAPACITY);
+        assert!(dirty.is_empty() && dirty.ids.capacity() <= KEEP_CAPACITY);
+        pending.clear();
+        assert!(pending.is_empty() && pending.ids.capacity() <= KEEP_CAPACITY);
     }
 }
