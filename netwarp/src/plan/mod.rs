@@ -453,11 +453,13 @@ fn keep_plans(plans: &mut PlansById, planned: &[(&Container, Arc<TargetPlan>)]) 
     }
 }
 
-/// A target's plan, as the key of a set by its container id.
+/// A target's plan, as the key of a set by its container id: a map by id
+/// to plans without a second copy of each id.
 #[derive(Debug)]
-struct ById(Arc<TargetPlan>);
+pub struct ById(pub Arc<TargetPlan>);
 
-type PlansById = HashSet<ById, foldhash::fast::RandomState>;
+/// Target plans by their container ids.
+pub type PlansById = HashSet<ById, foldhash::fast::RandomState>;
 
 impl PartialEq for ById {
     fn eq(&self, other: &Self) -> bool {
