@@ -240,7 +240,12 @@ impl DryRunDataplane {
         if !changed {
             return Ok(false);
         }
-        self.programmed.insert(target.id.as_str().into(), desired);
+        // The visits' copy of the id, shared: not a second one.
+        let id = match self.visits.get_key_value(target.id.as_str()) {
+            Some((id, _)) => Arc::clone(id),
+            None => target.id.as_str().into(),
+        };
+        self.programmed.insert(id, desired);
         self.changed_this_pass += 1;
         self.unwritten = true;
         Ok(true)
