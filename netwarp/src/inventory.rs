@@ -32,7 +32,6 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::SystemTime,
 };
 
 use futures_util::{StreamExt as _, stream};
@@ -41,6 +40,7 @@ pub use crate::wire::Marker;
 use crate::{
     docker::{Client, DockerError},
     model::{Container, Health, IdSet, World},
+    pass::Pending,
     plan::{Changes, GuardPlan, PlanSettings, is_warp_by_name},
     wire::ListEntry,
 };
@@ -185,13 +185,13 @@ impl Inventory {
     /// the ones pending events name, when there are few, every name is a
     /// container id, and the last pass left a snapshot to patch. `None`:
     /// list everything.
-    fn partial_scope(&self, pending: &HashMap<String, SystemTime>) -> Option<IdSet> {
+    fn partial_scope(&self, pending: &Pending) -> Option<IdSet> {
         let usable = !self.refresh_all
             && self.world.is_some()
             && !pending.is_empty()
             && pending.len() <= PARTIAL_MAX
-            && pending.keys().all(|id| !id.is_empty());
-        usable.then(|| pending.keys().cloned().collect())
+            && pending.all_named();
+        usable.then(|| pending.id_set())
     }
 
     /// Lists the running containers and inspects what the list lacks, for
@@ -208,7 +208,7 @@ impl Inventory {
     pub async fn snapshot(
         &mut self,
         client: &Client,
-        pending: &HashMap<String, SystemTime>,
+        pending: &Pending,
     ) -> Result<(Arc<World>, SnapshotStats, Changes), DockerError> {
         let named = self.partial_scope(pending);
         if named.is_none() {
@@ -249,7 +249,7 @@ impl Inventory {
                 true,
                 self.cache.get(id).map(|c| &c.marker),
                 marker,
-                pending.contains_key(id),
+                pending.names(id),
                 self.refresh_all,
             );
             if decision == Decision::Inspect {

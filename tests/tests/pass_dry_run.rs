@@ -4,9 +4,8 @@
 //! record. No privileges, no kernel state, no Docker engine.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    time::SystemTime,
 };
 
 use netwarp::{
@@ -17,7 +16,7 @@ use netwarp::{
     },
     docker,
     model::Health,
-    pass::Reconciler,
+    pass::{Pending, Reconciler},
 };
 use netwarp_tests::{
     fake_docker::{FakeDocker, Role, WorldSpec},
@@ -91,9 +90,7 @@ impl Bench {
     /// One pass, with events naming `named`; `arriving` says when another
     /// event has come in.
     fn pass_until(&mut self, named: &[&str], arriving: &dyn Fn() -> bool) -> DryRunRecord {
-        let mut pending: HashMap<String, SystemTime> = (named.iter())
-            .map(|id| ((*id).to_owned(), SystemTime::now()))
-            .collect();
+        let mut pending: Pending = named.iter().copied().collect();
         (self.runtime.block_on(
             self.reconciler
                 .reconcile(&self.client, &mut pending, arriving),

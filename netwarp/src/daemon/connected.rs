@@ -2,7 +2,6 @@
 //! periodic resync, signals and reloads, and a reconcile pass after each.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,13 @@ use tokio::sync::Notify;
 use tracing::{Instrument as _, debug, error, info, warn};
 
 use super::{Signals, shutdown};
-use crate::{config::Config, docker, pass::Reconciler, telemetry::ReloadView};
+use crate::{
+    config::Config,
+    docker,
+    model::ContainerId,
+    pass::{Pending, Reconciler},
+    telemetry::ReloadView,
+};
 
 /// Coalescing window: passes for events start at most this often (see
 /// [`debounce_wait`]).
@@ -43,36 +48,39 @@ struct EventReader {
     task: tokio::task::JoinHandle<String>,
     /// Container ids events named, with the first event's time, coalesced
     /// as they arrive: a storm grows this by containers, not by events, so
-    /// no event is lost to a full queue while a pass runs.
+    /// no event is lost to a full queue while a pass runs. Ids are
+    /// fixed-size values: an event allocates nothing that stays.
     dirty: Arc<Dirty>,
 }
 
 #[derive(Default)]
 struct Dirty {
-    ids: Mutex<HashMap<String, SystemTime>>,
+    ids: Mutex<Pending>,
     /// Set when an id was dropped at [`PENDING_MAX`].
     overflowed: AtomicBool,
     arrived: Notify,
 }
 
 impl Dirty {
-    fn add(&self, id: String, at: SystemTime) {
+    /// An event naming `id` (as Docker wrote it; not a full id: the next
+    /// pass lists everything).
+    fn add(&self, id: &str, at: SystemTime) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if ids.len() >= PENDING_MAX && !ids.contains_key(&id) {
-            self.overflowed.store(true, Ordering::Relaxed);
-        } else {
-            ids.entry(id).or_insert(at);
+        match ContainerId::parse(id) {
+            Ok(id) if ids.len() >= PENDING_MAX && !ids.contains(&id) => {
+                self.overflowed.store(true, Ordering::Relaxed);
+            }
+            Ok(id) => ids.add(id, at),
+            Err(_) => ids.add_unnamed(at),
         }
         drop(ids);
         self.arrived.notify_one();
     }
 
     /// Moves every pending id into `pending` (keeping the earlier time).
-    fn drain_into(&self, pending: &mut HashMap<String, SystemTime>) {
+    fn drain_into(&self, pending: &mut Pending) {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, at) in ids.drain() {
-            pending.entry(id).or_insert(at);
-        }
+        pending.take_from(&mut ids);
     }
 
     fn is_empty(&self) -> bool {
@@ -109,14 +117,10 @@ where
         metrics.docker_event(&kind, event.action.as_deref().unwrap_or_default());
         // A network event's actor is the network; the container it
         // concerns is an attribute.
-        let id = event
-            .actor
-            .and_then(|a| {
-                a.attributes
-                    .and_then(|mut attrs| attrs.remove("container"))
-                    .or(a.id)
-            })
-            .unwrap_or_default();
+        let actor = event.actor.as_ref();
+        let id = (actor.and_then(|a| a.attributes.as_ref()?.get("container")))
+            .or_else(|| actor?.id.as_ref())
+            .map_or("", String::as_str);
         debug!(action = event.action.as_deref().unwrap_or(""), container = %id, "docker event");
         // Docker's own timestamp, so latency covers the whole path.
         let at = event
@@ -143,7 +147,7 @@ pub(super) async fn run_connected(
     } = EventReader::spawn(client, metrics);
     let mut resync = tokio::time::interval(config.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: HashMap<String, SystemTime> = HashMap::new();
+    let mut pending = Pending::default();
     let mut last_pass: Option<Instant> = None;
     let probe_wakeups = reconciler.probe_wakeups();
     let exit = loop {
@@ -167,8 +171,9 @@ pub(super) async fn run_connected(
             () = probe_wakeups.notified() => {
                 // A warp's probe verdict changed: its targets are served
                 // first, as for a Docker event naming it.
+                let now = SystemTime::now();
                 for id in probe_wakeups.drain() {
-                    pending.entry(id).or_insert_with(SystemTime::now);
+                    pending.add_text(&id, now);
                 }
             }
             _ = signals.term.recv() => break shutdown_exit("SIGTERM"),

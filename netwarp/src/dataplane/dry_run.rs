@@ -116,8 +116,10 @@ struct Faults {
     failing: HashSet<String>,
     /// Guard writes fail.
     failing_guards: bool,
-    /// The ids of the targets written (not skipped), in order.
-    written: Vec<String>,
+    /// The ids of the targets written (not skipped), in order; only for
+    /// a handle a test holds (see [`DryRunDataplane::with_faults`]): a
+    /// daemon's would grow by every write for as long as it runs.
+    written: Option<Vec<String>>,
 }
 
 impl DryRunFaults {
@@ -143,7 +145,7 @@ impl DryRunFaults {
     /// The ids of the targets written so far, in order (a write is what a
     /// real dataplane pays for; a skipped, settled target is not one).
     pub fn written(&self) -> Vec<String> {
-        self.lock().written.clone()
+        self.lock().written.clone().unwrap_or_default()
     }
 
     /// The error a full map gives, as the eBPF dataplane reports it.
@@ -191,8 +193,10 @@ impl DryRunDataplane {
         }
     }
 
-    /// With faults a test injects through `faults`.
+    /// With faults a test injects through `faults`, which also records
+    /// the targets written.
     pub fn with_faults(self, faults: DryRunFaults) -> Self {
+        faults.lock().written.get_or_insert_default();
         Self { faults, ..self }
     }
 
@@ -227,8 +231,8 @@ impl DryRunDataplane {
             self.settled.record(&target.id, target, &failed);
             return failed;
         }
-        if changed {
-            faults.written.push(target.id.clone());
+        if changed && let Some(written) = &mut faults.written {
+            written.push(target.id.clone());
         }
         drop(faults);
         self.settled
@@ -236,7 +240,12 @@ impl DryRunDataplane {
         if !changed {
             return Ok(false);
         }
-        self.programmed.insert(target.id.as_str().into(), desired);
+        // The visits' copy of the id, shared: not a second one.
+        let id = match self.visits.get_key_value(target.id.as_str()) {
+            Some((id, _)) => Arc::clone(id),
+            None => target.id.as_str().into(),
+        };
+        self.programmed.insert(id, desired);
         self.changed_this_pass += 1;
         self.unwritten = true;
         Ok(true)

@@ -31,9 +31,13 @@ impl<P: PartialEq + Clone> Settled<P> {
     /// it to be checked again on the next pass.
     pub fn record<E>(&mut self, id: &str, plan: &P, result: &Result<bool, E>) {
         match result {
-            Ok(false) => {
-                self.plans.insert(id.to_owned(), plan.clone());
-            }
+            // The id is copied only for a plan not held yet.
+            Ok(false) => match self.plans.get_mut(id) {
+                Some(held) => *held = plan.clone(),
+                None => {
+                    self.plans.insert(id.to_owned(), plan.clone());
+                }
+            },
             Ok(true) | Err(_) => {
                 self.plans.remove(id);
             }

@@ -1,4 +1,5 @@
 //! Domain types: what netwarp knows about containers, independent of Docker's API.
+mod id;
 mod map;
 mod rate;
 mod rule;
@@ -13,6 +14,7 @@ use std::{
 pub type IdSet = HashSet<String, foldhash::fast::RandomState>;
 pub type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
+pub use id::{ContainerId, IdError};
 pub use map::SmallMap;
 pub use rate::{Cap, Caps, Rate, RateError, default_burst, parse_rate, parse_size};
 pub use rule::{

@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use crate::{
     model::short_id,
-    plan::{CapPlan, TargetPlan, TargetState},
+    plan::{ById, CapPlan, PlansById, TargetPlan, TargetState},
 };
 
 /// The last logged state per target and cap problems per container, so a
@@ -19,17 +19,17 @@ pub struct ChangeLog {
     /// The plan whose state was logged last, or a later one with the same
     /// state: the plan itself is shared with the pass, a copy of its state
     /// would not be.
-    states: IdMap<Arc<TargetPlan>>,
+    states: PlansById,
     cap_problems: IdMap<Vec<String>>,
 }
 
 impl ChangeLog {
     pub fn classification(&mut self, target: &Arc<TargetPlan>) {
-        if let Some(logged) = self.states.get_mut(&target.id)
-            && logged.state == target.state
+        if let Some(logged) = self.states.get(target.id.as_str())
+            && logged.0.state == target.state
         {
             // The newer plan, so that the older can go.
-            *logged = Arc::clone(target);
+            self.states.replace(ById(Arc::clone(target)));
             return;
         }
         let id = short_id(&target.id);
@@ -65,7 +65,7 @@ impl ChangeLog {
                 "target refused: netwarp does not touch its namespace"
             ),
         }
-        self.states.insert(target.id.clone(), Arc::clone(target));
+        self.states.replace(ById(Arc::clone(target)));
     }
 
     pub fn cap_problems(&mut self, plan: &CapPlan, span: &tracing::Span) {
@@ -81,7 +81,7 @@ impl ChangeLog {
 
     /// Forgets targets and containers that left.
     pub fn retain(&mut self, targets: impl Fn(&str) -> bool, capped: impl Fn(&str) -> bool) {
-        self.states.retain(|id, _| targets(id));
+        self.states.retain(|logged| targets(&logged.0.id));
         self.cap_problems.retain(|id, _| capped(id));
     }
 }

@@ -7,6 +7,9 @@
 //! reconnects and restarts cannot corrupt state.
 
 mod log;
+mod pending;
+
+pub use pending::Pending;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -266,7 +269,7 @@ impl Reconciler {
     pub async fn reconcile(
         &mut self,
         client: &Client,
-        pending: &mut HashMap<String, SystemTime>,
+        pending: &mut Pending,
         events_waiting: &dyn Fn() -> bool,
     ) -> Result<(), docker::DockerError> {
         let started = Instant::now();
@@ -459,7 +462,7 @@ impl Reconciler {
         &mut self,
         plan: &Plan,
         scope: &mut PassScope,
-        pending: &mut HashMap<String, SystemTime>,
+        pending: &mut Pending,
         events_waiting: &dyn Fn() -> bool,
     ) -> TargetsDone {
         let order = pass_order(&plan.targets, |id| scope.named(id), &self.owed);
@@ -519,13 +522,8 @@ impl Reconciler {
     }
 
     /// A target reached its plan: the event latency, if an event named it.
-    fn programmed(
-        &self,
-        target: &TargetPlan,
-        changed: bool,
-        pending: &mut HashMap<String, SystemTime>,
-    ) {
-        if let Some(event_at) = pending.remove(&target.id) {
+    fn programmed(&self, target: &TargetPlan, changed: bool, pending: &mut Pending) {
+        if let Some(event_at) = pending.take(&target.id) {
             let latency = (SystemTime::now().duration_since(event_at)).unwrap_or_default();
             let metrics = self.telemetry.metrics();
             metrics.event_latency.observe(latency.as_secs_f64());
@@ -573,13 +571,13 @@ impl Reconciler {
 
 /// The containers the pending events named, and the targets whose warp
 /// they named: these are served first and checked against the kernel.
-fn named_by_events(world: &World, plan: &Plan, pending: &HashMap<String, SystemTime>) -> IdSet {
+fn named_by_events(world: &World, plan: &Plan, pending: &Pending) -> IdSet {
     if pending.is_empty() {
         return IdSet::default();
     }
     // The names of the containers named (a few), not an index of all;
     // the ids in a fast-hash set, as every container is looked up.
-    let ids: IdSet = pending.keys().cloned().collect();
+    let ids: IdSet = pending.id_set();
     let names: HashSet<&str, foldhash::fast::RandomState> = (world.containers.iter())
         .filter(|c| ids.contains(&c.id))
         .map(|c| c.name.as_str())

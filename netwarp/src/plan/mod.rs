@@ -35,9 +35,7 @@ pub use warp::{WarpPlan, WarpState};
 
 use crate::{
     glob,
-    model::{
-        Cidr, Container, Health, IdMap, IdSet, NetworkMode, Rule, Verb, World, short_reference,
-    },
+    model::{Cidr, Container, Health, IdSet, NetworkMode, Rule, Verb, World, short_reference},
 };
 
 /// What to do with a target's matching traffic while its warp is unusable.
@@ -374,8 +372,8 @@ impl Changes {
 #[derive(Debug, Default)]
 pub struct PlanCache {
     /// Every target container's plan (running or not) before admission to
-    /// the rule tries, by container id.
-    plans: IdMap<Arc<TargetPlan>>,
+    /// the rule tries, by container id (its own: the id is not kept twice).
+    plans: PlansById,
     /// What they were planned with.
     made_with: Option<(PlanSettings, Observed)>,
 }
@@ -438,30 +436,56 @@ pub fn plan_cached(
 /// Makes `plans` those of `planned`, in place: most are there already.
 /// (A stale entry could only be a container that left; one that comes
 /// back is listed anew, so it is planned anew.)
-fn keep_plans(plans: &mut IdMap<Arc<TargetPlan>>, planned: &[(&Container, Arc<TargetPlan>)]) {
+fn keep_plans(plans: &mut PlansById, planned: &[(&Container, Arc<TargetPlan>)]) {
     for (container, target) in planned {
-        match plans.get_mut(&container.id) {
-            Some(kept) => {
-                if !Arc::ptr_eq(kept, target) {
-                    *kept = Arc::clone(target);
-                }
-            }
-            None => {
-                plans.insert(container.id.clone(), Arc::clone(target));
+        debug_assert_eq!(container.id, target.id);
+        match plans.get(target.id.as_str()) {
+            Some(kept) if Arc::ptr_eq(&kept.0, target) => {}
+            _ => {
+                plans.replace(ById(Arc::clone(target)));
             }
         }
     }
     if plans.len() > planned.len() {
         let present: HashSet<&str, foldhash::fast::RandomState> =
             (planned.iter()).map(|(c, _)| c.id.as_str()).collect();
-        plans.retain(|id, _| present.contains(id.as_str()));
+        plans.retain(|kept| present.contains(kept.0.id.as_str()));
+    }
+}
+
+/// A target's plan, as the key of a set by its container id: a map by id
+/// to plans without a second copy of each id.
+#[derive(Debug)]
+pub struct ById(pub Arc<TargetPlan>);
+
+/// Target plans by their container ids.
+pub type PlansById = HashSet<ById, foldhash::fast::RandomState>;
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    /// As its id's `str` hashes, for lookups by `&str`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
     }
 }
 
 /// The last plan's target plans, and which of them still hold.
 #[derive(Clone, Copy)]
 struct Reuse<'c> {
-    plans: &'c IdMap<Arc<TargetPlan>>,
+    plans: &'c PlansById,
     changes: &'c Changes,
 }
 
@@ -484,7 +508,7 @@ fn plan_all<'a>(
                 }
                 None => return None,
             };
-            let last = reuse.and_then(|r| Some((r.plans.get(&c.id)?, r.changes)));
+            let last = reuse.and_then(|r| Some((&r.plans.get(c.id.as_str())?.0, r.changes)));
             let target = match last {
                 // A filtered container's plan depends on it alone.
                 Some((last, changes)) if changes.keeps_plan(c, warp.unwrap_or_default()) => {

@@ -220,7 +220,9 @@ impl CounterReader {
 /// The shaper's drops of every capped target: one qdisc dump in the
 /// host's namespace and one in each capped target's.
 async fn read_shaper_drops(targets: &[TargetView]) -> HashMap<String, ShaperDrops> {
-    let capped: Vec<&TargetView> = targets.iter().filter(|t| !t.caps.is_empty()).collect();
+    let capped: Vec<&TargetView> = (targets.iter())
+        .filter(|t| !t.planned_caps().is_empty())
+        .collect();
     if capped.is_empty() {
         return HashMap::new();
     }

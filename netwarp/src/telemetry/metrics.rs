@@ -601,7 +601,7 @@ mod tests {
             warp_ifindex: None,
             routed: None,
             failure: None,
-            caps: Default::default(),
+            caps: None,
         }
     }
 

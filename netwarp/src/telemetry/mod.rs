@@ -72,10 +72,19 @@ pub struct TargetView {
     pub warp_ifindex: Option<u32>,
     /// eBPF: why routes in its namespace steer it instead, if they do.
     pub routed: Option<String>,
-    /// Why its last programming failed, until one succeeds.
-    pub failure: Option<TargetFailure>,
-    /// The bandwidth caps planned for it.
-    pub caps: crate::model::Caps,
+    /// Why its last programming failed, until one succeeds. Boxed, as
+    /// are the caps: a view per target is published after every pass,
+    /// and few targets have either.
+    pub failure: Option<Box<TargetFailure>>,
+    /// The bandwidth caps planned for it; `None`: uncapped.
+    pub caps: Option<Box<crate::model::Caps>>,
+}
+
+impl TargetView {
+    /// The bandwidth caps planned for it (empty: uncapped).
+    pub fn planned_caps(&self) -> crate::model::Caps {
+        self.caps.as_deref().copied().unwrap_or_default()
+    }
 }
 
 /// A target whose last programming failed.
@@ -331,8 +340,10 @@ impl Telemetry {
                         host_ifindex: interface.map(|i| i.host_ifindex).filter(|i| *i != 0),
                         routed: interface.and_then(|i| i.routed.clone()),
                         warp_ifindex: interface.map(|i| i.warp_ifindex).filter(|i| *i != 0),
-                        failure: failures.get(&plan.id).cloned(),
-                        caps: caps.get(plan.id.as_str()).copied().unwrap_or_default(),
+                        failure: failures.get(&plan.id).cloned().map(Box::new),
+                        caps: (caps.get(plan.id.as_str()))
+                            .filter(|caps| !caps.is_empty())
+                            .map(|caps| Box::new(*caps)),
                     }
                 })
                 .collect(),

@@ -386,7 +386,7 @@ fn target_status(view: &TargetView, counters: Option<Counters>) -> TargetStatus 
                 action: e.action.to_string(),
             })
             .collect(),
-        caps: caps(&view.caps),
+        caps: caps(&view.planned_caps()),
         error: view.failure.as_ref().map(|f| f.error.clone()),
         routed: view.routed.clone(),
         failure_reason: view.failure.as_ref().map(|f| f.reason.as_str().to_owned()),
@@ -443,7 +443,7 @@ mod tests {
             warp_ifindex: None,
             routed: None,
             failure: None,
-            caps: crate::model::Caps::default(),
+            caps: None,
         };
         let status = target_status(&view, None);
         assert_eq!(status.id, "0123456789ab");
@@ -473,11 +473,11 @@ mod tests {
         assert_eq!(status.group_mode.as_deref(), Some("spread"));
         assert_eq!(status.spread, ["warp-a", "warp-c"]);
         let failed = TargetView {
-            failure: Some(super::super::TargetFailure {
+            failure: Some(Box::new(super::super::TargetFailure {
                 error: "boom".into(),
                 reason: crate::dataplane::sync::FailureReason::MapFull,
                 held_closed: false,
-            }),
+            })),
             ..view.clone()
         };
         let status = target_status(&failed, None);
@@ -503,10 +503,10 @@ mod tests {
                 "burst_bytes": null, "egress_burst_bytes": null, "ingress_burst_bytes": null})
         );
         let capped = TargetView {
-            caps: crate::model::Caps {
+            caps: Some(Box::new(crate::model::Caps {
                 egress: Some(Cap::new(parse_rate("10mbit").unwrap(), Some(32_000))),
                 ingress: None,
-            },
+            })),
             ..view.clone()
         };
         assert_eq!(
