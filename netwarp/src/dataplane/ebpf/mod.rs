@@ -53,7 +53,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::MapError,
-    programs::{TestRun as _, TestRunOptions},
+    programs::{TestRun, TestRunOptions, TestRunResult},
 };
 use netwarp_common::{
     GUARD_ALLOW_MAP, GUARD_ALLOW_MAP_CAPACITY, GUARD_DROPS_MAP, GUARDS_MAP, GUARDS_MAP_CAPACITY,
@@ -804,19 +804,14 @@ impl EbpfDataplane {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut data_out = vec![0u8; packet.len() + 256];
         let program = PROG_XDP_FROM_CONTAINER;
-        let result = loader::xdp(&mut self.ebpf, program)?
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(&ctx),
-                repeat: repeat.max(1),
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| EbpfError::Program { program, source })?;
-        data_out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, data_out, result.duration))
+        run_on_packet(
+            loader::xdp(&mut self.ebpf, program)?,
+            program,
+            &ctx,
+            packet,
+            repeat,
+        )
     }
 
     fn test_run(
@@ -842,23 +837,40 @@ impl EbpfDataplane {
         // kernel requires every other field in it to be zero.
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut data_out = vec![0u8; packet.len() + 256];
         let program = loader::classifier(&mut self.ebpf, program_name)?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(&ctx),
-                repeat: repeat.max(1),
-                ..TestRunOptions::new()
-            })
-            .map_err(|source| EbpfError::Program {
-                program: program_name,
-                source,
-            })?;
-        data_out.truncate(result.data_size_out as usize);
-        Ok((result.return_value as i32, data_out, result.duration))
+        let (verdict, out, per_run) = run_on_packet(program, program_name, &ctx, packet, repeat)?;
+        Ok((verdict as i32, out, per_run))
     }
+}
+
+/// BPF_PROG_TEST_RUN of `program` on `packet` with the context `ctx`,
+/// `repeat` times: its return value, the packet as the last run left it,
+/// the average duration per run.
+fn run_on_packet<P>(
+    program: &P,
+    name: &'static str,
+    ctx: &[u8],
+    packet: &[u8],
+    repeat: u32,
+) -> Result<(u32, Vec<u8>, std::time::Duration), EbpfError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut data_out = vec![0u8; packet.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(ctx),
+            repeat: repeat.max(1),
+            ..TestRunOptions::new()
+        })
+        .map_err(|source| EbpfError::Program {
+            program: name,
+            source,
+        })?;
+    data_out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, data_out, result.duration))
 }
 
 /// `state` with the spread and peer flags of `old`, which a cap change
