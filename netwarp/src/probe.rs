@@ -50,9 +50,22 @@ impl ProbeReport {
     }
 }
 
+/// The running kernel's release, as `uname -r` prints it.
+pub(crate) fn read_kernel_release() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned())
+}
+
+/// The (major, minor) version of a kernel release such as
+/// `6.18.44-fc-v857`; None where it names no two numbers.
+pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    Some((parts.next()?, parts.next()?))
+}
+
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|e| format!("unknown ({e})"), |s| s.trim().to_owned())
+    read_kernel_release().unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// True for kernels >= 6.6, which have TCX.
@@ -68,10 +81,7 @@ fn has_sch_fq(release: &str) -> bool {
 }
 
 fn has_tcx(release: &str) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    matches!((parts.next(), parts.next()), (Some(major), Some(minor)) if (major, minor) >= (6, 6))
+    kernel_version(release).is_some_and(|version| version >= (6, 6))
 }
 
 /// Linux's `BPF_FS_MAGIC`, the `f_type` statfs reports for bpffs.

@@ -29,8 +29,9 @@ use super::{
     error::EbpfError,
     hooks::Hook,
     maps::{lpm_trie, map_error},
-    peer::{kernel_release, peer_sets_packet_type},
+    peer::peer_sets_packet_type,
 };
+use crate::probe::read_kernel_release;
 
 /// The object built from `netwarp-ebpf` by build.rs.
 static PROGRAMS_OBJECT: &[u8] =
@@ -363,7 +364,7 @@ pub(super) fn load_object(
     }
     let level = program_log_level(debug_logs);
     loader.override_global(aya_log::LEVEL, &level, true);
-    let sets_type = kernel_release().is_none_or(|r| peer_sets_packet_type(&r)) as u8;
+    let sets_type = read_kernel_release().map_or(true, |r| peer_sets_packet_type(&r)) as u8;
     loader.override_global(GLOBAL_PEER_SETS_PACKET_TYPE, &sets_type, true);
     let mut ebpf = loader.load(PROGRAMS_OBJECT)?;
     carried.write(&mut ebpf)?;

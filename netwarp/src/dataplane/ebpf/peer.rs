@@ -5,6 +5,8 @@
 
 use netwarp_common::{IFACE_PEER, IFACE_POLICY, IFACE_SPREAD, IfaceState};
 
+use crate::probe::kernel_version;
+
 /// `state` with [`IFACE_PEER`] as it should be: set while peer redirects
 /// are `enabled`, the row steers to one warp (a spread target's member
 /// comes from its table, so it keeps the classic redirect) and nothing
@@ -33,25 +35,7 @@ pub(super) fn with_peer_flag(
 /// call is waste. A release it cannot read keeps the call: it is correct
 /// on every kernel, only redundant on new ones.
 pub(super) fn peer_sets_packet_type(release: &str) -> bool {
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) < (6, 15),
-        _ => true,
-    }
-}
-
-/// The running kernel's release, as `uname -r` prints it.
-pub(super) fn kernel_release() -> Option<String> {
-    // SAFETY: uname fills the zeroed struct; its fields are NUL-terminated.
-    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut name) } != 0 {
-        return None;
-    }
-    // SAFETY: `release` is a NUL-terminated C string within the struct.
-    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
-    Some(release.to_string_lossy().into_owned())
+    kernel_version(release).is_none_or(|version| version < (6, 15))
 }
 
 #[cfg(test)]
