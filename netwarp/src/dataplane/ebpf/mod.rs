@@ -2,11 +2,11 @@
 //! host-side veths, writes each target's policy and reads the counters.
 //!
 //! The program on a target's veth finds the veth's state row (see
-//! [`state`]), then steers matching packets to the warp's veth (rewriting
-//! the destination MAC; by a peer redirect into the warp's namespace where
-//! nothing of netwarp's sits on the warp's host-side egress, see [`peer`])
-//! or drops them while the warp is unusable, counting only those
-//! verdicts. Interfaces without a policy are left alone; their packets
+//! [`state`]), then steers matching packets to the warp's veth (by a
+//! peer redirect into the warp's namespace where nothing of netwarp's
+//! sits on the warp's host-side egress, see [`peer`]; else rewriting the
+//! destination MAC to the warp's) or drops them while the warp is
+//! unusable, counting only those verdicts. Interfaces without a policy are left alone; their packets
 //! and bytes are the veth's own statistics.
 //!
 //! The program on a guarded network's bridge (ingress: what containers
