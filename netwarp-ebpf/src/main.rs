@@ -136,8 +136,7 @@ mod programs {
     /// tc ingress on a container's host-side veth: what the container sends.
     #[classifier]
     pub fn netwarp_tc_from_container(ctx: TcContext) -> i32 {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let ifindex = ctx.ifindex();
         let Some(state) = iface_state(ifindex) else {
             return PASS;
         };
@@ -288,8 +287,7 @@ mod programs {
     /// tc egress on a container's host-side veth: what the container receives.
     #[classifier]
     pub fn netwarp_tc_to_container(ctx: TcContext) -> i32 {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let ifindex = ctx.ifindex();
         if let Some(state) = iface_state(ifindex)
             && state.flags & IFACE_CAPPED != 0
             && !within_cap(&ctx, state, Direction::ToContainer)
@@ -340,8 +338,7 @@ mod programs {
 
     #[inline(always)]
     fn try_guard(ctx: &TcContext) -> Option<i32> {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let ifindex = ctx.ifindex();
         // SAFETY: read-only use of a value the controller writes whole.
         let rule_set = unsafe { NETWARP_GUARDS.get(&ifindex) }?.to_be_bytes();
         let mut allow = GuardAllowKey {
@@ -403,8 +400,7 @@ mod programs {
 
     #[inline(always)]
     fn try_from_warp(ctx: &TcContext) -> Option<i32> {
-        // SAFETY: the verifier guarantees `skb` points at a valid __sk_buff.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let ifindex = ctx.ifindex();
         let ethertype = u16::from_be(read::<u16>(ctx, 12)?);
         let mut key = WarpPeerKey {
             warp_ifindex: ifindex,
