@@ -289,20 +289,12 @@ impl NamespaceHandle {
     /// opening thread's namespace's), only where it differs. A namespace
     /// without IPv6 has no IPv6 setting: skipped.
     pub async fn hash_multipath_without_source_port(&self) -> Result<(), NetnsError> {
-        self.writable()?;
         let pid = self.pid;
-        inside_namespace(pid, move || {
-            // Checked again inside: a reused pid never leads to the host's.
-            if NamespaceId::of("/proc/thread-self/ns/net")?.is_host() {
-                return Ok(Err(NetnsError::HostNamespace { pid }));
-            }
-            let failed = |setting, e: std::io::Error| {
-                let reason = e.to_string();
-                Ok(Err(NetnsError::Sysctl {
-                    pid,
-                    setting,
-                    reason,
-                }))
+        self.write_inside(move || {
+            let failed = |setting, e: std::io::Error| NetnsError::Sysctl {
+                pid,
+                setting,
+                reason: e.to_string(),
             };
             for ipv6 in [false, true] {
                 let exists = |setting: &str| Path::new(&sysctl_path(setting)).exists();
@@ -312,20 +304,17 @@ impl NamespaceHandle {
                 }
                 for setting in multipath_hash_settings(ipv6, exists(fields)) {
                     let path = sysctl_path(setting.name);
-                    let current = match std::fs::read_to_string(&path) {
-                        Ok(value) => value,
-                        Err(e) => return failed(setting.name, e),
-                    };
-                    if current.trim() != setting.value
-                        && let Err(e) = std::fs::write(&path, setting.value)
-                    {
-                        return failed(setting.name, e);
+                    let current =
+                        std::fs::read_to_string(&path).map_err(|e| failed(setting.name, e))?;
+                    if current.trim() != setting.value {
+                        std::fs::write(&path, setting.value)
+                            .map_err(|e| failed(setting.name, e))?;
                     }
                 }
             }
-            Ok(Ok(()))
+            Ok(())
         })
-        .await?
+        .await
     }
 
     /// Turns the transmit checksum offload of the interface `ifindex`
@@ -336,22 +325,34 @@ impl NamespaceHandle {
     /// checksum (CHECKSUM_PARTIAL) and that XDP redirects is delivered
     /// with its checksum unfinished, and the receiver drops it.
     pub async fn set_tx_checksum(&self, ifindex: u32, on: bool) -> Result<bool, NetnsError> {
-        self.writable()?;
         let pid = self.pid;
         let state = if on { "on" } else { "off" };
+        self.write_inside(move || {
+            ethtool_tx_checksum(ifindex, on).map_err(|e| NetnsError::TxChecksum {
+                pid,
+                ifindex,
+                state,
+                reason: e.to_string(),
+            })
+        })
+        .await
+    }
+
+    /// Runs `write` on a thread inside this namespace, for settings that
+    /// only the namespace's own threads reach (sysctls, ioctls); only on a
+    /// writable handle, and checked again from inside, so a reused pid
+    /// never leads to the host's namespace.
+    async fn write_inside<T: Send + 'static>(
+        &self,
+        write: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+    ) -> Result<T, NetnsError> {
+        self.writable()?;
+        let pid = self.pid;
         inside_namespace(pid, move || {
-            // Checked again inside: a reused pid never leads to the host's.
             if NamespaceId::of("/proc/thread-self/ns/net")?.is_host() {
                 return Ok(Err(NetnsError::HostNamespace { pid }));
             }
-            Ok(
-                ethtool_tx_checksum(ifindex, on).map_err(|e| NetnsError::TxChecksum {
-                    pid,
-                    ifindex,
-                    state,
-                    reason: e.to_string(),
-                }),
-            )
+            Ok(write())
         })
         .await?
     }
