@@ -92,11 +92,18 @@ enum Enforcement {
     Policer,
 }
 
+impl Enforcement {
+    /// As the tests' names and `rate_limits.enforcement` spell it.
+    fn name(self) -> &'static str {
+        match self {
+            Enforcement::Shaper => "shaper",
+            Enforcement::Policer => "policer",
+        }
+    }
+}
+
 fn caps_hold(mode: &str, enforcement: Enforcement) {
-    let name = match enforcement {
-        Enforcement::Shaper => "shaper",
-        Enforcement::Policer => "policer",
-    };
+    let name = enforcement.name();
     let test = format!("caps_hold_in_{mode}_mode_with_the_{name}");
     skip_if!(&test, skip::missing_docker());
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -439,10 +446,7 @@ fn the_bpf_policer_never_exceeds_its_cap_and_counts_its_drops() {
 /// target beside it take the peer redirect at full speed, so the cap, not
 /// the path, is what holds the first.
 fn a_capped_warp_caps_what_its_targets_steer(enforcement: Enforcement) {
-    let name = match enforcement {
-        Enforcement::Shaper => "shaper",
-        Enforcement::Policer => "policer",
-    };
+    let name = enforcement.name();
     let test = format!("a_capped_warp_caps_what_its_targets_steer_with_the_{name}");
     skip_if!(&test, skip::missing_docker());
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
